@@ -1,0 +1,1 @@
+"""NanoAdapters, model families (how each HF MLLM splits into NanoEdge and backbone) and tiny configs."""

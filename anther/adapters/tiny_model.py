@@ -1,0 +1,144 @@
+"""anther's default model: a tiny LLaVA made offline and saved as an ordinary HF checkpoint.
+
+Nothing can be downloaded where anther is built and tested, so the default model is
+created here: a real ``LlavaForConditionalGeneration`` with a small config, a BPE
+tokenizer trained with ``tokenizers`` on the built-in corpus (``tokenizer.json``), a
+CLIP image processor, seeded random weights in safetensors. It is then given a short
+*pretraining* of its own, as a real MLLM has before anyone fine-tunes it: all weights
+are trained to caption ShapesVQA images (a separate seed stream from the VQA splits)
+and to model context sentences. It never sees a question, so federated tuning of
+the NanoAdapters starts from a model that knows the vocabulary and the pictures but
+not the task. The directory loads with ``from_pretrained`` exactly like a 7B one.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import shutil
+import time
+from pathlib import Path
+
+import torch
+from filelock import FileLock
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+from tqdm.auto import tqdm
+from transformers import CLIPImageProcessorPil, LlavaProcessor, PreTrainedTokenizerFast
+
+from anther.adapters.families import family_for
+from anther.adapters.families.llava import LlavaFamily, tiny_config
+from anther.adapters.prompt import IMAGE_PLACEHOLDER
+from anther.simulations.datasets import shapes_vqa
+
+SPECIAL_TOKENS = ["<pad>", "<s>", "</s>", "<unk>", IMAGE_PLACEHOLDER]
+PROVENANCE_FILE = "anther_tiny.json"
+
+
+def train_tokenizer(lines: list[str], vocab_size: int = 512) -> PreTrainedTokenizerFast:
+    """Byte-level BPE trained on ``lines``; every corpus word ends up a single token."""
+    tok = Tokenizer(models.BPE(unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False,
+    )
+    tok.train_from_iterator(lines, trainer)
+    tok.post_processor = processors.TemplateProcessing(
+        single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", tok.token_to_id("<s>"))]
+    )
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>",
+        pad_token="<pad>", extra_special_tokens={"image_token": IMAGE_PLACEHOLDER},
+        padding_side="right",
+    )
+
+
+def build_processor(tokenizer: PreTrainedTokenizerFast, image_size: int, patch_size: int) -> LlavaProcessor:
+    image_processor = CLIPImageProcessorPil(
+        size={"shortest_edge": image_size}, crop_size={"height": image_size, "width": image_size},
+    )
+    return LlavaProcessor(
+        image_processor=image_processor, tokenizer=tokenizer, patch_size=patch_size,
+        vision_feature_select_strategy="default", image_token=IMAGE_PLACEHOLDER,
+        num_additional_image_tokens=1,
+    )
+
+
+def _pretrain_batches(processor, n_captions: int, batch_size: int, seed: int):
+    """Caption and context-LM examples, shuffled, as EncodedBatches."""
+    family = LlavaFamily()
+    eos = processor.tokenizer.eos_token
+    examples = [(f"{IMAGE_PLACEHOLDER}\ncaption:", im, f" {cap}{eos}")
+                for im, cap in shapes_vqa.generate_captions(n_captions, seed)]
+    examples += [(f"{IMAGE_PLACEHOLDER}\nq: {q}\na:", im, f" {a}{eos}")
+                 for im, q, a in shapes_vqa.generate_terse_qa(n_captions, seed + 3)]
+    examples += [("context:", None, f" {s.context}{eos}")
+                 for s in shapes_vqa.generate(n_captions // 4, seed + 7, prefix="p")]
+    random.Random(seed).shuffle(examples)
+    for i in range(0, len(examples) - batch_size + 1, batch_size):
+        chunk = examples[i:i + batch_size]
+        yield family.encode(processor, [c[0] for c in chunk], [c[1] for c in chunk], [c[2] for c in chunk])
+
+
+def pretrain(model, processor, steps: int, seed: int, batch_size: int = 32, lr: float = 3e-3) -> float:
+    """Train every weight of the tiny model on captions; returns the final mean loss."""
+    batches = list(_pretrain_batches(processor, steps * batch_size // 2, batch_size, seed))
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.1)
+    model.train()
+    recent: list[float] = []
+    bar = tqdm(range(steps), desc="pretraining tiny model", unit="step")
+    for step in bar:
+        b = batches[step % len(batches)]
+        out = model(input_ids=b.input_ids, attention_mask=b.attention_mask,
+                    pixel_values=b.pixel_values, labels=b.labels)
+        opt.zero_grad(set_to_none=True)
+        out.loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        recent = (recent + [out.loss.item()])[-20:]
+        bar.set_postfix(loss=f"{sum(recent) / len(recent):.3f}")
+    model.eval()
+    return sum(recent) / len(recent)
+
+
+def init_tiny(out: Path, seed: int = 0, pretrain_steps: int = 600, image_size: int = 48,
+              patch_size: int = 16) -> Path:
+    """Create, pretrain and save the tiny LLaVA checkpoint directory ``out``."""
+    out = Path(out)
+    started = time.time()
+    torch.manual_seed(seed)
+    tokenizer = train_tokenizer(shapes_vqa.corpus(seed))
+    processor = build_processor(tokenizer, image_size, patch_size)
+    config = tiny_config(
+        vocab_size=len(tokenizer), image_token_id=tokenizer.convert_tokens_to_ids(IMAGE_PLACEHOLDER),
+        pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id, image_size=image_size, patch_size=patch_size,
+    )
+    family = family_for(config.model_type)
+    model = family.model_class(config)
+    final_loss = pretrain(model, processor, pretrain_steps, seed + 1000) if pretrain_steps else None
+    tmp = out.with_name(out.name + ".tmp")
+    model.save_pretrained(tmp)
+    processor.save_pretrained(tmp)
+    (tmp / PROVENANCE_FILE).write_text(json.dumps({
+        "created_by": "anther model init-tiny", "seed": seed, "pretrain_steps": pretrain_steps,
+        "pretrain_final_loss": final_loss, "seconds": round(time.time() - started, 1),
+        "parameters": sum(p.numel() for p in model.parameters()),
+    }, indent=2))
+    if out.exists():
+        shutil.rmtree(out)
+    tmp.rename(out)
+    return out
+
+
+def ensure_tiny(out: Path, seed: int = 0, pretrain_steps: int = 600) -> Path:
+    """Create the tiny checkpoint at ``out`` unless it is already there (safe across processes)."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(out) + ".lock"):
+        if not (out / "config.json").is_file():
+            init_tiny(out, seed=seed, pretrain_steps=pretrain_steps)
+    return out

@@ -1,0 +1,1 @@
+"""Client side: the ClientApp, the NanoEdge, the local trainer and the backbone client."""

@@ -1,0 +1,103 @@
+"""Answering with a NanoEdge and a backbone: multiple-choice scoring and greedy generation.
+
+Both run the same split path as training (NanoEdge embeddings, backbone on
+``inputs_embeds``), so what is evaluated is exactly what is trained, in either mode.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+
+from anther.adapters.prompt import build_prompt, build_target
+from anther.client.nano_edge import NanoEdge
+from anther.server.backbone import Backbone
+from anther.simulations.datasets.sample import Sample
+
+
+@dataclass
+class Encoder:
+    """Turns samples into EncodedBatches with the model's own processor."""
+
+    edge: NanoEdge
+    processor: object
+    modality_agnostic: bool = False
+
+    def __call__(self, samples: list[Sample], answers: list[str] | None = None):
+        prompts = [build_prompt(s, self.modality_agnostic) for s in samples]
+        eos = self.processor.tokenizer.eos_token
+        targets = None if answers is None else [build_target(a, eos) for a in answers]
+        return self.edge.family.encode(self.processor, prompts, [s.image for s in samples], targets)
+
+
+def _chunks(items: list, size: int) -> Iterator[list]:
+    for i in range(0, len(items), size):
+        yield items[i:i + size]
+
+
+@torch.no_grad()
+def option_scores(encoder: Encoder, backbone: Backbone, samples: list[Sample],
+                  batch_size: int = 64) -> list[list[float]]:
+    """Log-likelihood of every answer option of every sample (the answer's tokens only)."""
+    pairs = [(i, s, o) for i, s in enumerate(samples) for o in s.options]
+    scores: list[list[float]] = [[] for _ in samples]
+    for chunk in _chunks(pairs, batch_size):
+        batch = encoder([s for _, s, _ in chunk], [o for _, _, o in chunk])
+        totals = backbone.score(encoder.edge(batch), batch.attention_mask, batch.labels)
+        for (i, _, _), total in zip(chunk, totals.tolist()):
+            scores[i].append(total)
+    return scores
+
+
+@torch.no_grad()
+def greedy_answers(encoder: Encoder, backbone: Backbone, samples: list[Sample],
+                   max_new_tokens: int = 4, batch_size: int = 64) -> list[str]:
+    """Greedy decoding driven by the client: each new token is embedded (and adapted)
+    here, so generation sees exactly the embeddings training did."""
+    tokenizer = encoder.processor.tokenizer
+    answers: list[str] = []
+    for chunk in _chunks(samples, batch_size):
+        batch = encoder(chunk)
+        embeds, mask = encoder.edge(batch), batch.attention_mask
+        lengths = mask.sum(dim=1)
+        done = torch.zeros(len(chunk), dtype=torch.bool)
+        generated: list[list[int]] = [[] for _ in chunk]
+        rows = torch.arange(len(chunk))
+        for _ in range(max_new_tokens):
+            next_ids = backbone.next_token_logits(embeds, mask).argmax(dim=-1)
+            for i, t in enumerate(next_ids.tolist()):
+                if not done[i]:
+                    generated[i].append(t)
+            done |= next_ids == tokenizer.eos_token_id
+            if bool(done.all()):
+                break
+            # append each row's new token right after its last real token
+            pad = torch.zeros(len(chunk), 1, embeds.shape[-1], dtype=embeds.dtype)
+            embeds, mask = torch.cat([embeds, pad], dim=1), torch.cat([mask, torch.zeros_like(mask[:, :1])], dim=1)
+            new = encoder.edge.adapters["text"](encoder.edge.embed_tokens(next_ids))
+            embeds[rows, lengths] = new
+            mask[rows, lengths] = 1
+            lengths = lengths + 1
+        answers += [tokenizer.decode(g, skip_special_tokens=True).strip() for g in generated]
+    return answers
+
+
+def evaluate_samples(encoder: Encoder, backbone: Backbone, samples: list[Sample], generate: bool = True,
+                     max_new_tokens: int = 3, batch_size: int = 128) -> dict[str, float]:
+    """Accuracy by multiple-choice scoring (``acc_mc``), exact match of greedy generation
+    (``acc_gen``), and multiple-choice accuracy per task (``acc_mc/<task>``)."""
+    if not samples:
+        return {}
+    scores = option_scores(encoder, backbone, samples, batch_size)
+    picked = [s.options[max(range(len(sc)), key=sc.__getitem__)] for s, sc in zip(samples, scores)]
+    hits = [p == s.answer for p, s in zip(picked, samples)]
+    metrics = {"acc_mc": sum(hits) / len(hits), "num_examples": float(len(samples))}
+    for task in sorted({s.task for s in samples}):
+        task_hits = [h for h, s in zip(hits, samples) if s.task == task]
+        metrics[f"acc_mc/{task}"] = sum(task_hits) / len(task_hits)
+    if generate:
+        answers = greedy_answers(encoder, backbone, samples, max_new_tokens, batch_size)
+        metrics["acc_gen"] = sum(a == s.answer for a, s in zip(answers, samples)) / len(samples)
+    return metrics

@@ -1,0 +1,90 @@
+"""NanoEdge: what a client runs. The model's own frozen vision encoder, connector and
+token embeddings, plus two trainable NanoAdapters:
+
+- NanoAdapter-I on the connector's image-token embeddings,
+- NanoAdapter-T on the text-token embeddings.
+
+Its output is the merged ``inputs_embeds`` the backbone consumes. Raw pixels and
+token ids stay here; only embeddings (and, for training, labels) go to the backbone.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+from transformers import AutoConfig
+
+from anther.adapters.families import EdgeParts, EncodedBatch, ModelFamily, family_for
+from anther.adapters.nano_adapter import NanoAdapter, NanoAdapterConfig
+
+def build_adapters(dim: int, config: NanoAdapterConfig, seed: int | None = None) -> nn.ModuleDict:
+    """NanoAdapter-I and NanoAdapter-T; with ``seed``, initialised identically everywhere."""
+    with torch.random.fork_rng(enabled=seed is not None):
+        if seed is not None:
+            torch.manual_seed(seed)
+        return nn.ModuleDict({"image": NanoAdapter(dim, config), "text": NanoAdapter(dim, config)})
+
+
+def initial_adapter_state(dim: int, config: NanoAdapterConfig, seed: int) -> dict[str, torch.Tensor]:
+    """The round-0 global adapters of a run."""
+    return build_adapters(dim, config, seed).state_dict()
+
+
+class NanoEdge(nn.Module):
+    def __init__(self, parts: EdgeParts, family: ModelFamily, model_config, adapter: NanoAdapterConfig) -> None:
+        super().__init__()
+        self.vision_tower = parts.vision_tower
+        self.connector = parts.connector
+        self.embed_tokens = parts.embed_tokens
+        self.family = family
+        self.model_config = model_config
+        self.image_token_id = family.image_token_id(model_config)
+        for frozen in (self.vision_tower, self.connector, self.embed_tokens):
+            frozen.requires_grad_(False)
+            frozen.eval()
+        self.adapters = build_adapters(self.embed_tokens.embedding_dim, adapter)
+
+    @classmethod
+    def from_pretrained(cls, model_dir: str | Path, adapter: NanoAdapterConfig,
+                        dtype: torch.dtype = torch.float32, device: str = "cpu") -> NanoEdge:
+        config = AutoConfig.from_pretrained(model_dir)
+        family = family_for(config.model_type)
+        model = family.model_class.from_pretrained(model_dir, dtype=dtype)
+        edge = cls(family.edge_parts(model), family, config, adapter)
+        return edge.to(device)
+
+    def train(self, mode: bool = True) -> NanoEdge:
+        """Only the adapters switch mode; the frozen modules stay in eval."""
+        self.adapters.train(mode)
+        return self
+
+    @torch.no_grad()
+    def image_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """Frozen encoder + connector output, (n_images * tokens_per_image, hidden)."""
+        parts = EdgeParts(self.vision_tower, self.connector, self.embed_tokens)
+        return self.family.image_features(parts, self.model_config, pixel_values)
+
+    def forward(self, batch: EncodedBatch) -> torch.Tensor:
+        """Merged ``inputs_embeds`` with both adapters applied, shape (B, T, hidden)."""
+        with torch.no_grad():
+            text = self.embed_tokens(batch.input_ids)
+        embeds = self.adapters["text"](text)
+        if batch.pixel_values is not None:
+            image = self.adapters["image"](self.image_features(batch.pixel_values).to(embeds.dtype))
+            mask = batch.input_ids == self.image_token_id
+            if int(mask.sum()) != image.shape[0]:
+                raise ValueError(
+                    f"batch has {int(mask.sum())} image-token positions but {image.shape[0]} "
+                    "image features: prompts and pixel_values disagree"
+                )
+            embeds = embeds.masked_scatter(mask.unsqueeze(-1), image)
+        return embeds
+
+    def adapter_state(self) -> dict[str, torch.Tensor]:
+        """The trainable weights, named ``image.down.weight`` and so on."""
+        return {k: v.detach().clone() for k, v in self.adapters.state_dict().items()}
+
+    def load_adapter_state(self, state: dict[str, torch.Tensor]) -> None:
+        self.adapters.load_state_dict(state, strict=True)

@@ -1,0 +1,44 @@
+"""What a client process keeps between rounds: processor, NanoEdge and backbone handle.
+
+Loaded once per process and reused by every (simulated) client that process serves;
+each message then loads the global adapters it carries, so no state leaks between clients.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+
+import torch
+import transformers
+from transformers import AutoProcessor
+
+from anther.adapters.nano_adapter import NanoAdapterConfig
+from anther.client.inference import Encoder
+from anther.client.nano_edge import NanoEdge
+from anther.server.backbone import Backbone, LocalBackbone
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+@dataclass
+class ClientRuntime:
+    encoder: Encoder
+    backbone: Backbone
+
+    @property
+    def edge(self) -> NanoEdge:
+        return self.encoder.edge
+
+
+@lru_cache(maxsize=4)
+def load_runtime(model_path: str, dtype: str, rank: int, alpha: float, activation: str,
+                 modality_agnostic: bool) -> ClientRuntime:
+    """Processor + NanoEdge (+ an in-process backbone until the backbone service is used)."""
+    transformers.logging.set_verbosity_error()
+    torch.set_num_threads(1)  # simulated clients share the cores; one thread each is fastest
+    adapter = NanoAdapterConfig(rank=rank, alpha=alpha, activation=activation)
+    edge = NanoEdge.from_pretrained(model_path, adapter, dtype=DTYPES[dtype])
+    processor = AutoProcessor.from_pretrained(model_path)
+    backbone = LocalBackbone.from_pretrained(model_path, dtype=DTYPES[dtype])
+    return ClientRuntime(Encoder(edge, processor, modality_agnostic), backbone)

@@ -1,0 +1,64 @@
+"""Local training of a client's NanoAdapters against the backbone (the split exchange).
+
+One step: the NanoEdge builds ``inputs_embeds`` with its adapters; the backbone
+returns the loss and d loss / d inputs_embeds; the client backpropagates that
+gradient into its adapters and steps its optimizer. Raw pixels and token ids never
+leave this function.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+import torch
+from tqdm.auto import tqdm
+
+from anther.client.inference import Encoder
+from anther.server.backbone import Backbone
+from anther.simulations.datasets.sample import Sample
+
+
+@dataclass
+class TrainReport:
+    loss: float  # mean over the local steps
+    steps: int
+    examples: int  # samples seen (steps * batch size)
+    activation_bytes_up: int  # inputs_embeds + mask + labels sent to the backbone
+    activation_bytes_down: int  # gradients received
+
+
+def _bytes(*tensors: torch.Tensor) -> int:
+    return sum(t.numel() * t.element_size() for t in tensors)
+
+
+def train_adapters(encoder: Encoder, backbone: Backbone, samples: list[Sample], steps: int,
+                   batch_size: int, lr: float, seed: int, weight_decay: float = 0.0,
+                   max_grad_norm: float = 1.0, show_progress: bool = False) -> TrainReport:
+    """Run ``steps`` split-learning steps on batches drawn from ``samples``."""
+    if not samples:
+        raise ValueError("this client has no training samples")
+    edge = encoder.edge
+    params = [p for p in edge.adapters.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    rng = random.Random(seed)
+    order: list[int] = []
+    losses, up, down = [], 0, 0
+    edge.train()
+    for _ in tqdm(range(steps), desc="local training", unit="step", disable=not show_progress, leave=False):
+        if len(order) < batch_size:
+            order += rng.sample(range(len(samples)), len(samples))
+        idx, order = order[:batch_size], order[batch_size:]
+        batch = encoder([samples[i] for i in idx], [samples[i].answer for i in idx])
+        embeds = edge(batch)
+        loss, grad = backbone.train_step(embeds.detach(), batch.attention_mask, batch.labels)
+        opt.zero_grad(set_to_none=True)
+        embeds.backward(grad.to(embeds.dtype))
+        if max_grad_norm > 0:
+            torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
+        opt.step()
+        losses.append(loss)
+        up += _bytes(embeds, batch.attention_mask, batch.labels)
+        down += _bytes(grad)
+    edge.eval()
+    return TrainReport(sum(losses) / len(losses), steps, steps * batch_size, up, down)

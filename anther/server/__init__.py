@@ -1,0 +1,1 @@
+"""Server side: the ServerApp, the backbone, checkpoints and server-side evaluation."""

@@ -1,0 +1,143 @@
+"""The backbone: the frozen LLM that serves forward and backward passes on ``inputs_embeds``.
+
+Clients touch the LLM only through :class:`Backbone`. :class:`LocalBackbone` runs it
+in-process; the gRPC service (``anther.server.backbone_service``) serves the same
+interface to many clients at once and ``anther.client.backbone_client`` is its stub.
+
+All losses follow Hugging Face's causal-LM convention: logits at position t predict
+token t+1, positions labelled -100 are ignored, and a request's loss is the mean over
+its own labelled tokens. Gradients are taken with respect to ``inputs_embeds`` only;
+the LLM's weights are frozen and never receive gradients.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Protocol
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import AutoConfig
+
+from anther.adapters.families import family_for
+
+IGNORE_INDEX = -100
+
+
+@dataclass(frozen=True)
+class BackboneInfo:
+    """What a client must know to talk to a backbone."""
+
+    fingerprint: str
+    hidden_size: int
+    vocab_size: int
+    dtype: str
+    max_sequence_length: int
+
+
+class Backbone(Protocol):
+    info: BackboneInfo
+
+    def train_step(self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor,
+                   labels: torch.Tensor) -> tuple[float, torch.Tensor]:
+        """Loss on the labelled tokens and d loss / d inputs_embeds."""
+        ...
+
+    def score(self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor,
+              labels: torch.Tensor) -> torch.Tensor:
+        """Per-sequence sum of log-probabilities of the labelled tokens, shape (B,)."""
+        ...
+
+    def next_token_logits(self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Logits for the token after each sequence's last attended position, shape (B, V)."""
+        ...
+
+
+def token_log_likelihoods(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-sequence (sum of log p(label), number of labelled tokens), with the causal shift."""
+    logits = logits[:, :-1].float()
+    targets = labels[:, 1:]
+    mask = targets != IGNORE_INDEX
+    logp = torch.log_softmax(logits, dim=-1)
+    picked = logp.gather(-1, targets.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+    return (picked * mask).sum(dim=1), mask.sum(dim=1)
+
+
+def causal_lm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy over labelled tokens (Hugging Face's ``ForCausalLMLoss``)."""
+    return F.cross_entropy(
+        logits[:, :-1].float().reshape(-1, logits.shape[-1]),
+        labels[:, 1:].reshape(-1),
+        ignore_index=IGNORE_INDEX,
+    )
+
+
+def checkpoint_fingerprint(model_dir: Path) -> str:
+    """Hash of config and weight-file metadata: clients and server must agree on it."""
+    model_dir = Path(model_dir)
+    h = hashlib.sha256((model_dir / "config.json").read_bytes())
+    for f in sorted(model_dir.glob("*.safetensors")):
+        h.update(f.name.encode())
+        h.update(str(f.stat().st_size).encode())
+        with f.open("rb") as fh:
+            h.update(fh.read(1 << 16))
+    return h.hexdigest()[:16]
+
+
+class LocalBackbone(nn.Module):
+    """The frozen decoder and LM head of an MLLM, run in this process."""
+
+    def __init__(self, decoder: nn.Module, head: nn.Module, info: BackboneInfo) -> None:
+        super().__init__()
+        self.decoder = decoder
+        self.head = head
+        self.info = info
+        self.requires_grad_(False)
+        self.eval()
+
+    @classmethod
+    def from_pretrained(cls, model_dir: str | Path, dtype: torch.dtype = torch.float32,
+                        device: str = "cpu") -> LocalBackbone:
+        model_dir = Path(model_dir)
+        config = AutoConfig.from_pretrained(model_dir)
+        family = family_for(config.model_type)
+        model = family.model_class.from_pretrained(model_dir, dtype=dtype).to(device)
+        decoder, head = family.backbone_parts(model)
+        text_cfg = config.get_text_config()
+        info = BackboneInfo(
+            fingerprint=checkpoint_fingerprint(model_dir), hidden_size=text_cfg.hidden_size,
+            vocab_size=text_cfg.vocab_size, dtype=str(dtype).removeprefix("torch."),
+            max_sequence_length=text_cfg.max_position_embeddings,
+        )
+        return cls(decoder, head, info)
+
+    def logits(self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        hidden = self.decoder(inputs_embeds=inputs_embeds, attention_mask=attention_mask).last_hidden_state
+        return self.head(hidden)
+
+    def train_step(self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor,
+                   labels: torch.Tensor) -> tuple[float, torch.Tensor]:
+        x = inputs_embeds.detach().requires_grad_(True)
+        with torch.enable_grad():
+            loss = causal_lm_loss(self.logits(x, attention_mask), labels)
+            (grad,) = torch.autograd.grad(loss, x)
+        return loss.item(), grad
+
+    @torch.no_grad()
+    def score(self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor,
+              labels: torch.Tensor) -> torch.Tensor:
+        total, _ = token_log_likelihoods(self.logits(inputs_embeds, attention_mask), labels)
+        return total
+
+    @torch.no_grad()
+    def next_token_logits(self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        logits = self.logits(inputs_embeds, attention_mask)
+        last = attention_mask.sum(dim=1) - 1
+        return logits[torch.arange(logits.shape[0]), last].float()
+
+    def describe(self) -> str:
+        return json.dumps(asdict(self.info))

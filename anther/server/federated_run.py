@@ -1,0 +1,171 @@
+"""One federated run: rounds of sample -> train -> aggregate -> evaluate -> checkpoint.
+
+anther drives the rounds itself (rather than ``Strategy.start``) so that it can
+sample clients deterministically by partition id, account traffic, print the
+per-round table, evaluate on the server's held-out set and checkpoint every round.
+Aggregation is entirely the strategy's: any ``flwr.serverapp.strategy.Strategy``.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Iterable
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, RecordDict
+from flwr.serverapp import Grid
+from omegaconf import DictConfig, OmegaConf
+
+from anther.server.checkpoint import save_checkpoint
+from anther.server.evaluation import ServerEvaluator
+from anther.simulations.config import anther_home, to_yaml
+from anther.simulations.report import RoundTable, plot_rounds, write_json_atomic
+from anther.strategies.registry import build_strategy
+
+
+class OfferedGrid:
+    """The grid as a strategy should see it this round: only the sampled nodes."""
+
+    def __init__(self, grid: Grid, node_ids: list[int]) -> None:
+        self._grid, self._node_ids = grid, node_ids
+
+    def get_node_ids(self) -> list[int]:
+        return list(self._node_ids)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._grid, name)
+
+
+def _sum_metric(replies: Iterable[Message], key: str) -> float:
+    return float(sum(m.content["metrics"].get(key, 0) for m in replies))
+
+
+def _weighted_metric(replies: list[Message], key: str) -> float | None:
+    pairs = [(m.content["metrics"][key], m.content["metrics"]["num-examples"])
+             for m in replies if key in m.content["metrics"]]
+    total = sum(w for _, w in pairs)
+    return sum(v * w for v, w in pairs) / total if total else None
+
+
+class FederatedRun:
+    def __init__(self, cfg: DictConfig, grid: Grid, data_folder: Path) -> None:
+        self.cfg, self.grid = cfg, grid
+        self.strategy = build_strategy(OmegaConf.to_container(cfg.strategy, resolve=True))
+        self.rng = random.Random(cfg.seed)
+        self.table = RoundTable()
+        self.evaluator = ServerEvaluator(cfg, data_folder)
+        self.rounds: list[dict[str, Any]] = []
+        self.client_metrics: dict[str, Any] = {}
+        stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+        out = Path(cfg.output_dir).expanduser() if cfg.output_dir else anther_home() / "runs"
+        self.run_dir = out / f"{cfg.name}-{stamp}"
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        (self.run_dir / "config.yaml").write_text(to_yaml(cfg))
+
+    # -- nodes ---------------------------------------------------------------------------
+    def _discover(self) -> dict[int, int]:
+        """Wait for the federation's nodes and map partition id -> node id."""
+        want = self.cfg.federation.num_clients
+        deadline = time.monotonic() + self.cfg.federation.round_timeout_s
+        node_ids = list(self.grid.get_node_ids())
+        while len(node_ids) < want and time.monotonic() < deadline:
+            time.sleep(1.0)
+            node_ids = list(self.grid.get_node_ids())
+        queries = [Message(RecordDict({"config": self._config(0)}), dst_node_id=n,
+                           message_type=MessageType.QUERY) for n in node_ids]
+        replies = self.grid.send_and_receive(queries, timeout=self.cfg.federation.round_timeout_s)
+        by_partition = {}
+        for r in replies:
+            if not r.has_error():
+                by_partition[int(r.content["info"]["partition-id"])] = r.metadata.src_node_id
+        if len(by_partition) < self.cfg.federation.min_train_clients:
+            raise RuntimeError(f"only {len(by_partition)} clients answered; need "
+                               f"federation.min_train_clients={self.cfg.federation.min_train_clients}")
+        return dict(sorted(by_partition.items()))
+
+    def _sample(self, partitions: dict[int, int]) -> list[int]:
+        f = self.cfg.federation
+        k = max(f.min_train_clients, round(f.fraction_train * len(partitions)))
+        chosen = sorted(self.rng.sample(sorted(partitions), min(k, len(partitions))))
+        return [partitions[p] for p in chosen]
+
+    # -- messages ------------------------------------------------------------------------
+    def _config(self, server_round: int) -> ConfigRecord:
+        return ConfigRecord({"experiment": to_yaml(self.cfg), "server-round": server_round})
+
+    def _exchange(self, strategy_messages: Iterable[Message]) -> list[Message]:
+        replies = self.grid.send_and_receive(list(strategy_messages),
+                                             timeout=self.cfg.federation.round_timeout_s)
+        ok = [m for m in replies if not m.has_error()]
+        return sorted(ok, key=lambda m: int(m.content["metrics"]["partition-id"]))
+
+    # -- the run -------------------------------------------------------------------------
+    def _evaluate_server(self, arrays: ArrayRecord) -> dict[str, float]:
+        return self.evaluator(arrays.to_torch_state_dict())
+
+    def _record(self, record: dict[str, Any]) -> None:
+        self.rounds.append(record)
+        self.table.add(record)
+        self._write_result(finished=False)
+
+    def execute(self, initial: ArrayRecord) -> ArrayRecord:
+        partitions = self._discover()
+        arrays = initial
+        t0 = time.time()
+        self._record({"round": 0, "clients": 0, **self._evaluate_server(arrays), "seconds": time.time() - t0})
+        for server_round in range(1, self.cfg.federation.rounds + 1):
+            t0 = time.time()
+            sampled = self._sample(partitions)
+            config = self._config(server_round)
+            messages = list(self.strategy.configure_train(server_round, arrays, config,
+                                                          OfferedGrid(self.grid, sampled)))
+            replies = self._exchange(messages)
+            new_arrays, _ = self.strategy.aggregate_train(server_round, replies)
+            if new_arrays is not None:
+                arrays = new_arrays
+            save_checkpoint(self.run_dir, server_round, arrays.to_torch_state_dict(),
+                            {"rounds": self.rounds})
+            self._record({
+                "round": server_round,
+                "train_loss": _weighted_metric(replies, "train_loss"),
+                **self._evaluate_server(arrays),
+                "clients": len(replies),
+                "adapter_bytes_down": sum(m.content["arrays"].count_bytes() for m in messages),
+                "adapter_bytes_up": sum(m.content["arrays"].count_bytes() for m in replies),
+                "activation_bytes_up": _sum_metric(replies, "activation_bytes_up"),
+                "activation_bytes_down": _sum_metric(replies, "activation_bytes_down"),
+                "seconds": time.time() - t0,
+            })
+        self.client_metrics = self._evaluate_clients(arrays, partitions)
+        self._write_result(finished=True)
+        plot_rounds(self.rounds, self.run_dir)
+        return arrays
+
+    def _evaluate_clients(self, arrays: ArrayRecord, partitions: dict[int, int]) -> dict[str, Any]:
+        """Each client scores the final global adapters on its own test split."""
+        config = self._config(self.cfg.federation.rounds)
+        messages = [Message(RecordDict({"arrays": arrays, "config": config}), dst_node_id=n,
+                            message_type=MessageType.EVALUATE) for n in partitions.values()]
+        replies = self._exchange(messages)
+        per_client = {int(m.content["metrics"]["partition-id"]): dict(m.content["metrics"]) for m in replies}
+        accs = [c["acc_mc"] for c in per_client.values() if "acc_mc" in c]
+        summary = {}
+        if accs:
+            mean = sum(accs) / len(accs)
+            summary = {"acc_mc_mean": mean, "acc_mc_worst": min(accs),
+                       "acc_mc_std": (sum((a - mean) ** 2 for a in accs) / len(accs)) ** 0.5}
+        return {"summary": summary, "per_client": per_client}
+
+    def _write_result(self, finished: bool) -> None:
+        write_json_atomic(self.run_dir / "result.json", {
+            "name": self.cfg.name,
+            "finished": finished,
+            "config": OmegaConf.to_container(self.cfg, resolve=True),
+            "rounds": self.rounds,
+            "clients": self.client_metrics,
+            "traffic": {k: sum(r.get(k) or 0 for r in self.rounds) for k in (
+                "adapter_bytes_down", "adapter_bytes_up", "activation_bytes_up", "activation_bytes_down")},
+        })

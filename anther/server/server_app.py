@@ -1,0 +1,31 @@
+"""The Flower ServerApp: prepares model and data, then runs the federated rounds.
+
+The run config carries only the Hydra experiment name and overrides
+(``[tool.flwr.app.config]`` in pyproject.toml), so ``flwr run .``, ``anther simulate``
+and the benchmarks all name experiments the same way.
+"""
+
+from __future__ import annotations
+
+from flwr.app import ArrayRecord, Context
+from flwr.serverapp import Grid, ServerApp
+
+from anther.adapters.nano_adapter import NanoAdapterConfig
+from anther.client.nano_edge import initial_adapter_state
+from anther.server.federated_run import FederatedRun
+from anther.simulations.assets import prepare_assets
+from anther.simulations.config import load_config
+
+app = ServerApp()
+
+
+@app.main()
+def main(grid: Grid, context: Context) -> None:
+    cfg = load_config(str(context.run_config["experiment"]), str(context.run_config.get("overrides", "")))
+    cfg = prepare_assets(cfg)
+    run = FederatedRun(cfg, grid, cfg.data.path)
+    print(f"anther: run folder {run.run_dir}", flush=True)
+    dim = run.evaluator.runtime.edge.embed_tokens.embedding_dim
+    adapter = NanoAdapterConfig(cfg.adapter.rank, float(cfg.adapter.alpha), cfg.adapter.activation)
+    run.execute(ArrayRecord(initial_adapter_state(dim, adapter, cfg.seed)))
+    print(f"anther: finished; result.json and plots in {run.run_dir}", flush=True)

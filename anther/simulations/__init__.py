@@ -1,0 +1,1 @@
+"""Data sets, partitioners, heterogeneity scenarios, experiment configs, runner and reports."""

@@ -1,0 +1,33 @@
+"""The model and data a run needs, made when missing, resolved to absolute paths.
+
+Run once by whoever starts a run (``anther simulate`` or the ServerApp) before any
+client starts, so simulated clients never race to create the same files.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+from anther.adapters.tiny_model import ensure_tiny
+from anther.simulations.config import anther_home
+from anther.simulations.data import dataset_dir
+
+
+def tiny_model_dir(seed: int, pretrain_steps: int) -> Path:
+    return anther_home() / "models" / f"tiny-llava-seed{seed}-pretrain{pretrain_steps}"
+
+
+def prepare_assets(cfg: DictConfig) -> DictConfig:
+    """A copy of ``cfg`` whose ``model.path`` and ``data.path`` point at existing folders."""
+    cfg = cfg.copy()
+    m = cfg.model
+    model_path = Path(m.path).expanduser() if m.path else ensure_tiny(
+        tiny_model_dir(m.tiny_seed, m.tiny_pretrain_steps), m.tiny_seed, m.tiny_pretrain_steps)
+    if not (model_path / "config.json").is_file():
+        raise FileNotFoundError(f"model.path={model_path} is not a Hugging Face checkpoint directory "
+                                "(no config.json)")
+    OmegaConf.update(cfg, "model.path", str(model_path.resolve()))
+    OmegaConf.update(cfg, "data.path", str(dataset_dir(cfg).resolve()))
+    return cfg

@@ -1,0 +1,1 @@
+"""Data sets: the built-in ShapesVQA generator, the on-disk format and the papers' loaders."""

@@ -1,0 +1,84 @@
+"""Run an experiment as a Flower simulation: ``flwr run`` against a SuperLink we own.
+
+``anther simulate`` starts its own ``flower-superlink --simulation`` on free loopback
+ports with a private ``FLWR_HOME``, submits this app with ``flwr run --stream`` (so
+the per-round table appears in the terminal), and stops that SuperLink by pid when
+the run ends, whatever happens. Nothing is left running and ``~/.flwr`` is not touched.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shlex
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+
+APP_DIR = Path(__file__).resolve().parents[2]  # the folder holding pyproject.toml
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _bin(name: str) -> str:
+    """A console script of this environment (the venv's, even if PATH lacks it)."""
+    candidate = Path(sys.executable).parent / name
+    return str(candidate) if candidate.exists() else name
+
+
+@contextlib.contextmanager
+def local_superlink(flwr_home: Path) -> Iterator[dict[str, str]]:
+    """A simulation SuperLink on free ports; yields the environment that reaches it."""
+    http_port, control_port = free_port(), free_port()
+    env = {**os.environ, "FLWR_HOME": str(flwr_home), "FLWR_LOCAL_SUPERLINK_HTTP_API_PORT": str(http_port),
+           "FLWR_LOCAL_CONTROL_API_PORT": str(control_port), "FLWR_DISABLE_UPDATE_CHECK": "1"}
+    log = flwr_home / "superlink.log"
+    cmd = [_bin("flower-superlink"), "--insecure", "--simulation", "--isolation", "subprocess",
+           "--control-api-address", f"127.0.0.1:{control_port}", "--host", "127.0.0.1",
+           "--port", str(http_port), "--fleet-api-address", f"127.0.0.1:{free_port()}",
+           "--health-server-address", f"127.0.0.1:{free_port()}", "--database", ":flwr-in-memory:"]
+    with log.open("w") as log_file:
+        proc = subprocess.Popen(cmd, env=env, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"flower-superlink exited with code {proc.returncode}; see {log}")
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(f"http://127.0.0.1:{http_port}/health", timeout=1).is_success:
+                    break
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"flower-superlink did not become healthy in 60 s; see {log}")
+            time.sleep(0.3)
+        yield env
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, 15)
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, 9)
+            proc.wait()
+
+
+def flwr_run(experiment: str, overrides: list[str], num_supernodes: int, app_dir: Path = APP_DIR,
+             extra_federation_config: dict[str, str] | None = None) -> int:
+    """Submit the app to a private SuperLink and stream its logs; returns flwr's exit code."""
+    if not (app_dir / "pyproject.toml").is_file():
+        raise FileNotFoundError(f"{app_dir} has no pyproject.toml; run anther from its source checkout")
+    run_config = f'experiment="{experiment}" overrides="{shlex.join(overrides)}"'
+    fed = {"num-supernodes": str(num_supernodes), **(extra_federation_config or {})}
+    with tempfile.TemporaryDirectory(prefix="anther-flwr-") as home, local_superlink(Path(home)) as env:
+        cmd = [_bin("flwr"), "run", str(app_dir), "local", "--stream", "--run-config", run_config,
+               "--federation-config", " ".join(f"{k}={v}" for k, v in fed.items())]
+        return subprocess.run(cmd, env=env).returncode
