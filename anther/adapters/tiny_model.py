@@ -81,10 +81,10 @@ def _pretrain_batches(processor, n_captions: int, batch_size: int, seed: int):
         yield family.encode(processor, [c[0] for c in chunk], [c[1] for c in chunk], [c[2] for c in chunk])
 
 
-def pretrain(model, processor, steps: int, seed: int, batch_size: int = 32, lr: float = 3e-3) -> float:
+def pretrain(model, processor, steps: int, seed: int, batch_size: int = 32, lr: float = 2e-3) -> float:
     """Train every weight of the tiny model on captions; returns the final mean loss."""
     batches = list(_pretrain_batches(processor, steps * batch_size // 2, batch_size, seed))
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.1)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.1)
     model.train()
     recent: list[float] = []

@@ -46,7 +46,8 @@ def local_superlink(flwr_home: Path) -> Iterator[dict[str, str]]:
     cmd = [_bin("flower-superlink"), "--insecure", "--simulation", "--isolation", "subprocess",
            "--control-api-address", f"127.0.0.1:{control_port}", "--host", "127.0.0.1",
            "--port", str(http_port), "--fleet-api-address", f"127.0.0.1:{free_port()}",
-           "--health-server-address", f"127.0.0.1:{free_port()}", "--database", ":flwr-in-memory:"]
+           "--health-server-address", f"127.0.0.1:{free_port()}", "--database", ":flwr-in-memory:",
+           "--disable-runtime-dependency-installation"]
     with log.open("w") as log_file:
         proc = subprocess.Popen(cmd, env=env, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True)
     try:

@@ -1,0 +1,177 @@
+"""The client's view of a remote backbone: the :class:`Backbone` protocol over gRPC.
+
+:class:`RemoteBackbone` is a drop-in for :class:`LocalBackbone` in the trainer and
+in inference: the same ``info``, ``train_step``, ``score`` and ``next_token_logits``,
+with the tensors travelling as ``backbone.proto`` says. It retries a call that
+fails with UNAVAILABLE (server restarting, network blip) with exponential backoff;
+every RPC is a pure function of its request, so a retry is always safe. It counts the
+protobuf bytes it sends and receives (``bytes_up``, ``bytes_down``) so a run can
+report its real traffic; TLS and HTTP/2 framing add a little on top of that.
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from pathlib import Path
+from typing import TypeVar
+
+import grpc
+import torch
+from google.protobuf.message import Message
+
+from anther.server.backbone import BackboneInfo
+from anther.server.proto import backbone_pb2 as pb
+from anther.server.proto import backbone_pb2_grpc as pb_grpc
+from anther.server.proto import wire
+
+M = TypeVar("M", bound=Message)
+T = TypeVar("T")
+
+# Replies may be large (gradients); the server chunks them, this is only a ceiling.
+_MAX_REPLY_MESSAGE_BYTES = 256 << 20
+
+Pem = str | Path | bytes
+
+
+def _pem(source: Pem | None) -> bytes | None:
+    if source is None or isinstance(source, bytes):
+        return source
+    return Path(source).read_bytes()
+
+
+def _ids(t: torch.Tensor, allowed: Sequence[str]) -> pb.Tensor:
+    """Masks and labels travel in their own dtype when the wire takes it, else as int64."""
+    return wire.encode(t, None if wire.dtype_name(t.dtype) in allowed else "int64")
+
+
+class RemoteBackbone:
+    """A :class:`~anther.server.backbone.Backbone` served by ``anther.server.backbone_service``.
+
+    ``root_cert`` turns on TLS (the CA that signed the server's certificate);
+    ``client_cert`` and ``client_key`` add the client's own certificate for mutual TLS;
+    ``token`` is sent as ``authorization: Bearer <token>``. ``wire_dtype`` is the dtype
+    of the embeddings sent and the gradients received (float32, bfloat16, float16).
+    A call is tried up to ``attempts`` times while the server is UNAVAILABLE, waiting
+    ``backoff_s``, then twice that, ... up to ``max_backoff_s`` (with jitter, so many
+    clients do not retry in lockstep).
+    """
+
+    def __init__(self, address: str, *, token: str | None = None, root_cert: Pem | None = None,
+                 client_cert: Pem | None = None, client_key: Pem | None = None,
+                 server_name: str | None = None, wire_dtype: str = "float32", attempts: int = 5,
+                 backoff_s: float = 0.2, max_backoff_s: float = 5.0, timeout_s: float | None = None) -> None:
+        if wire_dtype not in wire.WIRE_DTYPES:
+            raise ValueError(f"wire_dtype {wire_dtype!r} is not one of {', '.join(wire.WIRE_DTYPES)}")
+        if attempts < 1:
+            raise ValueError("attempts must be at least 1")
+        self.wire_dtype = wire_dtype
+        self.attempts, self.backoff_s, self.max_backoff_s = attempts, backoff_s, max_backoff_s
+        self.timeout_s = timeout_s
+        self.bytes_up = 0
+        self.bytes_down = 0
+        self._count_lock = threading.Lock()
+        self._metadata = (("authorization", f"Bearer {token}"),) if token else None
+        self._channel = self._open(address, root_cert, client_cert, client_key, server_name)
+        self._stub = pb_grpc.BackboneStub(self._channel)
+        self.server = self._retrying(lambda: self._stub.Info(pb.InfoRequest(), metadata=self._metadata,
+                                                             timeout=self.timeout_s))
+        if wire_dtype not in self.server.wire_dtypes:
+            raise ValueError(f"the server does not take wire dtype {wire_dtype!r}")
+        self.info = BackboneInfo(
+            fingerprint=self.server.fingerprint, hidden_size=self.server.hidden_size,
+            vocab_size=self.server.vocab_size, dtype=self.server.model_dtype,
+            max_sequence_length=self.server.max_sequence_length,
+        )
+
+    def _open(self, address: str, root_cert: Pem | None, client_cert: Pem | None, client_key: Pem | None,
+              server_name: str | None) -> grpc.Channel:
+        options = [
+            ("grpc.max_receive_message_length", _MAX_REPLY_MESSAGE_BYTES),
+            # reconnect on the same schedule as our retries, not gRPC's default 1 s floor
+            ("grpc.initial_reconnect_backoff_ms", max(1, int(self.backoff_s * 1000))),
+            ("grpc.min_reconnect_backoff_ms", max(1, int(self.backoff_s * 1000))),
+            ("grpc.max_reconnect_backoff_ms", max(1, int(self.max_backoff_s * 1000))),
+        ]
+        if server_name:
+            options.append(("grpc.ssl_target_name_override", server_name))
+        if root_cert is None:
+            if client_cert or client_key:
+                raise ValueError("a client certificate needs TLS: give root_cert too")
+            return grpc.insecure_channel(address, options=options)
+        creds = grpc.ssl_channel_credentials(_pem(root_cert), _pem(client_key), _pem(client_cert))
+        return grpc.secure_channel(address, creds, options=options)
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def __enter__(self) -> RemoteBackbone:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ------------------------------------------------------------ transport
+
+    def _retrying(self, call: Callable[[], T]) -> T:
+        for attempt in range(self.attempts):
+            try:
+                return call()
+            except grpc.RpcError as e:
+                if e.code() != grpc.StatusCode.UNAVAILABLE or attempt == self.attempts - 1:
+                    raise
+                delay = min(self.max_backoff_s, self.backoff_s * 2 ** attempt)
+                time.sleep(delay * random.uniform(0.5, 1.0))
+        raise AssertionError("unreachable")
+
+    def _count(self, stream: Iterable[M], direction: str) -> Iterator[M]:
+        for msg in stream:
+            with self._count_lock:
+                setattr(self, direction, getattr(self, direction) + msg.ByteSize())
+            yield msg
+
+    def _call(self, rpc: grpc.StreamStreamMultiCallable, request: Message) -> Message:
+        """One streamed call: request out in chunks, reply assembled from its chunks."""
+        def attempt() -> Message:
+            upload = self._count(wire.chunks(request, self.server.max_chunk_bytes), "bytes_up")
+            replies = rpc(upload, metadata=self._metadata, timeout=self.timeout_s)
+            return wire.assemble(self._count(replies, "bytes_down"))
+        return self._retrying(attempt)
+
+    def _forward_request(self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor,
+                         labels: torch.Tensor | None) -> pb.ForwardRequest:
+        req = pb.ForwardRequest(inputs_embeds=wire.encode(inputs_embeds, self.wire_dtype),
+                                attention_mask=_ids(attention_mask, wire.MASK_DTYPES), grad_dtype=self.wire_dtype)
+        if labels is not None:
+            req.labels.CopyFrom(_ids(labels, wire.ID_DTYPES))
+        return req
+
+    # ------------------------------------------------------------ the Backbone protocol
+
+    def train_step(self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor,
+                   labels: torch.Tensor) -> tuple[float, torch.Tensor]:
+        reply = self._call(self._stub.TrainStep, self._forward_request(inputs_embeds, attention_mask, labels))
+        grad = wire.decode(reply.grad, "grad", wire.WIRE_DTYPES, ndim=3)
+        return reply.loss, grad.to(inputs_embeds.dtype)
+
+    def score(self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor,
+              labels: torch.Tensor) -> torch.Tensor:
+        reply = self._call(self._stub.Score, self._forward_request(inputs_embeds, attention_mask, labels))
+        return wire.decode(reply.scores, "scores", ("float32",), ndim=1)
+
+    def next_token_logits(self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        reply = self._call(self._stub.NextTokenLogits, self._forward_request(inputs_embeds, attention_mask, None))
+        return wire.decode(reply.logits, "logits", ("float32",), ndim=2)
+
+    def generate(self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor, max_new_tokens: int,
+                 stop_token_ids: Sequence[int] = ()) -> torch.Tensor:
+        """Greedy token ids (B, N), -1 after a row's stop token. The server embeds the new
+        tokens itself, so adapters do not see them; anther's own evaluation decodes
+        client-side with :meth:`next_token_logits` (``client.inference.greedy_answers``)."""
+        req = pb.GenerateRequest(inputs_embeds=wire.encode(inputs_embeds, self.wire_dtype),
+                                 attention_mask=_ids(attention_mask, wire.MASK_DTYPES),
+                                 max_new_tokens=max_new_tokens, stop_token_ids=list(stop_token_ids))
+        reply = self._call(self._stub.Generate, req)
+        return wire.decode(reply.token_ids, "token_ids", ("int64",), ndim=2)

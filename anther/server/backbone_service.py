@@ -1,0 +1,542 @@
+"""The backbone gRPC service: one frozen LLM serving many clients' forward and backward passes.
+
+A :class:`BackboneService` holds a :class:`LocalBackbone` and answers the RPCs of
+``proto/backbone.proto``. Every request is decoded and validated in its own gRPC
+thread first, so a malformed one is refused (INVALID_ARGUMENT) before it can touch
+the model or anyone else's batch. Valid requests go to a :class:`DynamicBatcher`: one
+thread owns the model and runs the requests that arrive within a short window as one
+right-padded batch. Each TrainStep's loss is the mean over its own labelled tokens, and
+the batched backward runs on the *sum* of those per-request losses; since a request's
+loss depends only on its own rows, each request gets exactly the gradient it would
+have got alone.
+
+Security: TLS (optionally mutual) and per-client bearer tokens, checked by a server
+interceptor before any handler runs.
+
+Run it with ``python -m anther.server.backbone_service --model-dir DIR`` or in-process
+with :func:`serve` / :func:`start`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hmac
+import json
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent import futures
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import grpc
+import torch
+import torch.nn.functional as F
+
+from anther.server.backbone import IGNORE_INDEX, BackboneInfo, LocalBackbone
+from anther.server.proto import backbone_pb2 as pb
+from anther.server.proto import backbone_pb2_grpc as pb_grpc
+from anther.server.proto import wire
+from anther.server.proto.wire import WireError
+
+log = logging.getLogger(__name__)
+
+MiB = 1 << 20
+# gRPC's per-message receive limit is the chunk limit plus this, for protobuf framing.
+MESSAGE_SLACK_BYTES = 64 * 1024
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What one request may ask of the server (reported by Info; see backbone.proto)."""
+
+    max_sequence_length: int | None = None  # None: the model's max_position_embeddings
+    max_chunk_bytes: int = 4 * MiB
+    max_request_bytes: int = 256 * MiB
+    max_new_tokens: int = 256
+
+
+@dataclass(frozen=True)
+class BatchPolicy:
+    """Dynamic batching: wait up to ``window_ms`` for up to ``max_batch`` sequences."""
+
+    enabled: bool = True
+    window_ms: float = 5.0
+    max_batch: int = 32
+
+
+@dataclass(frozen=True)
+class ServerTls:
+    """PEM files for TLS; with ``client_ca`` set, clients must present a certificate it signed."""
+
+    cert_chain: Path
+    private_key: Path
+    client_ca: Path | None = None
+
+
+# ---------------------------------------------------------------- request decoding
+
+
+@dataclass
+class ForwardInputs:
+    """A validated TrainStep, Score or NextTokenLogits request, in the model's dtype."""
+
+    embeds: torch.Tensor  # (B, T, H)
+    mask: torch.Tensor  # (B, T) int64
+    labels: torch.Tensor | None  # (B, T) int64
+    grad_dtype: str = "float32"
+
+    @property
+    def size(self) -> int:
+        return self.embeds.shape[0]
+
+
+@dataclass
+class GenerateInputs:
+    """A validated Generate request."""
+
+    embeds: torch.Tensor
+    mask: torch.Tensor
+    max_new_tokens: int
+    stop_token_ids: list[int]
+
+    @property
+    def size(self) -> int:
+        return self.embeds.shape[0]
+
+
+def _decode_embeds(msg: pb.ForwardRequest | pb.GenerateRequest, info: BackboneInfo, max_len: int,
+                   dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """inputs_embeds and attention_mask, checked against the model and each other."""
+    if not msg.HasField("inputs_embeds"):
+        raise WireError("inputs_embeds is missing")
+    if not msg.HasField("attention_mask"):
+        raise WireError("attention_mask is missing")
+    embeds = wire.decode(msg.inputs_embeds, "inputs_embeds", wire.WIRE_DTYPES, ndim=3)
+    batch, length, hidden = embeds.shape
+    if hidden != info.hidden_size:
+        raise WireError(f"inputs_embeds has hidden size {hidden}; this backbone's is {info.hidden_size}")
+    if length > max_len:
+        raise WireError(f"sequence length {length} is over the limit of {max_len} (Info.max_sequence_length)")
+    if not bool(torch.isfinite(embeds).all()):
+        raise WireError("inputs_embeds contains NaN or Inf")
+    mask = wire.decode(msg.attention_mask, "attention_mask", wire.MASK_DTYPES, ndim=2)
+    if tuple(mask.shape) != (batch, length):
+        raise WireError(f"attention_mask has shape {list(mask.shape)}; inputs_embeds needs [{batch}, {length}]")
+    if not bool(((mask == 0) | (mask == 1)).all()):
+        raise WireError("attention_mask values must be 0 or 1")
+    if not bool(mask.any(dim=1).all()):
+        raise WireError("attention_mask has a row with no attended position")
+    return embeds.to(dtype), mask.long()
+
+
+def _decode_labels(msg: pb.ForwardRequest, shape: torch.Size, vocab_size: int) -> torch.Tensor:
+    if not msg.HasField("labels"):
+        raise WireError("labels is missing")
+    labels = wire.decode(msg.labels, "labels", wire.ID_DTYPES, ndim=2).long()
+    if labels.shape != shape:
+        raise WireError(f"labels has shape {list(labels.shape)}; inputs_embeds needs {list(shape)}")
+    valid = (labels == IGNORE_INDEX) | ((labels >= 0) & (labels < vocab_size))
+    if not bool(valid.all()):
+        bad = int(labels[~valid][0])
+        raise WireError(f"labels must be {IGNORE_INDEX} or a token id in [0, {vocab_size}); found {bad}")
+    return labels
+
+
+def decode_forward(msg: pb.ForwardRequest, info: BackboneInfo, max_len: int, dtype: torch.dtype,
+                   kind: str) -> ForwardInputs:
+    """Validate a ForwardRequest for ``kind`` ("train", "score" or "logits")."""
+    embeds, mask = _decode_embeds(msg, info, max_len, dtype)
+    labels = _decode_labels(msg, mask.shape, info.vocab_size) if kind != "logits" else None
+    if kind == "train" and not bool((labels[:, 1:] != IGNORE_INDEX).any()):
+        raise WireError("labels has no labelled token after the causal shift (position 0 is never predicted)")
+    grad_dtype = msg.grad_dtype or msg.inputs_embeds.dtype
+    if grad_dtype not in wire.WIRE_DTYPES:
+        raise WireError(f"grad_dtype {grad_dtype!r} is not one of {', '.join(wire.WIRE_DTYPES)}")
+    return ForwardInputs(embeds, mask, labels, grad_dtype)
+
+
+def decode_generate(msg: pb.GenerateRequest, info: BackboneInfo, max_len: int, dtype: torch.dtype,
+                    max_new_tokens: int) -> GenerateInputs:
+    """Validate a GenerateRequest; the prompt plus the new tokens must fit ``max_len``."""
+    if not 1 <= msg.max_new_tokens <= max_new_tokens:
+        raise WireError(f"max_new_tokens is {msg.max_new_tokens}; it must be in [1, {max_new_tokens}]")
+    embeds, mask = _decode_embeds(msg, info, max_len - msg.max_new_tokens, dtype)
+    return GenerateInputs(embeds, mask, msg.max_new_tokens, list(msg.stop_token_ids))
+
+
+# ---------------------------------------------------------------- batched computation
+
+
+def _right_pad(tensors: Sequence[torch.Tensor], value: float) -> torch.Tensor:
+    """Concatenate along the batch dimension, right-padding dimension 1 to a common length."""
+    length = max(t.shape[1] for t in tensors)
+    return torch.cat([F.pad(t, (0, 0) * (t.dim() - 2) + (0, length - t.shape[1]), value=value)
+                      for t in tensors])
+
+
+def _stack(items: Sequence[ForwardInputs]) -> tuple[torch.Tensor, torch.Tensor, list[slice]]:
+    """Padded embeddings and mask of all requests, and the rows each request owns."""
+    embeds = _right_pad([i.embeds for i in items], 0.0)
+    mask = _right_pad([i.mask for i in items], 0)
+    bounds = torch.tensor([0] + [i.size for i in items]).cumsum(0).tolist()
+    return embeds, mask, [slice(a, b) for a, b in zip(bounds, bounds[1:])]
+
+
+def run_train_steps(backbone: LocalBackbone, items: Sequence[ForwardInputs]) -> list[tuple[float, torch.Tensor]]:
+    """One forward and backward for all requests; each gets its own loss and gradient."""
+    embeds, mask, rows = _stack(items)
+    labels = _right_pad([i.labels for i in items], IGNORE_INDEX)[:, 1:]
+    x = embeds.requires_grad_(True)
+    with torch.enable_grad():
+        logits = backbone.logits(x, mask)[:, :-1].float()
+        nll = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1),
+                              ignore_index=IGNORE_INDEX, reduction="none").view(labels.shape)
+        counted = labels != IGNORE_INDEX
+        losses = torch.stack([nll[r].sum() / counted[r].sum() for r in rows])
+        (grad,) = torch.autograd.grad(losses.sum(), x)
+    return [(loss, grad[r, :i.embeds.shape[1]]) for loss, r, i in zip(losses.tolist(), rows, items)]
+
+
+def run_scores(backbone: LocalBackbone, items: Sequence[ForwardInputs]) -> list[torch.Tensor]:
+    embeds, mask, rows = _stack(items)
+    labels = _right_pad([i.labels for i in items], IGNORE_INDEX)
+    scores = backbone.score(embeds, mask, labels)
+    return [scores[r] for r in rows]
+
+
+def run_next_token_logits(backbone: LocalBackbone, items: Sequence[ForwardInputs]) -> list[torch.Tensor]:
+    embeds, mask, rows = _stack(items)
+    logits = backbone.next_token_logits(embeds, mask)
+    return [logits[r] for r in rows]
+
+
+@torch.no_grad()
+def _greedy(backbone: LocalBackbone, item: GenerateInputs) -> torch.Tensor:
+    """Greedy decoding; each new token is embedded with the server's own embedding table."""
+    embed_tokens = backbone.decoder.get_input_embeddings()
+    embeds, mask = item.embeds, item.mask
+    rows, lengths = torch.arange(item.size), mask.sum(dim=1)
+    stop = torch.tensor(item.stop_token_ids, dtype=torch.long)
+    out = torch.full((item.size, item.max_new_tokens), -1, dtype=torch.long)
+    done = torch.zeros(item.size, dtype=torch.bool)
+    for step in range(item.max_new_tokens):
+        ids = backbone.next_token_logits(embeds, mask).argmax(dim=-1)
+        out[:, step] = torch.where(done, -1, ids)
+        done |= torch.isin(ids, stop)
+        if bool(done.all()):
+            return out[:, :step + 1]
+        embeds = torch.cat([embeds, embeds.new_zeros(item.size, 1, embeds.shape[-1])], dim=1)
+        mask = torch.cat([mask, mask.new_zeros(item.size, 1)], dim=1)
+        embeds[rows, lengths] = embed_tokens(ids).to(embeds.dtype)
+        mask[rows, lengths] = 1
+        lengths = lengths + 1
+    return out
+
+
+def run_generate(backbone: LocalBackbone, items: Sequence[GenerateInputs]) -> list[torch.Tensor]:
+    return [_greedy(backbone, item) for item in items]
+
+
+# ---------------------------------------------------------------- dynamic batching
+
+Runner = Callable[[LocalBackbone, Sequence[Any]], list[Any]]
+RUNNERS: dict[str, Runner] = {
+    "train": run_train_steps, "score": run_scores, "logits": run_next_token_logits, "generate": run_generate,
+}
+BATCHABLE = frozenset({"train", "score", "logits"})
+
+
+@dataclass
+class _Job:
+    kind: str
+    item: ForwardInputs | GenerateInputs
+    future: futures.Future = field(default_factory=futures.Future)
+
+
+@dataclass
+class BatchStats:
+    """What the batcher has done; lets tests and operators see batching happen."""
+
+    requests: int = 0
+    batches: int = 0
+    largest_batch: int = 0  # requests in the largest batch run
+
+
+class DynamicBatcher:
+    """One thread that owns the model and runs queued requests, batched by kind.
+
+    The first request to arrive opens a window of ``policy.window_ms``; requests
+    arriving before it closes, up to ``policy.max_batch`` sequences, run with it.
+    A batch that fails is re-run one request at a time, so only the culprit fails.
+    """
+
+    def __init__(self, backbone: LocalBackbone, policy: BatchPolicy) -> None:
+        self.backbone = backbone
+        self.policy = policy
+        self.stats = BatchStats()
+        self._queue: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
+        self._closed = False
+        self._thread = threading.Thread(target=self._loop, name="backbone-batcher", daemon=True)
+        self._thread.start()
+
+    def submit(self, kind: str, item: ForwardInputs | GenerateInputs) -> futures.Future:
+        if self._closed:
+            raise RuntimeError("the backbone batcher is closed")
+        job = _Job(kind, item)
+        self._queue.put(job)
+        return job.future
+
+    def close(self) -> None:
+        """Finish what is queued, then stop the thread."""
+        self._closed = True
+        self._queue.put(None)
+        self._thread.join()
+
+    def _loop(self) -> None:
+        while (first := self._queue.get()) is not None:
+            jobs, closing = self._collect(first)
+            for batch in self._pack(jobs):
+                self._execute(batch)
+            if closing:
+                return
+
+    def _collect(self, first: _Job) -> tuple[list[_Job], bool]:
+        """Jobs arriving within the window; True when the close sentinel came too."""
+        jobs, size = [first], first.item.size
+        if not self.policy.enabled:
+            return jobs, False
+        deadline = time.monotonic() + self.policy.window_ms / 1000
+        while size < self.policy.max_batch and (left := deadline - time.monotonic()) > 0:
+            try:
+                job = self._queue.get(timeout=left)
+            except queue.Empty:
+                break
+            if job is None:
+                return jobs, True
+            jobs.append(job)
+            size += job.item.size
+        return jobs, False
+
+    def _pack(self, jobs: list[_Job]) -> Iterator[list[_Job]]:
+        """Same-kind batches of at most max_batch sequences (a bigger request runs alone)."""
+        for kind in dict.fromkeys(j.kind for j in jobs):
+            batch: list[_Job] = []
+            size = 0
+            for job in (j for j in jobs if j.kind == kind):
+                full = kind not in BATCHABLE or size + job.item.size > self.policy.max_batch
+                if batch and full:
+                    yield batch
+                    batch, size = [], 0
+                batch.append(job)
+                size += job.item.size
+            yield batch
+
+    def _execute(self, batch: list[_Job]) -> None:
+        try:
+            results = RUNNERS[batch[0].kind](self.backbone, [j.item for j in batch])
+        except Exception as e:  # noqa: BLE001 - isolate the failing request, keep serving
+            if len(batch) > 1:
+                for job in batch:
+                    self._execute([job])
+                return
+            log.exception("backbone %s request failed", batch[0].kind)
+            batch[0].future.set_exception(e)
+            return
+        self.stats.requests += len(batch)
+        self.stats.batches += 1
+        self.stats.largest_batch = max(self.stats.largest_batch, len(batch))
+        for job, result in zip(batch, results):
+            job.future.set_result(result)
+
+
+# ---------------------------------------------------------------- the servicer
+
+
+class BackboneService(pb_grpc.BackboneServicer):
+    """The RPCs of backbone.proto over one LocalBackbone."""
+
+    def __init__(self, backbone: LocalBackbone, policy: BatchPolicy = BatchPolicy(),
+                 limits: Limits = Limits()) -> None:
+        self.backbone = backbone
+        self.policy = policy
+        model_max = backbone.info.max_sequence_length
+        self.max_len = min(limits.max_sequence_length or model_max, model_max)
+        self.limits = limits
+        self.dtype = next(backbone.parameters()).dtype
+        self.batcher = DynamicBatcher(backbone, policy)
+
+    def close(self) -> None:
+        self.batcher.close()
+
+    def _read(self, stream: Iterator, context: grpc.ServicerContext, decode: Callable[[Any], Any]) -> Any:
+        """Assemble and validate a request; a malformed one ends the call with INVALID_ARGUMENT."""
+        try:
+            return decode(wire.assemble(stream, self.limits.max_request_bytes))
+        except WireError as e:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
+
+    def _run(self, kind: str, item: ForwardInputs | GenerateInputs, context: grpc.ServicerContext) -> Any:
+        try:
+            return self.batcher.submit(kind, item).result()
+        except Exception as e:  # noqa: BLE001 - report, never crash the server
+            context.abort(grpc.StatusCode.INTERNAL, f"backbone failed: {type(e).__name__}: {e}")
+
+    def _forward(self, kind: str, stream: Iterator, context: grpc.ServicerContext) -> tuple[ForwardInputs, Any]:
+        item = self._read(stream, context,
+                          lambda m: decode_forward(m, self.backbone.info, self.max_len, self.dtype, kind))
+        return item, self._run(kind, item, context)
+
+    def _reply(self, msg: Any) -> Iterator[Any]:
+        return wire.chunks(msg, self.limits.max_chunk_bytes)
+
+    def TrainStep(self, request_iterator, context):  # noqa: N802 - gRPC method name
+        item, (loss, grad) = self._forward("train", request_iterator, context)
+        yield from self._reply(pb.TrainStepReply(loss=loss, grad=wire.encode(grad, item.grad_dtype)))
+
+    def Score(self, request_iterator, context):  # noqa: N802
+        _, scores = self._forward("score", request_iterator, context)
+        yield from self._reply(pb.ScoreReply(scores=wire.encode(scores, "float32")))
+
+    def NextTokenLogits(self, request_iterator, context):  # noqa: N802
+        _, logits = self._forward("logits", request_iterator, context)
+        yield from self._reply(pb.LogitsReply(logits=wire.encode(logits, "float32")))
+
+    def Generate(self, request_iterator, context):  # noqa: N802
+        item = self._read(request_iterator, context, lambda m: decode_generate(
+            m, self.backbone.info, self.max_len, self.dtype, self.limits.max_new_tokens))
+        ids = self._run("generate", item, context)
+        yield from self._reply(pb.GenerateReply(token_ids=wire.encode(ids, "int64")))
+
+    def Info(self, request, context):  # noqa: N802
+        info = self.backbone.info
+        return pb.InfoReply(
+            fingerprint=info.fingerprint, hidden_size=info.hidden_size, vocab_size=info.vocab_size,
+            model_dtype=info.dtype, wire_dtypes=list(wire.WIRE_DTYPES), max_sequence_length=self.max_len,
+            max_chunk_bytes=self.limits.max_chunk_bytes, max_request_bytes=self.limits.max_request_bytes,
+            max_new_tokens=self.limits.max_new_tokens, batching=self.policy.enabled,
+            batch_window_ms=self.policy.window_ms, max_batch_sequences=self.policy.max_batch,
+        )
+
+
+# ---------------------------------------------------------------- authentication and serving
+
+
+def _denied(handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+    """A handler of the same streaming kind as ``handler`` that only refuses the call."""
+
+    def refuse(request: Any, context: grpc.ServicerContext) -> Any:
+        context.abort(grpc.StatusCode.UNAUTHENTICATED, "missing or invalid bearer token "
+                      "(metadata 'authorization: Bearer <token>')")
+
+    make = {
+        (False, False): grpc.unary_unary_rpc_method_handler,
+        (False, True): grpc.unary_stream_rpc_method_handler,
+        (True, False): grpc.stream_unary_rpc_method_handler,
+        (True, True): grpc.stream_stream_rpc_method_handler,
+    }[(handler.request_streaming, handler.response_streaming)]
+    return make(refuse, request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer)
+
+
+class BearerTokenInterceptor(grpc.ServerInterceptor):
+    """Admits a call only with ``authorization: Bearer <token>`` for a known client.
+
+    ``tokens`` maps client names to their tokens; each client gets its own, so one
+    can be revoked without touching the others.
+    """
+
+    def __init__(self, tokens: Mapping[str, str]) -> None:
+        if not tokens or not all(tokens.values()):
+            raise ValueError("bearer tokens must be non-empty")
+        self._tokens = [t.encode() for t in tokens.values()]
+
+    def _client_token(self, metadata: Sequence[tuple[str, Any]]) -> bytes | None:
+        for key, value in metadata or ():
+            if key == "authorization" and isinstance(value, str) and value.startswith("Bearer "):
+                return value.removeprefix("Bearer ").encode()
+        return None
+
+    def intercept_service(self, continuation, handler_call_details):
+        handler = continuation(handler_call_details)
+        token = self._client_token(handler_call_details.invocation_metadata)
+        # compare against every token, in constant time, so timing says nothing
+        known = token is not None and sum(hmac.compare_digest(token, t) for t in self._tokens) > 0
+        return handler if handler is None or known else _denied(handler)
+
+
+def _server_credentials(tls: ServerTls) -> grpc.ServerCredentials:
+    client_ca = Path(tls.client_ca).read_bytes() if tls.client_ca else None
+    pair = (Path(tls.private_key).read_bytes(), Path(tls.cert_chain).read_bytes())
+    return grpc.ssl_server_credentials([pair], root_certificates=client_ca, require_client_auth=client_ca is not None)
+
+
+def start(service: BackboneService, address: str = "127.0.0.1:0", tls: ServerTls | None = None,
+          tokens: Mapping[str, str] | None = None, max_workers: int = 64) -> tuple[grpc.Server, int]:
+    """Serve ``service`` on ``address`` (port 0: any free port); returns the started server and its port.
+
+    ``max_workers`` bounds concurrent calls: each waiting client holds one worker thread.
+    """
+    message_limit = service.limits.max_chunk_bytes + MESSAGE_SLACK_BYTES
+    server = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="backbone-rpc"),
+        interceptors=[BearerTokenInterceptor(tokens)] if tokens else [],
+        options=[("grpc.max_receive_message_length", message_limit),
+                 ("grpc.max_send_message_length", message_limit)],
+    )
+    pb_grpc.add_BackboneServicer_to_server(service, server)
+    port = server.add_secure_port(address, _server_credentials(tls)) if tls else server.add_insecure_port(address)
+    if port == 0:
+        raise OSError(f"cannot listen on {address}")
+    server.start()
+    return server, port
+
+
+def serve(model_dir: str | Path, address: str = "127.0.0.1:0", tls: ServerTls | None = None,
+          tokens: Mapping[str, str] | None = None, window_ms: float = 5.0, max_batch: int = 32,
+          batching: bool = True, limits: Limits = Limits(), dtype: torch.dtype = torch.float32,
+          max_workers: int = 64) -> tuple[grpc.Server, int]:
+    """Load the backbone of the checkpoint at ``model_dir`` and serve it; returns (server, port)."""
+    backbone = LocalBackbone.from_pretrained(model_dir, dtype=dtype)
+    service = BackboneService(backbone, BatchPolicy(batching, window_ms, max_batch), limits)
+    return start(service, address, tls, tokens, max_workers)
+
+
+def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m anther.server.backbone_service", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model-dir", required=True, help="Hugging Face checkpoint directory")
+    p.add_argument("--address", default="0.0.0.0:50051")
+    p.add_argument("--dtype", default="float32", choices=wire.WIRE_DTYPES, help="dtype the backbone computes in")
+    p.add_argument("--tls-cert", type=Path, help="server certificate chain (PEM); enables TLS")
+    p.add_argument("--tls-key", type=Path, help="server private key (PEM)")
+    p.add_argument("--client-ca", type=Path, help="CA that signs client certificates; enables mutual TLS")
+    p.add_argument("--tokens", type=Path, help='JSON file {"client name": "token", ...}; enables bearer auth')
+    p.add_argument("--window-ms", type=float, default=5.0)
+    p.add_argument("--max-batch", type=int, default=32, help="sequences per batch")
+    p.add_argument("--no-batching", action="store_true")
+    p.add_argument("--max-sequence-length", type=int)
+    p.add_argument("--max-request-mib", type=int, default=256)
+    return p.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = _parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if bool(args.tls_cert) != bool(args.tls_key):
+        raise SystemExit("--tls-cert and --tls-key go together")
+    tls = ServerTls(args.tls_cert, args.tls_key, args.client_ca) if args.tls_cert else None
+    tokens = json.loads(args.tokens.read_text()) if args.tokens else None
+    limits = Limits(max_sequence_length=args.max_sequence_length, max_request_bytes=args.max_request_mib * MiB)
+    server, port = serve(args.model_dir, args.address, tls, tokens, args.window_ms, args.max_batch,
+                         not args.no_batching, limits, getattr(torch, args.dtype))
+    log.info("backbone serving %s on port %d (tls=%s, tokens=%s)", args.model_dir, port,
+             tls is not None, tokens is not None)
+    server.wait_for_termination()
+
+
+if __name__ == "__main__":
+    main()

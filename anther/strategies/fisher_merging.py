@@ -1,0 +1,110 @@
+"""Fisher merging (FedNano, arXiv 2506.14824; Matena & Raffel, "Merging Models with
+Fisher-Weighted Averaging", 2022).
+
+Each client k replies with its adapters ``theta_k`` under ``"arrays"`` and the diagonal
+empirical Fisher ``F_k`` of the same parameters, same names, under ``"fisher"`` (see
+:func:`anther.client.fisher.diagonal_fisher`). Per parameter element the server takes
+
+    theta = sum_k w_k (F_k + eps) theta_k / sum_k w_k (F_k + eps)
+
+with ``w_k`` = the client's ``num-examples`` when ``weight_by_examples`` (else 1).
+
+Why ``F_k + eps`` rather than ``sum_k w_k F_k theta_k / (sum_k w_k F_k + eps)``: the
+latter sends every element whose Fisher is zero on all clients to 0, and that happens
+in practice -- a NanoAdapter starts with ``up = 0``, so in round 1 no gradient reaches
+``down`` and its Fisher is exactly zero everywhere; the global ``down`` would be wiped.
+Adding ``eps`` to each F_k (Matena & Raffel's "Fisher floor") leaves well-estimated
+elements as Fisher-weighted and degrades gracefully to the example-weighted FedAvg where
+no client has information. ``eps = 0`` gives the plain formula (and divides by zero where
+all Fishers vanish).
+
+The Fisher is scale-free for merging: multiplying every client's F by the same constant
+(e.g. by using per-batch rather than per-sample squared gradients) does not change theta,
+apart from the relative weight of ``eps``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+import numpy as np
+from flwr.app import ArrayRecord, Message, MetricRecord, RecordDict
+from flwr.serverapp.exception import InconsistentMessageReplies
+from flwr.serverapp.strategy import FedAvg
+from flwr.serverapp.strategy.strategy_utils import validate_message_reply_consistency
+
+from anther.strategies.array_utils import NDArray, array_record, metric_value, numpy_arrays, reply_arrays
+
+
+class FisherMerging(FedAvg):
+    """FedAvg whose aggregation weighs every parameter element by the clients' diagonal Fisher.
+
+    Parameters
+    ----------
+    eps:
+        Fisher floor added to every client's Fisher (see the module docstring). Must be >= 0.
+    weight_by_examples:
+        Multiply each client's Fisher by its ``num-examples`` (``weighted_by_key``): the
+        empirical Fisher is a per-sample mean, so this restores each client's share of the
+        total evidence. With False every client counts the same.
+    fisher_key:
+        Key of the ArrayRecord holding the Fisher in replies.
+    **fedavg_kwargs:
+        Passed to :class:`flwr.serverapp.strategy.FedAvg`.
+    """
+
+    def __init__(self, *, eps: float = 1e-8, weight_by_examples: bool = True, fisher_key: str = "fisher",
+                 **fedavg_kwargs: Any) -> None:
+        super().__init__(**fedavg_kwargs)
+        if eps < 0:
+            raise ValueError(f"eps must be >= 0, got {eps}")
+        self.eps = float(eps)
+        self.weight_by_examples = weight_by_examples
+        self.fisher_key = fisher_key
+
+    def aggregate_train(self, server_round: int,
+                        replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        """Fisher-weighted merge of the adapters; metrics as FedAvg aggregates them."""
+        # FedAvg's check insists on exactly one ArrayRecord; Fisher merging needs two.
+        valid, _ = self._check_and_log_replies(list(replies), is_train=True, validate=False)
+        if not valid:
+            return None, None
+        contents = [m.content for m in valid]
+        validate_message_reply_consistency(contents, self.weighted_by_key, check_arrayrecord=False)
+        pairs = [self._theta_and_fisher(c) for c in contents]
+        weights = [metric_value(c, self.weighted_by_key) if self.weight_by_examples else 1.0 for c in contents]
+        merged = fisher_merge([t for t, _ in pairs], [f for _, f in pairs], weights, self.eps)
+        dtypes = {name: value.dtype for name, value in pairs[0][0].items()}
+        return array_record(merged, dtypes), self.train_metrics_aggr_fn(contents, self.weighted_by_key)
+
+    def _theta_and_fisher(self, content: RecordDict) -> tuple[dict[str, NDArray], dict[str, NDArray]]:
+        theta = numpy_arrays(reply_arrays(content, self.arrayrecord_key))
+        fisher = numpy_arrays(reply_arrays(content, self.fisher_key))
+        if set(theta) != set(fisher):
+            raise InconsistentMessageReplies(
+                reason=f"Fisher names differ from the weights': missing {sorted(set(theta) - set(fisher))}, "
+                       f"extra {sorted(set(fisher) - set(theta))}")
+        for name, value in theta.items():
+            if fisher[name].shape != value.shape:
+                raise InconsistentMessageReplies(
+                    reason=f"Fisher of {name!r} has shape {fisher[name].shape}, weights {value.shape}")
+        return theta, fisher
+
+
+def fisher_merge(thetas: list[dict[str, NDArray]], fishers: list[dict[str, NDArray]],
+                 weights: list[float], eps: float) -> dict[str, NDArray]:
+    """sum_k w_k (F_k + eps) theta_k / sum_k w_k (F_k + eps), per name and element, in float64."""
+    names = list(thetas[0])
+    if any(set(t) != set(names) for t in thetas):
+        raise InconsistentMessageReplies(reason="clients sent different adapter names")
+    merged: dict[str, NDArray] = {}
+    for name in names:
+        num = np.zeros(thetas[0][name].shape, dtype=np.float64)
+        den = np.zeros_like(num)
+        for theta, fisher, w in zip(thetas, fishers, weights, strict=True):
+            f = w * (np.asarray(fisher[name], dtype=np.float64) + eps)
+            num += f * theta[name]
+            den += f
+        merged[name] = num / den
+    return merged

@@ -1,0 +1,60 @@
+#!/usr/bin/env python3
+"""Set up anther in ./.venv and run the default simulation or the test suite.
+
+    python3 scripts/quickstart.py run  [HYDRA_OVERRIDE ...]   # set up, then `anther simulate`
+    python3 scripts/quickstart.py test [PYTEST_ARG ...]       # set up, then the whole test suite
+
+Needs only Python >= 3.11 with pip. Where no NVIDIA GPU is present, PyTorch 2.13.0 is
+installed first so that pip never pulls a multi-GB CUDA build (pip takes the CPU wheel
+where one is provided, e.g. through PIP_FIND_LINKS or
+PIP_EXTRA_INDEX_URL=https://download.pytorch.org/whl/cpu).
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+import venv
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+VENV = ROOT / ".venv"
+PY = VENV / "bin" / "python"
+
+
+def sh(*cmd: str | Path) -> None:
+    subprocess.run([str(c) for c in cmd], check=True, cwd=ROOT)
+
+
+def has_module(name: str) -> bool:
+    return subprocess.run([str(PY), "-c", f"import {name}"], capture_output=True).returncode == 0
+
+
+def setup() -> None:
+    if not PY.exists():
+        print("anther: creating .venv", flush=True)
+        venv.EnvBuilder(with_pip=True).create(VENV)
+    if not has_module("torch") and shutil.which("nvidia-smi") is None:
+        print("anther: no GPU found; installing the CPU build of PyTorch 2.13.0", flush=True)
+        sh(PY, "-m", "pip", "install", "-q", "torch==2.13.0")
+    if not has_module("anther") or not has_module("pytest"):
+        print("anther: installing anther and its dependencies", flush=True)
+        sh(PY, "-m", "pip", "install", "-q", "-e", ".[dev]")
+
+
+def main() -> int:
+    if len(sys.argv) < 2 or sys.argv[1] not in ("run", "test"):
+        print(__doc__)
+        return 2
+    setup()
+    action, rest = sys.argv[1], sys.argv[2:]
+    if action == "run":
+        cmd = [VENV / "bin" / "anther", "simulate", *rest]
+    else:
+        cmd = [PY, "-m", "pytest", "-ra", *rest]
+    return subprocess.run([str(c) for c in cmd], cwd=ROOT).returncode
+
+
+if __name__ == "__main__":
+    sys.exit(main())

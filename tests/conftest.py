@@ -1,0 +1,25 @@
+"""Shared fixtures: one tiny checkpoint per test session, made offline like the default run's."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import transformers
+
+transformers.logging.set_verbosity_error()
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny LLaVA with random weights (no pretraining: correctness does not need it)."""
+    from anther.adapters.tiny_model import init_tiny
+
+    return init_tiny(tmp_path_factory.mktemp("model") / "tiny-llava", seed=0, pretrain_steps=0)
+
+
+@pytest.fixture(scope="session")
+def samples():
+    from anther.simulations.datasets import shapes_vqa
+
+    return shapes_vqa.generate(12, seed=3)
