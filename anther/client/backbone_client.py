@@ -16,7 +16,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import TypeVar
+from typing import Self, TypeVar
 
 import grpc
 import torch
@@ -54,6 +54,8 @@ class RemoteBackbone:
     ``client_cert`` and ``client_key`` add the client's own certificate for mutual TLS;
     ``token`` is sent as ``authorization: Bearer <token>``. ``wire_dtype`` is the dtype
     of the embeddings sent and the gradients received (float32, bfloat16, float16).
+    With ``fingerprint`` set (``checkpoint_fingerprint`` of the checkpoint the client's
+    NanoEdge came from), connecting fails unless the server runs that same checkpoint.
     A call is tried up to ``attempts`` times while the server is UNAVAILABLE, waiting
     ``backoff_s``, then twice that, ... up to ``max_backoff_s`` (with jitter, so many
     clients do not retry in lockstep).
@@ -62,7 +64,8 @@ class RemoteBackbone:
     def __init__(self, address: str, *, token: str | None = None, root_cert: Pem | None = None,
                  client_cert: Pem | None = None, client_key: Pem | None = None,
                  server_name: str | None = None, wire_dtype: str = "float32", attempts: int = 5,
-                 backoff_s: float = 0.2, max_backoff_s: float = 5.0, timeout_s: float | None = None) -> None:
+                 backoff_s: float = 0.2, max_backoff_s: float = 5.0, timeout_s: float | None = None,
+                 fingerprint: str | None = None) -> None:
         if wire_dtype not in wire.WIRE_DTYPES:
             raise ValueError(f"wire_dtype {wire_dtype!r} is not one of {', '.join(wire.WIRE_DTYPES)}")
         if attempts < 1:
@@ -76,15 +79,27 @@ class RemoteBackbone:
         self._metadata = (("authorization", f"Bearer {token}"),) if token else None
         self._channel = self._open(address, root_cert, client_cert, client_key, server_name)
         self._stub = pb_grpc.BackboneStub(self._channel)
-        self.server = self._retrying(lambda: self._stub.Info(pb.InfoRequest(), metadata=self._metadata,
-                                                             timeout=self.timeout_s))
-        if wire_dtype not in self.server.wire_dtypes:
-            raise ValueError(f"the server does not take wire dtype {wire_dtype!r}")
+        try:
+            self.server = self._handshake(fingerprint)
+        except BaseException:
+            self.close()
+            raise
         self.info = BackboneInfo(
             fingerprint=self.server.fingerprint, hidden_size=self.server.hidden_size,
             vocab_size=self.server.vocab_size, dtype=self.server.model_dtype,
             max_sequence_length=self.server.max_sequence_length,
         )
+
+    def _handshake(self, fingerprint: str | None) -> pb.InfoReply:
+        """The server's Info, checked against what this client needs."""
+        reply = self._retrying(lambda: self._stub.Info(pb.InfoRequest(), metadata=self._metadata,
+                                                       timeout=self.timeout_s))
+        if self.wire_dtype not in reply.wire_dtypes:
+            raise ValueError(f"the server does not take wire dtype {self.wire_dtype!r}")
+        if fingerprint is not None and reply.fingerprint != fingerprint:
+            raise ValueError(f"the server serves checkpoint {reply.fingerprint}, not {fingerprint}: "
+                             "client and server must load the same model")
+        return reply
 
     def _open(self, address: str, root_cert: Pem | None, client_cert: Pem | None, client_key: Pem | None,
               server_name: str | None) -> grpc.Channel:
@@ -107,7 +122,7 @@ class RemoteBackbone:
     def close(self) -> None:
         self._channel.close()
 
-    def __enter__(self) -> RemoteBackbone:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -116,34 +131,41 @@ class RemoteBackbone:
     # ------------------------------------------------------------ transport
 
     def _retrying(self, call: Callable[[], T]) -> T:
-        for attempt in range(self.attempts):
+        attempt = 0
+        while True:
             try:
                 return call()
             except grpc.RpcError as e:
-                if e.code() != grpc.StatusCode.UNAVAILABLE or attempt == self.attempts - 1:
+                attempt += 1
+                if e.code() != grpc.StatusCode.UNAVAILABLE or attempt >= self.attempts:
                     raise
-                delay = min(self.max_backoff_s, self.backoff_s * 2 ** attempt)
+                delay = min(self.max_backoff_s, self.backoff_s * 2 ** (attempt - 1))
                 time.sleep(delay * random.uniform(0.5, 1.0))
-        raise AssertionError("unreachable")
 
-    def _count(self, stream: Iterable[M], direction: str) -> Iterator[M]:
+    def _tally(self, stream: Iterable[M], up: bool) -> Iterator[M]:
+        """Pass messages through, adding their serialized size to bytes_up or bytes_down."""
         for msg in stream:
+            size = msg.ByteSize()
             with self._count_lock:
-                setattr(self, direction, getattr(self, direction) + msg.ByteSize())
+                if up:
+                    self.bytes_up += size
+                else:
+                    self.bytes_down += size
             yield msg
 
     def _call(self, rpc: grpc.StreamStreamMultiCallable, request: Message) -> Message:
         """One streamed call: request out in chunks, reply assembled from its chunks."""
         def attempt() -> Message:
-            upload = self._count(wire.chunks(request, self.server.max_chunk_bytes), "bytes_up")
+            upload = self._tally(wire.chunks(request, self.server.max_chunk_bytes), up=True)
             replies = rpc(upload, metadata=self._metadata, timeout=self.timeout_s)
-            return wire.assemble(self._count(replies, "bytes_down"))
+            return wire.assemble(self._tally(replies, up=False))
         return self._retrying(attempt)
 
     def _forward_request(self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor,
                          labels: torch.Tensor | None) -> pb.ForwardRequest:
         req = pb.ForwardRequest(inputs_embeds=wire.encode(inputs_embeds, self.wire_dtype),
-                                attention_mask=_ids(attention_mask, wire.MASK_DTYPES), grad_dtype=self.wire_dtype)
+                                attention_mask=_ids(attention_mask, wire.MASK_DTYPES),
+                                grad_dtype=self.wire_dtype)
         if labels is not None:
             req.labels.CopyFrom(_ids(labels, wire.ID_DTYPES))
         return req
@@ -162,7 +184,8 @@ class RemoteBackbone:
         return wire.decode(reply.scores, "scores", ("float32",), ndim=1)
 
     def next_token_logits(self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        reply = self._call(self._stub.NextTokenLogits, self._forward_request(inputs_embeds, attention_mask, None))
+        request = self._forward_request(inputs_embeds, attention_mask, None)
+        reply = self._call(self._stub.NextTokenLogits, request)
         return wire.decode(reply.logits, "logits", ("float32",), ndim=2)
 
     def generate(self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor, max_new_tokens: int,

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import hmac
+import itertools
 import json
 import logging
 import queue
@@ -30,7 +31,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent import futures
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import grpc
 import torch
@@ -47,6 +48,8 @@ log = logging.getLogger(__name__)
 MiB = 1 << 20
 # gRPC's per-message receive limit is the chunk limit plus this, for protobuf framing.
 MESSAGE_SLACK_BYTES = 64 * 1024
+
+Kind = Literal["train", "score", "logits", "generate"]  # what a queued request asks for
 
 
 @dataclass(frozen=True)
@@ -109,7 +112,8 @@ class GenerateInputs:
 
 
 def _decode_embeds(msg: pb.ForwardRequest | pb.GenerateRequest, info: BackboneInfo, max_len: int,
-                   dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+                   dtype: torch.dtype, limit: str = "Info.max_sequence_length",
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
     """inputs_embeds and attention_mask, checked against the model and each other."""
     if not msg.HasField("inputs_embeds"):
         raise WireError("inputs_embeds is missing")
@@ -120,12 +124,13 @@ def _decode_embeds(msg: pb.ForwardRequest | pb.GenerateRequest, info: BackboneIn
     if hidden != info.hidden_size:
         raise WireError(f"inputs_embeds has hidden size {hidden}; this backbone's is {info.hidden_size}")
     if length > max_len:
-        raise WireError(f"sequence length {length} is over the limit of {max_len} (Info.max_sequence_length)")
+        raise WireError(f"sequence length {length} is over the limit of {max_len} ({limit})")
     if not bool(torch.isfinite(embeds).all()):
         raise WireError("inputs_embeds contains NaN or Inf")
     mask = wire.decode(msg.attention_mask, "attention_mask", wire.MASK_DTYPES, ndim=2)
     if tuple(mask.shape) != (batch, length):
-        raise WireError(f"attention_mask has shape {list(mask.shape)}; inputs_embeds needs [{batch}, {length}]")
+        raise WireError(f"attention_mask has shape {list(mask.shape)}; "
+                        f"inputs_embeds needs [{batch}, {length}]")
     if not bool(((mask == 0) | (mask == 1)).all()):
         raise WireError("attention_mask values must be 0 or 1")
     if not bool(mask.any(dim=1).all()):
@@ -147,7 +152,7 @@ def _decode_labels(msg: pb.ForwardRequest, shape: torch.Size, vocab_size: int) -
 
 
 def decode_forward(msg: pb.ForwardRequest, info: BackboneInfo, max_len: int, dtype: torch.dtype,
-                   kind: str) -> ForwardInputs:
+                   kind: Kind) -> ForwardInputs:
     """Validate a ForwardRequest for ``kind`` ("train", "score" or "logits")."""
     embeds, mask = _decode_embeds(msg, info, max_len, dtype)
     labels = _decode_labels(msg, mask.shape, info.vocab_size) if kind != "logits" else None
@@ -164,7 +169,8 @@ def decode_generate(msg: pb.GenerateRequest, info: BackboneInfo, max_len: int, d
     """Validate a GenerateRequest; the prompt plus the new tokens must fit ``max_len``."""
     if not 1 <= msg.max_new_tokens <= max_new_tokens:
         raise WireError(f"max_new_tokens is {msg.max_new_tokens}; it must be in [1, {max_new_tokens}]")
-    embeds, mask = _decode_embeds(msg, info, max_len - msg.max_new_tokens, dtype)
+    embeds, mask = _decode_embeds(msg, info, max_len - msg.max_new_tokens, dtype,
+                                  limit="Info.max_sequence_length minus max_new_tokens")
     return GenerateInputs(embeds, mask, msg.max_new_tokens, list(msg.stop_token_ids))
 
 
@@ -182,11 +188,12 @@ def _stack(items: Sequence[ForwardInputs]) -> tuple[torch.Tensor, torch.Tensor, 
     """Padded embeddings and mask of all requests, and the rows each request owns."""
     embeds = _right_pad([i.embeds for i in items], 0.0)
     mask = _right_pad([i.mask for i in items], 0)
-    bounds = torch.tensor([0] + [i.size for i in items]).cumsum(0).tolist()
-    return embeds, mask, [slice(a, b) for a, b in zip(bounds, bounds[1:])]
+    bounds = itertools.accumulate((i.size for i in items), initial=0)
+    return embeds, mask, [slice(a, b) for a, b in itertools.pairwise(bounds)]
 
 
-def run_train_steps(backbone: LocalBackbone, items: Sequence[ForwardInputs]) -> list[tuple[float, torch.Tensor]]:
+def run_train_steps(backbone: LocalBackbone,
+                    items: Sequence[ForwardInputs]) -> list[tuple[float, torch.Tensor]]:
     """One forward and backward for all requests; each gets its own loss and gradient."""
     embeds, mask, rows = _stack(items)
     labels = _right_pad([i.labels for i in items], IGNORE_INDEX)[:, 1:]
@@ -244,7 +251,7 @@ def run_generate(backbone: LocalBackbone, items: Sequence[GenerateInputs]) -> li
 # ---------------------------------------------------------------- dynamic batching
 
 Runner = Callable[[LocalBackbone, Sequence[Any]], list[Any]]
-RUNNERS: dict[str, Runner] = {
+RUNNERS: dict[Kind, Runner] = {
     "train": run_train_steps, "score": run_scores, "logits": run_next_token_logits, "generate": run_generate,
 }
 BATCHABLE = frozenset({"train", "score", "logits"})
@@ -252,7 +259,7 @@ BATCHABLE = frozenset({"train", "score", "logits"})
 
 @dataclass
 class _Job:
-    kind: str
+    kind: Kind
     item: ForwardInputs | GenerateInputs
     future: futures.Future = field(default_factory=futures.Future)
 
@@ -270,7 +277,8 @@ class DynamicBatcher:
     """One thread that owns the model and runs queued requests, batched by kind.
 
     The first request to arrive opens a window of ``policy.window_ms``; requests
-    arriving before it closes, up to ``policy.max_batch`` sequences, run with it.
+    queued or arriving before it closes, up to ``policy.max_batch`` sequences, run
+    with it (``window_ms=0``: batch only what is already waiting, never wait).
     A batch that fails is re-run one request at a time, so only the culprit fails.
     """
 
@@ -280,20 +288,23 @@ class DynamicBatcher:
         self.stats = BatchStats()
         self._queue: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
         self._closed = False
+        self._lock = threading.Lock()  # no job may be queued behind the close sentinel
         self._thread = threading.Thread(target=self._loop, name="backbone-batcher", daemon=True)
         self._thread.start()
 
-    def submit(self, kind: str, item: ForwardInputs | GenerateInputs) -> futures.Future:
-        if self._closed:
-            raise RuntimeError("the backbone batcher is closed")
+    def submit(self, kind: Kind, item: ForwardInputs | GenerateInputs) -> futures.Future:
         job = _Job(kind, item)
-        self._queue.put(job)
+        with self._lock:
+            if self._closed:
+                raise RuntimeError("the backbone batcher is closed")
+            self._queue.put(job)
         return job.future
 
     def close(self) -> None:
         """Finish what is queued, then stop the thread."""
-        self._closed = True
-        self._queue.put(None)
+        with self._lock:
+            self._closed = True
+            self._queue.put(None)
         self._thread.join()
 
     def _loop(self) -> None:
@@ -305,14 +316,19 @@ class DynamicBatcher:
                 return
 
     def _collect(self, first: _Job) -> tuple[list[_Job], bool]:
-        """Jobs arriving within the window; True when the close sentinel came too."""
+        """Jobs already queued or arriving within the window; True when the close sentinel came too.
+
+        Queued jobs are always taken, even after the window: under load, requests that
+        arrived while the previous batch ran form the next one without any wait.
+        """
         jobs, size = [first], first.item.size
         if not self.policy.enabled:
             return jobs, False
         deadline = time.monotonic() + self.policy.window_ms / 1000
-        while size < self.policy.max_batch and (left := deadline - time.monotonic()) > 0:
+        while size < self.policy.max_batch:
+            left = deadline - time.monotonic()
             try:
-                job = self._queue.get(timeout=left)
+                job = self._queue.get(timeout=left) if left > 0 else self._queue.get_nowait()
             except queue.Empty:
                 break
             if job is None:
@@ -338,7 +354,7 @@ class DynamicBatcher:
     def _execute(self, batch: list[_Job]) -> None:
         try:
             results = RUNNERS[batch[0].kind](self.backbone, [j.item for j in batch])
-        except Exception as e:  # noqa: BLE001 - isolate the failing request, keep serving
+        except Exception as e:  # isolate the failing request, keep serving
             if len(batch) > 1:
                 for job in batch:
                     self._execute([job])
@@ -379,13 +395,14 @@ class BackboneService(pb_grpc.BackboneServicer):
         except WireError as e:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
 
-    def _run(self, kind: str, item: ForwardInputs | GenerateInputs, context: grpc.ServicerContext) -> Any:
+    def _run(self, kind: Kind, item: ForwardInputs | GenerateInputs, context: grpc.ServicerContext) -> Any:
         try:
             return self.batcher.submit(kind, item).result()
-        except Exception as e:  # noqa: BLE001 - report, never crash the server
+        except Exception as e:  # noqa: BLE001 - report it to the caller; never crash the server
             context.abort(grpc.StatusCode.INTERNAL, f"backbone failed: {type(e).__name__}: {e}")
 
-    def _forward(self, kind: str, stream: Iterator, context: grpc.ServicerContext) -> tuple[ForwardInputs, Any]:
+    def _forward(self, kind: Kind, stream: Iterator,
+                 context: grpc.ServicerContext) -> tuple[ForwardInputs, Any]:
         item = self._read(stream, context,
                           lambda m: decode_forward(m, self.backbone.info, self.max_len, self.dtype, kind))
         return item, self._run(kind, item, context)
@@ -393,25 +410,25 @@ class BackboneService(pb_grpc.BackboneServicer):
     def _reply(self, msg: Any) -> Iterator[Any]:
         return wire.chunks(msg, self.limits.max_chunk_bytes)
 
-    def TrainStep(self, request_iterator, context):  # noqa: N802 - gRPC method name
+    def TrainStep(self, request_iterator, context):
         item, (loss, grad) = self._forward("train", request_iterator, context)
         yield from self._reply(pb.TrainStepReply(loss=loss, grad=wire.encode(grad, item.grad_dtype)))
 
-    def Score(self, request_iterator, context):  # noqa: N802
+    def Score(self, request_iterator, context):
         _, scores = self._forward("score", request_iterator, context)
         yield from self._reply(pb.ScoreReply(scores=wire.encode(scores, "float32")))
 
-    def NextTokenLogits(self, request_iterator, context):  # noqa: N802
+    def NextTokenLogits(self, request_iterator, context):
         _, logits = self._forward("logits", request_iterator, context)
         yield from self._reply(pb.LogitsReply(logits=wire.encode(logits, "float32")))
 
-    def Generate(self, request_iterator, context):  # noqa: N802
+    def Generate(self, request_iterator, context):
         item = self._read(request_iterator, context, lambda m: decode_generate(
             m, self.backbone.info, self.max_len, self.dtype, self.limits.max_new_tokens))
         ids = self._run("generate", item, context)
         yield from self._reply(pb.GenerateReply(token_ids=wire.encode(ids, "int64")))
 
-    def Info(self, request, context):  # noqa: N802
+    def Info(self, request, context):
         info = self.backbone.info
         return pb.InfoReply(
             fingerprint=info.fingerprint, hidden_size=info.hidden_size, vocab_size=info.vocab_size,
@@ -471,7 +488,8 @@ class BearerTokenInterceptor(grpc.ServerInterceptor):
 def _server_credentials(tls: ServerTls) -> grpc.ServerCredentials:
     client_ca = Path(tls.client_ca).read_bytes() if tls.client_ca else None
     pair = (Path(tls.private_key).read_bytes(), Path(tls.cert_chain).read_bytes())
-    return grpc.ssl_server_credentials([pair], root_certificates=client_ca, require_client_auth=client_ca is not None)
+    return grpc.ssl_server_credentials([pair], root_certificates=client_ca,
+                                       require_client_auth=client_ca is not None)
 
 
 def start(service: BackboneService, address: str = "127.0.0.1:0", tls: ServerTls | None = None,
@@ -488,7 +506,10 @@ def start(service: BackboneService, address: str = "127.0.0.1:0", tls: ServerTls
                  ("grpc.max_send_message_length", message_limit)],
     )
     pb_grpc.add_BackboneServicer_to_server(service, server)
-    port = server.add_secure_port(address, _server_credentials(tls)) if tls else server.add_insecure_port(address)
+    if tls:
+        port = server.add_secure_port(address, _server_credentials(tls))
+    else:
+        port = server.add_insecure_port(address)
     if port == 0:
         raise OSError(f"cannot listen on {address}")
     server.start()
@@ -510,7 +531,8 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model-dir", required=True, help="Hugging Face checkpoint directory")
     p.add_argument("--address", default="0.0.0.0:50051")
-    p.add_argument("--dtype", default="float32", choices=wire.WIRE_DTYPES, help="dtype the backbone computes in")
+    p.add_argument("--dtype", default="float32", choices=wire.WIRE_DTYPES,
+                   help="dtype the backbone computes in")
     p.add_argument("--tls-cert", type=Path, help="server certificate chain (PEM); enables TLS")
     p.add_argument("--tls-key", type=Path, help="server private key (PEM)")
     p.add_argument("--client-ca", type=Path, help="CA that signs client certificates; enables mutual TLS")
@@ -530,7 +552,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         raise SystemExit("--tls-cert and --tls-key go together")
     tls = ServerTls(args.tls_cert, args.tls_key, args.client_ca) if args.tls_cert else None
     tokens = json.loads(args.tokens.read_text()) if args.tokens else None
-    limits = Limits(max_sequence_length=args.max_sequence_length, max_request_bytes=args.max_request_mib * MiB)
+    limits = Limits(max_sequence_length=args.max_sequence_length,
+                    max_request_bytes=args.max_request_mib * MiB)
     server, port = serve(args.model_dir, args.address, tls, tokens, args.window_ms, args.max_batch,
                          not args.no_batching, limits, getattr(torch, args.dtype))
     log.info("backbone serving %s on port %d (tls=%s, tokens=%s)", args.model_dir, port,

@@ -1,0 +1,145 @@
+"""Backbone service throughput: training samples per second against the number of clients,
+with dynamic batching on and off.
+
+Each client is a thread with its own :class:`RemoteBackbone` talking to an in-process
+server over loopback (127.0.0.1), calling ``train_step`` on random embeddings in a loop
+for a fixed time. A sample is one sequence; a request carries ``--batch-size`` of them.
+Server and clients share this process (and its GIL), as the in-process tests do, so the
+numbers are a lower bound for a dedicated server; what they show is how much one
+batched pass gains over one pass per request as clients are added.
+
+    python bench/backbone_throughput.py [--seconds 3] [--out bench/results/backbone_throughput.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import torch
+
+from anther.client.backbone_client import RemoteBackbone
+from anther.server.backbone import LocalBackbone
+from anther.server.backbone_service import BackboneService, BatchPolicy, start
+
+
+def _inputs(backbone: LocalBackbone, batch: int, length: int, seed: int) -> tuple[torch.Tensor, ...]:
+    g = torch.Generator().manual_seed(seed)
+    embeds = torch.randn(batch, length, backbone.info.hidden_size, generator=g)
+    mask = torch.ones(batch, length, dtype=torch.long)
+    labels = torch.randint(0, backbone.info.vocab_size, (batch, length), generator=g)
+    labels[:, : length // 2] = -100
+    return embeds, mask, labels
+
+
+def _client_loop(client: RemoteBackbone, inputs: tuple[torch.Tensor, ...], start_at: threading.Barrier,
+                 stop: threading.Event, latencies: list[float]) -> None:
+    start_at.wait()
+    while not stop.is_set():
+        t0 = time.perf_counter()
+        client.train_step(*inputs)
+        latencies.append(time.perf_counter() - t0)
+
+
+def run_cell(backbone: LocalBackbone, clients: int, window_ms: float | None,
+             args: argparse.Namespace) -> dict:
+    """Throughput of ``clients`` concurrent clients for ``args.seconds`` seconds.
+
+    ``window_ms`` None: batching off, one pass per request.
+    """
+    policy = BatchPolicy(window_ms is not None, window_ms or 0.0, args.max_batch)
+    service = BackboneService(backbone, policy)
+    server, port = start(service)
+    remotes = [RemoteBackbone(f"127.0.0.1:{port}", wire_dtype=args.wire_dtype) for _ in range(clients)]
+    inputs = [_inputs(backbone, args.batch_size, args.seq_len, seed=i) for i in range(clients)]
+    for remote, x in zip(remotes, inputs):
+        remote.train_step(*x)  # warm up connections and kernels
+    warm = service.batcher.stats.batches, service.batcher.stats.requests
+    start_at, stop = threading.Barrier(clients + 1), threading.Event()
+    latencies: list[list[float]] = [[] for _ in range(clients)]
+    threads = [threading.Thread(target=_client_loop, args=(r, x, start_at, stop, lat))
+               for r, x, lat in zip(remotes, inputs, latencies)]
+    for t in threads:
+        t.start()
+    start_at.wait()
+    began = time.perf_counter()
+    time.sleep(args.seconds)
+    stop.set()
+    for t in threads:
+        t.join()
+    elapsed = time.perf_counter() - began
+    for r in remotes:
+        r.close()
+    server.stop(None)
+    service.close()
+    requests = sum(len(lat) for lat in latencies)
+    batches = service.batcher.stats.batches - warm[0]
+    all_lat = sorted(x for lat in latencies for x in lat)
+    return {
+        "clients": clients, "batching": window_ms is not None, "window_ms": window_ms,
+        "seconds": round(elapsed, 3), "requests": requests,
+        "samples_per_s": round(requests * args.batch_size / elapsed, 2),
+        "mean_latency_ms": round(1000 * sum(all_lat) / max(1, len(all_lat)), 2),
+        "p50_latency_ms": round(1000 * all_lat[len(all_lat) // 2], 2) if all_lat else None,
+        "mean_requests_per_batch": round(requests / max(1, batches), 2),
+    }
+
+
+def _parse_args() -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model-dir", type=Path, help="checkpoint; default: a fresh tiny LLaVA (no pretraining)")
+    p.add_argument("--clients", default="1,2,4,8", help="comma-separated client counts")
+    p.add_argument("--seconds", type=float, default=3.0, help="measured time per cell")
+    p.add_argument("--batch-size", type=int, default=2, help="sequences per request")
+    p.add_argument("--seq-len", type=int, default=64)
+    p.add_argument("--windows-ms", default="0,5", help="batching windows to try, comma-separated")
+    p.add_argument("--max-batch", type=int, default=32, help="sequences per batched pass")
+    p.add_argument("--wire-dtype", default="float32")
+    p.add_argument("--threads", type=int, default=1, help="torch intra-op threads (keep the box usable)")
+    p.add_argument("--out", type=Path, default=Path("bench/results/backbone_throughput.json"))
+    return p.parse_args()
+
+
+def main() -> None:
+    args = _parse_args()
+    torch.set_num_threads(args.threads)
+    with tempfile.TemporaryDirectory() as tmp:
+        model_dir = args.model_dir
+        if model_dir is None:
+            from anther.adapters.tiny_model import init_tiny
+
+            model_dir = init_tiny(Path(tmp) / "tiny", pretrain_steps=0)
+        backbone = LocalBackbone.from_pretrained(model_dir)
+    results = []
+    windows = [None, *(float(w) for w in args.windows_ms.split(","))]
+    print(f"{'clients':>7} {'batching':>12} {'samples/s':>10} {'p50 ms':>8} {'req/batch':>9}")
+    for clients in (int(c) for c in args.clients.split(",")):
+        for window_ms in windows:
+            cell = run_cell(backbone, clients, window_ms, args)
+            results.append(cell)
+            mode = "off" if window_ms is None else f"on {window_ms:g} ms"
+            print(f"{clients:>7} {mode:>12} {cell['samples_per_s']:>10.1f} "
+                  f"{cell['p50_latency_ms']:>8.1f} {cell['mean_requests_per_batch']:>9.2f}", flush=True)
+    report = {
+        "benchmark": "backbone_throughput",
+        "model": {"fingerprint": backbone.info.fingerprint, "hidden_size": backbone.info.hidden_size,
+                  "vocab_size": backbone.info.vocab_size, "dtype": backbone.info.dtype},
+        "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+        "environment": {"torch": torch.__version__, "python": platform.python_version(),
+                        "cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+                        "machine": platform.machine()},
+        "results": results,
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=2))
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,457 @@
+"""The backbone gRPC service: same answers as LocalBackbone, exact per-client results under
+dynamic batching, clean refusals of malformed requests, TLS and bearer tokens, retries."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import socket
+import stat
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import grpc
+import pytest
+import torch
+from cryptography import x509
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from anther.client.backbone_client import RemoteBackbone
+from anther.server.backbone import BackboneInfo, LocalBackbone
+from anther.server.backbone_service import (
+    RUNNERS,
+    BackboneService,
+    BatchPolicy,
+    DynamicBatcher,
+    ForwardInputs,
+    Limits,
+    ServerTls,
+    decode_forward,
+    start,
+)
+from anther.server.certs import make_certs
+from anther.server.proto import backbone_pb2 as pb
+from anther.server.proto import backbone_pb2_grpc as pb_grpc
+from anther.server.proto import wire
+from anther.server.proto.wire import WireError
+
+# Small limits, so that ordinary test requests are chunked and the limits are reachable.
+LIMITS = Limits(max_sequence_length=64, max_chunk_bytes=64 * 1024, max_request_bytes=1 << 20,
+                max_new_tokens=8)
+FAST = BatchPolicy(enabled=True, window_ms=1.0, max_batch=32)
+
+
+@pytest.fixture(scope="session")
+def backbone_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from anther.adapters.tiny_model import init_tiny
+
+    return init_tiny(tmp_path_factory.mktemp("m") / "tiny", pretrain_steps=0)
+
+
+@pytest.fixture(scope="session")
+def local(backbone_model_dir: Path) -> LocalBackbone:
+    return LocalBackbone.from_pretrained(backbone_model_dir)
+
+
+@contextmanager
+def running(local: LocalBackbone, policy: BatchPolicy = FAST, address: str = "127.0.0.1:0",
+            tls: ServerTls | None = None,
+            tokens: dict[str, str] | None = None) -> Iterator[tuple[BackboneService, int]]:
+    service = BackboneService(local, policy, LIMITS)
+    server, port = start(service, address, tls, tokens)
+    try:
+        yield service, port
+    finally:
+        server.stop(None)
+        service.close()
+
+
+@pytest.fixture(scope="module")
+def port(local: LocalBackbone) -> Iterator[int]:
+    with running(local) as (_, p):
+        yield p
+
+
+@pytest.fixture
+def remote(port: int) -> Iterator[RemoteBackbone]:
+    with RemoteBackbone(f"127.0.0.1:{port}", attempts=1) as r:
+        yield r
+
+
+@pytest.fixture
+def stub(port: int) -> Iterator[pb_grpc.BackboneStub]:
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        yield pb_grpc.BackboneStub(channel)
+
+
+def make_inputs(info: BackboneInfo, batch: int, length: int, seed: int) -> tuple[torch.Tensor, ...]:
+    """Random embeddings, a right-padded mask (last row shorter) and labels on the second half."""
+    g = torch.Generator().manual_seed(seed)
+    embeds = torch.randn(batch, length, info.hidden_size, generator=g)
+    mask = torch.ones(batch, length, dtype=torch.long)
+    mask[-1, length - length // 4:] = 0
+    labels = torch.randint(0, info.vocab_size, (batch, length), generator=g)
+    labels[:, : length // 2] = -100
+    labels[mask == 0] = -100
+    return embeds, mask, labels
+
+
+def forward_request(embeds: torch.Tensor, mask: torch.Tensor,
+                    labels: torch.Tensor | None) -> pb.ForwardRequest:
+    req = pb.ForwardRequest(inputs_embeds=wire.encode(embeds), attention_mask=wire.encode(mask))
+    if labels is not None:
+        req.labels.CopyFrom(wire.encode(labels))
+    return req
+
+
+# ---------------------------------------------------------------- (1) same answers as LocalBackbone
+
+
+def test_remote_matches_local(local: LocalBackbone, remote: RemoteBackbone, port: int) -> None:
+    assert remote.info == dataclasses.replace(local.info, max_sequence_length=LIMITS.max_sequence_length)
+    with pytest.raises(ValueError, match="same model"):
+        RemoteBackbone(f"127.0.0.1:{port}", fingerprint="0" * 16)
+    embeds, mask, labels = make_inputs(local.info, batch=4, length=40, seed=0)  # 80 KB: chunked
+    loss, grad = remote.train_step(embeds, mask, labels)
+    ref_loss, ref_grad = local.train_step(embeds, mask, labels)
+    assert loss == pytest.approx(ref_loss, rel=1e-6)
+    torch.testing.assert_close(grad, ref_grad, rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(remote.score(embeds, mask, labels), local.score(embeds, mask, labels),
+                               rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(remote.next_token_logits(embeds, mask), local.next_token_logits(embeds, mask),
+                               rtol=1e-6, atol=1e-6)
+    assert remote.bytes_up > 3 * embeds.numel() * 4  # three calls carried the embeddings
+    assert remote.bytes_down > grad.numel() * 4
+
+
+@pytest.mark.parametrize("wire_dtype", ["bfloat16", "float16"])
+def test_half_precision_wire(local: LocalBackbone, port: int, wire_dtype: str) -> None:
+    embeds, mask, labels = make_inputs(local.info, batch=2, length=24, seed=1)
+    with RemoteBackbone(f"127.0.0.1:{port}", wire_dtype=wire_dtype, attempts=1) as remote:
+        loss, grad = remote.train_step(embeds, mask, labels)
+        sent = remote.bytes_up
+    ref_loss, ref_grad = local.train_step(embeds, mask, labels)
+    assert grad.dtype == torch.float32
+    assert loss == pytest.approx(ref_loss, abs=2e-2)
+    assert torch.nn.functional.cosine_similarity(grad.flatten(), ref_grad.flatten(), dim=0) > 0.99
+    assert sent < embeds.numel() * 4 * 0.6  # two bytes an element, not four
+
+
+def test_generate_is_greedy_with_server_embeddings(local: LocalBackbone, remote: RemoteBackbone) -> None:
+    embeds, _, _ = make_inputs(local.info, batch=1, length=10, seed=2)
+    mask = torch.ones(1, 10, dtype=torch.long)
+    ids = remote.generate(embeds, mask, max_new_tokens=5)
+    embed_tokens = local.decoder.get_input_embeddings()
+    expected = []
+    with torch.no_grad():
+        for _ in range(5):
+            nxt = local.next_token_logits(embeds, mask).argmax(dim=-1)
+            expected.append(int(nxt))
+            embeds = torch.cat([embeds, embed_tokens(nxt)[:, None]], dim=1)
+            mask = torch.cat([mask, torch.ones(1, 1, dtype=torch.long)], dim=1)
+    assert ids.tolist() == [expected]
+    stop = expected[1]
+    stopped = remote.generate(embeds[:, :10], mask[:, :10], max_new_tokens=5, stop_token_ids=[stop])
+    assert stopped.tolist() == [expected[:expected.index(stop) + 1]]
+
+
+# ---------------------------------------------------------------- (2) dynamic batching is exact
+
+
+def _concurrently(calls: list[Callable[[], object]]) -> list[object]:
+    """Run ``calls`` in threads released together; exceptions are returned, not raised."""
+    barrier = threading.Barrier(len(calls))
+    results: list[object] = [None] * len(calls)
+
+    def run(i: int) -> None:
+        barrier.wait()
+        try:
+            results[i] = calls[i]()
+        except Exception as e:  # noqa: BLE001 - the test inspects it
+            results[i] = e
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(calls))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return results
+
+
+SHAPES = [(1, 9), (2, 17), (3, 30), (2, 45)]  # (sequences, length) per client
+
+
+@pytest.mark.parametrize("kind", ["train_step", "score", "next_token_logits"])
+def test_concurrent_clients_get_their_solo_results(local: LocalBackbone, kind: str) -> None:
+    inputs = [make_inputs(local.info, b, t, seed=10 + i) for i, (b, t) in enumerate(SHAPES)]
+    args = [x if kind != "next_token_logits" else x[:2] for x in inputs]
+    with running(local, BatchPolicy(enabled=True, window_ms=500, max_batch=64)) as (service, port):
+        clients = [RemoteBackbone(f"127.0.0.1:{port}", attempts=1) for _ in SHAPES]
+        results = _concurrently([lambda c=c, a=a: getattr(c, kind)(*a) for c, a in zip(clients, args)])
+        for c in clients:
+            c.close()
+        assert service.batcher.stats.largest_batch >= 2, service.batcher.stats
+    for got, a in zip(results, args):
+        want = getattr(local, kind)(*a)
+        if kind == "train_step":
+            assert got[0] == pytest.approx(want[0], abs=1e-5)
+            torch.testing.assert_close(got[1], want[1], rtol=0, atol=1e-5)
+        else:
+            torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-4)
+
+
+def test_batch_failure_is_isolated_to_the_culprit(local: LocalBackbone,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """Should a validated request still fail in the model, only its own caller sees the error."""
+    def flaky(backbone: LocalBackbone, items: list[ForwardInputs]) -> list[int]:
+        if any(i.size == 3 for i in items):
+            raise RuntimeError("boom")
+        return [i.size for i in items]
+
+    monkeypatch.setitem(RUNNERS, "score", flaky)
+    batcher = DynamicBatcher(local, BatchPolicy(enabled=True, window_ms=300, max_batch=64))
+    item = lambda n: ForwardInputs(torch.zeros(n, 2, 4), torch.ones(n, 2, dtype=torch.long), None)
+    jobs = [batcher.submit("score", item(n)) for n in (1, 3, 2)]
+    assert jobs[0].result() == 1 and jobs[2].result() == 2
+    with pytest.raises(RuntimeError, match="boom"):
+        jobs[1].result()
+    batcher.close()
+
+
+# ---------------------------------------------------------------- (3) malformed requests
+
+
+FIELDS = ("inputs_embeds", "attention_mask", "labels")
+Mutation = Callable[[pb.ForwardRequest, tuple[torch.Tensor, ...]], object]
+
+
+def _set(req: pb.ForwardRequest, field: str, t: torch.Tensor) -> None:
+    getattr(req, field).CopyFrom(wire.encode(t))
+
+
+def _tiled(batch: int, length: int, cut: int) -> Mutation:
+    """All three tensors repeated ``batch`` x ``length`` times, then cut to ``cut`` positions."""
+    def mutate(req: pb.ForwardRequest, x: tuple[torch.Tensor, ...]) -> None:
+        for field, t in zip(FIELDS, x):
+            _set(req, field, t.repeat(batch, length, *([1] * (t.dim() - 2)))[:, :cut])
+    return mutate
+
+
+def _poisoned(value: float) -> Mutation:
+    return lambda r, x: _set(r, "inputs_embeds", x[0].index_fill(1, torch.tensor([3]), value))
+
+
+def _float64(req: pb.ForwardRequest, x: tuple[torch.Tensor, ...]) -> None:
+    data = x[0].double().numpy().tobytes()
+    req.inputs_embeds.CopyFrom(pb.Tensor(data=data, dtype="float64", shape=x[0].shape))
+
+
+MALFORMED: dict[str, tuple[Mutation, str]] = {
+    "wrong hidden size": (lambda r, x: _set(r, "inputs_embeds", x[0][..., :-1]), "hidden size 127"),
+    "unknown dtype": (lambda r, x: setattr(r.inputs_embeds, "dtype", "float8"), "dtype 'float8'"),
+    "float64 embeddings": (_float64, "dtype 'float64'"),
+    "float labels": (lambda r, x: setattr(r.labels, "dtype", "float32"), "labels has dtype 'float32'"),
+    "NaN": (_poisoned(float("nan")), "NaN or Inf"),
+    "Inf": (_poisoned(float("-inf")), "NaN or Inf"),
+    "too long": (_tiled(1, 5, 80), "sequence length 80 is over the limit of 64"),
+    "over size limit": (_tiled(20, 4, 60), "over the limit of 1048576 bytes"),
+    "truncated bytes": (lambda r, x: setattr(r.inputs_embeds, "data", r.inputs_embeds.data[:-3]),
+                        "truncated"),
+    "negative dimension": (lambda r, x: r.inputs_embeds.shape.__setitem__(0, -2), "at least 1"),
+    "two-dimensional embeddings": (lambda r, x: r.inputs_embeds.shape.__delitem__(0),
+                                   "expected 3 dimensions"),
+    "mask shape mismatch": (lambda r, x: _set(r, "attention_mask", x[1][:, :-1]), "attention_mask has shape"),
+    "labels shape mismatch": (lambda r, x: _set(r, "labels", x[2][:1]), "labels has shape"),
+    "mask value 2": (lambda r, x: _set(r, "attention_mask", x[1] * 2), "0 or 1"),
+    "empty mask row": (lambda r, x: _set(r, "attention_mask", x[1] * torch.tensor([[1], [0]])),
+                       "no attended"),
+    "label out of range": (lambda r, x: _set(r, "labels", x[2].clamp(min=0) + 1000), "or a token id in [0, "),
+    "no labelled token": (lambda r, x: _set(r, "labels", torch.full_like(x[2], -100)), "no labelled token"),
+    "missing labels": (lambda r, x: r.ClearField("labels"), "labels is missing"),
+    "missing embeddings": (lambda r, x: r.ClearField("inputs_embeds"), "inputs_embeds is missing"),
+    "bad grad dtype": (lambda r, x: setattr(r, "grad_dtype", "int64"), "grad_dtype 'int64'"),
+}
+
+
+@pytest.mark.parametrize("case", list(MALFORMED))
+def test_malformed_request_is_invalid_argument(local: LocalBackbone, stub: pb_grpc.BackboneStub,
+                                               case: str) -> None:
+    inputs = make_inputs(local.info, batch=2, length=16, seed=3)
+    mutate, message = MALFORMED[case]
+    req = forward_request(*inputs)
+    mutate(req, inputs)
+    with pytest.raises(grpc.RpcError) as err:
+        wire.assemble(stub.TrainStep(wire.chunks(req, LIMITS.max_chunk_bytes)))
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert message in err.value.details()
+    reply = wire.assemble(stub.TrainStep(wire.chunks(forward_request(*inputs), LIMITS.max_chunk_bytes)))
+    assert reply.loss == pytest.approx(local.train_step(*inputs)[0], rel=1e-6)
+
+
+def test_malformed_generate_is_invalid_argument(local: LocalBackbone, stub: pb_grpc.BackboneStub) -> None:
+    embeds, mask, _ = make_inputs(local.info, batch=1, length=8, seed=4)
+    for n, message in [(0, "max_new_tokens is 0"), (9, "max_new_tokens is 9")]:
+        req = pb.GenerateRequest(inputs_embeds=wire.encode(embeds), attention_mask=wire.encode(mask),
+                                 max_new_tokens=n)
+        with pytest.raises(grpc.RpcError) as err:
+            wire.assemble(stub.Generate(iter([req])))
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and message in err.value.details()
+
+
+def test_oversized_single_message_is_refused_by_grpc(local: LocalBackbone,
+                                                     stub: pb_grpc.BackboneStub) -> None:
+    """One message over max_chunk_bytes + slack never reaches the service (backbone.proto: Chunking)."""
+    inputs = make_inputs(local.info, batch=4, length=64, seed=5)  # 128 KiB of embeddings in one message
+    with pytest.raises(grpc.RpcError) as err:
+        wire.assemble(stub.TrainStep(iter([forward_request(*inputs)])))
+    assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+def test_bad_request_does_not_disturb_its_batch(local: LocalBackbone) -> None:
+    good = [make_inputs(local.info, 2, 12 + i, seed=20 + i) for i in range(3)]
+    bad = make_inputs(local.info, 2, 12, seed=30)
+    bad[0][0, 0, 0] = float("nan")
+    with running(local, BatchPolicy(enabled=True, window_ms=300, max_batch=64)) as (_, port):
+        clients = [RemoteBackbone(f"127.0.0.1:{port}", attempts=1) for _ in range(4)]
+        results = _concurrently([lambda c=c, a=a: c.train_step(*a) for c, a in zip(clients, [*good, bad])])
+        for c in clients:
+            c.close()
+    assert isinstance(results[3], grpc.RpcError) and results[3].code() == grpc.StatusCode.INVALID_ARGUMENT
+    for (loss, grad), a in zip(results[:3], good):
+        ref_loss, ref_grad = local.train_step(*a)
+        assert loss == pytest.approx(ref_loss, abs=1e-5)
+        torch.testing.assert_close(grad, ref_grad, rtol=0, atol=1e-5)
+
+
+# ---------------------------------------------------------------- (4) TLS, mutual TLS, bearer tokens
+
+
+@pytest.fixture(scope="module")
+def certs(tmp_path_factory: pytest.TempPathFactory):
+    return make_certs(tmp_path_factory.mktemp("certs"), server_names=["backbone.test"], clients=["alice"])
+
+
+def test_certs_name_the_server_and_protect_keys(certs) -> None:
+    cert = x509.load_pem_x509_certificate(certs.server_cert.read_bytes())
+    san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert {"localhost", "backbone.test"} <= set(san.get_values_for_type(x509.DNSName))
+    assert "127.0.0.1" in {str(ip) for ip in san.get_values_for_type(x509.IPAddress)}
+    for key in (certs.ca_key, certs.server_key, certs.clients["alice"][1]):
+        assert stat.S_IMODE(key.stat().st_mode) == 0o600
+    with pytest.raises(ValueError, match="client names"):
+        make_certs(certs.ca_cert.parent / "other", clients=["../evil"])
+
+
+def test_tls_with_client_certs_and_tokens(local: LocalBackbone, certs) -> None:
+    tls = ServerTls(certs.server_cert, certs.server_key, client_ca=certs.ca_cert)
+    alice_cert, alice_key = certs.clients["alice"]
+    inputs = make_inputs(local.info, batch=2, length=16, seed=6)
+    with running(local, tls=tls, tokens={"alice": "alice-token", "bob": "bob-token"}) as (_, port):
+        address = f"127.0.0.1:{port}"
+        tls_args = {"root_cert": certs.ca_cert, "client_cert": alice_cert, "client_key": alice_key,
+                    "attempts": 1}
+        with RemoteBackbone(address, token="alice-token", **tls_args) as alice:
+            loss, _ = alice.train_step(*inputs)
+        assert loss == pytest.approx(local.train_step(*inputs)[0], rel=1e-6)
+        for token in (None, "wrong-token"):
+            with pytest.raises(grpc.RpcError) as err:
+                RemoteBackbone(address, token=token, **tls_args)
+            assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        # streaming RPCs are guarded too, not only Info
+        creds = grpc.ssl_channel_credentials(certs.ca_cert.read_bytes(), alice_key.read_bytes(),
+                                             alice_cert.read_bytes())
+        with grpc.secure_channel(address, creds) as channel, pytest.raises(grpc.RpcError) as err:
+            wire.assemble(pb_grpc.BackboneStub(channel).TrainStep(iter([forward_request(*inputs)])))
+        assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        # without a client certificate, or without TLS at all, there is no connection
+        for kwargs in ({"root_cert": certs.ca_cert}, {}):
+            with pytest.raises(grpc.RpcError) as err:
+                RemoteBackbone(address, token="alice-token", attempts=1, timeout_s=10, **kwargs)
+            assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+
+
+# ---------------------------------------------------------------- retries
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_client_retries_until_server_is_up(local: LocalBackbone) -> None:
+    port = _free_port()
+    with pytest.raises(grpc.RpcError) as err:
+        RemoteBackbone(f"127.0.0.1:{port}", attempts=1)
+    assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+    up = threading.Event()
+
+    def start_later() -> None:
+        with running(local, address=f"127.0.0.1:{port}"):
+            up.wait()
+
+    threading.Timer(0.5, start_later).start()
+    try:
+        with RemoteBackbone(f"127.0.0.1:{port}", attempts=10, backoff_s=0.1, max_backoff_s=0.5) as r:
+            assert r.info.fingerprint == local.info.fingerprint
+    finally:
+        up.set()
+
+
+# ---------------------------------------------------------------- (5) the decoder never crashes
+
+DTYPE_NAMES = st.sampled_from([*wire.DTYPES, "", "float64", "complex64", "int8"]) | st.text(max_size=8)
+DIMS = st.integers(-3, 6) | st.just(128) | st.integers(-(2**63), 2**63 - 1)
+
+
+@st.composite
+def tensors(draw: st.DrawFn) -> pb.Tensor:
+    """Mostly near-valid tensors (right byte count for a plausible shape), some pure junk."""
+    dtype = draw(DTYPE_NAMES)
+    shape = draw(st.lists(DIMS, max_size=4))
+    size = wire.DTYPES[dtype].itemsize if dtype in wire.DTYPES else 4
+    exact = size * math.prod(shape)
+    fits = all(0 < d <= 128 for d in shape) and exact < 4096
+    n = exact if fits and draw(st.booleans()) else draw(st.integers(0, 64))
+    data = draw(st.binary(min_size=n, max_size=n))
+    return pb.Tensor(data=data, dtype=dtype, shape=shape)
+
+
+@settings(max_examples=300, deadline=None)
+@given(msg=tensors(), ndim=st.integers(0, 4), allowed=st.sampled_from([wire.WIRE_DTYPES, wire.MASK_DTYPES,
+                                                                        wire.ID_DTYPES]))
+def test_fuzz_tensor_decoder(msg: pb.Tensor, ndim: int, allowed: tuple[str, ...]) -> None:
+    try:
+        t = wire.decode(msg, "t", allowed, ndim)
+    except WireError:
+        return
+    assert t.dim() == ndim and wire.dtype_name(t.dtype) in (*allowed, "uint8")
+
+
+FUZZ_INFO = BackboneInfo(fingerprint="fuzz", hidden_size=4, vocab_size=16, dtype="float32",
+                         max_sequence_length=8)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(embeds=tensors() | st.none(), mask=tensors() | st.none(), labels=tensors() | st.none(),
+       grad_dtype=DTYPE_NAMES, kind=st.sampled_from(["train", "score", "logits"]))
+def test_fuzz_request_decoder(embeds, mask, labels, grad_dtype: str, kind: str) -> None:
+    req = pb.ForwardRequest(inputs_embeds=embeds, attention_mask=mask, labels=labels, grad_dtype=grad_dtype)
+    try:
+        out = decode_forward(req, FUZZ_INFO, FUZZ_INFO.max_sequence_length, torch.float32, kind)
+    except WireError:
+        return
+    assert out.embeds.shape[-1] == FUZZ_INFO.hidden_size and out.mask.shape == out.embeds.shape[:2]
+
+
+@settings(max_examples=100, deadline=None)
+@given(data=st.binary(max_size=20_000), chunk=st.integers(2048, 8192))
+def test_chunks_reassemble_within_limit(data: bytes, chunk: int) -> None:
+    req = pb.ForwardRequest(inputs_embeds=pb.Tensor(data=data, dtype="float32", shape=[1, 2, 3]),
+                            labels=pb.Tensor(data=data[::-1], dtype="int64", shape=[7]), grad_dtype="float16")
+    parts = list(wire.chunks(req, chunk))
+    assert all(p.ByteSize() <= chunk for p in parts)
+    assert wire.assemble(iter(parts)) == req
