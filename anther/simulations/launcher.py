@@ -40,7 +40,8 @@ def _bin(name: str) -> str:
 def local_superlink(flwr_home: Path) -> Iterator[dict[str, str]]:
     """A simulation SuperLink on free ports; yields the environment that reaches it."""
     http_port, control_port = free_port(), free_port()
-    env = {**os.environ, "FLWR_HOME": str(flwr_home), "FLWR_LOCAL_SUPERLINK_HTTP_API_PORT": str(http_port),
+    path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"  # Flower spawns its own tools
+    env = {**os.environ, "PATH": path, "FLWR_HOME": str(flwr_home), "FLWR_LOCAL_SUPERLINK_HTTP_API_PORT": str(http_port),
            "FLWR_LOCAL_CONTROL_API_PORT": str(control_port), "FLWR_DISABLE_UPDATE_CHECK": "1"}
     log = flwr_home / "superlink.log"
     cmd = [_bin("flower-superlink"), "--insecure", "--simulation", "--isolation", "subprocess",
@@ -54,7 +55,8 @@ def local_superlink(flwr_home: Path) -> Iterator[dict[str, str]]:
         deadline = time.monotonic() + 60
         while True:
             if proc.poll() is not None:
-                raise RuntimeError(f"flower-superlink exited with code {proc.returncode}; see {log}")
+                raise RuntimeError(f"flower-superlink exited with code {proc.returncode}:\n"
+                                   + log.read_text()[-2000:])
             with contextlib.suppress(httpx.HTTPError):
                 if httpx.get(f"http://127.0.0.1:{http_port}/health", timeout=1).is_success:
                     break
