@@ -73,7 +73,8 @@ class FisherMerging(FedAvg):
         contents = [m.content for m in valid]
         validate_message_reply_consistency(contents, self.weighted_by_key, check_arrayrecord=False)
         pairs = [self._theta_and_fisher(c) for c in contents]
-        weights = [metric_value(c, self.weighted_by_key) if self.weight_by_examples else 1.0 for c in contents]
+        weights = [metric_value(c, self.weighted_by_key) if self.weight_by_examples else 1.0
+                   for c in contents]
         merged = fisher_merge([t for t, _ in pairs], [f for _, f in pairs], weights, self.eps)
         dtypes = {name: value.dtype for name, value in pairs[0][0].items()}
         return array_record(merged, dtypes), self.train_metrics_aggr_fn(contents, self.weighted_by_key)

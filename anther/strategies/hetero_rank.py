@@ -18,12 +18,13 @@ first r units of the global adapter is exactly a sub-network of it, and
   by ``num-examples``: that is FedAvg on that unit's parameters, and with equal ranks the
   whole strategy *is* FedAvg. A slice no client holds this round keeps its global value.
 
+Units are ordered (as in FjORD's ordered dropout): low-index units are trained by every
+client, high-index ones only by the high-rank clients.
+
 Product-space merging (sum_k w_k up_k @ down_k, re-factorised by SVD, as FlexLoRA does for
 LoRA) assumes the adapter is the linear map ``up @ down``. With ``act`` in between it is not:
 ``up @ down`` is not the function the adapter computes, so merging products and
-re-factorising changes the function even when every client sends the same weights. Units
-are ordered (as in FjORD's ordered dropout): low-index units are trained by every client,
-high-index ones only by the high-rank clients.
+re-factorising changes the function even when every client sends the same weights.
 
 Scale. NanoAdapter multiplies its branch by ``alpha / rank`` with a run-wide ``alpha``, so
 the same unit weighs ``R / r_k`` times more in a rank-r_k client than in the rank-R global
@@ -87,7 +88,8 @@ def _rescale(suffix: str, value: NDArray, factor: float, scale_by_rank: bool) ->
     return value * factor if scale_by_rank and suffix in SCALED else value
 
 
-def truncate_to_rank(arrays: Mapping[str, NDArray], rank: int, scale_by_rank: bool = True) -> dict[str, NDArray]:
+def truncate_to_rank(arrays: Mapping[str, NDArray], rank: int,
+                     scale_by_rank: bool = True) -> dict[str, NDArray]:
     """The global adapters as a rank-``rank`` client holds them: first ``rank`` units, client scale.
 
     Adapters whose rank is already <= ``rank`` are sent whole; other arrays pass through.
@@ -125,27 +127,29 @@ def _merge_slices(values: list[NDArray], weights: list[float], axis: int, curren
 
 
 def hetero_rank_average(clients: list[dict[str, NDArray]], weights: list[float],
-                        current: Mapping[str, NDArray] | None, scale_by_rank: bool = True) -> dict[str, NDArray]:
+                        current: Mapping[str, NDArray] | None,
+                        scale_by_rank: bool = True) -> dict[str, NDArray]:
     """Per-unit FedAvg of heterogeneous-rank adapters into the global rank (see the module docstring)."""
+    client_ranks = [adapter_ranks(c) for c in clients]
     merged: dict[str, NDArray] = {}
     for name in clients[0]:
         values = [c[name] for c in clients]
         split = _split(name)
-        if split is None:
-            merged[name] = weighted_mean(values, weights)
+        if split is None or split[0] not in client_ranks[0]:
+            merged[name] = weighted_mean(values, weights)  # not part of a NanoAdapter: plain FedAvg
             continue
         prefix, suffix = split
-        ranks = [adapter_ranks(c)[prefix] for c in clients]
+        ranks = [r[prefix] for r in client_ranks]
         big_r = _global_rank(prefix, ranks, current)
         values = [_rescale(suffix, np.asarray(v, dtype=np.float64), big_r / r, scale_by_rank)
                   for v, r in zip(values, ranks, strict=True)]
         if suffix not in RANK_AXES:
             merged[name] = weighted_mean(values, weights)
-        else:
-            # Before any global is known the largest client holds every slice; the base is unused.
-            base = current[name] if current is not None and name in current else np.zeros_like(
-                values[ranks.index(big_r)])
-            merged[name] = _merge_slices(values, weights, RANK_AXES[suffix], base)
+            continue
+        # Before any global is known the largest client holds every slice; the base is then unused.
+        base = current[name] if current is not None and name in current else np.zeros_like(
+            values[ranks.index(big_r)])
+        merged[name] = _merge_slices(values, weights, RANK_AXES[suffix], base)
     return merged
 
 
@@ -195,18 +199,18 @@ class HeteroRankFedAvg(FedAvg):
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                         grid: Grid) -> Iterable[Message]:
         """FedAvg's messages, each carrying the global adapters truncated to its node's rank."""
-        self.current_arrays = numpy_arrays(arrays)
+        self.current_arrays = global_arrays = numpy_arrays(arrays)
         messages = list(super().configure_train(server_round, arrays, config, grid))
         for message in messages:  # FedAvg shares one RecordDict between all messages: give each its own
-            message.content = self._content_for(int(message.metadata.dst_node_id), config)
+            message.content = self._content_for(int(message.metadata.dst_node_id), global_arrays, config)
         return messages
 
-    def _content_for(self, node_id: int, config: ConfigRecord) -> RecordDict:
-        assert self.current_arrays is not None
-        full = max(adapter_ranks(self.current_arrays).values(), default=0)
+    def _content_for(self, node_id: int, global_arrays: dict[str, NDArray],
+                     config: ConfigRecord) -> RecordDict:
+        full = max(adapter_ranks(global_arrays).values(), default=0)
         requested = self.node_ranks.get(node_id, self.default_rank)
         rank = full if requested is None else min(requested, full)
-        arrays = truncate_to_rank(self.current_arrays, rank, self.scale_by_rank)
+        arrays = truncate_to_rank(global_arrays, rank, self.scale_by_rank)
         node_config = ConfigRecord({**dict(config), RANK_METRIC: rank})
         return RecordDict({self.arrayrecord_key: array_record(arrays), self.configrecord_key: node_config})
 

@@ -82,7 +82,8 @@ class PersonalisedAdapters:
         if not 0.0 <= mix <= 1.0:
             raise ValueError(f"mix must be in [0, 1], got {mix}")
         self.adapters, self.folder, self.mix = adapters, Path(folder), mix
-        self.local = nn.ModuleDict({name: _local_copy(a, seed + i) for i, (name, a) in enumerate(adapters.items())})
+        self.local = nn.ModuleDict({name: _local_copy(adapter, seed + i)
+                                    for i, (name, adapter) in enumerate(adapters.items())})
         self.load()
 
     @property
