@@ -225,9 +225,11 @@ def _fisher_replies(fisher_a=(1, 4), fisher_b=(3, 1)) -> list[Message]:
 
 
 def test_fisher_merging_unweighted():
-    strategy = build_strategy({"name": "fisher", "eps": 0.0, "weight_by_examples": False})
+    strategy = build_strategy({"name": "fisher", "eps": 0.0, "weight_by_examples": False,
+                               "fisher_batches": 2})
     assert isinstance(strategy, FisherMerging)
-    arrays, _, _ = run_round(strategy, 1, {"w": [0, 0]}, _fisher_replies())
+    arrays, _, messages = run_round(strategy, 1, {"w": [0, 0]}, _fisher_replies())
+    assert all(m.content["config"]["fisher-batches"] == 2 for m in messages)  # asks clients for a Fisher
     # (1*1 + 3*3) / (1 + 3), (4*2 + 1*6) / (4 + 1)
     assert_arrays(arrays, {"w": [2.5, 2.8]})
 
@@ -516,6 +518,16 @@ def test_middle_range_by_fraction():
     assert middle_range(["a", "b"]) == ["b"]  # no name fits entirely: the one at the midpoint 0.5
     with pytest.raises(ValueError):
         middle_range(names, 0.6, 0.4)
+
+
+def test_adaptive_reg_ships_mu_and_range_and_averages_like_fedavg():
+    strategy = build_strategy({"name": "adaptive_reg", "proximal_mu": 0.1, "proximal_start": 0.5,
+                               "proximal_end": 1.0})
+    replies = [reply(1, {"w": [1, 2]}, num_examples=1), reply(2, {"w": [4, 8]}, num_examples=3)]
+    arrays, _, messages = run_round(strategy, 1, {"w": [0, 0]}, replies)
+    configs = [m.content["config"] for m in messages]
+    assert all((c["proximal-mu"], c["proximal-start"], c["proximal-end"]) == (0.1, 0.5, 1.0) for c in configs)
+    assert_arrays(arrays, {"w": [3.25, 6.5]})
 
 
 def test_middle_proximal_regularises_only_the_middle():

@@ -16,16 +16,24 @@ the proximal term is a purely local function of the weights, so its gradient is 
 second ``proximal_term(...).backward()`` before ``optimizer.step()``.
 
 The term is the squared L2 distance (as in FedProx, Li et al. 2020), not the norm that
-Flower's FedProx docstring sketches. Server side the strategy is FedProx: it only ships
-``proximal-mu`` to the clients.
+Flower's FedProx docstring sketches. Server side the strategy is FedProx, which aggregates as
+FedAvg; :class:`AdaptiveRegularisation` (``strategy: {name: adaptive_reg}``) is FedProx that
+also ships the range, ``proximal-start`` and ``proximal-end``, next to ``proximal-mu``. A
+client that gets ``proximal-mu`` without a range (plain ``fedprox``) regularises everything.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
 
 import torch
+from flwr.app import ArrayRecord, ConfigRecord, Message
+from flwr.serverapp import Grid
+from flwr.serverapp.strategy import FedProx
+
+PROXIMAL_START, PROXIMAL_END = "proximal-start", "proximal-end"
 
 
 def middle_range(names: Sequence[str], start: float = 0.25, end: float = 0.75) -> list[str]:
@@ -80,3 +88,29 @@ class MiddleProximal:
 
     def __call__(self) -> torch.Tensor:
         return proximal_term(self.params, self.global_params, self.names, self.mu)
+
+
+class AdaptiveRegularisation(FedProx):
+    """FedProx that tells clients to apply the proximal term to the middle of their stack only.
+
+    Parameters
+    ----------
+    proximal_mu:
+        The proximal weight, shipped as ``proximal-mu``.
+    proximal_start, proximal_end:
+        The fractions of the ordered trainable parameters, shipped as ``proximal-start`` and
+        ``proximal-end`` (clients apply :class:`MiddleProximal` with them).
+    **fedprox_kwargs:
+        Passed to :class:`flwr.serverapp.strategy.FedProx`.
+    """
+
+    def __init__(self, *, proximal_mu: float = 0.01, proximal_start: float = 0.25, proximal_end: float = 0.75,
+                 **fedprox_kwargs: Any) -> None:
+        middle_range([], proximal_start, proximal_end)  # validates the fractions
+        super().__init__(proximal_mu=proximal_mu, **fedprox_kwargs)
+        self.proximal_start, self.proximal_end = proximal_start, proximal_end
+
+    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
+                        grid: Grid) -> Iterable[Message]:
+        config[PROXIMAL_START], config[PROXIMAL_END] = self.proximal_start, self.proximal_end
+        return super().configure_train(server_round, arrays, config, grid)

@@ -6,6 +6,7 @@ Imported by the registry (at its end, after ``register`` exists), so that
 
 from __future__ import annotations
 
+from anther.strategies.adaptive_regularisation import AdaptiveRegularisation
 from anther.strategies.fisher_merging import FisherMerging
 from anther.strategies.hetero_rank import HeteroRankFedAvg
 from anther.strategies.modality_aware import ModalityAwareFedAvg
@@ -14,3 +15,4 @@ from anther.strategies.registry import register
 register("fisher", FisherMerging)
 register("modality_aware", ModalityAwareFedAvg)
 register("hetero_rank", HeteroRankFedAvg)
+register("adaptive_reg", AdaptiveRegularisation)

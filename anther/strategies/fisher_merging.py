@@ -29,12 +29,15 @@ from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
-from flwr.app import ArrayRecord, Message, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.serverapp import Grid
 from flwr.serverapp.exception import InconsistentMessageReplies
 from flwr.serverapp.strategy import FedAvg
 from flwr.serverapp.strategy.strategy_utils import validate_message_reply_consistency
 
 from anther.strategies.array_utils import NDArray, array_record, metric_value, numpy_arrays, reply_arrays
+
+FISHER_BATCHES = "fisher-batches"
 
 
 class FisherMerging(FedAvg):
@@ -50,18 +53,30 @@ class FisherMerging(FedAvg):
         total evidence. With False every client counts the same.
     fisher_key:
         Key of the ArrayRecord holding the Fisher in replies.
+    fisher_batches:
+        Sent to clients as ``config["fisher-batches"]``: how many batches to estimate the
+        Fisher on. Its presence is also how a client knows this round wants a Fisher.
     **fedavg_kwargs:
         Passed to :class:`flwr.serverapp.strategy.FedAvg`.
     """
 
     def __init__(self, *, eps: float = 1e-8, weight_by_examples: bool = True, fisher_key: str = "fisher",
-                 **fedavg_kwargs: Any) -> None:
+                 fisher_batches: int = 4, **fedavg_kwargs: Any) -> None:
         super().__init__(**fedavg_kwargs)
         if eps < 0:
             raise ValueError(f"eps must be >= 0, got {eps}")
+        if fisher_batches < 1:
+            raise ValueError(f"fisher_batches must be >= 1, got {fisher_batches}")
         self.eps = float(eps)
         self.weight_by_examples = weight_by_examples
         self.fisher_key = fisher_key
+        self.fisher_batches = fisher_batches
+
+    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
+                        grid: Grid) -> Iterable[Message]:
+        """FedAvg's messages; the config asks clients for a Fisher (as FedProx ships ``proximal-mu``)."""
+        config[FISHER_BATCHES] = self.fisher_batches
+        return super().configure_train(server_round, arrays, config, grid)
 
     def aggregate_train(self, server_round: int,
                         replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
