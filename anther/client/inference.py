@@ -13,7 +13,7 @@ import torch
 
 from anther.adapters.prompt import build_prompt, build_target
 from anther.client.nano_edge import NanoEdge
-from anther.server.backbone import Backbone
+from anther.server.backbone import Backbone, greedy_decode
 from anther.simulations.datasets.sample import Sample
 
 
@@ -57,30 +57,18 @@ def greedy_answers(encoder: Encoder, backbone: Backbone, samples: list[Sample],
     """Greedy decoding driven by the client: each new token is embedded (and adapted)
     here, so generation sees exactly the embeddings training did."""
     tokenizer = encoder.processor.tokenizer
+    edge = encoder.edge
+
+    def embed(ids: torch.Tensor) -> torch.Tensor:
+        return edge.adapters["text"](edge.embed_tokens(ids))
+
     answers: list[str] = []
     for chunk in _chunks(samples, batch_size):
         batch = encoder(chunk)
-        embeds, mask = encoder.edge(batch), batch.attention_mask
-        lengths = mask.sum(dim=1)
-        done = torch.zeros(len(chunk), dtype=torch.bool)
-        generated: list[list[int]] = [[] for _ in chunk]
-        rows = torch.arange(len(chunk))
-        for _ in range(max_new_tokens):
-            next_ids = backbone.next_token_logits(embeds, mask).argmax(dim=-1)
-            for i, t in enumerate(next_ids.tolist()):
-                if not done[i]:
-                    generated[i].append(t)
-            done |= next_ids == tokenizer.eos_token_id
-            if bool(done.all()):
-                break
-            # append each row's new token right after its last real token
-            pad = torch.zeros(len(chunk), 1, embeds.shape[-1], dtype=embeds.dtype)
-            embeds, mask = torch.cat([embeds, pad], dim=1), torch.cat([mask, torch.zeros_like(mask[:, :1])], dim=1)
-            new = encoder.edge.adapters["text"](encoder.edge.embed_tokens(next_ids))
-            embeds[rows, lengths] = new
-            mask[rows, lengths] = 1
-            lengths = lengths + 1
-        answers += [tokenizer.decode(g, skip_special_tokens=True).strip() for g in generated]
+        tokens = greedy_decode(backbone.next_token_logits, embed, edge(batch), batch.attention_mask,
+                               max_new_tokens, [tokenizer.eos_token_id])
+        answers += [tokenizer.decode([t for t in row if t >= 0], skip_special_tokens=True).strip()
+                    for row in tokens.tolist()]
     return answers
 
 

@@ -19,6 +19,7 @@ from transformers import AutoConfig
 from anther.adapters.families import EdgeParts, EncodedBatch, ModelFamily, family_for
 from anther.adapters.nano_adapter import NanoAdapter, NanoAdapterConfig
 
+
 def build_adapters(dim: int, config: NanoAdapterConfig, seed: int | None = None) -> nn.ModuleDict:
     """NanoAdapter-I and NanoAdapter-T; with ``seed``, initialised identically everywhere."""
     with torch.random.fork_rng(enabled=seed is not None):
@@ -50,10 +51,14 @@ class NanoEdge(nn.Module):
     def from_pretrained(cls, model_dir: str | Path, adapter: NanoAdapterConfig,
                         dtype: torch.dtype = torch.float32, device: str = "cpu") -> NanoEdge:
         config = AutoConfig.from_pretrained(model_dir)
-        family = family_for(config.model_type)
-        model = family.model_class.from_pretrained(model_dir, dtype=dtype)
-        edge = cls(family.edge_parts(model), family, config, adapter)
-        return edge.to(device)
+        model = family_for(config.model_type).model_class.from_pretrained(model_dir, dtype=dtype)
+        return cls.from_model(model, adapter).to(device)
+
+    @classmethod
+    def from_model(cls, model: nn.Module, adapter: NanoAdapterConfig) -> NanoEdge:
+        """The client half of an already loaded MLLM, with fresh adapters."""
+        family = family_for(model.config.model_type)
+        return cls(family.edge_parts(model), family, model.config, adapter)
 
     def train(self, mode: bool = True) -> NanoEdge:
         """Only the adapters switch mode; the frozen modules stay in eval."""

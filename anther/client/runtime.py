@@ -11,8 +11,9 @@ from functools import lru_cache
 
 import torch
 import transformers
-from transformers import AutoProcessor
+from transformers import AutoConfig, AutoProcessor
 
+from anther.adapters.families import family_for
 from anther.adapters.nano_adapter import NanoAdapterConfig
 from anther.client.inference import Encoder
 from anther.client.nano_edge import NanoEdge
@@ -38,7 +39,9 @@ def load_runtime(model_path: str, dtype: str, rank: int, alpha: float, activatio
     transformers.logging.set_verbosity_error()
     torch.set_num_threads(1)  # simulated clients share the cores; one thread each is fastest
     adapter = NanoAdapterConfig(rank=rank, alpha=alpha, activation=activation)
-    edge = NanoEdge.from_pretrained(model_path, adapter, dtype=DTYPES[dtype])
+    config = AutoConfig.from_pretrained(model_path)
+    model = family_for(config.model_type).model_class.from_pretrained(model_path, dtype=DTYPES[dtype])
+    edge = NanoEdge.from_model(model, adapter)  # both halves share one load of the checkpoint
+    backbone = LocalBackbone.from_model(model, model_path)
     processor = AutoProcessor.from_pretrained(model_path)
-    backbone = LocalBackbone.from_pretrained(model_path, dtype=DTYPES[dtype])
     return ClientRuntime(Encoder(edge, processor, modality_agnostic), backbone)

@@ -13,8 +13,8 @@ the LLM's weights are frozen and never receive gradients.
 from __future__ import annotations
 
 import hashlib
-import json
-from dataclasses import asdict, dataclass
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
@@ -102,15 +102,18 @@ class LocalBackbone(nn.Module):
     @classmethod
     def from_pretrained(cls, model_dir: str | Path, dtype: torch.dtype = torch.float32,
                         device: str = "cpu") -> LocalBackbone:
-        model_dir = Path(model_dir)
         config = AutoConfig.from_pretrained(model_dir)
-        family = family_for(config.model_type)
-        model = family.model_class.from_pretrained(model_dir, dtype=dtype).to(device)
-        decoder, head = family.backbone_parts(model)
-        text_cfg = config.get_text_config()
+        model = family_for(config.model_type).model_class.from_pretrained(model_dir, dtype=dtype)
+        return cls.from_model(model.to(device), model_dir)
+
+    @classmethod
+    def from_model(cls, model: nn.Module, model_dir: str | Path) -> LocalBackbone:
+        """The backbone half of an already loaded MLLM (``model_dir`` names its checkpoint)."""
+        decoder, head = family_for(model.config.model_type).backbone_parts(model)
+        text_cfg = model.config.get_text_config()
         info = BackboneInfo(
-            fingerprint=checkpoint_fingerprint(model_dir), hidden_size=text_cfg.hidden_size,
-            vocab_size=text_cfg.vocab_size, dtype=str(dtype).removeprefix("torch."),
+            fingerprint=checkpoint_fingerprint(Path(model_dir)), hidden_size=text_cfg.hidden_size,
+            vocab_size=text_cfg.vocab_size, dtype=str(next(model.parameters()).dtype).removeprefix("torch."),
             max_sequence_length=text_cfg.max_position_embeddings,
         )
         return cls(decoder, head, info)
@@ -139,5 +142,33 @@ class LocalBackbone(nn.Module):
         last = attention_mask.sum(dim=1) - 1
         return logits[torch.arange(logits.shape[0]), last].float()
 
-    def describe(self) -> str:
-        return json.dumps(asdict(self.info))
+
+@torch.no_grad()
+def greedy_decode(next_token_logits: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+                  embed: Callable[[torch.Tensor], torch.Tensor], inputs_embeds: torch.Tensor,
+                  attention_mask: torch.Tensor, max_new_tokens: int, stop_token_ids: list[int]) -> torch.Tensor:
+    """Greedy decoding on right-padded ``inputs_embeds``; ``embed`` turns new token ids into embeddings.
+
+    Returns (B, steps) token ids: each row's tokens up to and including its stop token,
+    then -1. Who embeds decides what generation sees: the client's NanoAdapter-T (so
+    generated tokens are adapted as in training) or the server's own embedding table.
+    """
+    embeds, mask = inputs_embeds, attention_mask
+    batch = embeds.shape[0]
+    rows, lengths = torch.arange(batch), mask.sum(dim=1)
+    stop = torch.tensor(stop_token_ids, dtype=torch.long)
+    out = torch.full((batch, max_new_tokens), -1, dtype=torch.long)
+    done = torch.zeros(batch, dtype=torch.bool)
+    for step in range(max_new_tokens):
+        ids = next_token_logits(embeds, mask).argmax(dim=-1)
+        out[:, step] = torch.where(done, -1, ids)
+        done |= torch.isin(ids, stop)
+        if bool(done.all()):
+            return out[:, :step + 1]
+        # append each row's new token right after its last attended position
+        embeds = torch.cat([embeds, embeds.new_zeros(batch, 1, embeds.shape[-1])], dim=1)
+        mask = torch.cat([mask, mask.new_zeros(batch, 1)], dim=1)
+        embeds[rows, lengths] = embed(ids).to(embeds.dtype)
+        mask[rows, lengths] = 1
+        lengths = lengths + 1
+    return out

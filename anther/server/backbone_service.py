@@ -37,7 +37,13 @@ import grpc
 import torch
 import torch.nn.functional as F
 
-from anther.server.backbone import IGNORE_INDEX, BackboneInfo, LocalBackbone
+from anther.server.backbone import (
+    IGNORE_INDEX,
+    BackboneInfo,
+    LocalBackbone,
+    greedy_decode,
+    token_log_likelihoods,
+)
 from anther.server.proto import backbone_pb2 as pb
 from anther.server.proto import backbone_pb2_grpc as pb_grpc
 from anther.server.proto import wire
@@ -196,14 +202,11 @@ def run_train_steps(backbone: LocalBackbone,
                     items: Sequence[ForwardInputs]) -> list[tuple[float, torch.Tensor]]:
     """One forward and backward for all requests; each gets its own loss and gradient."""
     embeds, mask, rows = _stack(items)
-    labels = _right_pad([i.labels for i in items], IGNORE_INDEX)[:, 1:]
+    labels = _right_pad([i.labels for i in items], IGNORE_INDEX)
     x = embeds.requires_grad_(True)
     with torch.enable_grad():
-        logits = backbone.logits(x, mask)[:, :-1].float()
-        nll = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1),
-                              ignore_index=IGNORE_INDEX, reduction="none").view(labels.shape)
-        counted = labels != IGNORE_INDEX
-        losses = torch.stack([nll[r].sum() / counted[r].sum() for r in rows])
+        log_likelihood, counted = token_log_likelihoods(backbone.logits(x, mask), labels)
+        losses = torch.stack([-log_likelihood[r].sum() / counted[r].sum() for r in rows])
         (grad,) = torch.autograd.grad(losses.sum(), x)
     return [(loss, grad[r, :i.embeds.shape[1]]) for loss, r, i in zip(losses.tolist(), rows, items)]
 
@@ -221,27 +224,10 @@ def run_next_token_logits(backbone: LocalBackbone, items: Sequence[ForwardInputs
     return [logits[r] for r in rows]
 
 
-@torch.no_grad()
 def _greedy(backbone: LocalBackbone, item: GenerateInputs) -> torch.Tensor:
     """Greedy decoding; each new token is embedded with the server's own embedding table."""
-    embed_tokens = backbone.decoder.get_input_embeddings()
-    embeds, mask = item.embeds, item.mask
-    rows, lengths = torch.arange(item.size), mask.sum(dim=1)
-    stop = torch.tensor(item.stop_token_ids, dtype=torch.long)
-    out = torch.full((item.size, item.max_new_tokens), -1, dtype=torch.long)
-    done = torch.zeros(item.size, dtype=torch.bool)
-    for step in range(item.max_new_tokens):
-        ids = backbone.next_token_logits(embeds, mask).argmax(dim=-1)
-        out[:, step] = torch.where(done, -1, ids)
-        done |= torch.isin(ids, stop)
-        if bool(done.all()):
-            return out[:, :step + 1]
-        embeds = torch.cat([embeds, embeds.new_zeros(item.size, 1, embeds.shape[-1])], dim=1)
-        mask = torch.cat([mask, mask.new_zeros(item.size, 1)], dim=1)
-        embeds[rows, lengths] = embed_tokens(ids).to(embeds.dtype)
-        mask[rows, lengths] = 1
-        lengths = lengths + 1
-    return out
+    return greedy_decode(backbone.next_token_logits, backbone.decoder.get_input_embeddings(), item.embeds,
+                         item.mask, item.max_new_tokens, item.stop_token_ids)
 
 
 def run_generate(backbone: LocalBackbone, items: Sequence[GenerateInputs]) -> list[torch.Tensor]:
@@ -398,7 +384,7 @@ class BackboneService(pb_grpc.BackboneServicer):
     def _run(self, kind: Kind, item: ForwardInputs | GenerateInputs, context: grpc.ServicerContext) -> Any:
         try:
             return self.batcher.submit(kind, item).result()
-        except Exception as e:  # noqa: BLE001 - report it to the caller; never crash the server
+        except Exception as e:
             context.abort(grpc.StatusCode.INTERNAL, f"backbone failed: {type(e).__name__}: {e}")
 
     def _forward(self, kind: Kind, stream: Iterator,

@@ -65,19 +65,21 @@ def make_partitioner(scheme: str, num_partitions: int, alpha: float, seed: int) 
     raise ValueError(f"unknown partition scheme {scheme!r}; choose 'iid' or 'dirichlet'")
 
 
-def partition_indices(labels: list[str], num_partitions: int, scheme: str, alpha: float,
-                      seed: int) -> list[list[int]]:
-    """Indices of each partition; deterministic in ``seed``."""
+@lru_cache(maxsize=8)
+def partition_indices(labels: tuple[str, ...], num_partitions: int, scheme: str, alpha: float,
+                      seed: int) -> tuple[tuple[int, ...], ...]:
+    """Indices of each partition; deterministic in ``seed``, computed once per process
+    (a simulation worker serves many clients of the same split every round)."""
     partitioner = make_partitioner(scheme, num_partitions, alpha, seed)
     partitioner.dataset = Dataset.from_dict({"label": labels, "idx": list(range(len(labels)))})
-    return [list(partitioner.load_partition(i)["idx"]) for i in range(num_partitions)]
+    return tuple(tuple(partitioner.load_partition(i)["idx"]) for i in range(num_partitions))
 
 
 def client_data(cfg: DictConfig, folder: Path, partition_id: int, num_partitions: int
                 ) -> tuple[list[Sample], list[Sample]]:
     """A client's local (train, test) samples: its partition, split by ``client_test_fraction``."""
     train = load_split(str(folder), "train")
-    parts = partition_indices([s.answer for s in train], num_partitions, cfg.partition.scheme,
+    parts = partition_indices(tuple(s.answer for s in train), num_partitions, cfg.partition.scheme,
                               cfg.partition.alpha, cfg.partition.seed)
     mine = [train[i] for i in parts[partition_id]]
     random.Random(cfg.seed * 1000 + partition_id).shuffle(mine)

@@ -29,18 +29,18 @@ from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
-from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Message, RecordDict
 from flwr.serverapp import Grid
 from flwr.serverapp.exception import InconsistentMessageReplies
-from flwr.serverapp.strategy import FedAvg
 from flwr.serverapp.strategy.strategy_utils import validate_message_reply_consistency
 
-from anther.strategies.array_utils import NDArray, array_record, metric_value, numpy_arrays, reply_arrays
+from anther.strategies.array_utils import NDArray, metric_value, numpy_arrays, reply_arrays
+from anther.strategies.merging_fedavg import MergingFedAvg
 
 FISHER_BATCHES = "fisher-batches"
 
 
-class FisherMerging(FedAvg):
+class FisherMerging(MergingFedAvg):
     """FedAvg whose aggregation weighs every parameter element by the clients' diagonal Fisher.
 
     Parameters
@@ -60,6 +60,8 @@ class FisherMerging(FedAvg):
         Passed to :class:`flwr.serverapp.strategy.FedAvg`.
     """
 
+    validate_replies = False  # replies carry two ArrayRecords; merge checks them itself
+
     def __init__(self, *, eps: float = 1e-8, weight_by_examples: bool = True, fisher_key: str = "fisher",
                  fisher_batches: int = 4, **fedavg_kwargs: Any) -> None:
         super().__init__(**fedavg_kwargs)
@@ -78,24 +80,16 @@ class FisherMerging(FedAvg):
         config[FISHER_BATCHES] = self.fisher_batches
         return super().configure_train(server_round, arrays, config, grid)
 
-    def aggregate_train(self, server_round: int,
-                        replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        """Fisher-weighted merge of the adapters; metrics as FedAvg aggregates them."""
-        # FedAvg's check insists on exactly one ArrayRecord; Fisher merging needs two.
-        valid, _ = self._check_and_log_replies(list(replies), is_train=True, validate=False)
-        if not valid:
-            return None, None
-        contents = [m.content for m in valid]
+    def merge(self, replies: list[Message], clients: list[dict[str, NDArray]]) -> dict[str, NDArray]:
+        """Fisher-weighted merge of the adapters."""
+        contents = [m.content for m in replies]
         validate_message_reply_consistency(contents, self.weighted_by_key, check_arrayrecord=False)
-        pairs = [self._theta_and_fisher(c) for c in contents]
+        fishers = [self._fisher(c, theta) for c, theta in zip(contents, clients, strict=True)]
         weights = [metric_value(c, self.weighted_by_key) if self.weight_by_examples else 1.0
                    for c in contents]
-        merged = fisher_merge([t for t, _ in pairs], [f for _, f in pairs], weights, self.eps)
-        dtypes = {name: value.dtype for name, value in pairs[0][0].items()}
-        return array_record(merged, dtypes), self.train_metrics_aggr_fn(contents, self.weighted_by_key)
+        return fisher_merge(clients, fishers, weights, self.eps)
 
-    def _theta_and_fisher(self, content: RecordDict) -> tuple[dict[str, NDArray], dict[str, NDArray]]:
-        theta = numpy_arrays(reply_arrays(content, self.arrayrecord_key))
+    def _fisher(self, content: RecordDict, theta: dict[str, NDArray]) -> dict[str, NDArray]:
         fisher = numpy_arrays(reply_arrays(content, self.fisher_key))
         if set(theta) != set(fisher):
             raise InconsistentMessageReplies(
@@ -105,7 +99,7 @@ class FisherMerging(FedAvg):
             if fisher[name].shape != value.shape:
                 raise InconsistentMessageReplies(
                     reason=f"Fisher of {name!r} has shape {fisher[name].shape}, weights {value.shape}")
-        return theta, fisher
+        return fisher
 
 
 def fisher_merge(thetas: list[dict[str, NDArray]], fishers: list[dict[str, NDArray]],

@@ -44,20 +44,19 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 import numpy as np
-from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Message, RecordDict
 from flwr.serverapp import Grid
 from flwr.serverapp.exception import AggregationError
-from flwr.serverapp.strategy import FedAvg
 
 from anther.strategies.array_utils import (
     NDArray,
     array_record,
     metric_value,
-    numpy_arrays,
     reply_metrics,
     source_node,
     weighted_mean,
 )
+from anther.strategies.merging_fedavg import MergingFedAvg
 
 # Which axis of each NanoAdapter parameter is the rank (hidden-unit) axis; up.bias has none.
 RANK_AXES = {"down.weight": 0, "down.bias": 0, "up.weight": 1}
@@ -164,7 +163,7 @@ def _global_rank(prefix: str, ranks: list[int], current: Mapping[str, NDArray] |
     return big_r
 
 
-class HeteroRankFedAvg(FedAvg):
+class HeteroRankFedAvg(MergingFedAvg):
     """FedAvg for clients of different adapter ranks: per-unit averaging, per-node truncation.
 
     Parameters
@@ -187,7 +186,6 @@ class HeteroRankFedAvg(FedAvg):
         self.set_node_ranks(node_ranks or {})
         self.default_rank = default_rank
         self.scale_by_rank = scale_by_rank
-        self.current_arrays: dict[str, NDArray] | None = None
 
     def set_node_ranks(self, ranks: Mapping[int, int]) -> None:
         """Declare nodes' adapter ranks (keys may be strings, as they come from a YAML config)."""
@@ -199,10 +197,9 @@ class HeteroRankFedAvg(FedAvg):
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                         grid: Grid) -> Iterable[Message]:
         """FedAvg's messages, each carrying the global adapters truncated to its node's rank."""
-        self.current_arrays = global_arrays = numpy_arrays(arrays)
         messages = list(super().configure_train(server_round, arrays, config, grid))
         for message in messages:  # FedAvg shares one RecordDict between all messages: give each its own
-            message.content = self._content_for(int(message.metadata.dst_node_id), global_arrays, config)
+            message.content = self._content_for(int(message.metadata.dst_node_id), self.current_arrays, config)
         return messages
 
     def _content_for(self, node_id: int, global_arrays: dict[str, NDArray],
@@ -214,18 +211,10 @@ class HeteroRankFedAvg(FedAvg):
         node_config = ConfigRecord({**dict(config), RANK_METRIC: rank})
         return RecordDict({self.arrayrecord_key: array_record(arrays), self.configrecord_key: node_config})
 
-    def aggregate_train(self, server_round: int,
-                        replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        valid, _ = self._check_and_log_replies(list(replies), is_train=True)
-        if not valid:
-            return None, None
-        contents = [m.content for m in valid]
-        clients = [numpy_arrays(c[self.arrayrecord_key]) for c in contents]
-        self._learn_ranks(valid, clients)
-        weights = [metric_value(c, self.weighted_by_key) for c in contents]
-        merged = hetero_rank_average(clients, weights, self.current_arrays, self.scale_by_rank)
-        dtypes = {name: value.dtype for name, value in clients[0].items()}
-        return array_record(merged, dtypes), self.train_metrics_aggr_fn(contents, self.weighted_by_key)
+    def merge(self, replies: list[Message], clients: list[dict[str, NDArray]]) -> dict[str, NDArray]:
+        self._learn_ranks(replies, clients)
+        weights = [metric_value(m.content, self.weighted_by_key) for m in replies]
+        return hetero_rank_average(clients, weights, self.current_arrays, self.scale_by_rank)
 
     def _learn_ranks(self, replies: list[Message], clients: list[dict[str, NDArray]]) -> None:
         """Remember each replying node's rank: its ``adapter-rank`` metric, else its arrays' shapes."""

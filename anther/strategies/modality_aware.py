@@ -20,12 +20,11 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
-from flwr.serverapp import Grid
+from flwr.app import Message, RecordDict
 from flwr.serverapp.exception import AggregationError
-from flwr.serverapp.strategy import FedAvg
 
-from anther.strategies.array_utils import NDArray, array_record, metric_value, numpy_arrays, weighted_mean
+from anther.strategies.array_utils import NDArray, metric_value, weighted_mean
+from anther.strategies.merging_fedavg import MergingFedAvg
 
 DEFAULT_MODALITY_METRICS = {"image": "num-image-examples", "text": "num-text-examples"}
 
@@ -36,7 +35,7 @@ def modality_of(name: str, modalities: Iterable[str]) -> str | None:
     return head if head in set(modalities) else None
 
 
-class ModalityAwareFedAvg(FedAvg):
+class ModalityAwareFedAvg(MergingFedAvg):
     """FedAvg per modality adapter, over the clients (and weighted by the samples) that carried it.
 
     Parameters
@@ -50,25 +49,10 @@ class ModalityAwareFedAvg(FedAvg):
     def __init__(self, *, modality_metrics: Mapping[str, str] | None = None, **fedavg_kwargs: Any) -> None:
         super().__init__(**fedavg_kwargs)
         self.modality_metrics = dict(modality_metrics or DEFAULT_MODALITY_METRICS)
-        self.current_arrays: dict[str, NDArray] | None = None
 
-    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
-                        grid: Grid) -> Iterable[Message]:
-        """Remember the global arrays: an untrained modality keeps them."""
-        self.current_arrays = numpy_arrays(arrays)
-        return super().configure_train(server_round, arrays, config, grid)
-
-    def aggregate_train(self, server_round: int,
-                        replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        valid, _ = self._check_and_log_replies(list(replies), is_train=True)
-        if not valid:
-            return None, None
-        contents = [m.content for m in valid]
-        client_arrays = [numpy_arrays(c[self.arrayrecord_key]) for c in contents]
-        merged = {name: self._aggregate_one(name, [a[name] for a in client_arrays], contents)
-                  for name in client_arrays[0]}
-        dtypes = {name: value.dtype for name, value in client_arrays[0].items()}
-        return array_record(merged, dtypes), self.train_metrics_aggr_fn(contents, self.weighted_by_key)
+    def merge(self, replies: list[Message], clients: list[dict[str, NDArray]]) -> dict[str, NDArray]:
+        contents = [m.content for m in replies]
+        return {name: self._aggregate_one(name, [a[name] for a in clients], contents) for name in clients[0]}
 
     def _aggregate_one(self, name: str, values: list[NDArray], contents: list[RecordDict]) -> NDArray:
         modality = modality_of(name, self.modality_metrics)

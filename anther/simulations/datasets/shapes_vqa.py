@@ -148,8 +148,8 @@ def _question(rng: random.Random, task: str, shapes: list[Shape]) -> Question:
 
 def _context(rng: random.Random, shapes: list[Shape]) -> str:
     """A sentence or two that states part of the scene."""
-    facts = [f"there {'is' if len(shapes) == 1 else 'are'} {COUNT_WORDS[len(shapes) - 1]} "
-             f"shape{'s' if len(shapes) > 1 else ''}."]
+    n = len(shapes)
+    facts = [f"there {'is' if n == 1 else 'are'} {COUNT_WORDS[n - 1]} shape{'s' if n > 1 else ''}."]
     s = rng.choice(shapes)
     facts.append(rng.choice([f"one of them is {s.colour}.", f"one of them is a {s.kind}.",
                              f"the {s.colour} one is {s.size}."]))
