@@ -22,7 +22,7 @@ SMALL = ["federation.num_clients=2", "federation.rounds=2", "train.local_steps=3
 def _simulate(home: Path, out: Path) -> dict:
     env = {**os.environ, "ANTHER_HOME": str(home)}
     cmd = [sys.executable, "-m", "anther.cli", "simulate", *SMALL, f"output_dir={out}"]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600, check=False)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     (run_dir,) = list(out.iterdir())
     return {"dir": run_dir, "result": json.loads((run_dir / "result.json").read_text()), "log": proc.stdout}

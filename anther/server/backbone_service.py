@@ -384,7 +384,7 @@ class BackboneService(pb_grpc.BackboneServicer):
     def _run(self, kind: Kind, item: ForwardInputs | GenerateInputs, context: grpc.ServicerContext) -> Any:
         try:
             return self.batcher.submit(kind, item).result()
-        except Exception as e:
+        except Exception as e:  # noqa: BLE001 - report it to the caller; never crash the server
             context.abort(grpc.StatusCode.INTERNAL, f"backbone failed: {type(e).__name__}: {e}")
 
     def _forward(self, kind: Kind, stream: Iterator,
