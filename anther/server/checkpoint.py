@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 
 def save_checkpoint(run_dir: Path, server_round: int, adapters: dict[str, torch.Tensor],
@@ -28,13 +28,3 @@ def save_checkpoint(run_dir: Path, server_round: int, adapters: dict[str, torch.
     shutil.rmtree(final, ignore_errors=True)
     tmp.rename(final)
     return final
-
-
-def latest_checkpoint(run_dir: Path) -> Path | None:
-    root = Path(run_dir) / "checkpoints"
-    done = sorted(p for p in root.glob("round-*") if (p / "state.json").is_file()) if root.is_dir() else []
-    return done[-1] if done else None
-
-
-def load_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    return load_file(str(Path(path) / "adapters.safetensors")), json.loads((Path(path) / "state.json").read_text())
