@@ -22,7 +22,7 @@ from flwr.clientapp import ClientApp
 from omegaconf import DictConfig, OmegaConf
 
 from anther.client.inference import evaluate_samples
-from anther.client.runtime import ClientRuntime, load_runtime
+from anther.client.runtime import runtime_for
 from anther.client.trainer import train_adapters
 from anther.simulations.data import client_data
 
@@ -46,12 +46,6 @@ def _local_data(cfg: DictConfig, context: Context):
     return client_data(cfg, folder, 0 if own else pid, 1 if own else n)
 
 
-def _runtime(cfg: DictConfig) -> ClientRuntime:
-    a = cfg.adapter
-    return load_runtime(cfg.model.path, cfg.model.dtype, a.rank, float(a.alpha), a.activation,
-                        cfg.data.modality_agnostic_prompt)
-
-
 @app.query()
 def query(msg: Message, context: Context) -> Message:
     pid, n = _partition(context)
@@ -64,7 +58,7 @@ def train(msg: Message, context: Context) -> Message:
     cfg = _experiment(msg)
     server_round = int(msg.content["config"]["server-round"])
     pid, _ = _partition(context)
-    runtime = _runtime(cfg)
+    runtime = runtime_for(cfg)
     runtime.edge.load_adapter_state(msg.content["arrays"].to_torch_state_dict())
     train_set, _ = _local_data(cfg, context)
     seed = cfg.seed * 1_000_003 + server_round * 1009 + pid
@@ -87,7 +81,7 @@ def train(msg: Message, context: Context) -> Message:
 def evaluate(msg: Message, context: Context) -> Message:
     cfg = _experiment(msg)
     pid, _ = _partition(context)
-    runtime = _runtime(cfg)
+    runtime = runtime_for(cfg)
     runtime.edge.load_adapter_state(msg.content["arrays"].to_torch_state_dict())
     _, test_set = _local_data(cfg, context)
     metrics = evaluate_samples(runtime.encoder, runtime.backbone, test_set, generate=False,

@@ -11,6 +11,7 @@ from functools import lru_cache
 
 import torch
 import transformers
+from omegaconf import DictConfig
 from transformers import AutoConfig, AutoProcessor
 
 from anther.adapters.families import family_for
@@ -45,3 +46,10 @@ def load_runtime(model_path: str, dtype: str, rank: int, alpha: float, activatio
     backbone = LocalBackbone.from_model(model, model_path)
     processor = AutoProcessor.from_pretrained(model_path)
     return ClientRuntime(Encoder(edge, processor, modality_agnostic), backbone)
+
+
+def runtime_for(cfg: DictConfig, rank: int | None = None) -> ClientRuntime:
+    """The runtime an experiment config asks for (``rank`` overrides ``adapter.rank``)."""
+    a = cfg.adapter
+    return load_runtime(cfg.model.path, cfg.model.dtype, rank or a.rank, float(a.alpha), a.activation,
+                        cfg.data.modality_agnostic_prompt)

@@ -12,15 +12,13 @@ from pathlib import Path
 import torch
 
 from anther.client.inference import evaluate_samples
-from anther.client.runtime import load_runtime
+from anther.client.runtime import runtime_for
 from anther.simulations.data import load_split
 
 
 class ServerEvaluator:
     def __init__(self, cfg, data_folder: Path) -> None:
-        a = cfg.adapter
-        self.runtime = load_runtime(cfg.model.path, cfg.model.dtype, a.rank, float(a.alpha),
-                                    a.activation, cfg.data.modality_agnostic_prompt)
+        self.runtime = runtime_for(cfg)
         self.samples = list(load_split(str(data_folder), "test"))[: cfg.eval.server_test_size]
         self.cfg = cfg
 
