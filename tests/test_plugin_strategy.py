@@ -1,26 +1,35 @@
 """A researcher's own strategy, in a module outside anther, selected by ``_target_``.
 
 The module -- the plug-in example of docs/strategies.md, read from there -- is written to a
-temporary directory (not under the anther package), put on ``sys.path`` and built with
-``build_strategy({"_target_": "my_lab.strategies.MaskedFedAvg", ...})``, exactly as an
-experiment config names it. Clients send an extra ArrayRecord (``"mask"``: 1 where they
-changed an element) and the strategy averages each element over the clients that changed it.
+temporary directory (not under the anther package) and made importable, exactly as an
+experiment config names it. Its strategy asks clients for a mask with the round-config key
+``send-mask``; its client half (an ``after_training`` extra) answers with an extra
+ArrayRecord ``mask`` (1 where the client changed an element); the strategy averages each
+element over the clients that changed it. Unit tests check both halves; the slow test runs
+two rounds of a real ``flwr run`` simulation with the module only on ``PYTHONPATH``.
 """
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
 import sys
 import textwrap
 from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
+import torch
+from fakes import FakeGrid, play_serverapp_runtime
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
 from flwr.serverapp.strategy import FedAvg
-from flwr.supercore.task_identity import TaskIdentity
+from safetensors.torch import load_file
 
 import anther
+from anther.client.extras import ExtraContext, add_reply_records
 from anther.strategies.registry import build_strategy
 
 DOCS = Path(__file__).resolve().parents[1] / "docs" / "strategies.md"
@@ -39,13 +48,19 @@ def plugin_source() -> str:
         ''')
 
 
+def write_my_lab(folder: Path) -> Path:
+    """``folder/my_lab/strategies.py``, the documented plug-in."""
+    package = folder / "my_lab"
+    package.mkdir(parents=True)
+    (package / "__init__.py").write_text("")
+    (package / "strategies.py").write_text(plugin_source())
+    return package
+
+
 @pytest.fixture
 def my_lab(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     """``my_lab/strategies.py`` in a temporary directory, importable for the test only."""
-    package = tmp_path / "my_lab"
-    package.mkdir()
-    (package / "__init__.py").write_text("")
-    (package / "strategies.py").write_text(plugin_source())
+    package = write_my_lab(tmp_path)
     monkeypatch.syspath_prepend(str(tmp_path))
     yield package
     for name in [m for m in sys.modules if m == "my_lab" or m.startswith("my_lab.")]:
@@ -53,19 +68,12 @@ def my_lab(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
 
 
 @pytest.fixture(autouse=True)
-def task_identity(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Flower 1.41 stamps new instruction Messages with the task identity the ServerApp runtime sets."""
-    monkeypatch.setattr(TaskIdentity, "_run_id", 1)
-    monkeypatch.setattr(TaskIdentity, "_node_id", 0)
-    monkeypatch.setattr(TaskIdentity, "_task_id", 1)
+def serverapp_runtime(monkeypatch: pytest.MonkeyPatch) -> None:
+    play_serverapp_runtime(monkeypatch)
 
 
-class FakeGrid:
-    def __init__(self, node_ids: list[int]) -> None:
-        self.node_ids = node_ids
-
-    def get_node_ids(self) -> list[int]:
-        return list(self.node_ids)
+def test_documented_example_is_under_60_lines():
+    assert len(plugin_source().split("class NotAStrategy")[0].strip().splitlines()) < 60
 
 
 def _record(arrays: dict[str, list]) -> ArrayRecord:
@@ -79,7 +87,8 @@ def _reply(node_id: int, weights: list, mask: list, loss: float) -> Message:
     return Message(content, reply_to=instruction)
 
 
-SPEC = {"_target_": "my_lab.strategies.MaskedFedAvg", "min_train_nodes": 1, "min_available_nodes": 1}
+SPEC = {"_target_": "my_lab.strategies.MaskedFedAvg", "min_train_nodes": 1, "min_available_nodes": 1,
+        "client_modules": ["my_lab.strategies"]}
 
 
 def test_plugin_module_lives_outside_anther(my_lab: Path):
@@ -87,16 +96,17 @@ def test_plugin_module_lives_outside_anther(my_lab: Path):
 
 
 def test_build_strategy_by_target_returns_the_plugin(my_lab: Path):
-    strategy = build_strategy(SPEC)
+    strategy = build_strategy(SPEC)  # client_modules is for the clients, not the constructor
     assert type(strategy).__name__ == "MaskedFedAvg" and type(strategy).__module__ == "my_lab.strategies"
-    assert isinstance(strategy, FedAvg) and strategy.min_train_nodes == 1 and strategy.mask_key == "mask"
+    assert isinstance(strategy, FedAvg) and strategy.min_train_nodes == 1
 
 
-def test_plugin_strategy_aggregates(my_lab: Path):
+def test_plugin_strategy_asks_for_masks_and_aggregates(my_lab: Path):
     strategy = build_strategy(SPEC)
     global_arrays = _record({"w": [10, 10, 10]})
     messages = list(strategy.configure_train(1, global_arrays, ConfigRecord(), FakeGrid([1, 2])))
     assert sorted(m.metadata.dst_node_id for m in messages) == [1, 2]
+    assert all(m.content["config"]["send-mask"] for m in messages)
     replies = [_reply(1, [1, 2, 3], mask=[1, 1, 0], loss=1.0), _reply(2, [5, 6, 7], mask=[0, 1, 0], loss=3.0)]
     arrays, metrics = strategy.aggregate_train(1, replies)
     # element 0: client 1 only; element 1: (2 + 6) / 2; element 2: nobody -> global 10
@@ -104,6 +114,56 @@ def test_plugin_strategy_aggregates(my_lab: Path):
     assert metrics["train_loss"] == pytest.approx(2.0)
 
 
+def test_plugin_client_half_adds_the_mask_to_the_reply(my_lab: Path):
+    import my_lab.strategies  # noqa: F401  (registers the extra, as client_modules makes a client do)
+
+    received = {"w": torch.tensor([1.0, 2.0, 3.0])}
+    edge = SimpleNamespace(adapter_state=lambda: {"w": torch.tensor([1.0, 5.0, 3.0])})
+    ctx = ExtraContext(ConfigRecord({"send-mask": True}), None, SimpleNamespace(edge=edge), [], received,
+                       RecordDict(), 0)
+    content = RecordDict({"arrays": ArrayRecord(edge.adapter_state()), "metrics": MetricRecord({"num-examples": 1})})
+    add_reply_records(ctx, content)
+    np.testing.assert_array_equal(content["mask"]["w"].numpy(), [0.0, 1.0, 0.0])
+    untouched = RecordDict({"metrics": MetricRecord({"num-examples": 1})})
+    add_reply_records(ExtraContext(ConfigRecord(), None, None, [], received, RecordDict(), 0), untouched)
+    assert list(untouched) == ["metrics"]  # not asked: nothing added
+
+
 def test_target_that_is_not_a_strategy_is_refused(my_lab: Path):
     with pytest.raises(TypeError, match="NotAStrategy"):
         build_strategy({"_target_": "my_lab.strategies.NotAStrategy"})
+
+
+def test_name_and_target_together_are_refused():
+    with pytest.raises(ValueError, match="both name='fedavg' and _target_"):
+        build_strategy({"name": "fedavg", "_target_": "my_lab.strategies.MaskedFedAvg"})
+
+
+# -- two rounds of a real simulation --------------------------------------------------------
+SMALL = ["federation.num_clients=2", "federation.rounds=2", "train.local_steps=2", "train.batch_size=4",
+         "data.train_size=40", "data.test_size=8", "eval.server_test_size=8", "eval.generate=false",
+         "adapter.rank=4", "model.tiny_pretrain_steps=0"]
+PLUGIN = ["~strategy.name", "+strategy._target_=my_lab.strategies.MaskedFedAvg",
+          "+strategy.min_train_nodes=1", "+strategy.min_available_nodes=1", "+strategy.min_evaluate_nodes=1",
+          "+strategy.client_modules=[my_lab.strategies]"]
+
+
+@pytest.mark.slow
+def test_plugin_strategy_runs_two_rounds_of_a_simulation(tmp_path: Path):
+    write_my_lab(tmp_path / "outside")
+    env = {**os.environ, "ANTHER_HOME": str(tmp_path / "home"),
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(tmp_path / "outside"), os.environ.get("PYTHONPATH")]))}
+    cmd = [sys.executable, "-m", "anther.cli", "simulate", *SMALL, *PLUGIN, f"output_dir={tmp_path / 'runs'}"]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600, check=False)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    (run_dir,) = list((tmp_path / "runs").iterdir())
+    result = json.loads((run_dir / "result.json").read_text())
+    assert result["finished"] is True and result["config"]["strategy"]["_target_"].startswith("my_lab.")
+    assert [r["round"] for r in result["rounds"]] == [0, 1, 2]
+    for r in result["rounds"][1:]:
+        assert r["clients"] == 2
+        # each client sent its adapters and a mask of the same size: the extra ran and was counted
+        assert r["adapter_bytes_up"] == 2 * r["adapter_bytes_down"] > 0
+    assert set(result["clients"]["per_client"]) == {"0", "1"}
+    final = load_file(str(run_dir / "checkpoints" / "round-0002" / "adapters.safetensors"))
+    assert final["text.up.weight"].abs().sum() > 0, "the global adapters did not change from their zero init"

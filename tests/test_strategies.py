@@ -9,51 +9,34 @@ ClientApp builds them.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
+from fakes import FakeGrid, MeanBackbone, ScalarEdge, ScalarEncoder, play_serverapp_runtime
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
 from flwr.serverapp.exception import AggregationError, InconsistentMessageReplies
-from flwr.supercore.task_identity import TaskIdentity
 from torch import nn
 
-import anther.strategies.builtin  # noqa: F401  (registers fisher, modality_aware, hetero_rank)
 from anther.adapters.nano_adapter import NanoAdapter, NanoAdapterConfig
 from anther.client.fisher import diagonal_fisher
-from anther.client.nano_edge import build_adapters
 from anther.strategies.adaptive_regularisation import MiddleProximal, middle_range, proximal_term
 from anther.strategies.fisher_merging import FisherMerging
 from anther.strategies.hetero_rank import HeteroRankFedAvg, truncate_to_rank
 from anther.strategies.modality_aware import ModalityAwareFedAvg
-from anther.strategies.personalised import PersonalisedAdapters
-from anther.strategies.registry import build_strategy
+from anther.strategies.personalised import PersonalisedAdapters, PersonalisedFedAvg
+from anther.strategies.registry import STRATEGIES, build_strategy
 
 
 # -- fake federation ---------------------------------------------------------------------
 @pytest.fixture(autouse=True)
-def task_identity(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Flower 1.41 stamps new instruction Messages with the running task's identity, which the
-    ServerApp runtime sets; here the test plays that runtime."""
-    monkeypatch.setattr(TaskIdentity, "_run_id", 1)
-    monkeypatch.setattr(TaskIdentity, "_node_id", 0)
-    monkeypatch.setattr(TaskIdentity, "_task_id", 1)
+def serverapp_runtime(monkeypatch: pytest.MonkeyPatch) -> None:
+    play_serverapp_runtime(monkeypatch)
 
 
 # What anther's registry passes to every built-in: the round loop samples, the strategy takes all.
 TAKE_ALL = {"min_train_nodes": 1, "min_available_nodes": 1, "min_evaluate_nodes": 1}
-
-
-class FakeGrid:
-    """All a strategy's configure_* asks of a Grid."""
-
-    def __init__(self, node_ids: list[int]) -> None:
-        self.node_ids = node_ids
-
-    def get_node_ids(self) -> list[int]:
-        return list(self.node_ids)
 
 
 def record(arrays: dict[str, list]) -> ArrayRecord:
@@ -274,50 +257,9 @@ def test_fisher_merging_rejects_mismatched_fisher():
 
 
 # -- the client's Fisher, through the split exchange -------------------------------------
-@dataclass
-class _Batch:
-    x: torch.Tensor
-    attention_mask: torch.Tensor
-    labels: torch.Tensor
-
-
-class _Edge(nn.Module):
-    """A NanoEdge reduced to its adapters on scalar 'token embeddings' h."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.adapters = build_adapters(1, NanoAdapterConfig(rank=1, alpha=1.0, activation="relu"), seed=0)
-        text = self.adapters["text"]
-        with torch.no_grad():  # branch(h) = 1 * (2 * relu(1 * h + 0) + 0)
-            text.down.weight.fill_(1.0), text.down.bias.fill_(0.0)
-            text.up.weight.fill_(2.0), text.up.bias.fill_(0.0)
-
-    def forward(self, batch: _Batch) -> torch.Tensor:
-        return self.adapters["text"](batch.x)
-
-
-class _Encoder:
-    def __init__(self) -> None:
-        self.edge = _Edge()
-
-    def __call__(self, samples, answers):
-        x = torch.tensor([[[s.h]] for s in samples])
-        return _Batch(x, torch.ones(len(samples), 1), torch.ones(len(samples), 1, 1))
-
-
-class _Backbone:
-    """loss = mean(embeds * labels): d loss / d embeds = labels / numel."""
-
-    def train_step(self, embeds, attention_mask, labels):
-        x = embeds.detach().requires_grad_(True)
-        loss = (x * labels).mean()
-        (grad,) = torch.autograd.grad(loss, x)
-        return loss.item(), grad
-
-
 def test_diagonal_fisher_by_hand():
     samples = [SimpleNamespace(h=1.0, answer="a"), SimpleNamespace(h=2.0, answer="b")]
-    fisher = diagonal_fisher(_Encoder(), _Backbone(), samples, num_batches=2, batch_size=1, seed=0)
+    fisher = diagonal_fisher(ScalarEncoder(), MeanBackbone(), samples, num_batches=2, batch_size=1, seed=0)
     # out = h + u * relu(d h + b1) + b2 with d=1, u=2: grads u: h, b2: 1, d: u*h = 2h, b1: u = 2.
     # Mean over the two single-sample batches (h = 1, 2) of the squared gradients:
     expected = {"text.up.weight": (1 + 4) / 2, "text.up.bias": 1.0,
@@ -325,7 +267,7 @@ def test_diagonal_fisher_by_hand():
     for name, value in expected.items():
         assert fisher[name].item() == pytest.approx(value), name
     # the image adapter saw no image: zero Fisher, same names as adapter_state()
-    assert set(fisher) == set(_Edge().adapters.state_dict())
+    assert set(fisher) == set(ScalarEdge().adapters.state_dict())
     assert all(float(fisher[n].abs().sum()) == 0.0 for n in fisher if n.startswith("image."))
 
 
@@ -473,6 +415,26 @@ def test_hetero_rank_sends_declared_and_default_ranks():
     assert all(c["config"]["lr"] == 0.1 for c in sent.values())
 
 
+def test_hetero_rank_ranks_from_node_info():
+    """A node's own ``adapter-rank`` (node config, reported by QUERY) wins; the others take their
+    partition's entry of ``partition_ranks``, cycled; evaluation is sent per rank too."""
+    strategy = build_strategy({"name": "hetero_rank", "partition_ranks": [1, 2]})
+    strategy.set_node_info({
+        7: ConfigRecord({"partition-id": 0, "num-partitions": 3, "adapter-rank": 4}),
+        8: ConfigRecord({"partition-id": 1, "num-partitions": 3}),
+        9: ConfigRecord({"partition-id": 2, "num-partitions": 3}),
+    })
+    assert strategy.node_ranks == {7: 4, 8: 2, 9: 1}
+    for configure in (strategy.configure_train, strategy.configure_evaluate):
+        sent = {m.metadata.dst_node_id: m.content for m in configure(1, record(HR_GLOBAL), ConfigRecord(),
+                                                                     FakeGrid([7, 8, 9]))}
+        assert {n: c["arrays"]["text.down.weight"].shape for n, c in sent.items()} == {
+            7: (4, 2), 8: (2, 2), 9: (1, 2)}
+        assert {n: c["config"]["adapter-rank"] for n, c in sent.items()} == {7: 4, 8: 2, 9: 1}
+    with pytest.raises(ValueError, match=r"partition_ranks\[1\]"):
+        build_strategy({"name": "hetero_rank", "partition_ranks": [4, 0]})
+
+
 def test_hetero_rank_rejects_ranks_above_global():
     strategy = HeteroRankFedAvg(**TAKE_ALL)
     too_big = _rank_arrays([[1, 1]] * 8, [1] * 8, [[1] * 8] * 2, [1, 1])
@@ -487,11 +449,11 @@ def _set(adapter: NanoAdapter, down: float, up: float) -> None:
         adapter.up.weight.fill_(up), adapter.up.bias.zero_()
 
 
-def test_personalised_adapters_combine_save_and_load(tmp_path):
+def test_personalised_adapters_combine_and_carry_their_local_state():
     config = NanoAdapterConfig(rank=1, alpha=1.0, activation="relu")
     adapters = nn.ModuleDict({"text": NanoAdapter(1, config)})
     _set(adapters["text"], 1.0, 2.0)  # global branch: 2 relu(h)
-    personal = PersonalisedAdapters(adapters, tmp_path / "client-0", mix=0.25)
+    personal = PersonalisedAdapters(adapters, mix=0.25)
     h = torch.tensor([[3.0]])
     with personal.combined():
         assert adapters["text"](h).item() == pytest.approx(9.0)  # fresh local (up = 0): the global model
@@ -503,10 +465,22 @@ def test_personalised_adapters_combine_save_and_load(tmp_path):
     assert all(p.requires_grad for p in adapters["text"].parameters())
     assert set(adapters.state_dict()) == {"text.down.weight", "text.down.bias",
                                           "text.up.weight", "text.up.bias"}
-    personal.save()
-    again = PersonalisedAdapters(adapters, tmp_path / "client-0", mix=0.25)
+    again = PersonalisedAdapters(adapters, mix=0.25, local_state=personal.local_state())  # next round
     with again.combined():
         assert adapters["text"](h).item() == pytest.approx(8.25)
+
+
+def test_personalised_strategy_ships_steps_and_mix_and_averages_like_fedavg():
+    strategy = build_strategy({"name": "personalised", "personal_steps": 3, "mix": 0.25})
+    assert isinstance(strategy, PersonalisedFedAvg)
+    replies = [reply(1, {"w": [1, 2]}, num_examples=1), reply(2, {"w": [4, 8]}, num_examples=3)]
+    arrays, _, messages = run_round(strategy, 1, {"w": [0, 0]}, replies)
+    assert all((m.content["config"]["personal-steps"], m.content["config"]["personal-mix"]) == (3, 0.25)
+               for m in messages)
+    assert_arrays(arrays, {"w": [3.25, 6.5]})
+    evaluations = list(strategy.configure_evaluate(1, arrays, ConfigRecord(), FakeGrid([1, 2])))
+    assert [m.content["config"]["personal-mix"] for m in evaluations] == [0.25, 0.25]
+    assert all("personal-steps" not in m.content["config"] for m in evaluations)
 
 
 # -- adaptive regularisation (FedMLLM) ---------------------------------------------------
@@ -543,3 +517,35 @@ def test_middle_proximal_regularises_only_the_middle():
     assert params["a"].grad is None and params["d"].grad is None
     assert params["b"].grad.item() == pytest.approx(0.5 * (3 - 1))
     assert params["c"].grad.item() == pytest.approx(0.5 * (-1 - 1))
+
+
+# -- every strategy by name, through the protocol the ClientApp speaks --------------------
+CLIENT_ARRAYS = {"image.down.weight": [[0.0, 0.0]] * 2, "image.down.bias": [0.0, 0.0],
+                 "image.up.weight": [[0.0, 0.0]] * 2, "image.up.bias": [0.0, 0.0],
+                 "text.down.weight": [[0.0, 0.0]] * 2, "text.down.bias": [0.0, 0.0],
+                 "text.up.weight": [[0.0, 0.0]] * 2, "text.up.bias": [0.0, 0.0]}
+
+
+def _client_reply(message: Message, k: int) -> Message:
+    """What the ClientApp answers to ``message``: the arrays it got, moved; every metric it always
+    sends; and a Fisher when the config asks for one."""
+    arrays = {n: a.numpy() + 0.1 * k for n, a in message.content["arrays"].items()}
+    content = RecordDict({
+        "arrays": ArrayRecord({n: Array(a) for n, a in arrays.items()}),
+        "metrics": MetricRecord({"num-examples": 2 + k, "num-image-examples": 2 + k, "num-text-examples": k,
+                                 "adapter-rank": 2, "train_loss": 1.0})})
+    if "fisher-batches" in message.content["config"]:
+        content["fisher"] = ArrayRecord({n: Array(np.full_like(a, 1.0 + k)) for n, a in arrays.items()})
+    return Message(content, reply_to=message)
+
+
+@pytest.mark.parametrize("name", sorted(STRATEGIES))
+def test_every_registered_strategy_runs_a_round(name: str):
+    strategy = build_strategy({"name": name})
+    global_arrays = record(CLIENT_ARRAYS)
+    messages = list(strategy.configure_train(1, global_arrays, ConfigRecord(), FakeGrid([1, 2, 3])))
+    assert sorted(m.metadata.dst_node_id for m in messages) == [1, 2, 3]
+    arrays, metrics = strategy.aggregate_train(1, [_client_reply(m, k) for k, m in enumerate(messages)])
+    assert {n: a.shape for n, a in arrays.items()} == {n: a.shape for n, a in global_arrays.items()}
+    assert all(np.isfinite(a.numpy()).all() for a in arrays.values())
+    assert metrics["train_loss"] == pytest.approx(1.0)

@@ -2,14 +2,19 @@
 
 Message handlers:
 
-- ``query``: report this node's partition and capabilities (used to sample clients
-  deterministically by partition id rather than by Flower's random node ids);
-- ``train``: load the global adapters, run local split-learning steps, reply with the
-  new adapters, example count and traffic;
+- ``query``: report this node's partition and, when its node config sets one, its
+  ``adapter-rank`` (the round loop samples clients by partition id and tells node-aware
+  strategies, such as ``hetero_rank``, what it learnt);
+- ``train``: load the global adapters, run local split-learning steps, reply with the new
+  adapters, example counts (``num-examples``, ``num-image-examples``, ``num-text-examples``),
+  ``adapter-rank``, loss and traffic, plus whatever the round's strategy asks for;
 - ``evaluate``: score the global adapters on this client's own test split.
 
-The server sends the whole experiment config (YAML) with every message; the node's
-own config (``partition-id``, ``num-partitions``, ``data-path``) says which data is local.
+The server sends the whole experiment config (YAML) with every message; the node's own
+config (``partition-id``, ``num-partitions``, ``data-path``, ``adapter-rank``) says which
+data is local and how big an adapter this node trains. What a strategy needs beyond plain
+training (a proximal term, a Fisher, a personal adapter) it asks for with keys in the round
+config, answered by the extras of :mod:`anther.client.extras`.
 """
 
 from __future__ import annotations
@@ -21,10 +26,19 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, 
 from flwr.clientapp import ClientApp
 from omegaconf import DictConfig, OmegaConf
 
+from anther.client.extras import (
+    ExtraContext,
+    add_reply_records,
+    build_regularisers,
+    evaluation_view,
+    import_client_modules,
+)
 from anther.client.inference import evaluate_samples
-from anther.client.runtime import runtime_for
+from anther.client.runtime import ClientRuntime, runtime_for
 from anther.client.trainer import train_adapters
 from anther.simulations.data import client_data
+from anther.simulations.datasets.sample import Sample
+from anther.strategies.hetero_rank import RANK_METRIC, adapter_ranks
 
 app = ClientApp()
 
@@ -38,7 +52,7 @@ def _partition(context: Context) -> tuple[int, int]:
     return int(nc.get("partition-id", 0)), int(nc.get("num-partitions", 1))
 
 
-def _local_data(cfg: DictConfig, context: Context):
+def _local_data(cfg: DictConfig, context: Context) -> tuple[list[Sample], list[Sample]]:
     """This node's (train, test): its own ``data-path`` if set, else its partition of the run's data."""
     own = context.node_config.get("data-path")
     pid, n = _partition(context)
@@ -46,46 +60,79 @@ def _local_data(cfg: DictConfig, context: Context):
     return client_data(cfg, folder, 0 if own else pid, 1 if own else n)
 
 
+def _rank(config: ConfigRecord, context: Context) -> int | None:
+    """The adapter rank to build: the one the strategy sent this node (``hetero_rank`` sends each
+    node its own), else the node config's, else None (the experiment's ``adapter.rank``)."""
+    rank = config.get(RANK_METRIC, context.node_config.get(RANK_METRIC))
+    return None if rank is None else int(rank)
+
+
+def _load(msg: Message, context: Context) -> tuple[DictConfig, ClientRuntime, dict[str, torch.Tensor]]:
+    """The experiment, the runtime at this node's rank, and the global adapters loaded into it."""
+    cfg = _experiment(msg)
+    import_client_modules(cfg)
+    runtime = runtime_for(cfg, rank=_rank(msg.content["config"], context))
+    received = msg.content["arrays"].to_torch_state_dict()
+    own = runtime.edge.adapters["text"].config.rank
+    sent = adapter_ranks(received)
+    if any(r != own for r in sent.values()):
+        raise ValueError(f"this node trains rank-{own} adapters but the server sent ranks {sent}; "
+                         "clients of different ranks need strategy.name=hetero_rank")
+    runtime.edge.load_adapter_state(received)
+    return cfg, runtime, received
+
+
+def _modality_counts(samples: list[Sample]) -> dict[str, int]:
+    """How many samples carried each modality (an image; a text context), for modality-aware
+    aggregation. The question's tokens always pass NanoAdapter-T; they do not count as text."""
+    return {"num-image-examples": sum(s.has_image for s in samples),
+            "num-text-examples": sum(s.has_text for s in samples)}
+
+
 @app.query()
 def query(msg: Message, context: Context) -> Message:
     pid, n = _partition(context)
     info = ConfigRecord({"partition-id": pid, "num-partitions": n})
+    if RANK_METRIC in context.node_config:
+        info[RANK_METRIC] = int(context.node_config[RANK_METRIC])
     return Message(RecordDict({"info": info}), reply_to=msg)
 
 
 @app.train()
 def train(msg: Message, context: Context) -> Message:
-    cfg = _experiment(msg)
-    server_round = int(msg.content["config"]["server-round"])
+    cfg, runtime, received = _load(msg, context)
+    config = msg.content["config"]
     pid, _ = _partition(context)
-    runtime = runtime_for(cfg)
-    runtime.edge.load_adapter_state(msg.content["arrays"].to_torch_state_dict())
     train_set, _ = _local_data(cfg, context)
-    seed = cfg.seed * 1_000_003 + server_round * 1009 + pid
+    seed = cfg.seed * 1_000_003 + int(config["server-round"]) * 1009 + pid
     torch.manual_seed(seed)
+    ctx = ExtraContext(config, cfg, runtime, train_set, received, context.state, seed)
     t = cfg.train
     report = train_adapters(runtime.encoder, runtime.backbone, train_set, t.local_steps, t.batch_size,
-                            t.lr, seed, t.weight_decay, t.max_grad_norm)
-    arrays = ArrayRecord(runtime.edge.adapter_state())
+                            t.lr, seed, t.weight_decay, t.max_grad_norm, regularisers=build_regularisers(ctx))
     metrics = MetricRecord({
         "num-examples": len(train_set),
+        **_modality_counts(train_set),
+        RANK_METRIC: runtime.edge.adapters["text"].config.rank,
         "partition-id": pid,
         "train_loss": report.loss,
         "activation_bytes_up": report.activation_bytes_up,
         "activation_bytes_down": report.activation_bytes_down,
     })
-    return Message(RecordDict({"arrays": arrays, "metrics": metrics}), reply_to=msg)
+    content = RecordDict({"arrays": ArrayRecord(runtime.edge.adapter_state()), "metrics": metrics})
+    add_reply_records(ctx, content)
+    return Message(content, reply_to=msg)
 
 
 @app.evaluate()
 def evaluate(msg: Message, context: Context) -> Message:
-    cfg = _experiment(msg)
+    cfg, runtime, received = _load(msg, context)
     pid, _ = _partition(context)
-    runtime = runtime_for(cfg)
-    runtime.edge.load_adapter_state(msg.content["arrays"].to_torch_state_dict())
     _, test_set = _local_data(cfg, context)
-    metrics = evaluate_samples(runtime.encoder, runtime.backbone, test_set, generate=False,
-                               batch_size=cfg.eval.batch_size)
+    ctx = ExtraContext(msg.content["config"], cfg, runtime, test_set, received, context.state, cfg.seed)
+    with evaluation_view(ctx):
+        metrics = evaluate_samples(runtime.encoder, runtime.backbone, test_set, generate=False,
+                                   batch_size=cfg.eval.batch_size)
     metrics = {"num-examples": len(test_set), "partition-id": pid,
                **{k: v for k, v in metrics.items() if k != "num_examples"}}
     return Message(RecordDict({"metrics": MetricRecord(metrics)}), reply_to=msg)

@@ -9,6 +9,7 @@ leave this function.
 from __future__ import annotations
 
 import random
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -18,24 +19,56 @@ from anther.client.inference import Encoder
 from anther.server.backbone import Backbone
 from anther.simulations.datasets.sample import Sample
 
+# A term added to the local objective, a function of the adapters' current weights (a
+# proximal pull towards the global weights, say). Its gradient is added to the task loss's.
+Regulariser = Callable[[], torch.Tensor]
+
 
 @dataclass
 class TrainReport:
-    loss: float  # mean over the local steps
+    loss: float  # mean task loss over the local steps (regularisers not included)
     steps: int
     examples: int  # samples seen (steps * batch size)
     activation_bytes_up: int  # inputs_embeds + mask + labels sent to the backbone
     activation_bytes_down: int  # gradients received
 
 
+@dataclass
+class StepResult:
+    loss: float
+    bytes_up: int
+    bytes_down: int
+
+
 def _bytes(*tensors: torch.Tensor) -> int:
     return sum(t.numel() * t.element_size() for t in tensors)
 
 
+def split_step(encoder: Encoder, backbone: Backbone, batch_samples: list[Sample],
+               regularisers: Sequence[Regulariser] = ()) -> StepResult:
+    """One exchange with the backbone; leaves d(task loss + regularisers)/d adapters in ``.grad``.
+
+    The task loss's gradient reaches the adapters through ``embeds.backward(grad)``; each
+    regulariser is a purely local function of the weights, so its gradient is accumulated
+    by its own ``backward()``.
+    """
+    batch = encoder(batch_samples, [s.answer for s in batch_samples])
+    embeds = encoder.edge(batch)
+    loss, grad = backbone.train_step(embeds.detach(), batch.attention_mask, batch.labels)
+    embeds.backward(grad.to(embeds.dtype))
+    for regulariser in regularisers:
+        term = regulariser()
+        if term.requires_grad:  # a term over no trainable weight is a constant
+            term.backward()
+    return StepResult(loss, _bytes(embeds, batch.attention_mask, batch.labels), _bytes(grad))
+
+
 def train_adapters(encoder: Encoder, backbone: Backbone, samples: list[Sample], steps: int,
                    batch_size: int, lr: float, seed: int, weight_decay: float = 0.0,
-                   max_grad_norm: float = 1.0, show_progress: bool = False) -> TrainReport:
-    """Run ``steps`` split-learning steps on batches drawn from ``samples``."""
+                   max_grad_norm: float = 1.0, show_progress: bool = False,
+                   regularisers: Sequence[Regulariser] = ()) -> TrainReport:
+    """Run ``steps`` split-learning steps on batches drawn from ``samples``, minimising the task
+    loss plus ``regularisers``. Optimises the adapter parameters that require grad."""
     if not samples:
         raise ValueError("this client has no training samples")
     edge = encoder.edge
@@ -49,16 +82,13 @@ def train_adapters(encoder: Encoder, backbone: Backbone, samples: list[Sample], 
         if len(order) < batch_size:
             order += rng.sample(range(len(samples)), len(samples))
         idx, order = order[:batch_size], order[batch_size:]
-        batch = encoder([samples[i] for i in idx], [samples[i].answer for i in idx])
-        embeds = edge(batch)
-        loss, grad = backbone.train_step(embeds.detach(), batch.attention_mask, batch.labels)
         opt.zero_grad(set_to_none=True)
-        embeds.backward(grad.to(embeds.dtype))
+        step = split_step(encoder, backbone, [samples[i] for i in idx], regularisers)
         if max_grad_norm > 0:
             torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
         opt.step()
-        losses.append(loss)
-        up += _bytes(embeds, batch.attention_mask, batch.labels)
-        down += _bytes(grad)
+        losses.append(step.loss)
+        up += step.bytes_up
+        down += step.bytes_down
     edge.eval()
     return TrainReport(sum(losses) / len(losses), steps, steps * batch_size, up, down)

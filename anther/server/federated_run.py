@@ -3,7 +3,11 @@
 anther drives the rounds itself (rather than ``Strategy.start``) so that it can
 sample clients deterministically by partition id, account traffic, print the
 per-round table, evaluate on the server's held-out set and checkpoint every round.
-Aggregation is entirely the strategy's: any ``flwr.serverapp.strategy.Strategy``.
+Aggregation is entirely the strategy's: any ``flwr.serverapp.strategy.Strategy``. Its
+``configure_train`` and ``configure_evaluate`` build the messages (so it decides what each
+node receives: the adapters at the node's rank, keys asking for a Fisher...), offered only
+the nodes this round sampled; a strategy that implements
+:class:`anther.strategies.node_info.NodeAware` is first told every node's QUERY answer.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from anther.server.checkpoint import save_checkpoint
 from anther.server.evaluation import ServerEvaluator
 from anther.simulations.config import anther_home, to_yaml
 from anther.simulations.report import RoundTable, plot_rounds, write_json_atomic
+from anther.strategies.node_info import NodeAware
 from anther.strategies.registry import build_strategy
 
 
@@ -41,6 +46,11 @@ class OfferedGrid:
 
 def _sum_metric(replies: Iterable[Message], key: str) -> float:
     return float(sum(m.content["metrics"].get(key, 0) for m in replies))
+
+
+def _array_bytes(messages: Iterable[Message]) -> int:
+    """Bytes of every ArrayRecord the messages carry: the adapters and any extra (a Fisher...)."""
+    return sum(record.count_bytes() for m in messages for record in m.content.array_records.values())
 
 
 def _weighted_metric(replies: list[Message], key: str) -> float | None:
@@ -67,7 +77,8 @@ class FederatedRun:
 
     # -- nodes ---------------------------------------------------------------------------
     def _discover(self) -> dict[int, int]:
-        """Wait for the federation's nodes and map partition id -> node id."""
+        """Wait for the federation's nodes, ask each about itself (partition id, adapter rank),
+        tell a node-aware strategy the answers, and map partition id -> node id."""
         want = self.cfg.federation.num_clients
         deadline = time.monotonic() + self.cfg.federation.round_timeout_s
         node_ids = list(self.grid.get_node_ids())
@@ -77,14 +88,13 @@ class FederatedRun:
         queries = [Message(RecordDict({"config": self._config(0)}), dst_node_id=n,
                            message_type=MessageType.QUERY) for n in node_ids]
         replies = self.grid.send_and_receive(queries, timeout=self.cfg.federation.round_timeout_s)
-        by_partition = {}
-        for r in replies:
-            if not r.has_error():
-                by_partition[int(r.content["info"]["partition-id"])] = r.metadata.src_node_id
-        if len(by_partition) < self.cfg.federation.min_train_clients:
-            raise RuntimeError(f"only {len(by_partition)} clients answered; need "
+        info = {r.metadata.src_node_id: r.content["info"] for r in replies if not r.has_error()}
+        if len(info) < self.cfg.federation.min_train_clients:
+            raise RuntimeError(f"only {len(info)} clients answered; need "
                                f"federation.min_train_clients={self.cfg.federation.min_train_clients}")
-        return dict(sorted(by_partition.items()))
+        if isinstance(self.strategy, NodeAware):
+            self.strategy.set_node_info(info)
+        return dict(sorted((int(answer["partition-id"]), node) for node, answer in info.items()))
 
     def _sample(self, partitions: dict[int, int]) -> list[int]:
         f = self.cfg.federation
@@ -123,7 +133,7 @@ class FederatedRun:
             messages = list(self.strategy.configure_train(server_round, arrays, config,
                                                           OfferedGrid(self.grid, sampled)))
             replies = self._exchange(messages)
-            new_arrays, _ = self.strategy.aggregate_train(server_round, replies)
+            new_arrays, train_metrics = self.strategy.aggregate_train(server_round, replies)
             if new_arrays is not None:
                 arrays = new_arrays
             save_checkpoint(self.run_dir, server_round, arrays.to_torch_state_dict(),
@@ -133,10 +143,11 @@ class FederatedRun:
                 "train_loss": _weighted_metric(replies, "train_loss"),
                 **self._evaluate_server(arrays),
                 "clients": len(replies),
-                "adapter_bytes_down": sum(m.content["arrays"].count_bytes() for m in messages),
-                "adapter_bytes_up": sum(m.content["arrays"].count_bytes() for m in replies),
+                "adapter_bytes_down": _array_bytes(messages),
+                "adapter_bytes_up": _array_bytes(replies),
                 "activation_bytes_up": _sum_metric(replies, "activation_bytes_up"),
                 "activation_bytes_down": _sum_metric(replies, "activation_bytes_down"),
+                "train_metrics": dict(train_metrics or {}),  # as the strategy aggregated them
                 "seconds": time.time() - t0,
             })
         self.client_metrics = self._evaluate_clients(arrays, partitions)
@@ -145,10 +156,11 @@ class FederatedRun:
         return arrays
 
     def _evaluate_clients(self, arrays: ArrayRecord, partitions: dict[int, int]) -> dict[str, Any]:
-        """Each client scores the final global adapters on its own test split."""
-        config = self._config(self.cfg.federation.rounds)
-        messages = [Message(RecordDict({"arrays": arrays, "config": config}), dst_node_id=n,
-                            message_type=MessageType.EVALUATE) for n in partitions.values()]
+        """Each client scores the final global adapters on its own test split, with the messages
+        the strategy builds (at the node's rank; with its local adapter, when personalised)."""
+        last = self.cfg.federation.rounds
+        messages = self.strategy.configure_evaluate(last, arrays, self._config(last),
+                                                    OfferedGrid(self.grid, list(partitions.values())))
         replies = self._exchange(messages)
         per_client = {int(m.content["metrics"]["partition-id"]): dict(m.content["metrics"]) for m in replies}
         accs = [c["acc_mc"] for c in per_client.values() if "acc_mc" in c]

@@ -33,7 +33,8 @@ from flwr.app import ArrayRecord, ConfigRecord, Message
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedProx
 
-PROXIMAL_START, PROXIMAL_END = "proximal-start", "proximal-end"
+# Round-config keys: Flower's FedProx ships "proximal-mu"; the range is anther's.
+PROXIMAL_MU, PROXIMAL_START, PROXIMAL_END = "proximal-mu", "proximal-start", "proximal-end"
 
 
 def middle_range(names: Sequence[str], start: float = 0.25, end: float = 0.75) -> list[str]:

@@ -37,7 +37,8 @@ from flwr.serverapp.strategy.strategy_utils import validate_message_reply_consis
 from anther.strategies.array_utils import NDArray, metric_value, numpy_arrays, reply_arrays
 from anther.strategies.merging_fedavg import MergingFedAvg
 
-FISHER_BATCHES = "fisher-batches"
+FISHER_BATCHES = "fisher-batches"  # round-config key: how many batches; asks for a Fisher
+FISHER = "fisher"  # reply key of the Fisher ArrayRecord
 
 
 class FisherMerging(MergingFedAvg):
@@ -51,8 +52,6 @@ class FisherMerging(MergingFedAvg):
         Multiply each client's Fisher by its ``num-examples`` (``weighted_by_key``): the
         empirical Fisher is a per-sample mean, so this restores each client's share of the
         total evidence. With False every client counts the same.
-    fisher_key:
-        Key of the ArrayRecord holding the Fisher in replies.
     fisher_batches:
         Sent to clients as ``config["fisher-batches"]``: how many batches to estimate the
         Fisher on. Its presence is also how a client knows this round wants a Fisher.
@@ -62,8 +61,8 @@ class FisherMerging(MergingFedAvg):
 
     validate_replies = False  # replies carry two ArrayRecords; merge checks them itself
 
-    def __init__(self, *, eps: float = 1e-8, weight_by_examples: bool = True, fisher_key: str = "fisher",
-                 fisher_batches: int = 4, **fedavg_kwargs: Any) -> None:
+    def __init__(self, *, eps: float = 1e-8, weight_by_examples: bool = True, fisher_batches: int = 4,
+                 **fedavg_kwargs: Any) -> None:
         super().__init__(**fedavg_kwargs)
         if eps < 0:
             raise ValueError(f"eps must be >= 0, got {eps}")
@@ -71,7 +70,6 @@ class FisherMerging(MergingFedAvg):
             raise ValueError(f"fisher_batches must be >= 1, got {fisher_batches}")
         self.eps = float(eps)
         self.weight_by_examples = weight_by_examples
-        self.fisher_key = fisher_key
         self.fisher_batches = fisher_batches
 
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
@@ -90,7 +88,7 @@ class FisherMerging(MergingFedAvg):
         return fisher_merge(clients, fishers, weights, self.eps)
 
     def _fisher(self, content: RecordDict, theta: dict[str, NDArray]) -> dict[str, NDArray]:
-        fisher = numpy_arrays(reply_arrays(content, self.fisher_key))
+        fisher = numpy_arrays(reply_arrays(content, FISHER))
         if set(theta) != set(fisher):
             raise InconsistentMessageReplies(
                 reason=f"Fisher names differ from the weights': missing {sorted(set(theta) - set(fisher))}, "

@@ -32,15 +32,18 @@ adapter. With ``scale_by_rank`` (the default) a client's ``up.*`` is rescaled by
 into the global convention before averaging, and by ``r_k / R`` back into the client's when
 sent; set it False when clients keep ``alpha / rank`` constant (alpha proportional to rank).
 
-A node's rank comes from :meth:`HeteroRankFedAvg.set_node_ranks`, or is learnt from its
-replies (metric ``adapter-rank``, else the shape of its ``down.weight``); a node of unknown
-rank gets ``default_rank`` (None: the full global rank). The rank sent is also put in the
-node's config as ``adapter-rank``.
+Where a node's rank comes from, first match wins: the ``adapter-rank`` its node config sets
+(reported in its QUERY answer, see :meth:`HeteroRankFedAvg.set_node_info`); ``partition_ranks``
+(simulated nodes all share one node config, so a simulation declares budgets per partition:
+partition p gets ``partition_ranks[p % len]``); ``node_ranks``; what its replies show (metric
+``adapter-rank``, else the shape of its ``down.weight``); else ``default_rank`` (None: the
+full global rank). The rank sent is also put in the node's config as ``adapter-rank``, in
+training and in evaluation, and the client builds its NanoEdge at that rank.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -52,11 +55,13 @@ from anther.strategies.array_utils import (
     NDArray,
     array_record,
     metric_value,
+    numpy_arrays,
     reply_metrics,
     source_node,
     weighted_mean,
 )
 from anther.strategies.merging_fedavg import MergingFedAvg
+from anther.strategies.node_info import NodeInfo
 
 # Which axis of each NanoAdapter parameter is the rank (hidden-unit) axis; up.bias has none.
 RANK_AXES = {"down.weight": 0, "down.bias": 0, "up.weight": 1}
@@ -170,6 +175,9 @@ class HeteroRankFedAvg(MergingFedAvg):
     ----------
     node_ranks:
         ``{node_id: rank}`` known up front (also settable with :meth:`set_node_ranks`).
+    partition_ranks:
+        Ranks by partition id, cycled: partition p trains ``partition_ranks[p % len]``. For
+        simulations, whose nodes cannot have node configs of their own.
     default_rank:
         Rank sent to a node whose rank is not known yet; None sends the full global rank.
     scale_by_rank:
@@ -179,27 +187,48 @@ class HeteroRankFedAvg(MergingFedAvg):
         Passed to :class:`flwr.serverapp.strategy.FedAvg`.
     """
 
-    def __init__(self, *, node_ranks: Mapping[int, int] | None = None, default_rank: int | None = None,
+    def __init__(self, *, node_ranks: Mapping[int, int] | None = None,
+                 partition_ranks: Sequence[int] | None = None, default_rank: int | None = None,
                  scale_by_rank: bool = True, **fedavg_kwargs: Any) -> None:
         super().__init__(**fedavg_kwargs)
         self.node_ranks: dict[int, int] = {}
         self.set_node_ranks(node_ranks or {})
+        self.partition_ranks = [_valid_rank(f"partition_ranks[{i}]", r) for i, r in enumerate(partition_ranks or [])]
         self.default_rank = default_rank
         self.scale_by_rank = scale_by_rank
 
     def set_node_ranks(self, ranks: Mapping[int, int]) -> None:
         """Declare nodes' adapter ranks (keys may be strings, as they come from a YAML config)."""
         for node, rank in ranks.items():
-            if int(rank) < 1:
-                raise ValueError(f"node {node}: adapter rank must be >= 1, got {rank}")
-            self.node_ranks[int(node)] = int(rank)
+            self.node_ranks[int(node)] = _valid_rank(f"node {node}", rank)
+
+    def set_node_info(self, info: NodeInfo) -> None:
+        """Each node's rank from its QUERY answer: its node config's ``adapter-rank``, else its
+        partition's entry of ``partition_ranks`` (see :mod:`anther.strategies.node_info`)."""
+        for node, answer in info.items():
+            if RANK_METRIC in answer:
+                self.node_ranks[int(node)] = _valid_rank(f"node {node}", answer[RANK_METRIC])
+            elif self.partition_ranks and "partition-id" in answer:
+                pid = int(answer["partition-id"])
+                self.node_ranks[int(node)] = self.partition_ranks[pid % len(self.partition_ranks)]
 
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                         grid: Grid) -> Iterable[Message]:
         """FedAvg's messages, each carrying the global adapters truncated to its node's rank."""
-        messages = list(super().configure_train(server_round, arrays, config, grid))
+        messages = super().configure_train(server_round, arrays, config, grid)
+        return self._per_node(messages, self.current_arrays, config)
+
+    def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
+                           grid: Grid) -> Iterable[Message]:
+        """Evaluation too sends each node the global adapters at its own rank."""
+        messages = super().configure_evaluate(server_round, arrays, config, grid)
+        return self._per_node(messages, numpy_arrays(arrays), config)
+
+    def _per_node(self, messages: Iterable[Message], global_arrays: dict[str, NDArray],
+                  config: ConfigRecord) -> list[Message]:
+        messages = list(messages)
         for message in messages:  # FedAvg shares one RecordDict between all messages: give each its own
-            message.content = self._content_for(int(message.metadata.dst_node_id), self.current_arrays, config)
+            message.content = self._content_for(int(message.metadata.dst_node_id), global_arrays, config)
         return messages
 
     def _content_for(self, node_id: int, global_arrays: dict[str, NDArray],
@@ -224,3 +253,9 @@ class HeteroRankFedAvg(MergingFedAvg):
             rank = int(metrics[RANK_METRIC]) if RANK_METRIC in metrics else max(shapes.values(), default=0)
             if rank > 0:
                 self.node_ranks[source_node(message)] = rank
+
+
+def _valid_rank(what: str, rank: Any) -> int:
+    if int(rank) < 1:
+        raise ValueError(f"{what}: adapter rank must be >= 1, got {rank}")
+    return int(rank)

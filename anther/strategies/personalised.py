@@ -11,30 +11,33 @@ replaces each by
 (``branch(h) = scale * up(act(down(h)))``, the adapter minus its residual). The local
 adapter is a correction on top of the global one rather than a convex partner: it starts
 with ``up = 0``, so an untrained local part leaves the global model exactly as it is, and
-``mix = 0`` is always the global model. FedDPA-F: after (or between) federated rounds, train
-the local adapter on local data with the global one frozen, and answer with both. The local
-part is saved to and loaded from a client-side folder (safetensors), so it survives between
-rounds and runs.
+``mix = 0`` is always the global model.
 
-Server side there is nothing new: the strategy is plain FedAvg (or any other) over the
-global part, because the client's train reply contains only the global adapters. Use
-``strategy: {name: fedavg}``.
+Server side, :class:`PersonalisedFedAvg` (``strategy: {name: personalised}``) aggregates the
+global part as FedAvg -- the train reply carries only the global adapters -- and tells the
+clients, through the round config, to personalise (FedDPA-F): ``personal-steps`` asks each
+client, after its usual local training, to train its local adapter that many steps with the
+global one frozen; ``personal-mix`` (in training and evaluation configs) is the mix, and
+asks the client to evaluate global + local. The client keeps its local adapter in its
+Flower ``Context.state``, which lives on the node for the whole run (see
+``anther.client.builtin_extras``).
 """
 
 from __future__ import annotations
 
-import os
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
-from pathlib import Path
+from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from flwr.app import ArrayRecord, ConfigRecord, Message
+from flwr.serverapp import Grid
+from flwr.serverapp.strategy import FedAvg
 from torch import nn
 
 from anther.adapters.nano_adapter import NanoAdapter
 
-LOCAL_FILE = "local_adapters.safetensors"
+PERSONAL_STEPS, PERSONAL_MIX = "personal-steps", "personal-mix"
 
 
 def branch(adapter: NanoAdapter, h: torch.Tensor) -> torch.Tensor:
@@ -70,29 +73,24 @@ class PersonalisedAdapters:
     ----------
     adapters:
         The global NanoAdapters by name (``image``, ``text``); they are what the client sends.
-    folder:
-        Client-side folder the local part lives in (one per client, e.g. per partition id).
     mix:
         Weight of the local branch, in ``[0, 1]``.
+    local_state:
+        The local part as :meth:`local_state` returned it last round; None for fresh local
+        adapters.
     seed:
-        Initialisation of a fresh local part (when the folder holds none yet).
+        Initialisation of fresh local adapters.
     """
 
-    def __init__(self, adapters: nn.ModuleDict, folder: str | Path, mix: float = 0.5, seed: int = 0) -> None:
+    def __init__(self, adapters: nn.ModuleDict, mix: float = 0.5,
+                 local_state: Mapping[str, torch.Tensor] | None = None, seed: int = 0) -> None:
         if not 0.0 <= mix <= 1.0:
             raise ValueError(f"mix must be in [0, 1], got {mix}")
-        self.adapters, self.folder, self.mix = adapters, Path(folder), mix
+        self.adapters, self.mix = adapters, mix
         self.local = nn.ModuleDict({name: _local_copy(adapter, seed + i)
                                     for i, (name, adapter) in enumerate(adapters.items())})
-        self.load()
-
-    @property
-    def path(self) -> Path:
-        return self.folder / LOCAL_FILE
-
-    def local_parameters(self) -> Iterator[nn.Parameter]:
-        """What a personalisation step optimises."""
-        return self.local.parameters()
+        if local_state is not None:
+            self.local.load_state_dict(dict(local_state), strict=True)
 
     def local_state(self) -> dict[str, torch.Tensor]:
         """The local part, named like the global one (``image.down.weight``...). Never sent."""
@@ -118,17 +116,35 @@ class PersonalisedAdapters:
                 for p in global_adapter.parameters():
                     p.requires_grad_(flags[id(p)])
 
-    def save(self) -> Path:
-        """Write the local part atomically (a crash mid-write never leaves a torn file)."""
-        self.folder.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_suffix(".tmp")
-        save_file({k: v.contiguous() for k, v in self.local_state().items()}, str(tmp))
-        os.replace(tmp, self.path)
-        return self.path
 
-    def load(self) -> bool:
-        """Load the local part if this client saved one; False (fresh local adapters) if not."""
-        if not self.path.exists():
-            return False
-        self.local.load_state_dict(load_file(str(self.path)), strict=True)
-        return True
+class PersonalisedFedAvg(FedAvg):
+    """FedAvg over the global adapters that asks clients to personalise (FedDPA-F).
+
+    Parameters
+    ----------
+    personal_steps:
+        Local-adapter steps each client takes per round after its global training, shipped
+        as ``personal-steps``.
+    mix:
+        Weight of the local branch, shipped as ``personal-mix`` to training and evaluation.
+    **fedavg_kwargs:
+        Passed to :class:`flwr.serverapp.strategy.FedAvg`.
+    """
+
+    def __init__(self, *, personal_steps: int = 10, mix: float = 0.5, **fedavg_kwargs: Any) -> None:
+        if personal_steps < 1:
+            raise ValueError(f"personal_steps must be >= 1, got {personal_steps}")
+        if not 0.0 <= mix <= 1.0:
+            raise ValueError(f"mix must be in [0, 1], got {mix}")
+        super().__init__(**fedavg_kwargs)
+        self.personal_steps, self.mix = personal_steps, mix
+
+    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
+                        grid: Grid) -> Iterable[Message]:
+        config[PERSONAL_STEPS], config[PERSONAL_MIX] = self.personal_steps, self.mix
+        return super().configure_train(server_round, arrays, config, grid)
+
+    def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
+                           grid: Grid) -> Iterable[Message]:
+        config[PERSONAL_MIX] = self.mix
+        return super().configure_evaluate(server_round, arrays, config, grid)

@@ -5,6 +5,10 @@
 (any subclass of ``flwr.serverapp.strategy.Strategy``), with no change to anther.
 Client sampling is done by anther's round loop, so strategies are built to take
 every node they are offered.
+
+One key is not passed to the strategy: ``client_modules``, the modules every ClientApp
+imports so that the client-side extras they register exist (see
+:mod:`anther.client.extras`); the server never needs them.
 """
 
 from __future__ import annotations
@@ -45,6 +49,9 @@ _TAKE_ALL = {"fraction_train": 1.0, "min_train_nodes": 1, "min_available_nodes":
              "fraction_evaluate": 1.0, "min_evaluate_nodes": 1}
 
 
+CLIENT_MODULES = "client_modules"
+
+
 def register(name: str, factory: Callable[..., Strategy]) -> None:
     """Make ``factory`` selectable as ``strategy.name=<name>``."""
     STRATEGIES[name] = factory
@@ -53,6 +60,10 @@ def register(name: str, factory: Callable[..., Strategy]) -> None:
 def build_strategy(spec: dict[str, Any]) -> Strategy:
     """Build the strategy a config's ``strategy`` section describes."""
     spec = dict(spec)
+    spec.pop(CLIENT_MODULES, None)
+    if "_target_" in spec and "name" in spec:
+        raise ValueError(f"strategy has both name={spec['name']!r} and _target_={spec['_target_']!r}; "
+                         "keep one (on the command line: ~strategy.name +strategy._target_=...)")
     if "_target_" in spec:
         strategy = instantiate(spec, _convert_="all")
     else:
@@ -63,3 +74,7 @@ def build_strategy(spec: dict[str, Any]) -> Strategy:
     if not isinstance(strategy, Strategy):
         raise TypeError(f"strategy {type(strategy).__name__} is not a flwr.serverapp.strategy.Strategy")
     return strategy
+
+
+# anther's own strategies register themselves by name; imported last, once ``register`` exists.
+import anther.strategies.builtin  # noqa: F401

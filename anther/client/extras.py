@@ -1,0 +1,140 @@
+"""Client-side extras: what a strategy asks a client to do besides plain local training.
+
+A strategy talks to its clients through the round config. Its ``configure_train`` (or
+``configure_evaluate``) puts keys into the ConfigRecord it sends, as Flower's FedProx puts
+``proximal-mu``; the ClientApp runs every extra registered under a key that config holds,
+at one of three points:
+
+- :func:`regulariser` -- before local training: returns a term added to the local
+  objective (:data:`anther.client.trainer.Regulariser`);
+- :func:`after_training` -- after local training: returns records for the train reply.
+  Array and config records go in under their own names (a Fisher under ``fisher``);
+  metric records are merged into the reply's ``metrics``, because Flower's strategies read
+  exactly one MetricRecord;
+- :func:`evaluation` -- around local evaluation: returns a context manager inside which the
+  NanoEdge is evaluated (global + local adapter, say).
+
+anther's own extras (:mod:`anther.client.builtin_extras`) are registered exactly as code
+outside anther registers its own; a module of yours is imported by every ClientApp when the
+experiment's ``strategy.client_modules`` names it (:func:`import_client_modules`).
+Every key of a round config must mean the same to every client, so registering a second,
+different function for a key that already has one is an error.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import AbstractContextManager, ExitStack, contextmanager
+from dataclasses import dataclass
+from typing import TypeVar
+
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, MetricRecord, RecordDict
+from omegaconf import DictConfig
+
+from anther.client.runtime import ClientRuntime
+from anther.client.trainer import Regulariser
+from anther.simulations.datasets.sample import Sample
+
+Record = ArrayRecord | MetricRecord | ConfigRecord
+
+
+@dataclass
+class ExtraContext:
+    """What an extra may use: the round, the experiment, the client's runtime and its data."""
+
+    config: ConfigRecord  # the round config the strategy sent (the keys extras are looked up by)
+    experiment: DictConfig  # the whole experiment config
+    runtime: ClientRuntime  # processor + NanoEdge (the global adapters loaded) + backbone
+    samples: list[Sample]  # the local train split in training, the local test split in evaluation
+    received: dict[str, torch.Tensor]  # the global adapters as the server sent them
+    state: RecordDict  # the node's Flower Context.state: kept on the node between rounds of a run
+    seed: int  # this client's seed for the round
+
+
+RegulariserFactory = Callable[[ExtraContext], Regulariser]
+ReplyFactory = Callable[[ExtraContext], Mapping[str, Record]]
+EvaluationFactory = Callable[[ExtraContext], AbstractContextManager[object]]
+F = TypeVar("F", bound=Callable[..., object])
+
+_REGULARISERS: dict[str, RegulariserFactory] = {}
+_AFTER_TRAINING: dict[str, ReplyFactory] = {}
+_EVALUATION: dict[str, EvaluationFactory] = {}
+
+
+def _register(table: dict[str, F], point: str, key: str) -> Callable[[F], F]:
+    def decorator(fn: F) -> F:
+        old = table.get(key)
+        same = old is not None and (old.__module__, old.__qualname__) == (fn.__module__, fn.__qualname__)
+        if old is not None and not same:  # a module imported again re-registers the same function
+            raise ValueError(f"config key {key!r} already has an extra for {point} "
+                             f"({old.__module__}.{old.__qualname__}); cannot add {fn.__module__}.{fn.__qualname__}")
+        table[key] = fn
+        return fn
+
+    return decorator
+
+
+def regulariser(key: str) -> Callable[[RegulariserFactory], RegulariserFactory]:
+    """Register ``fn(ctx) -> Regulariser``, built before local training when the round config has ``key``."""
+    return _register(_REGULARISERS, "regulariser", key)
+
+
+def after_training(key: str) -> Callable[[ReplyFactory], ReplyFactory]:
+    """Register ``fn(ctx) -> {name: record}``, run after local training when the round config has ``key``."""
+    return _register(_AFTER_TRAINING, "after_training", key)
+
+
+def evaluation(key: str) -> Callable[[EvaluationFactory], EvaluationFactory]:
+    """Register ``fn(ctx) -> context manager``, entered around local evaluation when the config has ``key``."""
+    return _register(_EVALUATION, "evaluation", key)
+
+
+def _wanted(table: Mapping[str, F], config: ConfigRecord) -> Iterable[tuple[str, F]]:
+    """The extras the config asks for, in registration order (so every client runs them alike)."""
+    return [(key, fn) for key, fn in table.items() if key in config]
+
+
+def build_regularisers(ctx: ExtraContext) -> list[Regulariser]:
+    """The regularisers the round asks for; build them after loading the global adapters."""
+    return [make(ctx) for _, make in _wanted(_REGULARISERS, ctx.config)]
+
+
+def add_reply_records(ctx: ExtraContext, content: RecordDict, metrics_key: str = "metrics") -> None:
+    """Run the after-training extras the round asks for and put what they return into ``content``."""
+    for key, make in _wanted(_AFTER_TRAINING, ctx.config):
+        for name, record in make(ctx).items():
+            if isinstance(record, MetricRecord):
+                clash = sorted(set(record) & set(content[metrics_key]))
+                if clash:
+                    raise ValueError(f"the {key!r} extra returned metrics {clash}, which the reply already has")
+                content[metrics_key].update(record)
+            elif name in content:
+                raise ValueError(f"the {key!r} extra returned a record named {name!r}, "
+                                 "which the reply already has")
+            else:
+                content[name] = record
+
+
+@contextmanager
+def evaluation_view(ctx: ExtraContext) -> Iterator[None]:
+    """Inside the block, every evaluation extra the config asks for is active."""
+    with ExitStack() as stack:
+        for _, make in _wanted(_EVALUATION, ctx.config):
+            stack.enter_context(make(ctx))
+        yield
+
+
+def import_client_modules(experiment: DictConfig) -> None:
+    """Import the modules ``strategy.client_modules`` names, so their extras are registered."""
+    for name in experiment.strategy.get("client_modules") or []:
+        try:
+            importlib.import_module(str(name))
+        except ImportError as e:
+            raise ImportError(f"strategy.client_modules names {name!r}, which this client cannot import "
+                              f"(is it on the node's PYTHONPATH?): {e}") from e
+
+
+# anther's own extras register themselves; imported last, once the decorators exist.
+import anther.client.builtin_extras  # noqa: F401

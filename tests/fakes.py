@@ -1,0 +1,76 @@
+"""Stand-ins the strategy and client tests share: a Grid, the ServerApp runtime's task
+identity, and a split exchange small enough to differentiate by hand."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pytest
+import torch
+from flwr.supercore.task_identity import TaskIdentity
+from torch import nn
+
+from anther.adapters.nano_adapter import NanoAdapterConfig
+from anther.client.nano_edge import build_adapters
+
+
+class FakeGrid:
+    """All a strategy's configure_* asks of a Grid."""
+
+    def __init__(self, node_ids: list[int]) -> None:
+        self.node_ids = node_ids
+
+    def get_node_ids(self) -> list[int]:
+        return list(self.node_ids)
+
+
+def play_serverapp_runtime(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Flower 1.41 stamps new instruction Messages with the running task's identity, which the
+    ServerApp runtime sets; a test plays that runtime."""
+    monkeypatch.setattr(TaskIdentity, "_run_id", 1)
+    monkeypatch.setattr(TaskIdentity, "_node_id", 0)
+    monkeypatch.setattr(TaskIdentity, "_task_id", 1)
+
+
+# -- a split exchange on scalar "token embeddings" h --------------------------------------
+@dataclass
+class ScalarBatch:
+    x: torch.Tensor
+    attention_mask: torch.Tensor
+    labels: torch.Tensor
+
+
+class ScalarEdge(nn.Module):
+    """A NanoEdge reduced to its adapters; the text adapter's branch is 2 relu(h)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.adapters = build_adapters(1, NanoAdapterConfig(rank=1, alpha=1.0, activation="relu"), seed=0)
+        text = self.adapters["text"]
+        with torch.no_grad():  # branch(h) = 1 * (2 * relu(1 * h + 0) + 0)
+            text.down.weight.fill_(1.0), text.down.bias.fill_(0.0)
+            text.up.weight.fill_(2.0), text.up.bias.fill_(0.0)
+
+    def forward(self, batch: ScalarBatch) -> torch.Tensor:
+        return self.adapters["text"](batch.x)
+
+
+class ScalarEncoder:
+    """Samples with a float ``h`` become a (B, 1, 1) batch of it."""
+
+    def __init__(self) -> None:
+        self.edge = ScalarEdge()
+
+    def __call__(self, samples, answers) -> ScalarBatch:
+        x = torch.tensor([[[s.h]] for s in samples])
+        return ScalarBatch(x, torch.ones(len(samples), 1), torch.ones(len(samples), 1, 1))
+
+
+class MeanBackbone:
+    """loss = mean(embeds * labels): d loss / d embeds = labels / numel."""
+
+    def train_step(self, embeds, attention_mask, labels):
+        x = embeds.detach().requires_grad_(True)
+        loss = (x * labels).mean()
+        (grad,) = torch.autograd.grad(loss, x)
+        return loss.item(), grad

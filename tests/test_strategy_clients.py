@@ -1,0 +1,149 @@
+"""anther's strategies with the real ClientApp handlers and the tiny LLaVA, in one process.
+
+Each test plays anther's round loop by hand: the strategy's ``configure_train`` builds the
+messages, the ClientApp's ``train`` handler answers each with that node's ``Context`` (as a
+SuperNode or the simulation engine would call it), and ``aggregate_train`` merges the
+replies. What is checked is the contract between the two halves: the keys a strategy puts
+in the round config and what the client does with them.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from fakes import FakeGrid, play_serverapp_runtime
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, RecordDict
+from transformers import AutoConfig
+
+from anther.adapters.nano_adapter import NanoAdapter, NanoAdapterConfig
+from anther.client import client_app
+from anther.client.builtin_extras import LOCAL_ADAPTERS
+from anther.client.nano_edge import initial_adapter_state
+from anther.simulations.config import load_config, to_yaml
+from anther.simulations.data import client_data
+from anther.simulations.datasets import shapes_vqa
+from anther.simulations.datasets.sample import write_split
+from anther.strategies.registry import build_strategy
+
+NODES = {11: 0, 12: 1}  # node id -> partition id
+
+
+@pytest.fixture(autouse=True)
+def serverapp_runtime(monkeypatch: pytest.MonkeyPatch) -> None:
+    play_serverapp_runtime(monkeypatch)
+
+
+@pytest.fixture(scope="module")
+def cfg(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory):
+    data = tmp_path_factory.mktemp("data")
+    write_split(shapes_vqa.generate(40, seed=1, prefix="train"), data, "train")
+    write_split(shapes_vqa.generate(8, seed=2, prefix="test"), data, "test")
+    return load_config("default", [f"model.path={tiny_model_dir}", f"data.path={data}", "federation.num_clients=2",
+                                   "train.local_steps=2", "train.batch_size=4", "adapter.rank=4",
+                                   "data.client_test_fraction=0.25", "eval.batch_size=16"])
+
+
+def _contexts(node_config: dict | None = None) -> dict[int, Context]:
+    return {node: Context(run_id=1, node_id=node, state=RecordDict(), run_config={},
+                          node_config={"partition-id": pid, "num-partitions": len(NODES), **(node_config or {})})
+            for node, pid in NODES.items()}
+
+
+def _global(cfg) -> ArrayRecord:
+    """The round-0 global adapters, as the ServerApp makes them (rank ``adapter.rank``)."""
+    dim = AutoConfig.from_pretrained(cfg.model.path).text_config.hidden_size
+    return ArrayRecord(initial_adapter_state(dim, NanoAdapterConfig(cfg.adapter.rank, float(cfg.adapter.alpha)),
+                                             cfg.seed))
+
+
+def _config(cfg, server_round: int) -> ConfigRecord:
+    return ConfigRecord({"experiment": to_yaml(cfg), "server-round": server_round})
+
+
+def _train_round(strategy, cfg, arrays: ArrayRecord, contexts: dict[int, Context], server_round: int = 1):
+    messages = list(strategy.configure_train(server_round, arrays, _config(cfg, server_round), FakeGrid(list(NODES))))
+    replies = [client_app.train(m, contexts[m.metadata.dst_node_id]) for m in messages]
+    merged, metrics = strategy.aggregate_train(server_round, replies)
+    return merged, metrics, {r.metadata.src_node_id: r.content for r in replies}
+
+
+def _evaluate(strategy, cfg, arrays: ArrayRecord, contexts: dict[int, Context]) -> dict[int, RecordDict]:
+    messages = strategy.configure_evaluate(1, arrays, _config(cfg, 1), FakeGrid(list(NODES)))
+    return {m.metadata.dst_node_id: client_app.evaluate(m, contexts[m.metadata.dst_node_id]).content
+            for m in messages}
+
+
+def test_every_reply_reports_modality_counts_and_rank(cfg):
+    strategy = build_strategy({"name": "modality_aware"})
+    _, _, replies = _train_round(strategy, cfg, _global(cfg), _contexts())
+    for node, content in replies.items():
+        train_set, _ = client_data(cfg, Path(cfg.data.path), NODES[node], len(NODES))
+        metrics = content["metrics"]
+        assert metrics["num-examples"] == len(train_set)
+        assert metrics["num-image-examples"] == sum(s.image is not None for s in train_set)
+        assert metrics["num-text-examples"] == sum(bool(s.context) for s in train_set)
+        assert metrics["adapter-rank"] == 4
+        assert list(content.array_records) == ["arrays"]  # nothing asked, nothing extra
+
+
+def test_fisher_clients_send_a_fisher_the_server_merges(cfg):
+    strategy = build_strategy({"name": "fisher", "fisher_batches": 2})
+    merged, _, replies = _train_round(strategy, cfg, _global(cfg), _contexts())
+    for content in replies.values():
+        arrays, fisher = content["arrays"], content["fisher"]
+        assert {n: a.shape for n, a in fisher.items()} == {n: a.shape for n, a in arrays.items()}
+        assert all((f.numpy() >= 0).all() for f in fisher.values())
+        assert fisher["text.up.weight"].numpy().sum() > 0  # up gets gradient from the first step
+    assert {n: a.shape for n, a in merged.items()} == {n: a.shape for n, a in _global(cfg).items()}
+
+
+def test_hetero_rank_clients_train_at_their_partition_rank(cfg):
+    strategy = build_strategy({"name": "hetero_rank", "partition_ranks": [2, 4]})
+    contexts = _contexts()
+    queries = {node: client_app.query(Message(RecordDict(), dst_node_id=node, message_type=MessageType.QUERY), ctx)
+               for node, ctx in contexts.items()}
+    strategy.set_node_info({node: q.content["info"] for node, q in queries.items()})
+    merged, _, replies = _train_round(strategy, cfg, _global(cfg), contexts)
+    assert {n: c["metrics"]["adapter-rank"] for n, c in replies.items()} == {11: 2, 12: 4}
+    assert replies[11]["arrays"]["text.down.weight"].shape[0] == 2
+    assert merged["text.down.weight"].shape[0] == 4
+    # units 2, 3 come from the rank-4 client alone
+    np.testing.assert_allclose(merged["text.down.weight"].numpy()[2:],
+                               replies[12]["arrays"]["text.down.weight"].numpy()[2:], rtol=1e-6)
+    evaluated = _evaluate(strategy, cfg, merged, contexts)  # each at its own rank
+    assert all(0.0 <= c["metrics"]["acc_mc"] <= 1.0 for c in evaluated.values())
+
+
+def test_node_config_rank_reported_and_enforced(cfg):
+    contexts = _contexts({"adapter-rank": 2})
+    answer = client_app.query(Message(RecordDict(), dst_node_id=11, message_type=MessageType.QUERY), contexts[11])
+    assert answer.content["info"]["adapter-rank"] == 2
+    with pytest.raises(ValueError, match="rank-2 adapters but the server sent ranks .*hetero_rank"):
+        _train_round(build_strategy({"name": "fedavg"}), cfg, _global(cfg), contexts)
+
+
+def test_personalised_clients_keep_a_local_adapter_and_evaluate_with_it(cfg):
+    strategy = build_strategy({"name": "personalised", "personal_steps": 2, "mix": 0.5})
+    contexts = _contexts()
+    arrays = _global(cfg)
+    for server_round in (1, 2):
+        arrays, _, replies = _train_round(strategy, cfg, arrays, contexts, server_round)
+        assert all(c["metrics"]["personal_rounds"] == server_round for c in replies.values())
+        assert list(replies[11].array_records) == ["arrays"]  # the local part never leaves
+    local = contexts[11].state[LOCAL_ADAPTERS].to_torch_state_dict()
+    assert set(local) == set(arrays) and local["text.up.weight"].abs().sum() > 0  # trained, kept
+    other = contexts[12].state[LOCAL_ADAPTERS].to_torch_state_dict()
+    assert not torch.equal(local["text.up.weight"], other["text.up.weight"])  # each node its own
+    evaluated = _evaluate(strategy, cfg, arrays, contexts)
+    assert all("acc_mc" in c["metrics"] for c in evaluated.values())
+    runtime = client_app.runtime_for(cfg)
+    assert all(isinstance(a, NanoAdapter) for a in runtime.edge.adapters.values())  # restored after evaluation
+
+
+def test_fedprox_and_adaptive_reg_clients_train(cfg):
+    for spec in ({"name": "fedprox", "proximal_mu": 0.5}, {"name": "adaptive_reg", "proximal_mu": 0.5}):
+        merged, metrics, _ = _train_round(build_strategy(spec), cfg, _global(cfg), _contexts())
+        assert np.isfinite(metrics["train_loss"]) and merged["text.up.weight"].numpy().any()
