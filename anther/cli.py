@@ -3,6 +3,10 @@
     anther simulate [-e EXPERIMENT] [HYDRA_OVERRIDE ...]   federated simulation (flwr run underneath)
     anther model init-tiny --out DIR                       make the tiny LLaVA checkpoint
     anther data generate --out DIR                         write ShapesVQA in the on-disk format
+    anther certs --out DIR --clients 3                     CA, server and client certificates + tokens
+    anther backbone serve --model DIR --tls-dir DIR        run the backbone service standalone
+
+See docs/deployment.md for how the pieces of a real deployment fit together.
 """
 
 from __future__ import annotations
@@ -43,6 +47,112 @@ def _generate_data(args: argparse.Namespace) -> int:
     return 0
 
 
+def _client_names(spec: str) -> list[str]:
+    """``--clients 3`` -> client-0, client-1, client-2; ``--clients alice,bob`` -> those names."""
+    if spec.isdigit():
+        return [f"client-{i}" for i in range(int(spec))]
+    names = [n.strip() for n in spec.split(",") if n.strip()]
+    if not names:
+        raise ValueError(f"--clients {spec!r}: give a number or comma-separated names")
+    return names
+
+
+def _certs(args: argparse.Namespace) -> int:
+    from anther.server.certs import make_certs, write_tokens
+
+    out = Path(args.out)
+    if (out / "ca.pem").exists() and not args.force:
+        raise ValueError(f"--out {out} already holds a CA (ca.pem); a new one would invalidate every "
+                         "certificate it signed. Choose another folder or pass --force")
+    clients = _client_names(args.clients)
+    files = make_certs(out, args.server_name, clients, args.days)
+    tokens = write_tokens(out, clients)
+    print(f"CA          {files.ca_cert}  (keep {files.ca_key.name} offline)")
+    print(f"server      {files.server_cert} {files.server_key} and {out / 'tokens.json'}")
+    for name, (cert, key) in files.clients.items():
+        print(f"{name:<11} {cert} {key} {tokens[name]}")
+    print("give each site ca.pem and its own .token (or .pem + .key for mutual TLS); "
+          "see docs/deployment.md")
+    return 0
+
+
+def _tokens(args: argparse.Namespace) -> dict[str, str]:
+    """tokens.json of --tls-dir (if there) merged with every --tokens file."""
+    from anther.server.certs import TOKENS_FILE, read_tokens
+
+    files = [Path(args.tls_dir) / TOKENS_FILE] if args.tls_dir else []
+    files = [f for f in files if f.is_file()] + [Path(f) for f in args.tokens]
+    missing = [str(f) for f in files if not f.is_file()]
+    if missing:
+        raise FileNotFoundError(f"--tokens file not found: {', '.join(missing)}")
+    return {name: token for f in files for name, token in read_tokens(f).items()}
+
+
+def _backbone_serve(args: argparse.Namespace) -> int:
+    import logging
+
+    import torch
+
+    from anther.server.backbone_process import announce_ready, stop_with_parent
+    from anther.server.backbone_service import Limits, MiB, ServerTls, serve
+
+    if not (Path(args.model) / "config.json").is_file():
+        raise FileNotFoundError(f"--model {args.model} is not a Hugging Face checkpoint directory "
+                                "(no config.json)")
+    if bool(args.tls_dir) == args.insecure:
+        raise ValueError("give --tls-dir DIR (made by `anther certs --out DIR`) for TLS, or --insecure "
+                         "for plain text on a network you trust; exactly one of the two")
+    if args.mtls and not args.tls_dir:
+        raise ValueError("--mtls needs --tls-dir (its ca.pem signs the client certificates)")
+    tls = ServerTls.from_dir(args.tls_dir, mutual=args.mtls) if args.tls_dir else None
+    tokens = _tokens(args) or None
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    log = logging.getLogger("anther.backbone")
+    if tokens is None and not args.mtls:
+        log.warning("no bearer tokens and no client certificates: anyone who reaches this port can use it")
+    limits = Limits(max_sequence_length=args.max_sequence_length, max_request_bytes=args.max_request_mib * MiB)
+    server, port = serve(args.model, f"{args.host}:{args.port}", tls, tokens, args.window_ms, args.max_batch,
+                         not args.no_batching, limits, getattr(torch, args.dtype))
+    log.info("backbone of %s serving on %s:%d (tls=%s, mutual tls=%s, %d client tokens)", args.model,
+             args.host, port, tls is not None, args.mtls, len(tokens or {}))
+    if args.parent_pid is not None:
+        stop_with_parent(server, args.parent_pid)
+    if args.ready_file is not None:
+        announce_ready(Path(args.ready_file), port)
+    try:
+        server.wait_for_termination()
+    except KeyboardInterrupt:
+        server.stop(grace=1.0)
+    return 0
+
+
+def _add_backbone_parser(sub: argparse._SubParsersAction) -> None:
+    backbone = sub.add_parser("backbone", help="the backbone service").add_subparsers(
+        dest="backbone_command", required=True)
+    srv = backbone.add_parser("serve", help="serve a checkpoint's frozen LLM to NanoEdge clients over gRPC",
+                              description="Serve the frozen LLM of --model to NanoEdge clients "
+                              "(TLS, bearer tokens, dynamic batching). Runs until interrupted.")
+    srv.add_argument("--model", required=True, help="Hugging Face checkpoint directory")
+    srv.add_argument("--host", default="127.0.0.1", help="interface to listen on (0.0.0.0: all)")
+    srv.add_argument("--port", type=int, default=50051, help="0: any free port (see --ready-file)")
+    srv.add_argument("--tls-dir", help="folder made by `anther certs`: server.pem, server.key, ca.pem "
+                     "and tokens.json (loaded when present)")
+    srv.add_argument("--mtls", action="store_true", help="also require client certificates signed by ca.pem")
+    srv.add_argument("--tokens", action="append", default=[], metavar="FILE",
+                     help='more bearer tokens, JSON {"client": "token"}; repeatable')
+    srv.add_argument("--insecure", action="store_true", help="no TLS (a network you trust only)")
+    srv.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
+                     help="dtype the LLM computes in")
+    srv.add_argument("--window-ms", type=float, default=5.0, help="dynamic batching window")
+    srv.add_argument("--max-batch", type=int, default=32, help="sequences per batched pass")
+    srv.add_argument("--no-batching", action="store_true")
+    srv.add_argument("--max-sequence-length", type=int, help="default: the model's")
+    srv.add_argument("--max-request-mib", type=int, default=256)
+    srv.add_argument("--ready-file", help="write {\"port\": N} here once listening (for supervisors)")
+    srv.add_argument("--parent-pid", type=int, help="stop when this process is no longer the parent")
+    srv.set_defaults(func=_backbone_serve)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="anther", description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     sub = p.add_subparsers(dest="command", required=True)
@@ -66,6 +176,18 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--test", type=int, default=400)
     gen.add_argument("--seed", type=int, default=0)
     gen.set_defaults(func=_generate_data)
+
+    certs = sub.add_parser("certs", help="make a CA, server and client certificates and bearer tokens")
+    certs.add_argument("--out", required=True, help="credentials folder to write")
+    certs.add_argument("--clients", default="0", help="a number (client-0, client-1, ...) or comma-separated names")
+    certs.add_argument("--server-name", action="append", default=[],
+                       help="host name or IP clients dial the backbone at (localhost and 127.0.0.1 always); "
+                       "repeatable")
+    certs.add_argument("--days", type=int, default=365, help="validity of every certificate")
+    certs.add_argument("--force", action="store_true", help="replace an existing CA in --out")
+    certs.set_defaults(func=_certs)
+
+    _add_backbone_parser(sub)
     return p
 
 

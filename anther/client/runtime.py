@@ -2,12 +2,18 @@
 
 Loaded once per process and reused by every (simulated) client that process serves;
 each message then loads the global adapters it carries, so no state leaks between clients.
+The backbone is an in-process copy of the frozen LLM (``backbone.mode=local``) or a
+connection to the backbone service (``service`` / ``remote``); the trainer and the
+evaluation cannot tell the two apart.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import lru_cache
+from pathlib import Path
+from typing import Any
 
 import torch
 import transformers
@@ -16,9 +22,10 @@ from transformers import AutoConfig, AutoProcessor
 
 from anther.adapters.families import family_for
 from anther.adapters.nano_adapter import NanoAdapterConfig
+from anther.client.backbone_endpoint import BackboneEndpoint, endpoint_for
 from anther.client.inference import Encoder
 from anther.client.nano_edge import NanoEdge
-from anther.server.backbone import Backbone, LocalBackbone
+from anther.server.backbone import Backbone, LocalBackbone, checkpoint_fingerprint
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -33,23 +40,48 @@ class ClientRuntime:
         return self.encoder.edge
 
 
+@dataclass(frozen=True)
+class EdgeSpec:
+    """Which NanoEdge to build: checkpoint, dtype and adapter shape."""
+
+    model_path: str
+    dtype: str
+    rank: int
+    alpha: float
+    activation: str
+    modality_agnostic: bool
+
+
 @lru_cache(maxsize=4)
-def load_runtime(model_path: str, dtype: str, rank: int, alpha: float, activation: str,
-                 modality_agnostic: bool) -> ClientRuntime:
-    """Processor + NanoEdge (+ an in-process backbone until the backbone service is used)."""
+def load_runtime(spec: EdgeSpec, endpoint: BackboneEndpoint | None) -> ClientRuntime:
+    """Processor + NanoEdge, and an in-process backbone (``endpoint`` None) or a connection to one.
+
+    With a remote backbone only the NanoEdge's modules stay referenced, so the LLM's
+    weights are freed once loading is done.
+    """
     transformers.logging.set_verbosity_error()
     torch.set_num_threads(1)  # simulated clients share the cores; one thread each is fastest
-    adapter = NanoAdapterConfig(rank=rank, alpha=alpha, activation=activation)
-    config = AutoConfig.from_pretrained(model_path)
-    model = family_for(config.model_type).model_class.from_pretrained(model_path, dtype=DTYPES[dtype])
+    adapter = NanoAdapterConfig(rank=spec.rank, alpha=spec.alpha, activation=spec.activation)
+    config = AutoConfig.from_pretrained(spec.model_path)
+    model = family_for(config.model_type).model_class.from_pretrained(spec.model_path, dtype=DTYPES[spec.dtype])
     edge = NanoEdge.from_model(model, adapter)  # both halves share one load of the checkpoint
-    backbone = LocalBackbone.from_model(model, model_path)
-    processor = AutoProcessor.from_pretrained(model_path)
-    return ClientRuntime(Encoder(edge, processor, modality_agnostic), backbone)
+    if endpoint is None:
+        backbone: Backbone = LocalBackbone.from_model(model, spec.model_path)
+    else:
+        backbone = endpoint.connect(fingerprint=checkpoint_fingerprint(Path(spec.model_path)))
+    processor = AutoProcessor.from_pretrained(spec.model_path)
+    return ClientRuntime(Encoder(edge, processor, spec.modality_agnostic), backbone)
 
 
-def runtime_for(cfg: DictConfig, rank: int | None = None) -> ClientRuntime:
-    """The runtime an experiment config asks for (``rank`` overrides ``adapter.rank``)."""
+def runtime_for(cfg: DictConfig, rank: int | None = None,
+                node_config: Mapping[str, Any] | None = None) -> ClientRuntime:
+    """The runtime an experiment config asks for (``rank`` overrides ``adapter.rank``).
+
+    ``node_config`` is this SuperNode's ``--node-config``: its ``backbone-*`` keys (token
+    file, certificate, CA, address) override the run config's, see
+    :mod:`anther.client.backbone_endpoint`.
+    """
     a = cfg.adapter
-    return load_runtime(cfg.model.path, cfg.model.dtype, rank or a.rank, float(a.alpha), a.activation,
-                        cfg.data.modality_agnostic_prompt)
+    spec = EdgeSpec(cfg.model.path, cfg.model.dtype, rank or a.rank, float(a.alpha), a.activation,
+                    cfg.data.modality_agnostic_prompt)
+    return load_runtime(spec, endpoint_for(cfg, node_config))

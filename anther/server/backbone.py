@@ -40,7 +40,17 @@ class BackboneInfo:
 
 
 class Backbone(Protocol):
+    """The frozen LLM as a client sees it.
+
+    ``bytes_up`` and ``bytes_down`` count what this handle has sent to the LLM and received
+    from it so far: the serialized messages for a remote backbone, the tensors themselves
+    for an in-process one (what a wire in their dtypes would carry). A caller measures a
+    stretch of work, such as one round of local training, by their difference.
+    """
+
     info: BackboneInfo
+    bytes_up: int
+    bytes_down: int
 
     def train_step(self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor,
                    labels: torch.Tensor) -> tuple[float, torch.Tensor]:
@@ -96,6 +106,8 @@ class LocalBackbone(nn.Module):
         self.decoder = decoder
         self.head = head
         self.info = info
+        self.bytes_up = 0
+        self.bytes_down = 0
         self.requires_grad_(False)
         self.eval()
 
@@ -122,25 +134,33 @@ class LocalBackbone(nn.Module):
         hidden = self.decoder(inputs_embeds=inputs_embeds, attention_mask=attention_mask).last_hidden_state
         return self.head(hidden)
 
+    def _count(self, sent: tuple[torch.Tensor, ...], received: torch.Tensor) -> None:
+        self.bytes_up += sum(t.numel() * t.element_size() for t in sent)
+        self.bytes_down += received.numel() * received.element_size()
+
     def train_step(self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor,
                    labels: torch.Tensor) -> tuple[float, torch.Tensor]:
         x = inputs_embeds.detach().requires_grad_(True)
         with torch.enable_grad():
             loss = causal_lm_loss(self.logits(x, attention_mask), labels)
             (grad,) = torch.autograd.grad(loss, x)
+        self._count((inputs_embeds, attention_mask, labels), grad)
         return loss.item(), grad
 
     @torch.no_grad()
     def score(self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor,
               labels: torch.Tensor) -> torch.Tensor:
         total, _ = token_log_likelihoods(self.logits(inputs_embeds, attention_mask), labels)
+        self._count((inputs_embeds, attention_mask, labels), total)
         return total
 
     @torch.no_grad()
     def next_token_logits(self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         logits = self.logits(inputs_embeds, attention_mask)
         last = attention_mask.sum(dim=1) - 1
-        return logits[torch.arange(logits.shape[0]), last].float()
+        picked = logits[torch.arange(logits.shape[0]), last].float()
+        self._count((inputs_embeds, attention_mask), picked)
+        return picked
 
 
 @torch.no_grad()

@@ -13,16 +13,14 @@ have got alone.
 Security: TLS (optionally mutual) and per-client bearer tokens, checked by a server
 interceptor before any handler runs.
 
-Run it with ``python -m anther.server.backbone_service --model-dir DIR`` or in-process
-with :func:`serve` / :func:`start`.
+Run it with ``anther backbone serve --model DIR`` or in-process with :func:`serve` /
+:func:`start`; a run with ``backbone.mode=service`` starts it for itself.
 """
 
 from __future__ import annotations
 
-import argparse
 import hmac
 import itertools
-import json
 import logging
 import queue
 import threading
@@ -84,6 +82,18 @@ class ServerTls:
     cert_chain: Path
     private_key: Path
     client_ca: Path | None = None
+
+    @classmethod
+    def from_dir(cls, folder: str | Path, mutual: bool = False) -> ServerTls:
+        """The server's files in a credentials folder made by ``anther certs``; ``mutual``
+        also requires every client to present a certificate signed by its ``ca.pem``."""
+        folder = Path(folder)
+        need = ["server.pem", "server.key", *(["ca.pem"] if mutual else [])]
+        missing = [n for n in need if not (folder / n).is_file()]
+        if missing:
+            raise FileNotFoundError(f"TLS folder {folder} has no {', '.join(missing)} "
+                                    f"(make one with: anther certs --out {folder})")
+        return cls(folder / "server.pem", folder / "server.key", folder / "ca.pem" if mutual else None)
 
 
 # ---------------------------------------------------------------- request decoding
@@ -510,42 +520,3 @@ def serve(model_dir: str | Path, address: str = "127.0.0.1:0", tls: ServerTls | 
     backbone = LocalBackbone.from_pretrained(model_dir, dtype=dtype)
     service = BackboneService(backbone, BatchPolicy(batching, window_ms, max_batch), limits)
     return start(service, address, tls, tokens, max_workers)
-
-
-def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m anther.server.backbone_service", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model-dir", required=True, help="Hugging Face checkpoint directory")
-    p.add_argument("--address", default="0.0.0.0:50051")
-    p.add_argument("--dtype", default="float32", choices=wire.WIRE_DTYPES,
-                   help="dtype the backbone computes in")
-    p.add_argument("--tls-cert", type=Path, help="server certificate chain (PEM); enables TLS")
-    p.add_argument("--tls-key", type=Path, help="server private key (PEM)")
-    p.add_argument("--client-ca", type=Path, help="CA that signs client certificates; enables mutual TLS")
-    p.add_argument("--tokens", type=Path, help='JSON file {"client name": "token", ...}; enables bearer auth')
-    p.add_argument("--window-ms", type=float, default=5.0)
-    p.add_argument("--max-batch", type=int, default=32, help="sequences per batch")
-    p.add_argument("--no-batching", action="store_true")
-    p.add_argument("--max-sequence-length", type=int)
-    p.add_argument("--max-request-mib", type=int, default=256)
-    return p.parse_args(argv)
-
-
-def main(argv: Sequence[str] | None = None) -> None:
-    args = _parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    if bool(args.tls_cert) != bool(args.tls_key):
-        raise SystemExit("--tls-cert and --tls-key go together")
-    tls = ServerTls(args.tls_cert, args.tls_key, args.client_ca) if args.tls_cert else None
-    tokens = json.loads(args.tokens.read_text()) if args.tokens else None
-    limits = Limits(max_sequence_length=args.max_sequence_length,
-                    max_request_bytes=args.max_request_mib * MiB)
-    server, port = serve(args.model_dir, args.address, tls, tokens, args.window_ms, args.max_batch,
-                         not args.no_batching, limits, getattr(torch, args.dtype))
-    log.info("backbone serving %s on port %d (tls=%s, tokens=%s)", args.model_dir, port,
-             tls is not None, tokens is not None)
-    server.wait_for_termination()
-
-
-if __name__ == "__main__":
-    main()

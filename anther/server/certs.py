@@ -1,21 +1,25 @@
-"""Certificates for the backbone service: a private CA, a server certificate and client certificates.
+"""Credentials for the backbone service: a private CA, server and client certificates, bearer tokens.
 
 A federation runs its own small PKI: the CA signs the backbone server's certificate
 (so clients can check they talk to the real server) and, for mutual TLS, one
 certificate per client (so the server can check who calls). Keys are ECDSA P-256:
-small, fast, and accepted by gRPC's TLS. Everything is written as PEM; private keys
-are readable by their owner only.
+small, fast, and accepted by gRPC's TLS. Each client also gets its own bearer token,
+so one site can be revoked by removing its line from ``tokens.json``. Everything is
+written as PEM or text; private keys and tokens are readable by their owner only.
 
-    python -m anther.server.certs OUT_DIR --server-name backbone.example.org --client alice --client bob
+A credentials folder (``anther certs --out DIR --clients 3``) holds ``ca.pem``/``ca.key``,
+``server.pem``/``server.key``, ``tokens.json`` (client name -> token, for the server) and per
+client ``<name>.pem``, ``<name>.key`` and ``<name>.token`` (for that client only).
 """
 
 from __future__ import annotations
 
-import argparse
 import datetime as dt
 import ipaddress
+import json
 import os
 import re
+import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +34,7 @@ DEFAULT_SERVER_NAMES = ("localhost", "127.0.0.1")
 # Client names become file names next to ca.* and server.*.
 _CLIENT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 _RESERVED = {"ca", "server"}
+TOKENS_FILE = "tokens.json"
 
 
 @dataclass(frozen=True)
@@ -76,15 +81,27 @@ def _leaf(subject: str, ca_cert: x509.Certificate, ca_key: ec.EllipticCurvePriva
     return builder.sign(ca_key, hashes.SHA256()), key
 
 
+def _write_private(path: Path, data: bytes) -> Path:
+    """Write ``data`` readable by its owner only (mode 0600 from the start, never wider)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(data)
+    return path
+
+
 def _write(out_dir: Path, stem: str, cert: x509.Certificate,
            key: ec.EllipticCurvePrivateKey) -> tuple[Path, Path]:
-    cert_path, key_path = out_dir / f"{stem}.pem", out_dir / f"{stem}.key"
+    cert_path = out_dir / f"{stem}.pem"
     cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    fd = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as fh:
-        fh.write(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                   serialization.NoEncryption()))
+    key_path = _write_private(out_dir / f"{stem}.key", key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
     return cert_path, key_path
+
+
+def _check_client_names(clients: Sequence[str]) -> None:
+    bad = [c for c in clients if c in _RESERVED or not _CLIENT_NAME.fullmatch(c)]
+    if bad:
+        raise ValueError(f"client names must match {_CLIENT_NAME.pattern} and not be ca or server: {bad}")
 
 
 def make_certs(out_dir: str | Path, server_names: Sequence[str] = (), clients: Sequence[str] = (),
@@ -94,9 +111,7 @@ def make_certs(out_dir: str | Path, server_names: Sequence[str] = (), clients: S
     The server certificate names 127.0.0.1 and localhost plus ``server_names`` (host
     names or IP addresses clients will dial).
     """
-    bad = [c for c in clients if c in _RESERVED or not _CLIENT_NAME.fullmatch(c)]
-    if bad:
-        raise ValueError(f"client names must match {_CLIENT_NAME.pattern} and not be ca or server: {bad}")
+    _check_client_names(clients)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     ca_key = ec.generate_private_key(ec.SECP256R1())
@@ -118,19 +133,34 @@ def make_certs(out_dir: str | Path, server_names: Sequence[str] = (), clients: S
     return CertFiles(*ca_paths, *server_paths, client_paths)
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-    p = argparse.ArgumentParser(prog="python -m anther.server.certs", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("out_dir", type=Path)
-    p.add_argument("--server-name", action="append", default=[], help="extra host name or IP of the server")
-    p.add_argument("--client", action="append", default=[], help="client name (one certificate each)")
-    p.add_argument("--days", type=int, default=365)
-    args = p.parse_args(argv)
-    files = make_certs(args.out_dir, args.server_name, args.client, args.days)
-    print(f"CA {files.ca_cert}\nserver {files.server_cert} {files.server_key}")
-    for name, (cert, key) in files.clients.items():
-        print(f"client {name} {cert} {key}")
+def write_tokens(out_dir: str | Path, clients: Sequence[str]) -> dict[str, Path]:
+    """A fresh random bearer token per client: ``<name>.token`` each and ``tokens.json`` for the server.
+
+    Returns client name -> token file.
+    """
+    _check_client_names(clients)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    tokens = {c: secrets.token_urlsafe(32) for c in clients}
+    _write_private(out / TOKENS_FILE, json.dumps(tokens, indent=2).encode())
+    return {c: _write_private(out / f"{c}.token", f"{t}\n".encode()) for c, t in tokens.items()}
 
 
-if __name__ == "__main__":
-    main()
+def read_token(path: str | Path) -> str:
+    """The bearer token in ``path`` (one line, surrounding whitespace ignored)."""
+    token = Path(path).read_text().strip()
+    if not token or any(c.isspace() for c in token):
+        raise ValueError(f"token file {path} must hold one token on one line")
+    return token
+
+
+def read_tokens(path: str | Path) -> dict[str, str]:
+    """``tokens.json``: a JSON object of client name -> token, as :func:`write_tokens` writes it."""
+    try:
+        tokens = json.loads(Path(path).read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"tokens file {path} is not JSON: {e}") from e
+    if not (isinstance(tokens, dict) and tokens
+            and all(isinstance(k, str) and isinstance(v, str) and v for k, v in tokens.items())):
+        raise ValueError(f'tokens file {path} must be a non-empty JSON object {{"client name": "token", ...}}')
+    return tokens

@@ -2,7 +2,9 @@
 
 The run config carries only the Hydra experiment name and overrides
 (``[tool.flwr.app.config]`` in pyproject.toml), so ``flwr run .``, ``anther simulate``
-and the benchmarks all name experiments the same way.
+and the benchmarks all name experiments the same way. With ``backbone.mode=service`` the
+ServerApp also starts the backbone service for the run's lifetime; the config it sends
+to every client then says where the service listens and how to check and use it.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from flwr.serverapp import Grid, ServerApp
 
 from anther.adapters.nano_adapter import NanoAdapterConfig
 from anther.client.nano_edge import initial_adapter_state
+from anther.server.backbone_process import backbone_for_run
 from anther.server.federated_run import FederatedRun
 from anther.simulations.assets import prepare_assets
 from anther.simulations.config import load_config
@@ -22,10 +25,10 @@ app = ServerApp()
 @app.main()
 def main(grid: Grid, context: Context) -> None:
     cfg = load_config(str(context.run_config["experiment"]), str(context.run_config.get("overrides", "")))
-    cfg = prepare_assets(cfg)
-    run = FederatedRun(cfg, grid, cfg.data.path)
-    print(f"anther: run folder {run.run_dir}", flush=True)
-    dim = run.evaluator.runtime.edge.embed_tokens.embedding_dim
-    adapter = NanoAdapterConfig(cfg.adapter.rank, float(cfg.adapter.alpha), cfg.adapter.activation)
-    run.execute(ArrayRecord(initial_adapter_state(dim, adapter, cfg.seed)))
+    with backbone_for_run(prepare_assets(cfg)) as cfg:
+        run = FederatedRun(cfg, grid, cfg.data.path)
+        print(f"anther: run folder {run.run_dir}", flush=True)
+        dim = run.evaluator.runtime.edge.embed_tokens.embedding_dim
+        adapter = NanoAdapterConfig(cfg.adapter.rank, float(cfg.adapter.alpha), cfg.adapter.activation)
+        run.execute(ArrayRecord(initial_adapter_state(dim, adapter, cfg.seed)))
     print(f"anther: finished; result.json and plots in {run.run_dir}", flush=True)

@@ -18,6 +18,9 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
 
 CONFIG_DIR = Path(__file__).parent / "configs"
+BACKBONE_MODES = ("local", "service", "remote")
+WIRE_DTYPES = ("float32", "bfloat16", "float16")
+WILDCARD_HOSTS = ("0.0.0.0", "::", "[::]")  # listen on every interface
 
 
 def anther_home() -> Path:
@@ -86,6 +89,36 @@ class EvalConfig:
 
 
 @dataclass
+class BackboneConfig:
+    """Where the frozen LLM runs and how clients reach it (docs/deployment.md).
+
+    ``local``: every client process loads its own copy next to its NanoEdge (no network).
+    ``service``: the ServerApp starts the backbone service in a child process and tells the
+    clients its address and credentials through the run's config.
+    ``remote``: clients and the server's evaluator dial a service already running at ``address``
+    (``anther backbone serve``). Per-site credentials go in each SuperNode's ``--node-config``
+    (``backbone-token-file``, ``backbone-ca``, ``backbone-cert``, ``backbone-key``,
+    ``backbone-address``) and win over the values here.
+    """
+
+    mode: str = "local"  # local | service | remote
+    address: str | None = None  # service: host:port to listen on (None = 127.0.0.1, free port); remote: to dial
+    advertise_address: str | None = None  # service: host:port clients dial, if not ``address``
+    wire_dtype: str = "float32"  # embeddings up, gradients down: float32 | bfloat16 | float16
+    batching: bool = True
+    window_ms: float = 5.0
+    max_batch: int = 32  # sequences per batched pass
+    tls_dir: str | None = None  # service: folder from `anther certs`; None = a fresh CA + token per run
+    ca_cert: str | None = None  # CA that signed the service's certificate (enables TLS)
+    token_file: str | None = None  # file holding this side's bearer token
+    client_cert: str | None = None  # this side's certificate, for a service that requires mutual TLS
+    client_key: str | None = None
+    server_name: str | None = None  # TLS name to expect when the address does not carry it
+    insecure: bool = False  # remote without TLS: only on a network you trust
+    startup_timeout_s: float = 300.0  # service: how long the ServerApp waits for it to load
+
+
+@dataclass
 class ExperimentConfig:
     name: str = "default"
     seed: int = 0
@@ -98,6 +131,7 @@ class ExperimentConfig:
     adapter: AdapterConfig = field(default_factory=AdapterConfig)
     strategy: dict[str, Any] = field(default_factory=lambda: {"name": "fedavg"})
     eval: EvalConfig = field(default_factory=EvalConfig)
+    backbone: BackboneConfig = field(default_factory=BackboneConfig)
 
 
 ConfigStore.instance().store(name="anther_schema", node=ExperimentConfig)
@@ -132,9 +166,43 @@ def validate(cfg: DictConfig) -> DictConfig:
     _check(cfg.partition.alpha > 0, "partition.alpha", cfg.partition.alpha, "must be > 0")
     _check(cfg.model.dtype in ("float32", "bfloat16", "float16"), "model.dtype", cfg.model.dtype,
            "must be float32, bfloat16 or float16")
+    _validate_backbone(cfg.backbone)
     _check("name" in cfg.strategy or "_target_" in cfg.strategy, "strategy", dict(cfg.strategy),
            "needs a 'name' (built-in) or a '_target_' (your own class)")
     return cfg
+
+
+def _validate_backbone(b: DictConfig) -> None:
+    _check(b.mode in BACKBONE_MODES, "backbone.mode", b.mode, f"must be one of {', '.join(BACKBONE_MODES)}")
+    _check(b.wire_dtype in WIRE_DTYPES, "backbone.wire_dtype", b.wire_dtype,
+           f"must be one of {', '.join(WIRE_DTYPES)}")
+    _check(b.window_ms >= 0, "backbone.window_ms", b.window_ms, "must be >= 0")
+    _check(b.max_batch >= 1, "backbone.max_batch", b.max_batch, "must be >= 1")
+    _check(b.startup_timeout_s > 0, "backbone.startup_timeout_s", b.startup_timeout_s, "must be > 0")
+    for key in ("address", "advertise_address"):
+        _check(b[key] is None or _is_host_port(b[key]), f"backbone.{key}", b[key], "must be host:port")
+    listens_everywhere = b.address is not None and split_address(b.address)[0] in WILDCARD_HOSTS
+    _check(not (b.mode == "service" and listens_everywhere and b.advertise_address is None),
+           "backbone.advertise_address", b.advertise_address,
+           f"must say which host:port clients dial when the service listens on {b.address}")
+    _check(b.mode != "remote" or b.address is not None, "backbone.address", b.address,
+           "must be set (host:port of a running `anther backbone serve`) when backbone.mode=remote")
+    _check(b.mode != "remote" or b.insecure or b.ca_cert is not None, "backbone.ca_cert", b.ca_cert,
+           "must name the CA that signed the service's certificate when backbone.mode=remote "
+           "(or set backbone.insecure=true on a network you trust)")
+    _check((b.client_cert is None) == (b.client_key is None), "backbone.client_key", b.client_key,
+           "backbone.client_cert and backbone.client_key go together")
+
+
+def split_address(address: str) -> tuple[str, int]:
+    """``host:port`` -> (host, port); IPv6 hosts keep their brackets (``[::1]:50051``)."""
+    host, _, port = address.rpartition(":")
+    return host, int(port)
+
+
+def _is_host_port(address: str) -> bool:
+    host, _, port = address.rpartition(":")
+    return bool(host) and port.isdigit() and int(port) < 65536
 
 
 def load_config(experiment: str = "default", overrides: list[str] | str | None = None) -> DictConfig:
