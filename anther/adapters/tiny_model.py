@@ -4,11 +4,13 @@ Nothing can be downloaded where anther is built and tested, so the default model
 created here: a real ``LlavaForConditionalGeneration`` with a small config, a BPE
 tokenizer trained with ``tokenizers`` on the built-in corpus (``tokenizer.json``), a
 CLIP image processor, seeded random weights in safetensors. It is then given a short
-*pretraining* of its own, as a real MLLM has before anyone fine-tunes it: all weights
-are trained to caption ShapesVQA images (a separate seed stream from the VQA splits)
-and to model context sentences. It never sees a question, so federated tuning of
-the NanoAdapters starts from a model that knows the vocabulary and the pictures but
-not the task. The directory loads with ``from_pretrained`` exactly like a 7B one.
+*pretraining* of its own, as a real MLLM has before anyone fine-tunes it, on a separate
+seed stream of ShapesVQA scenes in two of the four visual domains: first the vision tower
+alone (per-patch colour, kind and size, as CLIP is pretrained before LLaVA uses it), then,
+with the tower frozen, the projector and language model on captions, terse questions
+("q: colour circle" / "a: red") and context sentences. The federated task's phrasing
+and its other two domains are never seen. The directory loads with ``from_pretrained``
+exactly like a 7B one.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from anther.simulations.datasets import shapes_vqa
 
 SPECIAL_TOKENS = ["<pad>", "<s>", "</s>", "<unk>", IMAGE_PLACEHOLDER]
 PROVENANCE_FILE = "anther_tiny.json"
+VISION_PRETRAIN_STEPS = 300
 
 
 def train_tokenizer(lines: list[str], vocab_size: int = 512) -> PreTrainedTokenizerFast:
@@ -81,10 +84,58 @@ def _pretrain_batches(processor, n_captions: int, batch_size: int, seed: int):
         yield family.encode(processor, [c[0] for c in chunk], [c[1] for c in chunk], [c[2] for c in chunk])
 
 
+def pretrain_vision(tower: torch.nn.Module, processor, steps: int, seed: int,
+                    batch_size: int = 64, lr: float = 2e-3) -> float:
+    """Stage 0: pretrain the CLIP vision tower on its own, as CLIP is before LLaVA uses it.
+
+    A linear head reads each patch token of the last hidden layer (the layer LLaVA feeds
+    its projector) and predicts the colour, kind and size of the shape in that grid cell.
+    Returns the final mean loss; the head is discarded.
+    """
+    width = tower.config.hidden_size
+    heads = torch.nn.ModuleList([
+        torch.nn.Linear(width, 1 + len(shapes_vqa.COLOURS)),
+        torch.nn.Linear(width, 1 + len(shapes_vqa.KINDS)),
+        torch.nn.Linear(width, 1 + len(shapes_vqa.SIZES)),
+    ])
+    scenes = shapes_vqa.generate_scenes(steps * batch_size // 4, seed)
+    pixels = processor.image_processor([im for im, _ in scenes], return_tensors="pt")["pixel_values"]
+    labels = torch.tensor([shapes_vqa.cell_labels(shapes) for _, shapes in scenes])  # (n, 9, 3)
+    params = [*tower.parameters(), *heads.parameters()]
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.01)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.1)
+    gen = torch.Generator().manual_seed(seed)
+    tower.train()
+    recent: list[float] = []
+    bar = tqdm(range(steps), desc="pretraining vision tower", unit="step")
+    for _ in bar:
+        idx = torch.randint(len(scenes), (batch_size,), generator=gen)
+        tokens = tower(pixels[idx], output_hidden_states=True).hidden_states[-1][:, 1:]  # drop CLS
+        loss = sum(torch.nn.functional.cross_entropy(head(tokens).flatten(0, 1), labels[idx, :, i].flatten())
+                   for i, head in enumerate(heads))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        recent = (recent + [loss.item()])[-20:]
+        bar.set_postfix(loss=f"{sum(recent) / len(recent):.3f}")
+    tower.eval()
+    return sum(recent) / len(recent)
+
+
 def pretrain(model, processor, steps: int, seed: int, batch_size: int = 32, lr: float = 2e-3) -> float:
-    """Train every weight of the tiny model on captions; returns the final mean loss."""
+    """Train the projector and the language model (the vision tower stays frozen, as in
+    LLaVA); returns the final mean loss.
+
+    Freezing the tower matters: trained end to end on this little data, it collapses to
+    colour-only features (a linear probe then finds the shape kind at chance), whereas its
+    frozen seeded weights keep every attribute linearly readable.
+    """
     batches = list(_pretrain_batches(processor, steps * batch_size // 2, batch_size, seed))
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.1)
+    family = family_for(model.config.model_type)
+    family.edge_parts(model).vision_tower.requires_grad_(False)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(trainable, lr=lr, weight_decay=0.1)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.1)
     model.train()
     recent: list[float] = []
@@ -95,7 +146,7 @@ def pretrain(model, processor, steps: int, seed: int, batch_size: int = 32, lr: 
                     pixel_values=b.pixel_values, labels=b.labels)
         opt.zero_grad(set_to_none=True)
         out.loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        torch.nn.utils.clip_grad_norm_(trainable, 1.0)
         opt.step()
         sched.step()
         recent = (recent + [out.loss.item()])[-20:]
@@ -119,7 +170,10 @@ def init_tiny(out: Path, seed: int = 0, pretrain_steps: int = 600, image_size: i
     )
     family = family_for(config.model_type)
     model = family.model_class(config)
-    final_loss = pretrain(model, processor, pretrain_steps, seed + 1000) if pretrain_steps else None
+    final_loss = None
+    if pretrain_steps:
+        pretrain_vision(family.edge_parts(model).vision_tower, processor, VISION_PRETRAIN_STEPS, seed + 500)
+        final_loss = pretrain(model, processor, pretrain_steps, seed + 1000)
     tmp = out.with_name(out.name + ".tmp")
     model.save_pretrained(tmp)
     processor.save_pretrained(tmp)

@@ -186,15 +186,34 @@ def generate(n: int, seed: int, domains: tuple[str, ...] = DOMAINS,
     return out
 
 
-def generate_captions(n: int, seed: int, domains: tuple[str, ...] = PRETRAIN_DOMAINS
-                      ) -> list[tuple[Image.Image, str]]:
-    """Images with full captions, for pretraining (a different stream from the VQA splits)."""
+def generate_scenes(n: int, seed: int, domains: tuple[str, ...] = PRETRAIN_DOMAINS
+                    ) -> list[tuple[Image.Image, list[Shape]]]:
+    """Rendered scenes with their shapes, for pretraining (a different stream from the VQA splits)."""
     rng = random.Random(seed)
     out = []
     for _ in range(n):
         shapes = _place_shapes(rng, rng.randint(1, 3))
-        out.append((render(shapes, rng.choice(domains), rng), caption(shapes)))
+        out.append((render(shapes, rng.choice(domains), rng), shapes))
     return out
+
+
+def generate_captions(n: int, seed: int, domains: tuple[str, ...] = PRETRAIN_DOMAINS
+                      ) -> list[tuple[Image.Image, str]]:
+    """Images with full captions, for pretraining."""
+    return [(im, caption(shapes)) for im, shapes in generate_scenes(n, seed, domains)]
+
+
+def cell_labels(shapes: list[Shape]) -> list[tuple[int, int, int]]:
+    """(colour, kind, size) class of each of the 3x3 grid cells, row by row; 0 = empty.
+
+    The labels a vision encoder is pretrained on, one per cell (with anther's tiny
+    model each cell is exactly one ViT patch)."""
+    step = IMAGE_SIZE // 3
+    cells = [(0, 0, 0)] * 9
+    for s in shapes:
+        cells[(s.y // step) * 3 + s.x // step] = (
+            1 + list(COLOURS).index(s.colour), 1 + KINDS.index(s.kind), 1 + list(SIZES).index(s.size))
+    return cells
 
 
 def generate_terse_qa(n: int, seed: int, domains: tuple[str, ...] = PRETRAIN_DOMAINS
