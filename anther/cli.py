@@ -90,6 +90,7 @@ def _tokens(args: argparse.Namespace) -> dict[str, str]:
 
 def _backbone_serve(args: argparse.Namespace) -> int:
     import logging
+    import signal
 
     import torch
 
@@ -111,18 +112,20 @@ def _backbone_serve(args: argparse.Namespace) -> int:
     if tokens is None and not args.mtls:
         log.warning("no bearer tokens and no client certificates: anyone who reaches this port can use it")
     limits = Limits(max_sequence_length=args.max_sequence_length, max_request_bytes=args.max_request_mib * MiB)
-    server, port = serve(args.model, f"{args.host}:{args.port}", tls, tokens, args.window_ms, args.max_batch,
-                         not args.no_batching, limits, getattr(torch, args.dtype))
+    server, port, service = serve(args.model, f"{args.host}:{args.port}", tls, tokens, args.window_ms,
+                                  args.max_batch, not args.no_batching, limits, getattr(torch, args.dtype))
     log.info("backbone of %s serving on %s:%d (tls=%s, mutual tls=%s, %d client tokens)", args.model,
              args.host, port, tls is not None, args.mtls, len(tokens or {}))
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: server.stop(grace=1.0))
     if args.parent_pid is not None:
         stop_with_parent(server, args.parent_pid)
     if args.ready_file is not None:
         announce_ready(Path(args.ready_file), port)
-    try:
-        server.wait_for_termination()
-    except KeyboardInterrupt:
-        server.stop(grace=1.0)
+    server.wait_for_termination()
+    stats = service.batcher.stats
+    log.info("stopped after %d requests in %d batches (largest %d); calls per client: %s", stats.requests,
+             stats.batches, stats.largest_batch, dict(service.callers) or "no tokens, not counted")
     return 0
 
 

@@ -25,11 +25,12 @@ import logging
 import queue
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent import futures
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import grpc
 import torch
@@ -380,6 +381,7 @@ class BackboneService(pb_grpc.BackboneServicer):
         self.limits = limits
         self.dtype = next(backbone.parameters()).dtype
         self.batcher = DynamicBatcher(backbone, policy)
+        self.callers: Counter[str] = Counter()  # admitted calls per client name, when tokens are on
 
     def close(self) -> None:
         self.batcher.close()
@@ -459,13 +461,29 @@ class BearerTokenInterceptor(grpc.ServerInterceptor):
     """Admits a call only with ``authorization: Bearer <token>`` for a known client.
 
     ``tokens`` maps client names to their tokens; each client gets its own, so one
-    can be revoked without touching the others.
+    can be revoked without touching the others. Admitted calls are counted per client
+    name in ``callers`` (the operator's view of who uses the backbone, and how much).
     """
 
-    def __init__(self, tokens: Mapping[str, str]) -> None:
+    def __init__(self, tokens: Mapping[str, str], callers: Counter[str] | None = None) -> None:
         if not tokens or not all(tokens.values()):
             raise ValueError("bearer tokens must be non-empty")
-        self._tokens = [t.encode() for t in tokens.values()]
+        self._tokens = [(t.encode(), name) for name, t in tokens.items()]
+        self.callers: Counter[str] = Counter() if callers is None else callers
+        self._lock = threading.Lock()
+
+    def _admit(self, token: bytes | None) -> bool:
+        if token is None:
+            return False
+        # compare against every token, in constant time, so timing says nothing
+        names = [name for t, name in self._tokens if hmac.compare_digest(token, t)]
+        if not names:
+            return False
+        with self._lock:
+            if names[0] not in self.callers:
+                log.info("first call from client %s", names[0])
+            self.callers[names[0]] += 1
+        return True
 
     def _client_token(self, metadata: Sequence[tuple[str, Any]]) -> bytes | None:
         for key, value in metadata or ():
@@ -475,10 +493,10 @@ class BearerTokenInterceptor(grpc.ServerInterceptor):
 
     def intercept_service(self, continuation, handler_call_details):
         handler = continuation(handler_call_details)
-        token = self._client_token(handler_call_details.invocation_metadata)
-        # compare against every token, in constant time, so timing says nothing
-        known = token is not None and sum(hmac.compare_digest(token, t) for t in self._tokens) > 0
-        return handler if handler is None or known else _denied(handler)
+        if handler is None:
+            return None
+        known = self._admit(self._client_token(handler_call_details.invocation_metadata))
+        return handler if known else _denied(handler)
 
 
 def _server_credentials(tls: ServerTls) -> grpc.ServerCredentials:
@@ -497,7 +515,7 @@ def start(service: BackboneService, address: str = "127.0.0.1:0", tls: ServerTls
     message_limit = service.limits.max_chunk_bytes + MESSAGE_SLACK_BYTES
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="backbone-rpc"),
-        interceptors=[BearerTokenInterceptor(tokens)] if tokens else [],
+        interceptors=[BearerTokenInterceptor(tokens, service.callers)] if tokens else [],
         options=[("grpc.max_receive_message_length", message_limit),
                  ("grpc.max_send_message_length", message_limit)],
     )
@@ -512,11 +530,17 @@ def start(service: BackboneService, address: str = "127.0.0.1:0", tls: ServerTls
     return server, port
 
 
+class Serving(NamedTuple):
+    server: grpc.Server
+    port: int
+    service: BackboneService
+
+
 def serve(model_dir: str | Path, address: str = "127.0.0.1:0", tls: ServerTls | None = None,
           tokens: Mapping[str, str] | None = None, window_ms: float = 5.0, max_batch: int = 32,
           batching: bool = True, limits: Limits = Limits(), dtype: torch.dtype = torch.float32,
-          max_workers: int = 64) -> tuple[grpc.Server, int]:
-    """Load the backbone of the checkpoint at ``model_dir`` and serve it; returns (server, port)."""
+          max_workers: int = 64) -> Serving:
+    """Load the backbone of the checkpoint at ``model_dir`` and serve it."""
     backbone = LocalBackbone.from_pretrained(model_dir, dtype=dtype)
     service = BackboneService(backbone, BatchPolicy(batching, window_ms, max_batch), limits)
-    return start(service, address, tls, tokens, max_workers)
+    return Serving(*start(service, address, tls, tokens, max_workers), service)
