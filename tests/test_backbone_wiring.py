@@ -1,0 +1,148 @@
+"""The backbone wired into runs: config, credentials, runtime_for, the ServerApp's child service, the CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import torch
+from omegaconf import DictConfig
+
+from anther.cli import main as cli
+from anther.client.backbone_endpoint import endpoint_for
+from anther.client.runtime import runtime_for
+from anther.server.backbone import LocalBackbone
+from anther.server.backbone_process import RUN_CLIENT, backbone_for_run
+from anther.server.backbone_service import BackboneService, ServerTls, start
+from anther.server.certs import make_certs, read_token, read_tokens, write_tokens
+from anther.simulations.config import ConfigError, load_config
+
+
+def _cfg(model: Path, *overrides: str) -> DictConfig:
+    return load_config("default", [f"model.path={model}", *overrides])
+
+
+@pytest.fixture(scope="module")
+def creds(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("creds")
+    make_certs(out, clients=["site-0"])
+    write_tokens(out, ["site-0", "evaluator"])
+    return out
+
+
+@pytest.fixture(scope="module")
+def service_port(tiny_model_dir: Path, creds: Path) -> Iterator[int]:
+    """The tiny model's backbone served in-process with TLS and the tokens of ``creds``."""
+    service = BackboneService(LocalBackbone.from_pretrained(tiny_model_dir))
+    server, port = start(service, "127.0.0.1:0", ServerTls.from_dir(creds), read_tokens(creds / "tokens.json"))
+    yield port
+    server.stop(None)
+    service.close()
+
+
+@pytest.mark.parametrize(("overrides", "key"), [
+    (["backbone.mode=remote"], "backbone.address"),
+    (["backbone.mode=remote", "backbone.address=host:1"], "backbone.ca_cert"),
+    (["backbone.mode=service", "backbone.address=0.0.0.0:50051"], "backbone.advertise_address"),
+    (["backbone.mode=cloud"], "backbone.mode"),
+    (["backbone.wire_dtype=int8"], "backbone.wire_dtype"),
+    (["backbone.mode=remote", "backbone.address=nohostport", "backbone.insecure=true"], "backbone.address"),
+    (["backbone.client_cert=/x.pem"], "backbone.client_key"),
+])
+def test_bad_backbone_config_names_the_key(overrides: list[str], key: str) -> None:
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        load_config("default", overrides)
+
+
+def test_node_config_overrides_the_run_config(tmp_path: Path) -> None:
+    cfg = _cfg(tmp_path, "backbone.mode=remote", "backbone.address=server:50051", "backbone.ca_cert=/run/ca.pem",
+               "backbone.token_file=/run/evaluator.token", "backbone.wire_dtype=bfloat16")
+    assert endpoint_for(_cfg(tmp_path)) is None  # mode=local: no endpoint at all
+    run = endpoint_for(cfg)
+    assert (run.address, run.token_file, run.wire_dtype) == ("server:50051", "/run/evaluator.token", "bfloat16")
+    site = endpoint_for(cfg, {"backbone-token-file": "/site/site-0.token", "backbone-ca": "/site/ca.pem",
+                              "backbone-address": "10.0.0.1:50051", "partition-id": 0})
+    assert (site.address, site.ca_cert, site.token_file) == ("10.0.0.1:50051", "/site/ca.pem", "/site/site-0.token")
+    with pytest.raises(ValueError, match="backbone-key"):
+        endpoint_for(cfg, {"backbone-cert": "/site/site-0.pem"})
+
+
+def test_a_missing_credential_file_is_named_with_the_node_config_key(tmp_path: Path) -> None:
+    cfg = _cfg(tmp_path, "backbone.mode=remote", "backbone.address=127.0.0.1:1", "backbone.insecure=true")
+    with pytest.raises(FileNotFoundError, match="backbone-token-file"):
+        endpoint_for(cfg, {"backbone-token-file": str(tmp_path / "nope.token")}).connect()
+
+
+def test_remote_runtime_trains_exactly_like_the_local_one(tiny_model_dir: Path, creds: Path,
+                                                          service_port: int) -> None:
+    remote_cfg = _cfg(tiny_model_dir, "backbone.mode=remote", f"backbone.address=127.0.0.1:{service_port}",
+                      f"backbone.ca_cert={creds / 'ca.pem'}", f"backbone.token_file={creds / 'evaluator.token'}")
+    remote = runtime_for(remote_cfg, node_config={"backbone-token-file": str(creds / "site-0.token")})
+    local = runtime_for(_cfg(tiny_model_dir))
+    torch.manual_seed(0)
+    embeds = torch.randn(2, 7, local.backbone.info.hidden_size)
+    mask = torch.ones(2, 7, dtype=torch.long)
+    labels = torch.full((2, 7), -100).index_fill_(1, torch.tensor([5, 6]), 3)
+    loss_r, grad_r = remote.backbone.train_step(embeds, mask, labels)
+    loss_l, grad_l = local.backbone.train_step(embeds, mask, labels)
+    assert loss_r == pytest.approx(loss_l, rel=1e-5)
+    torch.testing.assert_close(grad_r, grad_l, rtol=1e-4, atol=1e-6)
+    # the local handle counts its tensors; the remote one the serialized messages around them
+    assert local.backbone.bytes_up == 2 * 7 * (local.backbone.info.hidden_size * 4 + 8 + 8)
+    assert remote.backbone.bytes_up >= local.backbone.bytes_up and remote.backbone.bytes_down > 0
+
+
+def test_wrong_token_is_refused_with_a_useful_message(tmp_path: Path, creds: Path, service_port: int) -> None:
+    (tmp_path / "bad.token").write_text("not-a-known-token\n")
+    cfg = _cfg(tmp_path, "backbone.mode=remote", f"backbone.address=127.0.0.1:{service_port}",
+               f"backbone.ca_cert={creds / 'ca.pem'}")
+    with pytest.raises(ConnectionError, match="refused this node's credentials"):
+        endpoint_for(cfg, {"backbone-token-file": str(tmp_path / "bad.token")}).connect()
+
+
+def test_service_mode_starts_the_backbone_for_the_run_and_stops_it(tiny_model_dir: Path) -> None:
+    cfg = _cfg(tiny_model_dir, "backbone.mode=service", "backbone.startup_timeout_s=120")
+    with backbone_for_run(cfg) as served:
+        b = served.backbone
+        workdir = Path(b.token_file).parent
+        assert b.address.startswith("127.0.0.1:") and Path(b.ca_cert).is_file()
+        assert stat.S_IMODE(os.stat(b.token_file).st_mode) == 0o600
+        assert RUN_CLIENT in read_tokens(workdir / "tokens.json")
+        remote = endpoint_for(served).connect()
+        assert remote.info.hidden_size > 0 and remote.server.batching
+        remote.close()
+        pid = json.loads((workdir / "ready.json").read_text())["pid"]
+    assert not workdir.exists(), "the run's private credentials outlived the run"
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)
+
+
+def test_cli_certs_writes_private_keys_and_tokens(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    out = tmp_path / "creds"
+    assert cli(["certs", "--out", str(out), "--clients", "2"]) == 0
+    assert sorted(read_tokens(out / "tokens.json")) == ["client-0", "client-1"]
+    assert read_token(out / "client-1.token") == read_tokens(out / "tokens.json")["client-1"]
+    for private in ("ca.key", "server.key", "client-0.key", "client-0.token", "tokens.json"):
+        assert stat.S_IMODE(os.stat(out / private).st_mode) == 0o600, private
+    assert cli(["certs", "--out", str(out), "--clients", "alice"]) == 2
+    assert "already holds a CA" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    ([], "--tls-dir DIR"),
+    (["--insecure", "--tls-dir", "{creds}"], "exactly one"),
+    (["--insecure", "--mtls"], "--mtls needs --tls-dir"),
+    (["--tls-dir", "{empty}"], "has no server.pem"),
+    (["--insecure", "--tokens", "{empty}/tokens.json"], "--tokens file not found"),
+])
+def test_cli_backbone_serve_refuses_bad_inputs(args: list[str], message: str, tiny_model_dir: Path, creds: Path,
+                                               tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    args = [a.format(creds=creds, empty=tmp_path) for a in args]
+    assert cli(["backbone", "serve", "--model", str(tiny_model_dir), *args]) == 2
+    assert message in capsys.readouterr().err
+    assert cli(["backbone", "serve", "--model", str(tmp_path), "--insecure"]) == 2
+    assert "no config.json" in capsys.readouterr().err
