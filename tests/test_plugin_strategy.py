@@ -11,9 +11,6 @@ two rounds of a real ``flwr run`` simulation with the module only on ``PYTHONPAT
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
 import sys
 import textwrap
 from collections.abc import Iterator
@@ -27,6 +24,7 @@ from fakes import FakeGrid, play_serverapp_runtime
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
 from flwr.serverapp.strategy import FedAvg
 from safetensors.torch import load_file
+from simulation_run import simulate
 
 import anther
 from anther.client.extras import ExtraContext, add_reply_records
@@ -140,9 +138,6 @@ def test_name_and_target_together_are_refused():
 
 
 # -- two rounds of a real simulation --------------------------------------------------------
-SMALL = ["federation.num_clients=2", "federation.rounds=2", "train.local_steps=2", "train.batch_size=4",
-         "data.train_size=40", "data.test_size=8", "eval.server_test_size=8", "eval.generate=false",
-         "adapter.rank=4", "model.tiny_pretrain_steps=0"]
 PLUGIN = ["~strategy.name", "+strategy._target_=my_lab.strategies.MaskedFedAvg",
           "+strategy.min_train_nodes=1", "+strategy.min_available_nodes=1", "+strategy.min_evaluate_nodes=1",
           "+strategy.client_modules=[my_lab.strategies]"]
@@ -151,15 +146,8 @@ PLUGIN = ["~strategy.name", "+strategy._target_=my_lab.strategies.MaskedFedAvg",
 @pytest.mark.slow
 def test_plugin_strategy_runs_two_rounds_of_a_simulation(tmp_path: Path):
     write_my_lab(tmp_path / "outside")
-    env = {**os.environ, "ANTHER_HOME": str(tmp_path / "home"),
-           "PYTHONPATH": os.pathsep.join(filter(None, [str(tmp_path / "outside"), os.environ.get("PYTHONPATH")]))}
-    cmd = [sys.executable, "-m", "anther.cli", "simulate", *SMALL, *PLUGIN, f"output_dir={tmp_path / 'runs'}"]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600, check=False)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    (run_dir,) = list((tmp_path / "runs").iterdir())
-    result = json.loads((run_dir / "result.json").read_text())
-    assert result["finished"] is True and result["config"]["strategy"]["_target_"].startswith("my_lab.")
-    assert [r["round"] for r in result["rounds"]] == [0, 1, 2]
+    run_dir, result = simulate(tmp_path, PLUGIN, pythonpath=tmp_path / "outside")
+    assert result["config"]["strategy"]["_target_"] == "my_lab.strategies.MaskedFedAvg"
     for r in result["rounds"][1:]:
         assert r["clients"] == 2
         # each client sent its adapters and a mask of the same size: the extra ran and was counted
