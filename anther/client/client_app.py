@@ -11,8 +11,8 @@ Message handlers:
 - ``evaluate``: score the global adapters on this client's own test split.
 
 The server sends the whole experiment config (YAML) with every message; the node's own
-config (``partition-id``, ``num-partitions``, ``data-path``, ``adapter-rank``) says which
-data is local and how big an adapter this node trains. What a strategy needs beyond plain
+config (``partition-id``, ``num-partitions``, ``data-path``, ``adapter-rank``, ``backbone-*``)
+says which data is local, how big an adapter this node trains and how it reaches the backbone. What a strategy needs beyond plain
 training (a proximal term, a Fisher, a personal adapter) it asks for with keys in the round
 config, answered by the extras of :mod:`anther.client.extras`.
 """
@@ -71,7 +71,7 @@ def _load(msg: Message, context: Context) -> tuple[DictConfig, ClientRuntime, di
     """The experiment, the runtime at this node's rank, and the global adapters loaded into it."""
     cfg = _experiment(msg)
     import_client_modules(cfg)
-    runtime = runtime_for(cfg, rank=_rank(msg.content["config"], context))
+    runtime = runtime_for(cfg, rank=_rank(msg.content["config"], context), node_config=context.node_config)
     received = msg.content["arrays"].to_torch_state_dict()
     own = runtime.edge.adapters["text"].config.rank
     sent = adapter_ranks(received)
