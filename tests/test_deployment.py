@@ -173,4 +173,5 @@ def test_two_rounds_on_real_flower_processes_with_a_tls_backbone(tiny_model_dir:
     # every site reached the backbone with its own token, and the server's evaluator with its own
     calls = backbone_log[backbone_log.rindex("calls per client:"):]
     for name in [*SITES, "evaluator"]:
-        assert f"'{name}':" in calls, f"{name} never called the backbone:\n{backbone_log[-3000:]}"
+        assert f"'{name}':" in calls, (f"{name} never called the backbone with its own token (does the "
+                                       f"ClientApp pass its node_config to runtime_for?):\n{backbone_log[-3000:]}")
