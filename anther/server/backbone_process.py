@@ -43,16 +43,14 @@ def announce_ready(ready_file: Path, port: int) -> None:
     os.replace(tmp, ready_file)
 
 
-def stop_with_parent(server: grpc.Server, parent_pid: int, poll_s: float = 1.0) -> threading.Thread:
+def stop_with_parent(server: grpc.Server, parent_pid: int, poll_s: float = 1.0) -> None:
     """Child side: stop serving once ``parent_pid`` is no longer this process's parent."""
     def watch() -> None:
         while os.getppid() == parent_pid:
             time.sleep(poll_s)
         server.stop(grace=1.0)
 
-    thread = threading.Thread(target=watch, name="parent-watch", daemon=True)
-    thread.start()
-    return thread
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
 
 
 def _child_env() -> dict[str, str]:
@@ -87,15 +85,15 @@ def _serve_command(cfg: DictConfig, tls: Path, tokens: Path, host: str, port: in
     return cmd if b.batching else [*cmd, "--no-batching"]
 
 
-def _wait_ready(proc: subprocess.Popen, ready: Path, timeout_s: float) -> int:
+def _wait_ready(proc: subprocess.Popen, ready: Path, log: Path, timeout_s: float) -> int:
     deadline = time.monotonic() + timeout_s
     while not ready.is_file():
         if proc.poll() is not None:
             raise RuntimeError(f"the backbone service exited with code {proc.returncode} before it "
-                               "listened; its log is above")
+                               f"listened:\n{log.read_text()[-3000:]}")
         if time.monotonic() > deadline:
             raise TimeoutError(f"the backbone service did not listen within backbone.startup_timeout_s="
-                               f"{timeout_s}")
+                               f"{timeout_s}:\n{log.read_text()[-3000:]}")
         time.sleep(0.2)
     return int(json.loads(ready.read_text())["port"])
 
@@ -123,11 +121,12 @@ def backbone_for_run(cfg: DictConfig) -> Iterator[DictConfig]:
     try:
         tls = _tls_folder(b, workdir, host)
         token_file = write_tokens(workdir, [RUN_CLIENT])[RUN_CLIENT]
-        ready = workdir / "ready.json"
-        proc = subprocess.Popen(_serve_command(cfg, tls, workdir / TOKENS_FILE, host, port, ready),
-                                env=_child_env())
+        ready, log = workdir / "ready.json", workdir / "backbone.log"
+        with log.open("w") as out:
+            proc = subprocess.Popen(_serve_command(cfg, tls, workdir / TOKENS_FILE, host, port, ready),
+                                    env=_child_env(), stdout=out, stderr=subprocess.STDOUT)
         try:
-            bound = _wait_ready(proc, ready, b.startup_timeout_s)
+            bound = _wait_ready(proc, ready, log, b.startup_timeout_s)
             served = cfg.copy()
             OmegaConf.update(served, "backbone.address", b.advertise_address or f"{host}:{bound}")
             OmegaConf.update(served, "backbone.ca_cert", str(tls / "ca.pem"))
@@ -136,5 +135,7 @@ def backbone_for_run(cfg: DictConfig) -> Iterator[DictConfig]:
             yield served
         finally:
             _stop(proc)
+            summary = log.read_text().strip().splitlines()[-1:]  # its last line: who called, how often
+            print(*(f"anther: {line}" for line in summary), flush=True)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
