@@ -135,7 +135,7 @@ def backbone_for_run(cfg: DictConfig) -> Iterator[DictConfig]:
             yield served
         finally:
             _stop(proc)
-            summary = log.read_text().strip().splitlines()[-1:]  # its last line: who called, how often
-            print(*(f"anther: {line}" for line in summary), flush=True)
+            for line in log.read_text().strip().splitlines()[-1:]:  # its last line: who called, how often
+                print(f"anther: {line}", flush=True)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
