@@ -69,8 +69,13 @@ class ScalarEncoder:
 class MeanBackbone:
     """loss = mean(embeds * labels): d loss / d embeds = labels / numel."""
 
+    bytes_up = 0
+    bytes_down = 0
+
     def train_step(self, embeds, attention_mask, labels):
         x = embeds.detach().requires_grad_(True)
         loss = (x * labels).mean()
         (grad,) = torch.autograd.grad(loss, x)
+        self.bytes_up += embeds.numel() * embeds.element_size()
+        self.bytes_down += grad.numel() * grad.element_size()
         return loss.item(), grad

@@ -29,7 +29,7 @@ class TrainReport:
     loss: float  # mean task loss over the local steps (regularisers not included)
     steps: int
     examples: int  # samples seen (steps * batch size)
-    activation_bytes_up: int  # inputs_embeds + mask + labels sent to the backbone
+    activation_bytes_up: int  # inputs_embeds + mask + labels sent to the backbone (wire bytes)
     activation_bytes_down: int  # gradients received
 
 
@@ -38,10 +38,6 @@ class StepResult:
     loss: float
     bytes_up: int
     bytes_down: int
-
-
-def _bytes(*tensors: torch.Tensor) -> int:
-    return sum(t.numel() * t.element_size() for t in tensors)
 
 
 def split_step(encoder: Encoder, backbone: Backbone, batch_samples: list[Sample],
@@ -54,13 +50,14 @@ def split_step(encoder: Encoder, backbone: Backbone, batch_samples: list[Sample]
     """
     batch = encoder(batch_samples, [s.answer for s in batch_samples])
     embeds = encoder.edge(batch)
+    up0, down0 = backbone.bytes_up, backbone.bytes_down
     loss, grad = backbone.train_step(embeds.detach(), batch.attention_mask, batch.labels)
     embeds.backward(grad.to(embeds.dtype))
     for regulariser in regularisers:
         term = regulariser()
         if term.requires_grad:  # a term over no trainable weight is a constant
             term.backward()
-    return StepResult(loss, _bytes(embeds, batch.attention_mask, batch.labels), _bytes(grad))
+    return StepResult(loss, backbone.bytes_up - up0, backbone.bytes_down - down0)  # as the wire counted
 
 
 def train_adapters(encoder: Encoder, backbone: Backbone, samples: list[Sample], steps: int,

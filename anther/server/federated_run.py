@@ -60,6 +60,22 @@ def _weighted_metric(replies: list[Message], key: str) -> float | None:
     return sum(v * w for v, w in pairs) / total if total else None
 
 
+def _client_traffic(sent: list[Message], replies: list[Message]) -> dict[int, dict[str, float]]:
+    """Each replying client's bytes this round, by partition id: adapters each way, activations each way."""
+    to_node = {m.metadata.dst_node_id: m for m in sent}
+    out = {}
+    for r in replies:
+        metrics = r.content["metrics"]
+        down = to_node.get(r.metadata.src_node_id)
+        out[int(metrics["partition-id"])] = {
+            "adapter_bytes_down": _array_bytes([down]) if down is not None else 0,
+            "adapter_bytes_up": _array_bytes([r]),
+            "activation_bytes_up": float(metrics.get("activation_bytes_up", 0)),
+            "activation_bytes_down": float(metrics.get("activation_bytes_down", 0)),
+        }
+    return out
+
+
 class FederatedRun:
     def __init__(self, cfg: DictConfig, grid: Grid, data_folder: Path) -> None:
         self.cfg, self.grid = cfg, grid
@@ -147,6 +163,7 @@ class FederatedRun:
                 "adapter_bytes_up": _array_bytes(replies),
                 "activation_bytes_up": _sum_metric(replies, "activation_bytes_up"),
                 "activation_bytes_down": _sum_metric(replies, "activation_bytes_down"),
+                "per_client": _client_traffic(messages, replies),
                 "train_metrics": dict(train_metrics or {}),  # as the strategy aggregated them
                 "seconds": time.time() - t0,
             })
