@@ -68,16 +68,17 @@ def build_processor(tokenizer: PreTrainedTokenizerFast, image_size: int, patch_s
     )
 
 
-def _pretrain_batches(processor, n_captions: int, batch_size: int, seed: int):
-    """Caption and context-LM examples, shuffled, as EncodedBatches."""
+def _pretrain_batches(processor, n: int, batch_size: int, seed: int):
+    """``n`` image examples (a quarter captions, the rest terse questions, which the
+    captions teach faster) and ``n / 8`` context sentences, shuffled, as EncodedBatches."""
     family = LlavaFamily()
     eos = processor.tokenizer.eos_token
     examples = [(f"{IMAGE_PLACEHOLDER}\ncaption:", im, f" {cap}{eos}")
-                for im, cap in shapes_vqa.generate_captions(n_captions, seed)]
+                for im, cap in shapes_vqa.generate_captions(n // 4, seed)]
     examples += [(f"{IMAGE_PLACEHOLDER}\nq: {q}\na:", im, f" {a}{eos}")
-                 for im, q, a in shapes_vqa.generate_terse_qa(n_captions, seed + 3)]
+                 for im, q, a in shapes_vqa.generate_terse_qa(n - n // 4, seed + 3)]
     examples += [("context:", None, f" {s.context}{eos}")
-                 for s in shapes_vqa.generate(n_captions // 4, seed + 7, prefix="p")]
+                 for s in shapes_vqa.generate(n // 8, seed + 7, prefix="p")]
     random.Random(seed).shuffle(examples)
     for i in range(0, len(examples) - batch_size + 1, batch_size):
         chunk = examples[i:i + batch_size]
@@ -123,7 +124,7 @@ def pretrain_vision(tower: torch.nn.Module, processor, steps: int, seed: int,
     return sum(recent) / len(recent)
 
 
-def pretrain(model, processor, steps: int, seed: int, batch_size: int = 32, lr: float = 2e-3) -> float:
+def pretrain(model, processor, steps: int, seed: int, batch_size: int = 32, lr: float = 3e-3) -> float:
     """Train the projector and the language model (the vision tower stays frozen, as in
     LLaVA); returns the final mean loss.
 
@@ -131,7 +132,7 @@ def pretrain(model, processor, steps: int, seed: int, batch_size: int = 32, lr: 
     colour-only features (a linear probe then finds the shape kind at chance), whereas its
     frozen seeded weights keep every attribute linearly readable.
     """
-    batches = list(_pretrain_batches(processor, steps * batch_size // 2, batch_size, seed))
+    batches = list(_pretrain_batches(processor, steps * batch_size * 8 // 9, batch_size, seed))
     family = family_for(model.config.model_type)
     family.edge_parts(model).vision_tower.requires_grad_(False)
     trainable = [p for p in model.parameters() if p.requires_grad]

@@ -34,7 +34,7 @@ class ModelConfig:
     dtype: str = "float32"
     device: str = "cpu"
     tiny_seed: int = 0
-    tiny_pretrain_steps: int = 2000
+    tiny_pretrain_steps: int = 2500
 
 
 @dataclass
