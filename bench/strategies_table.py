@@ -64,7 +64,7 @@ def run_one(row: str, extra: list[str], runs: Path) -> dict[str, Any]:
     last = result["rounds"][-1]
     clients = result["clients"]["summary"]
     return {**entry, "status": "ok", "run_dir": str(new[-1]), "rounds": last["round"],
-            "acc_mc": last.get("acc_mc"), "acc_gen": last.get("acc_gen"),
+            "acc_mc_round0": result["rounds"][0].get("acc_mc"), "acc_mc": last.get("acc_mc"), "acc_gen": last.get("acc_gen"),
             "client_acc_mc_mean": clients.get("acc_mc_mean"), "client_acc_mc_worst": clients.get("acc_mc_worst")}
 
 
@@ -75,13 +75,13 @@ def _cell(value: Any) -> str:
 def markdown(entries: list[dict[str, Any]], extra: list[str]) -> str:
     command = " ".join(["anther simulate", *SPLIT, *extra, "<row's overrides>"])
     lines = [f"Command: `{command}`", "",
-             "| strategy | overrides | acc (mc) | acc (gen) | clients' acc (mc) mean | worst | s |",
-             "|---|---|---:|---:|---:|---:|---:|"]
+             "| strategy | overrides | round 0 acc (mc) | acc (mc) | acc (gen) | clients' acc (mc) mean | worst | s |",
+             "|---|---|---:|---:|---:|---:|---:|---:|"]
     for e in entries:
         if e["status"] != "ok":
-            lines.append(f"| {e['row']} | `{' '.join(e['overrides'])}` | {e['status']} | | | | {e['seconds']} |")
+            lines.append(f"| {e['row']} | `{' '.join(e['overrides'])}` | {e['status']} | | | | | {e['seconds']} |")
             continue
-        cells = [e["acc_mc"], e["acc_gen"], e["client_acc_mc_mean"], e["client_acc_mc_worst"]]
+        cells = [e["acc_mc_round0"], e["acc_mc"], e["acc_gen"], e["client_acc_mc_mean"], e["client_acc_mc_worst"]]
         lines.append(f"| {e['row']} | `{' '.join(e['overrides'])}` | " + " | ".join(map(_cell, cells))
                      + f" | {e['seconds']:.0f} |")
     return "\n".join(lines) + "\n"
