@@ -7,7 +7,9 @@ Message handlers:
   strategies, such as ``hetero_rank``, what it learnt);
 - ``train``: load the global adapters, run local split-learning steps, reply with the new
   adapters, example counts (``num-examples``, ``num-image-examples``, ``num-text-examples``),
-  ``adapter-rank``, loss and traffic, plus whatever the round's strategy asks for;
+  ``adapter-rank``, loss and traffic, with ``privacy.dp`` the epsilon it has spent so far
+  (``dp_epsilon``, from the opacus accountant kept in ``Context.state``), plus whatever the
+  round's strategy asks for;
 - ``evaluate``: score the global adapters on this client's own test split.
 
 The server sends the whole experiment config (YAML) with every message; the node's own
@@ -26,6 +28,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, 
 from flwr.clientapp import ClientApp
 from omegaconf import DictConfig, OmegaConf
 
+from anther.client.dp import EPSILON_METRIC, dpsgd_for, spend
 from anther.client.extras import (
     ExtraContext,
     add_reply_records,
@@ -108,8 +111,11 @@ def train(msg: Message, context: Context) -> Message:
     torch.manual_seed(seed)
     ctx = ExtraContext(config, cfg, runtime, train_set, received, context.state, seed)
     t = cfg.train
+    dp = dpsgd_for(cfg.privacy, len(train_set), t.batch_size, cfg.federation.rounds * t.local_steps) \
+        if cfg.privacy.dp else None
     report = train_adapters(runtime.encoder, runtime.backbone, train_set, t.local_steps, t.batch_size,
-                            t.lr, seed, t.weight_decay, t.max_grad_norm, regularisers=build_regularisers(ctx))
+                            t.lr, seed, t.weight_decay, t.max_grad_norm, regularisers=build_regularisers(ctx),
+                            dp=dp)
     metrics = MetricRecord({
         "num-examples": len(train_set),
         **_modality_counts(train_set),
@@ -119,6 +125,8 @@ def train(msg: Message, context: Context) -> Message:
         "activation_bytes_up": report.activation_bytes_up,
         "activation_bytes_down": report.activation_bytes_down,
     })
+    if dp is not None:  # the epsilon this node has spent in the run so far
+        metrics[EPSILON_METRIC] = spend(context.state, cfg.privacy, dp, report.steps)
     content = RecordDict({"arrays": ArrayRecord(runtime.edge.adapter_state()), "metrics": metrics})
     add_reply_records(ctx, content)
     return Message(content, reply_to=msg)

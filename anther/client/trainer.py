@@ -15,6 +15,14 @@ from dataclasses import dataclass
 import torch
 from tqdm.auto import tqdm
 
+from anther.client.dp import (
+    DPSGD,
+    clipped_sum,
+    per_sample_cotangents,
+    per_sample_grads,
+    poisson_batch,
+    privatise,
+)
 from anther.client.inference import Encoder
 from anther.server.backbone import Backbone
 from anther.simulations.datasets.sample import Sample
@@ -28,7 +36,7 @@ Regulariser = Callable[[], torch.Tensor]
 class TrainReport:
     loss: float  # mean task loss over the local steps (regularisers not included)
     steps: int
-    examples: int  # samples seen (steps * batch size)
+    examples: int  # samples seen (steps * batch size; with DP, what the Poisson batches held)
     activation_bytes_up: int  # inputs_embeds + mask + labels sent to the backbone (wire bytes)
     activation_bytes_down: int  # gradients received
 
@@ -60,12 +68,43 @@ def split_step(encoder: Encoder, backbone: Backbone, batch_samples: list[Sample]
     return StepResult(loss, backbone.bytes_up - up0, backbone.bytes_down - down0)  # as the wire counted
 
 
+def dp_split_step(encoder: Encoder, backbone: Backbone, batch_samples: list[Sample],
+                  params: Sequence[torch.Tensor], dp: DPSGD,
+                  regularisers: Sequence[Regulariser] = ()) -> StepResult | None:
+    """One DP-SGD exchange (:mod:`anther.client.dp`): leaves the noisy mean of clipped per-sample
+    task gradients, plus the regularisers' gradients, in ``.grad``. The backbone request is the
+    plain one. An empty Poisson batch still gets its noise; it returns None (no loss measured).
+
+    Regularisers depend on the weights only, not on any sample, so their gradients are added
+    after the noise without touching the guarantee.
+    """
+    result, summed = None, [p.new_zeros(p.shape) for p in params]
+    if batch_samples:
+        batch = encoder(batch_samples, [s.answer for s in batch_samples])
+        embeds = encoder.edge(batch)
+        up0, down0 = backbone.bytes_up, backbone.bytes_down
+        loss, grad = backbone.train_step(embeds.detach(), batch.attention_mask, batch.labels)
+        cotangents = per_sample_cotangents(grad.to(embeds.dtype), batch.labels)
+        summed = clipped_sum(per_sample_grads(embeds, cotangents, params), dp.max_grad_norm)
+        result = StepResult(loss, backbone.bytes_up - up0, backbone.bytes_down - down0)
+    privatise(summed, params, dp)
+    for regulariser in regularisers:
+        term = regulariser()
+        if term.requires_grad:
+            term.backward()
+    return result
+
+
 def train_adapters(encoder: Encoder, backbone: Backbone, samples: list[Sample], steps: int,
                    batch_size: int, lr: float, seed: int, weight_decay: float = 0.0,
                    max_grad_norm: float = 1.0, show_progress: bool = False,
-                   regularisers: Sequence[Regulariser] = ()) -> TrainReport:
+                   regularisers: Sequence[Regulariser] = (), dp: DPSGD | None = None) -> TrainReport:
     """Run ``steps`` split-learning steps on batches drawn from ``samples``, minimising the task
-    loss plus ``regularisers``. Optimises the adapter parameters that require grad."""
+    loss plus ``regularisers``. Optimises the adapter parameters that require grad.
+
+    Without ``dp``: shuffled batches of ``batch_size``, the batch gradient clipped to
+    ``max_grad_norm``. With ``dp``: Poisson batches and DP-SGD steps (``dp`` clips per sample).
+    """
     if not samples:
         raise ValueError("this client has no training samples")
     edge = encoder.edge
@@ -73,19 +112,27 @@ def train_adapters(encoder: Encoder, backbone: Backbone, samples: list[Sample], 
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
     rng = random.Random(seed)
     order: list[int] = []
-    losses, up, down = [], 0, 0
+    losses, up, down, seen = [], 0, 0, 0
     edge.train()
     for _ in tqdm(range(steps), desc="local training", unit="step", disable=not show_progress, leave=False):
-        if len(order) < batch_size:
-            order += rng.sample(range(len(samples)), len(samples))
-        idx, order = order[:batch_size], order[batch_size:]
         opt.zero_grad(set_to_none=True)
-        step = split_step(encoder, backbone, [samples[i] for i in idx], regularisers)
-        if max_grad_norm > 0:
-            torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
+        if dp is None:
+            if len(order) < batch_size:
+                order += rng.sample(range(len(samples)), len(samples))
+            idx, order = order[:batch_size], order[batch_size:]
+            step = split_step(encoder, backbone, [samples[i] for i in idx], regularisers)
+            if max_grad_norm > 0:
+                torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
+        else:
+            idx = poisson_batch(rng, len(samples), dp.sample_rate)
+            step = dp_split_step(encoder, backbone, [samples[i] for i in idx], params, dp, regularisers)
         opt.step()
+        seen += len(idx)
+        if step is None:
+            continue
         losses.append(step.loss)
         up += step.bytes_up
         down += step.bytes_down
     edge.eval()
-    return TrainReport(sum(losses) / len(losses), steps, steps * batch_size, up, down)
+    loss = sum(losses) / len(losses) if losses else float("nan")
+    return TrainReport(loss, steps, seen, up, down)

@@ -23,10 +23,11 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, RecordDict
 from flwr.serverapp import Grid
 from omegaconf import DictConfig, OmegaConf
 
+from anther.client.dp import EPSILON_METRIC
 from anther.server.checkpoint import save_checkpoint
 from anther.server.evaluation import ServerEvaluator
 from anther.simulations.config import anther_home, to_yaml
-from anther.simulations.report import RoundTable, plot_rounds, write_json_atomic
+from anther.simulations.report import RoundTable, plot_rounds, round_columns, write_json_atomic
 from anther.strategies.node_info import NodeAware
 from anther.strategies.registry import build_strategy
 
@@ -60,6 +61,12 @@ def _weighted_metric(replies: list[Message], key: str) -> float | None:
     return sum(v * w for v, w in pairs) / total if total else None
 
 
+def _epsilons(replies: list[Message]) -> dict[str, float]:
+    """Max and mean over the replying clients of the epsilon each has spent so far (with DP)."""
+    eps = [float(m.content["metrics"][EPSILON_METRIC]) for m in replies if EPSILON_METRIC in m.content["metrics"]]
+    return {"dp_epsilon_max": max(eps), "dp_epsilon_mean": sum(eps) / len(eps)} if eps else {}
+
+
 def _client_traffic(sent: list[Message], replies: list[Message]) -> dict[int, dict[str, float]]:
     """Each replying client's bytes this round, by partition id: adapters each way, activations each way."""
     to_node = {m.metadata.dst_node_id: m for m in sent}
@@ -81,7 +88,7 @@ class FederatedRun:
         self.cfg, self.grid = cfg, grid
         self.strategy = build_strategy(OmegaConf.to_container(cfg.strategy, resolve=True))
         self.rng = random.Random(cfg.seed)
-        self.table = RoundTable()
+        self.table = RoundTable(columns=round_columns(dp=cfg.privacy.dp))
         self.evaluator = ServerEvaluator(cfg, data_folder)
         self.rounds: list[dict[str, Any]] = []
         self.client_metrics: dict[str, Any] = {}
@@ -165,6 +172,7 @@ class FederatedRun:
                 "activation_bytes_down": _sum_metric(replies, "activation_bytes_down"),
                 "per_client": _client_traffic(messages, replies),
                 "train_metrics": dict(train_metrics or {}),  # as the strategy aggregated them
+                **_epsilons(replies),
                 "seconds": time.time() - t0,
             })
         self.client_metrics = self._evaluate_clients(arrays, partitions)

@@ -20,6 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 CONFIG_DIR = Path(__file__).parent / "configs"
 BACKBONE_MODES = ("local", "service", "remote")
 WIRE_DTYPES = ("float32", "bfloat16", "float16")
+PRIVACY_ACCOUNTANTS = ("rdp", "prv")  # opacus accountants that compose (noise, rate, steps) histories
 WILDCARD_HOSTS = ("0.0.0.0", "::", "[::]")  # listen on every interface
 
 
@@ -119,6 +120,23 @@ class BackboneConfig:
 
 
 @dataclass
+class PrivacyConfig:
+    """Sample-level DP-SGD on each client's NanoAdapters (:mod:`anther.client.dp`).
+
+    Give either ``noise_multiplier`` or ``target_epsilon``: with a target, each client picks the
+    smallest noise that keeps its ``federation.rounds * train.local_steps`` steps at its own
+    sample rate (``train.batch_size`` / its samples) within (target_epsilon, delta).
+    """
+
+    dp: bool = False
+    noise_multiplier: float | None = None  # noise std / max_grad_norm
+    target_epsilon: float | None = None
+    delta: float = 1e-5
+    max_grad_norm: float = 1.0  # per-sample clipping bound (replaces train.max_grad_norm)
+    accountant: str = "rdp"  # opacus accountant: rdp | prv
+
+
+@dataclass
 class ExperimentConfig:
     name: str = "default"
     seed: int = 0
@@ -132,6 +150,7 @@ class ExperimentConfig:
     strategy: dict[str, Any] = field(default_factory=lambda: {"name": "fedavg"})
     eval: EvalConfig = field(default_factory=EvalConfig)
     backbone: BackboneConfig = field(default_factory=BackboneConfig)
+    privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
 
 
 ConfigStore.instance().store(name="anther_schema", node=ExperimentConfig)
@@ -167,6 +186,7 @@ def validate(cfg: DictConfig) -> DictConfig:
     _check(cfg.model.dtype in ("float32", "bfloat16", "float16"), "model.dtype", cfg.model.dtype,
            "must be float32, bfloat16 or float16")
     _validate_backbone(cfg.backbone)
+    _validate_privacy(cfg.privacy)
     _check("name" in cfg.strategy or "_target_" in cfg.strategy, "strategy", dict(cfg.strategy),
            "needs a 'name' (built-in) or a '_target_' (your own class)")
     return cfg
@@ -192,6 +212,22 @@ def _validate_backbone(b: DictConfig) -> None:
            "(or set backbone.insecure=true on a network you trust)")
     _check((b.client_cert is None) == (b.client_key is None), "backbone.client_key", b.client_key,
            "backbone.client_cert and backbone.client_key go together")
+
+
+def _validate_privacy(p: DictConfig) -> None:
+    if not p.dp:
+        return
+    _check((p.noise_multiplier is None) != (p.target_epsilon is None), "privacy.noise_multiplier",
+           p.noise_multiplier, f"give exactly one of privacy.noise_multiplier and privacy.target_epsilon "
+           f"(target_epsilon={p.target_epsilon}) when privacy.dp=true")
+    _check(p.noise_multiplier is None or p.noise_multiplier >= 0, "privacy.noise_multiplier",
+           p.noise_multiplier, "must be >= 0")
+    _check(p.target_epsilon is None or p.target_epsilon > 0, "privacy.target_epsilon", p.target_epsilon,
+           "must be > 0")
+    _check(0 < p.delta < 1, "privacy.delta", p.delta, "must be in (0, 1)")
+    _check(p.max_grad_norm > 0, "privacy.max_grad_norm", p.max_grad_norm, "must be > 0")
+    _check(p.accountant in PRIVACY_ACCOUNTANTS, "privacy.accountant", p.accountant,
+           f"must be one of {', '.join(PRIVACY_ACCOUNTANTS)}")
 
 
 def split_address(address: str) -> tuple[str, int]:

@@ -27,6 +27,12 @@ COLUMNS = [  # (record key, header, format)
     ("activation_bytes_down", "activ. down", "{}"),
     ("seconds", "s", "{:.1f}"),
 ]
+DP_COLUMN = ("dp_epsilon_max", "eps (max)", "{:.2f}")  # the most any client has spent so far
+
+
+def round_columns(dp: bool) -> list[tuple[str, str, str]]:
+    """The table's columns: with sample-level DP, the spent epsilon before the time."""
+    return [*COLUMNS[:-1], DP_COLUMN, COLUMNS[-1]] if dp else list(COLUMNS)
 
 
 def human_bytes(n: float) -> str:
@@ -48,19 +54,20 @@ def format_cell(key: str, fmt: str, value: Any) -> str:
 class RoundTable:
     """Prints one row per round as it finishes, under a header printed once."""
 
-    def __init__(self, console: Console | None = None) -> None:
+    def __init__(self, console: Console | None = None, columns: list[tuple[str, str, str]] | None = None) -> None:
         self.console = console or Console(width=140)
+        self.columns = COLUMNS if columns is None else columns
         self.header_done = False
 
     def _table(self) -> Table:
         table = Table(show_header=not self.header_done, box=None, pad_edge=False)
-        for _, header, _ in COLUMNS:
+        for _, header, _ in self.columns:
             table.add_column(header, justify="right", min_width=max(len(header), 9))
         return table
 
     def add(self, record: dict[str, Any]) -> None:
         table = self._table()
-        table.add_row(*(format_cell(k, f, record.get(k)) for k, _, f in COLUMNS))
+        table.add_row(*(format_cell(k, f, record.get(k)) for k, _, f in self.columns))
         self.console.print(table)
         self.header_done = True
 

@@ -1,0 +1,259 @@
+"""Sample-level DP-SGD through the split exchange (anther/client/dp.py).
+
+Each sample's clipped contribution is checked against a loop that trains on that sample
+alone through the same split path; the noise against its configured std; DP with no noise
+and no effective clipping against plain training; the accountant against opacus's own.
+"""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+from flwr.app import RecordDict
+from omegaconf import OmegaConf
+from opacus.accountants import RDPAccountant
+from transformers import AutoProcessor
+
+from anther.adapters.nano_adapter import NanoAdapterConfig
+from anther.client.dp import (
+    DPSGD,
+    clipped_sum,
+    dpsgd_for,
+    per_sample_cotangents,
+    per_sample_grads,
+    privatise,
+    spend,
+)
+from anther.client.inference import Encoder
+from anther.client.nano_edge import NanoEdge
+from anther.client.trainer import dp_split_step, split_step, train_adapters
+from anther.server.backbone import LocalBackbone
+from anther.simulations.config import ConfigError, load_config
+
+
+@pytest.fixture(scope="module")
+def processor(tiny_model_dir):
+    return AutoProcessor.from_pretrained(tiny_model_dir)
+
+
+@pytest.fixture(scope="module")
+def backbone(tiny_model_dir):
+    return LocalBackbone.from_pretrained(tiny_model_dir)
+
+
+def _edge(tiny_model_dir, seed: int = 1) -> NanoEdge:
+    """Adapters with non-zero up projections, so every weight gets a gradient."""
+    edge = NanoEdge.from_pretrained(tiny_model_dir, NanoAdapterConfig(rank=4, alpha=4))
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in edge.adapters.parameters():
+            p.add_(0.05 * torch.randn(p.shape, generator=gen))
+    return edge
+
+
+def _params(edge: NanoEdge) -> list[torch.Tensor]:
+    return list(edge.adapters.parameters())
+
+
+def _alone(encoder: Encoder, backbone, params, sample) -> list[torch.Tensor]:
+    """The gradient of one sample's own loss, from an exchange with that sample alone."""
+    for p in params:
+        p.grad = None
+    split_step(encoder, backbone, [sample])
+    return [p.grad.clone() if p.grad is not None else torch.zeros_like(p) for p in params]
+
+
+def _mixed(samples):
+    return [s if i % 3 else s.without_image() for i, s in enumerate(samples[:6])]
+
+
+def test_per_sample_grads_equal_each_sample_trained_alone(tiny_model_dir, processor, backbone, samples):
+    edge = _edge(tiny_model_dir)
+    encoder, params, batch_samples = Encoder(edge, processor), _params(edge), _mixed(samples)
+    batch = encoder(batch_samples, [s.answer for s in batch_samples])
+    embeds = edge(batch)
+    _, grad = backbone.train_step(embeds.detach(), batch.attention_mask, batch.labels)
+    got = per_sample_grads(embeds, per_sample_cotangents(grad, batch.labels), params)
+    for i, sample in enumerate(batch_samples):
+        for g, ref in zip(got, _alone(encoder, backbone, params, sample)):
+            torch.testing.assert_close(g[i], ref, rtol=1e-4, atol=1e-6)
+
+
+def test_clipping_bounds_each_samples_contribution(tiny_model_dir, processor, backbone, samples):
+    edge = _edge(tiny_model_dir)
+    encoder, params, batch_samples = Encoder(edge, processor), _params(edge), _mixed(samples)
+    alone = [_alone(encoder, backbone, params, s) for s in batch_samples]
+    norms = [torch.cat([g.flatten() for g in grads]).norm().item() for grads in alone]
+    clip = sorted(norms)[len(norms) // 2]  # half the samples are clipped, half are not
+    for p in params:
+        p.grad = None
+    dp = DPSGD(noise_multiplier=0.0, max_grad_norm=clip, sample_rate=1.0, expected_batch_size=1.0,
+               generator=torch.Generator())
+    dp_split_step(encoder, backbone, batch_samples, params, dp)
+    for k, p in enumerate(params):
+        expected = sum(min(1.0, clip / n) * grads[k] for n, grads in zip(norms, alone))
+        torch.testing.assert_close(p.grad, expected, rtol=1e-4, atol=1e-6)
+    # each clipped contribution has norm <= clip, on its own
+    per = [[g.unsqueeze(0) for g in grads] for grads in alone]
+    for grads in per:
+        assert torch.cat([g.flatten() for g in clipped_sum(grads, clip)]).norm() <= clip * (1 + 1e-5)
+
+
+def test_noise_has_the_configured_std():
+    params = [torch.zeros(200_000, requires_grad=True), torch.zeros(50, 40, requires_grad=True)]
+    dp = DPSGD(noise_multiplier=1.5, max_grad_norm=2.0, sample_rate=0.1, expected_batch_size=4.0,
+               generator=torch.Generator().manual_seed(0))
+    privatise([torch.zeros_like(p) for p in params], params, dp)
+    noise = torch.cat([p.grad.flatten() for p in params])
+    expected = 1.5 * 2.0 / 4.0
+    assert abs(noise.mean().item()) < 0.01 * expected
+    assert noise.std().item() == pytest.approx(expected, rel=0.01)
+
+
+def _equal_length(encoder: Encoder, samples, n: int):
+    """``n`` samples whose answers have the same number of labelled tokens: then the batch's
+    token-mean loss is the mean of per-sample losses that DP-SGD clips."""
+    by_count: dict[int, list] = {}
+    for s in samples:
+        labels = encoder([s], [s.answer]).labels
+        by_count.setdefault(int((labels != -100).sum()), []).append(s)
+    group = max(by_count.values(), key=len)
+    assert len(group) >= n, "the fixture needs more samples with equal-length answers"
+    return group[:n]
+
+
+def test_no_noise_and_huge_clip_equals_plain_training(tiny_model_dir, processor, backbone, samples):
+    from anther.simulations.datasets import shapes_vqa
+
+    edges = [_edge(tiny_model_dir), _edge(tiny_model_dir)]
+    edges[1].load_adapter_state(edges[0].adapter_state())
+    chosen = _equal_length(Encoder(edges[0], processor), shapes_vqa.generate(40, seed=5), 4)
+    # batch_size = all samples: plain training takes them all, Poisson at rate 1 too
+    plain = train_adapters(Encoder(edges[0], processor), backbone, chosen, 3, 4, 1e-2, seed=0, max_grad_norm=0)
+    dp = DPSGD(0.0, 1e9, sample_rate=1.0, expected_batch_size=4.0, generator=torch.Generator())
+    private = train_adapters(Encoder(edges[1], processor), backbone, chosen, 3, 4, 1e-2, seed=0, dp=dp)
+    assert private.loss == pytest.approx(plain.loss, rel=1e-5)
+    for a, b in zip(_params(edges[0]), _params(edges[1])):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_empty_poisson_batch_is_a_noise_only_step(tiny_model_dir, processor, backbone):
+    edge = _edge(tiny_model_dir)
+    params = _params(edge)
+    dp = DPSGD(1.0, 1.0, sample_rate=0.1, expected_batch_size=2.0, generator=torch.Generator().manual_seed(0))
+    up = backbone.bytes_up
+    assert dp_split_step(Encoder(edge, processor), backbone, [], params, dp) is None
+    assert backbone.bytes_up == up, "nothing goes to the backbone"
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in params)
+
+
+def _privacy(**kw):
+    return OmegaConf.create({"dp": True, "noise_multiplier": None, "target_epsilon": None, "delta": 1e-5,
+                             "max_grad_norm": 1.0, "accountant": "rdp", **kw})
+
+
+def test_epsilon_grows_with_steps_and_matches_opacus():
+    privacy = _privacy(noise_multiplier=1.1)
+    state = RecordDict()
+    dp = dpsgd_for(privacy, num_samples=400, batch_size=16, total_steps=100)
+    assert dp.sample_rate == pytest.approx(0.04) and dp.expected_batch_size == pytest.approx(16)
+    spent = [spend(state, privacy, dp, steps=25) for _ in range(4)]  # four rounds of 25 steps
+    assert spent == sorted(spent) and spent[0] < spent[-1]
+    reference = RDPAccountant()
+    for _ in range(100):
+        reference.step(noise_multiplier=1.1, sample_rate=0.04)
+    assert spent[-1] == pytest.approx(reference.get_epsilon(delta=1e-5), rel=1e-9)
+
+
+def test_target_epsilon_picks_noise_for_the_whole_run():
+    privacy = _privacy(target_epsilon=3.0)
+    dp = dpsgd_for(privacy, num_samples=400, batch_size=16, total_steps=150)
+    assert dp.noise_multiplier > 0
+    state = RecordDict()
+    eps = [spend(state, privacy, dp, steps=25) for _ in range(6)]
+    assert eps[-1] <= 3.0 and eps[-1] == pytest.approx(3.0, rel=0.05)
+
+
+def test_poisson_training_seeds_its_batches(tiny_model_dir, processor, backbone, samples):
+    """The sampled batches follow the trainer's seed; only the noise generator is unpredictable."""
+    runs = []
+    for _ in range(2):
+        edge = _edge(tiny_model_dir)
+        dp = DPSGD(0.0, 1.0, sample_rate=0.5, expected_batch_size=0.5 * len(samples), generator=torch.Generator())
+        runs.append(train_adapters(Encoder(edge, processor), backbone, samples, 2, 6, 1e-2, seed=4, dp=dp))
+    assert runs[0].examples == runs[1].examples
+    rng = random.Random(4)
+    assert runs[0].examples == sum(sum(rng.random() < 0.5 for _ in samples) for _ in range(2))
+
+
+@pytest.mark.parametrize(("override", "key"), [
+    ("privacy.dp=true", "privacy.noise_multiplier"),
+    ("privacy.dp=true privacy.noise_multiplier=1 privacy.target_epsilon=2", "privacy.noise_multiplier"),
+    ("privacy.dp=true privacy.noise_multiplier=-1", "privacy.noise_multiplier"),
+    ("privacy.dp=true privacy.target_epsilon=0", "privacy.target_epsilon"),
+    ("privacy.dp=true privacy.noise_multiplier=1 privacy.delta=1", "privacy.delta"),
+    ("privacy.dp=true privacy.noise_multiplier=1 privacy.max_grad_norm=0", "privacy.max_grad_norm"),
+    ("privacy.dp=true privacy.noise_multiplier=1 privacy.accountant=moments", "privacy.accountant"),
+])
+def test_bad_privacy_config_names_the_key(override, key):
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        load_config("default", override)
+
+
+def test_privacy_config_loads():
+    cfg = load_config("default", "privacy.dp=true privacy.target_epsilon=4")
+    assert cfg.privacy.dp and cfg.privacy.target_epsilon == 4 and cfg.privacy.noise_multiplier is None
+
+
+def test_clients_report_their_spent_epsilon_round_after_round(tiny_model_dir, tmp_path, monkeypatch):
+    """The real train handler: each node's accountant lives in its Context.state between rounds."""
+    from fakes import FakeGrid, play_serverapp_runtime
+    from flwr.app import ArrayRecord, ConfigRecord, Context
+    from transformers import AutoConfig
+
+    from anther.client import client_app
+    from anther.client.nano_edge import initial_adapter_state
+    from anther.simulations.config import to_yaml
+    from anther.simulations.data import client_data
+    from anther.simulations.datasets import shapes_vqa
+    from anther.simulations.datasets.sample import write_split
+    from anther.strategies.registry import build_strategy
+
+    play_serverapp_runtime(monkeypatch)
+    write_split(shapes_vqa.generate(24, seed=1, prefix="train"), tmp_path, "train")
+    write_split(shapes_vqa.generate(4, seed=2, prefix="test"), tmp_path, "test")
+    cfg = load_config("default", [f"model.path={tiny_model_dir}", f"data.path={tmp_path}", "federation.num_clients=2",
+                                  "federation.rounds=2", "train.local_steps=2", "train.batch_size=4",
+                                  "adapter.rank=4", "privacy.dp=true", "privacy.noise_multiplier=0.8"])
+    nodes = {11: 0, 12: 1}
+    contexts = {n: Context(run_id=1, node_id=n, state=RecordDict(), run_config={},
+                           node_config={"partition-id": p, "num-partitions": 2}) for n, p in nodes.items()}
+    dim = AutoConfig.from_pretrained(tiny_model_dir).text_config.hidden_size
+    arrays = ArrayRecord(initial_adapter_state(dim, NanoAdapterConfig(4, 16.0), 0))
+    strategy = build_strategy({"name": "fedavg"})
+    spent: dict[int, list[float]] = {n: [] for n in nodes}
+    for server_round in (1, 2):
+        config = ConfigRecord({"experiment": to_yaml(cfg), "server-round": server_round})
+        for m in strategy.configure_train(server_round, arrays, config, FakeGrid(list(nodes))):
+            node = m.metadata.dst_node_id
+            spent[node].append(client_app.train(m, contexts[node]).content["metrics"]["dp_epsilon"])
+    for node, pid in nodes.items():
+        train_set, _ = client_data(cfg, tmp_path, pid, 2)
+        reference = RDPAccountant()
+        for _ in range(4):
+            reference.step(noise_multiplier=0.8, sample_rate=4 / len(train_set))
+        assert spent[node][0] < spent[node][1] == pytest.approx(reference.get_epsilon(1e-5), rel=1e-9)
+
+
+def test_round_table_shows_epsilon_only_with_dp():
+    from rich.console import Console
+
+    from anther.simulations.report import RoundTable, round_columns
+
+    assert "dp_epsilon_max" not in [k for k, _, _ in round_columns(dp=False)]
+    console = Console(record=True, width=200)
+    RoundTable(console, round_columns(dp=True)).add({"round": 1, "dp_epsilon_max": 2.345})
+    text = console.export_text()
+    assert "eps (max)" in text and "2.35" in text
