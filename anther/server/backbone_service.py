@@ -144,6 +144,9 @@ def _decode_embeds(msg: pb.ForwardRequest | pb.GenerateRequest, info: BackboneIn
         raise WireError(f"sequence length {length} is over the limit of {max_len} ({limit})")
     if not bool(torch.isfinite(embeds).all()):
         raise WireError("inputs_embeds contains NaN or Inf")
+    embeds = embeds.to(dtype)
+    if not bool(torch.isfinite(embeds).all()):  # finite on the wire, past the model dtype's range
+        raise WireError(f"inputs_embeds has values beyond the range of the model's dtype {wire.dtype_name(dtype)}")
     mask = wire.decode(msg.attention_mask, "attention_mask", wire.MASK_DTYPES, ndim=2)
     if tuple(mask.shape) != (batch, length):
         raise WireError(f"attention_mask has shape {list(mask.shape)}; "
@@ -152,7 +155,7 @@ def _decode_embeds(msg: pb.ForwardRequest | pb.GenerateRequest, info: BackboneIn
         raise WireError("attention_mask values must be 0 or 1")
     if not bool(mask.any(dim=1).all()):
         raise WireError("attention_mask has a row with no attended position")
-    return embeds.to(dtype), mask.long()
+    return embeds, mask.long()
 
 
 def _decode_labels(msg: pb.ForwardRequest, shape: torch.Size, vocab_size: int) -> torch.Tensor:
