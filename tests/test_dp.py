@@ -257,3 +257,16 @@ def test_round_table_shows_epsilon_only_with_dp():
     RoundTable(console, round_columns(dp=True)).add({"round": 1, "dp_epsilon_max": 2.345})
     text = console.export_text()
     assert "eps (max)" in text and "2.35" in text
+
+
+@pytest.mark.slow
+def test_simulation_records_each_rounds_epsilon(tmp_path):
+    """A real ``anther simulate`` with a target epsilon: result.json has the spent epsilon per round."""
+    from simulation_run import simulate
+
+    _, result = simulate(tmp_path, ["privacy.dp=true", "privacy.target_epsilon=8"])
+    trained = result["rounds"][1:]
+    assert all(r["dp_epsilon_mean"] <= r["dp_epsilon_max"] <= 8.0 for r in trained)
+    assert trained[0]["dp_epsilon_max"] < trained[1]["dp_epsilon_max"]
+    assert trained[1]["dp_epsilon_max"] == pytest.approx(8.0, rel=0.05), "the whole budget is spent by the end"
+    assert "dp_epsilon_max" not in result["rounds"][0]
