@@ -196,6 +196,7 @@ def test_poisson_training_seeds_its_batches(tiny_model_dir, processor, backbone,
     ("privacy.dp=true privacy.noise_multiplier=1 privacy.delta=1", "privacy.delta"),
     ("privacy.dp=true privacy.noise_multiplier=1 privacy.max_grad_norm=0", "privacy.max_grad_norm"),
     ("privacy.dp=true privacy.noise_multiplier=1 privacy.accountant=moments", "privacy.accountant"),
+    ("privacy.dp=true privacy.noise_multiplier=1 strategy.name=fisher", "privacy.dp"),
 ])
 def test_bad_privacy_config_names_the_key(override, key):
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):

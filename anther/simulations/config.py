@@ -186,7 +186,7 @@ def validate(cfg: DictConfig) -> DictConfig:
     _check(cfg.model.dtype in ("float32", "bfloat16", "float16"), "model.dtype", cfg.model.dtype,
            "must be float32, bfloat16 or float16")
     _validate_backbone(cfg.backbone)
-    _validate_privacy(cfg.privacy)
+    _validate_privacy(cfg.privacy, cfg.strategy)
     _check("name" in cfg.strategy or "_target_" in cfg.strategy, "strategy", dict(cfg.strategy),
            "needs a 'name' (built-in) or a '_target_' (your own class)")
     return cfg
@@ -214,9 +214,12 @@ def _validate_backbone(b: DictConfig) -> None:
            "backbone.client_cert and backbone.client_key go together")
 
 
-def _validate_privacy(p: DictConfig) -> None:
+def _validate_privacy(p: DictConfig, strategy: DictConfig) -> None:
     if not p.dp:
         return
+    _check(strategy.get("name") != "fisher", "privacy.dp", p.dp,
+           "cannot go with strategy.name=fisher: each client would send a Fisher computed from its "
+           "data without DP noise")
     _check((p.noise_multiplier is None) != (p.target_epsilon is None), "privacy.noise_multiplier",
            p.noise_multiplier, f"give exactly one of privacy.noise_multiplier and privacy.target_epsilon "
            f"(target_epsilon={p.target_epsilon}) when privacy.dp=true")
