@@ -13,7 +13,7 @@ import pytest
 import torch
 from flwr.app import RecordDict
 from omegaconf import OmegaConf
-from opacus.accountants import RDPAccountant
+from opacus.accountants import PRVAccountant, RDPAccountant
 from transformers import AutoProcessor
 
 from anther.adapters.nano_adapter import NanoAdapterConfig
@@ -167,6 +167,22 @@ def test_epsilon_grows_with_steps_and_matches_opacus():
     assert spent[-1] == pytest.approx(reference.get_epsilon(delta=1e-5), rel=1e-9)
 
 
+def test_no_noise_spends_infinite_epsilon():
+    privacy = _privacy(noise_multiplier=0.0)
+    assert spend(RecordDict(), privacy, dpsgd_for(privacy, 400, 16, 10), steps=10) == float("inf")
+
+
+def test_prv_accountant_matches_opacus():
+    privacy = _privacy(noise_multiplier=1.0, accountant="prv")
+    state = RecordDict()
+    dp = dpsgd_for(privacy, num_samples=200, batch_size=10, total_steps=40)
+    spent = [spend(state, privacy, dp, steps=20) for _ in range(2)]
+    reference = PRVAccountant()
+    for _ in range(40):
+        reference.step(noise_multiplier=1.0, sample_rate=0.05)
+    assert spent[0] < spent[1] == pytest.approx(reference.get_epsilon(delta=1e-5), rel=1e-6)
+
+
 def test_target_epsilon_picks_noise_for_the_whole_run():
     privacy = _privacy(target_epsilon=3.0)
     dp = dpsgd_for(privacy, num_samples=400, batch_size=16, total_steps=150)
@@ -197,6 +213,7 @@ def test_poisson_training_seeds_its_batches(tiny_model_dir, processor, backbone,
     ("privacy.dp=true privacy.noise_multiplier=1 privacy.max_grad_norm=0", "privacy.max_grad_norm"),
     ("privacy.dp=true privacy.noise_multiplier=1 privacy.accountant=moments", "privacy.accountant"),
     ("privacy.dp=true privacy.noise_multiplier=1 strategy.name=fisher", "privacy.dp"),
+    ("privacy.dp=true privacy.noise_multiplier=0 privacy.accountant=prv", "privacy.noise_multiplier"),
 ])
 def test_bad_privacy_config_names_the_key(override, key):
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):

@@ -231,6 +231,9 @@ def _validate_privacy(p: DictConfig, strategy: DictConfig) -> None:
     _check(p.max_grad_norm > 0, "privacy.max_grad_norm", p.max_grad_norm, "must be > 0")
     _check(p.accountant in PRIVACY_ACCOUNTANTS, "privacy.accountant", p.accountant,
            f"must be one of {', '.join(PRIVACY_ACCOUNTANTS)}")
+    _check(p.accountant != "prv" or p.noise_multiplier != 0, "privacy.noise_multiplier", p.noise_multiplier,
+           "must be > 0 with privacy.accountant=prv (no noise is no privacy: epsilon is infinite, "
+           "which only the rdp accountant reports)")
 
 
 def split_address(address: str) -> tuple[str, int]:
