@@ -3,6 +3,7 @@
     anther simulate [-e EXPERIMENT] [HYDRA_OVERRIDE ...]   federated simulation (flwr run underneath)
     anther model init-tiny --out DIR                       make the tiny LLaVA checkpoint
     anther data generate --out DIR                         write ShapesVQA in the on-disk format
+    anther data report [-e EXPERIMENT] [OVERRIDE ...]      what each client holds under a scenario
     anther certs --out DIR --clients 3                     CA, server and client certificates + tokens
     anther backbone serve --model DIR --tls-dir DIR        run the backbone service standalone
 
@@ -44,6 +45,18 @@ def _generate_data(args: argparse.Namespace) -> int:
     write_split(shapes_vqa.generate(args.train, args.seed, prefix="train"), out, "train")
     write_split(shapes_vqa.generate(args.test, args.seed + 1_000_003, prefix="test"), out, "test")
     print(f"ShapesVQA written to {out} ({args.train} train, {args.test} test)")
+    return 0
+
+
+def _data_report(args: argparse.Namespace) -> int:
+    from anther.simulations.config import load_config
+    from anther.simulations.data import dataset_dir
+    from anther.simulations.partition_report import write_partition_report
+
+    cfg = load_config(args.experiment, args.overrides)
+    out = Path(args.out or f"partition-{cfg.scenario.name}")
+    png = write_partition_report(cfg, dataset_dir(cfg), out)
+    print(f"partition report written to {png} and {out / 'partition.json'}")
     return 0
 
 
@@ -179,6 +192,13 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--test", type=int, default=400)
     gen.add_argument("--seed", type=int, default=0)
     gen.set_defaults(func=_generate_data)
+    rep = data.add_parser("report", help="print and plot what each client holds under a scenario",
+                          description="Per-client sample counts, label histograms, modality presence and "
+                          "domains for an experiment and scenario, e.g. `anther data report scenario=cross_i3t7`.")
+    rep.add_argument("-e", "--experiment", default="default", help="config name in anther/simulations/configs")
+    rep.add_argument("--out", help="folder for partition.png and partition.json (default: partition-<scenario>)")
+    rep.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. scenario=missing_b30")
+    rep.set_defaults(func=_data_report)
 
     certs = sub.add_parser("certs", help="make a CA, server and client certificates and bearer tokens")
     certs.add_argument("--out", required=True, help="credentials folder to write")

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import torch
 
 from anther.adapters.prompt import build_prompt, build_target
+from anther.client.metrics import choice_metrics
 from anther.client.nano_edge import NanoEdge
 from anther.server.backbone import Backbone, greedy_decode
 from anther.simulations.datasets.sample import Sample
@@ -75,7 +76,8 @@ def greedy_answers(encoder: Encoder, backbone: Backbone, samples: list[Sample],
 def evaluate_samples(encoder: Encoder, backbone: Backbone, samples: list[Sample], generate: bool = True,
                      max_new_tokens: int = 3, batch_size: int = 128) -> dict[str, float]:
     """Accuracy by multiple-choice scoring (``acc_mc``), exact match of greedy generation
-    (``acc_gen``), and multiple-choice accuracy per task (``acc_mc/<task>``)."""
+    (``acc_gen``), multiple-choice accuracy per task (``acc_mc/<task>``), and macro-F1 and ROC AUC
+    of the multiple-choice answers (:mod:`anther.client.metrics`)."""
     if not samples:
         return {}
     scores = option_scores(encoder, backbone, samples, batch_size)
@@ -85,6 +87,7 @@ def evaluate_samples(encoder: Encoder, backbone: Backbone, samples: list[Sample]
     for task in sorted({s.task for s in samples}):
         task_hits = [h for h, s in zip(hits, samples) if s.task == task]
         metrics[f"acc_mc/{task}"] = sum(task_hits) / len(task_hits)
+    metrics |= choice_metrics(samples, scores, picked)
     if generate:
         answers = greedy_answers(encoder, backbone, samples, max_new_tokens, batch_size)
         metrics["acc_gen"] = sum(a == s.answer for a, s in zip(answers, samples)) / len(samples)

@@ -22,6 +22,8 @@ BACKBONE_MODES = ("local", "service", "remote")
 WIRE_DTYPES = ("float32", "bfloat16", "float16")
 PRIVACY_ACCOUNTANTS = ("rdp", "prv")  # opacus accountants that compose (noise, rate, steps) histories
 WILDCARD_HOSTS = ("0.0.0.0", "::", "[::]")  # listen on every interface
+PARTITION_SCHEMES = ("iid", "dirichlet", "domain", "quantity")  # anther/simulations/scenarios.py
+MODALITY_SCENARIOS = ("full", "missing", "cross", "hybrid")
 
 
 def anther_home() -> Path:
@@ -40,7 +42,11 @@ class ModelConfig:
 
 @dataclass
 class DataConfig:
-    path: str | None = None  # folder in anther's on-disk format; None = built-in ShapesVQA
+    path: str | None = None  # data set folder; None = built-in ShapesVQA
+    format: str = "anther"  # how data.path is laid out: data_formats() lists the loaders
+    train_split: str = "train"  # the format's name of the split clients train on
+    test_split: str = "test"  # ... and of the server's held-out split
+    skip_bad: bool = False  # skip malformed records / missing images (and report the count) instead of failing
     train_size: int = 4000
     test_size: int = 400  # server-side held-out set
     seed: int = 0
@@ -50,9 +56,24 @@ class DataConfig:
 
 @dataclass
 class PartitionConfig:
-    scheme: str = "iid"  # iid | dirichlet
-    alpha: float = 0.5
-    seed: int = 0
+    scheme: str = "iid"  # iid | dirichlet (label skew) | domain (one visual domain per client) | quantity
+    alpha: float = 0.5  # Dirichlet concentration: of labels (dirichlet) or of client sizes (quantity)
+    seed: int = 0  # the split and the scenario's modality drops are deterministic in it
+
+
+@dataclass
+class ScenarioConfig:
+    """Modality heterogeneity on top of the partition (FedMLLM's scenarios).
+
+    Named scenarios are the files of ``configs/scenario/`` (``scenario=missing_b30``); each
+    sets this section and the partition it builds on. See anther/simulations/scenarios.py.
+    """
+
+    name: str = "iid"
+    modality: str = "full"  # full | missing | cross | hybrid
+    missing_rate: float = 0.0  # missing: each modality of each sample dropped with this probability (beta)
+    image_share: float = 0.5  # cross: share of clients that are image-only (I / (I + T)); the rest text-only
+    presence: float = 1.0  # hybrid: each client holds each modality with this probability (p)
 
 
 @dataclass
@@ -144,6 +165,7 @@ class ExperimentConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     partition: PartitionConfig = field(default_factory=PartitionConfig)
+    scenario: ScenarioConfig = field(default_factory=ScenarioConfig)
     federation: FederationConfig = field(default_factory=FederationConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     adapter: AdapterConfig = field(default_factory=AdapterConfig)
@@ -180,9 +202,12 @@ def validate(cfg: DictConfig) -> DictConfig:
            "must be in [0, 1)")
     _check(d.train_size >= f.num_clients, "data.train_size", d.train_size,
            f"must be at least federation.num_clients ({f.num_clients})")
-    _check(cfg.partition.scheme in ("iid", "dirichlet"), "partition.scheme", cfg.partition.scheme,
-           "must be 'iid' or 'dirichlet'")
+    _check(cfg.partition.scheme in PARTITION_SCHEMES, "partition.scheme", cfg.partition.scheme,
+           f"must be one of {', '.join(PARTITION_SCHEMES)}")
     _check(cfg.partition.alpha > 0, "partition.alpha", cfg.partition.alpha, "must be > 0")
+    _validate_scenario(cfg.scenario)
+    _check(d.format in data_formats(), "data.format", d.format,
+           f"must be one of {', '.join(data_formats())}")
     _check(cfg.model.dtype in ("float32", "bfloat16", "float16"), "model.dtype", cfg.model.dtype,
            "must be float32, bfloat16 or float16")
     _validate_backbone(cfg.backbone)
@@ -190,6 +215,20 @@ def validate(cfg: DictConfig) -> DictConfig:
     _check("name" in cfg.strategy or "_target_" in cfg.strategy, "strategy", dict(cfg.strategy),
            "needs a 'name' (built-in) or a '_target_' (your own class)")
     return cfg
+
+
+def _validate_scenario(s: DictConfig) -> None:
+    _check(s.modality in MODALITY_SCENARIOS, "scenario.modality", s.modality,
+           f"must be one of {', '.join(MODALITY_SCENARIOS)}")
+    for key in ("missing_rate", "image_share", "presence"):
+        _check(0 <= s[key] <= 1, f"scenario.{key}", s[key], "must be in [0, 1]")
+
+
+def data_formats() -> tuple[str, ...]:
+    """Names ``data.format`` accepts (imported late: the loaders pull in pyarrow and datasets)."""
+    from anther.simulations.datasets.registry import FORMATS
+
+    return tuple(FORMATS)
 
 
 def _validate_backbone(b: DictConfig) -> None:

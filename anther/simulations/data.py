@@ -1,25 +1,27 @@
-"""Where a run's data comes from and how it is split across clients.
+"""Where a run's data comes from and what each client holds of it.
 
 The built-in ShapesVQA set is written once to disk in anther's own format
 (``anther/simulations/datasets/sample.py``), so simulated clients read exactly
-what a deployed client with its own folder would. Partitions come from
-``flwr-datasets`` partitioners, applied to the answer as the label.
+what a deployed client with its own folder would; other layouts (ScienceQA,
+Hateful-Memes, ...) are read by the loader ``data.format`` names. What each client
+holds is the run's heterogeneity scenario (``anther/simulations/scenarios.py``).
 """
 
 from __future__ import annotations
 
 import random
+import sys
 from functools import lru_cache
 from pathlib import Path
 
-from datasets import Dataset
 from filelock import FileLock
-from flwr_datasets.partitioner import DirichletPartitioner, IidPartitioner, Partitioner
 from omegaconf import DictConfig
 
 from anther.simulations.config import anther_home
 from anther.simulations.datasets import shapes_vqa
-from anther.simulations.datasets.sample import Sample, read_split, write_split
+from anther.simulations.datasets.registry import load_samples
+from anther.simulations.datasets.sample import Sample, write_split
+from anther.simulations.scenarios import apply_modalities, modality_plans, partition_indices
 
 
 def builtin_dir(train_size: int, test_size: int, seed: int) -> Path:
@@ -43,45 +45,46 @@ def dataset_dir(cfg: DictConfig) -> Path:
     """The data folder a run uses: ``data.path`` if given, else the built-in set."""
     if cfg.data.path:
         folder = Path(cfg.data.path).expanduser()
-        if not (folder / "train.jsonl").is_file():
-            raise FileNotFoundError(f"data.path={folder} has no train.jsonl (see the on-disk format in the README)")
+        if cfg.data.format == "anther" and not (folder / f"{cfg.data.train_split}.jsonl").is_file():
+            raise FileNotFoundError(f"data.path={folder} has no {cfg.data.train_split}.jsonl (see the on-disk "
+                                    "format in the README, or set data.format for another layout)")
+        if not folder.is_dir():
+            raise FileNotFoundError(f"data.path={folder} is not a folder (data.format={cfg.data.format})")
         return folder
+    if cfg.data.format != "anther":
+        raise ValueError(f"data.format={cfg.data.format} needs data.path (the folder the data set is in)")
     return prepare_builtin(cfg.data.train_size, cfg.data.test_size, cfg.data.seed)
 
 
 @lru_cache(maxsize=4)
-def load_split(folder: str, split: str) -> tuple[Sample, ...]:
-    """Read a split once per process (simulated clients in one worker share it)."""
-    samples, _ = read_split(Path(folder), split)
+def load_split(folder: str, split: str, data_format: str = "anther", skip_bad: bool = False) -> tuple[Sample, ...]:
+    """Read a split once per process (simulated clients in one worker share it); with ``skip_bad``
+    the bad records it skipped are reported on stderr, never dropped silently."""
+    samples, skipped = load_samples(data_format, Path(folder), split, skip_bad)
+    if skipped:
+        print(f"anther: skipped {skipped} bad record(s) of {data_format} split {split!r} in {folder} "
+              "(data.skip_bad=true)", file=sys.stderr)
     return tuple(samples)
 
 
-def make_partitioner(scheme: str, num_partitions: int, alpha: float, seed: int) -> Partitioner:
-    if scheme == "iid":
-        return IidPartitioner(num_partitions=num_partitions)
-    if scheme == "dirichlet":
-        return DirichletPartitioner(num_partitions=num_partitions, partition_by="label", alpha=alpha,
-                                    min_partition_size=2, self_balancing=False, shuffle=True, seed=seed)
-    raise ValueError(f"unknown partition scheme {scheme!r}; choose 'iid' or 'dirichlet'")
-
-
-@lru_cache(maxsize=8)
-def partition_indices(labels: tuple[str, ...], num_partitions: int, scheme: str, alpha: float,
-                      seed: int) -> tuple[tuple[int, ...], ...]:
-    """Indices of each partition; deterministic in ``seed``, computed once per process
-    (a simulation worker serves many clients of the same split every round)."""
-    partitioner = make_partitioner(scheme, num_partitions, alpha, seed)
-    partitioner.dataset = Dataset.from_dict({"label": labels, "idx": list(range(len(labels)))})
-    return tuple(tuple(partitioner.load_partition(i)["idx"]) for i in range(num_partitions))
+def split_samples(cfg: DictConfig, folder: Path, which: str) -> tuple[Sample, ...]:
+    """The run's ``train`` or ``test`` samples: the split ``data.train_split`` / ``data.test_split``
+    of ``folder`` read as ``data.format``."""
+    split = {"train": cfg.data.train_split, "test": cfg.data.test_split}[which]
+    return load_split(str(folder), split, cfg.data.format, cfg.data.skip_bad)
 
 
 def client_data(cfg: DictConfig, folder: Path, partition_id: int, num_partitions: int
                 ) -> tuple[list[Sample], list[Sample]]:
-    """A client's local (train, test) samples: its partition, split by ``client_test_fraction``."""
-    train = load_split(str(folder), "train")
-    parts = partition_indices(tuple(s.answer for s in train), num_partitions, cfg.partition.scheme,
-                              cfg.partition.alpha, cfg.partition.seed)
-    mine = [train[i] for i in parts[partition_id]]
+    """A client's local (train, test) samples: its partition under the run's scenario (the split,
+    then the modalities it keeps), split by ``client_test_fraction``."""
+    train = split_samples(cfg, folder, "train")
+    p, s = cfg.partition, cfg.scenario
+    parts = partition_indices(tuple(x.answer for x in train), tuple(x.domain for x in train), num_partitions,
+                              p.scheme, p.alpha, p.seed)
+    plan = modality_plans(s.modality, num_partitions, s.missing_rate, s.image_share, s.presence,
+                          p.seed)[partition_id]
+    mine = apply_modalities([train[i] for i in parts[partition_id]], plan, p.seed)
     random.Random(cfg.seed * 1000 + partition_id).shuffle(mine)
     n_test = int(len(mine) * cfg.data.client_test_fraction)
     return mine[n_test:], mine[:n_test]

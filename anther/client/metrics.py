@@ -1,0 +1,71 @@
+"""Classification metrics of multiple-choice answers, and their spread over clients.
+
+FedMLLM reports accuracy, ROC AUC and macro-F1. Here every sample is a multiple-choice
+question scored by the log-likelihood of each option, so:
+
+- **macro-F1** (``f1_macro``, and ``f1_macro/<task>``) compares the picked option with the
+  answer, each distinct answer a class, classes weighted equally;
+- **ROC AUC** (``auc/<task>``) is computed for every *binary* task, one whose samples all
+  offer the same two options (yes / no, hateful / not): the positive class is the first option
+  of the task's first sample and a sample's score is the log-likelihood of the positive option
+  minus that of the other, so no threshold is involved. ``auc`` is their mean. A task whose
+  samples all share one answer has no AUC (it is undefined) and is left out.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+from sklearn.metrics import f1_score, roc_auc_score
+
+from anther.simulations.datasets.sample import Sample
+
+
+def macro_f1(answers: Sequence[str], picked: Sequence[str]) -> float:
+    return float(f1_score(list(answers), list(picked), average="macro", zero_division=0))
+
+
+def binary_auc(samples: Sequence[Sample], scores: Sequence[Sequence[float]]) -> float | None:
+    """ROC AUC of a binary task (see the module doc), or None if it is not binary or has one class."""
+    options = set(samples[0].options)
+    if len(options) != 2 or any(set(s.options) != options for s in samples):
+        return None
+    positive = samples[0].options[0]
+    y = [s.answer == positive for s in samples]
+    if all(y) or not any(y):
+        return None
+    margin = [sc[s.options.index(positive)] - sc[1 - s.options.index(positive)] for s, sc in zip(samples, scores)]
+    return float(roc_auc_score(y, margin))
+
+
+def choice_metrics(samples: Sequence[Sample], scores: Sequence[Sequence[float]],
+                   picked: Sequence[str]) -> dict[str, float]:
+    """``f1_macro``, ``f1_macro/<task>``, ``auc/<task>`` for binary tasks and their mean ``auc``."""
+    metrics = {"f1_macro": macro_f1([s.answer for s in samples], picked)}
+    aucs = []
+    for task in sorted({s.task for s in samples}):
+        idx = [i for i, s in enumerate(samples) if s.task == task]
+        metrics[f"f1_macro/{task}"] = macro_f1([samples[i].answer for i in idx], [picked[i] for i in idx])
+        auc = binary_auc([samples[i] for i in idx], [scores[i] for i in idx])
+        if auc is not None:
+            metrics[f"auc/{task}"] = auc
+            aucs.append(auc)
+    if aucs:
+        metrics["auc"] = sum(aucs) / len(aucs)
+    return metrics
+
+
+def summarise_clients(per_client: dict[Any, dict[str, Any]],
+                      keys: Sequence[str] = ("acc_mc", "f1_macro", "auc")) -> dict[str, float]:
+    """Mean, worst client and spread (population std) of each metric in ``keys`` over the clients
+    that report it: ``<key>_mean``, ``<key>_worst``, ``<key>_std``."""
+    summary = {}
+    for key in keys:
+        values = [float(m[key]) for m in per_client.values() if key in m]
+        if values:
+            mean = sum(values) / len(values)
+            summary |= {f"{key}_mean": mean, f"{key}_worst": min(values),
+                        f"{key}_std": math.sqrt(sum((v - mean) ** 2 for v in values) / len(values))}
+    return summary
