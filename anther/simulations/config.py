@@ -43,7 +43,9 @@ class ModelConfig:
 @dataclass
 class DataConfig:
     path: str | None = None  # data set folder; None = built-in ShapesVQA
-    format: str = "anther"  # how data.path is laid out: data_formats() lists the loaders
+    # layout of data.path: anther, scienceqa, iconqa, hateful_memes, crisismmd, vqa_rad, slake, llava
+    # (anther/simulations/datasets/registry.py; each loader's module says which files it reads)
+    format: str = "anther"
     train_split: str = "train"  # the format's name of the split clients train on
     test_split: str = "test"  # ... and of the server's held-out split
     skip_bad: bool = False  # skip malformed records / missing images (and report the count) instead of failing

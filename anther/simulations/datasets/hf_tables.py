@@ -44,9 +44,11 @@ def hf_rows(folder: Path, split: str) -> Iterator[tuple[str, int, dict[str, Any]
         return
     files = split_parquet_files(folder, split)
     if not files:
-        found = sorted({p.name for p in folder.rglob("*.parquet")} | {p.parent.name for p in folder.glob("*/state.json")})
-        raise FileNotFoundError(f"no split {split!r} in {folder}: neither {split}/state.json (save_to_disk) nor "
-                                f"parquet files named {split}-* or in a folder {split}/; found: {found or 'nothing'}")
+        found = sorted({p.name for p in folder.rglob("*.parquet")}
+                       | {p.parent.name + "/" for p in folder.glob("*/state.json")})
+        raise FileNotFoundError(f"no split {split!r} in {folder}: neither {split}/state.json (save_to_disk) "
+                                f"nor parquet files named {split}-* or in a folder {split}/; "
+                                f"found: {found or 'nothing'}")
     index = 0
     for path in files:
         for where, row in _parquet_rows(path):

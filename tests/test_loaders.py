@@ -1,0 +1,351 @@
+"""Loaders of the papers' data sets (issue 5 item 6), each on a few records this test writes in
+that data set's own format: the records convert to Samples; a malformed record and a missing
+image are errors naming the file and the record; with ``skip_bad`` they are skipped and counted."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import pytest
+from datasets import Dataset, DatasetDict, Features, Image, List, Value
+from PIL import Image as PILImage
+
+from anther.simulations.config import load_config
+from anther.simulations.data import split_samples
+from anther.simulations.datasets.registry import FORMATS, load_samples
+from anther.simulations.datasets.sample import DataFormatError
+
+
+def _png(colour=(200, 30, 30), size=(8, 6)) -> bytes:
+    buf = io.BytesIO()
+    PILImage.new("RGB", size, colour).save(buf, "PNG")
+    return buf.getvalue()
+
+
+def _save_png(path: Path, colour=(30, 200, 30)) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(_png(colour))
+
+
+def _skip(fmt: str, folder: Path, split: str, good: int, bad: int) -> list:
+    samples, skipped = load_samples(fmt, folder, split, skip_bad=True)
+    assert (len(samples), skipped) == (good, bad)
+    return samples
+
+
+# ---- ScienceQA: parquet or save_to_disk, as the hub distributes it ------------------------------------------------
+
+SCIENCEQA_FEATURES = Features({
+    "image": Image(), "question": Value("string"), "choices": List(Value("string")), "answer": Value("int8"),
+    "hint": Value("string"), "task": Value("string"), "grade": Value("string"), "subject": Value("string"),
+    "topic": Value("string"), "category": Value("string"), "skill": Value("string"), "lecture": Value("string"),
+    "solution": Value("string")})
+
+
+def _scienceqa_rows(bad: dict | None = None) -> dict[str, list]:
+    rows = [
+        {"image": {"bytes": _png(), "path": None}, "question": "Which colour is shown?", "choices": ["red", "blue"],
+         "answer": 0, "hint": "Look at the square.", "subject": "natural science", "topic": "colours"},
+        {"image": None, "question": "Which word is a noun?", "choices": ["run", "cat", "quick"], "answer": 1,
+         "hint": "", "subject": "language science", "topic": "grammar"},
+    ]
+    if bad:
+        rows.append({**rows[0], **bad})
+    cols = {k: [r.get(k, "") for r in rows] for k in SCIENCEQA_FEATURES}
+    return cols
+
+
+def _scienceqa_parquet(folder: Path, bad: dict | None = None) -> Path:
+    path = folder / "data" / "train-00000-of-00001-f0e719df791966ff.parquet"
+    path.parent.mkdir(parents=True)
+    Dataset.from_dict(_scienceqa_rows(bad), features=SCIENCEQA_FEATURES).to_parquet(str(path))
+    return path
+
+
+def test_scienceqa_parquet_as_on_the_hub(tmp_path):
+    _scienceqa_parquet(tmp_path)
+    samples, skipped = load_samples("scienceqa", tmp_path, "train")
+    assert skipped == 0 and [s.answer for s in samples] == ["red", "cat"]
+    first, second = samples
+    assert first.has_image and first.image.size == (8, 6) and first.context == "Look at the square."
+    assert (first.options, first.task, first.domain) == (["red", "blue"], "natural science", "colours")
+    assert not second.has_image and not second.has_text and second.options == ["run", "cat", "quick"]
+
+
+def test_scienceqa_save_to_disk(tmp_path):
+    ds = Dataset.from_dict(_scienceqa_rows(), features=SCIENCEQA_FEATURES)
+    DatasetDict({"train": ds, "test": ds}).save_to_disk(str(tmp_path / "sqa"))
+    samples, _ = load_samples("scienceqa", tmp_path / "sqa", "test")
+    assert [s.answer for s in samples] == ["red", "cat"] and samples[0].has_image
+
+
+def test_scienceqa_bad_answer_index_names_file_and_row(tmp_path):
+    path = _scienceqa_parquet(tmp_path, bad={"answer": 5})
+    with pytest.raises(DataFormatError, match=rf"{path}: row 2: 'answer' must index 'choices'"):
+        load_samples("scienceqa", tmp_path, "train")
+    _skip("scienceqa", tmp_path, "train", good=2, bad=1)
+
+
+def test_scienceqa_undecodable_image_names_file_and_row(tmp_path):
+    path = _scienceqa_parquet(tmp_path, bad={"image": {"bytes": b"not a png", "path": None}})
+    with pytest.raises(DataFormatError, match=rf"{path}: row 2: cannot decode the image"):
+        load_samples("scienceqa", tmp_path, "train")
+
+
+def test_scienceqa_missing_split_lists_what_is_there(tmp_path):
+    _scienceqa_parquet(tmp_path)
+    with pytest.raises(FileNotFoundError, match="no split 'validation'.*train-00000-of-00001"):
+        load_samples("scienceqa", tmp_path, "validation")
+
+
+# ---- IconQA: lmms-lab/ICON-QA parquet ------------------------------------------------------------------------------
+
+ICONQA_FEATURES = Features({
+    "question_id": Value("string"), "question": Value("string"), "choices": Value("string"),
+    "answer": Value("string"), "query_image": Image(), "choice_image_0": Image(), "choice_image_1": Image(),
+    "ques_type": Value("string"), "label": Value("string"), "grade": Value("string"), "skills": Value("string")})
+
+
+def _iconqa(folder: Path, extra: list[dict] = ()) -> Path:
+    img = {"bytes": _png(size=(10, 10)), "path": None}
+    rows = [
+        {"question_id": "1", "question": "How likely is a black one?", "choices": "certain,unlikely,impossible",
+         "answer": "unlikely", "query_image": img, "ques_type": "choose_txt"},
+        {"question_id": "2", "question": "Which picture shows three dots?", "choices": "", "answer": "1",
+         "query_image": img, "choice_image_0": {"bytes": _png(size=(4, 4)), "path": None},
+         "choice_image_1": {"bytes": _png(size=(6, 4)), "path": None}, "ques_type": "choose_img"},
+        {"question_id": "3", "question": "How many dots are there?", "answer": "3", "query_image": img,
+         "ques_type": "fill_in_blank"},
+        {"question_id": "4", "question": "How many stars are there?", "answer": "5", "query_image": img,
+         "ques_type": "fill_in_blank"},
+        *extra,
+    ]
+    path = folder / "data" / "val-00000-of-00001-f9787027db08d358.parquet"
+    path.parent.mkdir(parents=True)
+    Dataset.from_dict({k: [r.get(k) for r in rows] for k in ICONQA_FEATURES},
+                      features=ICONQA_FEATURES).to_parquet(str(path))
+    return path
+
+
+def test_iconqa_three_question_kinds(tmp_path):
+    _iconqa(tmp_path)
+    txt, img, fill3, fill5 = load_samples("iconqa", tmp_path, "val")[0]
+    assert (txt.options, txt.answer, txt.task) == (["certain", "unlikely", "impossible"], "unlikely", "choose_txt")
+    assert (img.options, img.answer) == (["the first image", "the second image"], "the second image")
+    assert img.image.size == (10 + 4 + 6 + 2 * 8, 10)  # query and choices side by side
+    assert fill3.options == fill5.options == ["3", "5"] and fill3.task == "fill_in_blank"
+
+
+def test_iconqa_answer_outside_the_choices_names_the_row(tmp_path):
+    bad = {"question_id": "9", "question": "q?", "choices": "a,b", "answer": "c",
+           "query_image": {"bytes": _png(), "path": None}, "ques_type": "choose_txt"}
+    path = _iconqa(tmp_path, [bad])
+    with pytest.raises(DataFormatError, match=rf"{path}: row 4: answer 'c' is neither one of the choices"):
+        load_samples("iconqa", tmp_path, "val")
+    _skip("iconqa", tmp_path, "val", good=4, bad=1)
+
+
+def test_iconqa_missing_image_file_names_the_row(tmp_path):
+    image = tmp_path / "images" / "gone.png"  # an image stored by path, deleted after the table was written
+    _save_png(image)
+    bad = {"question_id": "9", "question": "q?", "answer": "2", "query_image": {"bytes": None, "path": str(image)},
+           "ques_type": "fill_in_blank"}
+    path = _iconqa(tmp_path, [bad])
+    image.unlink()
+    with pytest.raises(DataFormatError, match=rf"{path}: row 4: image file not found"):
+        load_samples("iconqa", tmp_path, "val")
+
+
+# ---- Hateful Memes: jsonl + img/ -----------------------------------------------------------------------------------
+
+def _hateful(folder: Path, extra_lines: list[str] = ()) -> Path:
+    for i in (1, 2):
+        _save_png(folder / "img" / f"0{i}235.png")
+    lines = [json.dumps({"id": 1235, "img": "img/01235.png", "label": 1, "text": "a hateful caption"}),
+             json.dumps({"id": 2235, "img": "img/02235.png", "label": 0, "text": "a kind caption"}), *extra_lines]
+    path = folder / "dev_seen.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def test_hateful_memes_records_become_yes_no_questions(tmp_path):
+    _hateful(tmp_path)
+    hateful, kind = load_samples("hateful_memes", tmp_path, "dev_seen")[0]
+    assert (hateful.answer, kind.answer, hateful.options) == ("yes", "no", ["yes", "no"])
+    assert hateful.context == "a hateful caption" and hateful.has_image and hateful.id == "1235"
+
+
+def test_hateful_memes_bad_label_invalid_json_and_missing_image(tmp_path):
+    path = _hateful(tmp_path, [json.dumps({"id": 3, "img": "img/01235.png", "label": 2, "text": "t"}),
+                               "{not json",
+                               json.dumps({"id": 4, "img": "img/gone.png", "label": 0, "text": "t"})])
+    with pytest.raises(DataFormatError, match=rf"{path}:3: 'label' must be 0 or 1"):
+        load_samples("hateful_memes", tmp_path, "dev_seen")
+    _skip("hateful_memes", tmp_path, "dev_seen", good=2, bad=3)
+    path.write_text(path.read_text().splitlines()[-1] + "\n")
+    with pytest.raises(DataFormatError, match=rf"{path}:1: image file not found: .*gone.png"):
+        load_samples("hateful_memes", tmp_path, "dev_seen")
+
+
+# ---- CrisisMMD: TSV annotations + data_image/ ----------------------------------------------------------------------
+
+CRISIS_HEADER = "event_name\ttweet_id\timage_id\ttweet_text\timage\tlabel\tlabel_text\tlabel_image\tlabel_text_image"
+
+
+def _crisis(folder: Path, extra: list[str] = ()) -> Path:
+    rows = []
+    for i, (event, label) in enumerate([("hurricane_irma", "infrastructure_and_utility_damage"),
+                                        ("california_wildfires", "not_humanitarian")]):
+        image = f"data_image/{event}/10_9_2017/91{i}_0.jpg"
+        _save_png(folder / image)
+        rows.append(f"{event}\t91{i}\t91{i}_0\tRoads flooded https://t.co/x{i}\t{image}\t{label}\t{label}\t{label}\t"
+                    "Positive")
+    path = folder / "crisismmd_datasplit_all" / "task_humanitarian_text_img_train.tsv"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join([CRISIS_HEADER, *rows, *extra]) + "\n")
+    return path
+
+
+def test_crisismmd_tweets_with_images(tmp_path):
+    _crisis(tmp_path)
+    damage, other = load_samples("crisismmd", tmp_path, "train")[0]
+    assert damage.answer == "infrastructure_and_utility_damage" and len(damage.options) == 8
+    assert damage.context == "Roads flooded" and damage.domain == "hurricane_irma" and damage.has_image
+    assert other.domain == "california_wildfires" and other.task == "humanitarian"
+    assert load_samples("crisismmd", tmp_path, "humanitarian_train")[0][0].id == "910_0"
+
+
+def test_crisismmd_bad_rows_name_file_and_line(tmp_path):
+    path = _crisis(tmp_path, ["ev\t1\t1_0\ttext\tdata_image/a.jpg\tnot_a_class\tx\tx\tx",
+                              "ev\t2\ttoo few fields",
+                              "ev\t3\t3_0\ttext\tdata_image/gone.jpg\tnot_humanitarian\tx\tx\tx"])
+    with pytest.raises(DataFormatError, match=rf"{path}:4: label 'not_a_class' is not a humanitarian class"):
+        load_samples("crisismmd", tmp_path, "train")
+    _skip("crisismmd", tmp_path, "train", good=2, bad=3)
+
+
+def test_crisismmd_unknown_task_is_refused(tmp_path):
+    _crisis(tmp_path)
+    with pytest.raises(ValueError, match="unknown task 'sentiment'"):
+        load_samples("crisismmd", tmp_path, "sentiment_train")
+
+
+# ---- VQA-RAD and SLAKE: JSON lists + image folders -----------------------------------------------------------------
+
+def _vqa_rad(folder: Path, extra: list[dict] = ()) -> Path:
+    _save_png(folder / "VQA_RAD Image Folder" / "synpic1.jpg")
+    base = {"image_name": "synpic1.jpg", "image_organ": "CHEST", "answer_type": "CLOSED", "question_type": "PRES"}
+    records = [{**base, "qid": 1, "question": "Is there a mass?", "answer": "Yes", "phrase_type": "freeform"},
+               {**base, "qid": 2, "question": "Which side?", "answer": "Left", "phrase_type": "para"},
+               {**base, "qid": 3, "question": "What organ?", "answer": "lung", "answer_type": "OPEN",
+                "phrase_type": "freeform"},
+               {**base, "qid": 4, "question": "Is it normal?", "answer": "no", "phrase_type": "test_freeform"},
+               *extra]
+    path = folder / "VQA_RAD Dataset Public.json"
+    path.write_text(json.dumps(records, indent=2))
+    return path
+
+
+def test_vqa_rad_splits_by_phrase_type(tmp_path):
+    _vqa_rad(tmp_path)
+    train, _ = load_samples("vqa_rad", tmp_path, "train")
+    test, _ = load_samples("vqa_rad", tmp_path, "test")
+    assert [s.id for s in train] == ["1", "2", "3"] and [s.id for s in test] == ["4"]
+    yes, side, organ = train
+    assert (yes.answer, yes.options, yes.task, yes.domain) == ("yes", ["yes", "no"], "yesno", "CHEST")
+    assert (side.answer, side.options, side.task) == ("left", ["left"], "closed")
+    assert (organ.options, organ.task) == (["lung"], "open")
+    with pytest.raises(ValueError, match="splits by phrase_type"):
+        load_samples("vqa_rad", tmp_path, "validation")
+
+
+def test_vqa_rad_bad_record_and_missing_image_name_file_and_record(tmp_path):
+    path = _vqa_rad(tmp_path, [{"qid": 5, "image_name": "synpic1.jpg", "question": "q?", "phrase_type": "para"},
+                               {"qid": 6, "image_name": "gone.jpg", "question": "q?", "answer": "yes",
+                                "phrase_type": "para"}])
+    with pytest.raises(DataFormatError, match=rf"{path}: record 4: missing field\(s\) \['answer'\]"):
+        load_samples("vqa_rad", tmp_path, "train")
+    _skip("vqa_rad", tmp_path, "train", good=3, bad=2)
+
+
+def test_slake_reads_the_english_questions(tmp_path):
+    _save_png(tmp_path / "imgs" / "xmlab1" / "source.jpg")
+    base = {"img_id": 1, "img_name": "xmlab1/source.jpg", "location": "Lung", "modality": "X-Ray",
+            "answer_type": "OPEN", "base_type": "vqa", "content_type": "Organ"}
+    records = [{**base, "qid": 1, "question": "Which organ is shown?", "answer": "Lung", "q_lang": "en"},
+               {**base, "qid": 2, "question": "图中是哪个器官?", "answer": "肺", "q_lang": "zh"},
+               {**base, "qid": 3, "question": "Is the lung healthy?", "answer": "Yes", "q_lang": "en",
+                "answer_type": "CLOSED"},
+               {**base, "qid": 4, "img_name": "xmlab9/source.jpg", "question": "q?", "answer": "x", "q_lang": "en"}]
+    path = tmp_path / "validate.json"
+    path.write_text(json.dumps(records))
+    with pytest.raises(DataFormatError, match=rf"{path}: record 3: image file not found"):
+        load_samples("slake", tmp_path, "validate")
+    organ, healthy = _skip("slake", tmp_path, "validate", good=2, bad=1)
+    assert (organ.answer, organ.domain, organ.task) == ("lung", "X-Ray", "open")
+    assert (healthy.answer, healthy.options) == ("yes", ["yes", "no"])
+
+
+# ---- LLaVA-style instruction JSON ---------------------------------------------------------------------------------
+
+def _llava_records() -> list[dict]:
+    return [
+        {"id": "000000033471", "image": "coco/train2017/000000033471.jpg", "conversations": [
+            {"from": "human", "value": "<image>\nWhat colour is the bus?"},
+            {"from": "gpt", "value": "White and red."},
+            {"from": "human", "value": "Where is it?"},
+            {"from": "gpt", "value": "On a street."}]},
+        {"id": "mc1", "image": "coco/train2017/000000033471.jpg", "conversations": [
+            {"role": "user", "content": "<image>\nIs the content hateful?\nOptions:\n(A) not-hateful\n(B) hateful"},
+            {"role": "assistant", "content": "(B) hateful"}]},
+        {"id": "text1", "conversations": [
+            {"from": "human", "value": "Which is a fruit?\nA. apple\nB. chair"},
+            {"from": "gpt", "value": "A"}]},
+    ]
+
+
+def test_llava_conversations_become_one_sample_per_turn(tmp_path):
+    _save_png(tmp_path / "coco" / "train2017" / "000000033471.jpg")
+    (tmp_path / "train.json").write_text(json.dumps(_llava_records()))
+    bus, street, meme, fruit = load_samples("llava", tmp_path, "train")[0]
+    assert (bus.id, bus.question, bus.answer, bus.context) == ("000000033471", "What colour is the bus?",
+                                                               "White and red.", "")
+    assert (street.id, street.context) == ("000000033471#1", "What colour is the bus?\nWhite and red.")
+    assert bus.options == street.options == ["On a street.", "White and red."] and bus.task == "open"
+    assert (meme.options, meme.answer, meme.task) == (["not-hateful", "hateful"], "hateful", "choice")
+    assert (fruit.options, fruit.answer, fruit.has_image) == (["apple", "chair"], "apple", False)
+    assert bus.has_image and "<image>" not in bus.question
+
+
+def test_llava_jsonl_with_bad_and_imageless_records(tmp_path):
+    records = _llava_records()[2:]
+    lines = [json.dumps(r) for r in records] + [
+        json.dumps({"id": "x", "conversations": [{"from": "gpt", "value": "hi"}, {"from": "human", "value": "?"}]}),
+        json.dumps({"id": "y", "image": "gone.jpg", "conversations": records[0]["conversations"]}),
+        "[truncated"]
+    path = tmp_path / "test.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    with pytest.raises(DataFormatError, match=rf"{path}:2: 'conversations' must alternate human and assistant"):
+        load_samples("llava", tmp_path, "test")
+    _skip("llava", tmp_path, "test", good=1, bad=3)
+
+
+# ---- the registry and the run config ------------------------------------------------------------------------------
+
+def test_registry_names_every_format_and_refuses_others(tmp_path):
+    assert set(FORMATS) == {"anther", "scienceqa", "iconqa", "hateful_memes", "crisismmd", "vqa_rad", "slake",
+                            "llava"}
+    with pytest.raises(ValueError, match="unknown data format 'coco'"):
+        load_samples("coco", tmp_path, "train")
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        load_samples("hateful_memes", tmp_path / "absent", "train")
+
+
+def test_a_run_reads_its_train_and_test_splits_through_data_format(tmp_path):
+    _hateful(tmp_path)
+    (tmp_path / "train.jsonl").write_text((tmp_path / "dev_seen.jsonl").read_text())
+    cfg = load_config("default", ["data.format=hateful_memes", f"data.path={tmp_path}", "data.test_split=dev_seen"])
+    assert [s.answer for s in split_samples(cfg, tmp_path, "train")] == ["yes", "no"]
+    assert len(split_samples(cfg, tmp_path, "test")) == 2
