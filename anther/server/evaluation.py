@@ -13,13 +13,13 @@ import torch
 
 from anther.client.inference import evaluate_samples
 from anther.client.runtime import runtime_for
-from anther.simulations.data import load_split
+from anther.simulations.data import split_samples
 
 
 class ServerEvaluator:
     def __init__(self, cfg, data_folder: Path) -> None:
         self.runtime = runtime_for(cfg)
-        self.samples = list(load_split(str(data_folder), "test"))[: cfg.eval.server_test_size]
+        self.samples = list(split_samples(cfg, Path(data_folder), "test"))[: cfg.eval.server_test_size]
         self.cfg = cfg
 
     def __call__(self, adapters: dict[str, torch.Tensor]) -> dict[str, float]:

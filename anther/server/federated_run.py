@@ -24,9 +24,11 @@ from flwr.serverapp import Grid
 from omegaconf import DictConfig, OmegaConf
 
 from anther.client.dp import EPSILON_METRIC
+from anther.client.metrics import summarise_clients
 from anther.server.checkpoint import save_checkpoint
 from anther.server.evaluation import ServerEvaluator
 from anther.simulations.config import anther_home, to_yaml
+from anther.simulations.partition_report import write_partition_report
 from anther.simulations.report import RoundTable, plot_rounds, round_columns, write_json_atomic
 from anther.strategies.node_info import NodeAware
 from anther.strategies.registry import build_strategy
@@ -97,6 +99,7 @@ class FederatedRun:
         self.run_dir = out / f"{cfg.name}-{stamp}"
         self.run_dir.mkdir(parents=True, exist_ok=True)
         (self.run_dir / "config.yaml").write_text(to_yaml(cfg))
+        write_partition_report(cfg, Path(data_folder), self.run_dir)  # what each client holds, before training
 
     # -- nodes ---------------------------------------------------------------------------
     def _discover(self) -> dict[int, int]:
@@ -188,13 +191,7 @@ class FederatedRun:
                                                     OfferedGrid(self.grid, list(partitions.values())))
         replies = self._exchange(messages)
         per_client = {int(m.content["metrics"]["partition-id"]): dict(m.content["metrics"]) for m in replies}
-        accs = [c["acc_mc"] for c in per_client.values() if "acc_mc" in c]
-        summary = {}
-        if accs:
-            mean = sum(accs) / len(accs)
-            summary = {"acc_mc_mean": mean, "acc_mc_worst": min(accs),
-                       "acc_mc_std": (sum((a - mean) ** 2 for a in accs) / len(accs)) ** 0.5}
-        return {"summary": summary, "per_client": per_client}
+        return {"summary": summarise_clients(per_client), "per_client": per_client}
 
     def _write_result(self, finished: bool) -> None:
         write_json_atomic(self.run_dir / "result.json", {
