@@ -1,7 +1,8 @@
 """The client's view of a remote backbone: the :class:`Backbone` protocol over gRPC.
 
 :class:`RemoteBackbone` is a drop-in for :class:`LocalBackbone` in the trainer and
-in inference: the same ``info``, ``train_step``, ``score`` and ``next_token_logits``,
+in inference: the same ``info``, ``train_step``, ``score`` and ``next_token_logits`` (and the
+``hidden_states`` and ``backward_from_hidden`` of a private-labels client),
 with the tensors travelling as ``backbone.proto`` says. It retries a call that
 fails with UNAVAILABLE (server restarting, network blip) with exponential backoff;
 every RPC is a pure function of its request, so a retry is always safe. It counts the
@@ -187,6 +188,22 @@ class RemoteBackbone:
         request = self._forward_request(inputs_embeds, attention_mask, None)
         reply = self._call(self._stub.NextTokenLogits, request)
         return wire.decode(reply.logits, "logits", ("float32",), ndim=2)
+
+    # ------------------------------------------------------------ private labels (HiddenStateBackbone)
+
+    def hidden_states(self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        reply = self._call(self._stub.HiddenStates, self._forward_request(inputs_embeds, attention_mask, None))
+        hidden = wire.decode(reply.hidden_states, "hidden_states", wire.WIRE_DTYPES, ndim=3)
+        return hidden.to(inputs_embeds.dtype)
+
+    def backward_from_hidden(self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor,
+                             grad_hidden: torch.Tensor) -> torch.Tensor:
+        req = pb.HiddenBackwardRequest(inputs_embeds=wire.encode(inputs_embeds, self.wire_dtype),
+                                       attention_mask=_ids(attention_mask, wire.MASK_DTYPES),
+                                       grad_hidden=wire.encode(grad_hidden, self.wire_dtype),
+                                       grad_dtype=self.wire_dtype)
+        reply = self._call(self._stub.BackwardFromHidden, req)
+        return wire.decode(reply.grad, "grad", wire.WIRE_DTYPES, ndim=3).to(inputs_embeds.dtype)
 
     def generate(self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor, max_new_tokens: int,
                  stop_token_ids: Sequence[int] = ()) -> torch.Tensor:

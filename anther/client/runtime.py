@@ -25,6 +25,7 @@ from anther.adapters.nano_adapter import NanoAdapterConfig
 from anther.client.backbone_endpoint import BackboneEndpoint, endpoint_for
 from anther.client.inference import Encoder
 from anther.client.nano_edge import NanoEdge
+from anther.client.private_labels import PrivateLabelBackbone
 from anther.server.backbone import Backbone, LocalBackbone, checkpoint_fingerprint
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -50,14 +51,15 @@ class EdgeSpec:
     alpha: float
     activation: str
     modality_agnostic: bool
+    private_labels: bool = False  # the client computes head and loss (anther.client.private_labels)
 
 
 @lru_cache(maxsize=4)
 def load_runtime(spec: EdgeSpec, endpoint: BackboneEndpoint | None) -> ClientRuntime:
     """Processor + NanoEdge, and an in-process backbone (``endpoint`` None) or a connection to one.
 
-    With a remote backbone only the NanoEdge's modules stay referenced, so the LLM's
-    weights are freed once loading is done.
+    With a remote backbone only the NanoEdge's modules (and, with private labels, the LM head)
+    stay referenced, so the rest of the LLM's weights are freed once loading is done.
     """
     transformers.logging.set_verbosity_error()
     torch.set_num_threads(1)  # simulated clients share the cores; one thread each is fastest
@@ -69,6 +71,8 @@ def load_runtime(spec: EdgeSpec, endpoint: BackboneEndpoint | None) -> ClientRun
         backbone: Backbone = LocalBackbone.from_model(model, spec.model_path)
     else:
         backbone = endpoint.connect(fingerprint=checkpoint_fingerprint(Path(spec.model_path)))
+    if spec.private_labels:
+        backbone = PrivateLabelBackbone.of_model(backbone, model)
     processor = AutoProcessor.from_pretrained(spec.model_path)
     return ClientRuntime(Encoder(edge, processor, spec.modality_agnostic), backbone)
 
@@ -83,5 +87,5 @@ def runtime_for(cfg: DictConfig, rank: int | None = None,
     """
     a = cfg.adapter
     spec = EdgeSpec(cfg.model.path, cfg.model.dtype, rank or a.rank, float(a.alpha), a.activation,
-                    cfg.data.modality_agnostic_prompt)
+                    cfg.data.modality_agnostic_prompt, bool(cfg.backbone.get("private_labels", False)))
     return load_runtime(spec, endpoint_for(cfg, node_config))

@@ -67,6 +67,21 @@ class Backbone(Protocol):
         ...
 
 
+class HiddenStateBackbone(Backbone, Protocol):
+    """A backbone that can also stop before its LM head, for clients that keep their labels
+    (``backbone.private_labels``, :mod:`anther.client.private_labels`): it never sees a label."""
+
+    def hidden_states(self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """The decoder's final hidden states (after its last norm, before the head), (B, T, H)."""
+        ...
+
+    def backward_from_hidden(self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor,
+                             grad_hidden: torch.Tensor) -> torch.Tensor:
+        """d <grad_hidden, hidden states> / d inputs_embeds: the decoder's backward pass for a
+        gradient the client computed with respect to its output."""
+        ...
+
+
 def token_log_likelihoods(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-sequence (sum of log p(label), number of labelled tokens), with the causal shift."""
     logits = logits[:, :-1].float()
@@ -130,9 +145,21 @@ class LocalBackbone(nn.Module):
         )
         return cls(decoder, head, info)
 
+    def hidden(self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """The decoder's output, differentiable in ``inputs_embeds`` under ``enable_grad``."""
+        return self.decoder(inputs_embeds=inputs_embeds, attention_mask=attention_mask).last_hidden_state
+
     def logits(self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        hidden = self.decoder(inputs_embeds=inputs_embeds, attention_mask=attention_mask).last_hidden_state
-        return self.head(hidden)
+        return self.head(self.hidden(inputs_embeds, attention_mask))
+
+    def embeds_vjp(self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor,
+                   grad_hidden: torch.Tensor) -> torch.Tensor:
+        """d <grad_hidden, hidden states> / d inputs_embeds, counting nothing (the service's batches
+        call it too)."""
+        x = inputs_embeds.detach().requires_grad_(True)
+        with torch.enable_grad():
+            (grad,) = torch.autograd.grad(self.hidden(x, attention_mask), x, grad_outputs=grad_hidden.to(x.dtype))
+        return grad
 
     def _count(self, sent: tuple[torch.Tensor, ...], received: torch.Tensor) -> None:
         self.bytes_up += sum(t.numel() * t.element_size() for t in sent)
@@ -146,6 +173,18 @@ class LocalBackbone(nn.Module):
             (grad,) = torch.autograd.grad(loss, x)
         self._count((inputs_embeds, attention_mask, labels), grad)
         return loss.item(), grad
+
+    @torch.no_grad()
+    def hidden_states(self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        hidden = self.hidden(inputs_embeds, attention_mask)
+        self._count((inputs_embeds, attention_mask), hidden)
+        return hidden
+
+    def backward_from_hidden(self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor,
+                             grad_hidden: torch.Tensor) -> torch.Tensor:
+        grad = self.embeds_vjp(inputs_embeds, attention_mask, grad_hidden)
+        self._count((inputs_embeds, attention_mask, grad_hidden), grad)
+        return grad
 
     @torch.no_grad()
     def score(self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor,

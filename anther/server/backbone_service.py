@@ -54,7 +54,8 @@ MiB = 1 << 20
 # gRPC's per-message receive limit is the chunk limit plus this, for protobuf framing.
 MESSAGE_SLACK_BYTES = 64 * 1024
 
-Kind = Literal["train", "score", "logits", "generate"]  # what a queued request asks for
+# what a queued request asks for; "hidden" and "backward" are the two halves of a private-labels step
+Kind = Literal["train", "score", "logits", "hidden", "backward", "generate"]
 
 
 @dataclass(frozen=True)
@@ -102,12 +103,14 @@ class ServerTls:
 
 @dataclass
 class ForwardInputs:
-    """A validated TrainStep, Score or NextTokenLogits request, in the model's dtype."""
+    """A validated TrainStep, Score, NextTokenLogits, HiddenStates or BackwardFromHidden request,
+    in the model's dtype."""
 
     embeds: torch.Tensor  # (B, T, H)
     mask: torch.Tensor  # (B, T) int64
     labels: torch.Tensor | None  # (B, T) int64
-    grad_dtype: str = "float32"
+    grad_dtype: str = "float32"  # of the float tensor the reply carries
+    grad_hidden: torch.Tensor | None = None  # (B, T, H), BackwardFromHidden only
 
     @property
     def size(self) -> int:
@@ -128,7 +131,7 @@ class GenerateInputs:
         return self.embeds.shape[0]
 
 
-def _decode_embeds(msg: pb.ForwardRequest | pb.GenerateRequest, info: BackboneInfo, max_len: int,
+def _decode_embeds(msg: pb.ForwardRequest | pb.GenerateRequest | pb.HiddenBackwardRequest, info: BackboneInfo, max_len: int,
                    dtype: torch.dtype, limit: str = "Info.max_sequence_length",
                    ) -> tuple[torch.Tensor, torch.Tensor]:
     """inputs_embeds and attention_mask, checked against the model and each other."""
@@ -171,17 +174,37 @@ def _decode_labels(msg: pb.ForwardRequest, shape: torch.Size, vocab_size: int) -
     return labels
 
 
-def decode_forward(msg: pb.ForwardRequest, info: BackboneInfo, max_len: int, dtype: torch.dtype,
-                   kind: Kind) -> ForwardInputs:
-    """Validate a ForwardRequest for ``kind`` ("train", "score" or "logits")."""
-    embeds, mask = _decode_embeds(msg, info, max_len, dtype)
-    labels = _decode_labels(msg, mask.shape, info.vocab_size) if kind != "logits" else None
-    if kind == "train" and not bool((labels[:, 1:] != IGNORE_INDEX).any()):
-        raise WireError("labels has no labelled token after the causal shift (position 0 is never predicted)")
+def _reply_dtype(msg: pb.ForwardRequest | pb.HiddenBackwardRequest) -> str:
     grad_dtype = msg.grad_dtype or msg.inputs_embeds.dtype
     if grad_dtype not in wire.WIRE_DTYPES:
         raise WireError(f"grad_dtype {grad_dtype!r} is not one of {', '.join(wire.WIRE_DTYPES)}")
-    return ForwardInputs(embeds, mask, labels, grad_dtype)
+    return grad_dtype
+
+
+def decode_forward(msg: pb.ForwardRequest, info: BackboneInfo, max_len: int, dtype: torch.dtype,
+                   kind: Kind) -> ForwardInputs:
+    """Validate a ForwardRequest for ``kind`` ("train", "score", "logits" or "hidden"; the last two
+    read no labels)."""
+    embeds, mask = _decode_embeds(msg, info, max_len, dtype)
+    labels = _decode_labels(msg, mask.shape, info.vocab_size) if kind in ("train", "score") else None
+    if kind == "train" and not bool((labels[:, 1:] != IGNORE_INDEX).any()):
+        raise WireError("labels has no labelled token after the causal shift (position 0 is never predicted)")
+    return ForwardInputs(embeds, mask, labels, _reply_dtype(msg))
+
+
+def decode_hidden_backward(msg: pb.HiddenBackwardRequest, info: BackboneInfo, max_len: int,
+                           dtype: torch.dtype) -> ForwardInputs:
+    """Validate a BackwardFromHidden request: grad_hidden must match inputs_embeds and be finite
+    in the model's dtype, like the embeddings themselves."""
+    embeds, mask = _decode_embeds(msg, info, max_len, dtype)
+    if not msg.HasField("grad_hidden"):
+        raise WireError("grad_hidden is missing")
+    grad = wire.decode(msg.grad_hidden, "grad_hidden", wire.WIRE_DTYPES, ndim=3)
+    if grad.shape != embeds.shape:
+        raise WireError(f"grad_hidden has shape {list(grad.shape)}; inputs_embeds needs {list(embeds.shape)}")
+    if not bool(torch.isfinite(grad.to(dtype)).all()):
+        raise WireError(f"grad_hidden contains NaN or Inf (in the model's dtype {wire.dtype_name(dtype)})")
+    return ForwardInputs(embeds, mask, None, _reply_dtype(msg), grad.to(dtype))
 
 
 def decode_generate(msg: pb.GenerateRequest, info: BackboneInfo, max_len: int, dtype: torch.dtype,
@@ -225,6 +248,23 @@ def run_train_steps(backbone: LocalBackbone,
     return [(loss, grad[r, :i.embeds.shape[1]]) for loss, r, i in zip(losses.tolist(), rows, items)]
 
 
+def run_hidden_states(backbone: LocalBackbone, items: Sequence[ForwardInputs]) -> list[torch.Tensor]:
+    """The decoder's output for each request (its own rows and length)."""
+    embeds, mask, rows = _stack(items)
+    with torch.no_grad():
+        hidden = backbone.hidden(embeds, mask)
+    return [hidden[r, :i.embeds.shape[1]] for r, i in zip(rows, items)]
+
+
+def run_backward_from_hidden(backbone: LocalBackbone, items: Sequence[ForwardInputs]) -> list[torch.Tensor]:
+    """One backward pass for all requests. The padding's gradient is zero and a row depends only on
+    itself, so each request gets exactly the gradient it would have got alone."""
+    embeds, mask, rows = _stack(items)
+    grad_hidden = _right_pad([i.grad_hidden for i in items], 0.0)
+    grad = backbone.embeds_vjp(embeds, mask, grad_hidden)
+    return [grad[r, :i.embeds.shape[1]] for r, i in zip(rows, items)]
+
+
 def run_scores(backbone: LocalBackbone, items: Sequence[ForwardInputs]) -> list[torch.Tensor]:
     embeds, mask, rows = _stack(items)
     labels = _right_pad([i.labels for i in items], IGNORE_INDEX)
@@ -252,9 +292,10 @@ def run_generate(backbone: LocalBackbone, items: Sequence[GenerateInputs]) -> li
 
 Runner = Callable[[LocalBackbone, Sequence[Any]], list[Any]]
 RUNNERS: dict[Kind, Runner] = {
-    "train": run_train_steps, "score": run_scores, "logits": run_next_token_logits, "generate": run_generate,
+    "train": run_train_steps, "score": run_scores, "logits": run_next_token_logits,
+    "hidden": run_hidden_states, "backward": run_backward_from_hidden, "generate": run_generate,
 }
-BATCHABLE = frozenset({"train", "score", "logits"})
+BATCHABLE = frozenset({"train", "score", "logits", "hidden", "backward"})
 
 
 @dataclass
@@ -422,6 +463,16 @@ class BackboneService(pb_grpc.BackboneServicer):
     def NextTokenLogits(self, request_iterator, context):
         _, logits = self._forward("logits", request_iterator, context)
         yield from self._reply(pb.LogitsReply(logits=wire.encode(logits, "float32")))
+
+    def HiddenStates(self, request_iterator, context):
+        item, hidden = self._forward("hidden", request_iterator, context)
+        yield from self._reply(pb.HiddenStatesReply(hidden_states=wire.encode(hidden, item.grad_dtype)))
+
+    def BackwardFromHidden(self, request_iterator, context):
+        item = self._read(request_iterator, context, lambda m: decode_hidden_backward(
+            m, self.backbone.info, self.max_len, self.dtype))
+        grad = self._run("backward", item, context)
+        yield from self._reply(pb.GradReply(grad=wire.encode(grad, item.grad_dtype)))
 
     def Generate(self, request_iterator, context):
         item = self._read(request_iterator, context, lambda m: decode_generate(

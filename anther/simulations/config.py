@@ -24,6 +24,7 @@ PRIVACY_ACCOUNTANTS = ("rdp", "prv")  # opacus accountants that compose (noise, 
 WILDCARD_HOSTS = ("0.0.0.0", "::", "[::]")  # listen on every interface
 PARTITION_SCHEMES = ("iid", "dirichlet", "domain", "quantity")  # anther/simulations/scenarios.py
 MODALITY_SCENARIOS = ("full", "missing", "cross", "hybrid")
+BASELINES = ("none", "zero_shot", "local_only", "centralised")  # anther/simulations/baselines.py
 
 
 def anther_home() -> Path:
@@ -140,6 +141,9 @@ class BackboneConfig:
     server_name: str | None = None  # TLS name to expect when the address does not carry it
     insecure: bool = False  # remote without TLS: only on a network you trust
     startup_timeout_s: float = 300.0  # service: how long the ServerApp waits for it to load
+    # keep labels on the client: it computes the LM head and the loss from the backbone's hidden
+    # states (anther/client/private_labels.py; cost in docs/what-leaves-a-client.md)
+    private_labels: bool = False
 
 
 @dataclass
@@ -164,6 +168,10 @@ class ExperimentConfig:
     name: str = "default"
     seed: int = 0
     output_dir: str | None = None  # None = $ANTHER_HOME/runs
+    run_dir: str | None = None  # the run's exact folder (the benchmark's cells); None = output_dir/<name>-<time>
+    # none = federated training with `strategy`; zero_shot | local_only | centralised: that baseline
+    # instead, on the same data, scenario and step budget (anther/simulations/baselines.py)
+    baseline: str = "none"
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     partition: PartitionConfig = field(default_factory=PartitionConfig)
@@ -214,9 +222,16 @@ def validate(cfg: DictConfig) -> DictConfig:
            "must be float32, bfloat16 or float16")
     _validate_backbone(cfg.backbone)
     _validate_privacy(cfg.privacy, cfg.strategy)
+    _check(cfg.baseline in BASELINES, "baseline", cfg.baseline, f"must be one of {', '.join(BASELINES)}")
     _check("name" in cfg.strategy or "_target_" in cfg.strategy, "strategy", dict(cfg.strategy),
            "needs a 'name' (built-in) or a '_target_' (your own class)")
     return cfg
+
+
+def clients_per_round(f: DictConfig, available: int) -> int:
+    """How many clients a round trains: ``fraction_train`` of those available, at least
+    ``min_train_clients``, at most all of them."""
+    return min(available, max(f.min_train_clients, round(f.fraction_train * available)))
 
 
 def _validate_scenario(s: DictConfig) -> None:

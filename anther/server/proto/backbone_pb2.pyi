@@ -36,6 +36,30 @@ class TrainStepReply(_message.Message):
     grad: Tensor
     def __init__(self, loss: _Optional[float] = ..., grad: _Optional[_Union[Tensor, _Mapping]] = ...) -> None: ...
 
+class HiddenStatesReply(_message.Message):
+    __slots__ = ("hidden_states",)
+    HIDDEN_STATES_FIELD_NUMBER: _ClassVar[int]
+    hidden_states: Tensor
+    def __init__(self, hidden_states: _Optional[_Union[Tensor, _Mapping]] = ...) -> None: ...
+
+class HiddenBackwardRequest(_message.Message):
+    __slots__ = ("inputs_embeds", "attention_mask", "grad_hidden", "grad_dtype")
+    INPUTS_EMBEDS_FIELD_NUMBER: _ClassVar[int]
+    ATTENTION_MASK_FIELD_NUMBER: _ClassVar[int]
+    GRAD_HIDDEN_FIELD_NUMBER: _ClassVar[int]
+    GRAD_DTYPE_FIELD_NUMBER: _ClassVar[int]
+    inputs_embeds: Tensor
+    attention_mask: Tensor
+    grad_hidden: Tensor
+    grad_dtype: str
+    def __init__(self, inputs_embeds: _Optional[_Union[Tensor, _Mapping]] = ..., attention_mask: _Optional[_Union[Tensor, _Mapping]] = ..., grad_hidden: _Optional[_Union[Tensor, _Mapping]] = ..., grad_dtype: _Optional[str] = ...) -> None: ...
+
+class GradReply(_message.Message):
+    __slots__ = ("grad",)
+    GRAD_FIELD_NUMBER: _ClassVar[int]
+    grad: Tensor
+    def __init__(self, grad: _Optional[_Union[Tensor, _Mapping]] = ...) -> None: ...
+
 class ScoreReply(_message.Message):
     __slots__ = ("scores",)
     SCORES_FIELD_NUMBER: _ClassVar[int]

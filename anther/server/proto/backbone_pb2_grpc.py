@@ -55,6 +55,16 @@ class BackboneStub:
                 request_serializer=anther_dot_server_dot_proto_dot_backbone__pb2.GenerateRequest.SerializeToString,
                 response_deserializer=anther_dot_server_dot_proto_dot_backbone__pb2.GenerateReply.FromString,
                 _registered_method=True)
+        self.HiddenStates = channel.stream_stream(
+                '/anther.backbone.v1.Backbone/HiddenStates',
+                request_serializer=anther_dot_server_dot_proto_dot_backbone__pb2.ForwardRequest.SerializeToString,
+                response_deserializer=anther_dot_server_dot_proto_dot_backbone__pb2.HiddenStatesReply.FromString,
+                _registered_method=True)
+        self.BackwardFromHidden = channel.stream_stream(
+                '/anther.backbone.v1.Backbone/BackwardFromHidden',
+                request_serializer=anther_dot_server_dot_proto_dot_backbone__pb2.HiddenBackwardRequest.SerializeToString,
+                response_deserializer=anther_dot_server_dot_proto_dot_backbone__pb2.GradReply.FromString,
+                _registered_method=True)
         self.Info = channel.unary_unary(
                 '/anther.backbone.v1.Backbone/Info',
                 request_serializer=anther_dot_server_dot_proto_dot_backbone__pb2.InfoRequest.SerializeToString,
@@ -98,6 +108,22 @@ class BackboneServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def HiddenStates(self, request_iterator, context):
+        """Private labels: the decoder's final hidden states (after its last norm, before the LM
+        head). A request's labels, if any, are ignored.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def BackwardFromHidden(self, request_iterator, context):
+        """Private labels: d <grad_hidden, hidden states> / d inputs_embeds, the decoder's backward
+        pass for a gradient with respect to its output (no weight gradients).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def Info(self, request, context):
         """The model and the server's limits; clients call it once when they connect.
         """
@@ -127,6 +153,16 @@ def add_BackboneServicer_to_server(servicer, server):
                     servicer.Generate,
                     request_deserializer=anther_dot_server_dot_proto_dot_backbone__pb2.GenerateRequest.FromString,
                     response_serializer=anther_dot_server_dot_proto_dot_backbone__pb2.GenerateReply.SerializeToString,
+            ),
+            'HiddenStates': grpc.stream_stream_rpc_method_handler(
+                    servicer.HiddenStates,
+                    request_deserializer=anther_dot_server_dot_proto_dot_backbone__pb2.ForwardRequest.FromString,
+                    response_serializer=anther_dot_server_dot_proto_dot_backbone__pb2.HiddenStatesReply.SerializeToString,
+            ),
+            'BackwardFromHidden': grpc.stream_stream_rpc_method_handler(
+                    servicer.BackwardFromHidden,
+                    request_deserializer=anther_dot_server_dot_proto_dot_backbone__pb2.HiddenBackwardRequest.FromString,
+                    response_serializer=anther_dot_server_dot_proto_dot_backbone__pb2.GradReply.SerializeToString,
             ),
             'Info': grpc.unary_unary_rpc_method_handler(
                     servicer.Info,
@@ -243,6 +279,60 @@ class Backbone:
             '/anther.backbone.v1.Backbone/Generate',
             anther_dot_server_dot_proto_dot_backbone__pb2.GenerateRequest.SerializeToString,
             anther_dot_server_dot_proto_dot_backbone__pb2.GenerateReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def HiddenStates(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/anther.backbone.v1.Backbone/HiddenStates',
+            anther_dot_server_dot_proto_dot_backbone__pb2.ForwardRequest.SerializeToString,
+            anther_dot_server_dot_proto_dot_backbone__pb2.HiddenStatesReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def BackwardFromHidden(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/anther.backbone.v1.Backbone/BackwardFromHidden',
+            anther_dot_server_dot_proto_dot_backbone__pb2.HiddenBackwardRequest.SerializeToString,
+            anther_dot_server_dot_proto_dot_backbone__pb2.GradReply.FromString,
             options,
             channel_credentials,
             insecure,
