@@ -27,6 +27,7 @@ from anther.server.backbone_service import (
     Limits,
     decode_forward,
     decode_generate,
+    decode_hidden_backward,
 )
 from anther.server.proto import backbone_pb2 as pb
 from anther.server.proto import wire
@@ -43,6 +44,7 @@ FUZZ = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCh
 INT_VALUES = st.sampled_from([0, 1, 2, -1, IGNORE_INDEX, INFO.vocab_size - 1, INFO.vocab_size, 2**31 - 1])
 FLOAT_VALUES = st.floats(width=32, allow_nan=False, allow_infinity=False) | st.sampled_from([0.0, 1.0, 7e4, 3e38])
 NON_FINITE = st.sampled_from([math.nan, math.inf, -math.inf])
+FORWARD_KINDS = ["train", "score", "logits", "hidden"]  # what a ForwardRequest may be decoded for
 
 
 def _often(draw: st.DrawFn) -> bool:
@@ -105,6 +107,15 @@ def generate_requests(draw: st.DrawFn) -> pb.GenerateRequest:
     return pb.GenerateRequest(**fields, max_new_tokens=new, stop_token_ids=stop)
 
 
+@st.composite
+def hidden_backward_requests(draw: st.DrawFn) -> pb.HiddenBackwardRequest:
+    fields = _fields(draw)
+    shape = list(fields["inputs_embeds"].shape) if fields["inputs_embeds"] is not None else [1, 1, INFO.hidden_size]
+    grad_dtype = draw(st.sampled_from(["", *wire.WIRE_DTYPES])) if _often(draw) else draw(DTYPE_NAMES)
+    return pb.HiddenBackwardRequest(inputs_embeds=fields["inputs_embeds"], attention_mask=fields["attention_mask"],
+                                    grad_hidden=draw(tensors(wire.WIRE_DTYPES, shape)), grad_dtype=grad_dtype)
+
+
 def _check_embeds(embeds: torch.Tensor, mask: torch.Tensor, dtype: torch.dtype, max_len: int) -> None:
     """What the model may assume of any decoded request."""
     assert embeds.dtype == dtype and embeds.dim() == 3 and embeds.shape[2] == INFO.hidden_size
@@ -117,7 +128,8 @@ def _check_embeds(embeds: torch.Tensor, mask: torch.Tensor, dtype: torch.dtype, 
 def _check_forward(out: ForwardInputs, dtype: torch.dtype, kind: str) -> None:
     _check_embeds(out.embeds, out.mask, dtype, INFO.max_sequence_length)
     assert out.grad_dtype in wire.WIRE_DTYPES
-    if kind == "logits":
+    if kind in ("logits", "hidden"):
+        assert out.labels is None, f"{kind} reads no labels"
         return
     labels = out.labels
     assert labels is not None and labels.dtype == torch.int64 and labels.shape == out.mask.shape
@@ -127,7 +139,7 @@ def _check_forward(out: ForwardInputs, dtype: torch.dtype, kind: str) -> None:
 
 
 @FUZZ
-@given(req=forward_requests(), kind=st.sampled_from(["train", "score", "logits"]), dtype=MODEL_DTYPES)
+@given(req=forward_requests(), kind=st.sampled_from(FORWARD_KINDS), dtype=MODEL_DTYPES)
 def test_forward_decoder_validates_or_refuses(req: pb.ForwardRequest, kind: str, dtype: torch.dtype) -> None:
     try:
         out = decode_forward(req, INFO, INFO.max_sequence_length, dtype, kind)
@@ -146,6 +158,20 @@ def test_generate_decoder_validates_or_refuses(req: pb.GenerateRequest, dtype: t
     assert isinstance(out, GenerateInputs) and 1 <= out.max_new_tokens <= MAX_NEW_TOKENS
     _check_embeds(out.embeds, out.mask, dtype, INFO.max_sequence_length - out.max_new_tokens)
     assert out.stop_token_ids == list(req.stop_token_ids)
+
+
+@FUZZ
+@given(req=hidden_backward_requests(), dtype=MODEL_DTYPES)
+def test_hidden_backward_decoder_validates_or_refuses(req: pb.HiddenBackwardRequest, dtype: torch.dtype) -> None:
+    try:
+        out = decode_hidden_backward(req, INFO, INFO.max_sequence_length, dtype)
+    except WireError:
+        return
+    _check_embeds(out.embeds, out.mask, dtype, INFO.max_sequence_length)
+    assert out.labels is None and out.grad_dtype in wire.WIRE_DTYPES
+    grad = out.grad_hidden
+    assert grad is not None and grad.dtype == dtype and grad.shape == out.embeds.shape
+    assert bool(torch.isfinite(grad).all()), "a non-finite grad_hidden reached the model"
 
 
 @st.composite
@@ -173,7 +199,7 @@ class _Context:
 
 @FUZZ
 @given(stream=chunk_streams(), limit=st.sampled_from([None, 64, 4096]),
-       kind=st.sampled_from(["train", "score", "logits"]), dtype=MODEL_DTYPES)
+       kind=st.sampled_from(FORWARD_KINDS), dtype=MODEL_DTYPES)
 def test_service_answers_any_stream_with_inputs_or_invalid_argument(stream, limit, kind, dtype) -> None:
     """The service's own read path: reassembly and decoding, a WireError -> INVALID_ARGUMENT."""
     service = SimpleNamespace(limits=Limits(max_request_bytes=limit))
