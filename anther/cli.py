@@ -20,13 +20,9 @@ from anther.simulations.config import ConfigError
 
 
 def _simulate(args: argparse.Namespace) -> int:
-    from anther.simulations.assets import prepare_assets
-    from anther.simulations.config import load_config
-    from anther.simulations.launcher import flwr_run
+    from anther.simulations.runner import simulate
 
-    cfg = prepare_assets(load_config(args.experiment, args.overrides))  # fail fast, make assets here
-    overrides = [*args.overrides, f"model.path={cfg.model.path}", f"data.path={cfg.data.path}"]
-    return flwr_run(args.experiment, overrides, cfg.federation.num_clients)
+    return simulate(args.experiment, args.overrides)
 
 
 def _init_tiny(args: argparse.Namespace) -> int:

@@ -28,7 +28,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, 
 from flwr.clientapp import ClientApp
 from omegaconf import DictConfig, OmegaConf
 
-from anther.client.dp import EPSILON_METRIC, dpsgd_for, spend
+from anther.client.dp import EPSILON_METRIC, spend
 from anther.client.extras import (
     ExtraContext,
     add_reply_records,
@@ -36,9 +36,8 @@ from anther.client.extras import (
     evaluation_view,
     import_client_modules,
 )
-from anther.client.inference import evaluate_samples
+from anther.client.local_training import dp_for, own_split_metrics, round_seed, train_round
 from anther.client.runtime import ClientRuntime, runtime_for
-from anther.client.trainer import train_adapters
 from anther.simulations.data import client_data
 from anther.simulations.datasets.sample import Sample
 from anther.strategies.hetero_rank import RANK_METRIC, adapter_ranks
@@ -107,15 +106,10 @@ def train(msg: Message, context: Context) -> Message:
     config = msg.content["config"]
     pid, _ = _partition(context)
     train_set, _ = _local_data(cfg, context)
-    seed = cfg.seed * 1_000_003 + int(config["server-round"]) * 1009 + pid
-    torch.manual_seed(seed)
+    seed = round_seed(cfg.seed, int(config["server-round"]), pid)
     ctx = ExtraContext(config, cfg, runtime, train_set, received, context.state, seed)
-    t = cfg.train
-    dp = dpsgd_for(cfg.privacy, len(train_set), t.batch_size, cfg.federation.rounds * t.local_steps) \
-        if cfg.privacy.dp else None
-    report = train_adapters(runtime.encoder, runtime.backbone, train_set, t.local_steps, t.batch_size,
-                            t.lr, seed, t.weight_decay, t.max_grad_norm, regularisers=build_regularisers(ctx),
-                            dp=dp)
+    dp = dp_for(cfg, len(train_set), cfg.federation.rounds * cfg.train.local_steps)
+    report = train_round(cfg, runtime, train_set, seed, regularisers=build_regularisers(ctx), dp=dp)
     metrics = MetricRecord({
         "num-examples": len(train_set),
         **_modality_counts(train_set),
@@ -139,8 +133,5 @@ def evaluate(msg: Message, context: Context) -> Message:
     _, test_set = _local_data(cfg, context)
     ctx = ExtraContext(msg.content["config"], cfg, runtime, test_set, received, context.state, cfg.seed)
     with evaluation_view(ctx):
-        metrics = evaluate_samples(runtime.encoder, runtime.backbone, test_set, generate=False,
-                                   batch_size=cfg.eval.batch_size)
-    metrics = {"num-examples": len(test_set), "partition-id": pid,
-               **{k: v for k, v in metrics.items() if k != "num_examples"}}
+        metrics = own_split_metrics(cfg, runtime, test_set, pid)
     return Message(RecordDict({"metrics": MetricRecord(metrics)}), reply_to=msg)

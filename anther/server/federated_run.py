@@ -15,7 +15,6 @@ from __future__ import annotations
 import random
 import time
 from collections.abc import Iterable
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -27,9 +26,8 @@ from anther.client.dp import EPSILON_METRIC
 from anther.client.metrics import summarise_clients
 from anther.server.checkpoint import save_checkpoint
 from anther.server.evaluation import ServerEvaluator
-from anther.simulations.config import anther_home, to_yaml
-from anther.simulations.partition_report import write_partition_report
-from anther.simulations.report import RoundTable, plot_rounds, round_columns, write_json_atomic
+from anther.simulations.config import clients_per_round, to_yaml
+from anther.simulations.run_folder import RunRecorder
 from anther.strategies.node_info import NodeAware
 from anther.strategies.registry import build_strategy
 
@@ -90,16 +88,9 @@ class FederatedRun:
         self.cfg, self.grid = cfg, grid
         self.strategy = build_strategy(OmegaConf.to_container(cfg.strategy, resolve=True))
         self.rng = random.Random(cfg.seed)
-        self.table = RoundTable(columns=round_columns(dp=cfg.privacy.dp))
         self.evaluator = ServerEvaluator(cfg, data_folder)
-        self.rounds: list[dict[str, Any]] = []
-        self.client_metrics: dict[str, Any] = {}
-        stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-        out = Path(cfg.output_dir).expanduser() if cfg.output_dir else anther_home() / "runs"
-        self.run_dir = out / f"{cfg.name}-{stamp}"
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        (self.run_dir / "config.yaml").write_text(to_yaml(cfg))
-        write_partition_report(cfg, Path(data_folder), self.run_dir)  # what each client holds, before training
+        self.recorder = RunRecorder(cfg, data_folder)  # config.yaml and the partition report, before training
+        self.run_dir = self.recorder.dir
 
     # -- nodes ---------------------------------------------------------------------------
     def _discover(self) -> dict[int, int]:
@@ -123,9 +114,8 @@ class FederatedRun:
         return dict(sorted((int(answer["partition-id"]), node) for node, answer in info.items()))
 
     def _sample(self, partitions: dict[int, int]) -> list[int]:
-        f = self.cfg.federation
-        k = max(f.min_train_clients, round(f.fraction_train * len(partitions)))
-        chosen = sorted(self.rng.sample(sorted(partitions), min(k, len(partitions))))
+        k = clients_per_round(self.cfg.federation, len(partitions))
+        chosen = sorted(self.rng.sample(sorted(partitions), k))
         return [partitions[p] for p in chosen]
 
     # -- messages ------------------------------------------------------------------------
@@ -142,16 +132,12 @@ class FederatedRun:
     def _evaluate_server(self, arrays: ArrayRecord) -> dict[str, float]:
         return self.evaluator(arrays.to_torch_state_dict())
 
-    def _record(self, record: dict[str, Any]) -> None:
-        self.rounds.append(record)
-        self.table.add(record)
-        self._write_result(finished=False)
-
     def execute(self, initial: ArrayRecord) -> ArrayRecord:
         partitions = self._discover()
         arrays = initial
         t0 = time.time()
-        self._record({"round": 0, "clients": 0, **self._evaluate_server(arrays), "seconds": time.time() - t0})
+        self.recorder.add_round({"round": 0, "clients": 0, **self._evaluate_server(arrays),
+                                 "seconds": time.time() - t0})
         for server_round in range(1, self.cfg.federation.rounds + 1):
             t0 = time.time()
             sampled = self._sample(partitions)
@@ -163,8 +149,8 @@ class FederatedRun:
             if new_arrays is not None:
                 arrays = new_arrays
             save_checkpoint(self.run_dir, server_round, arrays.to_torch_state_dict(),
-                            {"rounds": self.rounds})
-            self._record({
+                            {"rounds": self.recorder.rounds})
+            self.recorder.add_round({
                 "round": server_round,
                 "train_loss": _weighted_metric(replies, "train_loss"),
                 **self._evaluate_server(arrays),
@@ -178,9 +164,7 @@ class FederatedRun:
                 **_epsilons(replies),
                 "seconds": time.time() - t0,
             })
-        self.client_metrics = self._evaluate_clients(arrays, partitions)
-        self._write_result(finished=True)
-        plot_rounds(self.rounds, self.run_dir)
+        self.recorder.finish(self._evaluate_clients(arrays, partitions))
         return arrays
 
     def _evaluate_clients(self, arrays: ArrayRecord, partitions: dict[int, int]) -> dict[str, Any]:
@@ -192,14 +176,3 @@ class FederatedRun:
         replies = self._exchange(messages)
         per_client = {int(m.content["metrics"]["partition-id"]): dict(m.content["metrics"]) for m in replies}
         return {"summary": summarise_clients(per_client), "per_client": per_client}
-
-    def _write_result(self, finished: bool) -> None:
-        write_json_atomic(self.run_dir / "result.json", {
-            "name": self.cfg.name,
-            "finished": finished,
-            "config": OmegaConf.to_container(self.cfg, resolve=True),
-            "rounds": self.rounds,
-            "clients": self.client_metrics,
-            "traffic": {k: sum(r.get(k) or 0 for r in self.rounds) for k in (
-                "adapter_bytes_down", "adapter_bytes_up", "activation_bytes_up", "activation_bytes_down")},
-        })

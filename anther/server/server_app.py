@@ -17,6 +17,7 @@ from anther.client.nano_edge import initial_adapter_state
 from anther.server.backbone_process import backbone_for_run
 from anther.server.federated_run import FederatedRun
 from anther.simulations.assets import prepare_assets
+from anther.simulations.baselines import run_baseline
 from anther.simulations.config import load_config
 
 app = ServerApp()
@@ -26,6 +27,9 @@ app = ServerApp()
 def main(grid: Grid, context: Context) -> None:
     cfg = load_config(str(context.run_config["experiment"]), str(context.run_config.get("overrides", "")))
     with backbone_for_run(prepare_assets(cfg)) as cfg:
+        if cfg.baseline != "none":  # nothing to federate: the baseline runs here and calls no client
+            run_baseline(cfg)
+            return
         run = FederatedRun(cfg, grid, cfg.data.path)
         print(f"anther: run folder {run.run_dir}", flush=True)
         dim = run.evaluator.runtime.edge.embed_tokens.embedding_dim

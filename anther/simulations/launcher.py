@@ -75,8 +75,9 @@ def local_superlink(flwr_home: Path) -> Iterator[dict[str, str]]:
 
 
 def flwr_run(experiment: str, overrides: list[str], num_supernodes: int, app_dir: Path = APP_DIR,
-             extra_federation_config: dict[str, str] | None = None) -> int:
-    """Submit the app to a private SuperLink and stream its logs; returns flwr's exit code."""
+             extra_federation_config: dict[str, str] | None = None, log: Path | None = None) -> int:
+    """Submit the app to a private SuperLink and stream its logs (to ``log`` if given, else the
+    terminal); returns flwr's exit code."""
     if not (app_dir / "pyproject.toml").is_file():
         raise FileNotFoundError(f"{app_dir} has no pyproject.toml; run anther from its source checkout")
     run_config = f'experiment="{experiment}" overrides="{shlex.join(overrides)}"'
@@ -84,4 +85,6 @@ def flwr_run(experiment: str, overrides: list[str], num_supernodes: int, app_dir
     with tempfile.TemporaryDirectory(prefix="anther-flwr-") as home, local_superlink(Path(home)) as env:
         cmd = [_bin("flwr"), "run", str(app_dir), "local", "--stream", "--run-config", run_config,
                "--federation-config", " ".join(f"{k}={v}" for k, v in fed.items())]
-        return subprocess.run(cmd, env=env, check=False).returncode
+        with log.open("a") if log is not None else contextlib.nullcontext() as out:
+            return subprocess.run(cmd, env=env, stdout=out, stderr=subprocess.STDOUT if out else None,
+                                  check=False).returncode
