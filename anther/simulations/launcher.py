@@ -74,17 +74,32 @@ def local_superlink(flwr_home: Path) -> Iterator[dict[str, str]]:
             proc.wait()
 
 
-def flwr_run(experiment: str, overrides: list[str], num_supernodes: int, app_dir: Path = APP_DIR,
-             extra_federation_config: dict[str, str] | None = None, log: Path | None = None) -> int:
-    """Submit the app to a private SuperLink and stream its logs (to ``log`` if given, else the
-    terminal); returns flwr's exit code."""
+def submit_run(env: dict[str, str], experiment: str, overrides: list[str], num_supernodes: int,
+               app_dir: Path = APP_DIR, extra_federation_config: dict[str, str] | None = None,
+               log: Path | None = None) -> int:
+    """``flwr run --stream`` of this app on the SuperLink ``env`` reaches (from :func:`local_superlink`;
+    one SuperLink serves any number of runs, one after another); its logs go to ``log`` if given,
+    else the terminal. Returns flwr's exit code."""
     if not (app_dir / "pyproject.toml").is_file():
         raise FileNotFoundError(f"{app_dir} has no pyproject.toml; run anther from its source checkout")
     run_config = f'experiment="{experiment}" overrides="{shlex.join(overrides)}"'
     fed = {"num-supernodes": str(num_supernodes), **(extra_federation_config or {})}
+    cmd = [_bin("flwr"), "run", str(app_dir), "local", "--stream", "--run-config", run_config,
+           "--federation-config", " ".join(f"{k}={v}" for k, v in fed.items())]
+    with log.open("a") if log is not None else contextlib.nullcontext() as out:
+        return subprocess.run(cmd, env=env, stdout=out, stderr=subprocess.STDOUT if out else None,
+                              check=False).returncode
+
+
+@contextlib.contextmanager
+def private_superlink() -> Iterator[dict[str, str]]:
+    """:func:`local_superlink` in a fresh temporary ``FLWR_HOME``, removed afterwards."""
     with tempfile.TemporaryDirectory(prefix="anther-flwr-") as home, local_superlink(Path(home)) as env:
-        cmd = [_bin("flwr"), "run", str(app_dir), "local", "--stream", "--run-config", run_config,
-               "--federation-config", " ".join(f"{k}={v}" for k, v in fed.items())]
-        with log.open("a") if log is not None else contextlib.nullcontext() as out:
-            return subprocess.run(cmd, env=env, stdout=out, stderr=subprocess.STDOUT if out else None,
-                                  check=False).returncode
+        yield env
+
+
+def flwr_run(experiment: str, overrides: list[str], num_supernodes: int, app_dir: Path = APP_DIR,
+             extra_federation_config: dict[str, str] | None = None, log: Path | None = None) -> int:
+    """Submit the app to a private SuperLink of its own and stream its logs; returns flwr's exit code."""
+    with private_superlink() as env:
+        return submit_run(env, experiment, overrides, num_supernodes, app_dir, extra_federation_config, log)
