@@ -59,14 +59,16 @@ class RemoteBackbone:
     NanoEdge came from), connecting fails unless the server runs that same checkpoint.
     A call is tried up to ``attempts`` times while the server is UNAVAILABLE, waiting
     ``backoff_s``, then twice that, ... up to ``max_backoff_s`` (with jitter, so many
-    clients do not retry in lockstep).
+    clients do not retry in lockstep). With ``retry_s`` set, it is retried for that many
+    seconds instead, however many attempts that takes: long enough to outlast a service
+    restart, which must reload the LLM.
     """
 
     def __init__(self, address: str, *, token: str | None = None, root_cert: Pem | None = None,
                  client_cert: Pem | None = None, client_key: Pem | None = None,
                  server_name: str | None = None, wire_dtype: str = "float32", attempts: int = 5,
                  backoff_s: float = 0.2, max_backoff_s: float = 5.0, timeout_s: float | None = None,
-                 fingerprint: str | None = None) -> None:
+                 fingerprint: str | None = None, retry_s: float | None = None) -> None:
         if wire_dtype not in wire.WIRE_DTYPES:
             raise ValueError(f"wire_dtype {wire_dtype!r} is not one of {', '.join(wire.WIRE_DTYPES)}")
         if attempts < 1:
@@ -74,6 +76,7 @@ class RemoteBackbone:
         self.wire_dtype = wire_dtype
         self.attempts, self.backoff_s, self.max_backoff_s = attempts, backoff_s, max_backoff_s
         self.timeout_s = timeout_s
+        self.retry_s = retry_s
         self.bytes_up = 0
         self.bytes_down = 0
         self._count_lock = threading.Lock()
@@ -132,13 +135,15 @@ class RemoteBackbone:
     # ------------------------------------------------------------ transport
 
     def _retrying(self, call: Callable[[], T]) -> T:
-        attempt = 0
+        attempt, started = 0, time.monotonic()
         while True:
             try:
                 return call()
             except grpc.RpcError as e:
                 attempt += 1
-                if e.code() != grpc.StatusCode.UNAVAILABLE or attempt >= self.attempts:
+                out_of_budget = (attempt >= self.attempts if self.retry_s is None
+                                 else time.monotonic() - started >= self.retry_s)
+                if e.code() != grpc.StatusCode.UNAVAILABLE or out_of_budget:
                     raise
                 delay = min(self.max_backoff_s, self.backoff_s * 2 ** (attempt - 1))
                 time.sleep(delay * random.uniform(0.5, 1.0))

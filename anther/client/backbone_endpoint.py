@@ -43,6 +43,7 @@ class BackboneEndpoint:
     client_cert: str | None = None
     client_key: str | None = None
     server_name: str | None = None
+    retry_s: float | None = None  # how long a call retries an unavailable service (see RemoteBackbone)
 
     def _file(self, key: str, path: str | None) -> Path | None:
         if path is None:
@@ -62,7 +63,7 @@ class BackboneEndpoint:
                 root_cert=self._file("ca_cert", self.ca_cert),
                 client_cert=self._file("client_cert", self.client_cert),
                 client_key=self._file("client_key", self.client_key), server_name=self.server_name,
-                wire_dtype=self.wire_dtype, fingerprint=fingerprint,
+                wire_dtype=self.wire_dtype, fingerprint=fingerprint, retry_s=self.retry_s,
             )
         except grpc.RpcError as e:
             raise ConnectionError(f"backbone at {self.address}: {_explain(e)}") from e
@@ -98,4 +99,5 @@ def endpoint_for(cfg: DictConfig, node_config: Mapping[str, Any] | None = None) 
                          "--node-config), or backbone.insecure=true on a network you trust")
     if (values["client_cert"] is None) != (values["client_key"] is None):
         raise ValueError("a client certificate needs its key: set both backbone-cert and backbone-key")
-    return BackboneEndpoint(wire_dtype=b.wire_dtype, server_name=b.server_name, **values)
+    return BackboneEndpoint(wire_dtype=b.wire_dtype, server_name=b.server_name,
+                            retry_s=float(b.get("retry_s", 120.0)), **values)

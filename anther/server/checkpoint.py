@@ -1,30 +1,128 @@
-"""Per-round checkpoints of the global adapters and run history, written atomically.
+"""Per-round checkpoints of a run, written atomically, and the latest complete one found again.
 
-A checkpoint is a folder ``checkpoints/round-NNNN`` holding ``adapters.safetensors``
-and ``state.json``; it is written under a temporary name and renamed into place,
-so a crash mid-write leaves the previous checkpoint as the latest complete one.
+A checkpoint is a folder ``checkpoints/round-NNNN`` holding
+
+- ``adapters.safetensors``: the global adapters after that round;
+- ``state.safetensors``: every other tensor the run needs to continue exactly (the
+  strategy's server-optimizer moments, the NumPy and torch RNG states...);
+- ``state.json``: everything else (round number, per-round metrics and traffic, the
+  strategy's scalar state, the Python RNG states), with references into
+  ``state.safetensors`` where a value is a tensor.
+
+Every file is written into a temporary folder next to the final one and fsynced; the
+folder is then renamed into place (one atomic ``rename``) and its parent fsynced. So a
+crash at any moment leaves either the complete new checkpoint or none at all for that
+round, and the previous round's checkpoint is never touched: the latest folder named
+``round-NNNN`` is always complete. Temporary folders a crash left behind are ignored
+and removed by the next write.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import re
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import save_file
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+CHECKPOINTS = "checkpoints"
+ADAPTERS, TENSORS, STATE = "adapters.safetensors", "state.safetensors", "state.json"
+_ROUND_DIR = re.compile(r"round-(\d{4,})")
+
+
+@dataclass
+class Checkpoint:
+    """One complete checkpoint as read back."""
+
+    path: Path
+    server_round: int
+    adapters: dict[str, torch.Tensor]  # in the order they were saved
+    state: dict[str, Any]
+    tensors: dict[str, torch.Tensor]
+
+
+def _fsync(path: Path) -> None:
+    """Flush a file's or a folder's data and metadata to disk (a rename is durable only after
+    the folder holding it is synced)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _write_folder(folder: Path, adapters: dict[str, torch.Tensor], state: dict[str, Any],
+                  tensors: dict[str, torch.Tensor]) -> None:
+    folder.mkdir(parents=True)
+    save_file({k: v.detach().contiguous() for k, v in adapters.items()}, str(folder / ADAPTERS),
+              metadata={"order": json.dumps(list(adapters))})
+    save_file({k: v.detach().contiguous() for k, v in tensors.items()}, str(folder / TENSORS))
+    (folder / STATE).write_text(json.dumps(state, allow_nan=True))
+    for name in (ADAPTERS, TENSORS, STATE):
+        _fsync(folder / name)
+    _fsync(folder)
 
 
 def save_checkpoint(run_dir: Path, server_round: int, adapters: dict[str, torch.Tensor],
-                    state: dict[str, Any]) -> Path:
-    root = Path(run_dir) / "checkpoints"
+                    state: dict[str, Any], tensors: dict[str, torch.Tensor] | None = None) -> Path:
+    """Write round ``server_round``'s checkpoint atomically; returns its folder.
+
+    ``state`` must be JSON-serialisable; ``tensors`` are the tensors it refers to by name.
+    """
+    root = Path(run_dir) / CHECKPOINTS
+    root.mkdir(parents=True, exist_ok=True)
     final = root / f"round-{server_round:04d}"
-    tmp = root / f".round-{server_round:04d}.tmp"
+    tmp = root / f".round-{server_round:04d}.{os.getpid()}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    save_file({k: v.contiguous() for k, v in adapters.items()}, str(tmp / "adapters.safetensors"))
-    (tmp / "state.json").write_text(json.dumps({"round": server_round, **state}, default=str))
-    shutil.rmtree(final, ignore_errors=True)
-    tmp.rename(final)
+    try:
+        _write_folder(tmp, adapters, {"round": server_round, **state}, tensors or {})
+        if final.exists():  # the same round written again (a resumed run): swap, then drop the old one
+            old = root / f".round-{server_round:04d}.{os.getpid()}.old"
+            os.replace(final, old)
+            os.replace(tmp, final)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, final)
+        _fsync(root)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    for stale in root.glob(".round-*"):  # left by an earlier crash mid-write
+        if not stale.name.startswith(f".round-{server_round:04d}.{os.getpid()}."):
+            shutil.rmtree(stale, ignore_errors=True)
     return final
+
+
+def checkpoint_rounds(run_dir: Path) -> list[int]:
+    """Rounds with a complete checkpoint in ``run_dir``, ascending."""
+    root = Path(run_dir) / CHECKPOINTS
+    if not root.is_dir():
+        return []
+    rounds = [int(m.group(1)) for p in root.iterdir() if p.is_dir() and (m := _ROUND_DIR.fullmatch(p.name))]
+    return sorted(rounds)
+
+
+def load_checkpoint(run_dir: Path, server_round: int) -> Checkpoint:
+    """Read round ``server_round``'s checkpoint; a missing or unreadable file names the folder."""
+    folder = Path(run_dir) / CHECKPOINTS / f"round-{server_round:04d}"
+    try:
+        adapters = load_file(str(folder / ADAPTERS))
+        with open(folder / ADAPTERS, "rb") as f:  # safetensors keeps our key order in its metadata
+            header = json.loads(f.read(int.from_bytes(f.read(8), "little")))
+        order = json.loads(header.get("__metadata__", {}).get("order", "[]")) or list(adapters)
+        state = json.loads((folder / STATE).read_text())
+        tensors = load_file(str(folder / TENSORS))
+    except (OSError, ValueError, KeyError, SafetensorError) as e:
+        raise ValueError(f"checkpoint {folder} is unreadable: {e}") from e
+    return Checkpoint(folder, int(state["round"]), {k: adapters[k] for k in order}, state, tensors)
+
+
+def latest_checkpoint(run_dir: Path) -> Checkpoint | None:
+    """The newest complete checkpoint of ``run_dir``, or None if it has none yet."""
+    rounds = checkpoint_rounds(run_dir)
+    return load_checkpoint(run_dir, rounds[-1]) if rounds else None

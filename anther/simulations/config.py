@@ -87,6 +87,11 @@ class FederationConfig:
     min_train_clients: int = 2
     round_timeout_s: float = 1800.0
     client_eval_every: int = 0  # 0 = client-side evaluation after the last round only
+    # A round aggregates when at least this many updates passed the checks (docs/reliability.md);
+    # with fewer it is skipped: the global adapters stay as they were and the run goes on.
+    min_replies: int = 1
+    # Reject an update whose norm is more than this many times the round's median (None: off).
+    outlier_factor: float | None = 10.0
 
 
 @dataclass
@@ -141,6 +146,7 @@ class BackboneConfig:
     server_name: str | None = None  # TLS name to expect when the address does not carry it
     insecure: bool = False  # remote without TLS: only on a network you trust
     startup_timeout_s: float = 300.0  # service: how long the ServerApp waits for it to load
+    retry_s: float = 120.0  # service/remote: how long a client retries an unavailable backbone (a restart)
     # keep labels on the client: it computes the LM head and the loss from the backbone's hidden
     # states (anther/client/private_labels.py; cost in docs/what-leaves-a-client.md)
     private_labels: bool = False
@@ -204,6 +210,10 @@ def validate(cfg: DictConfig) -> DictConfig:
     _check(f.rounds >= 1, "federation.rounds", f.rounds, "must be >= 1")
     _check(0 < f.fraction_train <= 1, "federation.fraction_train", f.fraction_train, "must be in (0, 1]")
     _check(f.min_train_clients >= 1, "federation.min_train_clients", f.min_train_clients, "must be >= 1")
+    _check(1 <= f.min_replies <= f.num_clients, "federation.min_replies", f.min_replies,
+           f"must be in [1, federation.num_clients={f.num_clients}]")
+    _check(f.outlier_factor is None or f.outlier_factor > 1, "federation.outlier_factor", f.outlier_factor,
+           "must be > 1 (a multiple of the round's median update norm), or null to turn the check off")
     _check(t.local_steps >= 1, "train.local_steps", t.local_steps, "must be >= 1")
     _check(t.batch_size >= 1, "train.batch_size", t.batch_size, "must be >= 1")
     _check(t.lr > 0, "train.lr", t.lr, "must be > 0")
@@ -255,6 +265,7 @@ def _validate_backbone(b: DictConfig) -> None:
     _check(b.window_ms >= 0, "backbone.window_ms", b.window_ms, "must be >= 0")
     _check(b.max_batch >= 1, "backbone.max_batch", b.max_batch, "must be >= 1")
     _check(b.startup_timeout_s > 0, "backbone.startup_timeout_s", b.startup_timeout_s, "must be > 0")
+    _check(b.retry_s >= 0, "backbone.retry_s", b.retry_s, "must be >= 0")
     for key in ("address", "advertise_address"):
         _check(b[key] is None or _is_host_port(b[key]), f"backbone.{key}", b[key], "must be host:port")
     listens_everywhere = b.address is not None and split_address(b.address)[0] in WILDCARD_HOSTS
@@ -312,6 +323,18 @@ def load_config(experiment: str = "default", overrides: list[str] | str | None =
         raise ConfigError(f"unknown experiment {experiment!r}; known: {known}")
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
         cfg = compose(config_name=experiment, overrides=list(overrides or []))
+    return validate(cfg)
+
+
+def load_run_config(run_dir: Path | str) -> DictConfig:
+    """The config of an earlier run, from its ``config.yaml``, pointed at that same folder
+    (``run_dir``): what ``--resume RUN_DIR`` continues with."""
+    path = Path(run_dir).expanduser() / "config.yaml"
+    if not path.is_file():
+        raise ConfigError(f"resume: {path} does not exist; give the folder of an earlier run "
+                          "(it holds config.yaml, result.json and checkpoints/)")
+    cfg = OmegaConf.merge(OmegaConf.structured(ExperimentConfig), OmegaConf.load(path))
+    cfg.run_dir = str(path.parent.resolve())
     return validate(cfg)
 
 

@@ -1,0 +1,208 @@
+"""Guard a round's aggregation: screen the training replies, aggregate only with enough of them.
+
+One bad update can destroy the global adapters: a NaN or an Inf spreads to every
+parameter it is averaged into, an array of the wrong shape makes aggregation raise, and a
+diverged (or malicious) client with a huge update drags the average wherever it likes. So
+the round loop hands the strategy only replies that pass these checks, in this order:
+
+1. the reply is not an error (a ClientApp that raised) and comes from a node this round
+   asked;
+2. it carries a MetricRecord, with a positive, finite aggregation weight
+   (``num-examples``) and only finite numbers;
+3. its adapters (the ArrayRecord the strategy reads, ``arrays``) have exactly the names and
+   shapes of the global adapters that node was sent (at its own rank, for ``hetero_rank``);
+4. every array of every ArrayRecord in it (the adapters, a Fisher...) is finite;
+5. its update norm ``||sent - returned||`` is at most ``outlier_factor`` times the median
+   update norm of the replies that passed 1-4. A median needs a majority to be honest, so
+   this check runs only when at least three replies passed (with two, neither can be told
+   from the other), and only when the median is above zero.
+
+Each rejection names the partition id and says why; the round aggregates the rest.
+Nodes that were asked but did not reply before the round's timeout are reported as
+failed, like those whose reply is an error. :func:`aggregate_guarded` then aggregates
+only when at least ``federation.min_replies`` updates passed, and turns a strategy's
+refusal (``AggregationError``) into a skipped round: the global adapters stay as they were
+and the run goes on, rather than one bad round ending it.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from logging import WARNING
+from typing import Any
+
+import numpy as np
+from flwr.app import ArrayRecord, Message, MetricRecord
+from flwr.common.logger import log
+from flwr.serverapp.exception import AggregationError, InconsistentMessageReplies
+from flwr.serverapp.strategy import Strategy
+
+ARRAYS_KEY, WEIGHT_KEY = "arrays", "num-examples"
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One client whose update the round goes on without, and why."""
+
+    partition_id: int | None  # None: a node the round loop does not know
+    node_id: int
+    reason: str
+
+    def record(self) -> dict[str, Any]:
+        return {"partition_id": self.partition_id, "node_id": self.node_id, "reason": self.reason}
+
+
+@dataclass
+class Screened:
+    """A round's replies sorted into the accepted ones and the problems."""
+
+    accepted: list[Message] = field(default_factory=list)
+    rejected: list[Problem] = field(default_factory=list)  # replied, but the update is unusable
+    failed: list[Problem] = field(default_factory=list)  # an error reply, or no reply in time
+
+
+def _numpy(record: ArrayRecord) -> dict[str, np.ndarray]:
+    return {name: array.numpy() for name, array in record.items()}
+
+
+def _metrics_problem(reply: Message, weight_key: str) -> str | None:
+    metrics = reply.content.metric_records
+    if len(metrics) != 1:
+        return f"carries {len(metrics)} MetricRecords, expected one"
+    (record,) = metrics.values()
+    for key, value in record.items():
+        values = value if isinstance(value, list) else [value]
+        if not all(math.isfinite(v) for v in values):
+            return f"metric {key!r} is not finite ({value})"
+    weight = record.get(weight_key)
+    if not isinstance(weight, int | float) or weight <= 0:
+        return f"aggregation weight {weight_key!r} must be a positive number, got {weight}"
+    return None
+
+
+def _arrays_problem(reply: Message, sent: dict[str, np.ndarray] | None, arrays_key: str) -> str | None:
+    records = reply.content.array_records
+    if arrays_key not in records:
+        return f"has no ArrayRecord {arrays_key!r} (has {sorted(records)})"
+    got = _numpy(records[arrays_key])
+    if sent is not None:
+        if set(got) != set(sent):
+            missing, extra = sorted(set(sent) - set(got)), sorted(set(got) - set(sent))
+            return f"adapter names differ from those sent (missing {missing}, unexpected {extra})"
+        for name, value in got.items():
+            if value.shape != sent[name].shape:
+                return f"{name!r} has shape {tuple(value.shape)}, the node was sent {tuple(sent[name].shape)}"
+    for key, record in records.items():
+        for name, value in _numpy(record).items():
+            if not np.issubdtype(value.dtype, np.number):
+                return f"{key}/{name!r} has non-numeric dtype {value.dtype}"
+            if not np.isfinite(value).all():
+                bad = "NaN" if np.isnan(value).any() else "Inf"
+                return f"{key}/{name!r} contains {bad}"
+    return None
+
+
+def update_norm(returned: Mapping[str, np.ndarray], sent: Mapping[str, np.ndarray]) -> float:
+    """L2 norm of (returned - sent) over all adapter arrays, in float64."""
+    total = sum(float(np.sum((np.asarray(v, np.float64) - np.asarray(sent[k], np.float64)) ** 2))
+                for k, v in returned.items())
+    return math.sqrt(total)
+
+
+def screen_replies(sent: Sequence[Message], replies: Sequence[Message], partition_of: Mapping[int, int],
+                   outlier_factor: float | None = 10.0, arrays_key: str = ARRAYS_KEY,
+                   weight_key: str = WEIGHT_KEY) -> Screened:
+    """Sort ``replies`` to the ``sent`` training messages into accepted, rejected and failed.
+
+    ``partition_of`` maps node id -> partition id (what each node said at discovery), so
+    problems are named by partition even when a reply's own metrics are missing or wrong.
+    Accepted replies come back sorted by partition id, so aggregation order is deterministic.
+    """
+    out = Screened()
+    sent_arrays = {m.metadata.dst_node_id: (_numpy(m.content.array_records[arrays_key])
+                                            if arrays_key in m.content.array_records else None) for m in sent}
+
+    def problem(node: int, reason: str) -> Problem:
+        return Problem(partition_of.get(node), node, reason)
+
+    candidates: list[tuple[Message, float | None]] = []
+    answered = set()
+    for reply in replies:
+        node = reply.metadata.src_node_id
+        answered.add(node)
+        if reply.has_error():
+            out.failed.append(problem(node, f"client error (code {reply.error.code}): {reply.error.reason}"))
+            continue
+        if node not in sent_arrays:
+            out.rejected.append(problem(node, "replied though this round did not ask it"))
+            continue
+        reason = _metrics_problem(reply, weight_key) or _arrays_problem(reply, sent_arrays[node], arrays_key)
+        if reason is not None:
+            out.rejected.append(problem(node, reason))
+            continue
+        base = sent_arrays[node]
+        norm = update_norm(_numpy(reply.content.array_records[arrays_key]), base) if base is not None else None
+        candidates.append((reply, norm))
+    for node in sent_arrays:
+        if node not in answered:
+            out.failed.append(problem(node, "no reply before the round's timeout"))
+    out.accepted = _drop_outliers(candidates, outlier_factor, out.rejected, problem)
+    out.accepted.sort(key=lambda m: (partition_of.get(m.metadata.src_node_id, math.inf), m.metadata.src_node_id))
+    return out
+
+
+def _drop_outliers(candidates: list[tuple[Message, float | None]], factor: float | None,
+                   rejected: list[Problem], problem: Callable[[int, str], Problem]) -> list[Message]:
+    norms = [n for _, n in candidates if n is not None]
+    if factor is None or len(norms) < 3:
+        return [m for m, _ in candidates]
+    median = float(np.median(norms))
+    if median <= 0:
+        return [m for m, _ in candidates]
+    kept = []
+    for message, norm in candidates:
+        if norm is not None and norm > factor * median:
+            rejected.append(problem(message.metadata.src_node_id,
+                                    f"update norm {norm:.4g} is more than {factor:g} x the round's median "
+                                    f"{median:.4g}"))
+        else:
+            kept.append(message)
+    return kept
+
+
+def log_problems(server_round: int, screened: Screened) -> None:
+    """One warning line per client the round goes on without, naming its partition."""
+    for kind, problems in (("rejected the update of", screened.rejected), ("got nothing from", screened.failed)):
+        for p in problems:
+            log(WARNING, "anther: round %d: %s partition %s (node %d): %s", server_round, kind,
+                p.partition_id, p.node_id, p.reason)
+
+
+@dataclass
+class Outcome:
+    """What a round's aggregation gave."""
+
+    arrays: ArrayRecord | None  # None: the global adapters stay as they were
+    metrics: MetricRecord | None
+    skipped: str | None = None  # why the round did not aggregate
+
+
+def aggregate_guarded(strategy: Strategy, server_round: int, accepted: list[Message],
+                      min_replies: int) -> Outcome:
+    """The strategy's aggregate of the ``accepted`` replies, or a skipped round (with a
+    warning saying why) when fewer than ``min_replies`` passed or the strategy refused."""
+    if len(accepted) < min_replies:
+        reason = f"only {len(accepted)} usable update(s), federation.min_replies={min_replies}"
+    else:
+        try:
+            arrays, metrics = strategy.aggregate_train(server_round, accepted)
+        except (AggregationError, InconsistentMessageReplies) as e:
+            reason = f"the strategy could not aggregate: {e}"
+        else:
+            if arrays is not None:
+                return Outcome(arrays, metrics)
+            reason = "the strategy aggregated nothing"
+    log(WARNING, "anther: round %d skipped, global adapters unchanged: %s", server_round, reason)
+    return Outcome(None, None, reason)
