@@ -14,28 +14,16 @@ batched pass gains over one pass per request as clients are added.
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
-import tempfile
 import threading
 import time
 from pathlib import Path
 
 import torch
+from loopback import latency_ms, load_backbone, random_inputs, report, write_report
 
 from anther.client.backbone_client import RemoteBackbone
 from anther.server.backbone import LocalBackbone
 from anther.server.backbone_service import BackboneService, BatchPolicy, start
-
-
-def _inputs(backbone: LocalBackbone, batch: int, length: int, seed: int) -> tuple[torch.Tensor, ...]:
-    g = torch.Generator().manual_seed(seed)
-    embeds = torch.randn(batch, length, backbone.info.hidden_size, generator=g)
-    mask = torch.ones(batch, length, dtype=torch.long)
-    labels = torch.randint(0, backbone.info.vocab_size, (batch, length), generator=g)
-    labels[:, : length // 2] = -100
-    return embeds, mask, labels
 
 
 def _client_loop(client: RemoteBackbone, inputs: tuple[torch.Tensor, ...], start_at: threading.Barrier,
@@ -57,7 +45,7 @@ def run_cell(backbone: LocalBackbone, clients: int, window_ms: float | None,
     service = BackboneService(backbone, policy)
     server, port = start(service)
     remotes = [RemoteBackbone(f"127.0.0.1:{port}", wire_dtype=args.wire_dtype) for _ in range(clients)]
-    inputs = [_inputs(backbone, args.batch_size, args.seq_len, seed=i) for i in range(clients)]
+    inputs = [random_inputs(backbone, args.batch_size, args.seq_len, seed=i) for i in range(clients)]
     for remote, x in zip(remotes, inputs):
         remote.train_step(*x)  # warm up connections and kernels
     warm = service.batcher.stats.batches, service.batcher.stats.requests
@@ -80,13 +68,11 @@ def run_cell(backbone: LocalBackbone, clients: int, window_ms: float | None,
     service.close()
     requests = sum(len(lat) for lat in latencies)
     batches = service.batcher.stats.batches - warm[0]
-    all_lat = sorted(x for lat in latencies for x in lat)
     return {
         "clients": clients, "batching": window_ms is not None, "window_ms": window_ms,
         "seconds": round(elapsed, 3), "requests": requests,
         "samples_per_s": round(requests * args.batch_size / elapsed, 2),
-        "mean_latency_ms": round(1000 * sum(all_lat) / max(1, len(all_lat)), 2),
-        "p50_latency_ms": round(1000 * all_lat[len(all_lat) // 2], 2) if all_lat else None,
+        **latency_ms([x for lat in latencies for x in lat]),
         "mean_requests_per_batch": round(requests / max(1, batches), 2),
     }
 
@@ -109,13 +95,7 @@ def _parse_args() -> argparse.Namespace:
 def main() -> None:
     args = _parse_args()
     torch.set_num_threads(args.threads)
-    with tempfile.TemporaryDirectory() as tmp:
-        model_dir = args.model_dir
-        if model_dir is None:
-            from anther.adapters.tiny_model import init_tiny
-
-            model_dir = init_tiny(Path(tmp) / "tiny", pretrain_steps=0)
-        backbone = LocalBackbone.from_pretrained(model_dir)
+    backbone = load_backbone(args.model_dir)
     results = []
     windows = [None, *(float(w) for w in args.windows_ms.split(","))]
     print(f"{'clients':>7} {'batching':>12} {'samples/s':>10} {'p50 ms':>8} {'req/batch':>9}")
@@ -126,19 +106,7 @@ def main() -> None:
             mode = "off" if window_ms is None else f"on {window_ms:g} ms"
             print(f"{clients:>7} {mode:>12} {cell['samples_per_s']:>10.1f} "
                   f"{cell['p50_latency_ms']:>8.1f} {cell['mean_requests_per_batch']:>9.2f}", flush=True)
-    report = {
-        "benchmark": "backbone_throughput",
-        "model": {"fingerprint": backbone.info.fingerprint, "hidden_size": backbone.info.hidden_size,
-                  "vocab_size": backbone.info.vocab_size, "dtype": backbone.info.dtype},
-        "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
-        "environment": {"torch": torch.__version__, "python": platform.python_version(),
-                        "cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-                        "machine": platform.machine()},
-        "results": results,
-    }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2))
-    print(f"wrote {args.out}")
+    write_report(args.out, report("backbone_throughput", backbone, args, results))
 
 
 if __name__ == "__main__":
