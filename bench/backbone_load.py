@@ -24,7 +24,7 @@ from pathlib import Path
 
 import grpc
 import torch
-from loopback import latency_ms, load_backbone, random_inputs, report, write_report
+from service_bench import latency_ms, load_backbone, random_inputs, report, write_report
 
 from anther.client.backbone_client import RemoteBackbone
 from anther.server.backbone import LocalBackbone
