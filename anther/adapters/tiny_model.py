@@ -35,6 +35,8 @@ from anther.simulations.datasets import shapes_vqa
 SPECIAL_TOKENS = ["<pad>", "<s>", "</s>", "<unk>", IMAGE_PLACEHOLDER]
 PROVENANCE_FILE = "anther_tiny.json"
 VISION_PRETRAIN_STEPS = 300
+# Bumped whenever the recipe (data, stages, hyper-parameters) changes, so cached models are remade.
+RECIPE_VERSION = 3
 
 
 def train_tokenizer(lines: list[str], vocab_size: int = 512) -> PreTrainedTokenizerFast:
@@ -99,7 +101,7 @@ def pretrain_vision(tower: torch.nn.Module, processor, steps: int, seed: int,
         torch.nn.Linear(width, 1 + len(shapes_vqa.KINDS)),
         torch.nn.Linear(width, 1 + len(shapes_vqa.SIZES)),
     ])
-    scenes = shapes_vqa.generate_scenes(steps * batch_size // 4, seed)
+    scenes = shapes_vqa.generate_scenes(steps * batch_size // 4, seed, domains=shapes_vqa.DOMAINS)
     pixels = processor.image_processor([im for im, _ in scenes], return_tensors="pt")["pixel_values"]
     labels = torch.tensor([shapes_vqa.cell_labels(shapes) for _, shapes in scenes])  # (n, 9, 3)
     params = [*tower.parameters(), *heads.parameters()]

@@ -10,13 +10,13 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from anther.adapters.tiny_model import ensure_tiny
+from anther.adapters.tiny_model import RECIPE_VERSION, ensure_tiny
 from anther.simulations.config import anther_home
 from anther.simulations.data import dataset_dir
 
 
 def tiny_model_dir(seed: int, pretrain_steps: int) -> Path:
-    return anther_home() / "models" / f"tiny-llava-seed{seed}-pretrain{pretrain_steps}"
+    return anther_home() / "models" / f"tiny-llava-r{RECIPE_VERSION}-seed{seed}-pretrain{pretrain_steps}"
 
 
 def prepare_assets(cfg: DictConfig) -> DictConfig:

@@ -25,7 +25,7 @@ from anther.simulations.scenarios import apply_modalities, modality_plans, parti
 
 
 def builtin_dir(train_size: int, test_size: int, seed: int) -> Path:
-    return anther_home() / "data" / f"shapes_vqa-seed{seed}-train{train_size}-test{test_size}"
+    return anther_home() / "data" / f"shapes_vqa-v{shapes_vqa.VERSION}-seed{seed}-train{train_size}-test{test_size}"
 
 
 def prepare_builtin(train_size: int, test_size: int, seed: int) -> Path:

@@ -32,6 +32,8 @@ RELATIONS = ("left", "right", "above", "below")
 DOMAINS = ("plain", "noisy", "dark", "striped")
 PRETRAIN_DOMAINS = ("plain", "striped")
 TASKS = ("colour", "shape", "count", "position", "yesno")
+# Bumped whenever the same seed would give different samples, so cached copies are remade.
+VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -103,12 +105,30 @@ def render(shapes: list[Shape], domain: str, rng: random.Random) -> Image.Image:
     return im
 
 
-def _relation(a: Shape, b: Shape) -> str:
-    """Where a is relative to b, by the dominant axis."""
-    dx, dy = a.x - b.x, a.y - b.y
-    if abs(dx) >= abs(dy):
-        return "left" if dx < 0 else "right"
-    return "above" if dy < 0 else "below"
+def _cell(s: Shape) -> tuple[int, int]:
+    """(row, column) of the 3x3 grid cell the shape sits in."""
+    step = IMAGE_SIZE // 3
+    return s.y // step, s.x // step
+
+
+def _relation(a: Shape, b: Shape) -> str | None:
+    """Where a is relative to b, by the dominant axis of their grid cells; None when the
+    cells are diagonal (equal row and column offsets), where no one word is right."""
+    (ra, ca), (rb, cb) = _cell(a), _cell(b)
+    dr, dc = ra - rb, ca - cb
+    if abs(dc) > abs(dr):
+        return "left" if dc < 0 else "right"
+    if abs(dr) > abs(dc):
+        return "above" if dr < 0 else "below"
+    return None
+
+
+def _scene(rng: random.Random, task: str) -> list[Shape]:
+    """Shapes for one question: a position question needs two shapes with a clear relation."""
+    while True:
+        shapes = _place_shapes(rng, rng.randint(2, 3) if task == "position" else rng.randint(1, 3))
+        if task != "position" or any(_relation(a, b) for a in shapes for b in shapes if a is not b):
+            return shapes
 
 
 @dataclass(frozen=True)
@@ -131,7 +151,7 @@ def _question(rng: random.Random, task: str, shapes: list[Shape]) -> Question:
     if task == "count":
         return Question("how many shapes are there?", "count", COUNT_WORDS[len(shapes) - 1], list(COUNT_WORDS))
     if task == "position":
-        a, b = rng.sample(shapes, 2)
+        a, b = rng.choice([(a, b) for a in shapes for b in shapes if a is not b and _relation(a, b)])
         return Question(f"where is the {a.name} relative to the {b.name}?", f"where {a.name} {b.name}",
                         _relation(a, b), list(RELATIONS))
     if task == "yesno":
@@ -159,10 +179,10 @@ def _context(rng: random.Random, shapes: list[Shape]) -> str:
 def caption(shapes: list[Shape]) -> str:
     """A full description of the scene, used to pretrain the tiny model."""
     parts = [f"{COUNT_WORDS[len(shapes) - 1]} shape{'s' if len(shapes) > 1 else ''}."]
-    step = IMAGE_SIZE // 3
     rows, cols = ("top", "middle", "bottom"), ("left", "centre", "right")
-    for s in sorted(shapes, key=lambda s: (s.y // step, s.x // step)):
-        where = f"{rows[min(s.y // step, 2)]} {cols[min(s.x // step, 2)]}"
+    for s in sorted(shapes, key=_cell):
+        row, col = _cell(s)
+        where = f"{rows[row]} {cols[col]}"
         parts.append(f"a {s.size} {s.colour} {s.kind} at {where}.")
     return " ".join(parts)
 
@@ -174,8 +194,7 @@ def generate(n: int, seed: int, domains: tuple[str, ...] = DOMAINS,
     out = []
     for i in range(n):
         task = tasks[i % len(tasks)]
-        n_shapes = rng.randint(2, 3) if task == "position" else rng.randint(1, 3)
-        shapes = _place_shapes(rng, n_shapes)
+        shapes = _scene(rng, task)
         domain = rng.choice(domains)
         q = _question(rng, task, shapes)
         out.append(Sample(
@@ -208,10 +227,10 @@ def cell_labels(shapes: list[Shape]) -> list[tuple[int, int, int]]:
 
     The labels a vision encoder is pretrained on, one per cell (with anther's tiny
     model each cell is exactly one ViT patch)."""
-    step = IMAGE_SIZE // 3
     cells = [(0, 0, 0)] * 9
     for s in shapes:
-        cells[(s.y // step) * 3 + s.x // step] = (
+        row, col = _cell(s)
+        cells[row * 3 + col] = (
             1 + list(COLOURS).index(s.colour), 1 + KINDS.index(s.kind), 1 + list(SIZES).index(s.size))
     return cells
 
@@ -224,7 +243,7 @@ def generate_terse_qa(n: int, seed: int, domains: tuple[str, ...] = PRETRAIN_DOM
     out = []
     for i in range(n):
         task = TASKS[i % len(TASKS)]
-        shapes = _place_shapes(rng, rng.randint(2, 3) if task == "position" else rng.randint(1, 3))
+        shapes = _scene(rng, task)
         q = _question(rng, task, shapes)
         out.append((render(shapes, rng.choice(domains), rng), q.terse, q.answer))
     return out

@@ -1,0 +1,43 @@
+"""ShapesVQA, the built-in data set: deterministic, every kind and domain present, answers
+among the options, and every answer decidable from the picture."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+from anther.simulations.datasets import shapes_vqa
+from anther.simulations.datasets.shapes_vqa import DOMAINS, TASKS
+
+
+def test_same_seed_same_samples_and_pixels():
+    a, b = shapes_vqa.generate(20, seed=4), shapes_vqa.generate(20, seed=4)
+    assert [(s.question, s.answer, s.context) for s in a] == [(s.question, s.answer, s.context) for s in b]
+    assert all(x.image.tobytes() == y.image.tobytes() for x, y in zip(a, b))
+    assert [s.question for s in shapes_vqa.generate(20, seed=5)] != [s.question for s in a]
+
+
+def test_every_task_and_domain_appears_and_answers_are_options():
+    samples = shapes_vqa.generate(200, seed=1)
+    assert set(Counter(s.task for s in samples)) == set(TASKS)
+    assert set(Counter(s.domain for s in samples)) == set(DOMAINS)
+    assert all(s.answer in s.options for s in samples)
+    assert all(s.image.size == (shapes_vqa.IMAGE_SIZE, shapes_vqa.IMAGE_SIZE) for s in samples)
+
+
+def test_relation_uses_the_dominant_grid_axis_and_refuses_diagonals():
+    def at(row: int, col: int) -> shapes_vqa.Shape:
+        step = shapes_vqa.IMAGE_SIZE // 3
+        return shapes_vqa.Shape("red", "circle", "small", col * step + step // 2, row * step + step // 2)
+
+    assert shapes_vqa._relation(at(0, 0), at(0, 2)) == "left"
+    assert shapes_vqa._relation(at(2, 1), at(0, 0)) == "below"  # two rows down, one column over
+    assert shapes_vqa._relation(at(1, 2), at(0, 0)) == "right"
+    assert shapes_vqa._relation(at(0, 0), at(1, 1)) is None
+    assert shapes_vqa._relation(at(2, 0), at(0, 2)) is None
+
+
+def test_position_questions_cover_all_four_relations():
+    answers = Counter(s.answer for s in shapes_vqa.generate(400, seed=2, tasks=("position",)))
+    assert set(answers) == set(shapes_vqa.RELATIONS)
+    terse = shapes_vqa.generate_terse_qa(100, seed=3)
+    assert {a for _, q, a in terse if q.startswith("where")} <= set(shapes_vqa.RELATIONS)
