@@ -15,9 +15,12 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, TypeVar
 
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
-from .sample import DataFormatError, Sample
+from .sample import IMAGE_ERRORS, DataFormatError, Sample, jsonl_lines, parse_json_line
+
+__all__ = ["collect", "decode_image", "json_list_records", "jsonl_lines", "parse_json_line", "read_json",
+           "require", "split_names", "with_answer_vocabulary"]
 
 T = TypeVar("T")
 
@@ -53,8 +56,8 @@ def decode_image(data: bytes, where: str) -> Image.Image:
     try:
         with Image.open(io.BytesIO(data)) as im:
             return im.convert("RGB")
-    except (UnidentifiedImageError, OSError, SyntaxError) as e:
-        raise DataFormatError(f"{where}: cannot decode the image bytes: {e}") from e
+    except IMAGE_ERRORS as e:
+        raise DataFormatError(f"{where}: cannot decode the image bytes: {type(e).__name__}: {e}") from e
 
 
 def read_json(path: Path) -> Any:
@@ -63,6 +66,8 @@ def read_json(path: Path) -> Any:
         raise FileNotFoundError(f"no annotation file {path}")
     try:
         return json.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as e:
+        raise DataFormatError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from e
     except json.JSONDecodeError as e:
         raise DataFormatError(f"{path}:{e.lineno}: invalid JSON: {e.msg} (column {e.colno})") from e
 
@@ -73,24 +78,6 @@ def json_list_records(path: Path) -> Iterable[tuple[str, Any]]:
     if not isinstance(data, list):
         raise DataFormatError(f"{path}: expected a JSON list of records, got {type(data).__name__}")
     return ((f"{path}: record {i}", record) for i, record in enumerate(data))
-
-
-def jsonl_lines(path: Path) -> Iterable[tuple[str, str]]:
-    """``(file:line, text)`` of every non-empty line of a JSON-lines file; the loader parses each
-    with :func:`parse_json_line`, so a line that is not JSON is one bad record like any other."""
-    if not path.is_file():
-        raise FileNotFoundError(f"no annotation file {path}")
-    with path.open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
-            if line.strip():
-                yield f"{path}:{lineno}", line
-
-
-def parse_json_line(line: str, where: str) -> Any:
-    try:
-        return json.loads(line)
-    except json.JSONDecodeError as e:
-        raise DataFormatError(f"{where}: invalid JSON: {e}") from e
 
 
 def with_answer_vocabulary(samples: list[Sample]) -> list[Sample]:

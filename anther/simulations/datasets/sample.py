@@ -9,11 +9,13 @@ A data set on disk is a folder::
 
 Fields of a record:
 
-- ``id`` (str): unique within the split.
-- ``image`` (str or null): path of the image, relative to the folder; null for text-only.
+- ``id`` (str or int): unique within the split (a reused id is an error).
+- ``image`` (str or null): path of the image, relative to the folder and inside it (no absolute
+  path, no ``..``); null for text-only. It must decode fully: a corrupt or truncated file, or
+  one over Pillow's ``Image.MAX_IMAGE_PIXELS``, is an error.
 - ``context`` (str): free text that comes with the sample (may be empty).
-- ``question`` (str): the instruction.
-- ``answer`` (str): the reference answer.
+- ``question`` (str, non-empty): the instruction.
+- ``answer`` (str, non-empty): the reference answer.
 - ``options`` (list of str): answer choices for multiple-choice scoring; must contain ``answer``.
 - ``task`` (str, optional): question kind, used for per-task metrics.
 - ``domain`` (str, optional): visual domain, used by the domain-shift scenario.
@@ -26,12 +28,21 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import struct
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 REQUIRED_FIELDS = ("id", "question", "answer", "options")
+TEXT_FIELDS = ("question", "answer")  # must be non-empty strings
+OPTIONAL_TEXT_FIELDS = ("context", "task", "domain")  # strings or null
+# What Pillow raises on a file it cannot decode: unknown or corrupt format (OSError,
+# UnidentifiedImageError), truncated data (OSError, EOFError, struct.error), bad headers
+# (SyntaxError, ValueError), or more pixels than Image.MAX_IMAGE_PIXELS allows (a
+# decompression bomb: DecompressionBombError).
+IMAGE_ERRORS = (OSError, EOFError, SyntaxError, ValueError, struct.error, Image.DecompressionBombError)
 
 
 class DataFormatError(ValueError):
@@ -99,23 +110,47 @@ def load_image(path: Path, where: str) -> Image.Image:
     try:
         with Image.open(path) as im:
             return im.convert("RGB")
-    except (UnidentifiedImageError, OSError, SyntaxError) as e:
-        raise DataFormatError(f"{where}: cannot decode image {path}: {e}") from e
+    except IMAGE_ERRORS as e:
+        raise DataFormatError(f"{where}: cannot decode image {path}: {type(e).__name__}: {e}") from e
+
+
+def image_path(value: object, where: str) -> str | None:
+    """A record's ``image``: null, or a relative path inside the data folder."""
+    if value is None or value == "":
+        return None
+    if not isinstance(value, str):
+        raise DataFormatError(f"{where}: 'image' must be a relative path or null, got {value!r:.80}")
+    parts = PurePosixPath(value.replace("\\", "/"))
+    if parts.is_absolute() or ".." in parts.parts:
+        raise DataFormatError(f"{where}: 'image' must be a path inside the data folder, got {value!r}")
+    return value
+
+
+def _check_types(record: dict, where: str) -> None:
+    for k in TEXT_FIELDS:
+        if not isinstance(record[k], str) or not record[k].strip():
+            raise DataFormatError(f"{where}: {k!r} must be a non-empty string, got {record[k]!r:.80}")
+    for k in OPTIONAL_TEXT_FIELDS:
+        if record.get(k) is not None and not isinstance(record[k], str):
+            raise DataFormatError(f"{where}: {k!r} must be a string or null, got {record[k]!r:.80}")
+    if not isinstance(record["id"], (str, int)) or isinstance(record["id"], bool) or str(record["id"]) == "":
+        raise DataFormatError(f"{where}: 'id' must be a non-empty string or an integer, got {record['id']!r:.80}")
 
 
 def record_to_sample(record: object, folder: Path, where: str) -> Sample:
     """Validate one JSON record and turn it into a Sample."""
     if not isinstance(record, dict):
         raise DataFormatError(f"{where}: expected a JSON object, got {type(record).__name__}")
-    missing = [k for k in REQUIRED_FIELDS if k not in record]
+    missing = [k for k in REQUIRED_FIELDS if record.get(k) is None]
     if missing:
         raise DataFormatError(f"{where}: missing field(s) {missing}")
+    _check_types(record, where)
     options = record["options"]
     if not isinstance(options, list) or not all(isinstance(o, str) for o in options):
         raise DataFormatError(f"{where}: 'options' must be a list of strings")
     if record["answer"] not in options:
         raise DataFormatError(f"{where}: answer {record['answer']!r} is not among options {options}")
-    image_rel = record.get("image")
+    image_rel = image_path(record.get("image"), where)
     image = load_image(folder / image_rel, where) if image_rel else None
     return Sample(
         id=str(record["id"]),
@@ -125,34 +160,55 @@ def record_to_sample(record: object, folder: Path, where: str) -> Sample:
         context=str(record.get("context") or ""),
         image=image,
         image_path=image_rel,
-        task=str(record.get("task", "vqa")),
-        domain=str(record.get("domain", "default")),
+        task=str(record.get("task") or "vqa"),
+        domain=str(record.get("domain") or "default"),
     )
 
 
 def read_split(folder: Path, split: str, skip_bad: bool = False) -> tuple[list[Sample], int]:
     """Read ``folder/split.jsonl``; return the samples and how many bad records were skipped.
 
-    A bad record raises :class:`DataFormatError` naming file and line, unless
-    ``skip_bad`` is set, in which case it is counted (never silently dropped).
+    A bad record (not UTF-8, not JSON, a missing or mistyped field, a missing or undecodable
+    image, an id already used by an earlier line) raises :class:`DataFormatError` naming file and
+    line, unless ``skip_bad`` is set, in which case it is counted (never silently dropped).
     """
     path = Path(folder) / f"{split}.jsonl"
     if not path.is_file():
         raise FileNotFoundError(f"no split file {path}")
     samples, skipped = [], 0
-    with path.open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            where = f"{path}:{lineno}"
-            try:
-                try:
-                    record = json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise DataFormatError(f"{where}: invalid JSON: {e}") from e
-                samples.append(record_to_sample(record, Path(folder), where))
-            except DataFormatError:
-                if not skip_bad:
-                    raise
-                skipped += 1
+    first_line: dict[str, str] = {}  # id -> where it was first seen
+    for where, line in jsonl_lines(path):
+        try:
+            sample = record_to_sample(parse_json_line(line, where), Path(folder), where)
+            if sample.id in first_line:
+                raise DataFormatError(f"{where}: id {sample.id!r} is already used at {first_line[sample.id]}")
+            first_line[sample.id] = where
+            samples.append(sample)
+        except DataFormatError:
+            if not skip_bad:
+                raise
+            skipped += 1
     return samples, skipped
+
+
+def jsonl_lines(path: Path) -> Iterator[tuple[str, bytes]]:
+    """``(file:line, bytes)`` of every non-blank line of a JSON-lines file, undecoded: each is
+    parsed with :func:`parse_json_line`, so a line that is not UTF-8 or not JSON is one bad
+    record like any other (named, or counted with ``skip_bad``)."""
+    if not path.is_file():
+        raise FileNotFoundError(f"no annotation file {path}")
+    with path.open("rb") as f:
+        for lineno, line in enumerate(f, start=1):
+            if line.strip():
+                yield f"{path}:{lineno}", line
+
+
+def parse_json_line(line: str | bytes, where: str) -> object:
+    try:
+        text = line.decode("utf-8") if isinstance(line, bytes) else line
+    except UnicodeDecodeError as e:
+        raise DataFormatError(f"{where}: not UTF-8 text ({e.reason} at byte {e.start})") from e
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise DataFormatError(f"{where}: invalid JSON: {e}") from e
