@@ -160,3 +160,36 @@ def test_backward_requests_with_a_bad_grad_hidden_are_refused_by_name(local, gra
         msg.grad_hidden.CopyFrom(wire.encode(bad))
     with pytest.raises(WireError, match=message):
         decode_hidden_backward(msg, local.info, 64, torch.float32)
+
+
+def test_the_server_can_still_solve_grad_hidden_for_the_labels(model, local):
+    """What docs/what-leaves-a-client.md warns about: at a labelled position grad_hidden is
+    W^T (softmax(W h) - onehot(y)) / n, and the server holds W and h, so it recovers y. Private
+    labels keep label bytes off the wire; they do not hide labels from the backbone's operator."""
+    x = _request(local, 2, 6, seed=3)
+    labels = torch.full((2, 6), IGNORE_INDEX)
+    labels[:, 3:] = torch.randint(0, local.info.vocab_size, (2, 3), generator=torch.Generator().manual_seed(4))
+    seen: dict[str, torch.Tensor] = {}
+
+    class Spy:  # what the server receives, on the way to the real backbone
+        info = local.info
+        bytes_up = bytes_down = 0
+
+        def hidden_states(self, embeds, mask):
+            return local.hidden_states(embeds, mask)
+
+        def backward_from_hidden(self, embeds, mask, grad_hidden):
+            seen.update(embeds=embeds, mask=mask, grad=grad_hidden)
+            return local.backward_from_hidden(embeds, mask, grad_hidden)
+
+    PrivateLabelBackbone.of_model(Spy(), model).train_step(x.embeds, x.mask, labels)
+    # the server's side: which rows carry a gradient, its own hidden states and head
+    grad = seen["grad"]
+    rows = grad.abs().sum(-1) != 0
+    n = int(rows.sum())
+    w = local.head.weight
+    with torch.no_grad():
+        probs = torch.softmax(local.hidden(seen["embeds"], seen["mask"]) @ w.T, dim=-1)
+        target_rows = (probs @ w - n * grad)[rows]  # = W[y] at each labelled position
+        recovered = torch.cdist(target_rows, w).argmin(dim=-1)
+    assert torch.equal(recovered, labels[:, 1:][labels[:, 1:] != IGNORE_INDEX])
