@@ -20,9 +20,14 @@ from anther.simulations.config import ConfigError
 
 
 def _simulate(args: argparse.Namespace) -> int:
-    from anther.simulations.runner import simulate
+    from anther.simulations.runner import resume, simulate
 
-    return simulate(args.experiment, args.overrides)
+    if args.resume is None:
+        return simulate(args.experiment, args.overrides)
+    if args.overrides or args.experiment != "default":
+        raise ValueError(f"--resume {args.resume} continues that run with its own config.yaml; "
+                         "give no experiment or overrides with it")
+    return resume(Path(args.resume))
 
 
 def _init_tiny(args: argparse.Namespace) -> int:
@@ -172,6 +177,8 @@ def build_parser() -> argparse.ArgumentParser:
     sim = sub.add_parser("simulate", help="run a federated simulation")
     sim.add_argument("-e", "--experiment", default="default", help="config name in anther/simulations/configs")
     sim.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. federation.rounds=3")
+    sim.add_argument("--resume", metavar="RUN_DIR", help="continue a killed run from its last complete "
+                     "checkpoint, into the same folder (docs/reliability.md)")
     sim.set_defaults(func=_simulate)
 
     model = sub.add_parser("model", help="model checkpoints").add_subparsers(dest="model_command", required=True)

@@ -21,7 +21,7 @@ from flwr.serverapp.exception import AggregationError
 
 from anther.client.state_store import folder_for, restore_state, save_state, state_folder
 from anther.server import checkpoint
-from anther.server.round_guard import aggregate_guarded, screen_replies
+from anther.server.round_guard import aggregate_guarded, replies_are_masked, screen_replies
 from anther.server.run_state import load_strategy_state, restore_rng, rng_state, strategy_state
 from anther.strategies.registry import build_strategy
 
@@ -275,3 +275,20 @@ def test_empty_client_state_is_not_written_and_run_keys_are_plain_names(tmp_path
     assert folder_for(ConfigRecord({"server-round": 1}), {}, 0) is None
     with pytest.raises(ValueError, match="plain folder name"):
         folder_for(ConfigRecord({"run-key": "../../etc"}), {"state-dir": str(tmp_path)}, 0)
+
+
+def test_masked_replies_are_screened_by_their_metrics_only():
+    """Secure aggregation's replies carry a masked vector, not adapters: no array checks."""
+    class SecureInner:
+        masked_replies = True
+
+    class Wrapper:
+        strategy = SecureInner()
+
+    assert replies_are_masked(Wrapper()) and not replies_are_masked(build_strategy({"name": "fedavg"}))
+    sent = [_sent(n) for n in (101, 102)]
+    masked = [Message(RecordDict({"metrics": MetricRecord({"num-examples": 4})}), reply_to=m) for m in sent]
+    masked[1] = Message(RecordDict({"metrics": MetricRecord({"num-examples": -1})}), reply_to=sent[1])
+    screened = screen_replies(sent, masked, PARTITION_OF, check_arrays=False)
+    assert [m.metadata.src_node_id for m in screened.accepted] == [101]
+    assert [p.partition_id for p in screened.rejected] == [1]

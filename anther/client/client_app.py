@@ -38,6 +38,7 @@ from anther.client.extras import (
 )
 from anther.client.local_training import dp_for, own_split_metrics, round_seed, train_round
 from anther.client.runtime import ClientRuntime, runtime_for
+from anther.client.state_store import folder_for, restore_state, save_state
 from anther.simulations.data import client_data
 from anther.simulations.datasets.sample import Sample
 from anther.strategies.hetero_rank import RANK_METRIC, adapter_ranks
@@ -105,6 +106,9 @@ def train(msg: Message, context: Context) -> Message:
     cfg, runtime, received = _load(msg, context)
     config = msg.content["config"]
     pid, _ = _partition(context)
+    kept = folder_for(config, context.node_config, pid)  # Context.state on disk, for a resumed run
+    if kept is not None:
+        restore_state(context.state, kept, int(config["server-round"]) - 1)
     train_set, _ = _local_data(cfg, context)
     seed = round_seed(cfg.seed, int(config["server-round"]), pid)
     ctx = ExtraContext(config, cfg, runtime, train_set, received, context.state, seed)
@@ -123,6 +127,8 @@ def train(msg: Message, context: Context) -> Message:
         metrics[EPSILON_METRIC] = spend(context.state, cfg.privacy, dp, report.steps)
     content = RecordDict({"arrays": ArrayRecord(runtime.edge.adapter_state()), "metrics": metrics})
     add_reply_records(ctx, content)
+    if kept is not None:
+        save_state(context.state, kept, int(config["server-round"]))
     return Message(content, reply_to=msg)
 
 
@@ -130,6 +136,9 @@ def train(msg: Message, context: Context) -> Message:
 def evaluate(msg: Message, context: Context) -> Message:
     cfg, runtime, received = _load(msg, context)
     pid, _ = _partition(context)
+    kept = folder_for(msg.content["config"], context.node_config, pid)
+    if kept is not None:
+        restore_state(context.state, kept, int(msg.content["config"]["server-round"]))
     _, test_set = _local_data(cfg, context)
     ctx = ExtraContext(msg.content["config"], cfg, runtime, test_set, received, context.state, cfg.seed)
     with evaluation_view(ctx):

@@ -63,7 +63,7 @@ def _write_folder(folder: Path, adapters: dict[str, torch.Tensor], state: dict[s
     save_file({k: v.detach().contiguous() for k, v in adapters.items()}, str(folder / ADAPTERS),
               metadata={"order": json.dumps(list(adapters))})
     save_file({k: v.detach().contiguous() for k, v in tensors.items()}, str(folder / TENSORS))
-    (folder / STATE).write_text(json.dumps(state, allow_nan=True))
+    (folder / STATE).write_text(json.dumps(state, default=str))  # as result.json is written
     for name in (ADAPTERS, TENSORS, STATE):
         _fsync(folder / name)
     _fsync(folder)

@@ -8,6 +8,10 @@ Aggregation is entirely the strategy's: any ``flwr.serverapp.strategy.Strategy``
 node receives: the adapters at the node's rank, keys asking for a Fisher...), offered only
 the nodes this round sampled; a strategy that implements
 :class:`anther.strategies.node_info.NodeAware` is first told every node's QUERY answer.
+Replies are screened before aggregation (:mod:`anther.server.round_guard`: bad updates and
+failed clients are recorded and left out; too few usable updates skip the round), and each
+round's checkpoint holds everything a resumed run needs to continue exactly
+(:mod:`anther.server.run_state`, docs/reliability.md).
 """
 
 from __future__ import annotations
@@ -15,17 +19,23 @@ from __future__ import annotations
 import random
 import time
 from collections.abc import Iterable
+from logging import WARNING
 from pathlib import Path
 from typing import Any
 
+import torch
 from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, RecordDict
+from flwr.common.logger import log
 from flwr.serverapp import Grid
 from omegaconf import DictConfig, OmegaConf
 
 from anther.client.dp import EPSILON_METRIC
 from anther.client.metrics import summarise_clients
-from anther.server.checkpoint import save_checkpoint
+from anther.client.state_store import RUN_KEY
+from anther.server.checkpoint import latest_checkpoint, save_checkpoint
 from anther.server.evaluation import ServerEvaluator
+from anther.server.round_guard import aggregate_guarded, log_problems, replies_are_masked, screen_replies
+from anther.server.run_state import load_strategy_state, restore_rng, rng_state, strategy_state
 from anther.simulations.config import clients_per_round, to_yaml
 from anther.simulations.run_folder import RunRecorder
 from anther.strategies.node_info import NodeAware
@@ -84,8 +94,12 @@ def _client_traffic(sent: list[Message], replies: list[Message]) -> dict[int, di
 
 
 class FederatedRun:
-    def __init__(self, cfg: DictConfig, grid: Grid, data_folder: Path) -> None:
-        self.cfg, self.grid = cfg, grid
+    """One run; with ``resume``, the continuation of the run in ``cfg.run_dir`` from its last
+    complete checkpoint (docs/reliability.md)."""
+
+    def __init__(self, cfg: DictConfig, grid: Grid, data_folder: Path, resume: bool = False) -> None:
+        self.cfg, self.grid, self.resume = cfg, grid, resume
+        self.resumed_from: list[int] = []  # rounds this run was resumed after, oldest first
         self.strategy = build_strategy(OmegaConf.to_container(cfg.strategy, resolve=True))
         self.rng = random.Random(cfg.seed)
         self.evaluator = ServerEvaluator(cfg, data_folder)
@@ -120,11 +134,17 @@ class FederatedRun:
 
     # -- messages ------------------------------------------------------------------------
     def _config(self, server_round: int) -> ConfigRecord:
-        return ConfigRecord({"experiment": to_yaml(self.cfg), "server-round": server_round})
+        """The round config; ``run-key`` (the run folder's name, the same after a resume) tells
+        clients where they keep their state (:mod:`anther.client.state_store`)."""
+        return ConfigRecord({"experiment": to_yaml(self.cfg), "server-round": server_round,
+                             RUN_KEY: self.run_dir.name})
+
+    def _send(self, messages: Iterable[Message]) -> list[Message]:
+        """Every reply that came back within the round's timeout, error replies included."""
+        return list(self.grid.send_and_receive(list(messages), timeout=self.cfg.federation.round_timeout_s))
 
     def _exchange(self, strategy_messages: Iterable[Message]) -> list[Message]:
-        replies = self.grid.send_and_receive(list(strategy_messages),
-                                             timeout=self.cfg.federation.round_timeout_s)
+        replies = self._send(strategy_messages)
         ok = [m for m in replies if not m.has_error()]
         return sorted(ok, key=lambda m: int(m.content["metrics"]["partition-id"]))
 
@@ -132,31 +152,65 @@ class FederatedRun:
     def _evaluate_server(self, arrays: ArrayRecord) -> dict[str, float]:
         return self.evaluator(arrays.to_torch_state_dict())
 
+    def _resume_point(self, initial: ArrayRecord) -> tuple[ArrayRecord, int]:
+        """The global adapters to start from and the first round to train: ``initial`` and 1, or,
+        when resuming, the last complete checkpoint's adapters with the strategy, the RNGs and
+        the recorded rounds put back as they were after that round."""
+        ckpt = latest_checkpoint(self.run_dir) if self.resume else None
+        if ckpt is None:
+            if self.resume:
+                log(WARNING, "anther: %s holds no complete checkpoint; starting it again from round 1",
+                    self.run_dir)
+            return initial, 1
+        load_strategy_state(self.strategy, ckpt.state["strategy"], ckpt.tensors)
+        restore_rng(ckpt.state["rng"], self.rng, ckpt.tensors)
+        self.resumed_from = [*ckpt.state.get("resumed_from", []), ckpt.server_round]
+        self.recorder.restore(ckpt.state["rounds"], self.resumed_from)
+        print(f"anther: resuming {self.run_dir} after round {ckpt.server_round}", flush=True)
+        return ArrayRecord(ckpt.adapters), ckpt.server_round + 1
+
+    def _checkpoint(self, server_round: int, arrays: ArrayRecord) -> None:
+        """Everything a resumed run needs to go on exactly as this one would (docs/reliability.md)."""
+        tensors: dict[str, torch.Tensor] = {}
+        state = {"rounds": self.recorder.rounds, "resumed_from": self.resumed_from,
+                 "strategy": strategy_state(self.strategy, "strategy", tensors),
+                 "rng": rng_state(self.rng, tensors)}
+        save_checkpoint(self.run_dir, server_round, arrays.to_torch_state_dict(), state, tensors)
+
     def execute(self, initial: ArrayRecord) -> ArrayRecord:
+        arrays, first = self._resume_point(initial)  # before discovery, which tells the strategy its nodes
         partitions = self._discover()
-        arrays = initial
-        t0 = time.time()
-        self.recorder.add_round({"round": 0, "clients": 0, **self._evaluate_server(arrays),
-                                 "seconds": time.time() - t0})
-        for server_round in range(1, self.cfg.federation.rounds + 1):
+        partition_of = {node: pid for pid, node in partitions.items()}
+        if first == 1:
+            t0 = time.time()
+            self.recorder.add_round({"round": 0, "clients": 0, **self._evaluate_server(arrays),
+                                     "seconds": time.time() - t0})
+        for server_round in range(first, self.cfg.federation.rounds + 1):
             t0 = time.time()
             sampled = self._sample(partitions)
             config = self._config(server_round)
             messages = list(self.strategy.configure_train(server_round, arrays, config,
                                                           OfferedGrid(self.grid, sampled)))
-            replies = self._exchange(messages)
-            new_arrays, train_metrics = self.strategy.aggregate_train(server_round, replies)
-            if new_arrays is not None:
-                arrays = new_arrays
-            save_checkpoint(self.run_dir, server_round, arrays.to_torch_state_dict(),
-                            {"rounds": self.recorder.rounds})
+            received = self._send(messages)
+            screened = screen_replies(messages, received, partition_of, self.cfg.federation.outlier_factor,
+                                      check_arrays=not replies_are_masked(self.strategy))
+            log_problems(server_round, screened)
+            replies = screened.accepted
+            outcome = aggregate_guarded(self.strategy, server_round, replies, self.cfg.federation.min_replies)
+            train_metrics = outcome.metrics
+            if outcome.arrays is not None:
+                arrays = outcome.arrays
             self.recorder.add_round({
                 "round": server_round,
                 "train_loss": _weighted_metric(replies, "train_loss"),
                 **self._evaluate_server(arrays),
                 "clients": len(replies),
+                "sampled": len(sampled),
+                "rejected": [p.record() for p in screened.rejected],
+                "failed": [p.record() for p in screened.failed],
+                "skipped": outcome.skipped,
                 "adapter_bytes_down": _array_bytes(messages),
-                "adapter_bytes_up": _array_bytes(replies),
+                "adapter_bytes_up": _array_bytes(m for m in received if not m.has_error()),
                 "activation_bytes_up": _sum_metric(replies, "activation_bytes_up"),
                 "activation_bytes_down": _sum_metric(replies, "activation_bytes_down"),
                 "per_client": _client_traffic(messages, replies),
@@ -164,6 +218,7 @@ class FederatedRun:
                 **_epsilons(replies),
                 "seconds": time.time() - t0,
             })
+            self._checkpoint(server_round, arrays)
         self.recorder.finish(self._evaluate_clients(arrays, partitions))
         return arrays
 

@@ -36,6 +36,7 @@ from typing import Any
 import numpy as np
 from flwr.app import ArrayRecord, Message, MetricRecord
 from flwr.common.logger import log
+from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS, Key
 from flwr.serverapp.exception import AggregationError, InconsistentMessageReplies
 from flwr.serverapp.strategy import Strategy
 
@@ -104,6 +105,14 @@ def _arrays_problem(reply: Message, sent: dict[str, np.ndarray] | None, arrays_k
     return None
 
 
+def _masked_problem(reply: Message) -> str | None:
+    """A SecAgg+ collect-stage reply must carry its masked vector (the server cannot see more)."""
+    record = reply.content.config_records.get(RECORD_KEY_CONFIGS)
+    if record is None or Key.MASKED_PARAMETERS not in record:
+        return "sent no SecAgg+ masked vector in a secure-aggregation round"
+    return None
+
+
 def update_norm(returned: Mapping[str, np.ndarray], sent: Mapping[str, np.ndarray]) -> float:
     """L2 norm of (returned - sent) over all adapter arrays, in float64."""
     total = sum(float(np.sum((np.asarray(v, np.float64) - np.asarray(sent[k], np.float64)) ** 2))
@@ -111,10 +120,22 @@ def update_norm(returned: Mapping[str, np.ndarray], sent: Mapping[str, np.ndarra
     return math.sqrt(total)
 
 
+def replies_are_masked(strategy: object) -> bool:
+    """Whether ``strategy``, or a strategy it wraps (``.strategy``), receives masked vectors
+    rather than adapters (secure aggregation declares ``masked_replies = True``): those cannot
+    be screened one by one, only their errors and metrics."""
+    while strategy is not None:
+        if getattr(strategy, "masked_replies", False):
+            return True
+        strategy = getattr(strategy, "strategy", None)
+    return False
+
+
 def screen_replies(sent: Sequence[Message], replies: Sequence[Message], partition_of: Mapping[int, int],
                    outlier_factor: float | None = 10.0, arrays_key: str = ARRAYS_KEY,
-                   weight_key: str = WEIGHT_KEY) -> Screened:
+                   weight_key: str = WEIGHT_KEY, check_arrays: bool = True) -> Screened:
     """Sort ``replies`` to the ``sent`` training messages into accepted, rejected and failed.
+    With ``check_arrays`` False (masked replies) only checks 1 and 2 apply.
 
     ``partition_of`` maps node id -> partition id (what each node said at discovery), so
     problems are named by partition even when a reply's own metrics are missing or wrong.
@@ -127,6 +148,7 @@ def screen_replies(sent: Sequence[Message], replies: Sequence[Message], partitio
     def problem(node: int, reason: str) -> Problem:
         return Problem(partition_of.get(node), node, reason)
 
+    masked = {m.metadata.dst_node_id for m in sent if RECORD_KEY_CONFIGS in m.content.config_records}
     candidates: list[tuple[Message, float | None]] = []
     answered = set()
     for reply in replies:
@@ -138,11 +160,20 @@ def screen_replies(sent: Sequence[Message], replies: Sequence[Message], partitio
         if node not in sent_arrays:
             out.rejected.append(problem(node, "replied though this round did not ask it"))
             continue
-        reason = _metrics_problem(reply, weight_key) or _arrays_problem(reply, sent_arrays[node], arrays_key)
+        if node in masked:  # SecAgg+: no adapters to check, only the masked vector (docs/privacy.md)
+            reason = _metrics_problem(reply, weight_key) or _masked_problem(reply)
+            if reason is None:
+                candidates.append((reply, None))
+            else:
+                out.rejected.append(problem(node, reason))
+            continue
+        reason = _metrics_problem(reply, weight_key)
+        if reason is None and check_arrays:
+            reason = _arrays_problem(reply, sent_arrays[node], arrays_key)
         if reason is not None:
             out.rejected.append(problem(node, reason))
             continue
-        base = sent_arrays[node]
+        base = sent_arrays[node] if check_arrays else None
         norm = update_norm(_numpy(reply.content.array_records[arrays_key]), base) if base is not None else None
         candidates.append((reply, norm))
     for node in sent_arrays:

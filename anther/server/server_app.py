@@ -18,19 +18,21 @@ from anther.server.backbone_process import backbone_for_run
 from anther.server.federated_run import FederatedRun
 from anther.simulations.assets import prepare_assets
 from anther.simulations.baselines import run_baseline
-from anther.simulations.config import load_config
+from anther.simulations.config import load_config, load_run_config
 
 app = ServerApp()
 
 
 @app.main()
 def main(grid: Grid, context: Context) -> None:
-    cfg = load_config(str(context.run_config["experiment"]), str(context.run_config.get("overrides", "")))
+    resume = str(context.run_config.get("resume", ""))  # an earlier run's folder to continue
+    cfg = load_run_config(resume) if resume else load_config(str(context.run_config["experiment"]),
+                                                             str(context.run_config.get("overrides", "")))
     with backbone_for_run(prepare_assets(cfg)) as cfg:
         if cfg.baseline != "none":  # nothing to federate: the baseline runs here and calls no client
             run_baseline(cfg)
             return
-        run = FederatedRun(cfg, grid, cfg.data.path)
+        run = FederatedRun(cfg, grid, cfg.data.path, resume=bool(resume))
         print(f"anther: run folder {run.run_dir}", flush=True)
         dim = run.evaluator.runtime.edge.embed_tokens.embedding_dim
         adapter = NanoAdapterConfig(cfg.adapter.rank, float(cfg.adapter.alpha), cfg.adapter.activation)

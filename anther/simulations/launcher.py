@@ -76,13 +76,16 @@ def local_superlink(flwr_home: Path) -> Iterator[dict[str, str]]:
 
 def submit_run(env: dict[str, str], experiment: str, overrides: list[str], num_supernodes: int,
                app_dir: Path = APP_DIR, extra_federation_config: dict[str, str] | None = None,
-               log: Path | None = None) -> int:
+               log: Path | None = None, resume: str | None = None) -> int:
     """``flwr run --stream`` of this app on the SuperLink ``env`` reaches (from :func:`local_superlink`;
     one SuperLink serves any number of runs, one after another); its logs go to ``log`` if given,
-    else the terminal. Returns flwr's exit code."""
+    else the terminal. With ``resume`` (a run folder) the ServerApp continues that run with its own
+    config.yaml instead of ``experiment`` and ``overrides``. Returns flwr's exit code."""
     if not (app_dir / "pyproject.toml").is_file():
         raise FileNotFoundError(f"{app_dir} has no pyproject.toml; run anther from its source checkout")
     run_config = f'experiment="{experiment}" overrides="{shlex.join(overrides)}"'
+    if resume:
+        run_config += f' resume="{resume}"'
     fed = {"num-supernodes": str(num_supernodes), **(extra_federation_config or {})}
     cmd = [_bin("flwr"), "run", str(app_dir), "local", "--stream", "--run-config", run_config,
            "--federation-config", " ".join(f"{k}={v}" for k, v in fed.items())]
@@ -99,7 +102,9 @@ def private_superlink() -> Iterator[dict[str, str]]:
 
 
 def flwr_run(experiment: str, overrides: list[str], num_supernodes: int, app_dir: Path = APP_DIR,
-             extra_federation_config: dict[str, str] | None = None, log: Path | None = None) -> int:
+             extra_federation_config: dict[str, str] | None = None, log: Path | None = None,
+             resume: str | None = None) -> int:
     """Submit the app to a private SuperLink of its own and stream its logs; returns flwr's exit code."""
     with private_superlink() as env:
-        return submit_run(env, experiment, overrides, num_supernodes, app_dir, extra_federation_config, log)
+        return submit_run(env, experiment, overrides, num_supernodes, app_dir, extra_federation_config, log,
+                          resume)

@@ -42,6 +42,13 @@ class RunRecorder:
         self.table = RoundTable(columns=round_columns(dp=cfg.privacy.dp))
         self.rounds: list[dict[str, Any]] = []
         self.clients: dict[str, Any] = {}
+        self.resumed_from: list[int] = []  # rounds a resumed run continued after (docs/reliability.md)
+
+    def restore(self, rounds: list[dict[str, Any]], resumed_from: list[int]) -> None:
+        """A resumed run: the rounds its checkpoint recorded, reprinted and saved again."""
+        self.rounds, self.resumed_from = [], list(resumed_from)
+        for record in rounds:
+            self.add_round(record)
 
     def add_round(self, record: dict[str, Any]) -> None:
         """Print the round's row and save result.json as it stands (an unfinished run)."""
@@ -63,5 +70,6 @@ class RunRecorder:
             "config": OmegaConf.to_container(self.cfg, resolve=True),
             "rounds": self.rounds,
             "clients": self.clients,
+            "resumed_from": self.resumed_from,
             "traffic": {k: sum(r.get(k) or 0 for r in self.rounds) for k in TRAFFIC_KEYS},
         })

@@ -16,7 +16,7 @@ from pathlib import Path
 from anther.server.backbone_process import backbone_for_run
 from anther.simulations.assets import prepare_assets
 from anther.simulations.baselines import run_baseline
-from anther.simulations.config import load_config
+from anther.simulations.config import ConfigError, load_config, load_run_config
 from anther.simulations.launcher import flwr_run, submit_run
 
 
@@ -40,3 +40,13 @@ def simulate(experiment: str, overrides: list[str], log: Path | None = None,
         served = stack.enter_context(backbone_for_run(cfg))
         run_baseline(served)
     return 0
+
+
+def resume(run_dir: Path, log: Path | None = None) -> int:
+    """Continue the federated run in ``run_dir`` from its last complete checkpoint, with the config
+    it was started with (its ``config.yaml``), into that same folder (docs/reliability.md)."""
+    cfg = prepare_assets(load_run_config(run_dir))
+    if cfg.baseline != "none":
+        raise ConfigError(f"{run_dir} is a baseline run (baseline={cfg.baseline}); only federated runs "
+                          "checkpoint rounds and can be resumed")
+    return flwr_run("default", [], cfg.federation.num_clients, log=log, resume=cfg.run_dir)

@@ -1,0 +1,117 @@
+"""Kill a real run after a round's checkpoint, resume it, and get the uninterrupted run's result.
+
+Three real ``anther simulate`` runs of one tiny FedAdam experiment (its server optimizer has
+moments that must survive): straight through; killed with SIGKILL (the ServerApp's process
+group, then the rest of the run's processes, by pid) once round 1's checkpoint exists; and
+``anther simulate --resume`` of the killed one. The resumed run's final adapters must be
+bitwise those of the straight run, and every round's metrics the same.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+import torch
+from safetensors.torch import load_file
+from simulation_run import SMALL
+
+pytestmark = pytest.mark.slow
+
+ROUNDS = 3
+# A few more local steps than SMALL, so a round lasts long enough to be killed in.
+OVERRIDES = [o for o in SMALL if not o.startswith(("federation.rounds=", "train.local_steps="))] + [
+    f"federation.rounds={ROUNDS}", "train.local_steps=6", "strategy.name=fedadam"]
+
+
+def _cmd(*args: str) -> list[str]:
+    return [sys.executable, "-m", "anther.cli", "simulate", *args]
+
+
+def _run(args: list[str], env: dict[str, str]) -> None:
+    proc = subprocess.run(_cmd(*args), env=env, capture_output=True, text=True, timeout=900, check=False)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+
+
+def _only_run_dir(out: Path) -> Path:
+    (run_dir,) = list(out.iterdir())
+    return run_dir
+
+
+def _serverapp(root: psutil.Process) -> psutil.Process | None:
+    """The process running the ServerApp: ``flwr-simulation`` (which hosts it in a simulation)
+    or ``flwr-serverapp``."""
+    for p in root.children(recursive=True):
+        with contextlib.suppress(psutil.Error):
+            if any(name in part for part in p.cmdline() for name in ("flwr-simulation", "flwr-serverapp")):
+                return p
+    return None
+
+
+def _kill_after_checkpoint(out: Path, env: dict[str, str], log: Path) -> None:
+    """Start a run, and once round 1's checkpoint is complete kill it like a crashed server."""
+    with log.open("w") as log_file:
+        proc = subprocess.Popen(_cmd(*OVERRIDES, f"output_dir={out}"), env=env, stdout=log_file,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+    root = psutil.Process(proc.pid)
+    everything: list[psutil.Process] = []
+    try:
+        deadline = time.monotonic() + 600
+        while not list(out.glob("*/checkpoints/round-0001")):
+            assert proc.poll() is None, f"the run ended before round 1's checkpoint:\n{log.read_text()[-4000:]}"
+            assert time.monotonic() < deadline, log.read_text()[-4000:]
+            time.sleep(0.2)
+        everything = root.children(recursive=True)
+        serverapp = _serverapp(root)
+        assert serverapp is not None, "no flwr-simulation process under anther simulate"
+        os.killpg(os.getpgid(serverapp.pid), signal.SIGKILL)  # the server dies mid-run
+    finally:
+        with contextlib.suppress(psutil.Error):
+            everything = [*everything, *root.children(recursive=True)]
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)  # anther simulate and its flwr run
+        proc.wait()
+        for p in everything:  # the SuperLink it started, and whatever that left running
+            with contextlib.suppress(psutil.Error):
+                p.terminate()
+        _, alive = psutil.wait_procs(everything, timeout=20)
+        for p in alive:
+            with contextlib.suppress(psutil.Error):
+                p.kill()
+
+
+def _rounds(result: dict) -> list[dict]:
+    return [{k: v for k, v in r.items() if k != "seconds"} for r in result["rounds"]]
+
+
+@pytest.mark.timeout(1800)
+def test_killed_run_resumes_to_the_uninterrupted_result(tmp_path: Path) -> None:
+    env = {**os.environ, "ANTHER_HOME": str(tmp_path / "home")}
+    straight_out, killed_out = tmp_path / "straight", tmp_path / "killed"
+    _run([*OVERRIDES, f"output_dir={straight_out}"], env)
+    straight = _only_run_dir(straight_out)
+
+    _kill_after_checkpoint(killed_out, env, tmp_path / "killed.log")
+    killed = _only_run_dir(killed_out)
+    assert json.loads((killed / "result.json").read_text())["finished"] is False
+    done = sorted(p.name for p in (killed / "checkpoints").glob("round-*"))
+    assert done and f"round-{ROUNDS:04d}" not in done, done
+
+    _run(["--resume", str(killed)], env)
+    result = json.loads((killed / "result.json").read_text())
+    expected = json.loads((straight / "result.json").read_text())
+    assert result["finished"] is True and result["resumed_from"] == [int(done[-1].split("-")[1])]
+    assert [r["round"] for r in result["rounds"]] == list(range(ROUNDS + 1))
+    assert _rounds(result) == _rounds(expected)
+    final = f"checkpoints/round-{ROUNDS:04d}/adapters.safetensors"
+    a, b = load_file(str(straight / final)), load_file(str(killed / final))
+    assert list(a) == list(b) and all(torch.equal(a[k], b[k]) for k in a)
+    assert any(a[k].abs().sum() > 0 for k in a if ".up." in k), "the adapters never moved"

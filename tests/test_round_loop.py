@@ -1,0 +1,141 @@
+"""The round loop (``FederatedRun``) against a scripted federation, in one process.
+
+The grid answers as ClientApps would (QUERY: partition ids; TRAIN: adapters moved by a
+partition-specific amount; EVALUATE: metrics), except for the faults each test scripts: a
+NaN update, a ClientApp error, a server that dies mid-run. The server side is real: the
+tiny model's evaluator, the strategy, the run folder, the checkpoints.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from fakes import play_serverapp_runtime
+from flwr.app import Array, ArrayRecord, ConfigRecord, Error, Message, MessageType, MetricRecord, RecordDict
+from safetensors.torch import load_file
+
+from anther.adapters.nano_adapter import NanoAdapterConfig
+from anther.client.nano_edge import initial_adapter_state
+from anther.server.federated_run import FederatedRun
+from anther.simulations.config import load_config, load_run_config
+from anther.simulations.datasets import shapes_vqa
+from anther.simulations.datasets.sample import write_split
+
+NODES = {101: 0, 102: 1, 103: 2}  # node id -> partition id
+
+
+@pytest.fixture(autouse=True)
+def serverapp_runtime(monkeypatch: pytest.MonkeyPatch) -> None:
+    play_serverapp_runtime(monkeypatch)
+
+
+class Crash(RuntimeError):
+    """The server process dying, as far as the round loop can tell."""
+
+
+class ScriptedGrid:
+    """Replies as ClientApps would; ``faults[(round, partition)]`` says what goes wrong where."""
+
+    def __init__(self, faults: dict[tuple[int, int], str] | None = None, crash_in_round: int | None = None):
+        self.faults, self.crash_in_round = faults or {}, crash_in_round
+
+    def get_node_ids(self) -> list[int]:
+        return list(NODES)
+
+    def send_and_receive(self, messages, timeout=None) -> list[Message]:
+        return [r for r in (self._reply(m) for m in messages) if r is not None]
+
+    def _reply(self, m: Message) -> Message | None:
+        pid = NODES[m.metadata.dst_node_id]
+        if m.metadata.message_type == MessageType.QUERY:
+            return Message(RecordDict({"info": ConfigRecord({"partition-id": pid, "num-partitions": 3})}),
+                           reply_to=m)
+        metrics = {"num-examples": 5 + pid, "partition-id": pid}
+        if m.metadata.message_type == MessageType.EVALUATE:
+            return Message(RecordDict({"metrics": MetricRecord({**metrics, "acc_mc": 0.5})}), reply_to=m)
+        server_round = int(m.content["config"]["server-round"])
+        if server_round == self.crash_in_round:
+            raise Crash(f"server killed in round {server_round}")
+        fault = self.faults.get((server_round, pid))
+        if fault == "error":
+            return Message(Error(code=0, reason="ClientApp raised ValueError"), reply_to=m)
+        if fault == "silent":
+            return None
+        moved = {k: a.numpy() + np.float32(0.01 * (pid + 1) * server_round) for k, a in m.content["arrays"].items()}
+        if fault == "nan":
+            moved["text.up.bias"] = np.full_like(moved["text.up.bias"], np.nan)
+        content = RecordDict({"arrays": ArrayRecord({k: Array(v) for k, v in moved.items()}),
+                              "metrics": MetricRecord({**metrics, "train_loss": 1.0 + pid})})
+        return Message(content, reply_to=m)
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("data")
+    write_split(shapes_vqa.generate(30, seed=0, prefix="train"), folder, "train")
+    write_split(shapes_vqa.generate(6, seed=1, prefix="test"), folder, "test")
+    return folder
+
+
+def _cfg(tiny_model_dir: Path, data_dir: Path, out: Path, *extra: str):
+    return load_config("default", [f"model.path={tiny_model_dir}", f"data.path={data_dir}", f"output_dir={out}",
+                                   "federation.num_clients=3", "federation.rounds=2", "data.train_size=30",
+                                   "eval.server_test_size=4", "eval.generate=false", "adapter.rank=4", *extra])
+
+
+def _initial(run: FederatedRun) -> ArrayRecord:
+    dim = run.evaluator.runtime.edge.embed_tokens.embedding_dim
+    return ArrayRecord(initial_adapter_state(dim, NanoAdapterConfig(4, 16.0, "gelu"), 0))
+
+
+def _run(cfg, grid, resume: bool = False) -> tuple[FederatedRun, ArrayRecord]:
+    run = FederatedRun(cfg, grid, Path(cfg.data.path), resume=resume)
+    return run, run.execute(_initial(run))
+
+
+def test_bad_updates_and_failures_are_recorded_and_too_few_skip_the_round(tiny_model_dir, data_dir, tmp_path):
+    cfg = _cfg(tiny_model_dir, data_dir, tmp_path, "federation.min_replies=2")
+    # round 1: partition 1 sends NaN, partition 2 errors -> 1 usable < 2: skipped
+    # round 2: partition 2 stays silent -> partitions 0 and 1 aggregate
+    grid = ScriptedGrid({(1, 1): "nan", (1, 2): "error", (2, 2): "silent"})
+    run, final = _run(cfg, grid)
+    result = json.loads((run.run_dir / "result.json").read_text())
+    one, two = result["rounds"][1], result["rounds"][2]
+    assert "min_replies=2" in one["skipped"] and one["clients"] == 1
+    assert [(p["partition_id"], "NaN" in p["reason"]) for p in one["rejected"]] == [(1, True)]
+    assert [p["partition_id"] for p in one["failed"]] == [2] and "ValueError" in one["failed"][0]["reason"]
+    round_one = load_file(str(run.run_dir / "checkpoints" / "round-0001" / "adapters.safetensors"))
+    initial = _initial(run).to_torch_state_dict()
+    assert all(torch.equal(round_one[k], initial[k]) for k in initial), "a skipped round changed the adapters"
+    assert two["skipped"] is None and two["clients"] == 2 and set(two["per_client"]) == {"0", "1"}
+    assert [p["partition_id"] for p in two["failed"]] == [2] and "no reply" in two["failed"][0]["reason"]
+    assert not np.array_equal(final["text.up.bias"].numpy(), initial["text.up.bias"].numpy())
+    assert result["finished"] is True
+
+
+def test_resume_after_a_crash_gives_the_uninterrupted_run(tiny_model_dir, data_dir, tmp_path):
+    """FedAvgM with momentum: round 2 depends on the momentum round 1 left in the strategy."""
+    strategy = ["strategy.name=fedavgm", "+strategy.server_momentum=0.9"]
+    straight_run, straight = _run(_cfg(tiny_model_dir, data_dir, tmp_path / "a", *strategy), ScriptedGrid())
+
+    cfg = _cfg(tiny_model_dir, data_dir, tmp_path / "b", *strategy)
+    crashed = FederatedRun(cfg, ScriptedGrid(crash_in_round=2), Path(cfg.data.path))
+    with pytest.raises(Crash):
+        crashed.execute(_initial(crashed))
+    resumed_run, resumed = _run(load_run_config(crashed.run_dir), ScriptedGrid(), resume=True)
+
+    assert resumed_run.run_dir == crashed.run_dir
+    for name in straight:
+        assert np.array_equal(resumed[name].numpy(), straight[name].numpy()), name
+    a = json.loads((straight_run.run_dir / "result.json").read_text())
+    b = json.loads((crashed.run_dir / "result.json").read_text())
+    assert b["resumed_from"] == [1]
+
+    def rows(result):
+        return [{k: v for k, v in r.items() if k != "seconds"} for r in result["rounds"]]
+
+    assert rows(a) == rows(b)
