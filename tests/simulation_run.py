@@ -26,5 +26,6 @@ def simulate(tmp_path: Path, overrides: list[str], pythonpath: Path | None = Non
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     (run_dir,) = list(out.iterdir())
     result = json.loads((run_dir / "result.json").read_text())
-    assert result["finished"] is True and [r["round"] for r in result["rounds"]] == [0, 1, 2]
+    rounds = result["config"]["federation"]["rounds"]
+    assert result["finished"] is True and [r["round"] for r in result["rounds"]] == list(range(rounds + 1))
     return run_dir, result

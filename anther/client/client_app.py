@@ -37,6 +37,7 @@ from anther.client.extras import (
     import_client_modules,
 )
 from anther.client.local_training import dp_for, own_split_metrics, round_seed, train_round
+from anther.client.privacy_mods import privacy_mod
 from anther.client.runtime import ClientRuntime, runtime_for
 from anther.client.state_store import folder_for, restore_state, save_state
 from anther.simulations.data import client_data
@@ -101,7 +102,7 @@ def query(msg: Message, context: Context) -> Message:
     return Message(RecordDict({"info": info}), reply_to=msg)
 
 
-@app.train()
+@app.train(mods=[privacy_mod])  # client-side DP clipping and SecAgg+, when the run asks for them
 def train(msg: Message, context: Context) -> Message:
     cfg, runtime, received = _load(msg, context)
     config = msg.content["config"]

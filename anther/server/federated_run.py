@@ -38,7 +38,9 @@ from anther.server.round_guard import aggregate_guarded, log_problems, replies_a
 from anther.server.run_state import load_strategy_state, restore_rng, rng_state, strategy_state
 from anther.simulations.config import clients_per_round, to_yaml
 from anther.simulations.run_folder import RunRecorder
+from anther.strategies.client_dp import CLIENT_EPSILON_METRIC
 from anther.strategies.node_info import NodeAware
+from anther.strategies.privacy import with_privacy
 from anther.strategies.registry import build_strategy
 
 
@@ -100,7 +102,7 @@ class FederatedRun:
     def __init__(self, cfg: DictConfig, grid: Grid, data_folder: Path, resume: bool = False) -> None:
         self.cfg, self.grid, self.resume = cfg, grid, resume
         self.resumed_from: list[int] = []  # rounds this run was resumed after, oldest first
-        self.strategy = build_strategy(OmegaConf.to_container(cfg.strategy, resolve=True))
+        self.strategy = with_privacy(build_strategy(OmegaConf.to_container(cfg.strategy, resolve=True)), cfg)
         self.rng = random.Random(cfg.seed)
         self.evaluator = ServerEvaluator(cfg, data_folder)
         self.recorder = RunRecorder(cfg, data_folder)  # config.yaml and the partition report, before training
@@ -216,6 +218,7 @@ class FederatedRun:
                 "per_client": _client_traffic(messages, replies),
                 "train_metrics": dict(train_metrics or {}),  # as the strategy aggregated them
                 **_epsilons(replies),
+                **{k: v for k, v in (train_metrics or {}).items() if k == CLIENT_EPSILON_METRIC},
                 "seconds": time.time() - t0,
             })
             self._checkpoint(server_round, arrays)

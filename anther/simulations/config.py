@@ -153,6 +153,42 @@ class BackboneConfig:
 
 
 @dataclass
+class ClientLevelDPConfig:
+    """Client-level DP: Flower's DP strategy wrappers (anther/strategies/client_dp.py; docs/privacy.md).
+
+    ``mode``: off | server_fixed | server_adaptive | client_fixed | client_adaptive. Noise of std
+    ``noise_multiplier * clipping_norm / m`` (m = clients sampled per round) goes on the aggregate;
+    ``clipping_norm`` is the fixed norm, or the initial one of the adaptive modes.
+    """
+
+    mode: str = "off"
+    noise_multiplier: float = 1.0
+    clipping_norm: float = 1.0
+    target_clipped_quantile: float = 0.5  # adaptive: the share of updates to clip
+    clip_norm_lr: float = 0.2  # adaptive: geometric update rate of the norm
+    clipped_count_stddev: float | None = None  # adaptive: noise on the clipped count (None: m / 20)
+
+
+@dataclass
+class SecAggConfig:
+    """Secure aggregation with SecAgg+ (anther/strategies/secure_aggregation.py; docs/privacy.md).
+
+    ``num_shares`` and ``reconstruction_threshold`` in (0, 1] are fractions (of the sampled clients,
+    of the shares), above 1 counts. Each client's weighted update is quantised to
+    ``quantization_range`` levels over [-clipping_range, clipping_range] and masked modulo
+    ``modulus_range``; weights (sample counts) are divided by ``max_weight`` first.
+    """
+
+    enabled: bool = False
+    num_shares: float = 1.0
+    reconstruction_threshold: float = 0.5
+    clipping_range: float = 8.0
+    quantization_range: int = 4194304  # 2**22
+    modulus_range: int = 4294967296  # 2**32
+    max_weight: float = 1000.0
+
+
+@dataclass
 class PrivacyConfig:
     """Sample-level DP-SGD on each client's NanoAdapters (:mod:`anther.client.dp`).
 
@@ -167,6 +203,8 @@ class PrivacyConfig:
     delta: float = 1e-5
     max_grad_norm: float = 1.0  # per-sample clipping bound (replaces train.max_grad_norm)
     accountant: str = "rdp"  # opacus accountant: rdp | prv
+    client_level: ClientLevelDPConfig = field(default_factory=ClientLevelDPConfig)
+    secagg: SecAggConfig = field(default_factory=SecAggConfig)
 
 
 @dataclass
@@ -232,6 +270,8 @@ def validate(cfg: DictConfig) -> DictConfig:
            "must be float32, bfloat16 or float16")
     _validate_backbone(cfg.backbone)
     _validate_privacy(cfg.privacy, cfg.strategy)
+    _validate_client_level(cfg)
+    _validate_secagg(cfg)
     _check(cfg.baseline in BASELINES, "baseline", cfg.baseline, f"must be one of {', '.join(BASELINES)}")
     _check("name" in cfg.strategy or "_target_" in cfg.strategy, "strategy", dict(cfg.strategy),
            "needs a 'name' (built-in) or a '_target_' (your own class)")
@@ -279,6 +319,69 @@ def _validate_backbone(b: DictConfig) -> None:
            "(or set backbone.insecure=true on a network you trust)")
     _check((b.client_cert is None) == (b.client_key is None), "backbone.client_key", b.client_key,
            "backbone.client_cert and backbone.client_key go together")
+
+
+def _check_weighted_mean(strategy: DictConfig, key: str, value: object) -> None:
+    """A built-in strategy named in ``strategy.name`` must aggregate by a weighted mean for DP
+    wrappers and SecAgg+ (``_target_`` strategies are checked when the run builds them)."""
+    from anther.strategies.registry import STRATEGIES
+    from anther.strategies.weighted_mean import is_weighted_mean
+
+    name = strategy.get("name")
+    _check(name not in STRATEGIES or is_weighted_mean(STRATEGIES[name]), key, value,
+           f"cannot go with strategy.name={name}: it does not aggregate by a weighted mean of the "
+           "adapters (its clients send data-dependent extras, or it needs each client's own update)")
+
+
+def _validate_client_level(cfg: DictConfig) -> None:
+    from anther.strategies.client_dp import MODES, SERVER_MODES, sampled_per_round
+
+    c = cfg.privacy.client_level
+    _check(c.mode in MODES, "privacy.client_level.mode", c.mode, f"must be one of {', '.join(MODES)}")
+    if c.mode == "off":
+        return
+    _check_weighted_mean(cfg.strategy, "privacy.client_level.mode", c.mode)
+    _check(c.noise_multiplier >= 0, "privacy.client_level.noise_multiplier", c.noise_multiplier, "must be >= 0")
+    _check(c.clipping_norm > 0, "privacy.client_level.clipping_norm", c.clipping_norm, "must be > 0")
+    _check(0 <= c.target_clipped_quantile <= 1, "privacy.client_level.target_clipped_quantile",
+           c.target_clipped_quantile, "must be in [0, 1]")
+    _check(c.clip_norm_lr > 0, "privacy.client_level.clip_norm_lr", c.clip_norm_lr, "must be > 0")
+    _check(0 < cfg.privacy.delta < 1, "privacy.delta", cfg.privacy.delta, "must be in (0, 1)")
+    _check(not (cfg.privacy.secagg.enabled and c.mode in SERVER_MODES), "privacy.client_level.mode", c.mode,
+           "cannot clip on the server under privacy.secagg.enabled=true (the server never sees an "
+           "update); use client_fixed or client_adaptive")
+    if c.mode.endswith("adaptive") and c.noise_multiplier > 0:
+        m = sampled_per_round(cfg.federation)
+        stddev = m / 20 if c.clipped_count_stddev is None else c.clipped_count_stddev
+        _check(c.noise_multiplier < 2 * stddev, "privacy.client_level.clipped_count_stddev", c.clipped_count_stddev,
+               f"must exceed noise_multiplier / 2 = {c.noise_multiplier / 2} (default: {m} sampled clients / 20): "
+               "adaptive clipping spends part of the noise on the clipped count")
+
+
+def _validate_secagg(cfg: DictConfig) -> None:
+    from anther.strategies.client_dp import sampled_per_round
+
+    s = cfg.privacy.secagg
+    if not s.enabled:
+        return
+    _check_weighted_mean(cfg.strategy, "privacy.secagg.enabled", s.enabled)
+    m = sampled_per_round(cfg.federation)
+    _check(m >= 2, "federation.min_train_clients", cfg.federation.min_train_clients,
+           "secure aggregation needs at least 2 clients per round")
+    for key in ("num_shares", "reconstruction_threshold"):
+        v = s[key]
+        _check(0 < v <= 1 or float(v).is_integer(), f"privacy.secagg.{key}", v,
+               "must be a fraction in (0, 1] or a whole count")
+    _check(s.num_shares <= 1 or s.num_shares > 2, "privacy.secagg.num_shares", s.num_shares,
+           "as a count must be > 2 (or a fraction)")
+    _check(s.clipping_range > 0, "privacy.secagg.clipping_range", s.clipping_range, "must be > 0")
+    _check(s.max_weight > 0, "privacy.secagg.max_weight", s.max_weight, "must be > 0")
+    _check(s.modulus_range > 0 and s.modulus_range & (s.modulus_range - 1) == 0 and s.modulus_range <= 2**32,
+           "privacy.secagg.modulus_range", s.modulus_range, "must be a power of 2, at most 2**32")
+    _check(0 < s.quantization_range and m * s.quantization_range < s.modulus_range,
+           "privacy.secagg.quantization_range", s.quantization_range,
+           f"times the {m} clients summed per round must stay below privacy.secagg.modulus_range="
+           f"{s.modulus_range} (or the sum wraps around)")
 
 
 def _validate_privacy(p: DictConfig, strategy: DictConfig) -> None:

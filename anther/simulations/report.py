@@ -28,11 +28,14 @@ COLUMNS = [  # (record key, header, format)
     ("seconds", "s", "{:.1f}"),
 ]
 DP_COLUMN = ("dp_epsilon_max", "eps (max)", "{:.2f}")  # the most any client has spent so far
+CLIENT_DP_COLUMN = ("dp_client_epsilon", "eps (client)", "{:.2f}")  # client-level DP, spent so far
 
 
-def round_columns(dp: bool) -> list[tuple[str, str, str]]:
-    """The table's columns: with sample-level DP, the spent epsilon before the time."""
-    return [*COLUMNS[:-1], DP_COLUMN, COLUMNS[-1]] if dp else list(COLUMNS)
+def round_columns(dp: bool, client_dp: bool = False) -> list[tuple[str, str, str]]:
+    """The table's columns: with sample-level and/or client-level DP, the spent epsilon before
+    the time."""
+    extra = [c for c, on in ((DP_COLUMN, dp), (CLIENT_DP_COLUMN, client_dp)) if on]
+    return [*COLUMNS[:-1], *extra, COLUMNS[-1]]
 
 
 def human_bytes(n: float) -> str:

@@ -39,7 +39,8 @@ class RunRecorder:
         self.dir.mkdir(parents=True, exist_ok=True)
         (self.dir / "config.yaml").write_text(to_yaml(cfg))
         write_partition_report(cfg, Path(data_folder), self.dir)  # what each client holds, before training
-        self.table = RoundTable(columns=round_columns(dp=cfg.privacy.dp))
+        self.table = RoundTable(columns=round_columns(dp=cfg.privacy.dp,
+                                                     client_dp=cfg.privacy.client_level.mode != "off"))
         self.rounds: list[dict[str, Any]] = []
         self.clients: dict[str, Any] = {}
         self.resumed_from: list[int] = []  # rounds a resumed run continued after (docs/reliability.md)

@@ -54,10 +54,15 @@ class ModalityAwareFedAvg(MergingFedAvg):
         contents = [m.content for m in replies]
         return {name: self._aggregate_one(name, [a[name] for a in clients], contents) for name in clients[0]}
 
-    def _aggregate_one(self, name: str, values: list[NDArray], contents: list[RecordDict]) -> NDArray:
+    def weight_key(self, name: str) -> str:
+        """The reply metric that weighs parameter ``name``: its modality's sample count, or
+        ``weighted_by_key`` for a parameter of no listed modality (secure aggregation sums
+        weight * update and the weights per key, then divides, as :meth:`merge` does)."""
         modality = modality_of(name, self.modality_metrics)
-        key = self.weighted_by_key if modality is None else self.modality_metrics[modality]
-        weights = [metric_value(c, key) for c in contents]
+        return self.weighted_by_key if modality is None else self.modality_metrics[modality]
+
+    def _aggregate_one(self, name: str, values: list[NDArray], contents: list[RecordDict]) -> NDArray:
+        weights = [metric_value(c, self.weight_key(name)) for c in contents]
         if sum(weights) > 0:
             return weighted_mean(values, weights)  # zero-weight clients drop out of the mean
         return self._current(name)
