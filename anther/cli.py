@@ -1,6 +1,8 @@
 """The ``anther`` command line.
 
-    anther simulate [-e EXPERIMENT] [HYDRA_OVERRIDE ...]   federated simulation (flwr run underneath)
+    anther simulate [-e EXPERIMENT] [HYDRA_OVERRIDE ...]   federated simulation (flwr run underneath),
+                                                           or a baseline (baseline=local_only, ...)
+    anther bench heterogeneity [--out DIR] [OVERRIDE ...]  methods x scenarios x seeds, resumable, report
     anther model init-tiny --out DIR                       make the tiny LLaVA checkpoint
     anther data generate --out DIR                         write ShapesVQA in the on-disk format
     anther data report [-e EXPERIMENT] [OVERRIDE ...]      what each client holds under a scenario
@@ -59,6 +61,47 @@ def _data_report(args: argparse.Namespace) -> int:
     png = write_partition_report(cfg, dataset_dir(cfg), out)
     print(f"partition report written to {png} and {out / 'partition.json'}")
     return 0
+
+
+def _bench(args: argparse.Namespace) -> int:
+    import shlex
+
+    from anther.simulations.bench import load_bench, run_grid
+    from anther.simulations.bench_report import write_report
+    from anther.simulations.config import anther_home
+
+    bench = load_bench(args.bench, args.methods, args.scenarios, args.seeds)
+    out = Path(args.out or anther_home() / "bench" / Path(args.bench).stem).expanduser()
+    command = shlex.join(["anther", "bench", args.bench, *args.overrides, *(["--out", args.out] if args.out else []),
+                          *[a for k in ("methods", "scenarios", "seeds") if (v := getattr(args, k))
+                            for a in (f"--{k}", *map(str, v))]])
+    if args.report_only:
+        print(f"report written to {write_report(bench, out, args.overrides, command)}")
+        return 0
+    out.mkdir(parents=True, exist_ok=True)
+    outcomes = run_grid(bench, out, args.overrides,
+                        on_cell=lambda _: write_report(bench, out, args.overrides, command))
+    report = write_report(bench, out, args.overrides, command)
+    failed = [o.cell.key for o in outcomes if o.status == "failed"]
+    print(f"report written to {report}; {len(outcomes) - len(failed)} of {len(outcomes)} cells finished"
+          + (f"; failed: {', '.join(failed)} (run the same command again to retry them)" if failed else ""))
+    return 1 if failed else 0
+
+
+def _add_bench_parser(sub: argparse._SubParsersAction) -> None:
+    bench = sub.add_parser("bench", help="run a grid of methods x scenarios x seeds and report it",
+                           description="Run every cell of a bench config (configs/bench/NAME.yaml) that is not "
+                           "finished yet, each as its own run in OUT/cells/<method>__<scenario>__seed<k>/, then "
+                           "write OUT/report.md, report.json and plots. Re-running resumes (docs/benchmarks.md).")
+    bench.add_argument("bench", help="bench config name (e.g. heterogeneity) or a YAML file")
+    bench.add_argument("--out", help="output folder (default: $ANTHER_HOME/bench/NAME)")
+    bench.add_argument("--methods", nargs="+", help="only these methods of the config")
+    bench.add_argument("--scenarios", nargs="+", help="these scenarios instead of the config's")
+    bench.add_argument("--seeds", nargs="+", type=int, help="these seeds instead of the config's")
+    bench.add_argument("--report-only", action="store_true", help="rebuild the report from finished cells")
+    bench.add_argument("overrides", nargs="*", help="Hydra overrides added to every cell, e.g. federation.rounds=1 "
+                       "(before the --options, which take several values)")
+    bench.set_defaults(func=_bench)
 
 
 def _client_names(spec: str) -> list[str]:
@@ -214,6 +257,7 @@ def build_parser() -> argparse.ArgumentParser:
     certs.set_defaults(func=_certs)
 
     _add_backbone_parser(sub)
+    _add_bench_parser(sub)
     return p
 
 
