@@ -180,3 +180,12 @@ def test_simulation_records_client_epsilon_each_round(tmp_path, mode):
         assert r["dp_client_epsilon"] >= reference.get_epsilon(1e-5) * (1 - 1e-9)
     assert trained[0]["dp_client_epsilon"] < trained[1]["dp_client_epsilon"]
     assert "dp_client_epsilon" not in result["rounds"][0]
+
+
+def test_round_loop_sees_masked_replies_under_dp_and_secagg():
+    from anther.server.round_guard import replies_are_masked
+
+    both = _cfg("privacy.client_level.mode=client_fixed", "privacy.secagg.enabled=true")
+    assert replies_are_masked(with_privacy(build_strategy({"name": "fedavg"}), both))
+    dp_only = _cfg("privacy.client_level.mode=client_fixed")
+    assert not replies_are_masked(with_privacy(build_strategy({"name": "fedavg"}), dp_only))

@@ -101,6 +101,11 @@ class AccountedClientDP(Strategy):
         self.accountant = RDPAccountant()
         self._sent_names: list[str] = []
 
+    @property
+    def strategy(self) -> Strategy:
+        """The wrapped strategy (Flower's DP wrapper), as wrappers name it (``.strategy``)."""
+        return self.dp
+
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                         grid: Grid) -> Iterable[Message]:
         self._sent_names = list(arrays.keys())
