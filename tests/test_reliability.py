@@ -292,3 +292,16 @@ def test_masked_replies_are_screened_by_their_metrics_only():
     screened = screen_replies(sent, masked, PARTITION_OF, check_arrays=False)
     assert [m.metadata.src_node_id for m in screened.accepted] == [101]
     assert [p.partition_id for p in screened.rejected] == [1]
+
+
+def test_an_error_the_superlink_made_names_the_node_it_answers_for():
+    """A node that stops sending heartbeats gets an error reply from the SuperLink itself, whose
+    source is the SuperLink; the message it answers says which partition failed."""
+    sent = [_sent(n) for n in (101, 102)]
+    for i, m in enumerate(sent):
+        m.metadata.__dict__["_message_id"] = f"msg-{i}"  # as the grid sets it when it pushes
+    unavailable = Message(Error(code=5, reason="Error: Node Unavailable"), reply_to=sent[1])
+    unavailable.metadata.__dict__["_src_node_id"] = 1  # the SuperLink's node id, as it sets it
+    screened = screen_replies(sent, [_reply(sent[0]), unavailable], PARTITION_OF)
+    assert [(p.partition_id, p.node_id) for p in screened.failed] == [(1, 102)]
+    assert "Node Unavailable" in screened.failed[0].reason

@@ -149,10 +149,13 @@ def screen_replies(sent: Sequence[Message], replies: Sequence[Message], partitio
         return Problem(partition_of.get(node), node, reason)
 
     masked = {m.metadata.dst_node_id for m in sent if RECORD_KEY_CONFIGS in m.content.config_records}
+    # Error replies the SuperLink makes itself (a node that stopped sending heartbeats) come from
+    # the SuperLink's own node id: the message they answer says which node it was.
+    asked = {m.metadata.message_id: m.metadata.dst_node_id for m in sent if m.metadata.message_id}
     candidates: list[tuple[Message, float | None]] = []
     answered = set()
     for reply in replies:
-        node = reply.metadata.src_node_id
+        node = asked.get(reply.metadata.reply_to_message_id, reply.metadata.src_node_id)
         answered.add(node)
         if reply.has_error():
             out.failed.append(problem(node, f"client error (code {reply.error.code}): {reply.error.reason}"))

@@ -1,0 +1,107 @@
+"""Clients fail mid-run on real Flower processes; the rounds complete with the others.
+
+A SuperLink and three SuperNodes on 127.0.0.1 (each its own process, as in a deployment);
+``flwr run`` trains two rounds with ``federation.min_replies=1``:
+
+- site 1's SuperNode, with its ClientApp, is killed with SIGKILL once round 1 has started;
+- site 2's node config points at a data folder that does not exist, so its ClientApp raises
+  in every training round (an error reply).
+
+Both rounds must aggregate site 0's update, record the two failures by partition id in
+result.json, and the run must finish.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import psutil
+import pytest
+from safetensors.torch import load_file
+from test_deployment import _wait, processes
+
+from anther.simulations.launcher import free_port
+
+pytestmark = pytest.mark.slow
+
+REPO = Path(__file__).resolve().parents[1]
+SMALL = ["federation.num_clients=3", "federation.rounds=2", "federation.min_replies=1",
+         "federation.round_timeout_s=60", "train.local_steps=2", "train.batch_size=4", "data.train_size=60",
+         "data.test_size=16", "eval.server_test_size=8", "eval.generate=false", "adapter.rank=4"]
+
+
+def _healthy(port: int) -> bool:
+    with contextlib.suppress(httpx.HTTPError):
+        return httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).is_success
+    return False
+
+
+def _kill_tree(proc) -> None:
+    """SIGKILL a SuperNode and every process under it (its ClientApp), by pid."""
+    root = psutil.Process(proc.pid)
+    victims = [*root.children(recursive=True), root]
+    for p in victims:
+        with contextlib.suppress(psutil.Error):
+            p.kill()
+    psutil.wait_procs(victims, timeout=20)
+
+
+def _round_started(runs: Path) -> bool:
+    """Round 0's row is written right before round 1's training messages go out."""
+    for result in runs.glob("*/result.json"):
+        with contextlib.suppress(ValueError):
+            if json.loads(result.read_text())["rounds"]:
+                return True
+    return False
+
+
+@pytest.mark.timeout(900)
+def test_rounds_complete_without_a_killed_and_a_crashing_client(tiny_model_dir: Path, tmp_path: Path) -> None:
+    logs, runs, flwr_home = tmp_path / "logs", tmp_path / "runs", tmp_path / "flwr-home"
+    logs.mkdir()
+    flwr_home.mkdir()
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+           "FLWR_HOME": str(flwr_home), "ANTHER_HOME": str(tmp_path / "anther-home"),
+           "FLWR_DISABLE_UPDATE_CHECK": "1", "PYTHONPATH": str(REPO)}
+    port = free_port()
+    with processes(logs, env) as procs:
+        procs.start("superlink", ["flower-superlink", "--insecure", "--host", "127.0.0.1", "--port", str(port),
+                                  "--database", ":flwr-in-memory:", "--disable-runtime-dependency-installation"])
+        _wait(lambda: _healthy(port), "flower-superlink", procs, 90)
+        for k in range(3):
+            data = ' data-path="/nonexistent/anther-data"' if k == 2 else ""
+            procs.start(f"site-{k}", ["flower-supernode", "--insecure", "--superlink", f"127.0.0.1:{port}",
+                                      "--port", str(free_port()),
+                                      "--node-config", f"partition-id={k} num-partitions=3{data}"])
+        (flwr_home / "config.toml").write_text(
+            f'[superlink]\ndefault = "local"\n\n[superlink.local]\naddress = "127.0.0.1:{port}"\ninsecure = true\n')
+        overrides = [*SMALL, f"model.path={tiny_model_dir}", f"output_dir={runs}"]
+        flwr = procs.start("flwr-run", ["flwr", "run", str(REPO), "local", "--stream", "--run-config",
+                                        f'experiment="default" overrides="{" ".join(overrides)}"'])
+        _wait(lambda: _round_started(runs), "round 1", procs, 400)
+        time.sleep(1.0)
+        _kill_tree(procs.procs.pop("site-1"))  # mid-round: its ClientApp is loading or training
+        deadline = time.monotonic() + 500
+        while flwr.poll() is None:
+            assert time.monotonic() < deadline, procs.tails()
+            time.sleep(1.0)
+        assert flwr.returncode == 0, procs.tails()
+        run_log = (logs / "flwr-run.log").read_text()
+
+    (run_dir,) = list(runs.iterdir())
+    result = json.loads((run_dir / "result.json").read_text())
+    assert result["finished"] is True
+    for r in result["rounds"][1:]:
+        assert r["clients"] == 1 and r["skipped"] is None and set(r["per_client"]) == {"0"}, r
+        failed = {f["partition_id"]: f["reason"] for f in r["failed"]}
+        assert set(failed) == {1, 2}, failed
+        assert "client error" in failed[2], failed
+    final = load_file(str(run_dir / "checkpoints" / "round-0002" / "adapters.safetensors"))
+    assert any(v.abs().sum() > 0 for k, v in final.items() if ".up." in k), "nothing was aggregated"
+    assert "got nothing from partition 2" in run_log, run_log[-3000:]  # the warning names the partition
