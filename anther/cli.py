@@ -72,7 +72,8 @@ def _bench(args: argparse.Namespace) -> int:
 
     bench = load_bench(args.bench, args.methods, args.scenarios, args.seeds)
     out = Path(args.out or anther_home() / "bench" / Path(args.bench).stem).expanduser()
-    command = shlex.join(["anther", "bench", args.bench, *args.overrides, *(["--out", args.out] if args.out else []),
+    command = shlex.join(["anther", "bench", args.bench, *args.overrides,
+                          *(["--out", args.out] if args.out else []),
                           *[a for k in ("methods", "scenarios", "seeds") if (v := getattr(args, k))
                             for a in (f"--{k}", *map(str, v))]])
     if args.report_only:
@@ -99,8 +100,8 @@ def _add_bench_parser(sub: argparse._SubParsersAction) -> None:
     bench.add_argument("--scenarios", nargs="+", help="these scenarios instead of the config's")
     bench.add_argument("--seeds", nargs="+", type=int, help="these seeds instead of the config's")
     bench.add_argument("--report-only", action="store_true", help="rebuild the report from finished cells")
-    bench.add_argument("overrides", nargs="*", help="Hydra overrides added to every cell, e.g. federation.rounds=1 "
-                       "(before the --options, which take several values)")
+    bench.add_argument("overrides", nargs="*", help="Hydra overrides added to every cell, e.g. "
+                       "federation.rounds=1 (before the --options, which take several values)")
     bench.set_defaults(func=_bench)
 
 

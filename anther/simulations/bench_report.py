@@ -124,12 +124,13 @@ def _matrix(rows: list[dict[str, Any]], bench: DictConfig, key: str) -> list[str
 
 
 def markdown(bench: DictConfig, rows: list[dict[str, Any]], results: list[CellResult], missing: list[str],
-             command: str) -> str:
+             command: str, extra: list[str]) -> str:
     seconds = sum(r.seconds or 0 for r in results)
+    budget = " ".join([*bench.overrides, *extra]) or "(none)"
     lines = [
         "# Heterogeneity benchmark", "",
         f"Command: `{command}`", "",
-        (f"Experiment `{bench.experiment}`; per-run overrides `{' '.join(bench.overrides) or '(none)'}`; "
+        (f"Experiment `{bench.experiment}`; per-run overrides `{budget}`; "
          f"seeds {list(bench.seeds)} (`{' '.join(bench.seed_overrides)}`). {len(results)} cells finished "
          f"({seconds / 3600:.2f} h of cell wall time), {len(missing)} not."), "",
         "## Final multiple-choice accuracy, server test set (mean ± std over seeds)", "",
@@ -212,7 +213,7 @@ def write_report(bench: DictConfig, out: Path, extra: list[str], command: str) -
     write_json_atomic(out / "report.json", {
         "command": command, "bench": OmegaConf.to_container(bench, resolve=True), "extra_overrides": extra,
         "cells": [asdict(r) for r in results], "not_finished": missing, "summary": rows})
-    (out / "report.md").write_text(markdown(bench, rows, results, missing, command))
+    (out / "report.md").write_text(markdown(bench, rows, results, missing, command, extra))
     plot_per_round(rows, bench, out / "accuracy_per_round.png")
     plot_final(rows, bench, out / "final_accuracy.png")
     return out / "report.md"
