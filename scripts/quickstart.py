@@ -28,7 +28,7 @@ def sh(*cmd: str | Path) -> None:
 
 
 def has_module(name: str) -> bool:
-    return subprocess.run([str(PY), "-c", f"import {name}"], capture_output=True).returncode == 0
+    return subprocess.run([str(PY), "-c", f"import {name}"], check=False, capture_output=True).returncode == 0
 
 
 def setup() -> None:
@@ -53,7 +53,7 @@ def main() -> int:
         cmd = [VENV / "bin" / "anther", "simulate", *rest]
     else:
         cmd = [PY, "-m", "pytest", "-ra", *rest]
-    return subprocess.run([str(c) for c in cmd], cwd=ROOT).returncode
+    return subprocess.run([str(c) for c in cmd], check=False, cwd=ROOT).returncode
 
 
 if __name__ == "__main__":
