@@ -3,6 +3,7 @@ among the options, and every answer decidable from the picture."""
 
 from __future__ import annotations
 
+import random
 from collections import Counter
 
 from anther.simulations.datasets import shapes_vqa
@@ -41,3 +42,13 @@ def test_position_questions_cover_all_four_relations():
     assert set(answers) == set(shapes_vqa.RELATIONS)
     terse = shapes_vqa.generate_terse_qa(100, seed=3)
     assert {a for _, q, a in terse if q.startswith("where")} <= set(shapes_vqa.RELATIONS)
+
+
+def test_colour_and_shape_questions_name_exactly_one_shape():
+    for task, asked, answer in (("colour", "kind", "colour"), ("shape", "colour", "kind")):
+        rng = random.Random(0)
+        for _ in range(200):
+            shapes = shapes_vqa._scene(rng, task)
+            q = shapes_vqa._question(rng, task, shapes)
+            named = [s for s in shapes if getattr(s, asked) in q.terse.split()]
+            assert len(named) == 1 and getattr(named[0], answer) == q.answer

@@ -33,7 +33,7 @@ DOMAINS = ("plain", "noisy", "dark", "striped")
 PRETRAIN_DOMAINS = ("plain", "striped")
 TASKS = ("colour", "shape", "count", "position", "yesno")
 # Bumped whenever the same seed would give different samples, so cached copies are remade.
-VERSION = 2
+VERSION = 3
 
 
 @dataclass(frozen=True)
@@ -123,11 +123,24 @@ def _relation(a: Shape, b: Shape) -> str | None:
     return None
 
 
+def _subjects(task: str, shapes: list[Shape]) -> list:
+    """What a question of ``task`` may ask about so that exactly one answer is right: a shape
+    whose kind (colour question) or colour (shape question) no other shape shares, or an
+    ordered pair with a clear relation (position question)."""
+    if task == "colour":
+        return [s for s in shapes if sum(t.kind == s.kind for t in shapes) == 1]
+    if task == "shape":
+        return [s for s in shapes if sum(t.colour == s.colour for t in shapes) == 1]
+    if task == "position":
+        return [(a, b) for a in shapes for b in shapes if a is not b and _relation(a, b)]
+    return shapes
+
+
 def _scene(rng: random.Random, task: str) -> list[Shape]:
-    """Shapes for one question: a position question needs two shapes with a clear relation."""
+    """Shapes for one question, drawn again until the question has exactly one right answer."""
     while True:
         shapes = _place_shapes(rng, rng.randint(2, 3) if task == "position" else rng.randint(1, 3))
-        if task != "position" or any(_relation(a, b) for a in shapes for b in shapes if a is not b):
+        if _subjects(task, shapes):
             return shapes
 
 
@@ -143,15 +156,15 @@ class Question:
 
 def _question(rng: random.Random, task: str, shapes: list[Shape]) -> Question:
     if task == "colour":
-        s = rng.choice(shapes)
+        s = rng.choice(_subjects(task, shapes))
         return Question(f"what colour is the {s.kind}?", f"colour {s.kind}", s.colour, list(COLOURS))
     if task == "shape":
-        s = rng.choice(shapes)
+        s = rng.choice(_subjects(task, shapes))
         return Question(f"what shape is the {s.colour} object?", f"shape {s.colour}", s.kind, list(KINDS))
     if task == "count":
         return Question("how many shapes are there?", "count", COUNT_WORDS[len(shapes) - 1], list(COUNT_WORDS))
     if task == "position":
-        a, b = rng.choice([(a, b) for a in shapes for b in shapes if a is not b and _relation(a, b)])
+        a, b = rng.choice(_subjects(task, shapes))
         return Question(f"where is the {a.name} relative to the {b.name}?", f"where {a.name} {b.name}",
                         _relation(a, b), list(RELATIONS))
     if task == "yesno":
