@@ -27,7 +27,7 @@ from typing import Any
 SPLIT = ["partition.scheme=dirichlet", "partition.alpha=0.5", "federation.num_clients=10"]
 
 # row -> the overrides that select the strategy. Flower's server optimisers are given a
-# server step in line with the clients' (25 AdamW steps of 3e-3), not their default 0.1.
+# server step in line with the clients' (50 AdamW steps of 3e-3), not their default 0.1.
 ROWS: dict[str, list[str]] = {
     "fedavg": ["strategy.name=fedavg"],
     "fedprox": ["strategy.name=fedprox", "+strategy.proximal_mu=0.01"],
@@ -38,7 +38,7 @@ ROWS: dict[str, list[str]] = {
     "fedmedian": ["strategy.name=fedmedian"],
     "fedtrimmedavg": ["strategy.name=fedtrimmedavg", "+strategy.beta=0.2"],
     "krum": ["strategy.name=krum"],
-    "multikrum": ["strategy.name=multikrum", "+strategy.num_nodes_to_select=5"],
+    "multikrum": ["strategy.name=multikrum", "+strategy.num_nodes_to_select=3"],
     "fisher": ["strategy.name=fisher"],
     "modality_aware": ["strategy.name=modality_aware"],
     "hetero_rank": ["strategy.name=hetero_rank", "+strategy.partition_ranks=[4,8,16]"],

@@ -148,6 +148,7 @@ def _scene(rng: random.Random, task: str) -> list[Shape]:
 class Question:
     """One question about a scene, in the task's phrasing and in the terse pretraining one."""
 
+    task: str
     text: str
     terse: str
     answer: str
@@ -157,15 +158,15 @@ class Question:
 def _question(rng: random.Random, task: str, shapes: list[Shape]) -> Question:
     if task == "colour":
         s = rng.choice(_subjects(task, shapes))
-        return Question(f"what colour is the {s.kind}?", f"colour {s.kind}", s.colour, list(COLOURS))
+        return Question(task, f"what colour is the {s.kind}?", f"colour {s.kind}", s.colour, list(COLOURS))
     if task == "shape":
         s = rng.choice(_subjects(task, shapes))
-        return Question(f"what shape is the {s.colour} object?", f"shape {s.colour}", s.kind, list(KINDS))
+        return Question(task, f"what shape is the {s.colour} object?", f"shape {s.colour}", s.kind, list(KINDS))
     if task == "count":
-        return Question("how many shapes are there?", "count", COUNT_WORDS[len(shapes) - 1], list(COUNT_WORDS))
+        return Question(task, "how many shapes are there?", "count", COUNT_WORDS[len(shapes) - 1], list(COUNT_WORDS))
     if task == "position":
         a, b = rng.choice(_subjects(task, shapes))
-        return Question(f"where is the {a.name} relative to the {b.name}?", f"where {a.name} {b.name}",
+        return Question(task, f"where is the {a.name} relative to the {b.name}?", f"where {a.name} {b.name}",
                         _relation(a, b), list(RELATIONS))
     if task == "yesno":
         if rng.random() < 0.5:
@@ -175,7 +176,7 @@ def _question(rng: random.Random, task: str, shapes: list[Shape]) -> Question:
             present = {(s.colour, s.kind) for s in shapes}
             c, k = rng.choice([(c, k) for c in COLOURS for k in KINDS if (c, k) not in present])
             answer = "no"
-        return Question(f"is there a {c} {k}?", f"exists {c} {k}", answer, ["yes", "no"])
+        return Question(task, f"is there a {c} {k}?", f"exists {c} {k}", answer, ["yes", "no"])
     raise ValueError(f"unknown task {task!r}; choose from {TASKS}")
 
 
@@ -249,16 +250,17 @@ def cell_labels(shapes: list[Shape]) -> list[tuple[int, int, int]]:
 
 
 def generate_terse_qa(n: int, seed: int, domains: tuple[str, ...] = PRETRAIN_DOMAINS
-                      ) -> list[tuple[Image.Image, str, str]]:
-    """(image, terse question, answer) triples for pretraining: the skills of the task,
-    asked in a different phrasing and on fewer visual domains than the federated task."""
+                      ) -> list[tuple[Image.Image, Question, str]]:
+    """(image, question, context sentence) for pretraining, asked by ``question.terse``: the
+    skills of the task, in a different phrasing and on fewer visual domains than the
+    federated task."""
     rng = random.Random(seed)
     out = []
     for i in range(n):
         task = TASKS[i % len(TASKS)]
         shapes = _scene(rng, task)
         q = _question(rng, task, shapes)
-        out.append((render(shapes, rng.choice(domains), rng), q.terse, q.answer))
+        out.append((render(shapes, rng.choice(domains), rng), q, _context(rng, shapes)))
     return out
 
 
@@ -269,7 +271,7 @@ def corpus(seed: int = 0, n: int = 2000) -> list[str]:
     for s in generate(n // 4, seed, prefix="c"):
         lines += [s.context, s.question, s.answer]
     lines += [c for _, c in generate_captions(n // 4, seed + 1)]
-    lines += [f"q: {q} a: {a}" for _, q, a in generate_terse_qa(n // 4, seed + 2)]
+    lines += [f"q: {q.terse} a: {q.answer}" for _, q, _ in generate_terse_qa(n // 4, seed + 2)]
     words = list(COLOURS) + list(KINDS) + list(SIZES) + list(COUNT_WORDS) + list(RELATIONS)
     lines += [" ".join(rng.sample(words, 5)) for _ in range(n // 4)]
     return lines
