@@ -83,7 +83,8 @@ def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def _cfg(tiny_model_dir: Path, data_dir: Path, out: Path, *extra: str):
     return load_config("default", [f"model.path={tiny_model_dir}", f"data.path={data_dir}", f"output_dir={out}",
-                                   "federation.num_clients=3", "federation.rounds=2", "data.train_size=30",
+                                   "federation.num_clients=3", "federation.fraction_train=1.0", "federation.rounds=2",
+                                   "data.train_size=30",
                                    "eval.server_test_size=4", "eval.generate=false", "adapter.rank=4", *extra])
 
 
