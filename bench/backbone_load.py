@@ -20,11 +20,12 @@ import sys
 import threading
 import time
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import grpc
 import torch
-from service_bench import latency_ms, load_backbone, random_inputs, report, write_report
+from service_bench import latency_ms, load_backbone, random_inputs, report, run_clients, write_report
 
 from anther.client.backbone_client import RemoteBackbone
 from anther.server.backbone import LocalBackbone
@@ -92,19 +93,9 @@ def run_load(backbone: LocalBackbone, args: argparse.Namespace) -> dict:
             remote.train_step(*x)  # warm up connections and kernels
         warm = service.batcher.stats.batches, service.batcher.stats.requests
         logs = [ClientLog() for _ in remotes]
-        start_at, stop = threading.Barrier(args.clients + 1), threading.Event()
-        threads = [threading.Thread(target=_client, args=(r, x, e, start_at, stop, log), daemon=True)
-                   for r, x, e, log in zip(remotes, inputs, expected, logs)]
-        for t in threads:
-            t.start()
-        start_at.wait()
-        began = time.perf_counter()
-        time.sleep(args.seconds)
-        stop.set()
-        for t in threads:  # a request in flight finishes within the call timeout
-            t.join(timeout=args.timeout_s + 5)
-        elapsed = time.perf_counter() - began
-        hung = sum(t.is_alive() for t in threads)
+        targets = [partial(_client, r, x, e, log=log) for r, x, e, log in zip(remotes, inputs, expected, logs)]
+        # a request in flight finishes within the call timeout
+        elapsed, hung = run_clients(targets, args.seconds, join_timeout_s=args.timeout_s + 5)
     finally:
         for r in remotes:
             r.close()

@@ -16,10 +16,11 @@ from __future__ import annotations
 import argparse
 import threading
 import time
+from functools import partial
 from pathlib import Path
 
 import torch
-from service_bench import latency_ms, load_backbone, random_inputs, report, write_report
+from service_bench import latency_ms, load_backbone, random_inputs, report, run_clients, write_report
 
 from anther.client.backbone_client import RemoteBackbone
 from anther.server.backbone import LocalBackbone
@@ -49,19 +50,9 @@ def run_cell(backbone: LocalBackbone, clients: int, window_ms: float | None,
     for remote, x in zip(remotes, inputs):
         remote.train_step(*x)  # warm up connections and kernels
     warm = service.batcher.stats.batches, service.batcher.stats.requests
-    start_at, stop = threading.Barrier(clients + 1), threading.Event()
     latencies: list[list[float]] = [[] for _ in range(clients)]
-    threads = [threading.Thread(target=_client_loop, args=(r, x, start_at, stop, lat))
-               for r, x, lat in zip(remotes, inputs, latencies)]
-    for t in threads:
-        t.start()
-    start_at.wait()
-    began = time.perf_counter()
-    time.sleep(args.seconds)
-    stop.set()
-    for t in threads:
-        t.join()
-    elapsed = time.perf_counter() - began
+    elapsed, _ = run_clients([partial(_client_loop, r, x, latencies=lat) for r, x, lat in zip(remotes, inputs, latencies)],
+                             args.seconds)
     for r in remotes:
         r.close()
     server.stop(None)

@@ -10,7 +10,9 @@ import math
 import os
 import platform
 import tempfile
-from collections.abc import Sequence
+import threading
+import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
@@ -37,6 +39,24 @@ def random_inputs(backbone: LocalBackbone, batch: int, length: int, seed: int) -
     labels = torch.randint(0, backbone.info.vocab_size, (batch, length), generator=g)
     labels[:, : length // 2] = -100
     return embeds, mask, labels
+
+
+def run_clients(targets: Sequence[Callable[[threading.Barrier, threading.Event], None]], seconds: float,
+                join_timeout_s: float | None = None) -> tuple[float, int]:
+    """Run one thread per client target, released together by a barrier and told to stop
+    after ``seconds``; the seconds they ran and how many threads were still alive after
+    ``join_timeout_s`` (None: wait for each)."""
+    start_at, stop = threading.Barrier(len(targets) + 1), threading.Event()
+    threads = [threading.Thread(target=t, args=(start_at, stop), daemon=True) for t in targets]
+    for t in threads:
+        t.start()
+    start_at.wait()
+    began = time.perf_counter()
+    time.sleep(seconds)
+    stop.set()
+    for t in threads:
+        t.join(timeout=join_timeout_s)
+    return time.perf_counter() - began, sum(t.is_alive() for t in threads)
 
 
 def percentile(sorted_values: Sequence[float], q: float) -> float | None:
