@@ -169,7 +169,7 @@ def test_simulation_records_client_epsilon_each_round(tmp_path, mode):
     """Real ``anther simulate`` runs (2 clients, 2 rounds), one per side: epsilon in result.json."""
     from simulation_run import simulate
 
-    _, result = simulate(tmp_path, [f"privacy.client_level.mode={mode}", "privacy.client_level.noise_multiplier=0.8",
+    _, result = simulate(tmp_path, [f"privacy.client_level.mode={mode}", "privacy.client_level.noise_multiplier=0.8", "privacy.client_level.clipped_count_stddev=1",
                                     "privacy.client_level.clipping_norm=0.5",
                                     "privacy.client_level.clipped_count_stddev=1"])
     trained = result["rounds"][1:]
@@ -189,3 +189,34 @@ def test_round_loop_sees_masked_replies_under_dp_and_secagg():
     assert replies_are_masked(with_privacy(build_strategy({"name": "fedavg"}), both))
     dp_only = _cfg("privacy.client_level.mode=client_fixed")
     assert not replies_are_masked(with_privacy(build_strategy({"name": "fedavg"}), dp_only))
+
+
+def test_accountant_and_clipping_norm_survive_a_checkpoint(tmp_path):
+    """Resume: a fresh wrapper loaded from round 1's checkpoint has the accountant's history and
+    the adaptive clipping norm, and reports round 2's epsilon and norm as the wrapper that never
+    stopped."""
+    import json
+
+    import torch
+
+    from anther.server import checkpoint
+    from anther.server.run_state import load_strategy_state, strategy_state
+
+    cfg = _cfg("privacy.client_level.mode=client_adaptive", "privacy.client_level.noise_multiplier=0.8", "privacy.client_level.clipped_count_stddev=1",
+               "privacy.client_level.clipping_norm=1")
+    straight = with_privacy(build_strategy({"name": "fedavg"}), cfg)
+    _round(straight, cfg, server_round=1)
+    tensors: dict[str, torch.Tensor] = {}
+    saved = strategy_state(straight, "strategy", tensors)
+    checkpoint.save_checkpoint(tmp_path, 1, {}, {"strategy": saved}, tensors)
+    ckpt = checkpoint.latest_checkpoint(tmp_path)
+    resumed = with_privacy(build_strategy({"name": "fedavg"}), cfg)
+    load_strategy_state(resumed, json.loads(json.dumps(ckpt.state["strategy"])), ckpt.tensors)
+    assert resumed.accountant.history == straight.accountant.history != []
+    assert resumed.dp.clipping_norm == straight.dp.clipping_norm != 1.0
+    np.random.seed(7)  # the noise on the clipped count (a run's checkpoint saves this RNG too)
+    _, want, _ = _round(straight, cfg, server_round=2)
+    np.random.seed(7)
+    _, got, _ = _round(resumed, cfg, server_round=2)
+    assert got[CLIENT_EPSILON_METRIC] == want[CLIENT_EPSILON_METRIC]
+    assert resumed.dp.clipping_norm == straight.dp.clipping_norm
