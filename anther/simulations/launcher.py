@@ -11,10 +11,12 @@ from __future__ import annotations
 import contextlib
 import os
 import shlex
+import signal
 import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -37,8 +39,34 @@ def _bin(name: str) -> str:
 
 
 @contextlib.contextmanager
+def _exit_on_sigterm() -> Iterator[None]:
+    """Let SIGTERM (``kill``, a job scheduler) unwind like Ctrl-C, so that the ``finally`` blocks
+    stop the SuperLink and ``flwr run`` instead of leaving them running. (Python ignores
+    ``finally`` on an unhandled SIGTERM; handlers can only be set from the main thread.)"""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def _stop(signum: int, _frame: object) -> None:
+        raise SystemExit(128 + signum)
+
+    previous = signal.signal(signal.SIGTERM, _stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+@contextlib.contextmanager
 def local_superlink(flwr_home: Path) -> Iterator[dict[str, str]]:
-    """A simulation SuperLink on free ports; yields the environment that reaches it."""
+    """A simulation SuperLink on free ports; yields the environment that reaches it. It is
+    stopped on the way out, also when this process is sent SIGTERM."""
+    with _exit_on_sigterm(), _superlink_process(flwr_home) as env:
+        yield env
+
+
+@contextlib.contextmanager
+def _superlink_process(flwr_home: Path) -> Iterator[dict[str, str]]:
     http_port, control_port = free_port(), free_port()
     path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"  # Flower spawns its own tools
     env = {**os.environ, "PATH": path, "FLWR_HOME": str(flwr_home), "FLWR_LOCAL_SUPERLINK_HTTP_API_PORT": str(http_port),
