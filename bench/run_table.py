@@ -7,6 +7,8 @@ A *table* is a list of rows, each a set of Hydra overrides added to the table's 
 multiple-choice and generation accuracy (global adapters, the server's held-out set), the
 clients' mean and worst multiple-choice accuracy on their own test splits, the privacy spent
 (where a run is private) and the seconds taken. Every run's folder is kept under ``--out``/runs.
+Rows run earlier into the same ``--out`` with the same overrides stay in the table, so
+``--only`` adds or redoes rows.
 """
 
 from __future__ import annotations
@@ -88,11 +90,23 @@ def main(table: Table, argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
     args = parser.parse_args(argv[: argv.index("--")] if "--" in argv else argv)
     args.out.mkdir(parents=True, exist_ok=True)
-    entries = []
+    record = args.out / f"{table.name}_table.json"
+    done = _earlier_rows(record, table, extra)
     for row in args.only or list(table.rows):
-        entries.append(run_one(table, row, extra, args.out / "runs"))
-        (args.out / f"{table.name}_table.json").write_text(json.dumps(
-            {"common": table.common, "extra_overrides": extra, "rows": entries}, indent=2))
+        done[row] = run_one(table, row, extra, args.out / "runs")
+        entries = [done[r] for r in table.rows if r in done]
+        record.write_text(json.dumps({"common": table.common, "extra_overrides": extra, "rows": entries}, indent=2))
         (args.out / f"{table.name}_table.md").write_text(markdown(table, entries, extra))
     print(markdown(table, entries, extra))
     return 0 if all(e["status"] == "ok" for e in entries) else 1
+
+
+def _earlier_rows(record: Path, table: Table, extra: list[str]) -> dict[str, dict[str, Any]]:
+    """Rows an earlier invocation wrote to ``record`` under the same overrides (kept, so that
+    ``--only`` adds or redoes rows without losing the others); none if the overrides differ."""
+    if not record.is_file():
+        return {}
+    earlier = json.loads(record.read_text())
+    if earlier.get("common") != table.common or earlier.get("extra_overrides") != extra:
+        return {}
+    return {e["row"]: e for e in earlier["rows"] if e["row"] in table.rows}
