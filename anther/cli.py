@@ -4,6 +4,7 @@
                                                            or a baseline (baseline=local_only, ...)
     anther bench heterogeneity [--out DIR] [OVERRIDE ...]  methods x scenarios x seeds, resumable, report
     anther model init-tiny --out DIR                       make the tiny LLaVA checkpoint
+    anther model report [--json FILE]                      parameters and bytes per side of real MLLMs
     anther data generate --out DIR                         write ShapesVQA in the on-disk format
     anther data report [-e EXPERIMENT] [OVERRIDE ...]      what each client holds under a scenario
     anther certs --out DIR --clients 3                     CA, server and client certificates + tokens
@@ -37,6 +38,21 @@ def _init_tiny(args: argparse.Namespace) -> int:
 
     out = init_tiny(Path(args.out), seed=args.seed, pretrain_steps=args.pretrain_steps)
     print(f"tiny LLaVA checkpoint written to {out}")
+    return 0
+
+
+def _model_report(args: argparse.Namespace) -> int:
+    import json
+
+    from anther.adapters.size_report import as_dicts, markdown, size_report
+
+    reports = [size_report(name, args.adapter_rank, args.lora_rank, args.text_tokens, args.dtype, args.wire_dtype)
+               for name in args.models]
+    print(markdown(reports), end="")
+    if args.json:
+        Path(args.json).write_text(json.dumps({"settings": {k: v for k, v in vars(args).items() if k != "func"},
+                                               "models": as_dicts(reports)}, indent=2))
+        print(f"written to {args.json}")
     return 0
 
 
@@ -214,6 +230,23 @@ def _add_backbone_parser(sub: argparse._SubParsersAction) -> None:
     srv.set_defaults(func=_backbone_serve)
 
 
+def _add_model_report_parser(model: argparse._SubParsersAction) -> None:
+    from anther.adapters.size_report import DTYPE_BYTES, REAL_CONFIGS
+
+    rep = model.add_parser("report", help="parameters and bytes each side holds and sends, split vs local mode",
+                           description="Builds each model's published configuration on the meta device (no "
+                           "download, no memory) and prints what a NanoEdge client holds and sends in split mode "
+                           "next to a LoRA client in local mode.")
+    rep.add_argument("--models", nargs="+", default=list(REAL_CONFIGS), choices=list(REAL_CONFIGS))
+    rep.add_argument("--adapter-rank", type=int, default=16, help="NanoAdapter rank (split mode)")
+    rep.add_argument("--lora-rank", type=int, default=16, help="LoRA rank on q/k/v/o (local mode)")
+    rep.add_argument("--text-tokens", type=int, default=64, help="text tokens per sample besides the image's")
+    rep.add_argument("--dtype", default="bfloat16", choices=list(DTYPE_BYTES), help="weights as held")
+    rep.add_argument("--wire-dtype", default="bfloat16", choices=list(DTYPE_BYTES), help="activations as sent")
+    rep.add_argument("--json", help="also write the numbers to this JSON file")
+    rep.set_defaults(func=_model_report)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="anther", description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     sub = p.add_subparsers(dest="command", required=True)
@@ -231,6 +264,7 @@ def build_parser() -> argparse.ArgumentParser:
     tiny.add_argument("--seed", type=int, default=0)
     tiny.add_argument("--pretrain-steps", type=int, default=2000)
     tiny.set_defaults(func=_init_tiny)
+    _add_model_report_parser(model)
 
     data = sub.add_parser("data", help="data sets").add_subparsers(dest="data_command", required=True)
     gen = data.add_parser("generate", help="write the built-in ShapesVQA data set to a folder")

@@ -1,0 +1,169 @@
+"""How big each side of a real MLLM is, in split mode and in local mode: ``anther model report``.
+
+The model is built from its published configuration on PyTorch's ``meta`` device, so a
+7B model costs no memory and no download; every count below comes from the module tree
+itself, through the same family split the NanoEdge uses (:mod:`anther.adapters.families`).
+
+- *split mode*: the client holds the family's edge parts (vision tower, connector, token
+  embeddings) plus two NanoAdapters (image and text, on the LLM's input width); it sends the
+  adapters each round, and for every training sample the input embeddings up and their
+  gradient down.
+- *local mode*: the client holds the whole model plus LoRA on the LLM's attention
+  projections (counted by ``peft`` itself); it sends the LoRA weights each round and no
+  activations.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+
+import torch
+from peft import LoraConfig, get_peft_model
+from torch import nn
+from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig
+
+from anther.adapters.families import family_for
+from anther.adapters.nano_adapter import NanoAdapterConfig
+from anther.client.nano_edge import build_adapters
+
+DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
+LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj")
+
+
+def _llava_1_5(text: LlamaConfig) -> LlavaConfig:
+    """LLaVA-1.5 as published (llava-hf/llava-1.5-*-hf): CLIP ViT-L/14 at 336 px, the
+    second-to-last layer's patch tokens, a 2-layer GELU projector, a Vicuna (Llama) decoder."""
+    vision = CLIPVisionConfig(hidden_size=1024, intermediate_size=4096, num_hidden_layers=24,
+                              num_attention_heads=16, image_size=336, patch_size=14, projection_dim=768)
+    return LlavaConfig(vision_config=vision, text_config=text, image_token_id=32000,
+                       projector_hidden_act="gelu", vision_feature_select_strategy="default",
+                       vision_feature_layer=-2, image_seq_length=576)
+
+
+def _vicuna(hidden: int, intermediate: int, layers: int, heads: int) -> LlamaConfig:
+    return LlamaConfig(vocab_size=32064, hidden_size=hidden, intermediate_size=intermediate,
+                       num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=heads,
+                       max_position_embeddings=4096, tie_word_embeddings=False)
+
+
+# name -> published configuration; a family registered in anther.adapters.families splits it
+REAL_CONFIGS: dict[str, Callable[[], object]] = {
+    "llava-1.5-7b": lambda: _llava_1_5(_vicuna(4096, 11008, 32, 32)),
+    "llava-1.5-13b": lambda: _llava_1_5(_vicuna(5120, 13824, 40, 40)),
+}
+
+
+@dataclass(frozen=True)
+class SizeReport:
+    model: str
+    total_params: int
+    # split mode
+    client_params: int
+    client_bytes: int
+    adapter_params: int
+    adapter_bytes_per_round: int  # each way, float32
+    activation_bytes_up_per_sample: int  # input embeddings (+ mask and labels, int64)
+    activation_bytes_down_per_sample: int  # their gradient
+    # local mode
+    lora_params: int
+    local_client_bytes: int
+    lora_bytes_per_round: int  # each way, float32
+
+    @property
+    def client_share(self) -> float:
+        return self.client_params / self.total_params
+
+    @property
+    def adapter_share(self) -> float:
+        return self.adapter_params / self.total_params
+
+    @property
+    def lora_share(self) -> float:
+        return self.lora_params / self.total_params
+
+
+def _count(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+def _lora_params(model: nn.Module, rank: int) -> int:
+    """Trainable parameters ``peft`` adds for LoRA of ``rank`` on the decoder's attention projections."""
+    pattern = rf".*language_model.*\.({'|'.join(LORA_TARGETS)})"
+    peft_model = get_peft_model(model, LoraConfig(r=rank, lora_alpha=2 * rank, target_modules=pattern))
+    trainable, _ = peft_model.get_nb_trainable_parameters()
+    return trainable
+
+
+def size_report(name: str, adapter_rank: int = 16, lora_rank: int = 16, text_tokens: int = 64,
+                dtype: str = "bfloat16", wire_dtype: str = "bfloat16") -> SizeReport:
+    """Counts for ``name`` (a key of :data:`REAL_CONFIGS`) with weights held in ``dtype``,
+    activations sent in ``wire_dtype`` and ``text_tokens`` text tokens per sample besides the
+    image tokens."""
+    if name not in REAL_CONFIGS:
+        raise ValueError(f"unknown model {name!r}; known: {', '.join(REAL_CONFIGS)}")
+    return report_for_config(name, REAL_CONFIGS[name](), adapter_rank, lora_rank, text_tokens, dtype, wire_dtype)
+
+
+def report_for_config(name: str, config, adapter_rank: int = 16, lora_rank: int = 16, text_tokens: int = 64,
+                      dtype: str = "bfloat16", wire_dtype: str = "bfloat16") -> SizeReport:
+    """:func:`size_report` for any configuration of a registered family."""
+    for label, value in (("dtype", dtype), ("wire_dtype", wire_dtype)):
+        if value not in DTYPE_BYTES:
+            raise ValueError(f"{label} {value!r} is not one of {', '.join(DTYPE_BYTES)}")
+    family = family_for(config.model_type)
+    with torch.device("meta"):
+        model = family.model_class(config)
+        hidden = config.text_config.hidden_size
+        adapters = _count(build_adapters(hidden, NanoAdapterConfig(rank=adapter_rank)))  # -I and -T
+    parts = family.edge_parts(model)
+    total = _count(model)
+    client = sum(_count(m) for m in (parts.vision_tower, parts.connector, parts.embed_tokens))
+    tokens = config.image_seq_length + text_tokens
+    embeds = tokens * hidden * DTYPE_BYTES[wire_dtype]
+    lora = _lora_params(model, lora_rank)
+    weight_bytes = DTYPE_BYTES[dtype]
+    return SizeReport(
+        model=name, total_params=total, client_params=client,
+        client_bytes=client * weight_bytes + adapters * 4, adapter_params=adapters,
+        adapter_bytes_per_round=adapters * 4, activation_bytes_up_per_sample=embeds + 2 * tokens * 8,
+        activation_bytes_down_per_sample=embeds, lora_params=lora,
+        local_client_bytes=total * weight_bytes + lora * 4, lora_bytes_per_round=lora * 4,
+    )
+
+
+def _scaled(n: float, prefixes: tuple[str, ...]) -> str:
+    for prefix in prefixes[:-1]:
+        if abs(n) < 999.5:  # what rounds to 1000 is shown as 1 of the next unit
+            return f"{n:.3g}{prefix}"
+        n /= 1000
+    return f"{n:.3g}{prefixes[-1]}"
+
+
+def _params(n: int) -> str:
+    return _scaled(n, ("", "K", "M", "B"))
+
+
+def _bytes(n: int) -> str:
+    return _scaled(n, (" B", " KB", " MB", " GB", " TB"))
+
+
+def markdown(reports: list[SizeReport]) -> str:
+    """One table, split mode and local mode side by side for each model."""
+    lines = ["| model | total params | mode | client holds (params) | share | client bytes | trained "
+             "and sent (params) | share | bytes per round, each way | activations per sample, up / down |",
+             "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in reports:
+        lines.append(f"| {r.model} | {_params(r.total_params)} | split | {_params(r.client_params)} | "
+                     f"{r.client_share:.2%} | {_bytes(r.client_bytes)} | {r.adapter_params:,} | "
+                     f"{r.adapter_share:.4%} | {_bytes(r.adapter_bytes_per_round)} | "
+                     f"{_bytes(r.activation_bytes_up_per_sample)} / {_bytes(r.activation_bytes_down_per_sample)} |")
+        lines.append(f"| | | local (LoRA) | {_params(r.total_params + r.lora_params)} | 100% | "
+                     f"{_bytes(r.local_client_bytes)} | {r.lora_params:,} | {r.lora_share:.4%} | "
+                     f"{_bytes(r.lora_bytes_per_round)} | 0 / 0 |")
+    return "\n".join(lines) + "\n"
+
+
+def as_dicts(reports: list[SizeReport]) -> list[dict[str, object]]:
+    return [{**asdict(r), "client_share": r.client_share, "adapter_share": r.adapter_share,
+             "lora_share": r.lora_share} for r in reports]

@@ -1,0 +1,50 @@
+"""``anther model report``: counts taken from the real module trees, split against local mode."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from transformers import AutoConfig
+
+from anther.adapters.nano_adapter import NanoAdapterConfig
+from anther.adapters.size_report import LORA_TARGETS, report_for_config, size_report
+from anther.cli import main
+from anther.client.nano_edge import NanoEdge
+
+
+def test_counts_match_a_loaded_nano_edge(tiny_model_dir):
+    """On the tiny checkpoint the meta-device counts equal what a real NanoEdge holds."""
+    config = AutoConfig.from_pretrained(tiny_model_dir)
+    report = report_for_config("tiny", config, adapter_rank=8, lora_rank=4, text_tokens=10, dtype="float32",
+                               wire_dtype="float32")
+    edge = NanoEdge.from_pretrained(tiny_model_dir, NanoAdapterConfig(rank=8))
+    adapters = sum(p.numel() for p in edge.adapters.parameters())
+    assert report.adapter_params == adapters
+    assert report.client_params == sum(p.numel() for p in edge.parameters()) - adapters
+    text = config.text_config
+    per_layer = sum(4 * (text.hidden_size + text.hidden_size) for _ in LORA_TARGETS)  # r (in + out), square projections
+    assert report.lora_params == text.num_hidden_layers * per_layer
+    tokens = config.image_seq_length + 10
+    assert report.activation_bytes_down_per_sample == tokens * text.hidden_size * 4
+
+
+def test_llava_7b_client_and_adapter_shares():
+    """FedNano's claim on LLaVA-1.5-7B: a client holds under 7% of the parameters, the adapters are
+    under 0.02% of them; the published model has 7.06 B parameters."""
+    r = size_report("llava-1.5-7b")
+    assert round(r.total_params / 1e9, 2) == 7.06
+    assert r.client_share <= 0.07 and r.adapter_share <= 0.0002
+    assert r.lora_params > 50 * r.adapter_params  # local mode trains and sends far more
+
+
+def test_cli_prints_and_writes_json(tmp_path, capsys):
+    out = tmp_path / "sizes.json"
+    assert main(["model", "report", "--models", "llava-1.5-7b", "--json", str(out)]) == 0
+    assert "| llava-1.5-7b | 7.06B | split |" in capsys.readouterr().out
+    assert json.loads(out.read_text())["models"][0]["client_share"] == pytest.approx(0.0645, abs=5e-4)
+
+
+def test_unknown_model_is_named():
+    with pytest.raises(ValueError, match="unknown model 'llava-9b'"):
+        size_report("llava-9b")
