@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
-import run_table  # noqa: E402
-from run_table import Table  # noqa: E402
+import run_table
+from run_table import Table
 
 TABLE = Table(name="demo", doc="", common=["federation.num_clients=2"],
               rows={"none": [], "eps_4": ["privacy.dp=true", "privacy.target_epsilon=4"]})

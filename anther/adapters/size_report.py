@@ -150,8 +150,8 @@ def _bytes(n: int) -> str:
 
 def markdown(reports: list[SizeReport]) -> str:
     """One table, split mode and local mode side by side for each model."""
-    lines = ["| model | total params | mode | client holds (params) | share | client bytes | trained "
-             "and sent (params) | share | bytes per round, each way | activations per sample, up / down |",
+    lines = [("| model | total params | mode | client holds (params) | share | client bytes | trained "
+              "and sent (params) | share | bytes per round, each way | activations per sample, up / down |"),
              "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|"]
     for r in reports:
         lines.append(f"| {r.model} | {_params(r.total_params)} | split | {_params(r.client_params)} | "
