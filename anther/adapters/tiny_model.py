@@ -36,7 +36,7 @@ SPECIAL_TOKENS = ["<pad>", "<s>", "</s>", "<unk>", IMAGE_PLACEHOLDER]
 PROVENANCE_FILE = "anther_tiny.json"
 VISION_PRETRAIN_STEPS = 300
 # Bumped whenever the recipe (data, stages, hyper-parameters) changes, so cached models are remade.
-RECIPE_VERSION = 5
+RECIPE_VERSION = 6
 
 
 def train_tokenizer(lines: list[str], vocab_size: int = 512) -> PreTrainedTokenizerFast:

@@ -81,7 +81,7 @@ def tiny_config(vocab_size: int, image_token_id: int, pad_token_id: int, bos_tok
     )
     text = LlamaConfig(
         vocab_size=vocab_size, hidden_size=128, intermediate_size=352, num_hidden_layers=4,
-        num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=512,
+        num_attention_heads=8, num_key_value_heads=8, max_position_embeddings=512,
         pad_token_id=pad_token_id, bos_token_id=bos_token_id, eos_token_id=eos_token_id,
         tie_word_embeddings=False,
     )
