@@ -231,7 +231,8 @@ def _add_backbone_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def _add_model_report_parser(model: argparse._SubParsersAction) -> None:
-    from anther.adapters.size_report import DTYPE_BYTES, REAL_CONFIGS
+    from anther.adapters.size_report import REAL_CONFIGS
+    from anther.server.proto.wire import WIRE_DTYPES
 
     rep = model.add_parser("report", help="parameters and bytes each side holds and sends, split vs local mode",
                            description="Builds each model's published configuration on the meta device (no "
@@ -241,8 +242,8 @@ def _add_model_report_parser(model: argparse._SubParsersAction) -> None:
     rep.add_argument("--adapter-rank", type=int, default=16, help="NanoAdapter rank (split mode)")
     rep.add_argument("--lora-rank", type=int, default=16, help="LoRA rank on q/k/v/o (local mode)")
     rep.add_argument("--text-tokens", type=int, default=64, help="text tokens per sample besides the image's")
-    rep.add_argument("--dtype", default="bfloat16", choices=list(DTYPE_BYTES), help="weights as held")
-    rep.add_argument("--wire-dtype", default="bfloat16", choices=list(DTYPE_BYTES), help="activations as sent")
+    rep.add_argument("--dtype", default="bfloat16", choices=WIRE_DTYPES, help="weights as held")
+    rep.add_argument("--wire-dtype", default="bfloat16", choices=WIRE_DTYPES, help="activations as sent")
     rep.add_argument("--json", help="also write the numbers to this JSON file")
     rep.set_defaults(func=_model_report)
 

@@ -8,11 +8,16 @@ spent epsilon is opacus's RDP accountant's for the round's effective noise multi
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
+import torch
 from flwr.app import Array, ArrayRecord, ConfigRecord
 from opacus.accountants import RDPAccountant
 
+from anther.server import checkpoint
+from anther.server.run_state import load_strategy_state, strategy_state
 from anther.simulations.config import ConfigError, load_config, to_yaml
 from anther.strategies.client_dp import CLIENT_EPSILON_METRIC, effective_noise_multiplier
 from anther.strategies.privacy import with_privacy
@@ -195,13 +200,6 @@ def test_accountant_and_clipping_norm_survive_a_checkpoint(tmp_path):
     """Resume: a fresh wrapper loaded from round 1's checkpoint has the accountant's history and
     the adaptive clipping norm, and reports round 2's epsilon and norm as the wrapper that never
     stopped."""
-    import json
-
-    import torch
-
-    from anther.server import checkpoint
-    from anther.server.run_state import load_strategy_state, strategy_state
-
     cfg = _cfg("privacy.client_level.mode=client_adaptive", "privacy.client_level.noise_multiplier=0.8", "privacy.client_level.clipped_count_stddev=1",
                "privacy.client_level.clipping_norm=1")
     straight = with_privacy(build_strategy({"name": "fedavg"}), cfg)

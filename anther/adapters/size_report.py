@@ -19,15 +19,15 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 import torch
-from peft import LoraConfig, get_peft_model
+from peft import LoraConfig, inject_adapter_in_model
 from torch import nn
 from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig
 
 from anther.adapters.families import family_for
 from anther.adapters.nano_adapter import NanoAdapterConfig
 from anther.client.nano_edge import build_adapters
+from anther.server.proto.wire import WIRE_DTYPES
 
-DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj")
 
 
@@ -87,12 +87,14 @@ def _count(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
 
 
-def _lora_params(model: nn.Module, rank: int) -> int:
-    """Trainable parameters ``peft`` adds for LoRA of ``rank`` on the decoder's attention projections."""
-    pattern = rf".*language_model.*\.({'|'.join(LORA_TARGETS)})"
-    peft_model = get_peft_model(model, LoraConfig(r=rank, lora_alpha=2 * rank, target_modules=pattern))
-    trainable, _ = peft_model.get_nb_trainable_parameters()
-    return trainable
+def _lora_params(decoder: nn.Module, rank: int) -> int:
+    """Parameters ``peft`` adds for LoRA of ``rank`` on the decoder's attention projections."""
+    inject_adapter_in_model(LoraConfig(r=rank, lora_alpha=2 * rank, target_modules=list(LORA_TARGETS)), decoder)
+    return sum(p.numel() for name, p in decoder.named_parameters() if "lora_" in name)
+
+
+def _itemsize(dtype: str) -> int:
+    return getattr(torch, dtype).itemsize
 
 
 def size_report(name: str, adapter_rank: int = 16, lora_rank: int = 16, text_tokens: int = 64,
@@ -109,8 +111,8 @@ def report_for_config(name: str, config, adapter_rank: int = 16, lora_rank: int 
                       dtype: str = "bfloat16", wire_dtype: str = "bfloat16") -> SizeReport:
     """:func:`size_report` for any configuration of a registered family."""
     for label, value in (("dtype", dtype), ("wire_dtype", wire_dtype)):
-        if value not in DTYPE_BYTES:
-            raise ValueError(f"{label} {value!r} is not one of {', '.join(DTYPE_BYTES)}")
+        if value not in WIRE_DTYPES:
+            raise ValueError(f"{label} {value!r} is not one of {', '.join(WIRE_DTYPES)}")
     family = family_for(config.model_type)
     with torch.device("meta"):
         model = family.model_class(config)
@@ -120,9 +122,9 @@ def report_for_config(name: str, config, adapter_rank: int = 16, lora_rank: int 
     total = _count(model)
     client = sum(_count(m) for m in (parts.vision_tower, parts.connector, parts.embed_tokens))
     tokens = config.image_seq_length + text_tokens
-    embeds = tokens * hidden * DTYPE_BYTES[wire_dtype]
-    lora = _lora_params(model, lora_rank)
-    weight_bytes = DTYPE_BYTES[dtype]
+    embeds = tokens * hidden * _itemsize(wire_dtype)
+    lora = _lora_params(family.backbone_parts(model)[0], lora_rank)  # counted last: it adds to the model
+    weight_bytes = _itemsize(dtype)
     return SizeReport(
         model=name, total_params=total, client_params=client,
         client_bytes=client * weight_bytes + adapters * 4, adapter_params=adapters,

@@ -249,15 +249,15 @@ def cell_labels(shapes: list[Shape]) -> list[tuple[int, int, int]]:
     return cells
 
 
-def generate_terse_qa(n: int, seed: int, domains: tuple[str, ...] = PRETRAIN_DOMAINS,
-                      tasks: tuple[str, ...] = TASKS) -> list[tuple[Image.Image, Question, str]]:
+def generate_terse_qa(n: int, seed: int, domains: tuple[str, ...] = PRETRAIN_DOMAINS
+                      ) -> list[tuple[Image.Image, Question, str]]:
     """(image, question, context sentence) for pretraining, asked by ``question.terse``: the
     skills of the task, in a different phrasing and on fewer visual domains than the
-    federated task. ``tasks`` is cycled through, so a task named twice is asked twice as often."""
+    federated task."""
     rng = random.Random(seed)
     out = []
     for i in range(n):
-        task = tasks[i % len(tasks)]
+        task = TASKS[i % len(TASKS)]
         shapes = _scene(rng, task)
         q = _question(rng, task, shapes)
         out.append((render(shapes, rng.choice(domains), rng), q, _context(rng, shapes)))
