@@ -3,6 +3,7 @@
     anther simulate [-e EXPERIMENT] [HYDRA_OVERRIDE ...]   federated simulation (flwr run underneath),
                                                            or a baseline (baseline=local_only, ...)
     anther bench heterogeneity [--out DIR] [OVERRIDE ...]  methods x scenarios x seeds, resumable, report
+    anther bench perf [--out DIR] [KEY=VALUE ...]          speed and memory: overhead, sharing, cache, scale
     anther model init-tiny --out DIR                       make the tiny LLaVA checkpoint
     anther model report [--json FILE]                      parameters and bytes per side of real MLLMs
     anther data generate --out DIR                         write ShapesVQA in the on-disk format
@@ -79,9 +80,38 @@ def _data_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _bench_perf(args: argparse.Namespace) -> int:
+    """``anther bench perf [PERF_KEY=VALUE | EXPERIMENT_OVERRIDE ...]``: keys of the perf config
+    (``sections=[sharing]``) set the bench; anything else is an override of its experiment."""
+    import json
+    import shlex
+
+    from anther.simulations.config import anther_home
+    from anther.simulations.perf.bench import PerfBench, load_perf, perf_keys
+    from anther.simulations.perf.report import markdown, plot
+
+    mine = [o for o in args.overrides if o.split("=", 1)[0] in perf_keys()]
+    experiment = [o for o in args.overrides if o not in mine]
+    cfg = load_perf(args.bench, mine)
+    cfg.overrides = [*cfg.overrides, *experiment]
+    out = Path(args.out or anther_home() / "bench" / "perf").expanduser()
+    command = shlex.join(["anther", "bench", args.bench, *args.overrides, *(["--out", args.out] if args.out else [])])
+    if args.report_only:
+        result = json.loads((out / "perf.json").read_text())
+    else:
+        result = PerfBench(cfg, out).run()
+    (out / "perf.md").write_text(markdown(result, command))
+    plot(result, out)
+    print((out / "perf.md").read_text())
+    print(f"written to {out / 'perf.json'} and {out / 'perf.md'}")
+    return 0
+
+
 def _bench(args: argparse.Namespace) -> int:
     import shlex
 
+    if Path(args.bench).stem == "perf":
+        return _bench_perf(args)
     from anther.simulations.bench import load_bench, run_grid
     from anther.simulations.bench_report import write_report
     from anther.simulations.config import anther_home

@@ -18,6 +18,7 @@ from transformers import AutoConfig
 
 from anther.adapters.families import EdgeParts, EncodedBatch, ModelFamily, family_for
 from anther.adapters.nano_adapter import NanoAdapter, NanoAdapterConfig
+from anther.client.feature_cache import FeatureCache
 
 
 def build_adapters(dim: int, config: NanoAdapterConfig, seed: int | None = None) -> nn.ModuleDict:
@@ -46,6 +47,7 @@ class NanoEdge(nn.Module):
             frozen.requires_grad_(False)
             frozen.eval()
         self.adapters = build_adapters(self.embed_tokens.embedding_dim, adapter)
+        self.feature_cache: FeatureCache | None = None  # set by the runtime when the config asks for it
 
     @classmethod
     def from_pretrained(cls, model_dir: str | Path, adapter: NanoAdapterConfig,
@@ -67,7 +69,13 @@ class NanoEdge(nn.Module):
 
     @torch.no_grad()
     def image_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        """Frozen encoder + connector output, (n_images * tokens_per_image, hidden)."""
+        """Frozen encoder + connector output, (n_images * tokens_per_image, hidden); read from
+        the feature cache where it holds them."""
+        if self.feature_cache is None:
+            return self._encode_images(pixel_values)
+        return self.feature_cache.features(pixel_values, self._encode_images)
+
+    def _encode_images(self, pixel_values: torch.Tensor) -> torch.Tensor:
         parts = EdgeParts(self.vision_tower, self.connector, self.embed_tokens)
         return self.family.image_features(parts, self.model_config, pixel_values)
 

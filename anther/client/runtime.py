@@ -23,10 +23,12 @@ from transformers import AutoConfig, AutoProcessor
 from anther.adapters.families import family_for
 from anther.adapters.nano_adapter import NanoAdapterConfig
 from anther.client.backbone_endpoint import BackboneEndpoint, endpoint_for
+from anther.client.feature_cache import FeatureCache
 from anther.client.inference import Encoder
 from anther.client.nano_edge import NanoEdge
 from anther.client.private_labels import PrivateLabelBackbone
 from anther.server.backbone import Backbone, LocalBackbone, checkpoint_fingerprint
+from anther.simulations.config import anther_home
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -52,6 +54,8 @@ class EdgeSpec:
     activation: str
     modality_agnostic: bool
     private_labels: bool = False  # the client computes head and loss (anther.client.private_labels)
+    feature_cache_dir: str | None = None  # None: no feature cache
+    feature_cache_max_bytes: int = 0
 
 
 @lru_cache(maxsize=4)
@@ -67,6 +71,9 @@ def load_runtime(spec: EdgeSpec, endpoint: BackboneEndpoint | None) -> ClientRun
     config = AutoConfig.from_pretrained(spec.model_path)
     model = family_for(config.model_type).model_class.from_pretrained(spec.model_path, dtype=DTYPES[spec.dtype])
     edge = NanoEdge.from_model(model, adapter)  # both halves share one load of the checkpoint
+    if spec.feature_cache_dir is not None:
+        model_key = f"{checkpoint_fingerprint(Path(spec.model_path))}-{spec.dtype}"
+        edge.feature_cache = FeatureCache(Path(spec.feature_cache_dir), model_key, spec.feature_cache_max_bytes)
     if endpoint is None:
         backbone: Backbone = LocalBackbone.from_model(model, spec.model_path)
     else:
@@ -85,7 +92,9 @@ def runtime_for(cfg: DictConfig, rank: int | None = None,
     file, certificate, CA, address) override the run config's, see
     :mod:`anther.client.backbone_endpoint`.
     """
-    a = cfg.adapter
+    a, fc = cfg.adapter, cfg.feature_cache
+    cache_dir = (fc.dir or str(anther_home() / "feature-cache")) if fc.enabled else None
     spec = EdgeSpec(cfg.model.path, cfg.model.dtype, rank or a.rank, float(a.alpha), a.activation,
-                    cfg.data.modality_agnostic_prompt, bool(cfg.backbone.get("private_labels", False)))
+                    cfg.data.modality_agnostic_prompt, bool(cfg.backbone.get("private_labels", False)),
+                    cache_dir, int(fc.max_mb * 2**20))
     return load_runtime(spec, endpoint_for(cfg, node_config))

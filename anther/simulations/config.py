@@ -111,6 +111,18 @@ class AdapterConfig:
 
 
 @dataclass
+class FeatureCacheConfig:
+    """Each client's on-disk cache of frozen image features, reused across steps and rounds
+    (anther/client/feature_cache.py). Off by default: on the tiny model the vision encoder costs
+    less than the cache's hashing and reads (docs/performance.md); on a real encoder it is the
+    largest saving a client has."""
+
+    enabled: bool = False
+    dir: str | None = None  # None = $ANTHER_HOME/feature-cache
+    max_mb: float = 1024.0  # least recently used entries are deleted beyond this
+
+
+@dataclass
 class EvalConfig:
     server_test_size: int = 400
     generate: bool = True
@@ -225,6 +237,7 @@ class ExperimentConfig:
     adapter: AdapterConfig = field(default_factory=AdapterConfig)
     strategy: dict[str, Any] = field(default_factory=lambda: {"name": "fedavg"})
     eval: EvalConfig = field(default_factory=EvalConfig)
+    feature_cache: FeatureCacheConfig = field(default_factory=FeatureCacheConfig)
     backbone: BackboneConfig = field(default_factory=BackboneConfig)
     privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
 
@@ -268,6 +281,7 @@ def validate(cfg: DictConfig) -> DictConfig:
            f"must be one of {', '.join(data_formats())}")
     _check(cfg.model.dtype in ("float32", "bfloat16", "float16"), "model.dtype", cfg.model.dtype,
            "must be float32, bfloat16 or float16")
+    _check(cfg.feature_cache.max_mb > 0, "feature_cache.max_mb", cfg.feature_cache.max_mb, "must be > 0")
     _validate_backbone(cfg.backbone)
     _validate_privacy(cfg.privacy, cfg.strategy)
     _validate_client_level(cfg)

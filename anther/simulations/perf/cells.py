@@ -1,0 +1,160 @@
+"""One measurement of ``anther bench perf``, run in a fresh process of its own so that its peak
+memory is its own: ``python -m anther.simulations.perf.cells SPEC.json OUT.json``.
+
+A spec names the cell (``bare``, ``rounds``, ``batching``) and its settings; the cell writes its
+measurements to OUT.json. :mod:`anther.simulations.perf.bench` builds the specs and reads the
+results.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import AutoProcessor
+
+from anther.client.backbone_client import RemoteBackbone
+from anther.client.inference import Encoder
+from anther.client.nano_edge import NanoEdge
+from anther.server.backbone import LocalBackbone, causal_lm_loss
+from anther.server.backbone_service import BackboneService, BatchPolicy, start
+from anther.simulations.perf.workload import (
+    MemoryTrace,
+    ModelPerClientFederation,
+    SharedBackboneFederation,
+    Workload,
+    rss_bytes,
+)
+
+MB = 2**20
+
+
+def bare(work: Workload, steps: int, warmup: int) -> dict[str, Any]:
+    """The same model, adapters, batch size and samples in a plain training loop: the composed
+    model's loss, ``loss.backward()``, the optimizer step. No Flower, no service, no split."""
+    model = work.load_model()
+    edge = NanoEdge.from_model(model, work.adapter_config)
+    edge.load_adapter_state(work.initial_state(model))
+    head = LocalBackbone.from_model(model, work.model_path)  # the frozen decoder and LM head
+    encoder = Encoder(edge, AutoProcessor.from_pretrained(work.model_path))
+    samples = [s for client in work.clients for s in client]
+    t = work.cfg.train
+    params = [p for p in edge.adapters.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=t.lr, weight_decay=t.weight_decay)
+    rng = random.Random(work.cfg.seed)
+    edge.train()
+
+    def step() -> None:
+        batch_samples = rng.sample(samples, t.batch_size)
+        batch = encoder(batch_samples, [s.answer for s in batch_samples])
+        opt.zero_grad(set_to_none=True)
+        with torch.enable_grad():
+            loss = causal_lm_loss(head.logits(edge(batch), batch.attention_mask), batch.labels)
+            loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, t.max_grad_norm)
+        opt.step()
+
+    for _ in range(warmup):
+        step()
+    began = time.perf_counter()
+    for _ in range(steps):
+        step()
+    seconds = time.perf_counter() - began
+    return {"steps": steps, "samples": steps * t.batch_size, "seconds": round(seconds, 3),
+            "samples_per_s": round(steps * t.batch_size / seconds, 2)}
+
+
+def rounds(work: Workload, mode: str, rounds_: int, concurrency: int, policy: dict,
+           cache_dir: str | None = None) -> dict[str, Any]:
+    """``rounds_`` rounds of every client with the backbone ``shared`` or a model per client
+    (``copies``): each round's time and samples, and memory over the whole cell."""
+    before = rss_bytes()
+    with MemoryTrace() as trace:
+        began = time.perf_counter()
+        if mode == "shared":
+            fed = SharedBackboneFederation(work, concurrency, BatchPolicy(**policy),
+                                           Path(cache_dir) if cache_dir else None)
+        else:
+            fed = ModelPerClientFederation(work, concurrency)
+        setup_s = time.perf_counter() - began
+        clients = list(range(len(work.clients)))
+        results = [fed.round(clients, r) for r in range(1, rounds_ + 1)]
+        fed.close()
+    cache = getattr(fed, "cache", None)
+    return {
+        "mode": mode, "clients": len(clients), "concurrency": concurrency, "setup_s": round(setup_s, 3),
+        "round_s": [round(r.seconds, 3) for r in results], "samples_per_round": results[0].samples,
+        "samples_per_s": [round(r.samples_per_s, 2) for r in results],
+        "rss_start_mb": round(before / MB, 1), "peak_rss_mb": round(trace.peak_bytes / MB, 1),
+        **({"cache_hits": cache.hits, "cache_misses": cache.misses, "cache_mb": round(cache.size_bytes() / MB, 2)}
+           if cache else {}),
+        "memory_mb": [(t, round(b / MB, 1)) for t, b in trace.samples[:: max(1, len(trace.samples) // 200)]],
+    }
+
+
+def batching(work: Workload, clients: int, seconds: float, policy: dict) -> dict[str, Any]:
+    """Backbone train-step throughput: ``clients`` threads, each sending its own real batch (its
+    NanoEdge's embeddings) again and again for ``seconds``, to one service."""
+    model = work.load_model()
+    service = BackboneService(LocalBackbone.from_model(model, work.model_path), BatchPolicy(**policy))
+    server, port = start(service)
+    encoder = Encoder(NanoEdge.from_model(model, work.adapter_config), AutoProcessor.from_pretrained(work.model_path))
+    b = work.cfg.train.batch_size
+    requests = []
+    for c in range(clients):
+        batch = encoder(work.clients[c][:b], [s.answer for s in work.clients[c][:b]])
+        with torch.no_grad():
+            requests.append((encoder.edge(batch), batch.attention_mask, batch.labels))
+    remotes = [RemoteBackbone(f"127.0.0.1:{port}") for _ in range(clients)]
+    counts = [0] * clients
+    stop_at = time.perf_counter() + seconds
+
+    def loop(i: int) -> None:
+        remotes[i].train_step(*requests[i])  # warm the connection
+        while time.perf_counter() < stop_at:
+            remotes[i].train_step(*requests[i])
+            counts[i] += 1
+
+    began = time.perf_counter()
+    threads = [threading.Thread(target=loop, args=(i,)) for i in range(clients)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    elapsed = time.perf_counter() - began
+    stats = service.batcher.stats
+    for r in remotes:
+        r.close()
+    server.stop(None)
+    service.close()
+    return {"clients": clients, "batching": policy["enabled"], "requests": sum(counts),
+            "seconds": round(elapsed, 3), "samples_per_s": round(sum(counts) * b / elapsed, 2),
+            "mean_requests_per_pass": round(stats.requests / max(1, stats.batches), 2)}
+
+
+CELLS = {"bare": bare, "rounds": rounds, "batching": batching}
+
+
+def run(spec: dict[str, Any]) -> dict[str, Any]:
+    """Load the spec's workload and run its cell; the result records the spec and torch's threads."""
+    torch.set_num_threads(spec["torch_threads"])
+    work = Workload.load(spec["experiment"], spec["overrides"])
+    began = time.perf_counter()
+    result = CELLS[spec["cell"]](work, **spec["args"])
+    return {"spec": spec, "torch_threads": torch.get_num_threads(), "wall_s": round(time.perf_counter() - began, 3),
+            **result}
+
+
+def main() -> None:
+    spec_path, out_path = Path(sys.argv[1]), Path(sys.argv[2])
+    out_path.write_text(json.dumps(run(json.loads(spec_path.read_text())), indent=1))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,106 @@
+"""The perf bench's markdown summary and plots, from its ``perf.json`` alone (so they can be
+rebuilt from a checked-in result)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+
+
+def _overhead(s: dict[str, Any]) -> list[str]:
+    return ["## Overhead", "",
+            (f"{s['clients']} clients in split mode under `flwr run`, {s['samples_per_round']} samples per round: "
+             f"round times {', '.join(f'{x:.1f}' for x in s['round_s'])} s (the first also starts the client "
+             "processes and is not counted)."), "",
+            "| loop | samples/s |", "|---|---:|",
+            f"| federated round, split mode | {s['federated_samples_per_s']:.1f} |",
+            f"| bare training loop | {s['bare']['samples_per_s']:.1f} |",
+            f"| **ratio** | **{s['ratio']:.2f}** |", ""]
+
+
+def _sharing(s: dict[str, Any]) -> list[str]:
+    lines = ["## Shared backbone against a model per client", "",
+             "Last round's time; peak resident memory of the whole cell (its own process).", "",
+             "| clients | shared round s | copies round s | speed-up | shared peak MB | copies peak MB |",
+             "|---:|---:|---:|---:|---:|---:|"]
+    by = {(r["mode"], r["clients"]): r for r in s["rows"]}
+    for n in sorted({r["clients"] for r in s["rows"]}):
+        sh, cp = by[("shared", n)], by[("copies", n)]
+        lines.append(f"| {n} | {sh['round_s'][-1]:.2f} | {cp['round_s'][-1]:.2f} | {s['speedup'][str(n)]:.2f}x "
+                     f"| {sh['peak_rss_mb']:.0f} | {cp['peak_rss_mb']:.0f} |")
+    return [*lines, ""]
+
+
+def _cache(s: dict[str, Any]) -> list[str]:
+    off, on = s["off"], s["on"]
+    rounds = range(1, len(off["round_s"]) + 1)
+    return ["## Feature cache", "",
+            f"{off['clients']} clients, shared backbone; the cache starts empty.", "",
+            "| round | without cache s | with cache s |", "|---:|---:|---:|",
+            *(f"| {r} | {a:.2f} | {b:.2f} |" for r, a, b in zip(rounds, off["round_s"], on["round_s"])), ""]
+
+
+def _batching(s: dict[str, Any]) -> list[str]:
+    on, off = s["on"], s["off"]
+    return ["## Batching", "",
+            f"{on['clients']} clients sending train steps to one backbone service for {on['seconds']:.0f} s.", "",
+            "| backbone | samples/s | requests per pass |", "|---|---:|---:|",
+            f"| batched | {on['samples_per_s']:.1f} | {on['mean_requests_per_pass']:.2f} |",
+            f"| one pass per request | {off['samples_per_s']:.1f} | {off['mean_requests_per_pass']:.2f} |",
+            f"| **gain** | **{s['gain']:.2f}x** | |", ""]
+
+
+def _scale(s: dict[str, Any]) -> list[str]:
+    return ["## Scale", "",
+            (f"{s['clients']} clients, {len(s['round_s'])} rounds, shared backbone: round times "
+             f"{', '.join(f'{x:.1f}' for x in s['round_s'])} s; memory {s['rss_start_mb']:.0f} MB at the start, "
+             f"{s['peak_rss_mb']:.0f} MB at the peak (perf_scale_memory.png)."), ""]
+
+
+SECTION_TEXT = {"overhead": _overhead, "sharing": _sharing, "cache": _cache, "batching": _batching, "scale": _scale}
+
+
+def markdown(result: dict[str, Any], command: str) -> str:
+    env = result["environment"]
+    lines = ["# anther bench perf", "", f"`{command}`", "",
+              (f"Machine: {env['cpu']}, {env['cpus']} cores, {env['memory_gb']} GB, torch {env['torch']} "
+              f"({env['torch_threads']} threads), GPU: {env['cuda'] or 'none'}; {env['date']}."), ""]
+    for name, section in result["sections"].items():
+        lines += SECTION_TEXT[name](section)
+    return "\n".join(lines)
+
+
+def plot(result: dict[str, Any], out: Path) -> list[Path]:
+    written = []
+    sections = result["sections"]
+    if "sharing" in sections:
+        rows = sections["sharing"]["rows"]
+        fig, (ax_t, ax_m) = plt.subplots(1, 2, figsize=(10, 4))
+        for mode, label in (("shared", "shared backbone"), ("copies", "model per client")):
+            mine = sorted((r for r in rows if r["mode"] == mode), key=lambda r: r["clients"])
+            xs = [r["clients"] for r in mine]
+            ax_t.plot(xs, [r["round_s"][-1] for r in mine], marker="o", label=label)
+            ax_m.plot(xs, [r["peak_rss_mb"] for r in mine], marker="o", label=label)
+        ax_t.set(xlabel="clients", ylabel="round time (s)", title="round time")
+        ax_m.set(xlabel="clients", ylabel="peak memory (MB)", title="peak memory")
+        ax_t.legend()
+        fig.tight_layout()
+        written.append(out / "perf_sharing.png")
+        fig.savefig(written[-1], dpi=110)
+        plt.close(fig)
+    if "scale" in sections:
+        trace = sections["scale"]["memory_mb"]
+        fig, ax = plt.subplots(figsize=(6, 3.5))
+        ax.plot([t for t, _ in trace], [m for _, m in trace])
+        ax.set(xlabel="seconds", ylabel="resident memory (MB)",
+               title=f"{sections['scale']['clients']} clients, {len(sections['scale']['round_s'])} rounds")
+        fig.tight_layout()
+        written.append(out / "perf_scale_memory.png")
+        fig.savefig(written[-1], dpi=110)
+        plt.close(fig)
+    return written

@@ -1,0 +1,230 @@
+"""What every performance cell trains: the experiment's own clients, data and adapters, run as
+rounds of threads in one process, with the frozen model either shared or loaded per client.
+
+A round here is what a round of ``anther simulate`` does on the clients' side, minus Flower:
+every client starts from the global adapters, trains ``train.local_steps`` split steps with
+:func:`anther.client.trainer.train_adapters` on its own partition, and the server averages
+the results (FedAvg). ``concurrency`` clients train at once (Ray's actors in a simulation).
+
+- ``shared``: one frozen model in the process. Clients' NanoEdges share its encoder,
+  connector and embeddings (each has its own adapters) and reach its LLM through one
+  :class:`BackboneService` on 127.0.0.1 that batches their concurrent requests.
+- ``copies``: each client loads its own full model from the checkpoint when it trains and
+  runs it in-process, the way FlowerTune's ``client_fn`` and NVFlare's simulator give every
+  client its own model.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Self
+
+import torch
+from omegaconf import DictConfig
+from transformers import AutoProcessor
+
+from anther.adapters.families import family_for
+from anther.adapters.nano_adapter import NanoAdapterConfig
+from anther.client.backbone_client import RemoteBackbone
+from anther.client.feature_cache import FeatureCache
+from anther.client.inference import Encoder
+from anther.client.nano_edge import NanoEdge, initial_adapter_state
+from anther.client.runtime import DTYPES
+from anther.client.trainer import train_adapters
+from anther.server.backbone import LocalBackbone, checkpoint_fingerprint
+from anther.server.backbone_service import BackboneService, BatchPolicy, start
+from anther.simulations.assets import prepare_assets
+from anther.simulations.config import load_config
+from anther.simulations.data import client_data, dataset_dir
+from anther.simulations.datasets.sample import Sample
+
+State = dict[str, torch.Tensor]
+
+
+def rss_bytes() -> int:
+    """This process's resident memory now."""
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+class MemoryTrace:
+    """Resident memory sampled every ``interval_s`` in a background thread while in use."""
+
+    def __init__(self, interval_s: float = 0.1) -> None:
+        self.interval_s, self.samples = interval_s, []
+        self._stop = threading.Event()
+        self._start = time.perf_counter()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.mark()
+            self._stop.wait(self.interval_s)
+
+    def mark(self) -> None:
+        self.samples.append((round(time.perf_counter() - self._start, 3), rss_bytes()))
+
+    def __enter__(self) -> Self:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.mark()
+
+    @property
+    def peak_bytes(self) -> int:
+        return max(b for _, b in self.samples)
+
+
+@dataclass
+class Workload:
+    """An experiment config's clients: their training samples, the checkpoint, the adapter shape."""
+
+    cfg: DictConfig
+    clients: list[list[Sample]]
+
+    @classmethod
+    def load(cls, experiment: str, overrides: list[str]) -> Workload:
+        cfg = prepare_assets(load_config(experiment, overrides))
+        folder, n = dataset_dir(cfg), cfg.federation.num_clients
+        return cls(cfg, [client_data(cfg, folder, pid, n)[0] for pid in range(n)])
+
+    @property
+    def model_path(self) -> Path:
+        return Path(self.cfg.model.path)
+
+    @property
+    def adapter_config(self) -> NanoAdapterConfig:
+        a = self.cfg.adapter
+        return NanoAdapterConfig(rank=a.rank, alpha=float(a.alpha), activation=a.activation)
+
+    def load_model(self) -> torch.nn.Module:
+        """A full copy of the checkpoint (every weight read from disk)."""
+        family = family_for(_model_type(self.model_path))
+        return family.model_class.from_pretrained(self.model_path, dtype=DTYPES[self.cfg.model.dtype])
+
+    def initial_state(self, model: torch.nn.Module) -> State:
+        dim = family_for(model.config.model_type).edge_parts(model).embed_tokens.embedding_dim
+        return initial_adapter_state(dim, self.adapter_config, self.cfg.seed)
+
+    def train(self, encoder: Encoder, backbone, client: int, round_: int) -> int:
+        """One client's local training for a round; returns the samples it trained on."""
+        t = self.cfg.train
+        report = train_adapters(encoder, backbone, self.clients[client], t.local_steps, t.batch_size, t.lr,
+                                seed=self.cfg.seed * 100_003 + round_ * 1009 + client,
+                                weight_decay=t.weight_decay, max_grad_norm=t.max_grad_norm)
+        return report.examples
+
+
+def _model_type(path: Path) -> str:
+    from transformers import AutoConfig
+
+    return AutoConfig.from_pretrained(path).model_type
+
+
+def fedavg(states: list[tuple[State, int]]) -> State:
+    total = sum(n for _, n in states)
+    return {k: sum(s[k] * (n / total) for s, n in states) for k in states[0][0]}
+
+
+@dataclass
+class RoundResult:
+    seconds: float
+    samples: int
+
+    @property
+    def samples_per_s(self) -> float:
+        return self.samples / self.seconds
+
+
+def _run_round(clients: list[int], concurrency: int, round_: int,
+               train_one: Callable[[int, int], tuple[State, int]]) -> tuple[RoundResult, list[tuple[State, int]]]:
+    began = time.perf_counter()
+    with ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="client") as pool:
+        results = list(pool.map(lambda c: train_one(c, round_), clients))
+    seconds = time.perf_counter() - began
+    return RoundResult(seconds, sum(n for _, n in results)), results
+
+
+class SharedBackboneFederation:
+    """``shared``: one frozen model, one batching backbone service, one NanoEdge per worker."""
+
+    def __init__(self, work: Workload, concurrency: int, policy: BatchPolicy,
+                 cache_dir: Path | None = None, cache_max_bytes: int = 1 << 30) -> None:
+        self.work, self.concurrency = work, concurrency
+        self.model = work.load_model()
+        self.service = BackboneService(LocalBackbone.from_model(self.model, work.model_path), policy)
+        self.server, port = start(self.service)
+        processor = AutoProcessor.from_pretrained(work.model_path)
+        cache = self.cache = None
+        if cache_dir is not None:
+            key = f"{checkpoint_fingerprint(work.model_path)}-{work.cfg.model.dtype}"
+            cache = self.cache = FeatureCache(cache_dir, key, cache_max_bytes)
+        self._free: list[tuple[Encoder, RemoteBackbone]] = []
+        for _ in range(concurrency):  # frozen modules shared, adapters per worker
+            edge = NanoEdge.from_model(self.model, work.adapter_config)
+            edge.feature_cache = cache
+            self._free.append((Encoder(edge, processor), RemoteBackbone(f"127.0.0.1:{port}")))
+        self._lock = threading.Lock()
+        self.global_state = work.initial_state(self.model)
+
+    @contextmanager
+    def _worker(self) -> Iterator[tuple[Encoder, RemoteBackbone]]:
+        with self._lock:
+            worker = self._free.pop()
+        try:
+            yield worker
+        finally:
+            with self._lock:
+                self._free.append(worker)
+
+    def _train_one(self, client: int, round_: int) -> tuple[State, int]:
+        with self._worker() as (encoder, backbone):
+            encoder.edge.load_adapter_state(self.global_state)
+            n = self.work.train(encoder, backbone, client, round_)
+            return encoder.edge.adapter_state(), n
+
+    def round(self, clients: list[int], round_: int) -> RoundResult:
+        result, states = _run_round(clients, self.concurrency, round_, self._train_one)
+        self.global_state = fedavg(states)
+        return result
+
+    def close(self) -> None:
+        for _, remote in self._free:
+            remote.close()
+        self.server.stop(None)
+        self.service.close()
+
+
+class ModelPerClientFederation:
+    """``copies``: every client loads and runs its own full model for its round."""
+
+    def __init__(self, work: Workload, concurrency: int) -> None:
+        self.work, self.concurrency = work, concurrency
+        self.processor = AutoProcessor.from_pretrained(work.model_path)
+        self.global_state = work.initial_state(work.load_model())
+
+    def _train_one(self, client: int, round_: int) -> tuple[State, int]:
+        model = self.work.load_model()
+        edge = NanoEdge.from_model(model, self.work.adapter_config)
+        edge.load_adapter_state(self.global_state)
+        n = self.work.train(Encoder(edge, self.processor), LocalBackbone.from_model(model, self.work.model_path),
+                            client, round_)
+        return edge.adapter_state(), n
+
+    def round(self, clients: list[int], round_: int) -> RoundResult:
+        result, states = _run_round(clients, self.concurrency, round_, self._train_one)
+        self.global_state = fedavg(states)
+        return result
+
+    def close(self) -> None:
+        pass

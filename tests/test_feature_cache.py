@@ -1,0 +1,117 @@
+"""The feature cache: same features as the encoder, reused, keyed by model and content, bounded."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import pytest
+import torch
+
+from anther.adapters.nano_adapter import NanoAdapterConfig
+from anther.client.feature_cache import FeatureCache
+from anther.client.inference import Encoder
+from anther.client.nano_edge import NanoEdge
+
+
+@pytest.fixture(scope="module")
+def edge_and_batch(tiny_model_dir: Path, samples):
+    from transformers import AutoProcessor
+
+    edge = NanoEdge.from_pretrained(tiny_model_dir, NanoAdapterConfig(rank=4))
+    encoder = Encoder(edge, AutoProcessor.from_pretrained(tiny_model_dir))
+    batch = encoder([s for s in samples if s.image is not None][:6], None)
+    return edge, batch
+
+
+def test_cached_features_equal_the_encoders_and_are_reused(edge_and_batch, tmp_path: Path) -> None:
+    edge, batch = edge_and_batch
+    calls: list[int] = []
+
+    def encode(pixels: torch.Tensor) -> torch.Tensor:
+        calls.append(len(pixels))
+        return edge._encode_images(pixels)
+
+    cache = FeatureCache(tmp_path, "model-a", max_bytes=2**30)
+    want = edge._encode_images(batch.pixel_values)
+    first = cache.features(batch.pixel_values, encode)
+    second = cache.features(batch.pixel_values, encode)
+    torch.testing.assert_close(first, want)
+    assert torch.equal(second, first)
+    assert calls == [6]  # the second call read every image back
+    assert (cache.hits, cache.misses) == (6, 6)
+
+    # only the new image of a partly cached batch is encoded, and the order is kept
+    other = batch.pixel_values[:2].flip(-1)
+    mixed = torch.cat([batch.pixel_values[:3], other[:1]])
+    out = cache.features(mixed, encode)
+    assert calls == [6, 1]
+    torch.testing.assert_close(out, edge._encode_images(mixed))
+
+
+def test_another_model_or_dtype_does_not_read_these_features(edge_and_batch, tmp_path: Path) -> None:
+    edge, batch = edge_and_batch
+    FeatureCache(tmp_path, "model-a-float32", 2**30).features(batch.pixel_values, edge._encode_images)
+    other = FeatureCache(tmp_path, "model-b-float32", 2**30)
+    other.features(batch.pixel_values, edge._encode_images)
+    assert other.hits == 0 and other.misses == 6
+
+
+def test_the_edge_uses_its_cache_and_gives_the_same_embeddings(edge_and_batch, tmp_path: Path) -> None:
+    edge, batch = edge_and_batch
+    plain = edge(batch)
+    edge.feature_cache = FeatureCache(tmp_path, "m", 2**30)
+    try:
+        torch.testing.assert_close(edge(batch), plain)
+        torch.testing.assert_close(edge(batch), plain)
+        assert edge.feature_cache.hits == 6
+    finally:
+        edge.feature_cache = None
+
+
+def test_cache_stays_within_its_bound_and_keeps_recent_entries(tmp_path: Path) -> None:
+    feats = torch.randn(9, 16)  # one image of 9 tokens, ~600 bytes on disk
+    cache = FeatureCache(tmp_path, "m", max_bytes=6_000)
+    pixels = [torch.full((3, 4, 4), float(i)) for i in range(40)]
+    for p in pixels:
+        cache.features(p[None], lambda _: feats)
+        cache.features(pixels[0][None], lambda _: feats)  # keep image 0 in use
+    on_disk = sum(f.stat().st_size for f in tmp_path.rglob("*.safetensors"))
+    assert on_disk <= 6_000 and cache.size_bytes() == on_disk
+    assert (tmp_path / "m" / f"{FeatureCache.key(pixels[0])}.safetensors").exists()
+    assert not (tmp_path / "m" / f"{FeatureCache.key(pixels[1])}.safetensors").exists()
+
+
+def test_a_damaged_entry_is_recomputed(tmp_path: Path) -> None:
+    cache = FeatureCache(tmp_path, "m", 2**20)
+    pixels = torch.ones(1, 3, 4, 4)
+    cache.features(pixels, lambda _: torch.ones(9, 8))
+    (tmp_path / "m" / f"{FeatureCache.key(pixels[0])}.safetensors").write_bytes(b"not a tensor file")
+    out = cache.features(pixels, lambda _: torch.full((9, 8), 2.0))
+    assert torch.equal(out, torch.full((9, 8), 2.0)) and cache.misses == 2
+
+
+def test_threads_share_one_cache(tmp_path: Path) -> None:
+    cache = FeatureCache(tmp_path, "m", 2**20)
+    pixels = torch.arange(8 * 12, dtype=torch.float32).reshape(8, 3, 2, 2)
+    errors: list[BaseException] = []
+
+    def work() -> None:
+        try:
+            for _ in range(5):
+                out = cache.features(pixels, lambda p: p.reshape(len(p), 1, 12).repeat(1, 2, 1).reshape(-1, 12))
+                assert torch.equal(out, pixels.reshape(8, 1, 12).repeat(1, 2, 1).reshape(-1, 12))
+        except BaseException as e:  # noqa: BLE001 - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=work) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+
+
+def test_bad_bound_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="max_bytes"):
+        FeatureCache(tmp_path, "m", 0)

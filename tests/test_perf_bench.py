@@ -1,0 +1,63 @@
+"""``anther bench perf`` end to end on a very small workload: every section runs, in its own
+processes, and the JSON, markdown and plots hold consistent numbers (slow: a real ``flwr run``)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from anther.simulations.config import ConfigError
+from anther.simulations.perf.bench import load_perf
+
+SMALL = ["overhead_clients=2", "overhead_rounds=2", "sharing_clients=[2,3]", "concurrency=2", "sharing_rounds=1",
+         "cache_clients=2", "cache_rounds=2", "batching_clients=2", "batching_seconds=1", "scale_clients=5",
+         "scale_rounds=2", "scale_local_steps=1", "train.local_steps=2", "train.batch_size=4", "data.train_size=40",
+         "data.test_size=8", "adapter.rank=4", "torch_threads=1"]
+
+
+@pytest.mark.slow
+def test_perf_bench_runs_every_section(tmp_path: Path) -> None:
+    env = {**os.environ, "ANTHER_HOME": str(tmp_path / "home")}
+    out = tmp_path / "perf"
+    proc = subprocess.run([sys.executable, "-m", "anther.cli", "bench", "perf", *SMALL, "--out", str(out)],
+                          env=env, capture_output=True, text=True, timeout=600, check=False)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    result = json.loads((out / "perf.json").read_text())
+    s = result["sections"]
+    assert list(s) == ["overhead", "sharing", "cache", "batching", "scale"]
+
+    o = s["overhead"]
+    assert o["samples_per_round"] == 2 * 2 * 4 and len(o["round_s"]) == 2
+    assert o["bare"]["samples"] == 2 * 2 * 4 and o["ratio"] == pytest.approx(
+        o["federated_samples_per_s"] / o["bare"]["samples_per_s"], rel=1e-2)
+
+    rows = {(r["mode"], r["clients"]): r for r in s["sharing"]["rows"]}
+    assert set(rows) == {(m, n) for m in ("shared", "copies") for n in (2, 3)}
+    assert all(r["samples_per_round"] == r["clients"] * 2 * 4 and r["peak_rss_mb"] > 0 for r in rows.values())
+    assert s["sharing"]["speedup"]["3"] == pytest.approx(
+        rows[("copies", 3)]["round_s"][-1] / rows[("shared", 3)]["round_s"][-1], rel=1e-2)
+
+    # the cache was filled in round 1 and read in round 2; without it nothing is counted
+    on = s["cache"]["on"]
+    assert on["cache_misses"] > 0 and on["cache_hits"] > 0 and "cache_hits" not in s["cache"]["off"]
+    assert s["batching"]["on"]["requests"] > 0 and s["batching"]["off"]["mean_requests_per_pass"] == 1.0
+    assert s["scale"]["clients"] == 5 and len(s["scale"]["round_s"]) == 2 and len(s["scale"]["memory_mb"]) > 1
+
+    md = (out / "perf.md").read_text()
+    assert "| **ratio** |" in md and "## Scale" in md and "anther bench perf" in md
+    assert (out / "perf_sharing.png").stat().st_size > 0 and (out / "perf_scale_memory.png").stat().st_size > 0
+
+
+def test_perf_config_names_its_bad_values() -> None:
+    with pytest.raises(ConfigError, match="sections"):
+        load_perf("perf", ["sections=[overhead,speed]"])
+    with pytest.raises(ConfigError, match="concurrency"):
+        load_perf("perf", ["concurrency=0"])
+    with pytest.raises(ConfigError, match="overhead_rounds"):
+        load_perf("perf", ["overhead_rounds=1"])
+    assert load_perf("perf", ["sharing_clients=[4,16]"]).sharing_clients == [4, 16]
