@@ -11,6 +11,7 @@ in each dtype the model may compute in.
 from __future__ import annotations
 
 import math
+from concurrent import futures
 from types import SimpleNamespace
 
 import grpc
@@ -197,12 +198,25 @@ class _Context:
         raise _Aborted(details)
 
 
+class _InlineBatcher:
+    """Runs a call at once, where the real batcher runs it on its own thread."""
+
+    @staticmethod
+    def call(fn):
+        done = futures.Future()
+        try:
+            done.set_result(fn())
+        except Exception as e:  # noqa: BLE001 - the future carries it, as the batcher's does
+            done.set_exception(e)
+        return done
+
+
 @FUZZ
 @given(stream=chunk_streams(), limit=st.sampled_from([None, 64, 4096]),
        kind=st.sampled_from(FORWARD_KINDS), dtype=MODEL_DTYPES)
 def test_service_answers_any_stream_with_inputs_or_invalid_argument(stream, limit, kind, dtype) -> None:
     """The service's own read path: reassembly and decoding, a WireError -> INVALID_ARGUMENT."""
-    service = SimpleNamespace(limits=Limits(max_request_bytes=limit))
+    service = SimpleNamespace(limits=Limits(max_request_bytes=limit), batcher=_InlineBatcher())
     context = _Context()
     try:
         out = BackboneService._read(service, iter(stream), context,

@@ -29,7 +29,7 @@ def _adapters(run_dir):
 
 
 def _metrics(result):
-    return [{k: v for k, v in r.items() if k != "seconds"} for r in result["rounds"]]
+    return [{k: v for k, v in r.items() if not k.endswith("seconds")} for r in result["rounds"]]
 
 
 def test_flwr_run_simulation_trains_and_records(runs):

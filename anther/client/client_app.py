@@ -21,6 +21,7 @@ config, answered by the extras of :mod:`anther.client.extras`.
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import torch
@@ -114,7 +115,9 @@ def train(msg: Message, context: Context) -> Message:
     seed = round_seed(cfg.seed, int(config["server-round"]), pid)
     ctx = ExtraContext(config, cfg, runtime, train_set, received, context.state, seed)
     dp = dp_for(cfg, len(train_set), cfg.federation.rounds * cfg.train.local_steps)
+    began = time.perf_counter()
     report = train_round(cfg, runtime, train_set, seed, regularisers=build_regularisers(ctx), dp=dp)
+    train_seconds = time.perf_counter() - began
     metrics = MetricRecord({
         "num-examples": len(train_set),
         **_modality_counts(train_set),
@@ -126,7 +129,8 @@ def train(msg: Message, context: Context) -> Message:
     })
     if dp is not None:  # the epsilon this node has spent in the run so far
         metrics[EPSILON_METRIC] = spend(context.state, cfg.privacy, dp, report.steps)
-    content = RecordDict({"arrays": ArrayRecord(runtime.edge.adapter_state()), "metrics": metrics})
+    content = RecordDict({"arrays": ArrayRecord(runtime.edge.adapter_state()), "metrics": metrics,
+                          "timing": ConfigRecord({"train_seconds": train_seconds})})
     add_reply_records(ctx, content)
     if kept is not None:
         save_state(context.state, kept, int(config["server-round"]))

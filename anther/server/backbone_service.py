@@ -306,6 +306,20 @@ class _Job:
 
 
 @dataclass
+class _Call:
+    """Any other torch work (decoding a request, encoding a reply) for the batcher's thread."""
+
+    fn: Callable[[], Any]
+    future: futures.Future = field(default_factory=futures.Future)
+
+    def run(self) -> None:
+        try:
+            self.future.set_result(self.fn())
+        except BaseException as e:  # noqa: BLE001 - the caller's future carries it
+            self.future.set_exception(e)
+
+
+@dataclass
 class BatchStats:
     """What the batcher has done; lets tests and operators see batching happen."""
 
@@ -321,20 +335,38 @@ class DynamicBatcher:
     queued or arriving before it closes, up to ``policy.max_batch`` sequences, run
     with it (``window_ms=0``: batch only what is already waiting, never wait).
     A batch that fails is re-run one request at a time, so only the culprit fails.
+
+    This thread does all of the service's torch work: it loads the model (given a loader)
+    and decodes requests and encodes replies too (:meth:`call`). PyTorch's OpenMP pool
+    belongs to the thread that starts a parallel region; with a second pool in the process
+    on a busy CPU, libgomp stops spinning between regions and a backbone step of small
+    kernels takes twice as long (docs/performance.md).
     """
 
-    def __init__(self, backbone: LocalBackbone, policy: BatchPolicy) -> None:
-        self.backbone = backbone
+    def __init__(self, backbone: LocalBackbone | Callable[[], LocalBackbone], policy: BatchPolicy) -> None:
         self.policy = policy
         self.stats = BatchStats()
-        self._queue: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
+        self._queue: queue.SimpleQueue[_Job | _Call | None] = queue.SimpleQueue()
         self._closed = False
         self._lock = threading.Lock()  # no job may be queued behind the close sentinel
+        loaded = _Call((lambda: backbone) if isinstance(backbone, LocalBackbone) else backbone)
+        self._queue.put(loaded)
         self._thread = threading.Thread(target=self._loop, name="backbone-batcher", daemon=True)
         self._thread.start()
+        try:
+            self.backbone: LocalBackbone = loaded.future.result()
+        except BaseException:
+            self.close()
+            raise
 
     def submit(self, kind: Kind, item: ForwardInputs | GenerateInputs) -> futures.Future:
-        job = _Job(kind, item)
+        return self._put(_Job(kind, item))
+
+    def call(self, fn: Callable[[], Any]) -> futures.Future:
+        """Run ``fn`` on the batcher's thread, between batches."""
+        return self._put(_Call(fn))
+
+    def _put(self, job: _Job | _Call) -> futures.Future:
         with self._lock:
             if self._closed:
                 raise RuntimeError("the backbone batcher is closed")
@@ -350,6 +382,9 @@ class DynamicBatcher:
 
     def _loop(self) -> None:
         while (first := self._queue.get()) is not None:
+            if isinstance(first, _Call):
+                first.run()
+                continue
             jobs, closing = self._collect(first)
             for batch in self._pack(jobs):
                 self._execute(batch)
@@ -374,6 +409,9 @@ class DynamicBatcher:
                 break
             if job is None:
                 return jobs, True
+            if isinstance(job, _Call):  # quick (a decode): run it now, its request may join this batch
+                job.run()
+                continue
             jobs.append(job)
             size += job.item.size
         return jobs, False
@@ -416,15 +454,17 @@ class DynamicBatcher:
 class BackboneService(pb_grpc.BackboneServicer):
     """The RPCs of backbone.proto over one LocalBackbone."""
 
-    def __init__(self, backbone: LocalBackbone, policy: BatchPolicy = BatchPolicy(),
+    def __init__(self, backbone: LocalBackbone | Callable[[], LocalBackbone], policy: BatchPolicy = BatchPolicy(),
                  limits: Limits = Limits()) -> None:
-        self.backbone = backbone
+        """``backbone``: the model, or a function that loads it (then it is loaded on the batcher's
+        thread, which keeps all of the process's torch work on one thread)."""
+        self.batcher = DynamicBatcher(backbone, policy)
+        self.backbone = self.batcher.backbone
         self.policy = policy
-        model_max = backbone.info.max_sequence_length
+        model_max = self.backbone.info.max_sequence_length
         self.max_len = min(limits.max_sequence_length or model_max, model_max)
         self.limits = limits
-        self.dtype = next(backbone.parameters()).dtype
-        self.batcher = DynamicBatcher(backbone, policy)
+        self.dtype = next(self.backbone.parameters()).dtype
         self.callers: Counter[str] = Counter()  # admitted calls per client name, when tokens are on
 
     def close(self) -> None:
@@ -433,7 +473,8 @@ class BackboneService(pb_grpc.BackboneServicer):
     def _read(self, stream: Iterator, context: grpc.ServicerContext, decode: Callable[[Any], Any]) -> Any:
         """Assemble and validate a request; a malformed one ends the call with INVALID_ARGUMENT."""
         try:
-            return decode(wire.assemble(stream, self.limits.max_request_bytes))
+            msg = wire.assemble(stream, self.limits.max_request_bytes)
+            return self.batcher.call(lambda: decode(msg)).result()
         except WireError as e:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
 
@@ -452,33 +493,37 @@ class BackboneService(pb_grpc.BackboneServicer):
     def _reply(self, msg: Any) -> Iterator[Any]:
         return wire.chunks(msg, self.limits.max_chunk_bytes)
 
+    def _encode(self, t: torch.Tensor, dtype: str) -> pb.Tensor:
+        """``t`` on the wire in ``dtype``, converted on the batcher's thread."""
+        return self.batcher.call(lambda: wire.encode(t, dtype)).result()
+
     def TrainStep(self, request_iterator, context):
         item, (loss, grad) = self._forward("train", request_iterator, context)
-        yield from self._reply(pb.TrainStepReply(loss=loss, grad=wire.encode(grad, item.grad_dtype)))
+        yield from self._reply(pb.TrainStepReply(loss=loss, grad=self._encode(grad, item.grad_dtype)))
 
     def Score(self, request_iterator, context):
         _, scores = self._forward("score", request_iterator, context)
-        yield from self._reply(pb.ScoreReply(scores=wire.encode(scores, "float32")))
+        yield from self._reply(pb.ScoreReply(scores=self._encode(scores, "float32")))
 
     def NextTokenLogits(self, request_iterator, context):
         _, logits = self._forward("logits", request_iterator, context)
-        yield from self._reply(pb.LogitsReply(logits=wire.encode(logits, "float32")))
+        yield from self._reply(pb.LogitsReply(logits=self._encode(logits, "float32")))
 
     def HiddenStates(self, request_iterator, context):
         item, hidden = self._forward("hidden", request_iterator, context)
-        yield from self._reply(pb.HiddenStatesReply(hidden_states=wire.encode(hidden, item.grad_dtype)))
+        yield from self._reply(pb.HiddenStatesReply(hidden_states=self._encode(hidden, item.grad_dtype)))
 
     def BackwardFromHidden(self, request_iterator, context):
         item = self._read(request_iterator, context, lambda m: decode_hidden_backward(
             m, self.backbone.info, self.max_len, self.dtype))
         grad = self._run("backward", item, context)
-        yield from self._reply(pb.GradReply(grad=wire.encode(grad, item.grad_dtype)))
+        yield from self._reply(pb.GradReply(grad=self._encode(grad, item.grad_dtype)))
 
     def Generate(self, request_iterator, context):
         item = self._read(request_iterator, context, lambda m: decode_generate(
             m, self.backbone.info, self.max_len, self.dtype, self.limits.max_new_tokens))
         ids = self._run("generate", item, context)
-        yield from self._reply(pb.GenerateReply(token_ids=wire.encode(ids, "int64")))
+        yield from self._reply(pb.GenerateReply(token_ids=self._encode(ids, "int64")))
 
     def Info(self, request, context):
         info = self.backbone.info
@@ -594,7 +639,7 @@ def serve(model_dir: str | Path, address: str = "127.0.0.1:0", tls: ServerTls | 
           tokens: Mapping[str, str] | None = None, window_ms: float = 5.0, max_batch: int = 32,
           batching: bool = True, limits: Limits = Limits(), dtype: torch.dtype = torch.float32,
           max_workers: int = 64) -> Serving:
-    """Load the backbone of the checkpoint at ``model_dir`` and serve it."""
-    backbone = LocalBackbone.from_pretrained(model_dir, dtype=dtype)
-    service = BackboneService(backbone, BatchPolicy(batching, window_ms, max_batch), limits)
+    """Load the backbone of the checkpoint at ``model_dir`` (on the batcher's thread) and serve it."""
+    service = BackboneService(lambda: LocalBackbone.from_pretrained(model_dir, dtype=dtype),
+                              BatchPolicy(batching, window_ms, max_batch), limits)
     return Serving(*start(service, address, tls, tokens, max_workers), service)

@@ -73,6 +73,13 @@ def _weighted_metric(replies: list[Message], key: str) -> float | None:
     return sum(v * w for v, w in pairs) / total if total else None
 
 
+def _client_seconds(replies: list[Message]) -> dict[int, float]:
+    """How long each replying client's local training took, by partition id (its ``timing`` record:
+    a ConfigRecord, so that no strategy averages it into the round's metrics)."""
+    return {int(m.content["metrics"]["partition-id"]): float(m.content.config_records["timing"]["train_seconds"])
+            for m in replies if "timing" in m.content.config_records}
+
+
 def _epsilons(replies: list[Message]) -> dict[str, float]:
     """Max and mean over the replying clients of the epsilon each has spent so far (with DP)."""
     eps = [float(m.content["metrics"][EPSILON_METRIC]) for m in replies if EPSILON_METRIC in m.content["metrics"]]
@@ -220,6 +227,7 @@ class FederatedRun:
                 **_epsilons(replies),
                 **{k: v for k, v in (train_metrics or {}).items() if k == CLIENT_EPSILON_METRIC},
                 "seconds": time.time() - t0,
+                "client_seconds": _client_seconds(replies),
             })
             self._checkpoint(server_round, arrays)
         self.recorder.finish(self._evaluate_clients(arrays, partitions))

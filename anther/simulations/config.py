@@ -92,6 +92,12 @@ class FederationConfig:
     min_replies: int = 1
     # Reject an update whose norm is more than this many times the round's median (None: off).
     outlier_factor: float | None = 10.0
+    # Simulation only: Ray resources per ClientApp (Flower's client-resources-num-cpus / -num-gpus).
+    # Clients run at once = CPUs (GPUs) / these; None keeps Flower's default (2 CPUs, no GPU).
+    # With a GPU per client half or a quarter of one (0.5, 0.25) packs several on each
+    # (docs/performance.md, multi-GPU).
+    client_cpus: int | None = None
+    client_gpus: float | None = None
 
 
 @dataclass
@@ -265,6 +271,9 @@ def validate(cfg: DictConfig) -> DictConfig:
            f"must be in [1, federation.num_clients={f.num_clients}]")
     _check(f.outlier_factor is None or f.outlier_factor > 1, "federation.outlier_factor", f.outlier_factor,
            "must be > 1 (a multiple of the round's median update norm), or null to turn the check off")
+    for key in ("client_cpus", "client_gpus"):
+        _check(f[key] is None or f[key] >= 0, f"federation.{key}", f[key], "must be >= 0 (or null)")
+    _check(f.client_cpus != 0, "federation.client_cpus", f.client_cpus, "must be > 0 (or null)")
     _check(t.local_steps >= 1, "train.local_steps", t.local_steps, "must be >= 1")
     _check(t.batch_size >= 1, "train.batch_size", t.batch_size, "must be >= 1")
     _check(t.lr > 0, "train.lr", t.lr, "must be > 0")
@@ -290,6 +299,12 @@ def validate(cfg: DictConfig) -> DictConfig:
     _check("name" in cfg.strategy or "_target_" in cfg.strategy, "strategy", dict(cfg.strategy),
            "needs a 'name' (built-in) or a '_target_' (your own class)")
     return cfg
+
+
+def simulation_resources(f: DictConfig) -> dict[str, str]:
+    """``flwr run --federation-config`` keys for the Ray resources of each ClientApp."""
+    keys = {"client_cpus": "client-resources-num-cpus", "client_gpus": "client-resources-num-gpus"}
+    return {flag: str(f[key]) for key, flag in keys.items() if f[key] is not None}
 
 
 def clients_per_round(f: DictConfig, available: int) -> int:

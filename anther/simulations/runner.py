@@ -16,7 +16,7 @@ from pathlib import Path
 from anther.server.backbone_process import backbone_for_run
 from anther.simulations.assets import prepare_assets
 from anther.simulations.baselines import run_baseline
-from anther.simulations.config import ConfigError, load_config, load_run_config
+from anther.simulations.config import ConfigError, load_config, load_run_config, simulation_resources
 from anther.simulations.launcher import flwr_run, submit_run
 
 
@@ -30,8 +30,10 @@ def simulate(experiment: str, overrides: list[str], log: Path | None = None,
     if cfg.baseline == "none":
         resolved = [*overrides, f"model.path={cfg.model.path}", f"data.path={cfg.data.path}"]
         if superlink is not None:
-            return submit_run(superlink(), experiment, resolved, cfg.federation.num_clients, log=log)
-        return flwr_run(experiment, resolved, cfg.federation.num_clients, log=log)
+            return submit_run(superlink(), experiment, resolved, cfg.federation.num_clients,
+                              extra_federation_config=simulation_resources(cfg.federation), log=log)
+        return flwr_run(experiment, resolved, cfg.federation.num_clients,
+                        extra_federation_config=simulation_resources(cfg.federation), log=log)
     with contextlib.ExitStack() as stack:
         if log is not None:
             out = stack.enter_context(log.open("a"))
@@ -49,4 +51,5 @@ def resume(run_dir: Path, log: Path | None = None) -> int:
     if cfg.baseline != "none":
         raise ConfigError(f"{run_dir} is a baseline run (baseline={cfg.baseline}); only federated runs "
                           "checkpoint rounds and can be resumed")
-    return flwr_run("default", [], cfg.federation.num_clients, log=log, resume=cfg.run_dir)
+    return flwr_run("default", [], cfg.federation.num_clients, log=log, resume=cfg.run_dir,
+                    extra_federation_config=simulation_resources(cfg.federation))

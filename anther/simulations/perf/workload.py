@@ -164,16 +164,16 @@ class SharedBackboneFederation:
         self.model = work.load_model()
         self.service = BackboneService(LocalBackbone.from_model(self.model, work.model_path), policy)
         self.server, port = start(self.service)
-        processor = AutoProcessor.from_pretrained(work.model_path)
         cache = self.cache = None
         if cache_dir is not None:
             key = f"{checkpoint_fingerprint(work.model_path)}-{work.cfg.model.dtype}"
             cache = self.cache = FeatureCache(cache_dir, key, cache_max_bytes)
         self._free: list[tuple[Encoder, RemoteBackbone]] = []
-        for _ in range(concurrency):  # frozen modules shared, adapters per worker
-            edge = NanoEdge.from_model(self.model, work.adapter_config)
+        for _ in range(concurrency):  # frozen modules shared; adapters and processor per worker
+            edge = NanoEdge.from_model(self.model, work.adapter_config)  # (HF tokenizers are not thread-safe)
             edge.feature_cache = cache
-            self._free.append((Encoder(edge, processor), RemoteBackbone(f"127.0.0.1:{port}")))
+            encoder = Encoder(edge, AutoProcessor.from_pretrained(work.model_path))
+            self._free.append((encoder, RemoteBackbone(f"127.0.0.1:{port}")))
         self._lock = threading.Lock()
         self.global_state = work.initial_state(self.model)
 
@@ -206,19 +206,18 @@ class SharedBackboneFederation:
 
 
 class ModelPerClientFederation:
-    """``copies``: every client loads and runs its own full model for its round."""
+    """``copies``: every client loads and runs its own full model (and processor) for its round."""
 
     def __init__(self, work: Workload, concurrency: int) -> None:
         self.work, self.concurrency = work, concurrency
-        self.processor = AutoProcessor.from_pretrained(work.model_path)
         self.global_state = work.initial_state(work.load_model())
 
     def _train_one(self, client: int, round_: int) -> tuple[State, int]:
         model = self.work.load_model()
         edge = NanoEdge.from_model(model, self.work.adapter_config)
         edge.load_adapter_state(self.global_state)
-        n = self.work.train(Encoder(edge, self.processor), LocalBackbone.from_model(model, self.work.model_path),
-                            client, round_)
+        encoder = Encoder(edge, AutoProcessor.from_pretrained(self.work.model_path))
+        n = self.work.train(encoder, LocalBackbone.from_model(model, self.work.model_path), client, round_)
         return edge.adapter_state(), n
 
     def round(self, clients: list[int], round_: int) -> RoundResult:
