@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import random
+import statistics
 import sys
 import threading
 import time
@@ -35,7 +36,7 @@ from anther.simulations.perf.workload import (
 MB = 2**20
 
 
-def bare(work: Workload, steps: int, warmup: int) -> dict[str, Any]:
+def bare(work: Workload, steps: int, warmup: int, repeats: int = 3) -> dict[str, Any]:
     """The same model, adapters, batch size and samples in a plain training loop: the composed
     model's loss, ``loss.backward()``, the optimizer step. No Flower, no service, no split."""
     model = work.load_model()
@@ -62,12 +63,15 @@ def bare(work: Workload, steps: int, warmup: int) -> dict[str, Any]:
 
     for _ in range(warmup):
         step()
-    began = time.perf_counter()
-    for _ in range(steps):
-        step()
-    seconds = time.perf_counter() - began
-    return {"steps": steps, "samples": steps * t.batch_size, "seconds": round(seconds, 3),
-            "samples_per_s": round(steps * t.batch_size / seconds, 2)}
+    times = []
+    for _ in range(repeats):  # a loop of a few seconds on a shared CPU varies; report the median
+        began = time.perf_counter()
+        for _ in range(steps):
+            step()
+        times.append(time.perf_counter() - began)
+    seconds = statistics.median(times)
+    return {"steps": steps, "samples": steps * t.batch_size, "repeats_s": [round(x, 3) for x in times],
+            "seconds": round(seconds, 3), "samples_per_s": round(steps * t.batch_size / seconds, 2)}
 
 
 def rounds(work: Workload, mode: str, rounds_: int, concurrency: int, policy: dict,
@@ -143,7 +147,9 @@ CELLS = {"bare": bare, "rounds": rounds, "batching": batching}
 
 def run(spec: dict[str, Any]) -> dict[str, Any]:
     """Load the spec's workload and run its cell; the result records the spec and torch's threads."""
-    torch.set_num_threads(spec["torch_threads"])
+    # clients training at once share the cores: like the simulation's ClientApps (client/runtime.py)
+    # each computes on one thread, which also keeps to one OpenMP pool per thread
+    torch.set_num_threads(spec["torch_threads"] if spec["cell"] == "bare" else 1)
     work = Workload.load(spec["experiment"], spec["overrides"])
     began = time.perf_counter()
     result = CELLS[spec["cell"]](work, **spec["args"])
