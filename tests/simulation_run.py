@@ -15,9 +15,16 @@ SMALL = ["federation.num_clients=2", "federation.rounds=2", "train.local_steps=2
          "adapter.rank=4", "model.tiny_pretrain_steps=0"]
 
 
+def shared_home(tmp_path: Path) -> Path:
+    """An ``ANTHER_HOME`` that the session's slow tests share (in pytest's base temp folder, the
+    parent of every test's own): the tiny model and the built-in data are made once per session,
+    not once per run (a few seconds each). Runs and outputs still go to each test's own folder."""
+    return tmp_path.parent / "anther-home"
+
+
 def simulate(tmp_path: Path, overrides: list[str], pythonpath: Path | None = None) -> tuple[Path, dict[str, Any]]:
     """Run ``anther simulate`` with SMALL + ``overrides``; its run folder and result.json."""
-    env = {**os.environ, "ANTHER_HOME": str(tmp_path / "home")}
+    env = {**os.environ, "ANTHER_HOME": str(shared_home(tmp_path))}
     if pythonpath is not None:
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(pythonpath), os.environ.get("PYTHONPATH")]))
     out = tmp_path / "runs"

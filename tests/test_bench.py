@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from simulation_run import shared_home
 
 from anther.cli import main
 from anther.simulations.bench import load_bench
@@ -114,7 +115,7 @@ def test_federated_cell_and_baseline_cell_through_the_cli(micro, tmp_path):
     overrides = yaml.safe_load(micro.read_text())["overrides"]
     bench = _bench_file(tmp_path, {"fedavg": ["strategy.name=fedavg"], "zero_shot": ["baseline=zero_shot"]},
                         overrides)
-    env = {**os.environ, "ANTHER_HOME": str(tmp_path / "home")}
+    env = {**os.environ, "ANTHER_HOME": str(shared_home(tmp_path))}
     cmd = [sys.executable, "-m", "anther.cli", "bench", str(bench), "--out", str(tmp_path / "out")]
 
     def run() -> str:

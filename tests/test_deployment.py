@@ -26,6 +26,7 @@ import httpx
 import pytest
 import torch
 from safetensors.torch import load_file
+from simulation_run import shared_home
 from transformers import AutoConfig
 
 from anther.adapters.nano_adapter import NanoAdapterConfig
@@ -112,7 +113,7 @@ def test_two_rounds_on_real_flower_processes_with_a_tls_backbone(tiny_model_dir:
     logs.mkdir()
     flwr_home = tmp_path / "flwr-home"
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
-           "FLWR_HOME": str(flwr_home), "ANTHER_HOME": str(tmp_path / "anther-home"),
+           "FLWR_HOME": str(flwr_home), "ANTHER_HOME": str(shared_home(tmp_path)),
            "FLWR_DISABLE_UPDATE_CHECK": "1", "PYTHONPATH": str(REPO)}
     subprocess.run(_cli("certs", "--out", str(creds), "--clients", ",".join([*SITES, "evaluator"])),
                    env=env, cwd=REPO, check=True, capture_output=True, timeout=60)

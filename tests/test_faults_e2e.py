@@ -24,6 +24,7 @@ import httpx
 import psutil
 import pytest
 from safetensors.torch import load_file
+from simulation_run import shared_home
 from test_deployment import _wait, processes
 
 from anther.simulations.launcher import free_port
@@ -67,7 +68,7 @@ def test_rounds_complete_without_a_killed_and_a_crashing_client(tiny_model_dir: 
     logs.mkdir()
     flwr_home.mkdir()
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
-           "FLWR_HOME": str(flwr_home), "ANTHER_HOME": str(tmp_path / "anther-home"),
+           "FLWR_HOME": str(flwr_home), "ANTHER_HOME": str(shared_home(tmp_path)),
            "FLWR_DISABLE_UPDATE_CHECK": "1", "PYTHONPATH": str(REPO)}
     port = free_port()
     with processes(logs, env) as procs:

@@ -6,7 +6,8 @@ experiment config names it. Its strategy asks clients for a mask with the round-
 ``send-mask``; its client half (an ``after_training`` extra) answers with an extra
 ArrayRecord ``mask`` (1 where the client changed an element); the strategy averages each
 element over the clients that changed it. Unit tests check both halves; the slow test runs
-two rounds of a real ``flwr run`` simulation with the module only on ``PYTHONPATH``.
+two rounds of a real ``flwr run`` simulation with the module only on ``PYTHONPATH`` (under the
+cross-modality scenario, whose end-to-end check it carries too).
 """
 
 from __future__ import annotations
@@ -144,14 +145,22 @@ PLUGIN = ["~strategy.name", "+strategy._target_=my_lab.strategies.MaskedFedAvg",
 
 
 @pytest.mark.slow
-def test_plugin_strategy_runs_two_rounds_of_a_simulation(tmp_path: Path):
+def test_plugin_strategy_runs_two_rounds_of_a_cross_modality_simulation(tmp_path: Path):
+    """The plug-in trains two real rounds, under FedMLLM's cross-modality scenario (one image-only
+    and one text-only client; one run shows both, since each run costs most of a minute), and the
+    scenario's metrics (macro-F1, per client too) reach result.json."""
     write_my_lab(tmp_path / "outside")
-    run_dir, result = simulate(tmp_path, PLUGIN, pythonpath=tmp_path / "outside")
+    run_dir, result = simulate(tmp_path, [*PLUGIN, "scenario=cross_i5t5"], pythonpath=tmp_path / "outside")
     assert result["config"]["strategy"]["_target_"] == "my_lab.strategies.MaskedFedAvg"
     for r in result["rounds"][1:]:
-        assert r["clients"] == 2
+        assert r["clients"] == 2 and r["train_loss"] > 0
         # each client sent its adapters and a mask of the same size: the extra ran and was counted
         assert r["adapter_bytes_up"] == 2 * r["adapter_bytes_down"] > 0
-    assert set(result["clients"]["per_client"]) == {"0", "1"}
     final = load_file(str(run_dir / "checkpoints" / "round-0002" / "adapters.safetensors"))
     assert final["text.up.weight"].abs().sum() > 0, "the global adapters did not change from their zero init"
+
+    assert result["config"]["scenario"]["name"] == "cross_i5t5"
+    assert result["config"]["partition"] == {"scheme": "dirichlet", "alpha": 0.5, "seed": 0}
+    assert 0 <= result["rounds"][-1]["f1_macro"] <= 1
+    per_client = result["clients"]["per_client"]
+    assert set(per_client) == {"0", "1"} and all("f1_macro" in m for m in per_client.values())

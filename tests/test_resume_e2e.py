@@ -22,7 +22,7 @@ import psutil
 import pytest
 import torch
 from safetensors.torch import load_file
-from simulation_run import SMALL
+from simulation_run import SMALL, shared_home
 
 pytestmark = pytest.mark.slow
 
@@ -94,7 +94,7 @@ def _rounds(result: dict) -> list[dict]:
 
 @pytest.mark.timeout(1800)
 def test_killed_run_resumes_to_the_uninterrupted_result(tmp_path: Path) -> None:
-    env = {**os.environ, "ANTHER_HOME": str(tmp_path / "home")}
+    env = {**os.environ, "ANTHER_HOME": str(shared_home(tmp_path))}
     straight_out, killed_out = tmp_path / "straight", tmp_path / "killed"
     _run([*OVERRIDES, f"output_dir={straight_out}"], env)
     straight = _only_run_dir(straight_out)

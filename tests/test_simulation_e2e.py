@@ -1,6 +1,7 @@
 """End to end: `anther simulate` runs `flwr run` on a private SuperLink (2 clients, 2 rounds),
 with the backbone in each client process (``local``) and behind the gRPC service the
-ServerApp starts (``service``): same seed, same numbers, in either mode."""
+ServerApp starts (``service``): the same numbers in either mode. (That the same seed gives the
+same numbers run after run, tests/test_resume_e2e.py shows bit for bit.)"""
 
 from __future__ import annotations
 
@@ -18,8 +19,8 @@ GENERATE = ["eval.generate=true", "eval.max_new_tokens=2"]
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
-    """Two local-mode runs and one service-mode run of the same experiment."""
-    modes = {"local-a": "local", "local-b": "local", "service": "service"}
+    """A local-mode run and a service-mode run of the same experiment."""
+    modes = {"local-a": "local", "service": "service"}
     return {name: simulate(tmp_path_factory.mktemp(name), [*GENERATE, f"backbone.mode={mode}"])
             for name, mode in modes.items()}
 
@@ -40,12 +41,6 @@ def test_flwr_run_simulation_trains_and_records(runs):
     assert result["traffic"]["adapter_bytes_up"] > 0 and result["traffic"]["activation_bytes_up"] > 0
     assert _adapters(run_dir)["text.up.weight"].abs().sum() > 0, "the global adapters did not change"
     assert (run_dir / "accuracy.png").stat().st_size > 0 and (run_dir / "loss.png").stat().st_size > 0
-
-
-def test_same_seed_same_numbers(runs):
-    (dir_a, a), (dir_b, b) = runs["local-a"], runs["local-b"]
-    assert _metrics(a) == _metrics(b)
-    assert all(torch.equal(x, _adapters(dir_b)[k]) for k, x in _adapters(dir_a).items())
 
 
 def test_service_mode_trains_like_local_mode(runs):
