@@ -50,3 +50,16 @@ def test_sigterm_stops_the_superlink(tmp_path):
     finally:
         if holder.poll() is None:
             os.kill(holder.pid, signal.SIGKILL)
+
+
+def test_client_resources_reach_flwr_run_as_federation_config():
+    """``federation.client_cpus`` / ``client_gpus`` become Flower's client-resources keys; unset
+    ones are left to Flower, and a ClientApp with no CPU is refused by name."""
+    from anther.simulations.config import ConfigError, load_config, simulation_resources
+
+    cfg = load_config("default", ["federation.client_cpus=1", "federation.client_gpus=0.25"])
+    assert simulation_resources(cfg.federation) == {"client-resources-num-cpus": "1",
+                                                    "client-resources-num-gpus": "0.25"}
+    assert simulation_resources(load_config("default").federation) == {}
+    with pytest.raises(ConfigError, match="federation.client_cpus"):
+        load_config("default", ["federation.client_cpus=0"])

@@ -37,7 +37,7 @@ from anther.client.extras import (
     evaluation_view,
     import_client_modules,
 )
-from anther.client.local_training import dp_for, own_split_metrics, round_seed, train_round
+from anther.client.local_training import TIMING_RECORD, dp_for, own_split_metrics, round_seed, train_round
 from anther.client.privacy_mods import privacy_mod
 from anther.client.runtime import ClientRuntime, runtime_for
 from anther.client.state_store import folder_for, restore_state, save_state
@@ -130,7 +130,7 @@ def train(msg: Message, context: Context) -> Message:
     if dp is not None:  # the epsilon this node has spent in the run so far
         metrics[EPSILON_METRIC] = spend(context.state, cfg.privacy, dp, report.steps)
     content = RecordDict({"arrays": ArrayRecord(runtime.edge.adapter_state()), "metrics": metrics,
-                          "timing": ConfigRecord({"train_seconds": train_seconds})})
+                          TIMING_RECORD: ConfigRecord({"train_seconds": train_seconds})})
     add_reply_records(ctx, content)
     if kept is not None:
         save_state(context.state, kept, int(config["server-round"]))

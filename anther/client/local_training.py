@@ -19,6 +19,10 @@ from anther.client.runtime import ClientRuntime
 from anther.client.trainer import Regulariser, TrainReport, train_adapters
 from anther.simulations.datasets.sample import Sample
 
+# The train reply's ConfigRecord with how long local training took (``train_seconds``): a
+# ConfigRecord, so that no strategy averages it; the round record's ``client_seconds``.
+TIMING_RECORD = "timing"
+
 
 def round_seed(seed: int, server_round: int, partition_id: int) -> int:
     """The seed of a client's local training in a round: distinct per round and per client."""

@@ -26,6 +26,7 @@ from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFI
 from flwr.compat.common import recorddict_compat as compat
 from omegaconf import OmegaConf
 
+from anther.client.local_training import TIMING_RECORD
 from anther.strategies.array_utils import numpy_arrays
 from anther.strategies.secure_vector import VectorLayout, encode
 
@@ -63,6 +64,7 @@ def _train_and_encode(call_next: ClientAppCallable):
         if reply.has_error():
             raise RuntimeError(f"training failed under secure aggregation: {reply.error.reason}")
         content = reply.content
+        content.config_records.pop(TIMING_RECORD, None)  # only the masked vector and metrics leave
         if len(content.array_records) != 1 or len(content.metric_records) != 1 or content.config_records:
             raise ValueError(f"secure aggregation sends only the masked adapters and metrics, but this "
                              f"strategy's reply also has {sorted(content.keys())}")

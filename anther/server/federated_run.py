@@ -30,6 +30,7 @@ from flwr.serverapp import Grid
 from omegaconf import DictConfig, OmegaConf
 
 from anther.client.dp import EPSILON_METRIC
+from anther.client.local_training import TIMING_RECORD
 from anther.client.metrics import summarise_clients
 from anther.client.state_store import RUN_KEY
 from anther.server.checkpoint import latest_checkpoint, save_checkpoint
@@ -76,8 +77,8 @@ def _weighted_metric(replies: list[Message], key: str) -> float | None:
 def _client_seconds(replies: list[Message]) -> dict[int, float]:
     """How long each replying client's local training took, by partition id (its ``timing`` record:
     a ConfigRecord, so that no strategy averages it into the round's metrics)."""
-    return {int(m.content["metrics"]["partition-id"]): float(m.content.config_records["timing"]["train_seconds"])
-            for m in replies if "timing" in m.content.config_records}
+    return {int(m.content["metrics"]["partition-id"]): float(m.content.config_records[TIMING_RECORD]["train_seconds"])
+            for m in replies if TIMING_RECORD in m.content.config_records}
 
 
 def _epsilons(replies: list[Message]) -> dict[str, float]:
