@@ -28,17 +28,18 @@ from typing import Self
 
 import torch
 from omegaconf import DictConfig
-from transformers import AutoProcessor
+from transformers import AutoConfig, AutoProcessor
 
 from anther.adapters.families import family_for
 from anther.adapters.nano_adapter import NanoAdapterConfig
 from anther.client.backbone_client import RemoteBackbone
 from anther.client.feature_cache import FeatureCache
 from anther.client.inference import Encoder
+from anther.client.local_training import round_seed
 from anther.client.nano_edge import NanoEdge, initial_adapter_state
 from anther.client.runtime import DTYPES
 from anther.client.trainer import train_adapters
-from anther.server.backbone import LocalBackbone, checkpoint_fingerprint
+from anther.server.backbone import Backbone, LocalBackbone, checkpoint_fingerprint
 from anther.server.backbone_service import BackboneService, BatchPolicy, start
 from anther.simulations.assets import prepare_assets
 from anther.simulations.config import load_config
@@ -116,18 +117,17 @@ class Workload:
         dim = family_for(model.config.model_type).edge_parts(model).embed_tokens.embedding_dim
         return initial_adapter_state(dim, self.adapter_config, self.cfg.seed)
 
-    def train(self, encoder: Encoder, backbone, client: int, round_: int) -> int:
-        """One client's local training for a round; returns the samples it trained on."""
+    def train(self, encoder: Encoder, backbone: Backbone, client: int, round_: int) -> int:
+        """One client's local training for a round, seeded as the ClientApp seeds it; returns the
+        samples it trained on."""
         t = self.cfg.train
         report = train_adapters(encoder, backbone, self.clients[client], t.local_steps, t.batch_size, t.lr,
-                                seed=self.cfg.seed * 100_003 + round_ * 1009 + client,
+                                seed=round_seed(self.cfg.seed, round_, client),
                                 weight_decay=t.weight_decay, max_grad_norm=t.max_grad_norm)
         return report.examples
 
 
 def _model_type(path: Path) -> str:
-    from transformers import AutoConfig
-
     return AutoConfig.from_pretrained(path).model_type
 
 
