@@ -27,6 +27,8 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from anther.server.backbone import checkpoint_fingerprint
+
 SUFFIX = ".safetensors"
 
 
@@ -42,6 +44,11 @@ class FeatureCache:
         self.hits = self.misses = 0
         self._lock = threading.Lock()  # simulated clients in threads share one cache
         self._bytes = sum(f.stat().st_size for f in self._entries())
+
+    @classmethod
+    def for_model(cls, root: Path, model_path: Path, dtype: str, max_bytes: int) -> FeatureCache:
+        """The cache of the checkpoint at ``model_path`` computing in ``dtype``."""
+        return cls(root, f"{checkpoint_fingerprint(model_path)}-{dtype}", max_bytes)
 
     def _entries(self) -> list[Path]:
         return [f for f in self.root.glob(f"*/*{SUFFIX}") if f.is_file()]

@@ -72,8 +72,8 @@ def load_runtime(spec: EdgeSpec, endpoint: BackboneEndpoint | None) -> ClientRun
     model = family_for(config.model_type).model_class.from_pretrained(spec.model_path, dtype=DTYPES[spec.dtype])
     edge = NanoEdge.from_model(model, adapter)  # both halves share one load of the checkpoint
     if spec.feature_cache_dir is not None:
-        model_key = f"{checkpoint_fingerprint(Path(spec.model_path))}-{spec.dtype}"
-        edge.feature_cache = FeatureCache(Path(spec.feature_cache_dir), model_key, spec.feature_cache_max_bytes)
+        edge.feature_cache = FeatureCache.for_model(Path(spec.feature_cache_dir), Path(spec.model_path), spec.dtype,
+                                                    spec.feature_cache_max_bytes)
     if endpoint is None:
         backbone: Backbone = LocalBackbone.from_model(model, spec.model_path)
     else:

@@ -119,9 +119,9 @@ class AdapterConfig:
 @dataclass
 class FeatureCacheConfig:
     """Each client's on-disk cache of frozen image features, reused across steps and rounds
-    (anther/client/feature_cache.py). Off by default: on the tiny model the vision encoder costs
-    less than the cache's hashing and reads (docs/performance.md); on a real encoder it is the
-    largest saving a client has."""
+    (anther/client/feature_cache.py). Off by default, since it writes to the client's disk; on
+    the tiny model it saves 10-22% of round time (docs/performance.md), on a real vision encoder
+    more, since the encoder is most of a client's compute."""
 
     enabled: bool = False
     dir: str | None = None  # None = $ANTHER_HOME/feature-cache

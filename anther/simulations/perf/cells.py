@@ -26,6 +26,7 @@ from anther.client.nano_edge import NanoEdge
 from anther.server.backbone import LocalBackbone, causal_lm_loss
 from anther.server.backbone_service import BackboneService, BatchPolicy, start
 from anther.simulations.perf.workload import (
+    Federation,
     MemoryTrace,
     ModelPerClientFederation,
     SharedBackboneFederation,
@@ -81,6 +82,7 @@ def rounds(work: Workload, mode: str, rounds_: int, concurrency: int, policy: di
     before = rss_bytes()
     with MemoryTrace() as trace:
         began = time.perf_counter()
+        fed: Federation
         if mode == "shared":
             fed = SharedBackboneFederation(work, concurrency, BatchPolicy(**policy),
                                            Path(cache_dir) if cache_dir else None)
@@ -90,7 +92,7 @@ def rounds(work: Workload, mode: str, rounds_: int, concurrency: int, policy: di
         clients = list(range(len(work.clients)))
         results = [fed.round(clients, r) for r in range(1, rounds_ + 1)]
         fed.close()
-    cache = getattr(fed, "cache", None)
+    cache = fed.cache
     return {
         "mode": mode, "clients": len(clients), "concurrency": concurrency, "setup_s": round(setup_s, 3),
         "round_s": [round(r.seconds, 3) for r in results], "samples_per_round": results[0].samples,

@@ -19,7 +19,7 @@ from __future__ import annotations
 import os
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -35,13 +35,13 @@ from anther.adapters.nano_adapter import NanoAdapterConfig
 from anther.client.backbone_client import RemoteBackbone
 from anther.client.feature_cache import FeatureCache
 from anther.client.inference import Encoder
-from anther.client.local_training import round_seed
-from anther.client.nano_edge import NanoEdge, initial_adapter_state
-from anther.client.runtime import DTYPES
-from anther.client.trainer import train_adapters
-from anther.server.backbone import Backbone, LocalBackbone, checkpoint_fingerprint
+from anther.client.local_training import round_seed, train_round
+from anther.client.nano_edge import NanoEdge
+from anther.client.runtime import DTYPES, ClientRuntime
+from anther.server.backbone import Backbone, LocalBackbone
 from anther.server.backbone_service import BackboneService, BatchPolicy, start
 from anther.simulations.assets import prepare_assets
+from anther.simulations.baselines import initial_adapters
 from anther.simulations.config import load_config
 from anther.simulations.data import client_data, dataset_dir
 from anther.simulations.datasets.sample import Sample
@@ -115,16 +115,13 @@ class Workload:
 
     def initial_state(self, model: torch.nn.Module) -> State:
         dim = family_for(model.config.model_type).edge_parts(model).embed_tokens.embedding_dim
-        return initial_adapter_state(dim, self.adapter_config, self.cfg.seed)
+        return initial_adapters(self.cfg, dim)
 
     def train(self, encoder: Encoder, backbone: Backbone, client: int, round_: int) -> int:
-        """One client's local training for a round, seeded as the ClientApp seeds it; returns the
-        samples it trained on."""
-        t = self.cfg.train
-        report = train_adapters(encoder, backbone, self.clients[client], t.local_steps, t.batch_size, t.lr,
-                                seed=round_seed(self.cfg.seed, round_, client),
-                                weight_decay=t.weight_decay, max_grad_norm=t.max_grad_norm)
-        return report.examples
+        """One client's round of local training, the ClientApp's own; returns the samples it
+        trained on."""
+        runtime = ClientRuntime(encoder, backbone)
+        return train_round(self.cfg, runtime, self.clients[client], round_seed(self.cfg.seed, round_, client)).examples
 
 
 def _model_type(path: Path) -> str:
@@ -146,16 +143,31 @@ class RoundResult:
         return self.samples / self.seconds
 
 
-def _run_round(clients: list[int], concurrency: int, round_: int,
-               train_one: Callable[[int, int], tuple[State, int]]) -> tuple[RoundResult, list[tuple[State, int]]]:
-    began = time.perf_counter()
-    with ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="client") as pool:
-        results = list(pool.map(lambda c: train_one(c, round_), clients))
-    seconds = time.perf_counter() - began
-    return RoundResult(seconds, sum(n for _, n in results)), results
+class Federation:
+    """Rounds of every client, ``concurrency`` at once, then FedAvg; subclasses say how one
+    client trains (:meth:`_train_one`)."""
+
+    work: Workload
+    concurrency: int
+    global_state: State
+    cache: FeatureCache | None = None
+
+    def _train_one(self, client: int, round_: int) -> tuple[State, int]:
+        raise NotImplementedError
+
+    def round(self, clients: list[int], round_: int) -> RoundResult:
+        began = time.perf_counter()
+        with ThreadPoolExecutor(max_workers=self.concurrency, thread_name_prefix="client") as pool:
+            states = list(pool.map(lambda c: self._train_one(c, round_), clients))
+        result = RoundResult(time.perf_counter() - began, sum(n for _, n in states))
+        self.global_state = fedavg(states)
+        return result
+
+    def close(self) -> None:
+        pass
 
 
-class SharedBackboneFederation:
+class SharedBackboneFederation(Federation):
     """``shared``: one frozen model, one batching backbone service, one NanoEdge per worker."""
 
     def __init__(self, work: Workload, concurrency: int, policy: BatchPolicy,
@@ -164,14 +176,12 @@ class SharedBackboneFederation:
         self.model = work.load_model()
         self.service = BackboneService(LocalBackbone.from_model(self.model, work.model_path), policy)
         self.server, port = start(self.service)
-        cache = self.cache = None
         if cache_dir is not None:
-            key = f"{checkpoint_fingerprint(work.model_path)}-{work.cfg.model.dtype}"
-            cache = self.cache = FeatureCache(cache_dir, key, cache_max_bytes)
+            self.cache = FeatureCache.for_model(cache_dir, work.model_path, work.cfg.model.dtype, cache_max_bytes)
         self._free: list[tuple[Encoder, RemoteBackbone]] = []
         for _ in range(concurrency):  # frozen modules shared; adapters and processor per worker
             edge = NanoEdge.from_model(self.model, work.adapter_config)  # (HF tokenizers are not thread-safe)
-            edge.feature_cache = cache
+            edge.feature_cache = self.cache
             encoder = Encoder(edge, AutoProcessor.from_pretrained(work.model_path))
             self._free.append((encoder, RemoteBackbone(f"127.0.0.1:{port}")))
         self._lock = threading.Lock()
@@ -193,11 +203,6 @@ class SharedBackboneFederation:
             n = self.work.train(encoder, backbone, client, round_)
             return encoder.edge.adapter_state(), n
 
-    def round(self, clients: list[int], round_: int) -> RoundResult:
-        result, states = _run_round(clients, self.concurrency, round_, self._train_one)
-        self.global_state = fedavg(states)
-        return result
-
     def close(self) -> None:
         for _, remote in self._free:
             remote.close()
@@ -205,7 +210,7 @@ class SharedBackboneFederation:
         self.service.close()
 
 
-class ModelPerClientFederation:
+class ModelPerClientFederation(Federation):
     """``copies``: every client loads and runs its own full model (and processor) for its round."""
 
     def __init__(self, work: Workload, concurrency: int) -> None:
@@ -219,11 +224,3 @@ class ModelPerClientFederation:
         encoder = Encoder(edge, AutoProcessor.from_pretrained(self.work.model_path))
         n = self.work.train(encoder, LocalBackbone.from_model(model, self.work.model_path), client, round_)
         return edge.adapter_state(), n
-
-    def round(self, clients: list[int], round_: int) -> RoundResult:
-        result, states = _run_round(clients, self.concurrency, round_, self._train_one)
-        self.global_state = fedavg(states)
-        return result
-
-    def close(self) -> None:
-        pass
