@@ -23,3 +23,10 @@ def samples():
     from anther.simulations.datasets import shapes_vqa
 
     return shapes_vqa.generate(12, seed=3)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Files with slow (end-to-end) tests first, so that under ``-n 2 --dist loadfile`` the
+    long ones start early and the short ones fill the gaps at the end."""
+    slow_files = {item.path for item in items if item.get_closest_marker("slow")}
+    items.sort(key=lambda item: item.path not in slow_files)
