@@ -37,8 +37,8 @@ def _simulate(args: argparse.Namespace) -> int:
 def _init_tiny(args: argparse.Namespace) -> int:
     from anther.adapters.tiny_model import init_tiny
 
-    out = init_tiny(Path(args.out), seed=args.seed, pretrain_steps=args.pretrain_steps)
-    print(f"tiny LLaVA checkpoint written to {out}")
+    out = init_tiny(Path(args.out), seed=args.seed, pretrain_steps=args.pretrain_steps, family=args.family)
+    print(f"tiny {args.family} checkpoint written to {out}")
     return 0
 
 
@@ -290,8 +290,10 @@ def build_parser() -> argparse.ArgumentParser:
     sim.set_defaults(func=_simulate)
 
     model = sub.add_parser("model", help="model checkpoints").add_subparsers(dest="model_command", required=True)
-    tiny = model.add_parser("init-tiny", help="create the tiny LLaVA checkpoint directory")
+    tiny = model.add_parser("init-tiny", help="create a tiny checkpoint directory (LLaVA unless --family)")
     tiny.add_argument("--out", required=True)
+    tiny.add_argument("--family", default="llava", help="a registered model family: llava, idefics3 "
+                      "(only llava is pretrained; give --pretrain-steps 0 for the others)")
     tiny.add_argument("--seed", type=int, default=0)
     tiny.add_argument("--pretrain-steps", type=int, default=2000)
     tiny.set_defaults(func=_init_tiny)

@@ -19,6 +19,15 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny_idefics3_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny Idefics3 (SmolVLM's class) with random weights: tiled images, padded tiles."""
+    from anther.adapters.tiny_model import init_tiny
+
+    return init_tiny(tmp_path_factory.mktemp("model") / "tiny-idefics3", seed=0, pretrain_steps=0,
+                     family="idefics3")
+
+
+@pytest.fixture(scope="session")
 def samples():
     from anther.simulations.datasets import shapes_vqa
 

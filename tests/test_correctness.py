@@ -1,7 +1,9 @@
-"""The correctness anchor (DESIGN.md): NanoEdge + backbone == the Hugging Face model.
+"""The correctness anchor (DESIGN.md): NanoEdge + backbone == the Hugging Face model, for
+every registered model family (each on its tiny checkpoint).
 
-1. With fresh adapters, the split path gives the same logits as
-   ``LlavaForConditionalGeneration(**inputs).logits``.
+1. With fresh adapters, the split path gives the same logits (and loss) as the Hugging Face
+   model called on its own processor's output, ``model(**processor(...)).logits``, for
+   image+text, text-only and mixed batches.
 2. The adapter gradients from the split exchange (client backward of the gradient
    the backbone returns) equal those of the composed model trained in one process.
 """
@@ -10,21 +12,39 @@ from __future__ import annotations
 
 import pytest
 import torch
-from transformers import AutoProcessor, LlavaForConditionalGeneration
+from transformers import AutoModelForImageTextToText, AutoProcessor
 
+from anther.adapters.families import FAMILIES
 from anther.adapters.nano_adapter import NanoAdapterConfig
+from anther.adapters.prompt import build_prompt, build_target
 from anther.client.inference import Encoder
 from anther.client.nano_edge import NanoEdge
 from anther.server.backbone import LocalBackbone, causal_lm_loss
 
+# How each family's processor takes the images of a batch (one per sample or None).
+HF_IMAGES = {
+    "llava": lambda images: [im for im in images if im is not None] or None,
+    "idefics3": lambda images: [[im] if im else [] for im in images] if any(images) else None,
+}
+
+
+@pytest.fixture(scope="module", params=sorted(FAMILIES))
+def model_dir(request):
+    """Each registered family's tiny checkpoint (conftest.py)."""
+    return request.getfixturevalue({"llava": "tiny_model_dir", "idefics3": "tiny_idefics3_dir"}[request.param])
+
 
 @pytest.fixture(scope="module")
-def parts(tiny_model_dir):
-    processor = AutoProcessor.from_pretrained(tiny_model_dir)
-    hf = LlavaForConditionalGeneration.from_pretrained(tiny_model_dir).eval()
-    edge = NanoEdge.from_pretrained(tiny_model_dir, NanoAdapterConfig(rank=4, alpha=4))
-    backbone = LocalBackbone.from_pretrained(tiny_model_dir)
+def parts(model_dir):
+    processor = AutoProcessor.from_pretrained(model_dir)
+    hf = AutoModelForImageTextToText.from_pretrained(model_dir).eval()
+    edge = NanoEdge.from_pretrained(model_dir, NanoAdapterConfig(rank=4, alpha=4))
+    backbone = LocalBackbone.from_pretrained(model_dir)
     return processor, hf, edge, backbone
+
+
+def test_every_family_is_tested_here():
+    assert sorted(HF_IMAGES) == sorted(FAMILIES)
 
 
 def _batch(processor, edge, samples):
@@ -32,45 +52,44 @@ def _batch(processor, edge, samples):
     return encoder(samples, [s.answer for s in samples])
 
 
-def test_fresh_adapters_reproduce_hf_logits(parts, samples):
+def _hf(hf, processor, samples, labels=None):
+    """The Hugging Face model on its own processor's output for ``samples`` (prompt + answer)."""
+    eos = processor.tokenizer.eos_token
+    texts = [build_prompt(s) + build_target(s.answer, eos) for s in samples]
+    images = HF_IMAGES[hf.config.model_type]([s.image for s in samples])
+    inputs = processor(images=images, text=texts, return_tensors="pt", padding=True)
+    with torch.no_grad():
+        return inputs, hf(**inputs, labels=labels)
+
+
+@pytest.mark.parametrize("kind", ["image+text", "mixed", "text-only"])
+def test_fresh_adapters_reproduce_hf_logits(parts, samples, kind):
+    """Samples without an image carry no image tokens; the split matches HF on any mix."""
     processor, hf, edge, backbone = parts
+    keep = {"image+text": lambda i: True, "mixed": lambda i: i % 2 == 1, "text-only": lambda i: False}[kind]
+    samples = [s if keep(i) else s.without_image() for i, s in enumerate(samples)]
     batch = _batch(processor, edge, samples)
+    inputs, expected = _hf(hf, processor, samples)
+    assert torch.equal(batch.input_ids, inputs["input_ids"])
+    assert (batch.pixel_values is None) == (kind == "text-only")
     with torch.no_grad():
-        expected = hf(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
-                      pixel_values=batch.pixel_values).logits
         got = backbone.logits(edge(batch), batch.attention_mask)
     mask = batch.attention_mask.bool()
-    assert got.shape == expected.shape
-    torch.testing.assert_close(got[mask], expected[mask], rtol=1e-5, atol=1e-5)
-
-
-def test_text_only_and_mixed_batches_reproduce_hf_logits(parts, samples):
-    """Samples without an image carry no image tokens; the split still matches HF."""
-    processor, hf, edge, backbone = parts
-    mixed = [s if i % 2 else s.without_image() for i, s in enumerate(samples)]
-    batch = _batch(processor, edge, mixed)
-    assert batch.pixel_values is not None and batch.pixel_values.shape[0] == len(samples) // 2
-    with torch.no_grad():
-        expected = hf(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
-                      pixel_values=batch.pixel_values).logits
-        got = backbone.logits(edge(batch), batch.attention_mask)
-    mask = batch.attention_mask.bool()
-    torch.testing.assert_close(got[mask], expected[mask], rtol=1e-5, atol=1e-5)
+    assert got.shape == expected.logits.shape
+    torch.testing.assert_close(got[mask], expected.logits[mask], rtol=1e-5, atol=1e-5)
 
 
 def test_split_loss_matches_hf_loss(parts, samples):
     processor, hf, edge, backbone = parts
     batch = _batch(processor, edge, samples)
-    with torch.no_grad():
-        expected = hf(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
-                      pixel_values=batch.pixel_values, labels=batch.labels).loss
+    _, expected = _hf(hf, processor, samples, labels=batch.labels)
     loss, _ = backbone.train_step(edge(batch), batch.attention_mask, batch.labels)
-    assert loss == pytest.approx(expected.item(), rel=1e-5)
+    assert loss == pytest.approx(expected.loss.item(), rel=1e-5)
 
 
-def _perturbed_edge(tiny_model_dir, seed: int) -> NanoEdge:
+def _perturbed_edge(model_dir, seed: int) -> NanoEdge:
     """Adapters with non-zero up projections, so gradients reach every adapter weight."""
-    edge = NanoEdge.from_pretrained(tiny_model_dir, NanoAdapterConfig(rank=4, alpha=4))
+    edge = NanoEdge.from_pretrained(model_dir, NanoAdapterConfig(rank=4, alpha=4))
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for p in edge.adapters.parameters():
@@ -78,10 +97,10 @@ def _perturbed_edge(tiny_model_dir, seed: int) -> NanoEdge:
     return edge
 
 
-def test_split_gradients_equal_one_process_training(tiny_model_dir, parts, samples):
+def test_split_gradients_equal_one_process_training(model_dir, parts, samples):
     processor, _, _, backbone = parts
-    split_edge = _perturbed_edge(tiny_model_dir, seed=1)
-    joint_edge = NanoEdge.from_pretrained(tiny_model_dir, NanoAdapterConfig(rank=4, alpha=4))
+    split_edge = _perturbed_edge(model_dir, seed=1)
+    joint_edge = NanoEdge.from_pretrained(model_dir, NanoAdapterConfig(rank=4, alpha=4))
     joint_edge.load_adapter_state(split_edge.adapter_state())
     batch = _batch(processor, split_edge, samples)
 
@@ -105,9 +124,11 @@ def test_fresh_adapters_are_the_identity(parts, samples):
     """Zero-initialised up projections: a fresh NanoEdge outputs the model's own embeddings."""
     processor, hf, edge, _ = parts
     batch = _batch(processor, edge, samples)
+    inputs, _ = _hf(hf, processor, samples)
+    image_inputs = {k: v for k, v in inputs.items() if k.startswith("pixel_")}
     with torch.no_grad():
         merged = hf.model.get_input_embeddings()(batch.input_ids)
-        features = hf.model.get_image_features(pixel_values=batch.pixel_values).pooler_output
+        features = hf.model.get_image_features(**image_inputs).pooler_output
         image = torch.cat(list(features), dim=0)
         merged = merged.masked_scatter((batch.input_ids == hf.config.image_token_id).unsqueeze(-1), image)
         torch.testing.assert_close(edge(batch), merged)

@@ -1,7 +1,9 @@
 """End to end: `anther simulate` runs `flwr run` on a private SuperLink (2 clients, 2 rounds),
 with the backbone in each client process (``local``) and behind the gRPC service the
-ServerApp starts (``service``): the same numbers in either mode. (That the same seed gives the
-same numbers run after run, tests/test_resume_e2e.py shows bit for bit.)"""
+ServerApp starts (``service``): the same numbers in either mode. Both runs use the tiny
+Idefics3 (SmolVLM's class: tiled images, padded tiles), so a second family goes through
+every part of a run; the other end-to-end tests run the default LLaVA. (That the same seed
+gives the same numbers run after run, tests/test_resume_e2e.py shows bit for bit.)"""
 
 from __future__ import annotations
 
@@ -14,7 +16,7 @@ from simulation_run import simulate
 
 pytestmark = pytest.mark.slow
 
-GENERATE = ["eval.generate=true", "eval.max_new_tokens=2"]
+GENERATE = ["eval.generate=true", "eval.max_new_tokens=2", "model.tiny_family=idefics3"]
 
 
 @pytest.fixture(scope="module")

@@ -5,16 +5,21 @@ from __future__ import annotations
 import json
 
 import pytest
-from transformers import AutoConfig
+from transformers import AutoConfig, AutoProcessor
 
+from anther.adapters.families import family_for
 from anther.adapters.nano_adapter import NanoAdapterConfig
 from anther.adapters.size_report import LORA_TARGETS, report_for_config, size_report
 from anther.cli import main
+from anther.client.inference import Encoder
 from anther.client.nano_edge import NanoEdge
 
 
-def test_counts_match_a_loaded_nano_edge(tiny_model_dir):
-    """On the tiny checkpoint the meta-device counts equal what a real NanoEdge holds."""
+@pytest.mark.parametrize("fixture", ["tiny_model_dir", "tiny_idefics3_dir"])
+def test_counts_match_a_loaded_nano_edge(fixture, request, samples):
+    """On each family's tiny checkpoint the meta-device counts equal what a real NanoEdge holds,
+    and the image tokens counted per image (per tile) are those the processor writes."""
+    tiny_model_dir = request.getfixturevalue(fixture)
     config = AutoConfig.from_pretrained(tiny_model_dir)
     report = report_for_config("tiny", config, adapter_rank=8, lora_rank=4, text_tokens=10, dtype="float32",
                                wire_dtype="float32")
@@ -25,8 +30,10 @@ def test_counts_match_a_loaded_nano_edge(tiny_model_dir):
     text = config.text_config
     per_layer = sum(4 * (text.hidden_size + text.hidden_size) for _ in LORA_TARGETS)  # r (in + out), square projections
     assert report.lora_params == text.num_hidden_layers * per_layer
-    tokens = config.image_seq_length + 10
-    assert report.activation_bytes_down_per_sample == tokens * text.hidden_size * 4
+    image_tokens = family_for(config.model_type).image_tokens(config)
+    assert report.activation_bytes_down_per_sample == (image_tokens + 10) * text.hidden_size * 4
+    batch = Encoder(edge, AutoProcessor.from_pretrained(tiny_model_dir))(samples[:2], None)
+    assert int((batch.input_ids == config.image_token_id).sum()) == image_tokens * len(batch.pixel_values)
 
 
 def test_llava_7b_client_and_adapter_shares():

@@ -21,7 +21,7 @@ from dataclasses import asdict, dataclass
 import torch
 from peft import LoraConfig, inject_adapter_in_model
 from torch import nn
-from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig
+from transformers import CLIPVisionConfig, Idefics3Config, Idefics3VisionConfig, LlamaConfig, LlavaConfig
 
 from anther.adapters.families import family_for
 from anther.adapters.nano_adapter import NanoAdapterConfig
@@ -47,10 +47,28 @@ def _vicuna(hidden: int, intermediate: int, layers: int, heads: int) -> LlamaCon
                        max_position_embeddings=4096, tie_word_embeddings=False)
 
 
+def _idefics3(image_size: int, scale_factor: int, text: LlamaConfig) -> Idefics3Config:
+    """An Idefics3 with the SigLIP so400m vision transformer (patch 14) and a pixel shuffle of
+    ``scale_factor``: Idefics3-8B (364 px tiles, 169 tokens each, Llama 3.1 8B) and SmolVLM-Instruct
+    (384 px tiles, 81 tokens each, SmolLM2-1.7B, as its model card says). Vocabulary sizes and an
+    untied LM head are this reconstruction's (docs/model-sizes.md says what a tied head changes)."""
+    vision = Idefics3VisionConfig(hidden_size=1152, intermediate_size=4304, num_hidden_layers=27,
+                                  num_attention_heads=16, image_size=image_size, patch_size=14)
+    return Idefics3Config(vision_config=vision.to_dict(), text_config=text.to_dict(), scale_factor=scale_factor,
+                          image_token_id=text.vocab_size - 1, tie_word_embeddings=False)
+
+
+def _llama(vocab: int, hidden: int, intermediate: int, layers: int, heads: int, kv_heads: int) -> LlamaConfig:
+    return LlamaConfig(vocab_size=vocab, hidden_size=hidden, intermediate_size=intermediate, num_hidden_layers=layers,
+                       num_attention_heads=heads, num_key_value_heads=kv_heads, tie_word_embeddings=False)
+
+
 # name -> published configuration; a family registered in anther.adapters.families splits it
 REAL_CONFIGS: dict[str, Callable[[], object]] = {
     "llava-1.5-7b": lambda: _llava_1_5(_vicuna(4096, 11008, 32, 32)),
     "llava-1.5-13b": lambda: _llava_1_5(_vicuna(5120, 13824, 40, 40)),
+    "idefics3-8b": lambda: _idefics3(364, 2, _llama(128259, 4096, 14336, 32, 32, 8)),
+    "smolvlm-instruct": lambda: _idefics3(384, 3, _llama(49155, 2048, 8192, 24, 32, 32)),
 }
 
 
@@ -121,7 +139,7 @@ def report_for_config(name: str, config, adapter_rank: int = 16, lora_rank: int 
     parts = family.edge_parts(model)
     total = _count(model)
     client = sum(_count(m) for m in (parts.vision_tower, parts.connector, parts.embed_tokens))
-    tokens = config.image_seq_length + text_tokens
+    tokens = family.image_tokens(config) + text_tokens
     embeds = tokens * hidden * _itemsize(wire_dtype)
     lora = _lora_params(family.backbone_parts(model)[0], lora_rank)  # counted last: it adds to the model
     weight_bytes = _itemsize(dtype)

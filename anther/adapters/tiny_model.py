@@ -11,6 +11,10 @@ it), then, with the tower frozen, the projector and language model on captions, 
 questions ("q: colour circle" / "a: red") and context sentences in two of the four
 domains. The federated task's phrasing and the other two domains are never seen by the
 language model. The directory loads with ``from_pretrained`` exactly like a 7B one.
+
+Every other registered family gets a tiny checkpoint the same way (``init_tiny(family=...)``,
+its config and processor from the family's ``tiny``), untrained: the pretraining recipe is
+LLaVA's. Those serve the correctness anchor and the end-to-end tests of each family.
 """
 
 from __future__ import annotations
@@ -25,10 +29,9 @@ import torch
 from filelock import FileLock
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 from tqdm.auto import tqdm
-from transformers import CLIPImageProcessorPil, LlavaProcessor, PreTrainedTokenizerFast
+from transformers import PreTrainedTokenizerFast
 
-from anther.adapters.families import family_for
-from anther.adapters.families.llava import LlavaFamily, tiny_config
+from anther.adapters.families import FAMILIES, family_for
 from anther.adapters.prompt import IMAGE_PLACEHOLDER
 from anther.simulations.datasets import shapes_vqa
 
@@ -59,22 +62,10 @@ def train_tokenizer(lines: list[str], vocab_size: int = 512) -> PreTrainedTokeni
     )
 
 
-def build_processor(tokenizer: PreTrainedTokenizerFast, image_size: int, patch_size: int) -> LlavaProcessor:
-    image_processor = CLIPImageProcessorPil(
-        size={"shortest_edge": image_size}, crop_size={"height": image_size, "width": image_size},
-    )
-    return LlavaProcessor(
-        image_processor=image_processor, tokenizer=tokenizer, patch_size=patch_size,
-        vision_feature_select_strategy="default", image_token=IMAGE_PLACEHOLDER,
-        num_additional_image_tokens=1,
-    )
-
-
-def _pretrain_batches(processor, n: int, batch_size: int, seed: int):
+def _pretrain_batches(family, processor, n: int, batch_size: int, seed: int):
     """``n`` image examples (a quarter captions, the rest terse questions, which the
     captions teach faster; half of the questions follow a context sentence, as the task's
     do) and ``n / 8`` context sentences alone, shuffled, as EncodedBatches."""
-    family = LlavaFamily()
     eos = processor.tokenizer.eos_token
     examples = [(f"{IMAGE_PLACEHOLDER}\ncaption:", im, f" {cap}{eos}")
                 for im, cap in shapes_vqa.generate_captions(n // 4, seed)]
@@ -139,8 +130,8 @@ def pretrain(model, processor, steps: int, seed: int, batch_size: int = 32, lr: 
     shape up by one attribute and read another (terse colour questions stayed at chance);
     at 5e-4 it answers them, and yes/no, in the pretraining domains.
     """
-    batches = list(_pretrain_batches(processor, steps * batch_size * 8 // 9, batch_size, seed))
     family = family_for(model.config.model_type)
+    batches = list(_pretrain_batches(family, processor, steps * batch_size * 8 // 9, batch_size, seed))
     family.edge_parts(model).vision_tower.requires_grad_(False)
     trainable = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(trainable, lr=lr, weight_decay=weight_decay)
@@ -163,24 +154,25 @@ def pretrain(model, processor, steps: int, seed: int, batch_size: int = 32, lr: 
     return sum(recent) / len(recent)
 
 
-def init_tiny(out: Path, seed: int = 0, pretrain_steps: int = 600, image_size: int = 48,
-              patch_size: int = 16) -> Path:
-    """Create, pretrain and save the tiny LLaVA checkpoint directory ``out``."""
+def init_tiny(out: Path, seed: int = 0, pretrain_steps: int = 600, family: str = "llava") -> Path:
+    """Create, pretrain and save the tiny checkpoint directory ``out`` of a registered ``family``
+    (a Hugging Face ``model_type``: its module in anther.adapters.families says the config and
+    processor)."""
     out = Path(out)
+    if family not in FAMILIES:
+        raise ValueError(f"model.tiny_family={family!r} is not a registered family; known: {sorted(FAMILIES)}")
+    if pretrain_steps and family != "llava":
+        raise ValueError(f"the tiny pretraining recipe is written for LLaVA's CLIP tower; the tiny {family} "
+                         "is made untrained: set model.tiny_pretrain_steps=0 (or --pretrain-steps 0)")
     started = time.time()
     torch.manual_seed(seed)
     tokenizer = train_tokenizer(shapes_vqa.corpus(seed))
-    processor = build_processor(tokenizer, image_size, patch_size)
-    config = tiny_config(
-        vocab_size=len(tokenizer), image_token_id=tokenizer.convert_tokens_to_ids(IMAGE_PLACEHOLDER),
-        pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id, image_size=image_size, patch_size=patch_size,
-    )
-    family = family_for(config.model_type)
-    model = family.model_class(config)
+    split = FAMILIES[family]
+    config, processor = split.tiny(tokenizer)
+    model = split.model_class(config)
     final_loss = None
     if pretrain_steps:
-        pretrain_vision(family.edge_parts(model).vision_tower, processor, VISION_PRETRAIN_STEPS, seed + 500)
+        pretrain_vision(split.edge_parts(model).vision_tower, processor, VISION_PRETRAIN_STEPS, seed + 500)
         final_loss = pretrain(model, processor, pretrain_steps, seed + 1000)
     tmp = out.with_name(out.name + ".tmp")
     model.save_pretrained(tmp)
@@ -196,11 +188,11 @@ def init_tiny(out: Path, seed: int = 0, pretrain_steps: int = 600, image_size: i
     return out
 
 
-def ensure_tiny(out: Path, seed: int = 0, pretrain_steps: int = 600) -> Path:
+def ensure_tiny(out: Path, seed: int = 0, pretrain_steps: int = 600, family: str = "llava") -> Path:
     """Create the tiny checkpoint at ``out`` unless it is already there (safe across processes)."""
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(out) + ".lock"):
         if not (out / "config.json").is_file():
-            init_tiny(out, seed=seed, pretrain_steps=pretrain_steps)
+            init_tiny(out, seed=seed, pretrain_steps=pretrain_steps, family=family)
     return out

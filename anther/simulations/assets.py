@@ -15,8 +15,8 @@ from anther.simulations.config import anther_home
 from anther.simulations.data import dataset_dir
 
 
-def tiny_model_dir(seed: int, pretrain_steps: int) -> Path:
-    return anther_home() / "models" / f"tiny-llava-r{RECIPE_VERSION}-seed{seed}-pretrain{pretrain_steps}"
+def tiny_model_dir(family: str, seed: int, pretrain_steps: int) -> Path:
+    return anther_home() / "models" / f"tiny-{family}-r{RECIPE_VERSION}-seed{seed}-pretrain{pretrain_steps}"
 
 
 def prepare_assets(cfg: DictConfig) -> DictConfig:
@@ -24,7 +24,8 @@ def prepare_assets(cfg: DictConfig) -> DictConfig:
     cfg = cfg.copy()
     m = cfg.model
     model_path = Path(m.path).expanduser() if m.path else ensure_tiny(
-        tiny_model_dir(m.tiny_seed, m.tiny_pretrain_steps), m.tiny_seed, m.tiny_pretrain_steps)
+        tiny_model_dir(m.tiny_family, m.tiny_seed, m.tiny_pretrain_steps), m.tiny_seed, m.tiny_pretrain_steps,
+        m.tiny_family)
     if not (model_path / "config.json").is_file():
         raise FileNotFoundError(f"model.path={model_path} is not a Hugging Face checkpoint directory "
                                 "(no config.json)")

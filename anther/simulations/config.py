@@ -34,9 +34,10 @@ def anther_home() -> Path:
 
 @dataclass
 class ModelConfig:
-    path: str | None = None  # HF checkpoint directory; None = anther's tiny LLaVA (made if missing)
+    path: str | None = None  # HF checkpoint directory; None = anther's tiny model (made if missing)
     dtype: str = "float32"
     device: str = "cpu"
+    tiny_family: str = "llava"  # the tiny model's family (anther.adapters.families); only llava is pretrained
     tiny_seed: int = 0
     tiny_pretrain_steps: int = 2500
 
@@ -290,6 +291,11 @@ def validate(cfg: DictConfig) -> DictConfig:
            f"must be one of {', '.join(data_formats())}")
     _check(cfg.model.dtype in ("float32", "bfloat16", "float16"), "model.dtype", cfg.model.dtype,
            "must be float32, bfloat16 or float16")
+    _check(cfg.model.tiny_family in model_families(), "model.tiny_family", cfg.model.tiny_family,
+           f"must be one of {', '.join(model_families())}")
+    _check(cfg.model.tiny_family == "llava" or cfg.model.tiny_pretrain_steps == 0 or cfg.model.path,
+           "model.tiny_pretrain_steps", cfg.model.tiny_pretrain_steps,
+           f"must be 0 for model.tiny_family={cfg.model.tiny_family} (the pretraining recipe is LLaVA's)")
     _check(cfg.feature_cache.max_mb > 0, "feature_cache.max_mb", cfg.feature_cache.max_mb, "must be > 0")
     _validate_backbone(cfg.backbone)
     _validate_privacy(cfg.privacy, cfg.strategy)
@@ -318,6 +324,13 @@ def _validate_scenario(s: DictConfig) -> None:
            f"must be one of {', '.join(MODALITY_SCENARIOS)}")
     for key in ("missing_rate", "image_share", "presence"):
         _check(0 <= s[key] <= 1, f"scenario.{key}", s[key], "must be in [0, 1]")
+
+
+def model_families() -> tuple[str, ...]:
+    """Names ``model.tiny_family`` accepts (imported late: the families pull in transformers)."""
+    from anther.adapters.families import FAMILIES
+
+    return tuple(sorted(FAMILIES))
 
 
 def data_formats() -> tuple[str, ...]:

@@ -6,9 +6,11 @@ Adding a family is one module here plus one entry in ``FAMILIES``.
 from __future__ import annotations
 
 from .base import EdgeParts, EncodedBatch, ModelFamily
+from .idefics3 import Idefics3Family
 from .llava import LlavaFamily
 
-FAMILIES: dict[str, ModelFamily] = {"llava": LlavaFamily()}
+# Hugging Face config.model_type -> family
+FAMILIES: dict[str, ModelFamily] = {"llava": LlavaFamily(), "idefics3": Idefics3Family()}
 
 
 def family_for(model_type: str) -> ModelFamily:

@@ -15,13 +15,16 @@ class EncodedBatch:
     """Token ids, masks and pixels for one batch, as the family's own processor makes them.
 
     ``labels`` is -100 everywhere but the target tokens; ``pixel_values`` holds the
-    images of only those samples that have one (None when no sample does).
+    images of only those samples that have one, one image per row, in prompt order (None
+    when no sample does). ``pixel_mask`` marks each image's real pixels where the family pads
+    images to a common size (Idefics3), one row per image; None where it does not.
     """
 
     input_ids: torch.Tensor
     attention_mask: torch.Tensor
     labels: torch.Tensor
     pixel_values: torch.Tensor | None
+    pixel_mask: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return self.input_ids.shape[0]
@@ -47,11 +50,36 @@ class ModelFamily(Protocol):
         """(decoder taking ``inputs_embeds``, LM head)."""
         ...
 
-    def image_features(self, parts: EdgeParts, config: object, pixel_values: torch.Tensor) -> torch.Tensor:
+    def image_features(self, parts: EdgeParts, config: object, pixel_values: torch.Tensor,
+                       pixel_mask: torch.Tensor | None) -> torch.Tensor:
         """Connector output for a batch of images: (n_images * tokens_per_image, hidden)."""
         ...
 
     def image_token_id(self, config: object) -> int: ...
 
+    def image_tokens(self, config: object) -> int:
+        """Image tokens one image (one tile, for families that tile) takes in the prompt."""
+        ...
+
+    def tiny(self, tokenizer: object) -> tuple[object, object]:
+        """(config, processor) of this family's tiny checkpoint around anther's trained
+        ``tokenizer`` (which the family may give its own special tokens)."""
+        ...
+
     def encode(self, processor: object, prompts: list[str], images: list[Image.Image | None],
                targets: list[str] | None) -> EncodedBatch: ...
+
+
+def target_labels(tokenizer, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                  targets: list[str] | None) -> torch.Tensor:
+    """-100 everywhere but each row's last ``len(tokenize(target))`` real tokens (right padding):
+    the loss covers the answer only, never the prompt or the image tokens."""
+    labels = torch.full_like(input_ids, -100)
+    if targets is None:
+        return labels
+    lengths = attention_mask.sum(dim=1)
+    for i, target in enumerate(targets):
+        n = len(tokenizer(target, add_special_tokens=False)["input_ids"])
+        end = int(lengths[i])
+        labels[i, end - n:end] = input_ids[i, end - n:end]
+    return labels

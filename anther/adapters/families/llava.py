@@ -13,13 +13,15 @@ import torch
 from PIL import Image
 from torch import nn
 from transformers import (
+    CLIPImageProcessorPil,
     CLIPVisionConfig,
     LlamaConfig,
     LlavaConfig,
     LlavaForConditionalGeneration,
+    LlavaProcessor,
 )
 
-from .base import EdgeParts, EncodedBatch
+from .base import EdgeParts, EncodedBatch, target_labels
 
 
 class LlavaFamily:
@@ -39,7 +41,11 @@ class LlavaFamily:
     def image_token_id(self, config: LlavaConfig) -> int:
         return config.image_token_id
 
-    def image_features(self, parts: EdgeParts, config: LlavaConfig, pixel_values: torch.Tensor) -> torch.Tensor:
+    def image_tokens(self, config: LlavaConfig) -> int:
+        return config.image_seq_length
+
+    def image_features(self, parts: EdgeParts, config: LlavaConfig, pixel_values: torch.Tensor,
+                       pixel_mask: torch.Tensor | None = None) -> torch.Tensor:
         out = parts.vision_tower(pixel_values, output_hidden_states=True)
         layers = config.vision_feature_layer
         if isinstance(layers, int):
@@ -51,23 +57,34 @@ class LlavaFamily:
         feats = parts.connector(feats)
         return feats.reshape(-1, feats.shape[-1])
 
+    def tiny(self, tokenizer) -> tuple[LlavaConfig, LlavaProcessor]:
+        """The tiny checkpoint's config and processor around ``tokenizer`` (anther.adapters.tiny_model)."""
+        image_size, patch_size = 48, 16
+        image_processor = CLIPImageProcessorPil(
+            size={"shortest_edge": image_size}, crop_size={"height": image_size, "width": image_size},
+        )
+        processor = LlavaProcessor(
+            image_processor=image_processor, tokenizer=tokenizer, patch_size=patch_size,
+            vision_feature_select_strategy="default", image_token=tokenizer.image_token,
+            num_additional_image_tokens=1,
+        )
+        config = tiny_config(
+            vocab_size=len(tokenizer), image_token_id=tokenizer.image_token_id,
+            pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id, image_size=image_size, patch_size=patch_size,
+        )
+        return config, processor
+
     def encode(self, processor, prompts: list[str], images: list[Image.Image | None],
                targets: list[str] | None) -> EncodedBatch:
         """Tokenise prompt (+ target) with the LLaVA processor; labels cover the target only."""
         texts = prompts if targets is None else [p + t for p, t in zip(prompts, targets)]
         present = [im for im in images if im is not None]
         enc = processor(images=present or None, text=texts, return_tensors="pt", padding=True)
-        labels = torch.full_like(enc["input_ids"], -100)
-        if targets is not None:
-            lengths = enc["attention_mask"].sum(dim=1)
-            for i, target in enumerate(targets):
-                n = len(processor.tokenizer(target, add_special_tokens=False)["input_ids"])
-                end = int(lengths[i])
-                labels[i, end - n:end] = enc["input_ids"][i, end - n:end]
         return EncodedBatch(
             input_ids=enc["input_ids"],
             attention_mask=enc["attention_mask"],
-            labels=labels,
+            labels=target_labels(processor.tokenizer, enc["input_ids"], enc["attention_mask"], targets),
             pixel_values=enc.get("pixel_values") if present else None,
         )
 

@@ -1,0 +1,50 @@
+"""The family registry: every family makes a tiny checkpoint offline that loads back through
+``from_pretrained``, and bad choices are named. (Each family's correctness anchor is in
+tests/test_correctness.py; the tiny Idefics3 also runs end to end in tests/test_simulation_e2e.py.)"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from transformers import AutoConfig, AutoProcessor
+
+from anther.adapters.families import FAMILIES, family_for
+from anther.simulations.config import ConfigError, load_config
+
+
+def test_unknown_model_type_names_the_known_families():
+    with pytest.raises(ValueError, match=r"'qwen2_vl' has no anther family; known: \['idefics3', 'llava'\]"):
+        family_for("qwen2_vl")
+
+
+def test_cli_makes_a_tiny_idefics3_that_loads_back(tmp_path: Path):
+    out = tmp_path / "tiny"
+    proc = subprocess.run([sys.executable, "-m", "anther.cli", "model", "init-tiny", "--out", str(out),
+                           "--family", "idefics3", "--pretrain-steps", "0"], capture_output=True, text=True,
+                          check=False)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    config = AutoConfig.from_pretrained(out)
+    assert config.model_type == "idefics3" and family_for(config.model_type) is FAMILIES["idefics3"]
+    processor = AutoProcessor.from_pretrained(out)
+    assert processor.image_token_id == config.image_token_id
+    assert json.loads((out / "anther_tiny.json").read_text())["pretrain_steps"] == 0
+
+
+@pytest.mark.parametrize(("overrides", "match"), [
+    (["model.tiny_family=qwen2_vl"], r"model\.tiny_family='qwen2_vl'.*idefics3, llava"),
+    (["model.tiny_family=idefics3", "model.tiny_pretrain_steps=100"], r"model\.tiny_pretrain_steps=100.*LLaVA"),
+])
+def test_bad_family_choices_name_the_key(overrides: list[str], match: str):
+    with pytest.raises(ConfigError, match=match):
+        load_config("default", overrides)
+
+
+def test_the_pretraining_recipe_refuses_other_families(tmp_path: Path):
+    from anther.adapters.tiny_model import init_tiny
+
+    with pytest.raises(ValueError, match="tiny_pretrain_steps=0"):
+        init_tiny(tmp_path / "m", pretrain_steps=10, family="idefics3")
