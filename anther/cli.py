@@ -20,7 +20,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from anther.simulations.config import ConfigError
+from anther.simulations.config import QUANTIZATIONS, ConfigError
 
 
 def _simulate(args: argparse.Namespace) -> int:
@@ -200,6 +200,7 @@ def _backbone_serve(args: argparse.Namespace) -> int:
 
     from anther.server.backbone_process import announce_ready, stop_with_parent
     from anther.server.backbone_service import Limits, MiB, ServerTls, serve
+    from anther.server.quantization import check_quantization
 
     if not (Path(args.model) / "config.json").is_file():
         raise FileNotFoundError(f"--model {args.model} is not a Hugging Face checkpoint directory "
@@ -209,6 +210,7 @@ def _backbone_serve(args: argparse.Namespace) -> int:
                          "for plain text on a network you trust; exactly one of the two")
     if args.mtls and not args.tls_dir:
         raise ValueError("--mtls needs --tls-dir (its ca.pem signs the client certificates)")
+    check_quantization(args.quantization, args.device)  # before anything is loaded or listens
     tls = ServerTls.from_dir(args.tls_dir, mutual=args.mtls) if args.tls_dir else None
     tokens = _tokens(args) or None
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -217,7 +219,8 @@ def _backbone_serve(args: argparse.Namespace) -> int:
         log.warning("no bearer tokens and no client certificates: anyone who reaches this port can use it")
     limits = Limits(max_sequence_length=args.max_sequence_length, max_request_bytes=args.max_request_mib * MiB)
     server, port, service = serve(args.model, f"{args.host}:{args.port}", tls, tokens, args.window_ms,
-                                  args.max_batch, not args.no_batching, limits, getattr(torch, args.dtype))
+                                  args.max_batch, not args.no_batching, limits, getattr(torch, args.dtype),
+                                  device=args.device, quantization=args.quantization)
     log.info("backbone of %s serving on %s:%d (tls=%s, mutual tls=%s, %d client tokens)", args.model,
              args.host, port, tls is not None, args.mtls, len(tokens or {}))
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -250,6 +253,9 @@ def _add_backbone_parser(sub: argparse._SubParsersAction) -> None:
     srv.add_argument("--insecure", action="store_true", help="no TLS (a network you trust only)")
     srv.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
                      help="dtype the LLM computes in")
+    srv.add_argument("--device", default="cpu", help="where the LLM runs: cpu, cuda, cuda:N")
+    srv.add_argument("--quantization", default="none", choices=QUANTIZATIONS,
+                     help="hold the LLM in 8 or 4 bits (bitsandbytes; CUDA only)")
     srv.add_argument("--window-ms", type=float, default=5.0, help="dynamic batching window")
     srv.add_argument("--max-batch", type=int, default=32, help="sequences per batched pass")
     srv.add_argument("--no-batching", action="store_true")

@@ -23,7 +23,8 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import AutoConfig
 
-from anther.adapters.families import family_for
+from anther.adapters.families import ModelFamily, family_for
+from anther.server.quantization import check_quantization, quantization_config
 
 IGNORE_INDEX = -100
 
@@ -128,10 +129,19 @@ class LocalBackbone(nn.Module):
 
     @classmethod
     def from_pretrained(cls, model_dir: str | Path, dtype: torch.dtype = torch.float32,
-                        device: str = "cpu") -> LocalBackbone:
+                        device: str = "cpu", quantization: str = "none") -> LocalBackbone:
+        """The backbone of the checkpoint at ``model_dir`` on ``device``; with ``quantization``
+        (``8bit`` / ``4bit``, CUDA only) the LLM is held quantised by bitsandbytes."""
+        check_quantization(quantization, device)
         config = AutoConfig.from_pretrained(model_dir)
-        model = family_for(config.model_type).model_class.from_pretrained(model_dir, dtype=dtype)
-        return cls.from_model(model.to(device), model_dir)
+        family = family_for(config.model_type)
+        if quantization == "none":
+            model = family.model_class.from_pretrained(model_dir, dtype=dtype).to(device)
+        else:
+            quantized = quantization_config(quantization, dtype, _client_module_names(family, config))
+            model = family.model_class.from_pretrained(model_dir, dtype=dtype, quantization_config=quantized,
+                                                       device_map={"": device})
+        return cls.from_model(model, model_dir)
 
     @classmethod
     def from_model(cls, model: nn.Module, model_dir: str | Path) -> LocalBackbone:
@@ -145,12 +155,19 @@ class LocalBackbone(nn.Module):
         )
         return cls(decoder, head, info)
 
+    @property
+    def device(self) -> torch.device:
+        return self.head.weight.device
+
     def hidden(self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """The decoder's output, differentiable in ``inputs_embeds`` under ``enable_grad``."""
-        return self.decoder(inputs_embeds=inputs_embeds, attention_mask=attention_mask).last_hidden_state
+        """The decoder's output on the backbone's device, differentiable in ``inputs_embeds``
+        (wherever that lives) under ``enable_grad``."""
+        return self.decoder(inputs_embeds=inputs_embeds.to(self.device),
+                            attention_mask=attention_mask.to(self.device)).last_hidden_state
 
     def logits(self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        return self.head(self.hidden(inputs_embeds, attention_mask))
+        """On the caller's device, like every result of this class."""
+        return self.head(self.hidden(inputs_embeds, attention_mask)).to(inputs_embeds.device)
 
     def embeds_vjp(self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor,
                    grad_hidden: torch.Tensor) -> torch.Tensor:
@@ -158,7 +175,8 @@ class LocalBackbone(nn.Module):
         call it too)."""
         x = inputs_embeds.detach().requires_grad_(True)
         with torch.enable_grad():
-            (grad,) = torch.autograd.grad(self.hidden(x, attention_mask), x, grad_outputs=grad_hidden.to(x.dtype))
+            hidden = self.hidden(x, attention_mask)
+            (grad,) = torch.autograd.grad(hidden, x, grad_outputs=grad_hidden.to(hidden.device, x.dtype))
         return grad
 
     def _count(self, sent: tuple[torch.Tensor, ...], received: torch.Tensor) -> None:
@@ -176,7 +194,7 @@ class LocalBackbone(nn.Module):
 
     @torch.no_grad()
     def hidden_states(self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        hidden = self.hidden(inputs_embeds, attention_mask)
+        hidden = self.hidden(inputs_embeds, attention_mask).to(inputs_embeds.device)
         self._count((inputs_embeds, attention_mask), hidden)
         return hidden
 
@@ -200,6 +218,16 @@ class LocalBackbone(nn.Module):
         picked = logits[torch.arange(logits.shape[0]), last].float()
         self._count((inputs_embeds, attention_mask), picked)
         return picked
+
+
+def _client_module_names(family: ModelFamily, config: object) -> list[str]:
+    """Module names of the vision tower and connector (found on a weightless meta-device copy)
+    and the LM head: what a quantised load keeps in the model dtype."""
+    with torch.device("meta"):
+        model = family.model_class(config)
+    parts = family.edge_parts(model)
+    wanted = {id(parts.vision_tower), id(parts.connector)}
+    return [name for name, module in model.named_modules() if id(module) in wanted] + ["lm_head"]
 
 
 @torch.no_grad()

@@ -80,7 +80,8 @@ def _serve_command(cfg: DictConfig, tls: Path, tokens: Path, host: str, port: in
     b = cfg.backbone
     cmd = [sys.executable, "-m", "anther.cli", "backbone", "serve", "--model", str(cfg.model.path),
            "--host", host, "--port", str(port), "--tls-dir", str(tls), "--tokens", str(tokens),
-           "--dtype", cfg.model.dtype, "--window-ms", str(b.window_ms), "--max-batch", str(b.max_batch),
+           "--dtype", cfg.model.dtype, "--device", cfg.model.device, "--quantization", b.quantization,
+           "--window-ms", str(b.window_ms), "--max-batch", str(b.max_batch),
            "--ready-file", str(ready), "--parent-pid", str(os.getpid())]
     return cmd if b.batching else [*cmd, "--no-batching"]
 

@@ -20,6 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 CONFIG_DIR = Path(__file__).parent / "configs"
 BACKBONE_MODES = ("local", "service", "remote")
 WIRE_DTYPES = ("float32", "bfloat16", "float16")
+QUANTIZATIONS = ("none", "8bit", "4bit")  # the backbone's, through bitsandbytes (anther/server/quantization.py)
 PRIVACY_ACCOUNTANTS = ("rdp", "prv")  # opacus accountants that compose (noise, rate, steps) histories
 WILDCARD_HOSTS = ("0.0.0.0", "::", "[::]")  # listen on every interface
 PARTITION_SCHEMES = ("iid", "dirichlet", "domain", "quantity")  # anther/simulations/scenarios.py
@@ -36,7 +37,7 @@ def anther_home() -> Path:
 class ModelConfig:
     path: str | None = None  # HF checkpoint directory; None = anther's tiny model (made if missing)
     dtype: str = "float32"
-    device: str = "cpu"
+    device: str = "cpu"  # where the backbone service runs the LLM: cpu, cuda, cuda:N (clients run on CPU)
     tiny_family: str = "llava"  # the tiny model's family (anther.adapters.families); only llava is pretrained
     tiny_seed: int = 0
     tiny_pretrain_steps: int = 2500
@@ -157,6 +158,7 @@ class BackboneConfig:
     batching: bool = True
     window_ms: float = 5.0
     max_batch: int = 32  # sequences per batched pass
+    quantization: str = "none"  # service / remote: none | 8bit | 4bit, bitsandbytes on a CUDA model.device
     tls_dir: str | None = None  # service: folder from `anther certs`; None = a fresh CA + token per run
     ca_cert: str | None = None  # CA that signed the service's certificate (enables TLS)
     token_file: str | None = None  # file holding this side's bearer token
@@ -346,6 +348,10 @@ def _validate_backbone(b: DictConfig) -> None:
            f"must be one of {', '.join(WIRE_DTYPES)}")
     _check(b.window_ms >= 0, "backbone.window_ms", b.window_ms, "must be >= 0")
     _check(b.max_batch >= 1, "backbone.max_batch", b.max_batch, "must be >= 1")
+    _check(b.quantization in QUANTIZATIONS, "backbone.quantization", b.quantization,
+           f"must be one of {', '.join(QUANTIZATIONS)}")
+    _check(b.quantization == "none" or b.mode != "local", "backbone.quantization", b.quantization,
+           "needs backbone.mode=service or remote: an in-process backbone shares its weights with the NanoEdge")
     _check(b.startup_timeout_s > 0, "backbone.startup_timeout_s", b.startup_timeout_s, "must be > 0")
     _check(b.retry_s >= 0, "backbone.retry_s", b.retry_s, "must be >= 0")
     for key in ("address", "advertise_address"):

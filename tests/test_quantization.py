@@ -1,0 +1,70 @@
+"""Quantised backbones (bitsandbytes, CUDA only): the settings are checked before anything
+loads, each refusal names the setting and what to do, and a quantised load keeps the
+client-side modules and the LM head unquantised."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import AutoConfig
+
+from anther.adapters.families import family_for
+from anther.cli import main
+from anther.server.backbone import LocalBackbone, _client_module_names
+from anther.server.quantization import check_quantization, quantization_config
+from anther.simulations.config import ConfigError, load_config
+
+
+def test_no_gpu_is_named_before_anything_loads(monkeypatch, tiny_model_dir: Path):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ValueError, match="backbone.quantization=8bit needs a CUDA GPU.*backbone.quantization=none"):
+        LocalBackbone.from_pretrained(tiny_model_dir, quantization="8bit")
+
+
+def test_a_cpu_device_and_a_missing_bitsandbytes_are_named(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    with pytest.raises(ValueError, match="not model.device='cpu'.*model.device=cuda"):
+        check_quantization("4bit", "cpu")
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(ValueError, match="needs bitsandbytes: pip install"):
+        check_quantization("4bit", "cuda:0")
+    check_quantization("none", "cpu")
+
+
+def test_serve_refuses_quantization_without_a_gpu_and_does_not_listen(monkeypatch, tiny_model_dir, capsys):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    code = main(["backbone", "serve", "--model", str(tiny_model_dir), "--insecure", "--quantization", "4bit"])
+    assert code == 2
+    assert "anther: error: backbone.quantization=4bit needs a CUDA GPU" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("overrides", "match"), [
+    (["backbone.quantization=3bit"], r"backbone\.quantization='3bit'.*none, 8bit, 4bit"),
+    (["backbone.quantization=8bit"], r"backbone\.quantization='8bit'.*needs backbone\.mode=service or remote"),
+])
+def test_bad_quantization_configs_name_the_key(overrides, match):
+    with pytest.raises(ConfigError, match=match):
+        load_config("default", overrides)
+
+
+def test_service_mode_accepts_quantization_in_the_config():
+    cfg = load_config("default", ["backbone.mode=service", "backbone.quantization=4bit", "model.device=cuda"])
+    assert cfg.backbone.quantization == "4bit"
+
+
+@pytest.mark.parametrize(("fixture", "vision", "connector"), [
+    ("tiny_model_dir", "model.vision_tower", "model.multi_modal_projector"),
+    ("tiny_idefics3_dir", "model.vision_model", "model.connector"),
+])
+def test_quantised_loads_skip_the_client_modules_and_the_head(request, fixture, vision, connector):
+    config = AutoConfig.from_pretrained(request.getfixturevalue(fixture))
+    names = _client_module_names(family_for(config.model_type), config)
+    assert names == [vision, connector, "lm_head"]
+    eight = quantization_config("8bit", torch.bfloat16, names)
+    four = quantization_config("4bit", torch.bfloat16, names)
+    assert eight.load_in_8bit and eight.llm_int8_skip_modules == names
+    assert four.load_in_4bit and four.bnb_4bit_quant_type == "nf4" and four.bnb_4bit_compute_dtype == torch.bfloat16
+    assert quantization_config("none", torch.float32, names) is None
