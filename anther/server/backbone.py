@@ -167,7 +167,12 @@ class LocalBackbone(nn.Module):
 
     def logits(self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """On the caller's device, like every result of this class."""
-        return self.head(self.hidden(inputs_embeds, attention_mask)).to(inputs_embeds.device)
+        return self._logits(inputs_embeds, attention_mask).to(inputs_embeds.device)
+
+    def _logits(self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """On the backbone's device: losses and scores are computed there, so only they, not
+        the (batch, tokens, vocabulary) logits, go back to the caller."""
+        return self.head(self.hidden(inputs_embeds, attention_mask))
 
     def embeds_vjp(self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor,
                    grad_hidden: torch.Tensor) -> torch.Tensor:
@@ -187,7 +192,7 @@ class LocalBackbone(nn.Module):
                    labels: torch.Tensor) -> tuple[float, torch.Tensor]:
         x = inputs_embeds.detach().requires_grad_(True)
         with torch.enable_grad():
-            loss = causal_lm_loss(self.logits(x, attention_mask), labels)
+            loss = causal_lm_loss(self._logits(x, attention_mask), labels.to(self.device))
             (grad,) = torch.autograd.grad(loss, x)
         self._count((inputs_embeds, attention_mask, labels), grad)
         return loss.item(), grad
@@ -207,15 +212,16 @@ class LocalBackbone(nn.Module):
     @torch.no_grad()
     def score(self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor,
               labels: torch.Tensor) -> torch.Tensor:
-        total, _ = token_log_likelihoods(self.logits(inputs_embeds, attention_mask), labels)
+        total, _ = token_log_likelihoods(self._logits(inputs_embeds, attention_mask), labels.to(self.device))
+        total = total.to(inputs_embeds.device)
         self._count((inputs_embeds, attention_mask, labels), total)
         return total
 
     @torch.no_grad()
     def next_token_logits(self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        logits = self.logits(inputs_embeds, attention_mask)
-        last = attention_mask.sum(dim=1) - 1
-        picked = logits[torch.arange(logits.shape[0]), last].float()
+        logits = self._logits(inputs_embeds, attention_mask)
+        last = attention_mask.to(self.device).sum(dim=1) - 1
+        picked = logits[torch.arange(logits.shape[0], device=self.device), last].float().to(inputs_embeds.device)
         self._count((inputs_embeds, attention_mask), picked)
         return picked
 
