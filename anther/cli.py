@@ -298,7 +298,7 @@ def build_parser() -> argparse.ArgumentParser:
     model = sub.add_parser("model", help="model checkpoints").add_subparsers(dest="model_command", required=True)
     tiny = model.add_parser("init-tiny", help="create a tiny checkpoint directory (LLaVA unless --family)")
     tiny.add_argument("--out", required=True)
-    tiny.add_argument("--family", default="llava", help="a registered model family: llava, idefics3 "
+    tiny.add_argument("--family", default="llava", help="a registered model family: llava, llava_next, idefics3 "
                       "(only llava is pretrained; give --pretrain-steps 0 for the others)")
     tiny.add_argument("--seed", type=int, default=0)
     tiny.add_argument("--pretrain-steps", type=int, default=2000)

@@ -28,6 +28,15 @@ def tiny_idefics3_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny_llava_next_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny LLaVA-NeXT with random weights: AnyRes tiles, unpadding, a newline per row."""
+    from anther.adapters.tiny_model import init_tiny
+
+    return init_tiny(tmp_path_factory.mktemp("model") / "tiny-llava-next", seed=0, pretrain_steps=0,
+                     family="llava_next")
+
+
+@pytest.fixture(scope="session")
 def samples():
     from anther.simulations.datasets import shapes_vqa
 

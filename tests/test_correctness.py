@@ -10,6 +10,8 @@ every registered model family (each on its tiny checkpoint).
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 from transformers import AutoModelForImageTextToText, AutoProcessor
@@ -24,6 +26,7 @@ from anther.server.backbone import LocalBackbone, causal_lm_loss
 # How each family's processor takes the images of a batch (one per sample or None).
 HF_IMAGES = {
     "llava": lambda images: [im for im in images if im is not None] or None,
+    "llava_next": lambda images: [im for im in images if im is not None] or None,
     "idefics3": lambda images: [[im] if im else [] for im in images] if any(images) else None,
 }
 
@@ -31,7 +34,8 @@ HF_IMAGES = {
 @pytest.fixture(scope="module", params=sorted(FAMILIES))
 def model_dir(request):
     """Each registered family's tiny checkpoint (conftest.py)."""
-    return request.getfixturevalue({"llava": "tiny_model_dir", "idefics3": "tiny_idefics3_dir"}[request.param])
+    fixtures = {"llava": "tiny_model_dir", "llava_next": "tiny_llava_next_dir", "idefics3": "tiny_idefics3_dir"}
+    return request.getfixturevalue(fixtures[request.param])
 
 
 @pytest.fixture(scope="module")
@@ -62,11 +66,20 @@ def _hf(hf, processor, samples, labels=None):
         return inputs, hf(**inputs, labels=labels)
 
 
-@pytest.mark.parametrize("kind", ["image+text", "mixed", "text-only"])
+def _reshaped(samples):
+    """The samples' pictures stretched to other sizes and aspect ratios: tiling families pick
+    other grids, pad tiles and unpad features per image."""
+    sizes = [(48, 48), (64, 36), (30, 52), (80, 40)]
+    return [dataclasses.replace(s, image=s.image.resize(sizes[i % len(sizes)])) for i, s in enumerate(samples)]
+
+
+@pytest.mark.parametrize("kind", ["image+text", "mixed", "text-only", "mixed sizes"])
 def test_fresh_adapters_reproduce_hf_logits(parts, samples, kind):
     """Samples without an image carry no image tokens; the split matches HF on any mix."""
     processor, hf, edge, backbone = parts
-    keep = {"image+text": lambda i: True, "mixed": lambda i: i % 2 == 1, "text-only": lambda i: False}[kind]
+    if kind == "mixed sizes":
+        samples = _reshaped(samples)
+    keep = {"mixed": lambda i: i % 2 == 1, "text-only": lambda i: False}.get(kind, lambda i: True)
     samples = [s if keep(i) else s.without_image() for i, s in enumerate(samples)]
     batch = _batch(processor, edge, samples)
     inputs, expected = _hf(hf, processor, samples)
@@ -125,7 +138,7 @@ def test_fresh_adapters_are_the_identity(parts, samples):
     processor, hf, edge, _ = parts
     batch = _batch(processor, edge, samples)
     inputs, _ = _hf(hf, processor, samples)
-    image_inputs = {k: v for k, v in inputs.items() if k.startswith("pixel_")}
+    image_inputs = {k: v for k, v in inputs.items() if k.startswith("pixel_") or k == "image_sizes"}
     with torch.no_grad():
         merged = hf.model.get_input_embeddings()(batch.input_ids)
         features = hf.model.get_image_features(**image_inputs).pooler_output

@@ -57,6 +57,7 @@ def test_service_mode_accepts_quantization_in_the_config():
 
 @pytest.mark.parametrize(("fixture", "vision", "connector"), [
     ("tiny_model_dir", "model.vision_tower", "model.multi_modal_projector"),
+    ("tiny_llava_next_dir", "model.vision_tower", "model.multi_modal_projector"),
     ("tiny_idefics3_dir", "model.vision_model", "model.connector"),
 ])
 def test_quantised_loads_skip_the_client_modules_and_the_head(request, fixture, vision, connector):

@@ -15,7 +15,7 @@ from anther.client.inference import Encoder
 from anther.client.nano_edge import NanoEdge
 
 
-@pytest.mark.parametrize("fixture", ["tiny_model_dir", "tiny_idefics3_dir"])
+@pytest.mark.parametrize("fixture", ["tiny_model_dir", "tiny_llava_next_dir", "tiny_idefics3_dir"])
 def test_counts_match_a_loaded_nano_edge(fixture, request, samples):
     """On each family's tiny checkpoint the meta-device counts equal what a real NanoEdge holds,
     and the image tokens counted per image (per tile) are those the processor writes."""

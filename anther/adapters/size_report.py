@@ -21,7 +21,14 @@ from dataclasses import asdict, dataclass
 import torch
 from peft import LoraConfig, inject_adapter_in_model
 from torch import nn
-from transformers import CLIPVisionConfig, Idefics3Config, Idefics3VisionConfig, LlamaConfig, LlavaConfig
+from transformers import (
+    CLIPVisionConfig,
+    Idefics3Config,
+    Idefics3VisionConfig,
+    LlamaConfig,
+    LlavaConfig,
+    LlavaNextConfig,
+)
 
 from anther.adapters.families import family_for
 from anther.adapters.nano_adapter import NanoAdapterConfig
@@ -47,6 +54,16 @@ def _vicuna(hidden: int, intermediate: int, layers: int, heads: int) -> LlamaCon
                        max_position_embeddings=4096, tie_word_embeddings=False)
 
 
+def _llava_next(text: LlamaConfig) -> LlavaNextConfig:
+    """LLaVA-NeXT (llava-hf/llava-v1.6-vicuna-7b-hf): LLaVA-1.5's tower and projector, AnyRes
+    grids of 336 px tiles up to 672 x 672 or 1008 x 336."""
+    base = _llava_1_5(text)
+    return LlavaNextConfig(vision_config=base.vision_config, text_config=text, image_token_id=32000,
+                           projector_hidden_act="gelu", vision_feature_select_strategy="default",
+                           vision_feature_layer=-2, image_seq_length=576,
+                           image_grid_pinpoints=[[336, 672], [672, 336], [672, 672], [1008, 336], [336, 1008]])
+
+
 def _idefics3(image_size: int, scale_factor: int, text: LlamaConfig) -> Idefics3Config:
     """An Idefics3 with the SigLIP so400m vision transformer (patch 14) and a pixel shuffle of
     ``scale_factor``: Idefics3-8B (364 px tiles, 169 tokens each, Llama 3.1 8B) and SmolVLM-Instruct
@@ -67,6 +84,7 @@ def _llama(vocab: int, hidden: int, intermediate: int, layers: int, heads: int, 
 REAL_CONFIGS: dict[str, Callable[[], object]] = {
     "llava-1.5-7b": lambda: _llava_1_5(_vicuna(4096, 11008, 32, 32)),
     "llava-1.5-13b": lambda: _llava_1_5(_vicuna(5120, 13824, 40, 40)),
+    "llava-next-7b": lambda: _llava_next(_vicuna(4096, 11008, 32, 32)),
     "idefics3-8b": lambda: _idefics3(364, 2, _llama(128259, 4096, 14336, 32, 32, 8)),
     "smolvlm-instruct": lambda: _idefics3(384, 3, _llama(49155, 2048, 8192, 24, 32, 32)),
 }

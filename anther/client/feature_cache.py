@@ -7,9 +7,9 @@ one safetensors file per image, keyed by
 
 - the model's fingerprint (config and weight files) and dtype: another checkpoint or dtype
   looks in another folder, so a changed model never reads stale features;
-- the image's content as the model sees it: a hash of its preprocessed pixels (and of its
-  pixel mask, for families that pad images), so a changed image, or a changed image
-  processor, is a new key.
+- the image's content as the model sees it: a hash of its preprocessed pixels (and of what
+  else the family's encoder reads of it: Idefics3's pixel mask, LLaVA-NeXT's original
+  size), so a changed image, or a changed image processor, is a new key.
 
 The cache is bounded: when it holds more than ``max_bytes``, the least recently used entries
 (any model's) are deleted. Writes are atomic (temporary file, then rename), so several client
@@ -56,30 +56,30 @@ class FeatureCache:
 
     @staticmethod
     def key(*tensors: torch.Tensor) -> str:
-        """The content key of one preprocessed image and its pixel mask, if any (shapes and
-        dtypes included)."""
+        """The content key of one preprocessed image and its extras, if any (shapes and dtypes
+        included)."""
         h = hashlib.sha256()
         for t in tensors:
             h.update(f"{tuple(t.shape)}{t.dtype}".encode())
             h.update(t.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
         return h.hexdigest()[:32]
 
-    def features(self, pixel_values: torch.Tensor, pixel_mask: torch.Tensor | None,
-                 compute: Callable[[torch.Tensor, torch.Tensor | None], torch.Tensor]) -> torch.Tensor:
-        """Features of every image in ``pixel_values`` (one per row, with its row of
-        ``pixel_mask``), as ``compute`` would give them: (n_images * tokens_per_image, hidden).
+    def features(self, pixel_values: torch.Tensor, extras: dict[str, torch.Tensor],
+                 compute: Callable[[torch.Tensor, dict[str, torch.Tensor]], list[torch.Tensor]]) -> list[torch.Tensor]:
+        """Features of every image in ``pixel_values`` (one per row, with its row of each of
+        ``extras``), as ``compute`` would give them: one (tokens, hidden) tensor per image.
         Only the images not cached are computed, in one call."""
-        rows = zip(pixel_values) if pixel_mask is None else zip(pixel_values, pixel_mask)
-        keys = [self.key(*row) for row in rows]
+        names = sorted(extras)
+        keys = [self.key(pixels, *(extras[n][i] for n in names)) for i, pixels in enumerate(pixel_values)]
         found = {i: t for i, k in enumerate(keys) if (t := self._read(k)) is not None}
         missing = [i for i in range(len(keys)) if i not in found]
         self.hits, self.misses = self.hits + len(found), self.misses + len(missing)
         if missing:
-            fresh = compute(pixel_values[missing], None if pixel_mask is None else pixel_mask[missing])
-            for i, feats in zip(missing, fresh.reshape(len(missing), -1, fresh.shape[-1])):
+            fresh = compute(pixel_values[missing], {n: extras[n][missing] for n in names})
+            for i, feats in zip(missing, fresh, strict=True):
                 found[i] = feats
                 self._write(keys[i], feats)
-        return torch.cat([found[i] for i in range(len(keys))])
+        return [found[i] for i in range(len(keys))]
 
     def _read(self, key: str) -> torch.Tensor | None:
         path = self.folder / f"{key}{SUFFIX}"

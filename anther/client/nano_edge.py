@@ -68,16 +68,18 @@ class NanoEdge(nn.Module):
         return self
 
     @torch.no_grad()
-    def image_features(self, pixel_values: torch.Tensor, pixel_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """Frozen encoder + connector output, (n_images * tokens_per_image, hidden); read from
-        the feature cache where it holds them."""
+    def image_features(self, pixel_values: torch.Tensor,
+                       extras: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
+        """Frozen encoder + connector output of every image, concatenated: (image tokens, hidden);
+        read from the feature cache where it holds them."""
+        extras = extras or {}
         if self.feature_cache is None:
-            return self._encode_images(pixel_values, pixel_mask)
-        return self.feature_cache.features(pixel_values, pixel_mask, self._encode_images)
+            return torch.cat(self._encode_images(pixel_values, extras))
+        return torch.cat(self.feature_cache.features(pixel_values, extras, self._encode_images))
 
-    def _encode_images(self, pixel_values: torch.Tensor, pixel_mask: torch.Tensor | None) -> torch.Tensor:
+    def _encode_images(self, pixel_values: torch.Tensor, extras: dict[str, torch.Tensor]) -> list[torch.Tensor]:
         parts = EdgeParts(self.vision_tower, self.connector, self.embed_tokens)
-        return self.family.image_features(parts, self.model_config, pixel_values, pixel_mask)
+        return self.family.image_features(parts, self.model_config, pixel_values, extras)
 
     def forward(self, batch: EncodedBatch) -> torch.Tensor:
         """Merged ``inputs_embeds`` with both adapters applied, shape (B, T, hidden)."""
@@ -85,7 +87,7 @@ class NanoEdge(nn.Module):
             text = self.embed_tokens(batch.input_ids)
         embeds = self.adapters["text"](text)
         if batch.pixel_values is not None:
-            features = self.image_features(batch.pixel_values, batch.pixel_mask)
+            features = self.image_features(batch.pixel_values, batch.image_extras)
             image = self.adapters["image"](features.to(embeds.dtype))
             mask = batch.input_ids == self.image_token_id
             if int(mask.sum()) != image.shape[0]:

@@ -227,13 +227,17 @@ class LocalBackbone(nn.Module):
 
 
 def _client_module_names(family: ModelFamily, config: object) -> list[str]:
-    """Module names of the vision tower and connector (found on a weightless meta-device copy)
-    and the LM head: what a quantised load keeps in the model dtype."""
+    """Names of the outermost modules of the vision tower and connector (found on a weightless
+    meta-device copy) and the LM head: what a quantised load keeps in the model dtype."""
     with torch.device("meta"):
         model = family.model_class(config)
     parts = family.edge_parts(model)
-    wanted = {id(parts.vision_tower), id(parts.connector)}
-    return [name for name, module in model.named_modules() if id(module) in wanted] + ["lm_head"]
+    wanted = {id(m) for part in (parts.vision_tower, parts.connector) for m in part.modules()}
+    names: list[str] = []
+    for name, module in model.named_modules():
+        if id(module) in wanted and not any(name.startswith(f"{n}.") for n in names):
+            names.append(name)
+    return [*names, "lm_head"]
 
 
 @torch.no_grad()

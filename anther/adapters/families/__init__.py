@@ -8,9 +8,11 @@ from __future__ import annotations
 from .base import EdgeParts, EncodedBatch, ModelFamily
 from .idefics3 import Idefics3Family
 from .llava import LlavaFamily
+from .llava_next import LlavaNextFamily
 
 # Hugging Face config.model_type -> family
-FAMILIES: dict[str, ModelFamily] = {"llava": LlavaFamily(), "idefics3": Idefics3Family()}
+FAMILIES: dict[str, ModelFamily] = {"llava": LlavaFamily(), "llava_next": LlavaNextFamily(),
+                                    "idefics3": Idefics3Family()}
 
 
 def family_for(model_type: str) -> ModelFamily:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 import torch
@@ -16,15 +16,16 @@ class EncodedBatch:
 
     ``labels`` is -100 everywhere but the target tokens; ``pixel_values`` holds the
     images of only those samples that have one, one image per row, in prompt order (None
-    when no sample does). ``pixel_mask`` marks each image's real pixels where the family pads
-    images to a common size (Idefics3), one row per image; None where it does not.
+    when no sample does). ``image_extras`` holds what else the family's encoder needs of each
+    image, one row per image as well: Idefics3's ``pixel_attention_mask`` (its tiles are
+    padded), LLaVA-NeXT's ``image_sizes`` (its features depend on the original size).
     """
 
     input_ids: torch.Tensor
     attention_mask: torch.Tensor
     labels: torch.Tensor
     pixel_values: torch.Tensor | None
-    pixel_mask: torch.Tensor | None = None
+    image_extras: dict[str, torch.Tensor] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return self.input_ids.shape[0]
@@ -51,8 +52,9 @@ class ModelFamily(Protocol):
         ...
 
     def image_features(self, parts: EdgeParts, config: object, pixel_values: torch.Tensor,
-                       pixel_mask: torch.Tensor | None) -> torch.Tensor:
-        """Connector output for a batch of images: (n_images * tokens_per_image, hidden)."""
+                       extras: dict[str, torch.Tensor]) -> list[torch.Tensor]:
+        """Connector output for a batch of images (rows of ``pixel_values`` and ``extras``): one
+        (tokens, hidden) tensor per image, in order; images may differ in token count."""
         ...
 
     def image_token_id(self, config: object) -> int: ...

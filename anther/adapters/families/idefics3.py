@@ -53,18 +53,15 @@ class Idefics3Family:
         return (v.image_size // v.patch_size) ** 2 // config.scale_factor**2
 
     def image_features(self, parts: EdgeParts, config: Idefics3Config, pixel_values: torch.Tensor,
-                       pixel_mask: torch.Tensor | None = None) -> torch.Tensor:
-        if pixel_mask is None:
-            pixel_mask = torch.ones(pixel_values.shape[0], *pixel_values.shape[2:], dtype=torch.bool,
-                                    device=pixel_values.device)
+                       extras: dict[str, torch.Tensor]) -> list[torch.Tensor]:
+        pixel_mask = extras["pixel_attention_mask"]
         patch = config.vision_config.patch_size
         subgrid = pixel_mask.unfold(dimension=1, size=patch, step=patch).unfold(dimension=2, size=patch, step=patch)
         patch_mask = subgrid.sum(dim=(-1, -2)) > 0
         dtype = next(parts.vision_tower.parameters()).dtype
         hidden = parts.vision_tower(pixel_values=pixel_values.to(dtype),
                                     patch_attention_mask=patch_mask).last_hidden_state
-        feats = parts.connector(hidden)
-        return feats.reshape(-1, feats.shape[-1])
+        return list(parts.connector(hidden))
 
     def tiny(self, tokenizer) -> tuple[Idefics3Config, Idefics3Processor]:
         """The tiny checkpoint's config and processor around ``tokenizer`` (anther.adapters.tiny_model):
@@ -95,18 +92,18 @@ class Idefics3Family:
         nested = [[im] if im is not None else [] for im in images]
         has_images = any(nested)
         enc = processor(images=nested if has_images else None, text=texts, return_tensors="pt", padding=True)
-        pixel_values = pixel_mask = None
+        pixel_values, extras = None, {}
         if has_images:
             tiles = enc["pixel_values"].flatten(0, 1)
             real = (tiles != 0).flatten(1).any(dim=1)  # the processor pads with all-zero tiles
             pixel_values = tiles[real]
-            pixel_mask = enc["pixel_attention_mask"].flatten(0, 1)[real].bool()
+            extras["pixel_attention_mask"] = enc["pixel_attention_mask"].flatten(0, 1)[real].bool()
         return EncodedBatch(
             input_ids=enc["input_ids"],
             attention_mask=enc["attention_mask"],
             labels=target_labels(processor.tokenizer, enc["input_ids"], enc["attention_mask"], targets),
             pixel_values=pixel_values,
-            pixel_mask=pixel_mask,
+            image_extras=extras,
         )
 
 

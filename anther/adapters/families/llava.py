@@ -45,7 +45,7 @@ class LlavaFamily:
         return config.image_seq_length
 
     def image_features(self, parts: EdgeParts, config: LlavaConfig, pixel_values: torch.Tensor,
-                       pixel_mask: torch.Tensor | None = None) -> torch.Tensor:
+                       extras: dict[str, torch.Tensor]) -> list[torch.Tensor]:
         out = parts.vision_tower(pixel_values, output_hidden_states=True)
         layers = config.vision_feature_layer
         if isinstance(layers, int):
@@ -54,8 +54,7 @@ class LlavaFamily:
             feats = torch.cat([out.hidden_states[i] for i in layers], dim=-1)
         if config.vision_feature_select_strategy == "default":
             feats = feats[:, 1:]
-        feats = parts.connector(feats)
-        return feats.reshape(-1, feats.shape[-1])
+        return list(parts.connector(feats))
 
     def tiny(self, tokenizer) -> tuple[LlavaConfig, LlavaProcessor]:
         """The tiny checkpoint's config and processor around ``tokenizer`` (anther.adapters.tiny_model)."""

@@ -1,0 +1,135 @@
+"""LLaVA-NeXT (``LlavaNextForConditionalGeneration``, LLaVA-1.6): CLIP vision tower, projector and
+``image_newline`` on the client, the Llama decoder and LM head on the server.
+
+"AnyRes" tiling: the processor picks the grid resolution closest to each image's size,
+cuts the image into tower-sized tiles plus a downscaled base view, and writes as many image
+tokens as the *unpadded* feature grid (with one newline token per row) holds, so the token
+count depends on each image's original size. :meth:`LlavaNextFamily.encode` therefore
+carries ``image_sizes`` per image next to the pixels, and :meth:`image_features` mirrors
+``LlavaNextModel.get_image_features``: tower, feature layer, CLS dropping, projector, then
+the model's own ``pack_image_features`` (unpadding and newlines), so NanoEdge + backbone
+reproduce ``model(**inputs).logits`` (tests/test_correctness.py).
+"""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import torch
+from PIL import Image
+from torch import nn
+from transformers import (
+    CLIPVisionConfig,
+    LlamaConfig,
+    LlavaNextConfig,
+    LlavaNextForConditionalGeneration,
+    LlavaNextImageProcessorPil,
+    LlavaNextModel,
+    LlavaNextProcessor,
+)
+from transformers.models.llava_next.modeling_llava_next import image_size_to_num_patches
+
+from .base import EdgeParts, EncodedBatch, target_labels
+
+
+class PackingConnector(nn.Module):
+    """The client's connector: the model's projector and its learned ``image_newline`` (the same
+    parameters, not copies), which the packing appends to every row of an image's features."""
+
+    def __init__(self, projector: nn.Module, image_newline: nn.Parameter) -> None:
+        super().__init__()
+        self.projector = projector
+        self.image_newline = image_newline
+
+
+class LlavaNextFamily:
+    name = "llava_next"
+    model_class = LlavaNextForConditionalGeneration
+
+    def edge_parts(self, model: LlavaNextForConditionalGeneration) -> EdgeParts:
+        return EdgeParts(
+            vision_tower=model.model.vision_tower,
+            connector=PackingConnector(model.model.multi_modal_projector, model.model.image_newline),
+            embed_tokens=model.model.language_model.embed_tokens,
+        )
+
+    def backbone_parts(self, model: LlavaNextForConditionalGeneration) -> tuple[nn.Module, nn.Module]:
+        return model.model.language_model, model.lm_head
+
+    def image_token_id(self, config: LlavaNextConfig) -> int:
+        return config.image_token_id
+
+    def image_tokens(self, config: LlavaNextConfig) -> int:
+        """A square picture at the largest square grid: the base view, then the grid's feature
+        rows, each with its newline (2928 for LLaVA-NeXT-7B's 672 px grid; other shapes unpad
+        to fewer)."""
+        per_tile = config.vision_config.image_size // config.vision_config.patch_size
+        side = max(h for h, w in config.image_grid_pinpoints if h == w)
+        rows = side // config.vision_config.image_size * per_tile
+        return config.image_seq_length + rows * (rows + 1)
+
+    def image_features(self, parts: EdgeParts, config: LlavaNextConfig, pixel_values: torch.Tensor,
+                       extras: dict[str, torch.Tensor]) -> list[torch.Tensor]:
+        image_sizes = extras["image_sizes"]
+        tiles = [image_size_to_num_patches(image_size=size, grid_pinpoints=config.image_grid_pinpoints,
+                                           patch_size=config.vision_config.image_size) for size in image_sizes]
+        pixels = torch.cat([p[:n] for p, n in zip(pixel_values, tiles)])  # the processor pads the tile axis
+        out = parts.vision_tower(pixels, output_hidden_states=True)
+        layers = config.vision_feature_layer
+        if isinstance(layers, int):
+            feats = out.hidden_states[layers]
+        else:
+            feats = torch.cat([out.hidden_states[i] for i in layers], dim=-1)
+        if config.vision_feature_select_strategy == "default":
+            feats = feats[:, 1:]
+        feats = parts.connector.projector(feats)
+        # The model's own packing, called unbound: it reads nothing of the model but its config.
+        packed, _ = LlavaNextModel.pack_image_features(
+            SimpleNamespace(config=config), list(feats.split(tiles)), image_sizes,
+            vision_feature_select_strategy=config.vision_feature_select_strategy,
+            image_newline=parts.connector.image_newline,
+        )
+        return packed
+
+    def tiny(self, tokenizer) -> tuple[LlavaNextConfig, LlavaNextProcessor]:
+        """The tiny checkpoint's config and processor around ``tokenizer`` (anther.adapters.tiny_model):
+        a 32 px tower in patches of 16 and the grids 32 x 64, 64 x 32 and 64 x 64, so the built-in
+        48 px pictures become 2 x 2 tiles plus the base view, and other shapes other grids."""
+        tile, patch = 32, 16
+        pinpoints = [[tile, 2 * tile], [2 * tile, tile], [2 * tile, 2 * tile]]
+        image_processor = LlavaNextImageProcessorPil(
+            size={"shortest_edge": tile}, crop_size={"height": tile, "width": tile}, image_grid_pinpoints=pinpoints,
+        )
+        processor = LlavaNextProcessor(
+            image_processor=image_processor, tokenizer=tokenizer, patch_size=patch,
+            vision_feature_select_strategy="default", image_token=tokenizer.image_token,
+            num_additional_image_tokens=1,
+        )
+        vision = CLIPVisionConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                                  image_size=tile, patch_size=patch, projection_dim=64)
+        text = LlamaConfig(
+            vocab_size=len(tokenizer), hidden_size=128, intermediate_size=352, num_hidden_layers=4,
+            num_attention_heads=8, num_key_value_heads=8, max_position_embeddings=512,
+            pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id, tie_word_embeddings=False,
+        )
+        config = LlavaNextConfig(
+            vision_config=vision, text_config=text, image_token_id=tokenizer.image_token_id,
+            image_grid_pinpoints=pinpoints, vision_feature_select_strategy="default", vision_feature_layer=-1,
+            image_seq_length=(tile // patch) ** 2, pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=False,
+        )
+        return config, processor
+
+    def encode(self, processor, prompts: list[str], images: list[Image.Image | None],
+               targets: list[str] | None) -> EncodedBatch:
+        """Tokenise prompt (+ target) with the LLaVA-NeXT processor; each image's tiles and size."""
+        texts = prompts if targets is None else [p + t for p, t in zip(prompts, targets)]
+        present = [im for im in images if im is not None]
+        enc = processor(images=present or None, text=texts, return_tensors="pt", padding=True)
+        return EncodedBatch(
+            input_ids=enc["input_ids"],
+            attention_mask=enc["attention_mask"],
+            labels=target_labels(processor.tokenizer, enc["input_ids"], enc["attention_mask"], targets),
+            pixel_values=enc["pixel_values"] if present else None,
+            image_extras={"image_sizes": enc["image_sizes"]} if present else {},
+        )
