@@ -52,6 +52,9 @@ def service_port(tiny_model_dir: Path, creds: Path) -> Iterator[int]:
     (["backbone.wire_dtype=int8"], "backbone.wire_dtype"),
     (["backbone.mode=remote", "backbone.address=nohostport", "backbone.insecure=true"], "backbone.address"),
     (["backbone.client_cert=/x.pem"], "backbone.client_key"),
+    (["backbone.replicas=2"], "backbone.replicas"),
+    (["backbone.mode=service", "backbone.replicas=0"], "backbone.replicas"),
+    (["backbone.mode=service", "backbone.replicas=2", "backbone.devices=[cuda:0]"], "backbone.devices"),
 ])
 def test_bad_backbone_config_names_the_key(overrides: list[str], key: str) -> None:
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
@@ -119,6 +122,27 @@ def test_service_mode_starts_the_backbone_for_the_run_and_stops_it(tiny_model_di
     assert not workdir.exists(), "the run's private credentials outlived the run"
     with pytest.raises(ProcessLookupError):
         os.kill(pid, 0)
+
+
+def test_replicas_are_started_spread_over_and_stopped(tiny_model_dir: Path) -> None:
+    """Two replicas of the service for one run: each listens on its own port, clients are spread
+    over them by partition id, and both stop with the run."""
+    cfg = _cfg(tiny_model_dir, "backbone.mode=service", "backbone.replicas=2", "backbone.startup_timeout_s=120")
+    with backbone_for_run(cfg) as served:
+        addresses = list(served.backbone.replica_addresses)
+        assert len(set(addresses)) == 2 and served.backbone.address == addresses[0]
+        picked = [endpoint_for(served, {"partition-id": pid}).address for pid in range(4)]
+        assert picked == [addresses[0], addresses[1], addresses[0], addresses[1]]
+        assert endpoint_for(served, {"partition-id": 1, "backbone-address": "10.0.0.1:1"}).address == "10.0.0.1:1"
+        for pid in (0, 1):
+            remote = endpoint_for(served, {"partition-id": pid}).connect()
+            assert remote.info.hidden_size > 0
+            remote.close()
+        workdir = Path(served.backbone.token_file).parent
+        pids = [json.loads((workdir / name).read_text())["pid"] for name in ("ready.json", "ready-1.json")]
+    for pid in pids:
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
 
 
 def test_cli_certs_writes_private_keys_and_tokens(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:

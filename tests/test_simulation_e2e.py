@@ -1,6 +1,7 @@
 """End to end: `anther simulate` runs `flwr run` on a private SuperLink (2 clients, 2 rounds),
 with the backbone in each client process (``local``) and behind the gRPC service the
-ServerApp starts (``service``): the same numbers in either mode. Both runs use the tiny
+ServerApp starts (``service``, two replicas, one client on each): the same numbers in either
+mode. Both runs use the tiny
 Idefics3 (SmolVLM's class: tiled images, padded tiles), so a second family goes through
 every part of a run; the other end-to-end tests run the default LLaVA. (That the same seed
 gives the same numbers run after run, tests/test_resume_e2e.py shows bit for bit.)"""
@@ -8,6 +9,7 @@ gives the same numbers run after run, tests/test_resume_e2e.py shows bit for bit
 from __future__ import annotations
 
 import math
+import re
 
 import pytest
 import torch
@@ -21,10 +23,10 @@ GENERATE = ["eval.generate=true", "eval.max_new_tokens=2", "model.tiny_family=id
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
-    """A local-mode run and a service-mode run of the same experiment."""
-    modes = {"local-a": "local", "service": "service"}
-    return {name: simulate(tmp_path_factory.mktemp(name), [*GENERATE, f"backbone.mode={mode}"])
-            for name, mode in modes.items()}
+    """A local-mode run and a service-mode run (two backbone replicas) of the same experiment."""
+    modes = {"local-a": ["backbone.mode=local"], "service": ["backbone.mode=service", "backbone.replicas=2"]}
+    return {name: simulate(tmp_path_factory.mktemp(name), [*GENERATE, *overrides])
+            for name, overrides in modes.items()}
 
 
 def _adapters(run_dir):
@@ -46,9 +48,13 @@ def test_flwr_run_simulation_trains_and_records(runs):
 
 
 def test_service_mode_trains_like_local_mode(runs):
-    """The same rounds through the TLS backbone service: losses and adapters agree to float
-    tolerance, and the activation traffic is what the wire carried."""
+    """The same rounds through two replicas of the TLS backbone service: losses and adapters agree
+    to float tolerance, the activation traffic is what the wire carried, and each replica served
+    requests."""
     (dir_l, local), (dir_s, service) = runs["local-a"], runs["service"]
+    log = (dir_s.parents[1] / "simulate.log").read_text()
+    served = [int(n) for n in re.findall(r"stopped after (\d+) requests", log)]
+    assert len(served) == 2 and all(n > 0 for n in served), served
     for lr, sr in zip(local["rounds"][1:], service["rounds"][1:]):
         assert math.isclose(lr["train_loss"], sr["train_loss"], rel_tol=1e-4)
         assert sr["activation_bytes_up"] > 0 and sr["activation_bytes_down"] > 0

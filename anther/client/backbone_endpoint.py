@@ -6,7 +6,9 @@ certificate and the wire dtype. What belongs to one site stays in that SuperNode
 ``--node-config`` and overrides the run config: its own bearer token or client
 certificate (never sent anywhere but to the backbone), and, where its network differs,
 the CA path and address. So one ``flwr run`` serves many sites, each with its own
-credentials, and a secret never travels in a Flower message.
+credentials, and a secret never travels in a Flower message. Where the ServerApp started
+several backbone replicas (``backbone.replicas``), a client dials replica
+``partition-id % replicas``.
 """
 
 from __future__ import annotations
@@ -87,6 +89,9 @@ def endpoint_for(cfg: DictConfig, node_config: Mapping[str, Any] | None = None) 
     if b.mode == "local":
         return None
     values = {key: b[key] for key in NODE_KEYS.values()}
+    replicas = b.get("replica_addresses") or []
+    if replicas:  # clients spread over the service's replicas by partition id (replica 0 without one)
+        values["address"] = replicas[int((node_config or {}).get("partition-id", 0)) % len(replicas)]
     for node_key, key in NODE_KEYS.items():
         if node_config and node_key in node_config:
             values[key] = str(node_config[node_key])

@@ -18,6 +18,7 @@ from typing import Any
 import torch
 import transformers
 from omegaconf import DictConfig
+from torch import nn
 from transformers import AutoConfig, AutoProcessor
 
 from anther.adapters.families import family_for
@@ -59,29 +60,38 @@ class EdgeSpec:
 
 
 @lru_cache(maxsize=4)
-def load_runtime(spec: EdgeSpec, endpoint: BackboneEndpoint | None) -> ClientRuntime:
-    """Processor + NanoEdge, and an in-process backbone (``endpoint`` None) or a connection to one.
-
-    With a remote backbone only the NanoEdge's modules (and, with private labels, the LM head)
-    stay referenced, so the rest of the LLM's weights are freed once loading is done.
-    """
+def _client_side(spec: EdgeSpec, local_backbone: bool) -> tuple[Encoder, LocalBackbone | None, nn.Module]:
+    """Processor + NanoEdge, the in-process backbone if asked for, and the LM head (for private
+    labels): one load of the checkpoint. Without the local backbone only the NanoEdge's modules
+    and the head stay referenced, so the rest of the LLM's weights are freed."""
     transformers.logging.set_verbosity_error()
     torch.set_num_threads(1)  # simulated clients share the cores; one thread each is fastest
     adapter = NanoAdapterConfig(rank=spec.rank, alpha=spec.alpha, activation=spec.activation)
     config = AutoConfig.from_pretrained(spec.model_path)
-    model = family_for(config.model_type).model_class.from_pretrained(spec.model_path, dtype=DTYPES[spec.dtype])
+    family = family_for(config.model_type)
+    model = family.model_class.from_pretrained(spec.model_path, dtype=DTYPES[spec.dtype])
     edge = NanoEdge.from_model(model, adapter)  # both halves share one load of the checkpoint
     if spec.feature_cache_dir is not None:
         edge.feature_cache = FeatureCache.for_model(Path(spec.feature_cache_dir), Path(spec.model_path), spec.dtype,
                                                     spec.feature_cache_max_bytes)
+    backbone = LocalBackbone.from_model(model, spec.model_path) if local_backbone else None
+    processor = AutoProcessor.from_pretrained(spec.model_path)
+    return Encoder(edge, processor, spec.modality_agnostic), backbone, family.backbone_parts(model)[1]
+
+
+@lru_cache(maxsize=8)
+def load_runtime(spec: EdgeSpec, endpoint: BackboneEndpoint | None) -> ClientRuntime:
+    """The NanoEdge of ``spec`` with an in-process backbone (``endpoint`` None) or a connection to
+    one. A process that serves clients of several backbone replicas loads the NanoEdge once and
+    holds one connection per replica."""
+    encoder, local, head = _client_side(spec, endpoint is None)
     if endpoint is None:
-        backbone: Backbone = LocalBackbone.from_model(model, spec.model_path)
+        backbone: Backbone = local
     else:
         backbone = endpoint.connect(fingerprint=checkpoint_fingerprint(Path(spec.model_path)))
     if spec.private_labels:
-        backbone = PrivateLabelBackbone.of_model(backbone, model)
-    processor = AutoProcessor.from_pretrained(spec.model_path)
-    return ClientRuntime(Encoder(edge, processor, spec.modality_agnostic), backbone)
+        backbone = PrivateLabelBackbone(backbone, head)
+    return ClientRuntime(encoder, backbone)
 
 
 def runtime_for(cfg: DictConfig, rank: int | None = None,

@@ -76,11 +76,12 @@ def _tls_folder(b: DictConfig, workdir: Path, host: str) -> Path:
     return folder
 
 
-def _serve_command(cfg: DictConfig, tls: Path, tokens: Path, host: str, port: int, ready: Path) -> list[str]:
+def _serve_command(cfg: DictConfig, tls: Path, tokens: Path, host: str, port: int, ready: Path,
+                   device: str) -> list[str]:
     b = cfg.backbone
     cmd = [sys.executable, "-m", "anther.cli", "backbone", "serve", "--model", str(cfg.model.path),
            "--host", host, "--port", str(port), "--tls-dir", str(tls), "--tokens", str(tokens),
-           "--dtype", cfg.model.dtype, "--device", cfg.model.device, "--quantization", b.quantization,
+           "--dtype", cfg.model.dtype, "--device", device, "--quantization", b.quantization,
            "--window-ms", str(b.window_ms), "--max-batch", str(b.max_batch),
            "--ready-file", str(ready), "--parent-pid", str(os.getpid())]
     return cmd if b.batching else [*cmd, "--no-batching"]
@@ -111,32 +112,51 @@ def _stop(proc: subprocess.Popen) -> None:
 
 @contextlib.contextmanager
 def backbone_for_run(cfg: DictConfig) -> Iterator[DictConfig]:
-    """For ``backbone.mode=service``: start the service, yield ``cfg`` with ``backbone.address``,
-    ``ca_cert`` and ``token_file`` pointing at it, and stop it afterwards. Other modes: ``cfg``."""
+    """For ``backbone.mode=service``: start the service (``backbone.replicas`` processes, one per
+    device of ``backbone.devices``), yield ``cfg`` with ``backbone.address`` (replica 0, the
+    server's evaluator's), ``replica_addresses``, ``ca_cert`` and ``token_file`` pointing at
+    them, and stop them afterwards. Other modes: ``cfg``."""
     if cfg.backbone.mode != "service":
         yield cfg
         return
     b = cfg.backbone
     host, port = split_address(b.address or "127.0.0.1:0")
+    devices = list(b.devices or [cfg.model.device] * b.replicas)
     workdir = Path(tempfile.mkdtemp(prefix="anther-backbone-"))  # mode 0700: the run token lives here
+    procs: list[tuple[subprocess.Popen, Path]] = []
     try:
         tls = _tls_folder(b, workdir, host)
         token_file = write_tokens(workdir, [RUN_CLIENT])[RUN_CLIENT]
-        ready, log = workdir / "ready.json", workdir / "backbone.log"
-        with log.open("w") as out:
-            proc = subprocess.Popen(_serve_command(cfg, tls, workdir / TOKENS_FILE, host, port, ready),
-                                    env=_child_env(), stdout=out, stderr=subprocess.STDOUT)
-        try:
-            bound = _wait_ready(proc, ready, log, b.startup_timeout_s)
-            served = cfg.copy()
-            OmegaConf.update(served, "backbone.address", b.advertise_address or f"{host}:{bound}")
-            OmegaConf.update(served, "backbone.ca_cert", str(tls / "ca.pem"))
-            OmegaConf.update(served, "backbone.token_file", str(token_file))
-            print(f"anther: backbone service on {served.backbone.address} (pid {proc.pid}, TLS)", flush=True)
-            yield served
-        finally:
+        readies = []
+        for i, device in enumerate(devices):  # all start loading at once, then each is awaited
+            suffix = f"-{i}" if i else ""
+            ready, log = workdir / f"ready{suffix}.json", workdir / f"backbone{suffix}.log"
+            with log.open("w") as out:
+                command = _serve_command(cfg, tls, workdir / TOKENS_FILE, host, port + i if port else 0, ready, device)
+                procs.append((subprocess.Popen(command, env=_child_env(), stdout=out, stderr=subprocess.STDOUT), log))
+            readies.append(ready)
+        addresses = [_advertised(b, host, _wait_ready(proc, ready, log, b.startup_timeout_s), i)
+                     for i, ((proc, log), ready) in enumerate(zip(procs, readies))]
+        served = cfg.copy()
+        OmegaConf.update(served, "backbone.address", addresses[0])
+        OmegaConf.update(served, "backbone.replica_addresses", addresses)
+        OmegaConf.update(served, "backbone.ca_cert", str(tls / "ca.pem"))
+        OmegaConf.update(served, "backbone.token_file", str(token_file))
+        for (proc, _), address, device in zip(procs, addresses, devices):
+            print(f"anther: backbone service on {address} ({device}, pid {proc.pid}, TLS)", flush=True)
+        yield served
+    finally:
+        for proc, log in procs:
             _stop(proc)
             for line in log.read_text().strip().splitlines()[-1:]:  # its last line: who called, how often
                 print(f"anther: {line}", flush=True)
-    finally:
         shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _advertised(b: DictConfig, host: str, bound: int, replica: int) -> str:
+    """The address clients dial for ``replica``: ``backbone.advertise_address`` (its port + the
+    replica's index), else the host it listens on and the port it bound."""
+    if b.advertise_address is None:
+        return f"{host}:{bound}"
+    advertised_host, advertised_port = split_address(b.advertise_address)
+    return f"{advertised_host}:{advertised_port + replica}"

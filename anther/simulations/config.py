@@ -159,6 +159,11 @@ class BackboneConfig:
     window_ms: float = 5.0
     max_batch: int = 32  # sequences per batched pass
     quantization: str = "none"  # service / remote: none | 8bit | 4bit, bitsandbytes on a CUDA model.device
+    # service: backbone processes the ServerApp starts, replica i on devices[i] (default: all on
+    # model.device, e.g. [cuda:0, cuda:1]); simulated clients are spread over them by partition id
+    replicas: int = 1
+    devices: list[str] | None = None
+    replica_addresses: list[str] | None = None  # filled in by the ServerApp for mode=service
     tls_dir: str | None = None  # service: folder from `anther certs`; None = a fresh CA + token per run
     ca_cert: str | None = None  # CA that signed the service's certificate (enables TLS)
     token_file: str | None = None  # file holding this side's bearer token
@@ -348,6 +353,11 @@ def _validate_backbone(b: DictConfig) -> None:
            f"must be one of {', '.join(WIRE_DTYPES)}")
     _check(b.window_ms >= 0, "backbone.window_ms", b.window_ms, "must be >= 0")
     _check(b.max_batch >= 1, "backbone.max_batch", b.max_batch, "must be >= 1")
+    _check(b.replicas >= 1, "backbone.replicas", b.replicas, "must be >= 1")
+    _check(b.replicas == 1 or b.mode == "service", "backbone.replicas", b.replicas,
+           "more than 1 needs backbone.mode=service (the ServerApp starts the replicas)")
+    _check(b.devices is None or len(b.devices) == b.replicas, "backbone.devices", b.devices,
+           f"must name one device per replica (backbone.replicas={b.replicas})")
     _check(b.quantization in QUANTIZATIONS, "backbone.quantization", b.quantization,
            f"must be one of {', '.join(QUANTIZATIONS)}")
     _check(b.quantization == "none" or b.mode != "local", "backbone.quantization", b.quantization,
