@@ -8,6 +8,7 @@ from typing import Protocol
 import torch
 from PIL import Image
 from torch import nn
+from transformers import LlamaConfig
 
 
 @dataclass
@@ -85,3 +86,16 @@ def target_labels(tokenizer, input_ids: torch.Tensor, attention_mask: torch.Tens
         end = int(lengths[i])
         labels[i, end - n:end] = input_ids[i, end - n:end]
     return labels
+
+
+def tiny_llama(tokenizer) -> LlamaConfig:
+    """The LLM of every family's tiny checkpoint: a 4-layer Llama of width 128 over ``tokenizer``.
+
+    It has 8 attention heads of 16: with 4 of 32 (same parameter count) the tiny LLaVA never
+    learned to answer yes/no questions about the picture in pretraining (README, Results)."""
+    return LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=128, intermediate_size=352, num_hidden_layers=4,
+        num_attention_heads=8, num_key_value_heads=8, max_position_embeddings=512,
+        pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id, tie_word_embeddings=False,
+    )

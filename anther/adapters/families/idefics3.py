@@ -23,10 +23,9 @@ from transformers import (
     Idefics3ImageProcessorPil,
     Idefics3Processor,
     Idefics3VisionConfig,
-    LlamaConfig,
 )
 
-from .base import EdgeParts, EncodedBatch, target_labels
+from .base import EdgeParts, EncodedBatch, target_labels, tiny_llama
 
 
 class Idefics3Family:
@@ -78,10 +77,12 @@ class Idefics3Family:
         image_seq_len = (tile // patch) ** 2 // scale**2
         processor = Idefics3Processor(image_processor=image_processor, tokenizer=tokenizer,
                                       image_seq_len=image_seq_len)
-        config = tiny_config(
-            vocab_size=len(tokenizer), image_token_id=processor.image_token_id,
-            pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
-            eos_token_id=tokenizer.eos_token_id, tile_size=tile, patch_size=patch, scale_factor=scale,
+        vision = Idefics3VisionConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                                      num_attention_heads=4, image_size=tile, patch_size=patch)
+        config = Idefics3Config(
+            vision_config=vision.to_dict(), text_config=tiny_llama(tokenizer).to_dict(),
+            image_token_id=processor.image_token_id, scale_factor=scale, tie_word_embeddings=False,
+            pad_token_id=tokenizer.pad_token_id,
         )
         return config, processor
 
@@ -105,24 +106,3 @@ class Idefics3Family:
             pixel_values=pixel_values,
             image_extras=extras,
         )
-
-
-def tiny_config(vocab_size: int, image_token_id: int, pad_token_id: int, bos_token_id: int,
-                eos_token_id: int, tile_size: int = 32, patch_size: int = 8,
-                scale_factor: int = 2) -> Idefics3Config:
-    """A small but architecturally complete Idefics3: SigLIP-style ViT, pixel-shuffle connector,
-    Llama. A tile of 32 px in patches of 8 gives 16 patches, 4 image tokens after the shuffle."""
-    vision = Idefics3VisionConfig(
-        hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-        image_size=tile_size, patch_size=patch_size,
-    )
-    text = LlamaConfig(
-        vocab_size=vocab_size, hidden_size=128, intermediate_size=352, num_hidden_layers=4,
-        num_attention_heads=8, num_key_value_heads=8, max_position_embeddings=512,
-        pad_token_id=pad_token_id, bos_token_id=bos_token_id, eos_token_id=eos_token_id,
-        tie_word_embeddings=False,
-    )
-    return Idefics3Config(
-        vision_config=vision.to_dict(), text_config=text.to_dict(), image_token_id=image_token_id,
-        scale_factor=scale_factor, tie_word_embeddings=False, pad_token_id=pad_token_id,
-    )

@@ -5,7 +5,7 @@
 cuts the image into tower-sized tiles plus a downscaled base view, and writes as many image
 tokens as the *unpadded* feature grid (with one newline token per row) holds, so the token
 count depends on each image's original size. :meth:`LlavaNextFamily.encode` therefore
-carries ``image_sizes`` per image next to the pixels, and :meth:`image_features` mirrors
+carries ``image_sizes`` per image next to the pixels (LLaVA's encoding, with that extra), and :meth:`image_features` mirrors
 ``LlavaNextModel.get_image_features``: tower, feature layer, CLS dropping, projector, then
 the model's own ``pack_image_features`` (unpadding and newlines), so NanoEdge + backbone
 reproduce ``model(**inputs).logits`` (tests/test_correctness.py).
@@ -16,11 +16,9 @@ from __future__ import annotations
 from types import SimpleNamespace
 
 import torch
-from PIL import Image
 from torch import nn
 from transformers import (
     CLIPVisionConfig,
-    LlamaConfig,
     LlavaNextConfig,
     LlavaNextForConditionalGeneration,
     LlavaNextImageProcessorPil,
@@ -29,7 +27,8 @@ from transformers import (
 )
 from transformers.models.llava_next.modeling_llava_next import image_size_to_num_patches
 
-from .base import EdgeParts, EncodedBatch, target_labels
+from .base import EdgeParts, tiny_llama
+from .llava import LlavaFamily, vision_features
 
 
 class PackingConnector(nn.Module):
@@ -42,9 +41,12 @@ class PackingConnector(nn.Module):
         self.image_newline = image_newline
 
 
-class LlavaNextFamily:
+class LlavaNextFamily(LlavaFamily):
+    """LLaVA's split, token placement and encoding, with AnyRes image features."""
+
     name = "llava_next"
     model_class = LlavaNextForConditionalGeneration
+    image_extra_keys = ("image_sizes",)
 
     def edge_parts(self, model: LlavaNextForConditionalGeneration) -> EdgeParts:
         return EdgeParts(
@@ -52,12 +54,6 @@ class LlavaNextFamily:
             connector=PackingConnector(model.model.multi_modal_projector, model.model.image_newline),
             embed_tokens=model.model.language_model.embed_tokens,
         )
-
-    def backbone_parts(self, model: LlavaNextForConditionalGeneration) -> tuple[nn.Module, nn.Module]:
-        return model.model.language_model, model.lm_head
-
-    def image_token_id(self, config: LlavaNextConfig) -> int:
-        return config.image_token_id
 
     def image_tokens(self, config: LlavaNextConfig) -> int:
         """A square picture at the largest square grid: the base view, then the grid's feature
@@ -74,15 +70,7 @@ class LlavaNextFamily:
         tiles = [image_size_to_num_patches(image_size=size, grid_pinpoints=config.image_grid_pinpoints,
                                            patch_size=config.vision_config.image_size) for size in image_sizes]
         pixels = torch.cat([p[:n] for p, n in zip(pixel_values, tiles)])  # the processor pads the tile axis
-        out = parts.vision_tower(pixels, output_hidden_states=True)
-        layers = config.vision_feature_layer
-        if isinstance(layers, int):
-            feats = out.hidden_states[layers]
-        else:
-            feats = torch.cat([out.hidden_states[i] for i in layers], dim=-1)
-        if config.vision_feature_select_strategy == "default":
-            feats = feats[:, 1:]
-        feats = parts.connector.projector(feats)
+        feats = parts.connector.projector(vision_features(parts.vision_tower, config, pixels))
         # The model's own packing, called unbound: it reads nothing of the model but its config.
         packed, _ = LlavaNextModel.pack_image_features(
             SimpleNamespace(config=config), list(feats.split(tiles)), image_sizes,
@@ -107,29 +95,9 @@ class LlavaNextFamily:
         )
         vision = CLIPVisionConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
                                   image_size=tile, patch_size=patch, projection_dim=64)
-        text = LlamaConfig(
-            vocab_size=len(tokenizer), hidden_size=128, intermediate_size=352, num_hidden_layers=4,
-            num_attention_heads=8, num_key_value_heads=8, max_position_embeddings=512,
-            pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
-            eos_token_id=tokenizer.eos_token_id, tie_word_embeddings=False,
-        )
         config = LlavaNextConfig(
-            vision_config=vision, text_config=text, image_token_id=tokenizer.image_token_id,
+            vision_config=vision, text_config=tiny_llama(tokenizer), image_token_id=tokenizer.image_token_id,
             image_grid_pinpoints=pinpoints, vision_feature_select_strategy="default", vision_feature_layer=-1,
             image_seq_length=(tile // patch) ** 2, pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=False,
         )
         return config, processor
-
-    def encode(self, processor, prompts: list[str], images: list[Image.Image | None],
-               targets: list[str] | None) -> EncodedBatch:
-        """Tokenise prompt (+ target) with the LLaVA-NeXT processor; each image's tiles and size."""
-        texts = prompts if targets is None else [p + t for p, t in zip(prompts, targets)]
-        present = [im for im in images if im is not None]
-        enc = processor(images=present or None, text=texts, return_tensors="pt", padding=True)
-        return EncodedBatch(
-            input_ids=enc["input_ids"],
-            attention_mask=enc["attention_mask"],
-            labels=target_labels(processor.tokenizer, enc["input_ids"], enc["attention_mask"], targets),
-            pixel_values=enc["pixel_values"] if present else None,
-            image_extras={"image_sizes": enc["image_sizes"]} if present else {},
-        )
