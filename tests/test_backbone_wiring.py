@@ -55,6 +55,8 @@ def service_port(tiny_model_dir: Path, creds: Path) -> Iterator[int]:
     (["backbone.replicas=2"], "backbone.replicas"),
     (["backbone.mode=service", "backbone.replicas=0"], "backbone.replicas"),
     (["backbone.mode=service", "backbone.replicas=2", "backbone.devices=[cuda:0]"], "backbone.devices"),
+    (["backbone.mode=remote", "backbone.address=h:1", "backbone.insecure=true", "backbone.replica_addresses=[h:1,h]"],
+     "backbone.replica_addresses"),
 ])
 def test_bad_backbone_config_names_the_key(overrides: list[str], key: str) -> None:
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):

@@ -60,7 +60,7 @@ class EdgeSpec:
 
 
 @lru_cache(maxsize=4)
-def _client_side(spec: EdgeSpec, local_backbone: bool) -> tuple[Encoder, LocalBackbone | None, nn.Module]:
+def _client_side(spec: EdgeSpec, local_backbone: bool) -> tuple[Encoder, LocalBackbone | None, nn.Module | None]:
     """Processor + NanoEdge, the in-process backbone if asked for, and the LM head (for private
     labels): one load of the checkpoint. Without the local backbone only the NanoEdge's modules
     and the head stay referenced, so the rest of the LLM's weights are freed."""
@@ -76,7 +76,8 @@ def _client_side(spec: EdgeSpec, local_backbone: bool) -> tuple[Encoder, LocalBa
                                                     spec.feature_cache_max_bytes)
     backbone = LocalBackbone.from_model(model, spec.model_path) if local_backbone else None
     processor = AutoProcessor.from_pretrained(spec.model_path)
-    return Encoder(edge, processor, spec.modality_agnostic), backbone, family.backbone_parts(model)[1]
+    head = family.backbone_parts(model)[1] if spec.private_labels else None
+    return Encoder(edge, processor, spec.modality_agnostic), backbone, head
 
 
 @lru_cache(maxsize=8)

@@ -163,7 +163,9 @@ class BackboneConfig:
     # model.device, e.g. [cuda:0, cuda:1]); simulated clients are spread over them by partition id
     replicas: int = 1
     devices: list[str] | None = None
-    replica_addresses: list[str] | None = None  # filled in by the ServerApp for mode=service
+    # host:port of every replica: the ServerApp fills it in for mode=service; for mode=remote, list
+    # several running services to spread the clients over them
+    replica_addresses: list[str] | None = None
     tls_dir: str | None = None  # service: folder from `anther certs`; None = a fresh CA + token per run
     ca_cert: str | None = None  # CA that signed the service's certificate (enables TLS)
     token_file: str | None = None  # file holding this side's bearer token
@@ -356,6 +358,8 @@ def _validate_backbone(b: DictConfig) -> None:
     _check(b.replicas >= 1, "backbone.replicas", b.replicas, "must be >= 1")
     _check(b.replicas == 1 or b.mode == "service", "backbone.replicas", b.replicas,
            "more than 1 needs backbone.mode=service (the ServerApp starts the replicas)")
+    _check(not b.replica_addresses or all(_is_host_port(a) for a in b.replica_addresses),
+           "backbone.replica_addresses", b.replica_addresses, "must be a list of host:port")
     _check(b.devices is None or len(b.devices) == b.replicas, "backbone.devices", b.devices,
            f"must name one device per replica (backbone.replicas={b.replicas})")
     _check(b.quantization in QUANTIZATIONS, "backbone.quantization", b.quantization,
