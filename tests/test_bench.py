@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 from simulation_run import shared_home
 
@@ -55,11 +56,12 @@ def test_micro_grid_writes_report_then_skips_then_redoes_only_the_missing_cell(m
     report = json.loads((out / "report.json").read_text())
     assert {f"{c['method']}__{c['scenario']}__seed{c['seed']}" for c in report["cells"]} == cells
     assert report["not_finished"] == []
+    assert report["machine"]["cpus"] == os.cpu_count() and report["machine"]["torch"] == torch.__version__
     local = next(c for c in report["cells"] if c["method"] == "local_only")
     assert len(local["acc_per_round"]) == 2 and 0 <= local["final_acc"] <= 1
     assert local["client_acc_worst"] <= local["client_acc_mean"]
     md = (out / "report.md").read_text()
-    assert "| iid | " in md and "zero_shot" in md and "local_only" in md
+    assert "| iid | " in md and "zero_shot" in md and "local_only" in md and "\nMachine (" in md
     assert (out / "accuracy_per_round.png").stat().st_size > 0 and (out / "final_accuracy.png").stat().st_size > 0
 
     before = _mtimes(out)

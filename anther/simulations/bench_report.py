@@ -32,6 +32,7 @@ from matplotlib.ticker import MaxNLocator
 from omegaconf import DictConfig, OmegaConf
 
 from anther.simulations.bench import Cell, cell_overrides, cells, is_finished
+from anther.simulations.machine import describe, one_line
 from anther.simulations.report import write_json_atomic
 
 ACC = "acc_mc"
@@ -124,12 +125,13 @@ def _matrix(rows: list[dict[str, Any]], bench: DictConfig, key: str) -> list[str
 
 
 def markdown(bench: DictConfig, rows: list[dict[str, Any]], results: list[CellResult], missing: list[str],
-             command: str, extra: list[str]) -> str:
+             command: str, extra: list[str], machine: str) -> str:
     seconds = sum(r.seconds or 0 for r in results)
     budget = " ".join([*bench.overrides, *extra]) or "(none)"
     lines = [
         "# Heterogeneity benchmark", "",
         f"Command: `{command}`", "",
+        f"Machine (the sitting that last wrote this report): {machine}", "",
         (f"Experiment `{bench.experiment}`; per-run overrides `{budget}`; "
          f"seeds {list(bench.seeds)} (`{' '.join(bench.seed_overrides)}`). {len(results)} cells finished "
          f"({seconds / 3600:.2f} h of cell wall time), {len(missing)} not."), "",
@@ -210,10 +212,12 @@ def write_report(bench: DictConfig, out: Path, extra: list[str], command: str) -
     """Rebuild report.md, report.json and the two plots in ``out`` from the finished cells."""
     results, missing = collect(bench, out, extra)
     rows = aggregate(results, bench)
+    machine = describe()
     write_json_atomic(out / "report.json", {
-        "command": command, "bench": OmegaConf.to_container(bench, resolve=True), "extra_overrides": extra,
+        "command": command, "machine": machine, "bench": OmegaConf.to_container(bench, resolve=True),
+        "extra_overrides": extra,
         "cells": [asdict(r) for r in results], "not_finished": missing, "summary": rows})
-    (out / "report.md").write_text(markdown(bench, rows, results, missing, command, extra))
+    (out / "report.md").write_text(markdown(bench, rows, results, missing, command, extra, one_line(machine)))
     plot_per_round(rows, bench, out / "accuracy_per_round.png")
     plot_final(rows, bench, out / "final_accuracy.png")
     return out / "report.md"

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import shutil
 import statistics
 import subprocess
@@ -32,11 +31,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
 from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
 from anther.simulations.config import CONFIG_DIR, ConfigError
+from anther.simulations.machine import describe
 from anther.simulations.runner import simulate
 
 SECTIONS = ("overhead", "sharing", "cache", "batching", "scale")
@@ -175,7 +174,7 @@ class PerfBench:
     def run(self) -> dict[str, Any]:
         self.out.mkdir(parents=True, exist_ok=True)
         result: dict[str, Any] = {"benchmark": "perf", "config": OmegaConf.to_container(self.cfg),
-                                  "environment": environment(self.threads), "sections": {}}
+                                  "environment": describe(self.threads), "sections": {}}
         for name in tqdm(list(self.cfg.sections), desc="perf bench", unit="section"):
             began = time.perf_counter()
             result["sections"][name] = {**getattr(self, name)(), "section_s": round(time.perf_counter() - began, 1)}
@@ -188,12 +187,3 @@ def _speedup(rows: list[dict[str, Any]], clients: int) -> float:
     by_mode = {r["mode"]: r for r in rows if r["clients"] == clients}
     return round(by_mode["copies"]["round_s"][-1] / by_mode["shared"]["round_s"][-1], 3)
 
-
-def environment(threads: int) -> dict[str, Any]:
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() else ""
-    return {"cpu": cpu, "cpus": os.cpu_count(), "torch_threads": threads, "torch": torch.__version__,
-            "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-            "python": platform.python_version(), "memory_gb": round(os.sysconf("SC_PAGE_SIZE")
-                                                                     * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),
-            "date": time.strftime("%Y-%m-%d %H:%M %Z")}
