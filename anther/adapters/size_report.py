@@ -49,9 +49,7 @@ def _llava_1_5(text: LlamaConfig) -> LlavaConfig:
 
 
 def _vicuna(hidden: int, intermediate: int, layers: int, heads: int) -> LlamaConfig:
-    return LlamaConfig(vocab_size=32064, hidden_size=hidden, intermediate_size=intermediate,
-                       num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=heads,
-                       max_position_embeddings=4096, tie_word_embeddings=False)
+    return _llama(32064, hidden, intermediate, layers, heads, heads)
 
 
 def _llava_next(text: LlamaConfig) -> LlavaNextConfig:

@@ -68,11 +68,9 @@ class NanoEdge(nn.Module):
         return self
 
     @torch.no_grad()
-    def image_features(self, pixel_values: torch.Tensor,
-                       extras: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
+    def image_features(self, pixel_values: torch.Tensor, extras: dict[str, torch.Tensor]) -> torch.Tensor:
         """Frozen encoder + connector output of every image, concatenated: (image tokens, hidden);
         read from the feature cache where it holds them."""
-        extras = extras or {}
         if self.feature_cache is None:
             return torch.cat(self._encode_images(pixel_values, extras))
         return torch.cat(self.feature_cache.features(pixel_values, extras, self._encode_images))

@@ -74,16 +74,15 @@ class Idefics3Family:
         image_processor = Idefics3ImageProcessorPil(
             size={"longest_edge": 2 * tile}, max_image_size={"longest_edge": tile}, do_image_splitting=True,
         )
-        image_seq_len = (tile // patch) ** 2 // scale**2
-        processor = Idefics3Processor(image_processor=image_processor, tokenizer=tokenizer,
-                                      image_seq_len=image_seq_len)
         vision = Idefics3VisionConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                                       num_attention_heads=4, image_size=tile, patch_size=patch)
         config = Idefics3Config(
             vision_config=vision.to_dict(), text_config=tiny_llama(tokenizer).to_dict(),
-            image_token_id=processor.image_token_id, scale_factor=scale, tie_word_embeddings=False,
+            image_token_id=tokenizer.image_token_id, scale_factor=scale, tie_word_embeddings=False,
             pad_token_id=tokenizer.pad_token_id,
         )
+        processor = Idefics3Processor(image_processor=image_processor, tokenizer=tokenizer,
+                                      image_seq_len=self.image_tokens(config))
         return config, processor
 
     def encode(self, processor, prompts: list[str], images: list[Image.Image | None],
