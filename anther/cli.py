@@ -18,9 +18,14 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from anther.simulations.config import QUANTIZATIONS, ConfigError
+
+if TYPE_CHECKING:
+    from omegaconf import DictConfig
 
 
 def _simulate(args: argparse.Namespace) -> int:
@@ -112,27 +117,78 @@ def _bench(args: argparse.Namespace) -> int:
 
     if Path(args.bench).stem == "perf":
         return _bench_perf(args)
-    from anther.simulations.bench import load_bench, run_grid
+    from anther.simulations.bench import load_bench
     from anther.simulations.bench_report import write_report
     from anther.simulations.config import anther_home
 
     bench = load_bench(args.bench, args.methods, args.scenarios, args.seeds)
     out = Path(args.out or anther_home() / "bench" / Path(args.bench).stem).expanduser()
-    command = shlex.join(["anther", "bench", args.bench, *args.overrides,
-                          *(["--out", args.out] if args.out else []),
-                          *[a for k in ("methods", "scenarios", "seeds") if (v := getattr(args, k))
-                            for a in (f"--{k}", *map(str, v))]])
+    grid_args = [args.bench, *args.overrides, "--out", str(out),
+                 *[a for k in ("methods", "scenarios", "seeds") if (v := getattr(args, k))
+                   for a in (f"--{k}", *map(str, v))]]
+    command = shlex.join(["anther", "bench", *grid_args])
     if args.report_only:
         print(f"report written to {write_report(bench, out, args.overrides, command)}")
         return 0
+    if args.jobs < 1:
+        raise ValueError(f"--jobs {args.jobs}: give at least 1")
     out.mkdir(parents=True, exist_ok=True)
-    outcomes = run_grid(bench, out, args.overrides,
-                        on_cell=lambda _: write_report(bench, out, args.overrides, command))
-    report = write_report(bench, out, args.overrides, command)
-    failed = [o.cell.key for o in outcomes if o.status == "failed"]
-    print(f"report written to {report}; {len(outcomes) - len(failed)} of {len(outcomes)} cells finished"
-          + (f"; failed: {', '.join(failed)} (run the same command again to retry them)" if failed else ""))
-    return 1 if failed else 0
+    if args.runner is not None:  # one of --jobs N runners: the watching process writes the report
+        return _bench_runner(bench, out, args)
+    if args.jobs == 1:
+        _run_bench_grid(bench, out, args.overrides, report=lambda: write_report(bench, out, args.overrides, command))
+    else:
+        _run_bench_runners(bench, out, args, [sys.executable, "-m", "anther.cli", "bench", *grid_args],
+                           report=lambda: write_report(bench, out, args.overrides, command))
+    return _bench_summary(bench, out, args.overrides, write_report(bench, out, args.overrides, command))
+
+
+def _run_bench_grid(bench: DictConfig, out: Path, overrides: list[str], report: Callable[[], object]) -> None:
+    from anther.simulations.bench import run_grid
+    from anther.simulations.launcher import exit_on_sigterm
+
+    with exit_on_sigterm():
+        run_grid(bench, out, overrides, on_cell=lambda _: report())
+
+
+def _bench_runner(bench: DictConfig, out: Path, args: argparse.Namespace) -> int:
+    from anther.simulations.bench import run_grid
+    from anther.simulations.launcher import exit_on_sigterm
+
+    with exit_on_sigterm():
+        outcomes = run_grid(bench, out, args.overrides, claims=Path(args.claims),
+                            say=lambda line: print(f"[runner {args.runner}] {line}", flush=True))
+    return 1 if any(o.status == "failed" for o in outcomes) else 0
+
+
+def _run_bench_runners(bench: DictConfig, out: Path, args: argparse.Namespace, command: list[str],
+                       report: Callable[[], object]) -> None:
+    """``--jobs N``: N runners share the grid; the report is rewritten whenever a cell finishes."""
+    from anther.simulations.bench import check_grid, unfinished
+    from anther.simulations.bench_workers import run_runners
+
+    check_grid(bench, args.overrides, out / "cells")  # a typo fails here, once, not in every runner
+    left = len(unfinished(bench, out, args.overrides))
+
+    def progress() -> None:
+        nonlocal left
+        now = len(unfinished(bench, out, args.overrides))
+        if now != left:
+            left = now
+            report()
+
+    run_runners(command, args.jobs, out / "claims", progress)
+
+
+def _bench_summary(bench: DictConfig, out: Path, overrides: list[str], report: Path) -> int:
+    """Say how many cells have a finished result; 1 if any has not (re-running retries those)."""
+    from anther.simulations.bench import cells, unfinished
+
+    missing = [c.key for c in unfinished(bench, out, overrides)]
+    total = len(cells(bench))
+    print(f"report written to {report}; {total - len(missing)} of {total} cells finished"
+          + (f"; not finished: {', '.join(missing)} (run the same command again to retry them)" if missing else ""))
+    return 1 if missing else 0
 
 
 def _add_bench_parser(sub: argparse._SubParsersAction) -> None:
@@ -146,6 +202,11 @@ def _add_bench_parser(sub: argparse._SubParsersAction) -> None:
     bench.add_argument("--scenarios", nargs="+", help="these scenarios instead of the config's")
     bench.add_argument("--seeds", nargs="+", type=int, help="these seeds instead of the config's")
     bench.add_argument("--report-only", action="store_true", help="rebuild the report from finished cells")
+    bench.add_argument("--jobs", type=int, default=1,
+                       help="cells run at once, each in its own runner process (an end-to-end cell keeps "
+                            "about one core busy: use the number of cores)")
+    bench.add_argument("--claims", help=argparse.SUPPRESS)  # set by --jobs for its runners
+    bench.add_argument("--runner", type=int, help=argparse.SUPPRESS)
     bench.add_argument("overrides", nargs="*", help="Hydra overrides added to every cell, e.g. "
                        "federation.rounds=1 (before the --options, which take several values)")
     bench.set_defaults(func=_bench)

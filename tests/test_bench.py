@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -90,6 +92,39 @@ def test_a_cell_under_other_overrides_is_redone(micro, tmp_path, capsys):
     assert result["config"]["eval"]["server_test_size"] == 4
 
 
+def _runs_per_cell(said: str) -> dict[str, list[str]]:
+    """cell key -> the runners that said they ran it (``[runner K] [i/n] KEY: ran in ...``)."""
+    ran: dict[str, list[str]] = {}
+    for line in said.splitlines():
+        if m := re.match(r"\[runner (\d+)\] \[\d+/\d+\] (\S+): ran", line):
+            ran.setdefault(m[2], []).append(m[1])
+    return ran
+
+
+def test_two_runners_share_a_grid_and_run_each_cell_once(micro, tmp_path, capfd):
+    out = tmp_path / "out"
+    grid = _bench_file(tmp_path, {"zero_shot": ["baseline=zero_shot"], "local_only": ["baseline=local_only"]},
+                       yaml.safe_load(micro.read_text())["overrides"])
+    grid.write_text(grid.read_text().replace("seeds:\n- 0", "seeds:\n- 0\n- 1"))
+    assert main(["bench", str(grid), "--out", str(out), "--jobs", "2"]) == 0
+    said = capfd.readouterr().out
+    cells = {f"{m}__iid__seed{k}" for m in ("zero_shot", "local_only") for k in (0, 1)}
+    ran = _runs_per_cell(said)
+    assert set(ran) == cells and all(len(runners) == 1 for runners in ran.values()), said
+    assert {r for runners in ran.values() for r in runners} == {"1", "2"}, said  # both runners worked
+    assert sorted(p.name for p in (out / "claims").iterdir()) == sorted(cells)
+    report = json.loads((out / "report.json").read_text())
+    assert report["not_finished"] == [] and len(report["cells"]) == 4
+    assert "4 of 4 cells finished" in said
+
+    before = _mtimes(out)
+    assert main(["bench", str(grid), "--out", str(out), "--jobs", "2"]) == 0
+    said = capfd.readouterr().out
+    assert _runs_per_cell(said) == {} and said.count("finished before, skipped") == 8  # each runner, each cell
+    assert _mtimes(out) == before
+    assert main(["bench", str(grid), "--out", str(out), "--jobs", "0"]) == 2
+
+
 def test_bad_bench_configs_are_named(tmp_path):
     with pytest.raises(ConfigError, match="unknown scenario.*'iid_typo'"):
         path = _bench_file(tmp_path, {"fedavg": ["strategy.name=fedavg"]}, [])
@@ -135,3 +170,40 @@ def test_federated_cell_and_baseline_cell_through_the_cli(micro, tmp_path):
     said = run()
     assert "fedavg__iid__seed0: finished before, skipped" in said and "zero_shot__iid__seed0: ran" in said
     assert _mtimes(tmp_path / "out")["fedavg__iid__seed0"] == before["fedavg__iid__seed0"]
+
+
+def _processes_naming(text: str) -> list[int]:
+    """Pids of live processes whose command line contains ``text``."""
+    pids = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            if text in cmdline.read_bytes().replace(b"\0", b" ").decode(errors="replace"):
+                pids.append(int(cmdline.parent.name))
+        except OSError:  # the process ended while we looked
+            continue
+    return pids
+
+
+@pytest.mark.slow
+def test_sigterm_stops_a_parallel_grid_and_its_runners_and_the_same_command_finishes_it(micro, tmp_path):
+    """SIGTERM to ``anther bench --jobs 2`` mid-grid: it exits and leaves no runner behind; the same
+    command then finishes every cell. About a minute."""
+    out = tmp_path / "out"
+    grid = _bench_file(tmp_path, {"local_only": ["baseline=local_only"]},
+                       yaml.safe_load(micro.read_text())["overrides"])
+    grid.write_text(grid.read_text().replace("seeds:\n- 0", "seeds:\n- 0\n- 1\n- 2\n- 3"))
+    cmd = [sys.executable, "-m", "anther.cli", "bench", str(grid), "--out", str(out), "--jobs", "2"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + 120
+    while not list(out.glob("cells/*/log.txt")) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert list(out.glob("cells/*/log.txt")), "no runner started a cell in 120 s"
+    proc.terminate()
+    said, _ = proc.communicate(timeout=120)
+    assert proc.returncode != 0, said
+    assert _processes_naming(str(out / "claims")) == [], said  # every runner is gone
+
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600, check=False)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "4 of 4 cells finished" in done.stdout
+    assert json.loads((out / "report.json").read_text())["not_finished"] == []

@@ -13,7 +13,9 @@ midway, failed, or run under other overrides) is cleared and run again. After ev
 report (:mod:`anther.simulations.bench_report`) is rewritten from every finished cell.
 
 Federated cells go through ``flwr run`` like ``anther simulate``, on one SuperLink shared by
-the whole grid (started at the first such cell); baselines run in this process.
+the whole grid (started at the first such cell); baselines run in this process. Several such
+runners can share one grid (:mod:`anther.simulations.bench_workers`): each takes a cell by
+creating its folder under a shared ``claims`` directory, which only one of them can do.
 """
 
 from __future__ import annotations
@@ -149,6 +151,22 @@ def is_finished(cell_dir: Path, overrides: list[str]) -> bool:
     return result.get("finished") is True and recorded.get("overrides") == overrides
 
 
+def unfinished(bench: DictConfig, out: Path, extra: list[str]) -> list[Cell]:
+    """The cells of the grid without a finished result under today's overrides."""
+    grid = [(cell, out / "cells" / cell.key) for cell in cells(bench)]
+    return [cell for cell, d in grid if not is_finished(d, cell_overrides(bench, cell, extra, d))]
+
+
+def claim(claims: Path, cell: Cell) -> bool:
+    """Take ``cell`` for this runner; False if another runner of the grid took it first (``mkdir``
+    is atomic, so no cell runs twice)."""
+    try:
+        (claims / cell.key).mkdir(parents=True)
+    except FileExistsError:
+        return False
+    return True
+
+
 def _run_cell(bench: DictConfig, cell: Cell, overrides: list[str], cell_dir: Path,
               superlink: Callable[[], dict[str, str]]) -> CellOutcome:
     shutil.rmtree(cell_dir, ignore_errors=True)  # a stale or half-written attempt
@@ -186,9 +204,11 @@ def lazy_superlink() -> Iterator[Callable[[], dict[str, str]]]:
 
 def run_grid(bench: DictConfig, out: Path, extra: list[str] | None = None,
              say: Callable[[str], None] = print,
-             on_cell: Callable[[list[CellOutcome]], Any] | None = None) -> list[CellOutcome]:
+             on_cell: Callable[[list[CellOutcome]], Any] | None = None,
+             claims: Path | None = None) -> list[CellOutcome]:
     """Run every cell not already finished under ``out/cells``; ``on_cell`` is called with the
-    outcomes so far after each cell (the report is rewritten there)."""
+    outcomes so far after each cell (the report is rewritten there). With ``claims`` (a folder
+    shared with other runners of the same grid) a cell is run only if :func:`claim` gets it."""
     extra = list(extra or [])
     check_grid(bench, extra, out / "cells")
     grid = cells(bench)
@@ -201,6 +221,8 @@ def run_grid(bench: DictConfig, out: Path, extra: list[str] | None = None,
                 say(f"[{i}/{len(grid)}] {cell.key}: finished before, skipped")
                 outcomes.append(CellOutcome(cell, "done"))
                 continue
+            if claims is not None and not claim(claims, cell):
+                continue  # another runner has it
             say(f"[{i}/{len(grid)}] {cell.key}: running (log {cell_dir / 'log.txt'})")
             outcome = _run_cell(bench, cell, overrides, cell_dir, superlink)
             say(f"[{i}/{len(grid)}] {cell.key}: {outcome.status} in {outcome.seconds:.0f} s "

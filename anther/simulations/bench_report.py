@@ -31,7 +31,7 @@ import matplotlib.pyplot as plt
 from matplotlib.ticker import MaxNLocator
 from omegaconf import DictConfig, OmegaConf
 
-from anther.simulations.bench import Cell, cell_overrides, cells, is_finished
+from anther.simulations.bench import Cell, cells, unfinished
 from anther.simulations.machine import describe, one_line
 from anther.simulations.report import write_json_atomic
 
@@ -72,14 +72,9 @@ def mean_std(values: list[float | None]) -> tuple[float, float, int] | None:
 
 def collect(bench: DictConfig, out: Path, extra: list[str]) -> tuple[list[CellResult], list[str]]:
     """Finished cells' results, and the keys of the cells not finished (under today's overrides)."""
-    done, missing = [], []
-    for cell in cells(bench):
-        cell_dir = out / "cells" / cell.key
-        if is_finished(cell_dir, cell_overrides(bench, cell, extra, cell_dir)):
-            done.append(read_cell(cell, cell_dir))
-        else:
-            missing.append(cell.key)
-    return done, missing
+    missing = set(unfinished(bench, out, extra))
+    done = [read_cell(cell, out / "cells" / cell.key) for cell in cells(bench) if cell not in missing]
+    return done, [cell.key for cell in cells(bench) if cell in missing]
 
 
 def aggregate(results: list[CellResult], bench: DictConfig) -> list[dict[str, Any]]:

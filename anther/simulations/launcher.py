@@ -39,7 +39,7 @@ def _bin(name: str) -> str:
 
 
 @contextlib.contextmanager
-def _exit_on_sigterm() -> Iterator[None]:
+def exit_on_sigterm() -> Iterator[None]:
     """Let SIGTERM (``kill``, a job scheduler) unwind like Ctrl-C, so that the ``finally`` blocks
     stop the SuperLink and ``flwr run`` instead of leaving them running. (Python ignores
     ``finally`` on an unhandled SIGTERM; handlers can only be set from the main thread.)"""
@@ -61,7 +61,7 @@ def _exit_on_sigterm() -> Iterator[None]:
 def local_superlink(flwr_home: Path) -> Iterator[dict[str, str]]:
     """A simulation SuperLink on free ports; yields the environment that reaches it. It is
     stopped on the way out, also when this process is sent SIGTERM."""
-    with _exit_on_sigterm(), _superlink_process(flwr_home) as env:
+    with exit_on_sigterm(), _superlink_process(flwr_home) as env:
         yield env
 
 
