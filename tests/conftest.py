@@ -7,6 +7,8 @@ from pathlib import Path
 import pytest
 import transformers
 
+from anther.adapters.families import FAMILIES
+
 transformers.logging.set_verbosity_error()
 
 
@@ -34,6 +36,17 @@ def tiny_llava_next_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
     return init_tiny(tmp_path_factory.mktemp("model") / "tiny-llava-next", seed=0, pretrain_steps=0,
                      family="llava_next")
+
+
+# registered family -> the fixture of its tiny checkpoint
+FAMILY_FIXTURES = {"llava": "tiny_model_dir", "llava_next": "tiny_llava_next_dir", "idefics3": "tiny_idefics3_dir"}
+
+
+@pytest.fixture(scope="module", params=sorted(FAMILIES))
+def family_model_dir(request: pytest.FixtureRequest) -> Path:
+    """Each registered family's tiny checkpoint, one test per family (a family registered
+    without a fixture here fails with a KeyError naming it)."""
+    return request.getfixturevalue(FAMILY_FIXTURES[request.param])
 
 
 @pytest.fixture(scope="session")

@@ -31,11 +31,9 @@ HF_IMAGES = {
 }
 
 
-@pytest.fixture(scope="module", params=sorted(FAMILIES))
-def model_dir(request):
-    """Each registered family's tiny checkpoint (conftest.py)."""
-    fixtures = {"llava": "tiny_model_dir", "llava_next": "tiny_llava_next_dir", "idefics3": "tiny_idefics3_dir"}
-    return request.getfixturevalue(fixtures[request.param])
+@pytest.fixture(scope="module")
+def model_dir(family_model_dir):
+    return family_model_dir
 
 
 @pytest.fixture(scope="module")

@@ -11,10 +11,10 @@ import pytest
 import torch
 from transformers import AutoConfig
 
-from anther.adapters.families import family_for
+from anther.adapters.side_loading import side_class
 from anther.cli import main
-from anther.server.backbone import LocalBackbone, _client_module_names
-from anther.server.quantization import check_quantization, quantization_config
+from anther.server.backbone import LocalBackbone
+from anther.server.quantization import KEPT_IN_DTYPE, check_quantization, quantization_config
 from anther.simulations.config import ConfigError, load_config
 
 
@@ -60,12 +60,16 @@ def test_service_mode_accepts_quantization_in_the_config():
     ("tiny_llava_next_dir", "model.vision_tower", "model.multi_modal_projector"),
     ("tiny_idefics3_dir", "model.vision_model", "model.connector"),
 ])
-def test_quantised_loads_skip_the_client_modules_and_the_head(request, fixture, vision, connector):
+def test_a_quantised_backbone_has_no_client_modules_and_keeps_its_head_in_dtype(request, fixture, vision,
+                                                                                 connector):
     config = AutoConfig.from_pretrained(request.getfixturevalue(fixture))
-    names = _client_module_names(family_for(config.model_type), config)
-    assert names == [vision, connector, "lm_head"]
-    eight = quantization_config("8bit", torch.bfloat16, names)
-    four = quantization_config("4bit", torch.bfloat16, names)
-    assert eight.load_in_8bit and eight.llm_int8_skip_modules == names
+    with torch.device("meta"):
+        server = side_class(config.model_type, "server")(config)  # what a quantised load builds
+    names = list(server.state_dict())
+    assert not [n for n in names if n.startswith((vision, connector))] and "lm_head.weight" in names
+    assert KEPT_IN_DTYPE == ["lm_head"]
+    eight = quantization_config("8bit", torch.bfloat16)
+    four = quantization_config("4bit", torch.bfloat16)
+    assert eight.load_in_8bit and eight.llm_int8_skip_modules == KEPT_IN_DTYPE
     assert four.load_in_4bit and four.bnb_4bit_quant_type == "nf4" and four.bnb_4bit_compute_dtype == torch.bfloat16
-    assert quantization_config("none", torch.float32, names) is None
+    assert quantization_config("none", torch.float32) is None

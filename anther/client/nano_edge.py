@@ -14,10 +14,10 @@ from pathlib import Path
 
 import torch
 from torch import nn
-from transformers import AutoConfig
 
 from anther.adapters.families import EdgeParts, EncodedBatch, ModelFamily, family_for
 from anther.adapters.nano_adapter import NanoAdapter, NanoAdapterConfig
+from anther.adapters.side_loading import load_side
 from anther.client.feature_cache import FeatureCache
 
 
@@ -52,9 +52,9 @@ class NanoEdge(nn.Module):
     @classmethod
     def from_pretrained(cls, model_dir: str | Path, adapter: NanoAdapterConfig,
                         dtype: torch.dtype = torch.float32, device: str = "cpu") -> NanoEdge:
-        config = AutoConfig.from_pretrained(model_dir)
-        model = family_for(config.model_type).model_class.from_pretrained(model_dir, dtype=dtype)
-        return cls.from_model(model, adapter).to(device)
+        """The NanoEdge of the checkpoint at ``model_dir``, read without the LLM's decoder layers
+        and head (:mod:`anther.adapters.side_loading`)."""
+        return cls.from_model(load_side(model_dir, "client", dtype=dtype), adapter).to(device)
 
     @classmethod
     def from_model(cls, model: nn.Module, adapter: NanoAdapterConfig) -> NanoEdge:

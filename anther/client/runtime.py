@@ -19,10 +19,11 @@ import torch
 import transformers
 from omegaconf import DictConfig
 from torch import nn
-from transformers import AutoConfig, AutoProcessor
+from transformers import AutoProcessor
 
 from anther.adapters.families import family_for
 from anther.adapters.nano_adapter import NanoAdapterConfig
+from anther.adapters.side_loading import load_side
 from anther.client.backbone_endpoint import BackboneEndpoint, endpoint_for
 from anther.client.feature_cache import FeatureCache
 from anther.client.inference import Encoder
@@ -62,14 +63,15 @@ class EdgeSpec:
 @lru_cache(maxsize=4)
 def _client_side(spec: EdgeSpec, local_backbone: bool) -> tuple[Encoder, LocalBackbone | None, nn.Module | None]:
     """Processor + NanoEdge, the in-process backbone if asked for, and the LM head (for private
-    labels): one load of the checkpoint. Without the local backbone only the NanoEdge's modules
-    and the head stay referenced, so the rest of the LLM's weights are freed."""
+    labels): one load of the checkpoint, of only the modules these need
+    (:mod:`anther.adapters.side_loading`): without the local backbone the LLM's decoder layers
+    are never read."""
     transformers.logging.set_verbosity_error()
     torch.set_num_threads(1)  # simulated clients share the cores; one thread each is fastest
     adapter = NanoAdapterConfig(rank=spec.rank, alpha=spec.alpha, activation=spec.activation)
-    config = AutoConfig.from_pretrained(spec.model_path)
-    family = family_for(config.model_type)
-    model = family.model_class.from_pretrained(spec.model_path, dtype=DTYPES[spec.dtype])
+    model = load_side(spec.model_path, "both" if local_backbone else "client", head=spec.private_labels,
+                      dtype=DTYPES[spec.dtype])
+    family = family_for(model.config.model_type)
     edge = NanoEdge.from_model(model, adapter)  # both halves share one load of the checkpoint
     if spec.feature_cache_dir is not None:
         edge.feature_cache = FeatureCache.for_model(Path(spec.feature_cache_dir), Path(spec.model_path), spec.dtype,

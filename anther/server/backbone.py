@@ -21,9 +21,9 @@ from typing import Protocol
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers import AutoConfig
 
-from anther.adapters.families import ModelFamily, family_for
+from anther.adapters.families import family_for
+from anther.adapters.side_loading import load_side
 from anther.server.quantization import check_quantization, quantization_config
 
 IGNORE_INDEX = -100
@@ -130,17 +130,16 @@ class LocalBackbone(nn.Module):
     @classmethod
     def from_pretrained(cls, model_dir: str | Path, dtype: torch.dtype = torch.float32,
                         device: str = "cpu", quantization: str = "none") -> LocalBackbone:
-        """The backbone of the checkpoint at ``model_dir`` on ``device``; with ``quantization``
-        (``8bit`` / ``4bit``, CUDA only) the LLM is held quantised by bitsandbytes."""
+        """The backbone of the checkpoint at ``model_dir`` on ``device``, read without the client's
+        vision tower and connector (:mod:`anther.adapters.side_loading`); with ``quantization``
+        (``8bit`` / ``4bit``, CUDA only) the LLM is held quantised by bitsandbytes, all but its head."""
         check_quantization(quantization, device)
-        config = AutoConfig.from_pretrained(model_dir)
-        family = family_for(config.model_type)
         if quantization == "none":
-            model = family.model_class.from_pretrained(model_dir, dtype=dtype).to(device)
+            model = load_side(model_dir, "server", dtype=dtype).to(device)
         else:
-            quantized = quantization_config(quantization, dtype, _client_module_names(family, config))
-            model = family.model_class.from_pretrained(model_dir, dtype=dtype, quantization_config=quantized,
-                                                       device_map={"": device})
+            quantized = quantization_config(quantization, dtype)
+            model = load_side(model_dir, "server", dtype=dtype, quantization_config=quantized,
+                              device_map={"": device})
         return cls.from_model(model, model_dir)
 
     @classmethod
@@ -224,20 +223,6 @@ class LocalBackbone(nn.Module):
         picked = logits[torch.arange(logits.shape[0], device=self.device), last].float().to(inputs_embeds.device)
         self._count((inputs_embeds, attention_mask), picked)
         return picked
-
-
-def _client_module_names(family: ModelFamily, config: object) -> list[str]:
-    """Names of the outermost modules of the vision tower and connector (found on a weightless
-    meta-device copy) and the LM head: what a quantised load keeps in the model dtype."""
-    with torch.device("meta"):
-        model = family.model_class(config)
-    parts = family.edge_parts(model)
-    wanted = {id(m) for part in (parts.vision_tower, parts.connector) for m in part.modules()}
-    names: list[str] = []
-    for name, module in model.named_modules():
-        if id(module) in wanted and not any(name.startswith(f"{n}.") for n in names):
-            names.append(name)
-    return [*names, "lm_head"]
 
 
 @torch.no_grad()

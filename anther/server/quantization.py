@@ -2,9 +2,9 @@
 
 The frozen LLM is the server's whole memory bill, and it never trains, so it can be held
 quantised: LLM.int8() (``8bit``) or NF4 with compute in the model dtype (``4bit``). The
-vision tower and connector are loaded along with it (one checkpoint load) but skipped by
-the quantiser; the NanoEdge never runs on a quantised model (``backbone.mode=local`` refuses
-quantisation). bitsandbytes kernels need CUDA, so where there is no GPU, or no
+backbone is loaded without the vision tower and connector (:mod:`anther.adapters.side_loading`)
+and its LM head stays in the model dtype; the NanoEdge never runs on a quantised model
+(``backbone.mode=local`` refuses quantisation). bitsandbytes kernels need CUDA, so where there is no GPU, or no
 bitsandbytes, the message says so before anything is loaded.
 """
 
@@ -16,6 +16,8 @@ import torch
 from transformers import BitsAndBytesConfig
 
 from anther.simulations.config import QUANTIZATIONS
+
+KEPT_IN_DTYPE = ["lm_head"]  # every family's head; its logits feed the loss directly
 
 
 def check_quantization(quantization: str, device: str) -> None:
@@ -36,13 +38,12 @@ def check_quantization(quantization: str, device: str) -> None:
                            "pip install 'anther[gpu]' (or pip install bitsandbytes)")
 
 
-def quantization_config(quantization: str, dtype: torch.dtype,
-                        skip_modules: list[str]) -> BitsAndBytesConfig | None:
-    """The ``from_pretrained`` quantisation config for ``quantization`` (None for ``none``);
-    ``skip_modules`` (the client-side modules) stay in ``dtype``."""
+def quantization_config(quantization: str, dtype: torch.dtype) -> BitsAndBytesConfig | None:
+    """The ``from_pretrained`` quantisation config for ``quantization`` (None for ``none``). The
+    backbone is loaded without the client's modules, so what stays in ``dtype`` is the head."""
     if quantization == "none":
         return None
     if quantization == "8bit":
-        return BitsAndBytesConfig(load_in_8bit=True, llm_int8_skip_modules=skip_modules)
+        return BitsAndBytesConfig(load_in_8bit=True, llm_int8_skip_modules=KEPT_IN_DTYPE)
     return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=dtype,
-                              llm_int8_skip_modules=skip_modules)
+                              llm_int8_skip_modules=KEPT_IN_DTYPE)
