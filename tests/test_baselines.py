@@ -75,7 +75,7 @@ def test_local_only_clients_keep_their_own_adapters(tiny_model_dir, data_dir, tm
     saved = load_file(str(tmp_path / "run" / "checkpoints" / "round-0002" / "adapters.safetensors"))
     mine = {pid: {k.split(".", 1)[1]: v for k, v in saved.items() if k.startswith(f"client-{pid}.")}
             for pid in (0, 1)}
-    start = initial_adapters(cfg, BaselineRun(cfg).runtime.edge.embed_tokens.embedding_dim)
+    start = initial_adapters(cfg, BaselineRun(cfg).runtime.edge)
     assert mine[0].keys() == mine[1].keys() == start.keys()
     assert any(not torch.equal(mine[0][k], mine[1][k]) for k in start)  # never averaged
     assert all(any(not torch.equal(mine[p][k], start[k]) for k in start) for p in (0, 1))  # both trained

@@ -8,8 +8,9 @@ import pytest
 from transformers import AutoConfig, AutoProcessor
 
 from anther.adapters.families import family_for
+from anther.adapters.lora import LoraSettings
 from anther.adapters.nano_adapter import NanoAdapterConfig
-from anther.adapters.size_report import LORA_TARGETS, report_for_config, size_report
+from anther.adapters.size_report import report_for_config, size_report
 from anther.cli import main
 from anther.client.inference import Encoder
 from anther.client.nano_edge import NanoEdge
@@ -28,7 +29,7 @@ def test_counts_match_a_loaded_nano_edge(fixture, request, samples):
     assert report.adapter_params == adapters
     assert report.client_params == sum(p.numel() for p in edge.parameters()) - adapters
     text = config.text_config
-    per_layer = sum(4 * (text.hidden_size + text.hidden_size) for _ in LORA_TARGETS)  # r (in + out), square projections
+    per_layer = sum(4 * (text.hidden_size + text.hidden_size) for _ in LoraSettings().target_modules)  # r (in + out), square projections
     assert report.lora_params == text.num_hidden_layers * per_layer
     image_tokens = family_for(config.model_type).image_tokens(config)
     assert report.activation_bytes_down_per_sample == (image_tokens + 10) * text.hidden_size * 4

@@ -19,7 +19,6 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 import torch
-from peft import LoraConfig, inject_adapter_in_model
 from torch import nn
 from transformers import (
     CLIPVisionConfig,
@@ -31,11 +30,10 @@ from transformers import (
 )
 
 from anther.adapters.families import family_for
+from anther.adapters.lora import LoraSettings, inject_lora
 from anther.adapters.nano_adapter import NanoAdapterConfig
 from anther.client.nano_edge import build_adapters
 from anther.server.proto.wire import WIRE_DTYPES
-
-LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj")
 
 
 def _llava_1_5(text: LlamaConfig) -> LlavaConfig:
@@ -122,9 +120,9 @@ def _count(module: nn.Module) -> int:
 
 
 def _lora_params(decoder: nn.Module, rank: int) -> int:
-    """Parameters ``peft`` adds for LoRA of ``rank`` on the decoder's attention projections."""
-    inject_adapter_in_model(LoraConfig(r=rank, lora_alpha=2 * rank, target_modules=list(LORA_TARGETS)), decoder)
-    return sum(p.numel() for name, p in decoder.named_parameters() if "lora_" in name)
+    """Parameters ``peft`` adds for LoRA of ``rank`` on the decoder's attention projections
+    (``mode=local``'s default targets)."""
+    return sum(p.numel() for p in inject_lora(decoder, LoraSettings(rank=rank)).parameters())
 
 
 def _itemsize(dtype: str) -> int:

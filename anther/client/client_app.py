@@ -78,7 +78,7 @@ def _load(msg: Message, context: Context) -> tuple[DictConfig, ClientRuntime, di
     import_client_modules(cfg)
     runtime = runtime_for(cfg, rank=_rank(msg.content["config"], context), node_config=context.node_config)
     received = msg.content["arrays"].to_torch_state_dict()
-    own = runtime.edge.adapters["text"].config.rank
+    own = runtime.edge.rank
     sent = adapter_ranks(received)
     if any(r != own for r in sent.values()):
         raise ValueError(f"this node trains rank-{own} adapters but the server sent ranks {sent}; "
@@ -121,7 +121,7 @@ def train(msg: Message, context: Context) -> Message:
     metrics = MetricRecord({
         "num-examples": len(train_set),
         **_modality_counts(train_set),
-        RANK_METRIC: runtime.edge.adapters["text"].config.rank,
+        RANK_METRIC: runtime.edge.rank,
         "partition-id": pid,
         "train_loss": report.loss,
         "activation_bytes_up": report.activation_bytes_up,

@@ -44,15 +44,20 @@ def batch_indices(num_samples: int, batch_size: int, num_batches: int, seed: int
 
 def _squared_batch_gradient(encoder: Encoder, backbone: Backbone, batch_samples: Sequence[Sample],
                             params: dict[str, torch.nn.Parameter]) -> dict[str, torch.Tensor]:
-    """One split-exchange step, returning the squared gradient of every adapter parameter."""
+    """One split-exchange step, returning the squared gradient of every adapter parameter
+    (through ``embeds`` for NanoAdapters; LoRA in ``mode=local`` gets its own in ``train_step``)."""
+    for p in params.values():
+        p.grad = None
     batch = encoder(list(batch_samples), [s.answer for s in batch_samples])
     embeds = encoder.edge(batch)
     _, grad = backbone.train_step(embeds.detach(), batch.attention_mask, batch.labels)
-    grads = torch.autograd.grad(embeds, list(params.values()), grad_outputs=grad.to(embeds.dtype),
-                                allow_unused=True)
+    if embeds.requires_grad:
+        embeds.backward(grad.to(embeds.dtype))
     # An adapter the batch never used (the image one, on a text-only batch) has zero gradient.
-    return {name: (torch.zeros_like(p) if g is None else g.detach() ** 2)
-            for (name, p), g in zip(params.items(), grads, strict=True)}
+    squared = {name: torch.zeros_like(p) if p.grad is None else p.grad.detach() ** 2 for name, p in params.items()}
+    for p in params.values():
+        p.grad = None
+    return squared
 
 
 def diagonal_fisher(encoder: Encoder, backbone: Backbone, samples: Sequence[Sample], num_batches: int,

@@ -60,13 +60,10 @@ def greedy_answers(encoder: Encoder, backbone: Backbone, samples: list[Sample],
     tokenizer = encoder.processor.tokenizer
     edge = encoder.edge
 
-    def embed(ids: torch.Tensor) -> torch.Tensor:
-        return edge.adapters["text"](edge.embed_tokens(ids))
-
     answers: list[str] = []
     for chunk in _chunks(samples, batch_size):
         batch = encoder(chunk)
-        tokens = greedy_decode(backbone.next_token_logits, embed, edge(batch), batch.attention_mask,
+        tokens = greedy_decode(backbone.next_token_logits, edge.embed_text, edge(batch), batch.attention_mask,
                                max_new_tokens, [tokenizer.eos_token_id])
         answers += [tokenizer.decode([t for t in row if t >= 0], skip_special_tokens=True).strip()
                     for row in tokens.tolist()]

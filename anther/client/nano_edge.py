@@ -79,14 +79,30 @@ class NanoEdge(nn.Module):
         parts = EdgeParts(self.vision_tower, self.connector, self.embed_tokens)
         return self.family.image_features(parts, self.model_config, pixel_values, extras)
 
+    def adapt(self, modality: str, embeds: torch.Tensor) -> torch.Tensor:
+        """``embeds`` through that modality's NanoAdapter; unchanged where there is none (in
+        ``mode=local`` the adapters are LoRA inside the LLM, see :mod:`anther.adapters.lora`)."""
+        return self.adapters[modality](embeds) if modality in self.adapters else embeds
+
+    def embed_text(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """Adapted token embeddings: what training and generation feed the LLM for text."""
+        with torch.no_grad():
+            text = self.embed_tokens(input_ids)
+        return self.adapt("text", text)
+
+    @property
+    def rank(self) -> int:
+        """The rank of this client's adapters (NanoAdapters', or LoRA's in ``mode=local``)."""
+        if "text" in self.adapters:
+            return self.adapters["text"].config.rank
+        return self.adapters["lora"].rank
+
     def forward(self, batch: EncodedBatch) -> torch.Tensor:
         """Merged ``inputs_embeds`` with both adapters applied, shape (B, T, hidden)."""
-        with torch.no_grad():
-            text = self.embed_tokens(batch.input_ids)
-        embeds = self.adapters["text"](text)
+        embeds = self.embed_text(batch.input_ids)
         if batch.pixel_values is not None:
             features = self.image_features(batch.pixel_values, batch.image_extras)
-            image = self.adapters["image"](features.to(embeds.dtype))
+            image = self.adapt("image", features.to(embeds.dtype))
             mask = batch.input_ids == self.image_token_id
             if int(mask.sum()) != image.shape[0]:
                 raise ValueError(

@@ -22,6 +22,7 @@ from torch import nn
 from transformers import AutoProcessor
 
 from anther.adapters.families import family_for
+from anther.adapters.lora import LoraSettings, inject_lora
 from anther.adapters.nano_adapter import NanoAdapterConfig
 from anther.adapters.side_loading import load_side
 from anther.client.backbone_endpoint import BackboneEndpoint, endpoint_for
@@ -58,6 +59,7 @@ class EdgeSpec:
     private_labels: bool = False  # the client computes head and loss (anther.client.private_labels)
     feature_cache_dir: str | None = None  # None: no feature cache
     feature_cache_max_bytes: int = 0
+    lora: LoraSettings | None = None  # mode=local: LoRA in the LLM instead of NanoAdapters
 
 
 @lru_cache(maxsize=4)
@@ -65,7 +67,8 @@ def _client_side(spec: EdgeSpec, local_backbone: bool) -> tuple[Encoder, LocalBa
     """Processor + NanoEdge, the in-process backbone if asked for, and the LM head (for private
     labels): one load of the checkpoint, of only the modules these need
     (:mod:`anther.adapters.side_loading`): without the local backbone the LLM's decoder layers
-    are never read."""
+    are never read. With ``spec.lora`` (``mode=local``) the NanoEdge's adapters are LoRA inside
+    the in-process backbone's decoder."""
     transformers.logging.set_verbosity_error()
     torch.set_num_threads(1)  # simulated clients share the cores; one thread each is fastest
     adapter = NanoAdapterConfig(rank=spec.rank, alpha=spec.alpha, activation=spec.activation)
@@ -77,6 +80,11 @@ def _client_side(spec: EdgeSpec, local_backbone: bool) -> tuple[Encoder, LocalBa
         edge.feature_cache = FeatureCache.for_model(Path(spec.feature_cache_dir), Path(spec.model_path), spec.dtype,
                                                     spec.feature_cache_max_bytes)
     backbone = LocalBackbone.from_model(model, spec.model_path) if local_backbone else None
+    if spec.lora is not None:
+        if backbone is None:
+            raise ValueError("mode=local trains LoRA inside the LLM: it needs the backbone in this process")
+        edge.adapters = nn.ModuleDict({"lora": inject_lora(backbone.decoder, spec.lora)})
+        backbone.counts_traffic = False  # one process, nothing crosses a wire
     processor = AutoProcessor.from_pretrained(spec.model_path)
     head = family.backbone_parts(model)[1] if spec.private_labels else None
     return Encoder(edge, processor, spec.modality_agnostic), backbone, head
@@ -107,7 +115,11 @@ def runtime_for(cfg: DictConfig, rank: int | None = None,
     """
     a, fc = cfg.adapter, cfg.feature_cache
     cache_dir = (fc.dir or str(anther_home() / "feature-cache")) if fc.enabled else None
+    lora = None
+    if cfg.mode == "local":
+        lo = cfg.lora
+        lora = LoraSettings(rank or lo.rank, float(lo.alpha), float(lo.dropout), tuple(lo.target_modules))
     spec = EdgeSpec(cfg.model.path, cfg.model.dtype, rank or a.rank, float(a.alpha), a.activation,
                     cfg.data.modality_agnostic_prompt, bool(cfg.backbone.get("private_labels", False)),
-                    cache_dir, int(fc.max_mb * 2**20))
+                    cache_dir, int(fc.max_mb * 2**20), lora)
     return load_runtime(spec, endpoint_for(cfg, node_config))

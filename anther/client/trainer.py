@@ -52,7 +52,8 @@ def split_step(encoder: Encoder, backbone: Backbone, batch_samples: list[Sample]
                regularisers: Sequence[Regulariser] = ()) -> StepResult:
     """One exchange with the backbone; leaves d(task loss + regularisers)/d adapters in ``.grad``.
 
-    The task loss's gradient reaches the adapters through ``embeds.backward(grad)``; each
+    The task loss's gradient reaches NanoAdapters through ``embeds.backward(grad)`` (LoRA inside
+    the LLM, in ``mode=local``, gets it inside the in-process backbone's ``train_step``); each
     regulariser is a purely local function of the weights, so its gradient is accumulated
     by its own ``backward()``.
     """
@@ -60,7 +61,8 @@ def split_step(encoder: Encoder, backbone: Backbone, batch_samples: list[Sample]
     embeds = encoder.edge(batch)
     up0, down0 = backbone.bytes_up, backbone.bytes_down
     loss, grad = backbone.train_step(embeds.detach(), batch.attention_mask, batch.labels)
-    embeds.backward(grad.to(embeds.dtype))
+    if embeds.requires_grad:  # NanoAdapters; LoRA (mode=local) got its gradient in train_step
+        embeds.backward(grad.to(embeds.dtype))
     for regulariser in regularisers:
         term = regulariser()
         if term.requires_grad:  # a term over no trainable weight is a constant

@@ -124,6 +124,8 @@ class LocalBackbone(nn.Module):
         self.info = info
         self.bytes_up = 0
         self.bytes_down = 0
+        # what would cross the wire were this backbone remote; off where nothing would (mode=local)
+        self.counts_traffic = True
         self.requires_grad_(False)
         self.eval()
 
@@ -184,17 +186,22 @@ class LocalBackbone(nn.Module):
         return grad
 
     def _count(self, sent: tuple[torch.Tensor, ...], received: torch.Tensor) -> None:
+        if not self.counts_traffic:
+            return
         self.bytes_up += sum(t.numel() * t.element_size() for t in sent)
         self.bytes_down += received.numel() * received.element_size()
 
     def train_step(self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor,
                    labels: torch.Tensor) -> tuple[float, torch.Tensor]:
+        """Loss and d loss / d ``inputs_embeds``. Weights of this backbone that train (LoRA, in
+        ``mode=local``) get their gradient added to ``.grad`` as well."""
         x = inputs_embeds.detach().requires_grad_(True)
+        trainable = [p for p in self.parameters() if p.requires_grad]
         with torch.enable_grad():
             loss = causal_lm_loss(self._logits(x, attention_mask), labels.to(self.device))
-            (grad,) = torch.autograd.grad(loss, x)
-        self._count((inputs_embeds, attention_mask, labels), grad)
-        return loss.item(), grad
+            torch.autograd.backward(loss, inputs=[x, *trainable])
+        self._count((inputs_embeds, attention_mask, labels), x.grad)
+        return loss.item(), x.grad
 
     @torch.no_grad()
     def hidden_states(self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:

@@ -12,12 +12,10 @@ from __future__ import annotations
 from flwr.app import ArrayRecord, Context
 from flwr.serverapp import Grid, ServerApp
 
-from anther.adapters.nano_adapter import NanoAdapterConfig
-from anther.client.nano_edge import initial_adapter_state
 from anther.server.backbone_process import backbone_for_run
 from anther.server.federated_run import FederatedRun
 from anther.simulations.assets import prepare_assets
-from anther.simulations.baselines import run_baseline
+from anther.simulations.baselines import initial_adapters, run_baseline
 from anther.simulations.config import load_config, load_run_config
 
 app = ServerApp()
@@ -34,7 +32,5 @@ def main(grid: Grid, context: Context) -> None:
             return
         run = FederatedRun(cfg, grid, cfg.data.path, resume=bool(resume))
         print(f"anther: run folder {run.run_dir}", flush=True)
-        dim = run.evaluator.runtime.edge.embed_tokens.embedding_dim
-        adapter = NanoAdapterConfig(cfg.adapter.rank, float(cfg.adapter.alpha), cfg.adapter.activation)
-        run.execute(ArrayRecord(initial_adapter_state(dim, adapter, cfg.seed)))
+        run.execute(ArrayRecord(initial_adapters(cfg, run.evaluator.runtime.edge)))
     print(f"anther: finished; result.json and plots in {run.run_dir}", flush=True)

@@ -35,7 +35,7 @@ from anther.adapters.nano_adapter import NanoAdapterConfig
 from anther.client.dp import EPSILON_METRIC, spend
 from anther.client.local_training import dp_for, own_split_metrics, round_seed, train_round
 from anther.client.metrics import summarise_clients
-from anther.client.nano_edge import initial_adapter_state
+from anther.client.nano_edge import NanoEdge, initial_adapter_state
 from anther.client.trainer import TrainReport
 from anther.server.checkpoint import save_checkpoint
 from anther.server.evaluation import ServerEvaluator
@@ -47,9 +47,13 @@ from anther.simulations.run_folder import RunRecorder
 Adapters = dict[str, torch.Tensor]
 
 
-def initial_adapters(cfg: DictConfig, dim: int) -> Adapters:
-    """The run's round-0 global adapters (seeded by ``seed``), as the ServerApp sends them."""
+def initial_adapters(cfg: DictConfig, edge: NanoEdge) -> Adapters:
+    """The run's round-0 global adapters (seeded by ``seed``), as the ServerApp sends them: fresh
+    NanoAdapters, or in ``mode=local`` fresh LoRA for ``edge``'s decoder."""
+    if cfg.mode == "local":
+        return {f"lora.{k}": v for k, v in edge.adapters["lora"].initial_state(cfg.seed).items()}
     a = cfg.adapter
+    dim = edge.embed_tokens.embedding_dim
     return initial_adapter_state(dim, NanoAdapterConfig(a.rank, float(a.alpha), a.activation), cfg.seed)
 
 
@@ -78,7 +82,7 @@ class BaselineRun:
         self.clients: dict[int, tuple[list[Sample], list[Sample]]] = {
             pid: client_data(cfg, folder, pid, n) for pid in range(n)}
         self.recorder = RunRecorder(cfg, folder)
-        self.initial = initial_adapters(cfg, self.runtime.edge.embed_tokens.embedding_dim)
+        self.initial = initial_adapters(cfg, self.runtime.edge)
         self.dp_state: dict[int, RecordDict] = {}  # a trainer's opacus accountant across rounds, by trainer id
 
     @property

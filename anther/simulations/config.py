@@ -25,6 +25,7 @@ PRIVACY_ACCOUNTANTS = ("rdp", "prv")  # opacus accountants that compose (noise, 
 WILDCARD_HOSTS = ("0.0.0.0", "::", "[::]")  # listen on every interface
 PARTITION_SCHEMES = ("iid", "dirichlet", "domain", "quantity")  # anther/simulations/scenarios.py
 MODALITY_SCENARIOS = ("full", "missing", "cross", "hybrid")
+MODES = ("split", "local")  # docs/local-mode.md
 BASELINES = ("none", "zero_shot", "local_only", "centralised")  # anther/simulations/baselines.py
 
 
@@ -116,6 +117,18 @@ class AdapterConfig:
     rank: int = 16
     alpha: float = 16.0
     activation: str = "gelu"
+
+
+@dataclass
+class LoraConfig:
+    """``mode=local`` only: LoRA inside the LLM's decoder, trained on the client (peft), as
+    FedMLLM and OpenFedLLM do: by default rank 16 on the attention projections, what
+    ``anther model report`` counts for local mode."""
+
+    rank: int = 16
+    alpha: float = 32.0
+    dropout: float = 0.0
+    target_modules: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
 
 
 @dataclass
@@ -244,6 +257,9 @@ class ExperimentConfig:
     # none = federated training with `strategy`; zero_shot | local_only | centralised: that baseline
     # instead, on the same data, scenario and step budget (anther/simulations/baselines.py)
     baseline: str = "none"
+    # split: NanoEdge clients train NanoAdapters against the frozen backbone (the default);
+    # local: each client holds the whole MLLM and trains LoRA in its LLM (`lora`), nothing exchanged
+    mode: str = "split"
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     partition: PartitionConfig = field(default_factory=PartitionConfig)
@@ -251,6 +267,7 @@ class ExperimentConfig:
     federation: FederationConfig = field(default_factory=FederationConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     adapter: AdapterConfig = field(default_factory=AdapterConfig)
+    lora: LoraConfig = field(default_factory=LoraConfig)
     strategy: dict[str, Any] = field(default_factory=lambda: {"name": "fedavg"})
     eval: EvalConfig = field(default_factory=EvalConfig)
     feature_cache: FeatureCacheConfig = field(default_factory=FeatureCacheConfig)
@@ -311,9 +328,34 @@ def validate(cfg: DictConfig) -> DictConfig:
     _validate_client_level(cfg)
     _validate_secagg(cfg)
     _check(cfg.baseline in BASELINES, "baseline", cfg.baseline, f"must be one of {', '.join(BASELINES)}")
+    _validate_mode(cfg)
     _check("name" in cfg.strategy or "_target_" in cfg.strategy, "strategy", dict(cfg.strategy),
            "needs a 'name' (built-in) or a '_target_' (your own class)")
     return cfg
+
+
+# what a client in mode=local cannot do, and why: (key, bad value, reason)
+LOCAL_MODE_EXCLUDES = (
+    ("backbone.mode", ("service", "remote"),
+     "the client holds the whole model, so there is no backbone to serve; set backbone.mode=local"),
+    ("privacy.dp", (True,), "DP-SGD clips per-sample gradients of the NanoAdapters, not of LoRA in the LLM"),
+    ("backbone.private_labels", (True,), "the labels never leave a client that holds the whole model"),
+    ("strategy.name", ("hetero_rank", "personalised"), "that strategy works on NanoAdapters"),
+)
+
+
+def _validate_mode(cfg: DictConfig) -> None:
+    _check(cfg.mode in MODES, "mode", cfg.mode, f"must be one of {', '.join(MODES)}")
+    if cfg.mode != "local":
+        return
+    lora = cfg.lora
+    _check(lora.rank >= 1, "lora.rank", lora.rank, "must be >= 1")
+    _check(0 <= lora.dropout < 1, "lora.dropout", lora.dropout, "must be in [0, 1)")
+    _check(len(lora.target_modules) > 0, "lora.target_modules", list(lora.target_modules),
+           "must name at least one module of the LLM (e.g. q_proj)")
+    for key, bad, reason in LOCAL_MODE_EXCLUDES:
+        value = OmegaConf.select(cfg, key)
+        _check(value not in bad, key, value, f"cannot go with mode=local: {reason}")
 
 
 def simulation_resources(f: DictConfig) -> dict[str, str]:

@@ -114,8 +114,7 @@ class Workload:
         return family.model_class.from_pretrained(self.model_path, dtype=DTYPES[self.cfg.model.dtype])
 
     def initial_state(self, model: torch.nn.Module) -> State:
-        dim = family_for(model.config.model_type).edge_parts(model).embed_tokens.embedding_dim
-        return initial_adapters(self.cfg, dim)
+        return initial_adapters(self.cfg, NanoEdge.from_model(model, self.adapter_config))
 
     def train(self, encoder: Encoder, backbone: Backbone, client: int, round_: int) -> int:
         """One client's round of local training, the ClientApp's own; returns the samples it
