@@ -18,7 +18,10 @@ from anther.simulations.perf.bench import load_perf
 SMALL = ["overhead_clients=2", "overhead_rounds=2", "sharing_clients=[3]", "concurrency=2", "sharing_rounds=1",
          "cache_clients=2", "cache_rounds=2", "batching_clients=2", "batching_seconds=1", "scale_clients=5",
          "scale_rounds=2", "scale_local_steps=1", "train.local_steps=2", "train.batch_size=4", "data.train_size=40",
-         "data.test_size=8", "adapter.rank=4", "torch_threads=1"]
+         "data.test_size=8", "adapter.rank=4", "torch_threads=1", "modes=[split,local]",
+         ("modes_overrides=[federation.num_clients=2,federation.rounds=2,train.local_steps=2,train.batch_size=4,"
+          "data.train_size=40,data.test_size=8,eval.server_test_size=8,eval.generate=false,adapter.rank=4,"
+          "lora.rank=4,model.tiny_pretrain_steps=0]")]
 
 
 @pytest.mark.slow
@@ -30,7 +33,7 @@ def test_perf_bench_runs_every_section(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     result = json.loads((out / "perf.json").read_text())
     s = result["sections"]
-    assert list(s) == ["overhead", "sharing", "cache", "batching", "scale"]
+    assert list(s) == ["overhead", "sharing", "cache", "batching", "scale", "modes"]
 
     o = s["overhead"]
     assert o["samples_per_round"] == 2 * 2 * 4 and len(o["round_s"]) == 2
@@ -49,8 +52,18 @@ def test_perf_bench_runs_every_section(tmp_path: Path) -> None:
     assert s["batching"]["on"]["requests"] > 0 and s["batching"]["off"]["mean_requests_per_pass"] == 1.0
     assert s["scale"]["clients"] == 5 and len(s["scale"]["round_s"]) == 2 and len(s["scale"]["memory_mb"]) > 1
 
+    modes = {r["mode"]: r for r in s["modes"]["rows"]}
+    assert list(modes) == ["split", "local"]
+    split, local = modes["split"], modes["local"]
+    assert split["per_client_bytes"]["activation_bytes_up"] > 0 and split["per_client_bytes"]["adapter_bytes_up"] > 0
+    assert local["per_client_bytes"]["activation_bytes_up"] == local["per_client_bytes"]["activation_bytes_down"] == 0
+    assert local["client_holds"]["total_bytes"] > split["client_holds"]["total_bytes"]
+    assert s["modes"]["local_over_split_holds"] > 1 and s["modes"]["cache_speedup"] == {}
+    assert all(0 <= r["final_acc"] <= 1 and len(r["round_s"]) == 2 for r in modes.values())
+
     md = (out / "perf.md").read_text()
     assert "| **ratio** |" in md and "## Scale" in md and "anther bench perf" in md
+    assert "| split | " in md and "| local | " in md
     assert (out / "perf_sharing.png").stat().st_size > 0 and (out / "perf_scale_memory.png").stat().st_size > 0
 
 

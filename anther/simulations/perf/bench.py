@@ -9,7 +9,9 @@ Sections (docs/performance.md says what each one answers):
   against a full model per client (:mod:`anther.simulations.perf.workload`);
 - *cache*: round times with and without the feature cache;
 - *batching*: backbone throughput of concurrent clients, batched against one pass per request;
-- *scale*: ``scale_clients`` clients for ``scale_rounds`` rounds, memory over time.
+- *scale*: ``scale_clients`` clients for ``scale_rounds`` rounds, memory over time;
+- *modes*: split mode against local mode (LoRA in the LLM), each with and without the feature
+  cache, as federated runs with ``modes_overrides`` (:mod:`anther.simulations.perf.modes`).
 
 Every in-process measurement runs in a fresh child process (:mod:`anther.simulations.perf.cells`),
 so each peak memory is that cell's alone. The config is ``configs/bench/perf.yaml`` (schema
@@ -36,9 +38,10 @@ from tqdm.auto import tqdm
 
 from anther.simulations.config import CONFIG_DIR, ConfigError
 from anther.simulations.machine import describe
+from anther.simulations.perf.modes import MODE_RUNS, modes_section
 from anther.simulations.runner import simulate
 
-SECTIONS = ("overhead", "sharing", "cache", "batching", "scale")
+SECTIONS = ("overhead", "sharing", "cache", "batching", "scale", "modes")
 
 
 @dataclass
@@ -62,6 +65,12 @@ class PerfConfig:
     scale_clients: int = 100
     scale_rounds: int = 3
     scale_local_steps: int = 2
+    modes: list[str] = field(default_factory=lambda: list(MODE_RUNS))
+    # the modes section's runs: overrides of `experiment` alone (not `overrides`: accuracy needs
+    # the pretrained tiny model), the heterogeneity grid's budget
+    modes_overrides: list[str] = field(default_factory=lambda: [
+        "federation.rounds=3", "federation.fraction_train=1.0", "train.local_steps=10",
+        "eval.server_test_size=100", "eval.generate=false"])
 
 
 def perf_keys() -> set[str]:
@@ -78,6 +87,8 @@ def load_perf(name_or_file: str = "perf", overrides: list[str] | None = None) ->
                               OmegaConf.from_dotlist(list(overrides or [])))
     except Exception as e:  # omegaconf's errors name the key; keep the message, drop the class zoo
         raise ConfigError(f"perf bench config: {e}") from e
+    if set(cfg.modes) - set(MODE_RUNS) or not cfg.modes:
+        raise ConfigError(f"perf bench modes {list(cfg.modes)}: each must be one of {', '.join(MODE_RUNS)}")
     unknown = set(cfg.sections) - set(SECTIONS)
     if unknown:
         raise ConfigError(f"perf bench sections {sorted(unknown)} are unknown; known: {', '.join(SECTIONS)}")
@@ -170,6 +181,10 @@ class PerfBench:
         return self.cell("scale", "rounds", c.scale_clients,
                          {"mode": "shared", "rounds_": c.scale_rounds, "concurrency": c.concurrency,
                           "policy": self.policy}, f"train.local_steps={c.scale_local_steps}")
+
+    def modes(self) -> dict[str, Any]:
+        c = self.cfg
+        return modes_section(c.experiment, list(c.modes_overrides), list(c.modes), self.out / "modes")
 
     def run(self) -> dict[str, Any]:
         self.out.mkdir(parents=True, exist_ok=True)
