@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import re
+from collections import Counter
 import subprocess
 import sys
 import time
@@ -21,6 +22,7 @@ from simulation_run import shared_home
 
 from anther.cli import main
 from anther.simulations.bench import load_bench
+from anther.simulations.bench_report import scenario_kind
 from anther.simulations.config import ConfigError
 from anther.simulations.datasets import shapes_vqa
 from anther.simulations.datasets.sample import write_split
@@ -64,6 +66,10 @@ def test_micro_grid_writes_report_then_skips_then_redoes_only_the_missing_cell(m
     assert local["client_acc_worst"] <= local["client_acc_mean"]
     md = (out / "report.md").read_text()
     assert "| iid | " in md and "zero_shot" in md and "local_only" in md and "\nMachine (" in md
+    zero_shot = next(r for r in report["summary"] if r["method"] == "zero_shot")
+    assert report["by_kind"] == {"iid": {"zero_shot": zero_shot["final_acc"]["mean"], "local_only": local["final_acc"]}}
+    kinds = md.split("averaged over each kind of scenario")[1].split("##")[0]
+    assert f"{zero_shot['final_acc']['mean']:.3f}" in kinds.split("| iid |")[1].splitlines()[0]
     assert (out / "accuracy_per_round.png").stat().st_size > 0 and (out / "final_accuracy.png").stat().st_size > 0
 
     before = _mtimes(out)
@@ -141,6 +147,9 @@ def test_bad_bench_configs_are_named(tmp_path):
 def test_the_shipped_grid_is_seven_methods_and_more_over_fifteen_scenarios():
     bench = load_bench("heterogeneity")
     assert len(bench.scenarios) == 15 and len(bench.seeds) == 2
+    kinds = Counter(scenario_kind(s) for s in bench.scenarios)
+    assert kinds == {"iid": 1, "label skew": 3, "missing modality": 3, "cross modality": 3, "hybrid modality": 3,
+                     "domain shift": 1, "quantity skew": 1}
     assert {"local_only", "centralised", "fedavg", "fedprox", "fedyogi", "fisher", "modality_aware"} <= set(
         bench.methods)
 

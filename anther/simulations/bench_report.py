@@ -31,7 +31,7 @@ import matplotlib.pyplot as plt
 from matplotlib.ticker import MaxNLocator
 from omegaconf import DictConfig, OmegaConf
 
-from anther.simulations.bench import Cell, cells, unfinished
+from anther.simulations.bench import SCENARIO_DIR, Cell, cells, unfinished
 from anther.simulations.machine import describe, one_line
 from anther.simulations.report import write_json_atomic
 
@@ -119,6 +119,46 @@ def _matrix(rows: list[dict[str, Any]], bench: DictConfig, key: str) -> list[str
     return lines
 
 
+# partition scheme -> kind, for scenarios with every modality everywhere (configs/scenario/)
+SCHEME_KINDS = {"iid": "iid", "dirichlet": "label skew", "domain": "domain shift", "quantity": "quantity skew"}
+MODALITY_KINDS = {"missing": "missing modality", "cross": "cross modality", "hybrid": "hybrid modality"}
+
+
+def scenario_kind(name: str) -> str:
+    """What a scenario varies, from its config: a modality kind, else its partition scheme's."""
+    cfg = OmegaConf.load(SCENARIO_DIR / f"{name}.yaml")
+    modality = OmegaConf.select(cfg, "scenario.modality", default="full")
+    if modality in MODALITY_KINDS:
+        return MODALITY_KINDS[modality]
+    return SCHEME_KINDS.get(OmegaConf.select(cfg, "partition.scheme", default="iid"), "other")
+
+
+def by_kind(rows: list[dict[str, Any]], bench: DictConfig, key: str = "final_acc") -> dict[str, dict[str, float]]:
+    """kind -> method -> the mean of ``key`` over that kind's scenarios the method finished."""
+    kinds: dict[str, list[str]] = {}
+    for scenario in bench.scenarios:
+        kinds.setdefault(scenario_kind(scenario), []).append(scenario)
+    by = {(r["scenario"], r["method"]): r for r in rows}
+    table: dict[str, dict[str, float]] = {}
+    for kind, scenarios in kinds.items():
+        for method in bench.methods:
+            values = [by[(s, method)][key]["mean"] for s in scenarios if (s, method) in by and by[(s, method)][key]]
+            if values:
+                table.setdefault(kind, {})[method] = sum(values) / len(values)
+    return table
+
+
+def _kind_matrix(table: dict[str, dict[str, float]], bench: DictConfig) -> list[str]:
+    methods = list(bench.methods)
+    lines = ["| kind of scenario | " + " | ".join(methods) + " |", "|---|" + "---:|" * len(methods)]
+    for kind, values in table.items():
+        best = max((v for m, v in values.items() if m not in ("zero_shot", "centralised")), default=None)
+        cells_ = [("-" if m not in values else f"**{values[m]:.3f}**" if values[m] == best else f"{values[m]:.3f}")
+                  for m in methods]
+        lines.append(f"| {kind} | " + " | ".join(cells_) + " |")
+    return lines
+
+
 def markdown(bench: DictConfig, rows: list[dict[str, Any]], results: list[CellResult], missing: list[str],
              command: str, extra: list[str], machine: str) -> str:
     seconds = sum(r.seconds or 0 for r in results)
@@ -132,6 +172,9 @@ def markdown(bench: DictConfig, rows: list[dict[str, Any]], results: list[CellRe
          f"({seconds / 3600:.2f} h of cell wall time), {len(missing)} not."), "",
         "## Final multiple-choice accuracy, server test set (mean ± std over seeds)", "",
         *_matrix(rows, bench, "final_acc"), "",
+        "## The same, averaged over each kind of scenario", "",
+        "Bold: the best method other than zero-shot and centralised (the references).", "",
+        *_kind_matrix(by_kind(rows, bench), bench), "",
         "## Worst client: multiple-choice accuracy on its own test split (mean ± std over seeds)", "",
         *_matrix(rows, bench, "client_acc_worst"), "",
         "## Mean client: multiple-choice accuracy on their own test splits (mean ± std over seeds)", "",
@@ -211,7 +254,8 @@ def write_report(bench: DictConfig, out: Path, extra: list[str], command: str) -
     write_json_atomic(out / "report.json", {
         "command": command, "machine": machine, "bench": OmegaConf.to_container(bench, resolve=True),
         "extra_overrides": extra,
-        "cells": [asdict(r) for r in results], "not_finished": missing, "summary": rows})
+        "cells": [asdict(r) for r in results], "not_finished": missing, "summary": rows,
+        "by_kind": by_kind(rows, bench)})
     (out / "report.md").write_text(markdown(bench, rows, results, missing, command, extra, one_line(machine)))
     plot_per_round(rows, bench, out / "accuracy_per_round.png")
     plot_final(rows, bench, out / "final_accuracy.png")
