@@ -38,6 +38,7 @@ class ScalarBatch:
     x: torch.Tensor
     attention_mask: torch.Tensor
     labels: torch.Tensor
+    position_ids: None = None
 
 
 class ScalarEdge(nn.Module):
@@ -72,7 +73,7 @@ class MeanBackbone:
     bytes_up = 0
     bytes_down = 0
 
-    def train_step(self, embeds, attention_mask, labels):
+    def train_step(self, embeds, attention_mask, labels, position_ids=None):
         x = embeds.detach().requires_grad_(True)
         loss = (x * labels).mean()
         (grad,) = torch.autograd.grad(loss, x)

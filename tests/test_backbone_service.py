@@ -20,7 +20,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from anther.client.backbone_client import RemoteBackbone
-from anther.server.backbone import BackboneInfo, LocalBackbone
+from anther.server.backbone import BackboneInfo, LocalBackbone, greedy_decode
 from anther.server.backbone_service import (
     RUNNERS,
     BackboneService,
@@ -455,3 +455,74 @@ def test_chunks_reassemble_within_limit(data: bytes, chunk: int) -> None:
     parts = list(wire.chunks(req, chunk))
     assert all(p.ByteSize() <= chunk for p in parts)
     assert wire.assemble(iter(parts)) == req
+
+
+# ---------------------------------------------------------------- (4) token positions travel with the embeddings
+
+
+def _positions(mask: torch.Tensor, offset: int, stride: int = 1) -> torch.Tensor:
+    """(B, T, 1) positions ``offset``, ``offset + stride``, ..., 0 on padding, as a family with its
+    own positions sends them (RoPE is relative: only a stride other than 1 changes the output)."""
+    return ((torch.arange(mask.shape[1]) * stride + offset) * mask).unsqueeze(-1)
+
+
+def test_positions_reach_the_remote_decoder_and_batch_exactly(local: LocalBackbone) -> None:
+    inputs = [make_inputs(local.info, b, t, seed=20 + i) for i, (b, t) in enumerate(SHAPES)]
+    positions = [_positions(x[1], offset=i, stride=2) if i % 2 else None for i, x in enumerate(inputs)]
+    with running(local, BatchPolicy(enabled=True, window_ms=500, max_batch=64)) as (service, port):
+        clients = [RemoteBackbone(f"127.0.0.1:{port}", attempts=1) for _ in SHAPES]
+        assert clients[0].info.position_dims == 1
+        results = _concurrently([lambda c=c, x=x, p=p: c.train_step(*x, p)
+                                 for c, x, p in zip(clients, inputs, positions)])
+        for c in clients:
+            c.close()
+        assert service.batcher.stats.largest_batch >= 2, service.batcher.stats
+    for (loss, grad), x, p in zip(results, inputs, positions):
+        want_loss, want_grad = local.train_step(*x, p)
+        assert loss == pytest.approx(want_loss, abs=1e-5)
+        torch.testing.assert_close(grad, want_grad, rtol=0, atol=1e-5)
+    shifted, plain = local.train_step(*inputs[1], positions[1])[0], local.train_step(*inputs[1])[0]
+    assert shifted != pytest.approx(plain, abs=1e-6)  # the positions did reach the decoder
+
+
+def test_positions_default_to_0_1_2_and_decoding_continues_them(local: LocalBackbone,
+                                                                 remote: RemoteBackbone) -> None:
+    embeds, mask, labels = make_inputs(local.info, batch=2, length=12, seed=5)
+    arange = _positions(torch.ones_like(mask), offset=0)
+    torch.testing.assert_close(remote.score(embeds, mask, labels, arange), local.score(embeds, mask, labels),
+                               rtol=1e-6, atol=1e-6)
+    embed = local.decoder.get_input_embeddings()
+    torch.testing.assert_close(  # with 0, 1, 2, ... written out, decoding picks the same tokens
+        greedy_decode(local.next_token_logits, embed, embeds, mask, 4, [], arange),
+        greedy_decode(local.next_token_logits, embed, embeds, mask, 4, []))
+    seen = []
+
+    def spy(e: torch.Tensor, m: torch.Tensor, p: torch.Tensor | None) -> torch.Tensor:
+        seen.append(p.clone())
+        return local.next_token_logits(e, m, p)
+
+    start = _positions(mask, offset=7)
+    greedy_decode(spy, embed, embeds, mask, 3, [], start)
+    lengths = mask.sum(dim=1)
+    for step, p in enumerate(seen[1:], 1):  # each new token: the row's highest position + 1, + 1, ...
+        for row in range(2):
+            assert int(p[row, lengths[row] + step - 1, 0]) == int(start[row].max()) + step
+
+
+MALFORMED_POSITIONS = {
+    "three coordinates for a one-coordinate model": (lambda p: p.expand(-1, -1, 3), "position_ids has shape"),
+    "negative position": (lambda p: p - 1, "position_ids must be in [0, "),
+    "float positions": (lambda p: p.float(), "position_ids has dtype 'float32'"),
+}
+
+
+@pytest.mark.parametrize("case", list(MALFORMED_POSITIONS))
+def test_malformed_positions_are_invalid_argument(local: LocalBackbone, stub: pb_grpc.BackboneStub,
+                                                  case: str) -> None:
+    embeds, mask, labels = make_inputs(local.info, batch=2, length=16, seed=3)
+    mutate, message = MALFORMED_POSITIONS[case]
+    req = forward_request(embeds, mask, labels)
+    req.position_ids.CopyFrom(wire.encode(mutate(_positions(torch.ones_like(mask), offset=0))))
+    with pytest.raises(grpc.RpcError) as err:
+        wire.assemble(stub.TrainStep(wire.chunks(req, LIMITS.max_chunk_bytes)))
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and message in err.value.details()

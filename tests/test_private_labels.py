@@ -175,12 +175,12 @@ def test_the_server_can_still_solve_grad_hidden_for_the_labels(model, local):
         info = local.info
         bytes_up = bytes_down = 0
 
-        def hidden_states(self, embeds, mask):
-            return local.hidden_states(embeds, mask)
+        def hidden_states(self, embeds, mask, positions=None):
+            return local.hidden_states(embeds, mask, positions)
 
-        def backward_from_hidden(self, embeds, mask, grad_hidden):
+        def backward_from_hidden(self, embeds, mask, grad_hidden, positions=None):
             seen.update(embeds=embeds, mask=mask, grad=grad_hidden)
-            return local.backward_from_hidden(embeds, mask, grad_hidden)
+            return local.backward_from_hidden(embeds, mask, grad_hidden, positions)
 
     PrivateLabelBackbone.of_model(Spy(), model).train_step(x.embeds, x.mask, labels)
     # the server's side: which rows carry a gradient, its own hidden states and head

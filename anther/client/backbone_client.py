@@ -23,7 +23,7 @@ import grpc
 import torch
 from google.protobuf.message import Message
 
-from anther.server.backbone import BackboneInfo
+from anther.server.backbone import BackboneInfo, Positions
 from anther.server.proto import backbone_pb2 as pb
 from anther.server.proto import backbone_pb2_grpc as pb_grpc
 from anther.server.proto import wire
@@ -46,6 +46,12 @@ def _pem(source: Pem | None) -> bytes | None:
 def _ids(t: torch.Tensor, allowed: Sequence[str]) -> pb.Tensor:
     """Masks and labels travel in their own dtype when the wire takes it, else as int64."""
     return wire.encode(t, None if wire.dtype_name(t.dtype) in allowed else "int64")
+
+
+def _set_positions(request: pb.ForwardRequest | pb.HiddenBackwardRequest | pb.GenerateRequest,
+                   position_ids: Positions) -> None:
+    if position_ids is not None:
+        request.position_ids.CopyFrom(_ids(position_ids, wire.ID_DTYPES))
 
 
 class RemoteBackbone:
@@ -92,6 +98,7 @@ class RemoteBackbone:
             fingerprint=self.server.fingerprint, hidden_size=self.server.hidden_size,
             vocab_size=self.server.vocab_size, dtype=self.server.model_dtype,
             max_sequence_length=self.server.max_sequence_length,
+            position_dims=self.server.position_dims or 1,  # a server from before M-RoPE sends 0
         )
 
     def _handshake(self, fingerprint: str | None) -> pb.InfoReply:
@@ -168,55 +175,62 @@ class RemoteBackbone:
         return self._retrying(attempt)
 
     def _forward_request(self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor,
-                         labels: torch.Tensor | None) -> pb.ForwardRequest:
+                         labels: torch.Tensor | None, position_ids: Positions) -> pb.ForwardRequest:
         req = pb.ForwardRequest(inputs_embeds=wire.encode(inputs_embeds, self.wire_dtype),
                                 attention_mask=_ids(attention_mask, wire.MASK_DTYPES),
                                 grad_dtype=self.wire_dtype)
         if labels is not None:
             req.labels.CopyFrom(_ids(labels, wire.ID_DTYPES))
+        _set_positions(req, position_ids)
         return req
 
     # ------------------------------------------------------------ the Backbone protocol
 
     def train_step(self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor,
-                   labels: torch.Tensor) -> tuple[float, torch.Tensor]:
-        reply = self._call(self._stub.TrainStep, self._forward_request(inputs_embeds, attention_mask, labels))
+                   labels: torch.Tensor, position_ids: Positions = None) -> tuple[float, torch.Tensor]:
+        request = self._forward_request(inputs_embeds, attention_mask, labels, position_ids)
+        reply = self._call(self._stub.TrainStep, request)
         grad = wire.decode(reply.grad, "grad", wire.WIRE_DTYPES, ndim=3)
         return reply.loss, grad.to(inputs_embeds.dtype)
 
     def score(self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor,
-              labels: torch.Tensor) -> torch.Tensor:
-        reply = self._call(self._stub.Score, self._forward_request(inputs_embeds, attention_mask, labels))
+              labels: torch.Tensor, position_ids: Positions = None) -> torch.Tensor:
+        reply = self._call(self._stub.Score, self._forward_request(inputs_embeds, attention_mask, labels, position_ids))
         return wire.decode(reply.scores, "scores", ("float32",), ndim=1)
 
-    def next_token_logits(self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        request = self._forward_request(inputs_embeds, attention_mask, None)
+    def next_token_logits(self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor,
+                          position_ids: Positions = None) -> torch.Tensor:
+        request = self._forward_request(inputs_embeds, attention_mask, None, position_ids)
         reply = self._call(self._stub.NextTokenLogits, request)
         return wire.decode(reply.logits, "logits", ("float32",), ndim=2)
 
     # ------------------------------------------------------------ private labels (HiddenStateBackbone)
 
-    def hidden_states(self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        reply = self._call(self._stub.HiddenStates, self._forward_request(inputs_embeds, attention_mask, None))
+    def hidden_states(self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor,
+                      position_ids: Positions = None) -> torch.Tensor:
+        request = self._forward_request(inputs_embeds, attention_mask, None, position_ids)
+        reply = self._call(self._stub.HiddenStates, request)
         hidden = wire.decode(reply.hidden_states, "hidden_states", wire.WIRE_DTYPES, ndim=3)
         return hidden.to(inputs_embeds.dtype)
 
     def backward_from_hidden(self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor,
-                             grad_hidden: torch.Tensor) -> torch.Tensor:
+                             grad_hidden: torch.Tensor, position_ids: Positions = None) -> torch.Tensor:
         req = pb.HiddenBackwardRequest(inputs_embeds=wire.encode(inputs_embeds, self.wire_dtype),
                                        attention_mask=_ids(attention_mask, wire.MASK_DTYPES),
                                        grad_hidden=wire.encode(grad_hidden, self.wire_dtype),
                                        grad_dtype=self.wire_dtype)
+        _set_positions(req, position_ids)
         reply = self._call(self._stub.BackwardFromHidden, req)
         return wire.decode(reply.grad, "grad", wire.WIRE_DTYPES, ndim=3).to(inputs_embeds.dtype)
 
     def generate(self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor, max_new_tokens: int,
-                 stop_token_ids: Sequence[int] = ()) -> torch.Tensor:
+                 stop_token_ids: Sequence[int] = (), position_ids: Positions = None) -> torch.Tensor:
         """Greedy token ids (B, N), -1 after a row's stop token. The server embeds the new
         tokens itself, so adapters do not see them; anther's own evaluation decodes
         client-side with :meth:`next_token_logits` (``client.inference.greedy_answers``)."""
         req = pb.GenerateRequest(inputs_embeds=wire.encode(inputs_embeds, self.wire_dtype),
                                  attention_mask=_ids(attention_mask, wire.MASK_DTYPES),
                                  max_new_tokens=max_new_tokens, stop_token_ids=list(stop_token_ids))
+        _set_positions(req, position_ids)
         reply = self._call(self._stub.Generate, req)
         return wire.decode(reply.token_ids, "token_ids", ("int64",), ndim=2)

@@ -50,7 +50,7 @@ def _squared_batch_gradient(encoder: Encoder, backbone: Backbone, batch_samples:
         p.grad = None
     batch = encoder(list(batch_samples), [s.answer for s in batch_samples])
     embeds = encoder.edge(batch)
-    _, grad = backbone.train_step(embeds.detach(), batch.attention_mask, batch.labels)
+    _, grad = backbone.train_step(embeds.detach(), batch.attention_mask, batch.labels, batch.position_ids)
     if embeds.requires_grad:
         embeds.backward(grad.to(embeds.dtype))
     # An adapter the batch never used (the image one, on a text-only batch) has zero gradient.

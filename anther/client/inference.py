@@ -46,7 +46,7 @@ def option_scores(encoder: Encoder, backbone: Backbone, samples: list[Sample],
     scores: list[list[float]] = [[] for _ in samples]
     for chunk in _chunks(pairs, batch_size):
         batch = encoder([s for _, s, _ in chunk], [o for _, _, o in chunk])
-        totals = backbone.score(encoder.edge(batch), batch.attention_mask, batch.labels)
+        totals = backbone.score(encoder.edge(batch), batch.attention_mask, batch.labels, batch.position_ids)
         for (i, _, _), total in zip(chunk, totals.tolist()):
             scores[i].append(total)
     return scores
@@ -64,7 +64,7 @@ def greedy_answers(encoder: Encoder, backbone: Backbone, samples: list[Sample],
     for chunk in _chunks(samples, batch_size):
         batch = encoder(chunk)
         tokens = greedy_decode(backbone.next_token_logits, edge.embed_text, edge(batch), batch.attention_mask,
-                               max_new_tokens, [tokenizer.eos_token_id])
+                               max_new_tokens, [tokenizer.eos_token_id], batch.position_ids)
         answers += [tokenizer.decode([t for t in row if t >= 0], skip_special_tokens=True).strip()
                     for row in tokens.tolist()]
     return answers

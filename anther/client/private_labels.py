@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from anther.server.backbone import IGNORE_INDEX, BackboneInfo, HiddenStateBackbone
+from anther.server.backbone import IGNORE_INDEX, BackboneInfo, HiddenStateBackbone, Positions
 
 
 def labelled_logits(head: nn.Module, hidden: torch.Tensor,
@@ -63,27 +63,28 @@ class PrivateLabelBackbone:
         return self.inner.bytes_down
 
     def train_step(self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor,
-                   labels: torch.Tensor) -> tuple[float, torch.Tensor]:
+                   labels: torch.Tensor, position_ids: Positions = None) -> tuple[float, torch.Tensor]:
         """Mean loss over the labelled tokens and d loss / d inputs_embeds (HF's causal-LM loss)."""
         if not bool((labels[:, 1:] != IGNORE_INDEX).any()):
             raise ValueError("labels has no labelled token after the causal shift")
-        hidden = self.inner.hidden_states(inputs_embeds, attention_mask)
+        hidden = self.inner.hidden_states(inputs_embeds, attention_mask, position_ids)
         h = hidden.detach().requires_grad_(True)
         with torch.enable_grad():
             logits, targets, _ = labelled_logits(self.head, h, labels)
             loss = F.cross_entropy(logits, targets)
             (grad_hidden,) = torch.autograd.grad(loss, h)
-        return loss.item(), self.inner.backward_from_hidden(inputs_embeds, attention_mask, grad_hidden)
+        return loss.item(), self.inner.backward_from_hidden(inputs_embeds, attention_mask, grad_hidden, position_ids)
 
     @torch.no_grad()
     def score(self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor,
-              labels: torch.Tensor) -> torch.Tensor:
+              labels: torch.Tensor, position_ids: Positions = None) -> torch.Tensor:
         """Per-sequence sum of log-probabilities of the labelled tokens, shape (B,)."""
-        hidden = self.inner.hidden_states(inputs_embeds, attention_mask)
+        hidden = self.inner.hidden_states(inputs_embeds, attention_mask, position_ids)
         logits, targets, rows = labelled_logits(self.head, hidden, labels)
         picked = torch.log_softmax(logits, dim=-1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
         return torch.zeros(labels.shape[0]).index_add_(0, rows, picked)
 
-    def next_token_logits(self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    def next_token_logits(self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor,
+                          position_ids: Positions = None) -> torch.Tensor:
         """From the server: a generation step sends no label."""
-        return self.inner.next_token_logits(inputs_embeds, attention_mask)
+        return self.inner.next_token_logits(inputs_embeds, attention_mask, position_ids)

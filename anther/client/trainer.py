@@ -60,7 +60,7 @@ def split_step(encoder: Encoder, backbone: Backbone, batch_samples: list[Sample]
     batch = encoder(batch_samples, [s.answer for s in batch_samples])
     embeds = encoder.edge(batch)
     up0, down0 = backbone.bytes_up, backbone.bytes_down
-    loss, grad = backbone.train_step(embeds.detach(), batch.attention_mask, batch.labels)
+    loss, grad = backbone.train_step(embeds.detach(), batch.attention_mask, batch.labels, batch.position_ids)
     if embeds.requires_grad:  # NanoAdapters; LoRA (mode=local) got its gradient in train_step
         embeds.backward(grad.to(embeds.dtype))
     for regulariser in regularisers:
@@ -85,7 +85,7 @@ def dp_split_step(encoder: Encoder, backbone: Backbone, batch_samples: list[Samp
         batch = encoder(batch_samples, [s.answer for s in batch_samples])
         embeds = encoder.edge(batch)
         up0, down0 = backbone.bytes_up, backbone.bytes_down
-        loss, grad = backbone.train_step(embeds.detach(), batch.attention_mask, batch.labels)
+        loss, grad = backbone.train_step(embeds.detach(), batch.attention_mask, batch.labels, batch.position_ids)
         cotangents = per_sample_cotangents(grad.to(embeds.dtype), batch.labels)
         summed = clipped_sum(per_sample_grads(embeds, cotangents, params), dp.max_grad_norm)
         result = StepResult(loss, backbone.bytes_up - up0, backbone.bytes_down - down0)

@@ -38,10 +38,17 @@ class BackboneInfo:
     vocab_size: int
     dtype: str
     max_sequence_length: int
+    position_dims: int = 1  # coordinates per token position: 3 for Qwen2-VL's M-RoPE
+
+
+# Token positions, (B, T, P) int64: P = 1 for ordinary positions, 3 for Qwen2-VL's M-RoPE
+# (temporal, height, width). None: each row's positions are 0, 1, 2, ... (right padding).
+Positions = torch.Tensor | None
 
 
 class Backbone(Protocol):
-    """The frozen LLM as a client sees it.
+    """The frozen LLM as a client sees it. ``position_ids`` is only given for families whose
+    positions are not 0, 1, 2, ... (:data:`Positions`).
 
     ``bytes_up`` and ``bytes_down`` count what this handle has sent to the LLM and received
     from it so far: the serialized messages for a remote backbone, the tensors themselves
@@ -54,16 +61,17 @@ class Backbone(Protocol):
     bytes_down: int
 
     def train_step(self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor,
-                   labels: torch.Tensor) -> tuple[float, torch.Tensor]:
+                   labels: torch.Tensor, position_ids: Positions = None) -> tuple[float, torch.Tensor]:
         """Loss on the labelled tokens and d loss / d inputs_embeds."""
         ...
 
     def score(self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor,
-              labels: torch.Tensor) -> torch.Tensor:
+              labels: torch.Tensor, position_ids: Positions = None) -> torch.Tensor:
         """Per-sequence sum of log-probabilities of the labelled tokens, shape (B,)."""
         ...
 
-    def next_token_logits(self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    def next_token_logits(self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor,
+                          position_ids: Positions = None) -> torch.Tensor:
         """Logits for the token after each sequence's last attended position, shape (B, V)."""
         ...
 
@@ -72,12 +80,13 @@ class HiddenStateBackbone(Backbone, Protocol):
     """A backbone that can also stop before its LM head, for clients that keep their labels
     (``backbone.private_labels``, :mod:`anther.client.private_labels`): it never sees a label."""
 
-    def hidden_states(self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    def hidden_states(self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor,
+                      position_ids: Positions = None) -> torch.Tensor:
         """The decoder's final hidden states (after its last norm, before the head), (B, T, H)."""
         ...
 
     def backward_from_hidden(self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor,
-                             grad_hidden: torch.Tensor) -> torch.Tensor:
+                             grad_hidden: torch.Tensor, position_ids: Positions = None) -> torch.Tensor:
         """d <grad_hidden, hidden states> / d inputs_embeds: the decoder's backward pass for a
         gradient the client computed with respect to its output."""
         ...
@@ -152,7 +161,7 @@ class LocalBackbone(nn.Module):
         info = BackboneInfo(
             fingerprint=checkpoint_fingerprint(Path(model_dir)), hidden_size=text_cfg.hidden_size,
             vocab_size=text_cfg.vocab_size, dtype=str(next(model.parameters()).dtype).removeprefix("torch."),
-            max_sequence_length=text_cfg.max_position_embeddings,
+            max_sequence_length=text_cfg.max_position_embeddings, position_dims=position_dims(text_cfg),
         )
         return cls(decoder, head, info)
 
@@ -160,96 +169,123 @@ class LocalBackbone(nn.Module):
     def device(self) -> torch.device:
         return self.head.weight.device
 
-    def hidden(self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    def hidden(self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor,
+               position_ids: Positions = None) -> torch.Tensor:
         """The decoder's output on the backbone's device, differentiable in ``inputs_embeds``
         (wherever that lives) under ``enable_grad``."""
-        return self.decoder(inputs_embeds=inputs_embeds.to(self.device),
-                            attention_mask=attention_mask.to(self.device)).last_hidden_state
+        return self.decoder(inputs_embeds=inputs_embeds.to(self.device), attention_mask=attention_mask.to(self.device),
+                            position_ids=hf_position_ids(position_ids, self.device)).last_hidden_state
 
-    def logits(self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    def logits(self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor,
+               position_ids: Positions = None) -> torch.Tensor:
         """On the caller's device, like every result of this class."""
-        return self._logits(inputs_embeds, attention_mask).to(inputs_embeds.device)
+        return self._logits(inputs_embeds, attention_mask, position_ids).to(inputs_embeds.device)
 
-    def _logits(self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    def _logits(self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor,
+                position_ids: Positions = None) -> torch.Tensor:
         """On the backbone's device: losses and scores are computed there, so only they, not
         the (batch, tokens, vocabulary) logits, go back to the caller."""
-        return self.head(self.hidden(inputs_embeds, attention_mask))
+        return self.head(self.hidden(inputs_embeds, attention_mask, position_ids))
 
     def embeds_vjp(self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor,
-                   grad_hidden: torch.Tensor) -> torch.Tensor:
+                   grad_hidden: torch.Tensor, position_ids: Positions = None) -> torch.Tensor:
         """d <grad_hidden, hidden states> / d inputs_embeds, counting nothing (the service's batches
         call it too)."""
         x = inputs_embeds.detach().requires_grad_(True)
         with torch.enable_grad():
-            hidden = self.hidden(x, attention_mask)
+            hidden = self.hidden(x, attention_mask, position_ids)
             (grad,) = torch.autograd.grad(hidden, x, grad_outputs=grad_hidden.to(hidden.device, x.dtype))
         return grad
 
-    def _count(self, sent: tuple[torch.Tensor, ...], received: torch.Tensor) -> None:
+    def _count(self, sent: tuple[torch.Tensor | None, ...], received: torch.Tensor) -> None:
         if not self.counts_traffic:
             return
-        self.bytes_up += sum(t.numel() * t.element_size() for t in sent)
+        self.bytes_up += sum(t.numel() * t.element_size() for t in sent if t is not None)
         self.bytes_down += received.numel() * received.element_size()
 
     def train_step(self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor,
-                   labels: torch.Tensor) -> tuple[float, torch.Tensor]:
+                   labels: torch.Tensor, position_ids: Positions = None) -> tuple[float, torch.Tensor]:
         """Loss and d loss / d ``inputs_embeds``. Weights of this backbone that train (LoRA, in
         ``mode=local``) get their gradient added to ``.grad`` as well."""
         x = inputs_embeds.detach().requires_grad_(True)
         trainable = [p for p in self.parameters() if p.requires_grad]
         with torch.enable_grad():
-            loss = causal_lm_loss(self._logits(x, attention_mask), labels.to(self.device))
+            loss = causal_lm_loss(self._logits(x, attention_mask, position_ids), labels.to(self.device))
             torch.autograd.backward(loss, inputs=[x, *trainable])
-        self._count((inputs_embeds, attention_mask, labels), x.grad)
+        self._count((inputs_embeds, attention_mask, labels, position_ids), x.grad)
         return loss.item(), x.grad
 
     @torch.no_grad()
-    def hidden_states(self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        hidden = self.hidden(inputs_embeds, attention_mask).to(inputs_embeds.device)
-        self._count((inputs_embeds, attention_mask), hidden)
+    def hidden_states(self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor,
+                      position_ids: Positions = None) -> torch.Tensor:
+        hidden = self.hidden(inputs_embeds, attention_mask, position_ids).to(inputs_embeds.device)
+        self._count((inputs_embeds, attention_mask, position_ids), hidden)
         return hidden
 
     def backward_from_hidden(self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor,
-                             grad_hidden: torch.Tensor) -> torch.Tensor:
-        grad = self.embeds_vjp(inputs_embeds, attention_mask, grad_hidden)
-        self._count((inputs_embeds, attention_mask, grad_hidden), grad)
+                             grad_hidden: torch.Tensor, position_ids: Positions = None) -> torch.Tensor:
+        grad = self.embeds_vjp(inputs_embeds, attention_mask, grad_hidden, position_ids)
+        self._count((inputs_embeds, attention_mask, grad_hidden, position_ids), grad)
         return grad
 
     @torch.no_grad()
     def score(self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor,
-              labels: torch.Tensor) -> torch.Tensor:
-        total, _ = token_log_likelihoods(self._logits(inputs_embeds, attention_mask), labels.to(self.device))
-        total = total.to(inputs_embeds.device)
-        self._count((inputs_embeds, attention_mask, labels), total)
+              labels: torch.Tensor, position_ids: Positions = None) -> torch.Tensor:
+        logits = self._logits(inputs_embeds, attention_mask, position_ids)
+        total = token_log_likelihoods(logits, labels.to(self.device))[0].to(inputs_embeds.device)
+        self._count((inputs_embeds, attention_mask, labels, position_ids), total)
         return total
 
     @torch.no_grad()
-    def next_token_logits(self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        logits = self._logits(inputs_embeds, attention_mask)
+    def next_token_logits(self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor,
+                          position_ids: Positions = None) -> torch.Tensor:
+        logits = self._logits(inputs_embeds, attention_mask, position_ids)
         last = attention_mask.to(self.device).sum(dim=1) - 1
         picked = logits[torch.arange(logits.shape[0], device=self.device), last].float().to(inputs_embeds.device)
-        self._count((inputs_embeds, attention_mask), picked)
+        self._count((inputs_embeds, attention_mask, position_ids), picked)
         return picked
 
 
+def position_dims(text_config: object) -> int:
+    """Coordinates per token position the decoder takes: one per M-RoPE section (Qwen2-VL's
+    temporal, height, width), else 1."""
+    rope = getattr(text_config, "rope_parameters", None) or getattr(text_config, "rope_scaling", None) or {}
+    return len(rope.get("mrope_section", [])) or 1
+
+
+def hf_position_ids(position_ids: Positions, device: torch.device) -> torch.Tensor | None:
+    """anther's (B, T, P) positions as a Hugging Face decoder takes them: (B, T) for one
+    coordinate, (P, B, T) for several (Qwen2-VL's M-RoPE: temporal, height, width)."""
+    if position_ids is None:
+        return None
+    if position_ids.shape[-1] == 1:
+        return position_ids[..., 0].to(device)
+    return position_ids.permute(2, 0, 1).to(device)
+
+
 @torch.no_grad()
-def greedy_decode(next_token_logits: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+def greedy_decode(next_token_logits: Callable[[torch.Tensor, torch.Tensor, Positions], torch.Tensor],
                   embed: Callable[[torch.Tensor], torch.Tensor], inputs_embeds: torch.Tensor,
-                  attention_mask: torch.Tensor, max_new_tokens: int, stop_token_ids: list[int]) -> torch.Tensor:
+                  attention_mask: torch.Tensor, max_new_tokens: int, stop_token_ids: list[int],
+                  position_ids: Positions = None) -> torch.Tensor:
     """Greedy decoding on right-padded ``inputs_embeds``; ``embed`` turns new token ids into embeddings.
 
     Returns (B, steps) token ids: each row's tokens up to and including its stop token,
     then -1. Who embeds decides what generation sees: the client's NanoAdapter-T (so
-    generated tokens are adapted as in training) or the server's own embedding table.
+    generated tokens are adapted as in training) or the server's own embedding table. With
+    ``position_ids``, each new token takes the row's highest position + 1 in every coordinate,
+    as Hugging Face's generation does for M-RoPE.
     """
-    embeds, mask = inputs_embeds, attention_mask
+    embeds, mask, positions = inputs_embeds, attention_mask, position_ids
     batch = embeds.shape[0]
     rows, lengths = torch.arange(batch), mask.sum(dim=1)
+    # each row's highest position over its attended tokens, + 1
+    next_position = None if positions is None else (positions * mask.unsqueeze(-1)).amax(dim=(1, 2)) + 1
     stop = torch.tensor(stop_token_ids, dtype=torch.long)
     out = torch.full((batch, max_new_tokens), -1, dtype=torch.long)
     done = torch.zeros(batch, dtype=torch.bool)
     for step in range(max_new_tokens):
-        ids = next_token_logits(embeds, mask).argmax(dim=-1)
+        ids = next_token_logits(embeds, mask, positions).argmax(dim=-1)
         out[:, step] = torch.where(done, -1, ids)
         done |= torch.isin(ids, stop)
         if bool(done.all()):
@@ -259,5 +295,9 @@ def greedy_decode(next_token_logits: Callable[[torch.Tensor, torch.Tensor], torc
         mask = torch.cat([mask, mask.new_zeros(batch, 1)], dim=1)
         embeds[rows, lengths] = embed(ids).to(embeds.dtype)
         mask[rows, lengths] = 1
+        if positions is not None:
+            positions = torch.cat([positions, positions.new_zeros(batch, 1, positions.shape[-1])], dim=1)
+            positions[rows, lengths] = next_position.unsqueeze(-1)
+            next_position = next_position + 1
         lengths = lengths + 1
     return out

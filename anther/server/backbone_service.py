@@ -111,6 +111,7 @@ class ForwardInputs:
     labels: torch.Tensor | None  # (B, T) int64
     grad_dtype: str = "float32"  # of the float tensor the reply carries
     grad_hidden: torch.Tensor | None = None  # (B, T, H), BackwardFromHidden only
+    positions: torch.Tensor | None = None  # (B, T, P) int64; None: 0, 1, 2, ...
 
     @property
     def size(self) -> int:
@@ -125,6 +126,7 @@ class GenerateInputs:
     mask: torch.Tensor
     max_new_tokens: int
     stop_token_ids: list[int]
+    positions: torch.Tensor | None = None
 
     @property
     def size(self) -> int:
@@ -133,8 +135,8 @@ class GenerateInputs:
 
 def _decode_embeds(msg: pb.ForwardRequest | pb.GenerateRequest | pb.HiddenBackwardRequest, info: BackboneInfo, max_len: int,
                    dtype: torch.dtype, limit: str = "Info.max_sequence_length",
-                   ) -> tuple[torch.Tensor, torch.Tensor]:
-    """inputs_embeds and attention_mask, checked against the model and each other."""
+                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """inputs_embeds, attention_mask and position_ids, checked against the model and each other."""
     if not msg.HasField("inputs_embeds"):
         raise WireError("inputs_embeds is missing")
     if not msg.HasField("attention_mask"):
@@ -158,7 +160,20 @@ def _decode_embeds(msg: pb.ForwardRequest | pb.GenerateRequest | pb.HiddenBackwa
         raise WireError("attention_mask values must be 0 or 1")
     if not bool(mask.any(dim=1).all()):
         raise WireError("attention_mask has a row with no attended position")
-    return embeds, mask.long()
+    return embeds, mask.long(), _decode_positions(msg, batch, length, info)
+
+
+def _decode_positions(msg: pb.ForwardRequest | pb.GenerateRequest | pb.HiddenBackwardRequest, batch: int,
+                      length: int, info: BackboneInfo) -> torch.Tensor | None:
+    if not msg.HasField("position_ids"):
+        return None
+    positions = wire.decode(msg.position_ids, "position_ids", wire.ID_DTYPES, ndim=3).long()
+    if tuple(positions.shape) != (batch, length, info.position_dims):
+        raise WireError(f"position_ids has shape {list(positions.shape)}; this backbone needs "
+                        f"[{batch}, {length}, {info.position_dims}] (Info.position_dims coordinates per token)")
+    if not bool(((positions >= 0) & (positions < info.max_sequence_length)).all()):
+        raise WireError(f"position_ids must be in [0, {info.max_sequence_length})")
+    return positions
 
 
 def _decode_labels(msg: pb.ForwardRequest, shape: torch.Size, vocab_size: int) -> torch.Tensor:
@@ -185,18 +200,18 @@ def decode_forward(msg: pb.ForwardRequest, info: BackboneInfo, max_len: int, dty
                    kind: Kind) -> ForwardInputs:
     """Validate a ForwardRequest for ``kind`` ("train", "score", "logits" or "hidden"; the last two
     read no labels)."""
-    embeds, mask = _decode_embeds(msg, info, max_len, dtype)
+    embeds, mask, positions = _decode_embeds(msg, info, max_len, dtype)
     labels = _decode_labels(msg, mask.shape, info.vocab_size) if kind in ("train", "score") else None
     if kind == "train" and not bool((labels[:, 1:] != IGNORE_INDEX).any()):
         raise WireError("labels has no labelled token after the causal shift (position 0 is never predicted)")
-    return ForwardInputs(embeds, mask, labels, _reply_dtype(msg))
+    return ForwardInputs(embeds, mask, labels, _reply_dtype(msg), positions=positions)
 
 
 def decode_hidden_backward(msg: pb.HiddenBackwardRequest, info: BackboneInfo, max_len: int,
                            dtype: torch.dtype) -> ForwardInputs:
     """Validate a BackwardFromHidden request: grad_hidden must match inputs_embeds and be finite
     in the model's dtype, like the embeddings themselves."""
-    embeds, mask = _decode_embeds(msg, info, max_len, dtype)
+    embeds, mask, positions = _decode_embeds(msg, info, max_len, dtype)
     if not msg.HasField("grad_hidden"):
         raise WireError("grad_hidden is missing")
     grad = wire.decode(msg.grad_hidden, "grad_hidden", wire.WIRE_DTYPES, ndim=3)
@@ -204,7 +219,7 @@ def decode_hidden_backward(msg: pb.HiddenBackwardRequest, info: BackboneInfo, ma
         raise WireError(f"grad_hidden has shape {list(grad.shape)}; inputs_embeds needs {list(embeds.shape)}")
     if not bool(torch.isfinite(grad.to(dtype)).all()):
         raise WireError(f"grad_hidden contains NaN or Inf (in the model's dtype {wire.dtype_name(dtype)})")
-    return ForwardInputs(embeds, mask, None, _reply_dtype(msg), grad.to(dtype))
+    return ForwardInputs(embeds, mask, None, _reply_dtype(msg), grad.to(dtype), positions)
 
 
 def decode_generate(msg: pb.GenerateRequest, info: BackboneInfo, max_len: int, dtype: torch.dtype,
@@ -212,9 +227,9 @@ def decode_generate(msg: pb.GenerateRequest, info: BackboneInfo, max_len: int, d
     """Validate a GenerateRequest; the prompt plus the new tokens must fit ``max_len``."""
     if not 1 <= msg.max_new_tokens <= max_new_tokens:
         raise WireError(f"max_new_tokens is {msg.max_new_tokens}; it must be in [1, {max_new_tokens}]")
-    embeds, mask = _decode_embeds(msg, info, max_len - msg.max_new_tokens, dtype,
-                                  limit="Info.max_sequence_length minus max_new_tokens")
-    return GenerateInputs(embeds, mask, msg.max_new_tokens, list(msg.stop_token_ids))
+    embeds, mask, positions = _decode_embeds(msg, info, max_len - msg.max_new_tokens, dtype,
+                                             limit="Info.max_sequence_length minus max_new_tokens")
+    return GenerateInputs(embeds, mask, msg.max_new_tokens, list(msg.stop_token_ids), positions)
 
 
 # ---------------------------------------------------------------- batched computation
@@ -227,22 +242,30 @@ def _right_pad(tensors: Sequence[torch.Tensor], value: float) -> torch.Tensor:
                       for t in tensors])
 
 
-def _stack(items: Sequence[ForwardInputs]) -> tuple[torch.Tensor, torch.Tensor, list[slice]]:
-    """Padded embeddings and mask of all requests, and the rows each request owns."""
+def _stack(items: Sequence[ForwardInputs]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, list[slice]]:
+    """Padded embeddings, mask and positions of all requests, and the rows each request owns. A
+    request without positions has 0, 1, 2, ... written out where others have theirs."""
     embeds = _right_pad([i.embeds for i in items], 0.0)
     mask = _right_pad([i.mask for i in items], 0)
     bounds = itertools.accumulate((i.size for i in items), initial=0)
-    return embeds, mask, [slice(a, b) for a, b in itertools.pairwise(bounds)]
+    given = [i.positions for i in items if i.positions is not None]
+    positions = None
+    if given:
+        dims = given[0].shape[-1]
+        positions = _right_pad([i.positions if i.positions is not None else
+                                torch.arange(i.mask.shape[1]).view(1, -1, 1).expand(i.size, -1, dims)
+                                for i in items], 0)
+    return embeds, mask, positions, [slice(a, b) for a, b in itertools.pairwise(bounds)]
 
 
 def run_train_steps(backbone: LocalBackbone,
                     items: Sequence[ForwardInputs]) -> list[tuple[float, torch.Tensor]]:
     """One forward and backward for all requests; each gets its own loss and gradient."""
-    embeds, mask, rows = _stack(items)
+    embeds, mask, positions, rows = _stack(items)
     labels = _right_pad([i.labels for i in items], IGNORE_INDEX)
     x = embeds.requires_grad_(True)
     with torch.enable_grad():
-        log_likelihood, counted = token_log_likelihoods(backbone.logits(x, mask), labels)
+        log_likelihood, counted = token_log_likelihoods(backbone.logits(x, mask, positions), labels)
         losses = torch.stack([-log_likelihood[r].sum() / counted[r].sum() for r in rows])
         (grad,) = torch.autograd.grad(losses.sum(), x)
     return [(loss, grad[r, :i.embeds.shape[1]]) for loss, r, i in zip(losses.tolist(), rows, items)]
@@ -250,38 +273,38 @@ def run_train_steps(backbone: LocalBackbone,
 
 def run_hidden_states(backbone: LocalBackbone, items: Sequence[ForwardInputs]) -> list[torch.Tensor]:
     """The decoder's output for each request (its own rows and length)."""
-    embeds, mask, rows = _stack(items)
+    embeds, mask, positions, rows = _stack(items)
     with torch.no_grad():
-        hidden = backbone.hidden(embeds, mask)
+        hidden = backbone.hidden(embeds, mask, positions)
     return [hidden[r, :i.embeds.shape[1]] for r, i in zip(rows, items)]
 
 
 def run_backward_from_hidden(backbone: LocalBackbone, items: Sequence[ForwardInputs]) -> list[torch.Tensor]:
     """One backward pass for all requests. The padding's gradient is zero and a row depends only on
     itself, so each request gets exactly the gradient it would have got alone."""
-    embeds, mask, rows = _stack(items)
+    embeds, mask, positions, rows = _stack(items)
     grad_hidden = _right_pad([i.grad_hidden for i in items], 0.0)
-    grad = backbone.embeds_vjp(embeds, mask, grad_hidden)
+    grad = backbone.embeds_vjp(embeds, mask, grad_hidden, positions)
     return [grad[r, :i.embeds.shape[1]] for r, i in zip(rows, items)]
 
 
 def run_scores(backbone: LocalBackbone, items: Sequence[ForwardInputs]) -> list[torch.Tensor]:
-    embeds, mask, rows = _stack(items)
+    embeds, mask, positions, rows = _stack(items)
     labels = _right_pad([i.labels for i in items], IGNORE_INDEX)
-    scores = backbone.score(embeds, mask, labels)
+    scores = backbone.score(embeds, mask, labels, positions)
     return [scores[r] for r in rows]
 
 
 def run_next_token_logits(backbone: LocalBackbone, items: Sequence[ForwardInputs]) -> list[torch.Tensor]:
-    embeds, mask, rows = _stack(items)
-    logits = backbone.next_token_logits(embeds, mask)
+    embeds, mask, positions, rows = _stack(items)
+    logits = backbone.next_token_logits(embeds, mask, positions)
     return [logits[r] for r in rows]
 
 
 def _greedy(backbone: LocalBackbone, item: GenerateInputs) -> torch.Tensor:
     """Greedy decoding; each new token is embedded with the server's own embedding table."""
     return greedy_decode(backbone.next_token_logits, backbone.decoder.get_input_embeddings(), item.embeds,
-                         item.mask, item.max_new_tokens, item.stop_token_ids)
+                         item.mask, item.max_new_tokens, item.stop_token_ids, item.positions)
 
 
 def run_generate(backbone: LocalBackbone, items: Sequence[GenerateInputs]) -> list[torch.Tensor]:
@@ -533,6 +556,7 @@ class BackboneService(pb_grpc.BackboneServicer):
             max_chunk_bytes=self.limits.max_chunk_bytes, max_request_bytes=self.limits.max_request_bytes,
             max_new_tokens=self.limits.max_new_tokens, batching=self.policy.enabled,
             batch_window_ms=self.policy.window_ms, max_batch_sequences=self.policy.max_batch,
+            position_dims=info.position_dims,
         )
 
 

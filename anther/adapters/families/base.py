@@ -20,6 +20,8 @@ class EncodedBatch:
     when no sample does). ``image_extras`` holds what else the family's encoder needs of each
     image, one row per image as well: Idefics3's ``pixel_attention_mask`` (its tiles are
     padded), LLaVA-NeXT's ``image_sizes`` (its features depend on the original size).
+    ``position_ids`` (B, T, P) is set only by families whose positions are not 0, 1, 2, ...
+    (Qwen2-VL's M-RoPE); it travels to the backbone with the embeddings.
     """
 
     input_ids: torch.Tensor
@@ -27,6 +29,7 @@ class EncodedBatch:
     labels: torch.Tensor
     pixel_values: torch.Tensor | None
     image_extras: dict[str, torch.Tensor] = field(default_factory=dict)
+    position_ids: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return self.input_ids.shape[0]

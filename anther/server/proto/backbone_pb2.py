@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"anther/server/proto/backbone.proto\x12\x12\x61nther.backbone.v1\"4\n\x06Tensor\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\x12\r\n\x05\x64type\x18\x02 \x01(\t\x12\r\n\x05shape\x18\x03 \x03(\x03\"\xb7\x01\n\x0e\x46orwardRequest\x12\x31\n\rinputs_embeds\x18\x01 \x01(\x0b\x32\x1a.anther.backbone.v1.Tensor\x12\x32\n\x0e\x61ttention_mask\x18\x02 \x01(\x0b\x32\x1a.anther.backbone.v1.Tensor\x12*\n\x06labels\x18\x03 \x01(\x0b\x32\x1a.anther.backbone.v1.Tensor\x12\x12\n\ngrad_dtype\x18\x04 \x01(\t\"H\n\x0eTrainStepReply\x12\x0c\n\x04loss\x18\x01 \x01(\x01\x12(\n\x04grad\x18\x02 \x01(\x0b\x32\x1a.anther.backbone.v1.Tensor\"F\n\x11HiddenStatesReply\x12\x31\n\rhidden_states\x18\x01 \x01(\x0b\x32\x1a.anther.backbone.v1.Tensor\"\xc3\x01\n\x15HiddenBackwardRequest\x12\x31\n\rinputs_embeds\x18\x01 \x01(\x0b\x32\x1a.anther.backbone.v1.Tensor\x12\x32\n\x0e\x61ttention_mask\x18\x02 \x01(\x0b\x32\x1a.anther.backbone.v1.Tensor\x12/\n\x0bgrad_hidden\x18\x03 \x01(\x0b\x32\x1a.anther.backbone.v1.Tensor\x12\x12\n\ngrad_dtype\x18\x04 \x01(\t\"5\n\tGradReply\x12(\n\x04grad\x18\x01 \x01(\x0b\x32\x1a.anther.backbone.v1.Tensor\"8\n\nScoreReply\x12*\n\x06scores\x18\x01 \x01(\x0b\x32\x1a.anther.backbone.v1.Tensor\"9\n\x0bLogitsReply\x12*\n\x06logits\x18\x01 \x01(\x0b\x32\x1a.anther.backbone.v1.Tensor\"\xa8\x01\n\x0fGenerateRequest\x12\x31\n\rinputs_embeds\x18\x01 \x01(\x0b\x32\x1a.anther.backbone.v1.Tensor\x12\x32\n\x0e\x61ttention_mask\x18\x02 \x01(\x0b\x32\x1a.anther.backbone.v1.Tensor\x12\x16\n\x0emax_new_tokens\x18\x03 \x01(\x05\x12\x16\n\x0estop_token_ids\x18\x04 \x03(\x03\">\n\rGenerateReply\x12-\n\ttoken_ids\x18\x01 \x01(\x0b\x32\x1a.anther.backbone.v1.Tensor\"\r\n\x0bInfoRequest\"\xa4\x02\n\tInfoReply\x12\x13\n\x0b\x66ingerprint\x18\x01 \x01(\t\x12\x13\n\x0bhidden_size\x18\x02 \x01(\x03\x12\x12\n\nvocab_size\x18\x03 \x01(\x03\x12\x13\n\x0bmodel_dtype\x18\x04 \x01(\t\x12\x13\n\x0bwire_dtypes\x18\x05 \x03(\t\x12\x1b\n\x13max_sequence_length\x18\x06 \x01(\x03\x12\x17\n\x0fmax_chunk_bytes\x18\x07 \x01(\x03\x12\x19\n\x11max_request_bytes\x18\x08 \x01(\x03\x12\x16\n\x0emax_new_tokens\x18\t \x01(\x03\x12\x10\n\x08\x62\x61tching\x18\n \x01(\x08\x12\x17\n\x0f\x62\x61tch_window_ms\x18\x0b \x01(\x01\x12\x1b\n\x13max_batch_sequences\x18\x0c \x01(\x03\x32\xf3\x04\n\x08\x42\x61\x63kbone\x12W\n\tTrainStep\x12\".anther.backbone.v1.ForwardRequest\x1a\".anther.backbone.v1.TrainStepReply(\x01\x30\x01\x12O\n\x05Score\x12\".anther.backbone.v1.ForwardRequest\x1a\x1e.anther.backbone.v1.ScoreReply(\x01\x30\x01\x12Z\n\x0fNextTokenLogits\x12\".anther.backbone.v1.ForwardRequest\x1a\x1f.anther.backbone.v1.LogitsReply(\x01\x30\x01\x12V\n\x08Generate\x12#.anther.backbone.v1.GenerateRequest\x1a!.anther.backbone.v1.GenerateReply(\x01\x30\x01\x12]\n\x0cHiddenStates\x12\".anther.backbone.v1.ForwardRequest\x1a%.anther.backbone.v1.HiddenStatesReply(\x01\x30\x01\x12\x62\n\x12\x42\x61\x63kwardFromHidden\x12).anther.backbone.v1.HiddenBackwardRequest\x1a\x1d.anther.backbone.v1.GradReply(\x01\x30\x01\x12\x46\n\x04Info\x12\x1f.anther.backbone.v1.InfoRequest\x1a\x1d.anther.backbone.v1.InfoReplyb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"anther/server/proto/backbone.proto\x12\x12\x61nther.backbone.v1\"4\n\x06Tensor\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\x12\r\n\x05\x64type\x18\x02 \x01(\t\x12\r\n\x05shape\x18\x03 \x03(\x03\"\xe9\x01\n\x0e\x46orwardRequest\x12\x31\n\rinputs_embeds\x18\x01 \x01(\x0b\x32\x1a.anther.backbone.v1.Tensor\x12\x32\n\x0e\x61ttention_mask\x18\x02 \x01(\x0b\x32\x1a.anther.backbone.v1.Tensor\x12*\n\x06labels\x18\x03 \x01(\x0b\x32\x1a.anther.backbone.v1.Tensor\x12\x12\n\ngrad_dtype\x18\x04 \x01(\t\x12\x30\n\x0cposition_ids\x18\x05 \x01(\x0b\x32\x1a.anther.backbone.v1.Tensor\"H\n\x0eTrainStepReply\x12\x0c\n\x04loss\x18\x01 \x01(\x01\x12(\n\x04grad\x18\x02 \x01(\x0b\x32\x1a.anther.backbone.v1.Tensor\"F\n\x11HiddenStatesReply\x12\x31\n\rhidden_states\x18\x01 \x01(\x0b\x32\x1a.anther.backbone.v1.Tensor\"\xf5\x01\n\x15HiddenBackwardRequest\x12\x31\n\rinputs_embeds\x18\x01 \x01(\x0b\x32\x1a.anther.backbone.v1.Tensor\x12\x32\n\x0e\x61ttention_mask\x18\x02 \x01(\x0b\x32\x1a.anther.backbone.v1.Tensor\x12/\n\x0bgrad_hidden\x18\x03 \x01(\x0b\x32\x1a.anther.backbone.v1.Tensor\x12\x12\n\ngrad_dtype\x18\x04 \x01(\t\x12\x30\n\x0cposition_ids\x18\x05 \x01(\x0b\x32\x1a.anther.backbone.v1.Tensor\"5\n\tGradReply\x12(\n\x04grad\x18\x01 \x01(\x0b\x32\x1a.anther.backbone.v1.Tensor\"8\n\nScoreReply\x12*\n\x06scores\x18\x01 \x01(\x0b\x32\x1a.anther.backbone.v1.Tensor\"9\n\x0bLogitsReply\x12*\n\x06logits\x18\x01 \x01(\x0b\x32\x1a.anther.backbone.v1.Tensor\"\xda\x01\n\x0fGenerateRequest\x12\x31\n\rinputs_embeds\x18\x01 \x01(\x0b\x32\x1a.anther.backbone.v1.Tensor\x12\x32\n\x0e\x61ttention_mask\x18\x02 \x01(\x0b\x32\x1a.anther.backbone.v1.Tensor\x12\x16\n\x0emax_new_tokens\x18\x03 \x01(\x05\x12\x16\n\x0estop_token_ids\x18\x04 \x03(\x03\x12\x30\n\x0cposition_ids\x18\x05 \x01(\x0b\x32\x1a.anther.backbone.v1.Tensor\">\n\rGenerateReply\x12-\n\ttoken_ids\x18\x01 \x01(\x0b\x32\x1a.anther.backbone.v1.Tensor\"\r\n\x0bInfoRequest\"\xbb\x02\n\tInfoReply\x12\x13\n\x0b\x66ingerprint\x18\x01 \x01(\t\x12\x13\n\x0bhidden_size\x18\x02 \x01(\x03\x12\x12\n\nvocab_size\x18\x03 \x01(\x03\x12\x13\n\x0bmodel_dtype\x18\x04 \x01(\t\x12\x13\n\x0bwire_dtypes\x18\x05 \x03(\t\x12\x1b\n\x13max_sequence_length\x18\x06 \x01(\x03\x12\x17\n\x0fmax_chunk_bytes\x18\x07 \x01(\x03\x12\x19\n\x11max_request_bytes\x18\x08 \x01(\x03\x12\x16\n\x0emax_new_tokens\x18\t \x01(\x03\x12\x10\n\x08\x62\x61tching\x18\n \x01(\x08\x12\x17\n\x0f\x62\x61tch_window_ms\x18\x0b \x01(\x01\x12\x1b\n\x13max_batch_sequences\x18\x0c \x01(\x03\x12\x15\n\rposition_dims\x18\r \x01(\x03\x32\xf3\x04\n\x08\x42\x61\x63kbone\x12W\n\tTrainStep\x12\".anther.backbone.v1.ForwardRequest\x1a\".anther.backbone.v1.TrainStepReply(\x01\x30\x01\x12O\n\x05Score\x12\".anther.backbone.v1.ForwardRequest\x1a\x1e.anther.backbone.v1.ScoreReply(\x01\x30\x01\x12Z\n\x0fNextTokenLogits\x12\".anther.backbone.v1.ForwardRequest\x1a\x1f.anther.backbone.v1.LogitsReply(\x01\x30\x01\x12V\n\x08Generate\x12#.anther.backbone.v1.GenerateRequest\x1a!.anther.backbone.v1.GenerateReply(\x01\x30\x01\x12]\n\x0cHiddenStates\x12\".anther.backbone.v1.ForwardRequest\x1a%.anther.backbone.v1.HiddenStatesReply(\x01\x30\x01\x12\x62\n\x12\x42\x61\x63kwardFromHidden\x12).anther.backbone.v1.HiddenBackwardRequest\x1a\x1d.anther.backbone.v1.GradReply(\x01\x30\x01\x12\x46\n\x04Info\x12\x1f.anther.backbone.v1.InfoRequest\x1a\x1d.anther.backbone.v1.InfoReplyb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,27 +34,27 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_TENSOR']._serialized_start=58
   _globals['_TENSOR']._serialized_end=110
   _globals['_FORWARDREQUEST']._serialized_start=113
-  _globals['_FORWARDREQUEST']._serialized_end=296
-  _globals['_TRAINSTEPREPLY']._serialized_start=298
-  _globals['_TRAINSTEPREPLY']._serialized_end=370
-  _globals['_HIDDENSTATESREPLY']._serialized_start=372
-  _globals['_HIDDENSTATESREPLY']._serialized_end=442
-  _globals['_HIDDENBACKWARDREQUEST']._serialized_start=445
-  _globals['_HIDDENBACKWARDREQUEST']._serialized_end=640
-  _globals['_GRADREPLY']._serialized_start=642
-  _globals['_GRADREPLY']._serialized_end=695
-  _globals['_SCOREREPLY']._serialized_start=697
-  _globals['_SCOREREPLY']._serialized_end=753
-  _globals['_LOGITSREPLY']._serialized_start=755
-  _globals['_LOGITSREPLY']._serialized_end=812
-  _globals['_GENERATEREQUEST']._serialized_start=815
-  _globals['_GENERATEREQUEST']._serialized_end=983
-  _globals['_GENERATEREPLY']._serialized_start=985
-  _globals['_GENERATEREPLY']._serialized_end=1047
-  _globals['_INFOREQUEST']._serialized_start=1049
-  _globals['_INFOREQUEST']._serialized_end=1062
-  _globals['_INFOREPLY']._serialized_start=1065
-  _globals['_INFOREPLY']._serialized_end=1357
-  _globals['_BACKBONE']._serialized_start=1360
-  _globals['_BACKBONE']._serialized_end=1987
+  _globals['_FORWARDREQUEST']._serialized_end=346
+  _globals['_TRAINSTEPREPLY']._serialized_start=348
+  _globals['_TRAINSTEPREPLY']._serialized_end=420
+  _globals['_HIDDENSTATESREPLY']._serialized_start=422
+  _globals['_HIDDENSTATESREPLY']._serialized_end=492
+  _globals['_HIDDENBACKWARDREQUEST']._serialized_start=495
+  _globals['_HIDDENBACKWARDREQUEST']._serialized_end=740
+  _globals['_GRADREPLY']._serialized_start=742
+  _globals['_GRADREPLY']._serialized_end=795
+  _globals['_SCOREREPLY']._serialized_start=797
+  _globals['_SCOREREPLY']._serialized_end=853
+  _globals['_LOGITSREPLY']._serialized_start=855
+  _globals['_LOGITSREPLY']._serialized_end=912
+  _globals['_GENERATEREQUEST']._serialized_start=915
+  _globals['_GENERATEREQUEST']._serialized_end=1133
+  _globals['_GENERATEREPLY']._serialized_start=1135
+  _globals['_GENERATEREPLY']._serialized_end=1197
+  _globals['_INFOREQUEST']._serialized_start=1199
+  _globals['_INFOREQUEST']._serialized_end=1212
+  _globals['_INFOREPLY']._serialized_start=1215
+  _globals['_INFOREPLY']._serialized_end=1530
+  _globals['_BACKBONE']._serialized_start=1533
+  _globals['_BACKBONE']._serialized_end=2160
 # @@protoc_insertion_point(module_scope)

@@ -17,16 +17,18 @@ class Tensor(_message.Message):
     def __init__(self, data: _Optional[bytes] = ..., dtype: _Optional[str] = ..., shape: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class ForwardRequest(_message.Message):
-    __slots__ = ("inputs_embeds", "attention_mask", "labels", "grad_dtype")
+    __slots__ = ("inputs_embeds", "attention_mask", "labels", "grad_dtype", "position_ids")
     INPUTS_EMBEDS_FIELD_NUMBER: _ClassVar[int]
     ATTENTION_MASK_FIELD_NUMBER: _ClassVar[int]
     LABELS_FIELD_NUMBER: _ClassVar[int]
     GRAD_DTYPE_FIELD_NUMBER: _ClassVar[int]
+    POSITION_IDS_FIELD_NUMBER: _ClassVar[int]
     inputs_embeds: Tensor
     attention_mask: Tensor
     labels: Tensor
     grad_dtype: str
-    def __init__(self, inputs_embeds: _Optional[_Union[Tensor, _Mapping]] = ..., attention_mask: _Optional[_Union[Tensor, _Mapping]] = ..., labels: _Optional[_Union[Tensor, _Mapping]] = ..., grad_dtype: _Optional[str] = ...) -> None: ...
+    position_ids: Tensor
+    def __init__(self, inputs_embeds: _Optional[_Union[Tensor, _Mapping]] = ..., attention_mask: _Optional[_Union[Tensor, _Mapping]] = ..., labels: _Optional[_Union[Tensor, _Mapping]] = ..., grad_dtype: _Optional[str] = ..., position_ids: _Optional[_Union[Tensor, _Mapping]] = ...) -> None: ...
 
 class TrainStepReply(_message.Message):
     __slots__ = ("loss", "grad")
@@ -43,16 +45,18 @@ class HiddenStatesReply(_message.Message):
     def __init__(self, hidden_states: _Optional[_Union[Tensor, _Mapping]] = ...) -> None: ...
 
 class HiddenBackwardRequest(_message.Message):
-    __slots__ = ("inputs_embeds", "attention_mask", "grad_hidden", "grad_dtype")
+    __slots__ = ("inputs_embeds", "attention_mask", "grad_hidden", "grad_dtype", "position_ids")
     INPUTS_EMBEDS_FIELD_NUMBER: _ClassVar[int]
     ATTENTION_MASK_FIELD_NUMBER: _ClassVar[int]
     GRAD_HIDDEN_FIELD_NUMBER: _ClassVar[int]
     GRAD_DTYPE_FIELD_NUMBER: _ClassVar[int]
+    POSITION_IDS_FIELD_NUMBER: _ClassVar[int]
     inputs_embeds: Tensor
     attention_mask: Tensor
     grad_hidden: Tensor
     grad_dtype: str
-    def __init__(self, inputs_embeds: _Optional[_Union[Tensor, _Mapping]] = ..., attention_mask: _Optional[_Union[Tensor, _Mapping]] = ..., grad_hidden: _Optional[_Union[Tensor, _Mapping]] = ..., grad_dtype: _Optional[str] = ...) -> None: ...
+    position_ids: Tensor
+    def __init__(self, inputs_embeds: _Optional[_Union[Tensor, _Mapping]] = ..., attention_mask: _Optional[_Union[Tensor, _Mapping]] = ..., grad_hidden: _Optional[_Union[Tensor, _Mapping]] = ..., grad_dtype: _Optional[str] = ..., position_ids: _Optional[_Union[Tensor, _Mapping]] = ...) -> None: ...
 
 class GradReply(_message.Message):
     __slots__ = ("grad",)
@@ -73,16 +77,18 @@ class LogitsReply(_message.Message):
     def __init__(self, logits: _Optional[_Union[Tensor, _Mapping]] = ...) -> None: ...
 
 class GenerateRequest(_message.Message):
-    __slots__ = ("inputs_embeds", "attention_mask", "max_new_tokens", "stop_token_ids")
+    __slots__ = ("inputs_embeds", "attention_mask", "max_new_tokens", "stop_token_ids", "position_ids")
     INPUTS_EMBEDS_FIELD_NUMBER: _ClassVar[int]
     ATTENTION_MASK_FIELD_NUMBER: _ClassVar[int]
     MAX_NEW_TOKENS_FIELD_NUMBER: _ClassVar[int]
     STOP_TOKEN_IDS_FIELD_NUMBER: _ClassVar[int]
+    POSITION_IDS_FIELD_NUMBER: _ClassVar[int]
     inputs_embeds: Tensor
     attention_mask: Tensor
     max_new_tokens: int
     stop_token_ids: _containers.RepeatedScalarFieldContainer[int]
-    def __init__(self, inputs_embeds: _Optional[_Union[Tensor, _Mapping]] = ..., attention_mask: _Optional[_Union[Tensor, _Mapping]] = ..., max_new_tokens: _Optional[int] = ..., stop_token_ids: _Optional[_Iterable[int]] = ...) -> None: ...
+    position_ids: Tensor
+    def __init__(self, inputs_embeds: _Optional[_Union[Tensor, _Mapping]] = ..., attention_mask: _Optional[_Union[Tensor, _Mapping]] = ..., max_new_tokens: _Optional[int] = ..., stop_token_ids: _Optional[_Iterable[int]] = ..., position_ids: _Optional[_Union[Tensor, _Mapping]] = ...) -> None: ...
 
 class GenerateReply(_message.Message):
     __slots__ = ("token_ids",)
@@ -95,7 +101,7 @@ class InfoRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class InfoReply(_message.Message):
-    __slots__ = ("fingerprint", "hidden_size", "vocab_size", "model_dtype", "wire_dtypes", "max_sequence_length", "max_chunk_bytes", "max_request_bytes", "max_new_tokens", "batching", "batch_window_ms", "max_batch_sequences")
+    __slots__ = ("fingerprint", "hidden_size", "vocab_size", "model_dtype", "wire_dtypes", "max_sequence_length", "max_chunk_bytes", "max_request_bytes", "max_new_tokens", "batching", "batch_window_ms", "max_batch_sequences", "position_dims")
     FINGERPRINT_FIELD_NUMBER: _ClassVar[int]
     HIDDEN_SIZE_FIELD_NUMBER: _ClassVar[int]
     VOCAB_SIZE_FIELD_NUMBER: _ClassVar[int]
@@ -108,6 +114,7 @@ class InfoReply(_message.Message):
     BATCHING_FIELD_NUMBER: _ClassVar[int]
     BATCH_WINDOW_MS_FIELD_NUMBER: _ClassVar[int]
     MAX_BATCH_SEQUENCES_FIELD_NUMBER: _ClassVar[int]
+    POSITION_DIMS_FIELD_NUMBER: _ClassVar[int]
     fingerprint: str
     hidden_size: int
     vocab_size: int
@@ -120,4 +127,5 @@ class InfoReply(_message.Message):
     batching: bool
     batch_window_ms: float
     max_batch_sequences: int
-    def __init__(self, fingerprint: _Optional[str] = ..., hidden_size: _Optional[int] = ..., vocab_size: _Optional[int] = ..., model_dtype: _Optional[str] = ..., wire_dtypes: _Optional[_Iterable[str]] = ..., max_sequence_length: _Optional[int] = ..., max_chunk_bytes: _Optional[int] = ..., max_request_bytes: _Optional[int] = ..., max_new_tokens: _Optional[int] = ..., batching: _Optional[bool] = ..., batch_window_ms: _Optional[float] = ..., max_batch_sequences: _Optional[int] = ...) -> None: ...
+    position_dims: int
+    def __init__(self, fingerprint: _Optional[str] = ..., hidden_size: _Optional[int] = ..., vocab_size: _Optional[int] = ..., model_dtype: _Optional[str] = ..., wire_dtypes: _Optional[_Iterable[str]] = ..., max_sequence_length: _Optional[int] = ..., max_chunk_bytes: _Optional[int] = ..., max_request_bytes: _Optional[int] = ..., max_new_tokens: _Optional[int] = ..., batching: _Optional[bool] = ..., batch_window_ms: _Optional[float] = ..., max_batch_sequences: _Optional[int] = ..., position_dims: _Optional[int] = ...) -> None: ...

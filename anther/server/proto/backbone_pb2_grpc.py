@@ -3,7 +3,7 @@
 import grpc
 import warnings
 
-from . import backbone_pb2 as anther_dot_server_dot_proto_dot_backbone__pb2
+from anther.server.proto import backbone_pb2 as anther_dot_server_dot_proto_dot_backbone__pb2
 
 GRPC_GENERATED_VERSION = '1.81.1'
 GRPC_VERSION = grpc.__version__

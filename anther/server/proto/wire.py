@@ -86,7 +86,7 @@ def chunks(msg: M, max_chunk_bytes: int) -> Iterator[M]:
         yield msg
         return
     piece = max(1, max_chunk_bytes - _CHUNK_OVERHEAD)
-    fields = _tensor_fields(msg)
+    fields = [f for f in _tensor_fields(msg) if msg.HasField(f)]  # touching an unset one would set it
     header = type(msg)()
     header.CopyFrom(msg)
     for f in fields:
