@@ -14,9 +14,9 @@ import dataclasses
 
 import pytest
 import torch
-from transformers import AutoModelForImageTextToText, AutoProcessor
+from transformers import AutoModelForImageTextToText
 
-from anther.adapters.families import FAMILIES
+from anther.adapters.families import FAMILIES, load_processor
 from anther.adapters.nano_adapter import NanoAdapterConfig
 from anther.adapters.prompt import build_prompt, build_target
 from anther.client.inference import Encoder
@@ -28,6 +28,7 @@ HF_IMAGES = {
     "llava": lambda images: [im for im in images if im is not None] or None,
     "llava_next": lambda images: [im for im in images if im is not None] or None,
     "idefics3": lambda images: [[im] if im else [] for im in images] if any(images) else None,
+    "qwen2_vl": lambda images: [im for im in images if im is not None] or None,
 }
 
 
@@ -38,7 +39,7 @@ def model_dir(family_model_dir):
 
 @pytest.fixture(scope="module")
 def parts(model_dir):
-    processor = AutoProcessor.from_pretrained(model_dir)
+    processor = load_processor(model_dir)
     hf = AutoModelForImageTextToText.from_pretrained(model_dir).eval()
     edge = NanoEdge.from_pretrained(model_dir, NanoAdapterConfig(rank=4, alpha=4))
     backbone = LocalBackbone.from_pretrained(model_dir)
@@ -84,7 +85,7 @@ def test_fresh_adapters_reproduce_hf_logits(parts, samples, kind):
     assert torch.equal(batch.input_ids, inputs["input_ids"])
     assert (batch.pixel_values is None) == (kind == "text-only")
     with torch.no_grad():
-        got = backbone.logits(edge(batch), batch.attention_mask)
+        got = backbone.logits(edge(batch), batch.attention_mask, batch.position_ids)
     mask = batch.attention_mask.bool()
     assert got.shape == expected.logits.shape
     torch.testing.assert_close(got[mask], expected.logits[mask], rtol=1e-5, atol=1e-5)
@@ -94,7 +95,7 @@ def test_split_loss_matches_hf_loss(parts, samples):
     processor, hf, edge, backbone = parts
     batch = _batch(processor, edge, samples)
     _, expected = _hf(hf, processor, samples, labels=batch.labels)
-    loss, _ = backbone.train_step(edge(batch), batch.attention_mask, batch.labels)
+    loss, _ = backbone.train_step(edge(batch), batch.attention_mask, batch.labels, batch.position_ids)
     assert loss == pytest.approx(expected.loss.item(), rel=1e-5)
 
 
@@ -117,11 +118,11 @@ def test_split_gradients_equal_one_process_training(model_dir, parts, samples):
 
     # split exchange: backbone returns d loss / d inputs_embeds, the client backpropagates it
     embeds = split_edge(batch)
-    _, grad = backbone.train_step(embeds.detach(), batch.attention_mask, batch.labels)
+    _, grad = backbone.train_step(embeds.detach(), batch.attention_mask, batch.labels, batch.position_ids)
     embeds.backward(grad)
 
     # one process: the composed model, autograd end to end
-    joint = causal_lm_loss(backbone.logits(joint_edge(batch), batch.attention_mask), batch.labels)
+    joint = causal_lm_loss(backbone.logits(joint_edge(batch), batch.attention_mask, batch.position_ids), batch.labels)
     joint.backward()
 
     for (name, p_split), (_, p_joint) in zip(split_edge.adapters.named_parameters(),
@@ -136,7 +137,7 @@ def test_fresh_adapters_are_the_identity(parts, samples):
     processor, hf, edge, _ = parts
     batch = _batch(processor, edge, samples)
     inputs, _ = _hf(hf, processor, samples)
-    image_inputs = {k: v for k, v in inputs.items() if k.startswith("pixel_") or k == "image_sizes"}
+    image_inputs = {k: v for k, v in inputs.items() if k.startswith("pixel_") or k in ("image_sizes", "image_grid_thw")}
     with torch.no_grad():
         merged = hf.model.get_input_embeddings()(batch.input_ids)
         features = hf.model.get_image_features(**image_inputs).pooler_output

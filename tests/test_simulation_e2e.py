@@ -1,9 +1,9 @@
 """End to end: `anther simulate` runs `flwr run` on a private SuperLink (2 clients, 2 rounds),
 with the backbone in each client process (``local``) and behind the gRPC service the
 ServerApp starts (``service``, two replicas, one client on each): the same numbers in either
-mode. Both runs use the tiny
-Idefics3 (SmolVLM's class: tiled images, padded tiles), so a second family goes through
-every part of a run; the other end-to-end tests run the default LLaVA. (That the same seed
+mode. Both runs use the tiny Qwen2-VL (pictures at their own resolution, M-RoPE positions
+that travel to the backbone with the embeddings), so a second family goes through every
+part of a run; the other end-to-end tests run the default LLaVA. (That the same seed
 gives the same numbers run after run, tests/test_resume_e2e.py shows bit for bit.)"""
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from simulation_run import simulate
 
 pytestmark = pytest.mark.slow
 
-GENERATE = ["eval.generate=true", "eval.max_new_tokens=2", "model.tiny_family=idefics3"]
+GENERATE = ["eval.generate=true", "eval.max_new_tokens=2", "model.tiny_family=qwen2_vl"]
 
 
 @pytest.fixture(scope="module")

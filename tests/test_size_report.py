@@ -5,9 +5,9 @@ from __future__ import annotations
 import json
 
 import pytest
-from transformers import AutoConfig, AutoProcessor
+from transformers import AutoConfig
 
-from anther.adapters.families import family_for
+from anther.adapters.families import family_for, load_processor
 from anther.adapters.lora import LoraSettings
 from anther.adapters.nano_adapter import NanoAdapterConfig
 from anther.adapters.size_report import report_for_config, size_report
@@ -16,10 +16,11 @@ from anther.client.inference import Encoder
 from anther.client.nano_edge import NanoEdge
 
 
-@pytest.mark.parametrize("fixture", ["tiny_model_dir", "tiny_llava_next_dir", "tiny_idefics3_dir"])
+@pytest.mark.parametrize("fixture", ["tiny_model_dir", "tiny_llava_next_dir", "tiny_idefics3_dir", "tiny_qwen2_vl_dir"])
 def test_counts_match_a_loaded_nano_edge(fixture, request, samples):
     """On each family's tiny checkpoint the meta-device counts equal what a real NanoEdge holds,
-    and the image tokens counted per image (per tile) are those the processor writes."""
+    and the image tokens counted per image (per tile) are those the processor writes (Qwen2-VL's
+    depend on the picture's size: the report counts a 448 px one, checked on the 7B config)."""
     tiny_model_dir = request.getfixturevalue(fixture)
     config = AutoConfig.from_pretrained(tiny_model_dir)
     report = report_for_config("tiny", config, adapter_rank=8, lora_rank=4, text_tokens=10, dtype="float32",
@@ -33,8 +34,17 @@ def test_counts_match_a_loaded_nano_edge(fixture, request, samples):
     assert report.lora_params == text.num_hidden_layers * per_layer
     image_tokens = family_for(config.model_type).image_tokens(config)
     assert report.activation_bytes_down_per_sample == (image_tokens + 10) * text.hidden_size * 4
-    batch = Encoder(edge, AutoProcessor.from_pretrained(tiny_model_dir))(samples[:2], None)
-    assert int((batch.input_ids == config.image_token_id).sum()) == image_tokens * len(batch.pixel_values)
+    if config.model_type != "qwen2_vl":
+        batch = Encoder(edge, load_processor(tiny_model_dir))(samples[:2], None)
+        assert int((batch.input_ids == config.image_token_id).sum()) == image_tokens * len(batch.pixel_values)
+
+
+def test_qwen2_vl_7b_counts_a_448_px_picture_and_its_positions():
+    r = size_report("qwen2-vl-7b", text_tokens=64)
+    assert round(r.total_params / 1e9, 2) == 8.29  # as published
+    tokens = (448 // 14) ** 2 // 4 + 64
+    assert r.activation_bytes_down_per_sample == tokens * 3584 * 2  # bfloat16 gradient
+    assert r.activation_bytes_up_per_sample == tokens * 3584 * 2 + 2 * tokens * 8 + 3 * tokens * 8
 
 
 def test_llava_7b_client_and_adapter_shares():

@@ -33,14 +33,14 @@ def side_modules(family: ModelFamily, model: nn.Module, side: Side, head: bool =
     """The modules ``side`` runs: the NanoEdge's parts (plus the LM head with ``head``, for private
     labels, or when the head is tied to the embedding table and so costs nothing), the
     backbone's, or both."""
+    decoder, lm_head = family.backbone_parts(model)
+    if side == "server":
+        return [decoder, lm_head]
     edge = family.edge_parts(model)
     client = [edge.vision_tower, edge.connector, edge.embed_tokens]
-    decoder, lm_head = family.backbone_parts(model)
     if side == "client":
         tied = getattr(model.config, "tie_word_embeddings", False)  # what transformers ties by
         return [*client, lm_head] if head or tied else client
-    if side == "server":
-        return [decoder, lm_head]
     return [*client, decoder, lm_head]
 
 

@@ -27,12 +27,14 @@ from transformers import (
     LlamaConfig,
     LlavaConfig,
     LlavaNextConfig,
+    Qwen2VLConfig,
 )
 
 from anther.adapters.families import family_for
 from anther.adapters.lora import LoraSettings, inject_lora
 from anther.adapters.nano_adapter import NanoAdapterConfig
 from anther.client.nano_edge import build_adapters
+from anther.server.backbone import position_dims
 from anther.server.proto.wire import WIRE_DTYPES
 
 
@@ -71,6 +73,17 @@ def _idefics3(image_size: int, scale_factor: int, text: LlamaConfig) -> Idefics3
                           image_token_id=text.vocab_size - 1, tie_word_embeddings=False)
 
 
+def _qwen2_vl_7b() -> Qwen2VLConfig:
+    """Qwen2-VL-7B-Instruct as published: a 675M-parameter native-resolution ViT (patch 14, 2 x 2
+    merger) and the Qwen2-7B decoder with M-RoPE (sections 16, 24, 24)."""
+    vision = {"depth": 32, "embed_dim": 1280, "hidden_size": 3584, "num_heads": 16, "mlp_ratio": 4,
+              "patch_size": 14, "spatial_merge_size": 2, "temporal_patch_size": 2}
+    text = {"vocab_size": 152064, "hidden_size": 3584, "intermediate_size": 18944, "num_hidden_layers": 28,
+            "num_attention_heads": 28, "num_key_value_heads": 4, "max_position_embeddings": 32768,
+            "rope_parameters": {"rope_type": "default", "rope_theta": 1000000.0, "mrope_section": [16, 24, 24]}}
+    return Qwen2VLConfig(vision_config=vision, text_config=text, image_token_id=151655, tie_word_embeddings=False)
+
+
 def _llama(vocab: int, hidden: int, intermediate: int, layers: int, heads: int, kv_heads: int) -> LlamaConfig:
     return LlamaConfig(vocab_size=vocab, hidden_size=hidden, intermediate_size=intermediate, num_hidden_layers=layers,
                        num_attention_heads=heads, num_key_value_heads=kv_heads, tie_word_embeddings=False)
@@ -83,6 +96,7 @@ REAL_CONFIGS: dict[str, Callable[[], object]] = {
     "llava-next-7b": lambda: _llava_next(_vicuna(4096, 11008, 32, 32)),
     "idefics3-8b": lambda: _idefics3(364, 2, _llama(128259, 4096, 14336, 32, 32, 8)),
     "smolvlm-instruct": lambda: _idefics3(384, 3, _llama(49155, 2048, 8192, 24, 32, 32)),
+    "qwen2-vl-7b": _qwen2_vl_7b,
 }
 
 
@@ -119,6 +133,10 @@ def _count(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
 
 
+def _count_unique(modules: list[nn.Module]) -> int:
+    return sum(p.numel() for p in {id(p): p for m in modules for p in m.parameters()}.values())
+
+
 def _lora_params(decoder: nn.Module, rank: int) -> int:
     """Parameters ``peft`` adds for LoRA of ``rank`` on the decoder's attention projections
     (``mode=local``'s default targets)."""
@@ -152,15 +170,17 @@ def report_for_config(name: str, config, adapter_rank: int = 16, lora_rank: int 
         adapters = _count(build_adapters(hidden, NanoAdapterConfig(rank=adapter_rank)))  # -I and -T
     parts = family.edge_parts(model)
     total = _count(model)
-    client = sum(_count(m) for m in (parts.vision_tower, parts.connector, parts.embed_tokens))
+    client = _count_unique([parts.vision_tower, parts.connector, parts.embed_tokens])  # Qwen2-VL's merger is in its tower
     tokens = family.image_tokens(config) + text_tokens
     embeds = tokens * hidden * _itemsize(wire_dtype)
+    dims = position_dims(config.text_config)
+    positions = tokens * dims * 8 if dims > 1 else 0  # M-RoPE positions travel too (int64)
     lora = _lora_params(family.backbone_parts(model)[0], lora_rank)  # counted last: it adds to the model
     weight_bytes = _itemsize(dtype)
     return SizeReport(
         model=name, total_params=total, client_params=client,
         client_bytes=client * weight_bytes + adapters * 4, adapter_params=adapters,
-        adapter_bytes_per_round=adapters * 4, activation_bytes_up_per_sample=embeds + 2 * tokens * 8,
+        adapter_bytes_per_round=adapters * 4, activation_bytes_up_per_sample=embeds + 2 * tokens * 8 + positions,
         activation_bytes_down_per_sample=embeds, lora_params=lora,
         local_client_bytes=total * weight_bytes + lora * 4, lora_bytes_per_round=lora * 4,
     )

@@ -30,7 +30,10 @@ class Encoder:
         prompts = [build_prompt(s, self.modality_agnostic) for s in samples]
         eos = self.processor.tokenizer.eos_token
         targets = None if answers is None else [build_target(a, eos) for a in answers]
-        return self.edge.family.encode(self.processor, prompts, [s.image for s in samples], targets)
+        family = self.edge.family
+        batch = family.encode(self.processor, prompts, [s.image for s in samples], targets)
+        batch.position_ids = family.position_ids(self.edge.model_config, batch)
+        return batch
 
 
 def _chunks(items: list, size: int) -> Iterator[list]:

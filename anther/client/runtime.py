@@ -19,9 +19,8 @@ import torch
 import transformers
 from omegaconf import DictConfig
 from torch import nn
-from transformers import AutoProcessor
 
-from anther.adapters.families import family_for
+from anther.adapters.families import family_for, load_processor
 from anther.adapters.lora import LoraSettings, inject_lora
 from anther.adapters.nano_adapter import NanoAdapterConfig
 from anther.adapters.side_loading import load_side
@@ -85,7 +84,7 @@ def _client_side(spec: EdgeSpec, local_backbone: bool) -> tuple[Encoder, LocalBa
             raise ValueError("mode=local trains LoRA inside the LLM: it needs the backbone in this process")
         edge.adapters = nn.ModuleDict({"lora": inject_lora(backbone.decoder, spec.lora)})
         backbone.counts_traffic = False  # one process, nothing crosses a wire
-    processor = AutoProcessor.from_pretrained(spec.model_path)
+    processor = load_processor(spec.model_path)
     head = family.backbone_parts(model)[1] if spec.private_labels else None
     return Encoder(edge, processor, spec.modality_agnostic), backbone, head
 

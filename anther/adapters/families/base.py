@@ -48,6 +48,8 @@ class ModelFamily(Protocol):
     """One Hugging Face MLLM class and how it splits."""
 
     name: str
+    model_class: type
+    processor_class: type  # its ``from_pretrained`` loads the checkpoint's processor
 
     def edge_parts(self, model: nn.Module) -> EdgeParts: ...
 
@@ -62,6 +64,10 @@ class ModelFamily(Protocol):
         ...
 
     def image_token_id(self, config: object) -> int: ...
+
+    def position_ids(self, config: object, batch: EncodedBatch) -> torch.Tensor | None:
+        """(B, T, P) token positions where they are not 0, 1, 2, ... (Qwen2-VL's M-RoPE), else None."""
+        ...
 
     def image_tokens(self, config: object) -> int:
         """Image tokens one image (one tile, for families that tile) takes in the prompt."""

@@ -31,6 +31,7 @@ from .base import EdgeParts, EncodedBatch, target_labels, tiny_llama
 class Idefics3Family:
     name = "idefics3"
     model_class = Idefics3ForConditionalGeneration
+    processor_class = Idefics3Processor
 
     def edge_parts(self, model: Idefics3ForConditionalGeneration) -> EdgeParts:
         return EdgeParts(
@@ -44,6 +45,9 @@ class Idefics3Family:
 
     def image_token_id(self, config: Idefics3Config) -> int:
         return config.image_token_id
+
+    def position_ids(self, config: object, batch: EncodedBatch) -> None:
+        return None  # 0, 1, 2, ...
 
     def image_tokens(self, config: Idefics3Config) -> int:
         """Per tile, after the pixel shuffle: (image_size / patch)^2 / scale^2 (81 for SmolVLM's

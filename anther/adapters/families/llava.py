@@ -26,6 +26,7 @@ from .base import EdgeParts, EncodedBatch, target_labels, tiny_llama
 class LlavaFamily:
     name = "llava"
     model_class = LlavaForConditionalGeneration
+    processor_class: type = LlavaProcessor
     image_extra_keys: tuple[str, ...] = ()  # processor outputs the encoder needs per image, besides pixels
 
     def edge_parts(self, model: LlavaForConditionalGeneration) -> EdgeParts:
@@ -40,6 +41,9 @@ class LlavaFamily:
 
     def image_token_id(self, config: LlavaConfig) -> int:
         return config.image_token_id
+
+    def position_ids(self, config: object, batch: EncodedBatch) -> None:
+        return None  # 0, 1, 2, ...
 
     def image_tokens(self, config: LlavaConfig) -> int:
         return config.image_seq_length

@@ -46,6 +46,7 @@ class LlavaNextFamily(LlavaFamily):
 
     name = "llava_next"
     model_class = LlavaNextForConditionalGeneration
+    processor_class = LlavaNextProcessor
     image_extra_keys = ("image_sizes",)
 
     def edge_parts(self, model: LlavaNextForConditionalGeneration) -> EdgeParts:

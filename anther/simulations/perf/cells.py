@@ -18,8 +18,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import AutoProcessor
 
+from anther.adapters.families import load_processor
 from anther.client.backbone_client import RemoteBackbone
 from anther.client.inference import Encoder
 from anther.client.nano_edge import NanoEdge
@@ -44,7 +44,7 @@ def bare(work: Workload, steps: int, warmup: int, repeats: int = 3) -> dict[str,
     edge = NanoEdge.from_model(model, work.adapter_config)
     edge.load_adapter_state(work.initial_state(model))
     head = LocalBackbone.from_model(model, work.model_path)  # the frozen decoder and LM head
-    encoder = Encoder(edge, AutoProcessor.from_pretrained(work.model_path))
+    encoder = Encoder(edge, load_processor(work.model_path))
     samples = [s for client in work.clients for s in client]
     t = work.cfg.train
     params = [p for p in edge.adapters.parameters() if p.requires_grad]
@@ -110,7 +110,7 @@ def batching(work: Workload, clients: int, seconds: float, policy: dict) -> dict
     model = work.load_model()
     service = BackboneService(LocalBackbone.from_model(model, work.model_path), BatchPolicy(**policy))
     server, port = start(service)
-    encoder = Encoder(NanoEdge.from_model(model, work.adapter_config), AutoProcessor.from_pretrained(work.model_path))
+    encoder = Encoder(NanoEdge.from_model(model, work.adapter_config), load_processor(work.model_path))
     b = work.cfg.train.batch_size
     requests = []
     for c in range(clients):

@@ -28,9 +28,9 @@ from typing import Self
 
 import torch
 from omegaconf import DictConfig
-from transformers import AutoConfig, AutoProcessor
+from transformers import AutoConfig
 
-from anther.adapters.families import family_for
+from anther.adapters.families import family_for, load_processor
 from anther.adapters.nano_adapter import NanoAdapterConfig
 from anther.client.backbone_client import RemoteBackbone
 from anther.client.feature_cache import FeatureCache
@@ -181,7 +181,7 @@ class SharedBackboneFederation(Federation):
         for _ in range(concurrency):  # frozen modules shared; adapters and processor per worker
             edge = NanoEdge.from_model(self.model, work.adapter_config)  # (HF tokenizers are not thread-safe)
             edge.feature_cache = self.cache
-            encoder = Encoder(edge, AutoProcessor.from_pretrained(work.model_path))
+            encoder = Encoder(edge, load_processor(work.model_path))
             self._free.append((encoder, RemoteBackbone(f"127.0.0.1:{port}")))
         self._lock = threading.Lock()
         self.global_state = work.initial_state(self.model)
@@ -220,6 +220,6 @@ class ModelPerClientFederation(Federation):
         model = self.work.load_model()
         edge = NanoEdge.from_model(model, self.work.adapter_config)
         edge.load_adapter_state(self.global_state)
-        encoder = Encoder(edge, AutoProcessor.from_pretrained(self.work.model_path))
+        encoder = Encoder(edge, load_processor(self.work.model_path))
         n = self.work.train(encoder, LocalBackbone.from_model(model, self.work.model_path), client, round_)
         return edge.adapter_state(), n
