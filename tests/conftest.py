@@ -47,9 +47,18 @@ def tiny_qwen2_vl_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
                      family="qwen2_vl")
 
 
+@pytest.fixture(scope="session")
+def tiny_qwen2_5_vl_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny Qwen2.5-VL with random weights: Qwen2-VL's with windowed vision attention."""
+    from anther.adapters.tiny_model import init_tiny
+
+    return init_tiny(tmp_path_factory.mktemp("model") / "tiny-qwen2-5-vl", seed=0, pretrain_steps=0,
+                     family="qwen2_5_vl")
+
+
 # registered family -> the fixture of its tiny checkpoint
 FAMILY_FIXTURES = {"llava": "tiny_model_dir", "llava_next": "tiny_llava_next_dir", "idefics3": "tiny_idefics3_dir",
-                   "qwen2_vl": "tiny_qwen2_vl_dir"}
+                   "qwen2_vl": "tiny_qwen2_vl_dir", "qwen2_5_vl": "tiny_qwen2_5_vl_dir"}
 
 
 @pytest.fixture(scope="module", params=sorted(FAMILIES))

@@ -29,6 +29,7 @@ HF_IMAGES = {
     "llava_next": lambda images: [im for im in images if im is not None] or None,
     "idefics3": lambda images: [[im] if im else [] for im in images] if any(images) else None,
     "qwen2_vl": lambda images: [im for im in images if im is not None] or None,
+    "qwen2_5_vl": lambda images: [im for im in images if im is not None] or None,
 }
 
 

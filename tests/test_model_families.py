@@ -18,7 +18,7 @@ from anther.simulations.config import ConfigError, load_config
 
 def test_unknown_model_type_names_the_known_families():
     with pytest.raises(ValueError, match=r"'mllama' has no anther family; known: \['idefics3', 'llava', 'llava_next', "
-                                         r"'qwen2_vl'\]"):
+                                         r"'qwen2_5_vl', 'qwen2_vl'\]"):
         family_for("mllama")
 
 
@@ -36,7 +36,7 @@ def test_cli_makes_a_tiny_idefics3_that_loads_back(tmp_path: Path):
 
 
 @pytest.mark.parametrize(("overrides", "match"), [
-    (["model.tiny_family=mllama"], r"model\.tiny_family='mllama'.*idefics3, llava, llava_next, qwen2_vl"),
+    (["model.tiny_family=mllama"], r"model\.tiny_family='mllama'.*idefics3, llava, llava_next, qwen2_5_vl, qwen2_vl"),
     (["model.tiny_family=idefics3", "model.tiny_pretrain_steps=100"], r"model\.tiny_pretrain_steps=100.*LLaVA"),
 ])
 def test_bad_family_choices_name_the_key(overrides: list[str], match: str):

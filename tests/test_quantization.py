@@ -60,6 +60,7 @@ def test_service_mode_accepts_quantization_in_the_config():
     ("tiny_llava_next_dir", "model.vision_tower", "model.multi_modal_projector"),
     ("tiny_idefics3_dir", "model.vision_model", "model.connector"),
     ("tiny_qwen2_vl_dir", "model.visual", "model.visual.merger"),
+    ("tiny_qwen2_5_vl_dir", "model.visual", "model.visual.merger"),
 ])
 def test_a_quantised_backbone_has_no_client_modules_and_keeps_its_head_in_dtype(request, fixture, vision,
                                                                                  connector):

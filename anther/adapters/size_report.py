@@ -27,6 +27,7 @@ from transformers import (
     LlamaConfig,
     LlavaConfig,
     LlavaNextConfig,
+    Qwen2_5_VLConfig,
     Qwen2VLConfig,
 )
 
@@ -73,15 +74,29 @@ def _idefics3(image_size: int, scale_factor: int, text: LlamaConfig) -> Idefics3
                           image_token_id=text.vocab_size - 1, tie_word_embeddings=False)
 
 
+def _qwen2_7b() -> dict:
+    """The Qwen2-7B-shaped decoder of Qwen2-VL-7B and Qwen2.5-VL-7B (a fresh dict: configs edit theirs)."""
+    return {"vocab_size": 152064, "hidden_size": 3584, "intermediate_size": 18944, "num_hidden_layers": 28,
+            "num_attention_heads": 28, "num_key_value_heads": 4, "max_position_embeddings": 32768,
+            "rope_parameters": {"rope_type": "default", "rope_theta": 1000000.0, "mrope_section": [16, 24, 24]}}
+
+
 def _qwen2_vl_7b() -> Qwen2VLConfig:
     """Qwen2-VL-7B-Instruct as published: a 675M-parameter native-resolution ViT (patch 14, 2 x 2
     merger) and the Qwen2-7B decoder with M-RoPE (sections 16, 24, 24)."""
     vision = {"depth": 32, "embed_dim": 1280, "hidden_size": 3584, "num_heads": 16, "mlp_ratio": 4,
               "patch_size": 14, "spatial_merge_size": 2, "temporal_patch_size": 2}
-    text = {"vocab_size": 152064, "hidden_size": 3584, "intermediate_size": 18944, "num_hidden_layers": 28,
-            "num_attention_heads": 28, "num_key_value_heads": 4, "max_position_embeddings": 32768,
-            "rope_parameters": {"rope_type": "default", "rope_theta": 1000000.0, "mrope_section": [16, 24, 24]}}
-    return Qwen2VLConfig(vision_config=vision, text_config=text, image_token_id=151655, tie_word_embeddings=False)
+    return Qwen2VLConfig(vision_config=vision, text_config=_qwen2_7b(), image_token_id=151655, tie_word_embeddings=False)
+
+
+def _qwen2_5_vl_7b() -> Qwen2_5_VLConfig:
+    """Qwen2.5-VL-7B-Instruct as published: a windowed-attention ViT (SwiGLU, RMSNorm; full
+    attention in blocks 7, 15, 23, 31) and the same Qwen2-7B-shaped decoder."""
+    vision = {"depth": 32, "hidden_size": 1280, "intermediate_size": 3420, "num_heads": 16, "out_hidden_size": 3584,
+              "patch_size": 14, "spatial_merge_size": 2, "temporal_patch_size": 2, "window_size": 112,
+              "fullatt_block_indexes": [7, 15, 23, 31]}
+    return Qwen2_5_VLConfig(vision_config=vision, text_config=_qwen2_7b(), image_token_id=151655,
+                            tie_word_embeddings=False)
 
 
 def _llama(vocab: int, hidden: int, intermediate: int, layers: int, heads: int, kv_heads: int) -> LlamaConfig:
@@ -97,6 +112,7 @@ REAL_CONFIGS: dict[str, Callable[[], object]] = {
     "idefics3-8b": lambda: _idefics3(364, 2, _llama(128259, 4096, 14336, 32, 32, 8)),
     "smolvlm-instruct": lambda: _idefics3(384, 3, _llama(49155, 2048, 8192, 24, 32, 32)),
     "qwen2-vl-7b": _qwen2_vl_7b,
+    "qwen2.5-vl-7b": _qwen2_5_vl_7b,
 }
 
 

@@ -13,11 +13,12 @@ from .base import EdgeParts, EncodedBatch, ModelFamily
 from .idefics3 import Idefics3Family
 from .llava import LlavaFamily
 from .llava_next import LlavaNextFamily
-from .qwen2_vl import Qwen2VLFamily
+from .qwen2_vl import Qwen2_5_VLFamily, Qwen2VLFamily
 
 # Hugging Face config.model_type -> family
 FAMILIES: dict[str, ModelFamily] = {"llava": LlavaFamily(), "llava_next": LlavaNextFamily(),
-                                    "idefics3": Idefics3Family(), "qwen2_vl": Qwen2VLFamily()}
+                                    "idefics3": Idefics3Family(), "qwen2_vl": Qwen2VLFamily(),
+                                    "qwen2_5_vl": Qwen2_5_VLFamily()}
 
 
 def load_processor(model_dir: str | Path) -> object:

@@ -25,6 +25,10 @@ import torch
 from PIL import Image
 from torch import nn
 from transformers import (
+    Qwen2_5_VLConfig,
+    Qwen2_5_VLForConditionalGeneration,
+    Qwen2_5_VLModel,
+    Qwen2_5_VLProcessor,
     Qwen2VLConfig,
     Qwen2VLForConditionalGeneration,
     Qwen2VLImageProcessorPil,
@@ -47,10 +51,19 @@ class Qwen2VLImageTextProcessor(Qwen2VLProcessor):
         super().__init__(image_processor, tokenizer, chat_template=chat_template, **kwargs)
 
 
+class Qwen2_5_VLImageTextProcessor(Qwen2_5_VLProcessor):
+    """Qwen2.5-VL's processor for pictures and text, without its video processor (as above)."""
+
+    def __init__(self, image_processor=None, tokenizer=None, chat_template=None, **kwargs) -> None:
+        super().__init__(image_processor, tokenizer, chat_template=chat_template, **kwargs)
+
+
 class Qwen2VLFamily:
     name = "qwen2_vl"
     model_class = Qwen2VLForConditionalGeneration
     processor_class = Qwen2VLImageTextProcessor
+    config_class = Qwen2VLConfig
+    inner_model_class = Qwen2VLModel  # whose get_rope_index computes the positions
 
     def edge_parts(self, model: Qwen2VLForConditionalGeneration) -> EdgeParts:
         visual = model.model.visual
@@ -83,10 +96,11 @@ class Qwen2VLFamily:
         batch without images, whose positions are 0, 1, 2, ... in every coordinate."""
         if batch.pixel_values is None:
             return None
+        inner = self.inner_model_class
         model = SimpleNamespace(config=config)
-        model.get_vision_position_ids = partial(Qwen2VLModel.get_vision_position_ids, model)
+        model.get_vision_position_ids = partial(inner.get_vision_position_ids, model)
         token_types = (batch.input_ids == config.image_token_id).int()
-        positions, _ = Qwen2VLModel.get_rope_index(model, batch.input_ids, mm_token_type_ids=token_types,
+        positions, _ = inner.get_rope_index(model, batch.input_ids, mm_token_type_ids=token_types,
                                                    image_grid_thw=batch.image_extras["image_grid_thw"],
                                                    attention_mask=batch.attention_mask)
         return positions.permute(1, 2, 0)
@@ -107,12 +121,16 @@ class Qwen2VLFamily:
         text["rope_parameters"] = {"rope_type": "default", "rope_theta": 10000.0,
                                    "mrope_section": [quarter, (head_dim // 2 - quarter) // 2,
                                                      head_dim // 2 - quarter - (head_dim // 2 - quarter) // 2]}
-        vision = {"depth": 2, "embed_dim": 64, "num_heads": 4, "hidden_size": llama.hidden_size, "mlp_ratio": 2,
-                  "patch_size": patch, "spatial_merge_size": merge, "temporal_patch_size": 2}
-        config = Qwen2VLConfig(text_config=text, vision_config=vision, image_token_id=tokenizer.image_token_id,
-                               tie_word_embeddings=False)
-        processor = Qwen2VLImageTextProcessor(image_processor=image_processor, tokenizer=tokenizer)
+        vision = {"depth": 2, "num_heads": 4, "patch_size": patch, "spatial_merge_size": merge,
+                  "temporal_patch_size": 2, **self._tiny_vision_width(llama.hidden_size)}
+        config = self.config_class(text_config=text, vision_config=vision, image_token_id=tokenizer.image_token_id,
+                                   tie_word_embeddings=False)
+        processor = self.processor_class(image_processor=image_processor, tokenizer=tokenizer)
         return config, processor
+
+    def _tiny_vision_width(self, llm_width: int) -> dict:
+        """The tiny vision transformer's widths: 64 wide, MLP 2x, merged into the LLM's width."""
+        return {"embed_dim": 64, "mlp_ratio": 2, "hidden_size": llm_width}
 
     def encode(self, processor, prompts: list[str], images: list[Image.Image | None],
                targets: list[str] | None) -> EncodedBatch:
@@ -133,3 +151,19 @@ class Qwen2VLFamily:
             pixel_values=pixel_values,
             image_extras=extras,
         )
+
+
+class Qwen2_5_VLFamily(Qwen2VLFamily):
+    """Qwen2.5-VL (``Qwen2_5_VLForConditionalGeneration``): Qwen2-VL's split, processing and
+    M-RoPE; its vision transformer attends within windows but in a few full-attention blocks,
+    which the tiny checkpoint keeps (windows of 2 x 2 merged patches, block 1 full)."""
+
+    name = "qwen2_5_vl"
+    model_class = Qwen2_5_VLForConditionalGeneration
+    processor_class = Qwen2_5_VLImageTextProcessor
+    config_class = Qwen2_5_VLConfig
+    inner_model_class = Qwen2_5_VLModel
+
+    def _tiny_vision_width(self, llm_width: int) -> dict:
+        return {"hidden_size": 64, "intermediate_size": 128, "out_hidden_size": llm_width, "window_size": 32,
+                "fullatt_block_indexes": [1]}
