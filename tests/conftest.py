@@ -12,48 +12,42 @@ from anther.adapters.families import FAMILIES
 transformers.logging.set_verbosity_error()
 
 
-@pytest.fixture(scope="session")
-def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A tiny LLaVA with random weights (no pretraining: correctness does not need it)."""
+def _tiny(factory: pytest.TempPathFactory, family: str) -> Path:
+    """A tiny checkpoint of ``family`` with random weights (no pretraining: correctness does not
+    need it), made once per session."""
     from anther.adapters.tiny_model import init_tiny
 
-    return init_tiny(tmp_path_factory.mktemp("model") / "tiny-llava", seed=0, pretrain_steps=0)
+    return init_tiny(factory.mktemp("model") / f"tiny-{family}", seed=0, pretrain_steps=0, family=family)
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny LLaVA, the default run's model."""
+    return _tiny(tmp_path_factory, "llava")
 
 
 @pytest.fixture(scope="session")
 def tiny_idefics3_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A tiny Idefics3 (SmolVLM's class) with random weights: tiled images, padded tiles."""
-    from anther.adapters.tiny_model import init_tiny
-
-    return init_tiny(tmp_path_factory.mktemp("model") / "tiny-idefics3", seed=0, pretrain_steps=0,
-                     family="idefics3")
+    """A tiny Idefics3 (SmolVLM's class): tiled images, padded tiles."""
+    return _tiny(tmp_path_factory, "idefics3")
 
 
 @pytest.fixture(scope="session")
 def tiny_llava_next_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A tiny LLaVA-NeXT with random weights: AnyRes tiles, unpadding, a newline per row."""
-    from anther.adapters.tiny_model import init_tiny
-
-    return init_tiny(tmp_path_factory.mktemp("model") / "tiny-llava-next", seed=0, pretrain_steps=0,
-                     family="llava_next")
+    """A tiny LLaVA-NeXT: AnyRes tiles, unpadding, a newline per row."""
+    return _tiny(tmp_path_factory, "llava_next")
 
 
 @pytest.fixture(scope="session")
 def tiny_qwen2_vl_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A tiny Qwen2-VL with random weights: native-resolution patches, M-RoPE positions."""
-    from anther.adapters.tiny_model import init_tiny
-
-    return init_tiny(tmp_path_factory.mktemp("model") / "tiny-qwen2-vl", seed=0, pretrain_steps=0,
-                     family="qwen2_vl")
+    """A tiny Qwen2-VL: native-resolution patches, M-RoPE positions."""
+    return _tiny(tmp_path_factory, "qwen2_vl")
 
 
 @pytest.fixture(scope="session")
 def tiny_qwen2_5_vl_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A tiny Qwen2.5-VL with random weights: Qwen2-VL's with windowed vision attention."""
-    from anther.adapters.tiny_model import init_tiny
-
-    return init_tiny(tmp_path_factory.mktemp("model") / "tiny-qwen2-5-vl", seed=0, pretrain_steps=0,
-                     family="qwen2_5_vl")
+    """A tiny Qwen2.5-VL: Qwen2-VL's with windowed vision attention."""
+    return _tiny(tmp_path_factory, "qwen2_5_vl")
 
 
 # registered family -> the fixture of its tiny checkpoint

@@ -82,6 +82,19 @@ class ModelFamily(Protocol):
                targets: list[str] | None) -> EncodedBatch: ...
 
 
+def processed_batch(processor, enc, targets: list[str] | None, pixel_values: torch.Tensor | None,
+                    image_extras: dict[str, torch.Tensor]) -> EncodedBatch:
+    """The batch of a processor's output ``enc``: its token ids and mask, labels on ``targets``,
+    and the images one per row as the family lists them."""
+    return EncodedBatch(
+        input_ids=enc["input_ids"],
+        attention_mask=enc["attention_mask"],
+        labels=target_labels(processor.tokenizer, enc["input_ids"], enc["attention_mask"], targets),
+        pixel_values=pixel_values,
+        image_extras=image_extras,
+    )
+
+
 def target_labels(tokenizer, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                   targets: list[str] | None) -> torch.Tensor:
     """-100 everywhere but each row's last ``len(tokenize(target))`` real tokens (right padding):

@@ -25,7 +25,7 @@ from transformers import (
     Idefics3VisionConfig,
 )
 
-from .base import EdgeParts, EncodedBatch, target_labels, tiny_llama
+from .base import EdgeParts, EncodedBatch, processed_batch, tiny_llama
 
 
 class Idefics3Family:
@@ -102,10 +102,5 @@ class Idefics3Family:
             real = (tiles != 0).flatten(1).any(dim=1)  # the processor pads with all-zero tiles
             pixel_values = tiles[real]
             extras["pixel_attention_mask"] = enc["pixel_attention_mask"].flatten(0, 1)[real].bool()
-        return EncodedBatch(
-            input_ids=enc["input_ids"],
-            attention_mask=enc["attention_mask"],
-            labels=target_labels(processor.tokenizer, enc["input_ids"], enc["attention_mask"], targets),
-            pixel_values=pixel_values,
-            image_extras=extras,
-        )
+        return processed_batch(processor, enc, targets, pixel_values,
+                               extras)

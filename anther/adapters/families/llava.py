@@ -20,7 +20,7 @@ from transformers import (
     LlavaProcessor,
 )
 
-from .base import EdgeParts, EncodedBatch, target_labels, tiny_llama
+from .base import EdgeParts, EncodedBatch, processed_batch, tiny_llama
 
 
 class LlavaFamily:
@@ -79,13 +79,8 @@ class LlavaFamily:
         texts = prompts if targets is None else [p + t for p, t in zip(prompts, targets)]
         present = [im for im in images if im is not None]
         enc = processor(images=present or None, text=texts, return_tensors="pt", padding=True)
-        return EncodedBatch(
-            input_ids=enc["input_ids"],
-            attention_mask=enc["attention_mask"],
-            labels=target_labels(processor.tokenizer, enc["input_ids"], enc["attention_mask"], targets),
-            pixel_values=enc["pixel_values"] if present else None,
-            image_extras={key: enc[key] for key in self.image_extra_keys} if present else {},
-        )
+        return processed_batch(processor, enc, targets, enc["pixel_values"] if present else None,
+                               {key: enc[key] for key in self.image_extra_keys} if present else {})
 
 
 def vision_features(tower: nn.Module, config: LlavaConfig, pixel_values: torch.Tensor) -> torch.Tensor:

@@ -36,7 +36,7 @@ from transformers import (
     Qwen2VLProcessor,
 )
 
-from .base import EdgeParts, EncodedBatch, target_labels, tiny_llama
+from .base import EdgeParts, EncodedBatch, processed_batch, tiny_llama
 
 REFERENCE_PICTURE = 448  # px, square: the picture the size report counts image tokens for
 
@@ -144,13 +144,8 @@ class Qwen2VLFamily:
             per_image = enc["pixel_values"].split(grids.prod(dim=-1).tolist())
             pixel_values = nn.utils.rnn.pad_sequence(list(per_image), batch_first=True)
             extras["image_grid_thw"] = grids
-        return EncodedBatch(
-            input_ids=enc["input_ids"],
-            attention_mask=enc["attention_mask"],
-            labels=target_labels(processor.tokenizer, enc["input_ids"], enc["attention_mask"], targets),
-            pixel_values=pixel_values,
-            image_extras=extras,
-        )
+        return processed_batch(processor, enc, targets, pixel_values,
+                               extras)
 
 
 class Qwen2_5_VLFamily(Qwen2VLFamily):
