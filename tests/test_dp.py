@@ -135,8 +135,11 @@ def test_no_noise_and_huge_clip_equals_plain_training(tiny_model_dir, processor,
     dp = DPSGD(0.0, 1e9, sample_rate=1.0, expected_batch_size=4.0, generator=torch.Generator())
     private = train_adapters(Encoder(edges[1], processor), backbone, chosen, 3, 4, 1e-2, seed=0, dp=dp)
     assert private.loss == pytest.approx(plain.loss, rel=1e-5)
+    # Summed per-sample gradients and the batch gradient agree to float rounding, which AdamW
+    # can lift to ~1e-5 on a weight whose gradient is near 0 (seen under 2 xdist workers);
+    # a wrong clip or a stray noise term moves weights by ~lr = 1e-2.
     for a, b in zip(_params(edges[0]), _params(edges[1])):
-        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=2e-5)
 
 
 def test_empty_poisson_batch_is_a_noise_only_step(tiny_model_dir, processor, backbone):
