@@ -135,12 +135,14 @@ def _bench(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     if args.runner is not None:  # one of --jobs N runners: the watching process writes the report
         return _bench_runner(bench, out, args)
+    def report() -> Path:
+        return write_report(bench, out, args.overrides, command)
+
     if args.jobs == 1:
-        _run_bench_grid(bench, out, args.overrides, report=lambda: write_report(bench, out, args.overrides, command))
+        _run_bench_grid(bench, out, args.overrides, report)
     else:
-        _run_bench_runners(bench, out, args, [sys.executable, "-m", "anther.cli", "bench", *grid_args],
-                           report=lambda: write_report(bench, out, args.overrides, command))
-    return _bench_summary(bench, out, args.overrides, write_report(bench, out, args.overrides, command))
+        _run_bench_runners(bench, out, args, [sys.executable, "-m", "anther.cli", "bench", *grid_args], report)
+    return _bench_summary(bench, out, args.overrides, report())
 
 
 def _run_bench_grid(bench: DictConfig, out: Path, overrides: list[str], report: Callable[[], object]) -> None:

@@ -55,7 +55,7 @@ class LoraWeights(nn.ModuleDict):
         state = {}
         for name, value in self.state_dict().items():
             fresh = torch.zeros_like(value)
-            if ".A." in f".{name}":
+            if name.endswith(".A.weight"):
                 bound = math.sqrt(6 / ((1 + 5) * value.shape[1]))  # kaiming_uniform_(a=sqrt(5)), fan_in
                 fresh = torch.empty_like(value).uniform_(-bound, bound, generator=generator)
             state[name] = fresh

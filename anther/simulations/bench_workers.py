@@ -32,10 +32,10 @@ def runner_env(jobs: int) -> dict[str, str]:
 
 
 def run_runners(command: list[str], jobs: int, claims: Path, on_progress: Callable[[], object],
-                poll_s: float = 5.0) -> list[int]:
+                poll_s: float = 5.0) -> None:
     """Start ``jobs`` copies of ``command`` (an ``anther bench`` runner; each gets ``--claims`` and
-    ``--runner K``), call ``on_progress`` every ``poll_s`` seconds until all have exited, and
-    return their exit codes."""
+    ``--runner K``) and call ``on_progress`` every ``poll_s`` seconds until all have exited. What
+    finished is read from the cells afterwards, not from their exit codes."""
     shutil.rmtree(claims, ignore_errors=True)  # an interrupted sitting's claims: its runners are gone
     claims.mkdir(parents=True)
     env = runner_env(jobs)
@@ -48,7 +48,6 @@ def run_runners(command: list[str], jobs: int, claims: Path, on_progress: Callab
                 on_progress()
     finally:
         _stop(procs)
-    return [p.returncode for p in procs]
 
 
 def _stop(procs: list[subprocess.Popen], grace_s: float = 60.0) -> None:
