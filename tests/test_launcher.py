@@ -57,9 +57,12 @@ def test_client_resources_reach_flwr_run_as_federation_config():
     ones are left to Flower, and a ClientApp with no CPU is refused by name."""
     from anther.simulations.config import ConfigError, load_config, simulation_resources
 
-    cfg = load_config("default", ["federation.client_cpus=1", "federation.client_gpus=0.25"])
-    assert simulation_resources(cfg.federation) == {"client-resources-num-cpus": "1",
+    cfg = load_config("default", ["federation.client_cpus=2", "federation.client_gpus=0.25"])
+    assert simulation_resources(cfg.federation) == {"client-resources-num-cpus": "2",
                                                     "client-resources-num-gpus": "0.25"}
-    assert simulation_resources(load_config("default").federation) == {}
+    # one CPU per ClientApp by default (each computes on one torch thread)
+    assert simulation_resources(load_config("default").federation) == {"client-resources-num-cpus": "1"}
+    unset = load_config("default", ["federation.client_cpus=null"])
+    assert simulation_resources(unset.federation) == {}
     with pytest.raises(ConfigError, match="federation.client_cpus"):
         load_config("default", ["federation.client_cpus=0"])

@@ -97,9 +97,11 @@ class FederationConfig:
     outlier_factor: float | None = 10.0
     # Simulation only: Ray resources per ClientApp (Flower's client-resources-num-cpus / -num-gpus).
     # Clients run at once = CPUs (GPUs) / these; None keeps Flower's default (2 CPUs, no GPU).
+    # A ClientApp computes on one torch thread (client/runtime.py), so one CPU each keeps every
+    # core busy; Flower's 2 left one of two cores idle while a client waited for the backbone.
     # With a GPU per client half or a quarter of one (0.5, 0.25) packs several on each
     # (docs/performance.md, multi-GPU).
-    client_cpus: int | None = None
+    client_cpus: int | None = 1
     client_gpus: float | None = None
 
 
