@@ -19,6 +19,9 @@ SMALL = ["overhead_clients=2", "overhead_rounds=2", "sharing_clients=[3]", "conc
          "cache_clients=2", "cache_rounds=2", "batching_clients=2", "batching_seconds=1", "scale_clients=5",
          "scale_rounds=2", "scale_local_steps=1", "train.local_steps=2", "train.batch_size=4", "data.train_size=40",
          "data.test_size=8", "adapter.rank=4", "torch_threads=1", "modes=[split,local]",
+         "trainstep_model=experiment", "trainstep_dtype=float32", "trainstep_seq_len=16",
+         "trainstep_batch_sizes=[1,2]", "trainstep_concurrency=[2]", "trainstep_client_batch=1",
+         "trainstep_steps=2", "trainstep_warmup=1", "trainstep_seconds=0.5",
          ("modes_overrides=[federation.num_clients=2,federation.rounds=2,train.local_steps=2,train.batch_size=4,"
           "data.train_size=40,data.test_size=8,eval.server_test_size=8,eval.generate=false,adapter.rank=4,"
           "lora.rank=4,model.tiny_pretrain_steps=0]")]
@@ -33,7 +36,7 @@ def test_perf_bench_runs_every_section(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     result = json.loads((out / "perf.json").read_text())
     s = result["sections"]
-    assert list(s) == ["overhead", "sharing", "cache", "batching", "scale", "modes"]
+    assert list(s) == ["overhead", "sharing", "cache", "batching", "scale", "modes", "trainstep"]
 
     o = s["overhead"]
     assert o["samples_per_round"] == 2 * 2 * 4 and len(o["round_s"]) == 2
@@ -61,9 +64,13 @@ def test_perf_bench_runs_every_section(tmp_path: Path) -> None:
     assert s["modes"]["local_over_split_holds"] > 1 and s["modes"]["cache_speedup"] == {}
     assert all(0 <= r["final_acc"] <= 1 and len(r["round_s"]) == 2 for r in modes.values())
 
+    t = s["trainstep"]  # the experiment's own LLM on the CPU (tests/test_trainstep_bench.py checks the numbers)
+    assert t["device"] == "cpu" and [r["batch"] for r in t["in_process"]] == [1, 2]
+    assert t["service"][0]["clients"] == 2 and t["service"][0]["requests"] > 0
+
     md = (out / "perf.md").read_text()
     assert "| **ratio** |" in md and "## Scale" in md and "anther bench perf" in md
-    assert "| split | " in md and "| local | " in md
+    assert "| split | " in md and "| local | " in md and "## Backbone TrainStep" in md
     assert (out / "perf_sharing.png").stat().st_size > 0 and (out / "perf_scale_memory.png").stat().st_size > 0
 
 

@@ -154,12 +154,16 @@ class LocalBackbone(nn.Module):
         return cls.from_model(model, model_dir)
 
     @classmethod
-    def from_model(cls, model: nn.Module, model_dir: str | Path) -> LocalBackbone:
-        """The backbone half of an already loaded MLLM (``model_dir`` names its checkpoint)."""
+    def from_model(cls, model: nn.Module, model_dir: str | Path | None = None,
+                   fingerprint: str | None = None) -> LocalBackbone:
+        """The backbone half of an already loaded MLLM: ``model_dir`` names its checkpoint, or,
+        for a model with no checkpoint (random weights), ``fingerprint`` names the model."""
+        if (model_dir is None) == (fingerprint is None):
+            raise ValueError("name the backbone's checkpoint (model_dir) or its fingerprint, not both")
         decoder, head = family_for(model.config.model_type).backbone_parts(model)
         text_cfg = model.config.get_text_config()
         info = BackboneInfo(
-            fingerprint=checkpoint_fingerprint(Path(model_dir)), hidden_size=text_cfg.hidden_size,
+            fingerprint=fingerprint or checkpoint_fingerprint(Path(model_dir)), hidden_size=text_cfg.hidden_size,
             vocab_size=text_cfg.vocab_size, dtype=str(next(model.parameters()).dtype).removeprefix("torch."),
             max_sequence_length=text_cfg.max_position_embeddings, position_dims=position_dims(text_cfg),
         )
@@ -179,10 +183,10 @@ class LocalBackbone(nn.Module):
     def logits(self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor,
                position_ids: Positions = None) -> torch.Tensor:
         """On the caller's device, like every result of this class."""
-        return self._logits(inputs_embeds, attention_mask, position_ids).to(inputs_embeds.device)
+        return self.logits_on_device(inputs_embeds, attention_mask, position_ids).to(inputs_embeds.device)
 
-    def _logits(self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor,
-                position_ids: Positions = None) -> torch.Tensor:
+    def logits_on_device(self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor,
+                         position_ids: Positions = None) -> torch.Tensor:
         """On the backbone's device: losses and scores are computed there, so only they, not
         the (batch, tokens, vocabulary) logits, go back to the caller."""
         return self.head(self.hidden(inputs_embeds, attention_mask, position_ids))
@@ -210,7 +214,7 @@ class LocalBackbone(nn.Module):
         x = inputs_embeds.detach().requires_grad_(True)
         trainable = [p for p in self.parameters() if p.requires_grad]
         with torch.enable_grad():
-            loss = causal_lm_loss(self._logits(x, attention_mask, position_ids), labels.to(self.device))
+            loss = causal_lm_loss(self.logits_on_device(x, attention_mask, position_ids), labels.to(self.device))
             torch.autograd.backward(loss, inputs=[x, *trainable])
         self._count((inputs_embeds, attention_mask, labels, position_ids), x.grad)
         return loss.item(), x.grad
@@ -231,7 +235,7 @@ class LocalBackbone(nn.Module):
     @torch.no_grad()
     def score(self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor,
               labels: torch.Tensor, position_ids: Positions = None) -> torch.Tensor:
-        logits = self._logits(inputs_embeds, attention_mask, position_ids)
+        logits = self.logits_on_device(inputs_embeds, attention_mask, position_ids)
         total = token_log_likelihoods(logits, labels.to(self.device))[0].to(inputs_embeds.device)
         self._count((inputs_embeds, attention_mask, labels, position_ids), total)
         return total
@@ -239,7 +243,7 @@ class LocalBackbone(nn.Module):
     @torch.no_grad()
     def next_token_logits(self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor,
                           position_ids: Positions = None) -> torch.Tensor:
-        logits = self._logits(inputs_embeds, attention_mask, position_ids)
+        logits = self.logits_on_device(inputs_embeds, attention_mask, position_ids)
         last = attention_mask.to(self.device).sum(dim=1) - 1
         picked = logits[torch.arange(logits.shape[0], device=self.device), last].float().to(inputs_embeds.device)
         self._count((inputs_embeds, attention_mask, position_ids), picked)

@@ -260,14 +260,17 @@ def _stack(items: Sequence[ForwardInputs]) -> tuple[torch.Tensor, torch.Tensor, 
 
 def run_train_steps(backbone: LocalBackbone,
                     items: Sequence[ForwardInputs]) -> list[tuple[float, torch.Tensor]]:
-    """One forward and backward for all requests; each gets its own loss and gradient."""
+    """One forward and backward for all requests; each gets its own loss and gradient. All of it
+    runs on the backbone's device: the logits (sequences x tokens x vocabulary) never leave it,
+    only the losses and the input gradient do."""
     embeds, mask, positions, rows = _stack(items)
-    labels = _right_pad([i.labels for i in items], IGNORE_INDEX)
-    x = embeds.requires_grad_(True)
+    labels = _right_pad([i.labels for i in items], IGNORE_INDEX).to(backbone.device)
+    x = embeds.to(backbone.device).requires_grad_(True)
     with torch.enable_grad():
-        log_likelihood, counted = token_log_likelihoods(backbone.logits(x, mask, positions), labels)
+        log_likelihood, counted = token_log_likelihoods(backbone.logits_on_device(x, mask, positions), labels)
         losses = torch.stack([-log_likelihood[r].sum() / counted[r].sum() for r in rows])
         (grad,) = torch.autograd.grad(losses.sum(), x)
+    grad = grad.to(embeds.device)
     return [(loss, grad[r, :i.embeds.shape[1]]) for loss, r, i in zip(losses.tolist(), rows, items)]
 
 

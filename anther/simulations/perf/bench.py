@@ -11,7 +11,11 @@ Sections (docs/performance.md says what each one answers):
 - *batching*: backbone throughput of concurrent clients, batched against one pass per request;
 - *scale*: ``scale_clients`` clients for ``scale_rounds`` rounds, memory over time;
 - *modes*: split mode against local mode (LoRA in the LLM), each with and without the feature
-  cache, as federated runs with ``modes_overrides`` (:mod:`anther.simulations.perf.modes`).
+  cache, as federated runs with ``modes_overrides`` (:mod:`anther.simulations.perf.modes`);
+- *trainstep*: the backbone's TrainStep at full size (LLaVA-1.5-7B's LLM, random weights) on the
+  GPU: tokens per second and MFU by batch size and by concurrent clients
+  (:mod:`anther.simulations.perf.trainstep`). Without a GPU it is skipped, and says so, unless
+  ``trainstep_model=experiment`` (the experiment's own small LLM) or ``trainstep_device=cpu``.
 
 Every in-process measurement runs in a fresh child process (:mod:`anther.simulations.perf.cells`),
 so each peak memory is that cell's alone. The config is ``configs/bench/perf.yaml`` (schema
@@ -29,19 +33,22 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
+from anther.adapters.size_report import REAL_CONFIGS
+from anther.client.runtime import DTYPES
 from anther.simulations.config import CONFIG_DIR, ConfigError
 from anther.simulations.machine import describe
 from anther.simulations.perf.modes import MODE_RUNS, modes_section
+from anther.simulations.perf.trainstep import TrainStepSettings, resolve_device
 from anther.simulations.runner import simulate
 
-SECTIONS = ("overhead", "sharing", "cache", "batching", "scale", "modes")
+SECTIONS = ("overhead", "sharing", "cache", "batching", "scale", "modes", "trainstep")
 
 
 @dataclass
@@ -71,6 +78,18 @@ class PerfConfig:
     modes_overrides: list[str] = field(default_factory=lambda: [
         "federation.rounds=3", "federation.fraction_train=1.0", "train.local_steps=10",
         "eval.server_test_size=100", "eval.generate=false"])
+    # the trainstep section: a REAL_CONFIGS name (the size report's models) or "experiment"
+    trainstep_model: str = "llava-1.5-7b"
+    trainstep_dtype: str = "bfloat16"
+    trainstep_device: str = "auto"  # auto: cuda if there is one, else cpu
+    trainstep_seq_len: int = 640  # LLaVA-1.5: 576 image tokens and a short prompt and answer
+    trainstep_batch_sizes: list[int] = field(default_factory=lambda: [1, 2, 4, 8, 16, 32])
+    trainstep_concurrency: list[int] = field(default_factory=lambda: [1, 4, 8, 16])
+    trainstep_client_batch: int = 4  # sequences per client request in the service runs
+    trainstep_steps: int = 10
+    trainstep_warmup: int = 2
+    trainstep_seconds: float = 20.0  # per concurrency level
+    trainstep_peak_tflops: float = 0.0  # 0: the device's data-sheet peak (trainstep.PEAK_TFLOPS)
 
 
 def perf_keys() -> set[str]:
@@ -98,7 +117,25 @@ def load_perf(name_or_file: str = "perf", overrides: list[str] | None = None) ->
             raise ConfigError(f"perf bench config value {key}={cfg[key]} is invalid: must be >= 1")
     if cfg.overhead_rounds < 2:
         raise ConfigError("perf bench config value overhead_rounds must be >= 2 (round 1 starts the clients)")
+    _check_trainstep(cfg)
     return cfg
+
+
+def _check_trainstep(cfg: DictConfig) -> None:
+    models = ["experiment", *REAL_CONFIGS]
+    if cfg.trainstep_model not in models:
+        raise ConfigError(f"perf bench config value trainstep_model={cfg.trainstep_model} is unknown: "
+                          f"one of {', '.join(models)}")
+    if cfg.trainstep_dtype not in DTYPES:
+        raise ConfigError(f"perf bench config value trainstep_dtype={cfg.trainstep_dtype} is unknown: "
+                          f"one of {', '.join(DTYPES)}")
+    for key in ("trainstep_batch_sizes", "trainstep_concurrency"):
+        if not cfg[key] or min(cfg[key]) < 1:
+            raise ConfigError(f"perf bench config value {key}={list(cfg[key])} is invalid: "
+                              "a non-empty list of numbers >= 1")
+    for key in ("trainstep_seq_len", "trainstep_client_batch", "trainstep_steps"):
+        if cfg[key] < 1:
+            raise ConfigError(f"perf bench config value {key}={cfg[key]} is invalid: must be >= 1")
 
 
 class PerfBench:
@@ -185,6 +222,21 @@ class PerfBench:
     def modes(self) -> dict[str, Any]:
         c = self.cfg
         return modes_section(c.experiment, list(c.modes_overrides), list(c.modes), self.out / "modes")
+
+    def trainstep(self) -> dict[str, Any]:
+        c = self.cfg
+        device = resolve_device(c.trainstep_device)
+        if device == "cpu" and c.trainstep_model != "experiment" and c.trainstep_device == "auto":
+            return {"skipped": (f"no CUDA device here: a {c.trainstep_model}-sized TrainStep takes minutes on a "
+                                "CPU (trainstep_device=cpu runs it anyway; trainstep_model=experiment "
+                                "measures the experiment's own LLM)")}
+        settings = TrainStepSettings(
+            model=c.trainstep_model, dtype=c.trainstep_dtype, device=device, seq_len=c.trainstep_seq_len,
+            batch_sizes=list(c.trainstep_batch_sizes), concurrency=list(c.trainstep_concurrency),
+            client_batch=c.trainstep_client_batch, steps=c.trainstep_steps, warmup=c.trainstep_warmup,
+            seconds=c.trainstep_seconds, peak_tflops=c.trainstep_peak_tflops, window_ms=c.window_ms,
+            max_batch=c.max_batch)
+        return self.cell("trainstep", "trainstep", 1, {"settings": asdict(settings)})
 
     def run(self) -> dict[str, Any]:
         self.out.mkdir(parents=True, exist_ok=True)

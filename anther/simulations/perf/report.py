@@ -87,7 +87,39 @@ def _modes(s: dict[str, Any]) -> list[str]:
     return [*lines, "", " ".join(notes), ""]
 
 
-SECTION_TEXT = {"modes": _modes, "overhead": _overhead, "sharing": _sharing, "cache": _cache, "batching": _batching, "scale": _scale}
+def _percent(x: float | None) -> str:
+    return "-" if x is None else f"{100 * x:.1f}%"
+
+
+def _trainstep(s: dict[str, Any]) -> list[str]:
+    lines = ["## Backbone TrainStep", ""]
+    if "skipped" in s:
+        return [*lines, f"Skipped: {s['skipped']}.", ""]
+    peak = f"{s['peak_tflops']:.1f} TFLOPS peak" if s["peak_tflops"] else "no known peak, so no MFU"
+    lines += [(f"{s['model']}'s LLM ({s['params'] / 1e6:,.1f}M parameters, random {s['dtype']} weights) on "
+               f"{s['device_name']} ({peak}); {s['seq_len']} tokens per sequence, "
+               f"{s['flops_per_sequence'] / 1e9:,.2f} GFLOP per sequence and step (counted)."), "",
+              "In process, one batch per step:", "",
+              "| batch | step ms | tokens/s | TFLOPS | MFU | peak memory GB |", "|---:|---:|---:|---:|---:|---:|"]
+    for r in s["in_process"]:
+        if r.get("out_of_memory"):
+            lines.append(f"| {r['batch']} | out of memory | | | | |")
+            continue
+        memory = "-" if r["peak_memory_gb"] is None else f"{r['peak_memory_gb']:.1f}"
+        lines.append(f"| {r['batch']} | {r['step_ms']:.1f} | {r['tokens_per_s']:.0f} | {r['tflops']:.2f} "
+                     f"| {_percent(r['mfu'])} | {memory} |")
+    if isinstance(s["service"], str):
+        return [*lines, "", f"Through one batching backbone service: {s['service']}.", ""]
+    lines += ["", "Through one batching backbone service on 127.0.0.1:", "",
+              "| clients | sequences per request | requests per pass | tokens/s | TFLOPS | MFU |",
+              "|---:|---:|---:|---:|---:|---:|"]
+    for r in s["service"]:
+        lines.append(f"| {r['clients']} | {r['client_batch']} | {r['mean_requests_per_pass']:.2f} "
+                     f"| {r['tokens_per_s']:.0f} | {r['tflops']:.2f} | {_percent(r['mfu'])} |")
+    return [*lines, ""]
+
+
+SECTION_TEXT = {"trainstep": _trainstep, "modes": _modes, "overhead": _overhead, "sharing": _sharing, "cache": _cache, "batching": _batching, "scale": _scale}
 
 
 def markdown(result: dict[str, Any], command: str) -> str:
