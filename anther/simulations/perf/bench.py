@@ -42,7 +42,8 @@ from tqdm.auto import tqdm
 
 from anther.adapters.size_report import REAL_CONFIGS
 from anther.client.runtime import DTYPES
-from anther.simulations.config import CONFIG_DIR, ConfigError
+from anther.simulations.assets import prepare_assets
+from anther.simulations.config import CONFIG_DIR, ConfigError, load_config
 from anther.simulations.machine import describe
 from anther.simulations.perf.modes import MODE_RUNS, modes_section
 from anther.simulations.perf.trainstep import TrainStepSettings, resolve_device
@@ -149,15 +150,19 @@ class PerfBench:
                 *extra]
 
     def cell(self, name: str, cell: str, clients: int, args: dict[str, Any], *extra: str) -> dict[str, Any]:
-        """Run one cell in a child process; its result is also kept as ``cells/<name>.json``."""
+        """Run one cell of :mod:`anther.simulations.perf.cells` in a child process."""
         spec = {"cell": cell, "experiment": self.cfg.experiment, "overrides": self._overrides(clients, *extra),
                 "torch_threads": self.threads, "args": args}
+        return self.child(name, "anther.simulations.perf.cells", spec)
+
+    def child(self, name: str, module: str, spec: dict[str, Any]) -> dict[str, Any]:
+        """``python -m module SPEC.json OUT.json``; the result is also kept as ``cells/<name>.json``."""
         target = self.out / "cells" / f"{name}.json"
         target.parent.mkdir(parents=True, exist_ok=True)
         with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
             json.dump(spec, f)
         try:
-            done = subprocess.run([sys.executable, "-m", "anther.simulations.perf.cells", f.name, str(target)],
+            done = subprocess.run([sys.executable, "-m", module, f.name, str(target)],
                                   capture_output=True, text=True, check=False)
         finally:
             os.unlink(f.name)
@@ -236,7 +241,11 @@ class PerfBench:
             client_batch=c.trainstep_client_batch, steps=c.trainstep_steps, warmup=c.trainstep_warmup,
             seconds=c.trainstep_seconds, peak_tflops=c.trainstep_peak_tflops, window_ms=c.window_ms,
             max_batch=c.max_batch)
-        return self.cell("trainstep", "trainstep", 1, {"settings": asdict(settings)})
+        experiment_model = None
+        if c.trainstep_model == "experiment":
+            experiment_model = prepare_assets(load_config(c.experiment, list(c.overrides))).model.path
+        spec = {"settings": asdict(settings), "experiment_model": experiment_model, "torch_threads": self.threads}
+        return self.child("trainstep", "anther.simulations.perf.trainstep", spec)
 
     def run(self) -> dict[str, Any]:
         self.out.mkdir(parents=True, exist_ok=True)

@@ -1,7 +1,7 @@
 """One measurement of ``anther bench perf``, run in a fresh process of its own so that its peak
 memory is its own: ``python -m anther.simulations.perf.cells SPEC.json OUT.json``.
 
-A spec names the cell (``bare``, ``rounds``, ``batching``, ``trainstep``) and its settings; the cell writes its
+A spec names the cell (``bare``, ``rounds``, ``batching``) and its settings; the cell writes its
 measurements to OUT.json. :mod:`anther.simulations.perf.bench` builds the specs and reads the
 results.
 """
@@ -25,8 +25,6 @@ from anther.client.inference import Encoder
 from anther.client.nano_edge import NanoEdge
 from anther.server.backbone import LocalBackbone, causal_lm_loss
 from anther.server.backbone_service import BackboneService, BatchPolicy, start
-from anther.simulations.perf.trainstep import TrainStepSettings
-from anther.simulations.perf.trainstep import trainstep as trainstep_section
 from anther.simulations.perf.workload import (
     Federation,
     MemoryTrace,
@@ -146,21 +144,14 @@ def batching(work: Workload, clients: int, seconds: float, policy: dict) -> dict
             "mean_requests_per_pass": round(stats.requests / max(1, stats.batches), 2)}
 
 
-def trainstep(work: Workload, settings: dict[str, Any]) -> dict[str, Any]:
-    """The backbone's TrainStep with random weights (:mod:`anther.simulations.perf.trainstep`)."""
-    return trainstep_section(TrainStepSettings(**settings), work.model_path)
-
-
-CELLS = {"bare": bare, "rounds": rounds, "batching": batching, "trainstep": trainstep}
-# cells that measure one computation with every core; the others run clients on one thread each
-ALL_CORES = ("bare", "trainstep")
+CELLS = {"bare": bare, "rounds": rounds, "batching": batching}
 
 
 def run(spec: dict[str, Any]) -> dict[str, Any]:
     """Load the spec's workload and run its cell; the result records the spec and torch's threads."""
     # clients training at once share the cores: like the simulation's ClientApps (client/runtime.py)
     # each computes on one thread, which also keeps to one OpenMP pool per thread
-    torch.set_num_threads(spec["torch_threads"] if spec["cell"] in ALL_CORES else 1)
+    torch.set_num_threads(spec["torch_threads"] if spec["cell"] == "bare" else 1)
     work = Workload.load(spec["experiment"], spec["overrides"])
     began = time.perf_counter()
     result = CELLS[spec["cell"]](work, **spec["args"])

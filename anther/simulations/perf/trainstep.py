@@ -18,10 +18,16 @@ matrix product and attention kernel of one step of one sequence (a step's FLOPs 
 with the batch). MFU divides the FLOPs per second by the device's dense peak for the dtype
 (:data:`PEAK_TFLOPS`, or ``trainstep_peak_tflops``); a CPU has no entry, so on a CPU MFU is
 reported only when a peak is given.
+
+It runs in a process of its own, ``python -m anther.simulations.perf.trainstep SPEC.json OUT.json``
+(the perf bench's child), and needs only torch, transformers, grpc and omegaconf: on a lent GPU
+machine it can run without Flower or Ray installed (docs/performance.md).
 """
 
 from __future__ import annotations
 
+import json
+import sys
 import threading
 import time
 from dataclasses import dataclass
@@ -74,9 +80,15 @@ def resolve_device(device: str) -> str:
     return device
 
 
-def random_backbone(model: str, experiment_model: Path, dtype: torch.dtype, device: str) -> LocalBackbone:
-    """The LLM of ``model`` (decoder and LM head only) with random weights, built on ``device``."""
-    config = AutoConfig.from_pretrained(experiment_model) if model == "experiment" else REAL_CONFIGS[model]()
+def random_backbone(model: str, experiment_model: Path | None, dtype: torch.dtype, device: str) -> LocalBackbone:
+    """The LLM of ``model`` (decoder and LM head only) with random weights, built on ``device``;
+    ``experiment``: the architecture of the checkpoint at ``experiment_model``."""
+    if model == "experiment":
+        if experiment_model is None:
+            raise ValueError("trainstep_model=experiment needs the experiment's checkpoint")
+        config = AutoConfig.from_pretrained(experiment_model)
+    else:
+        config = REAL_CONFIGS[model]()
     with torch.device(device):
         llm = side_class(config.model_type, "server")._from_config(config, dtype=dtype)
     return LocalBackbone.from_model(llm, fingerprint=f"random-{model}")
@@ -221,7 +233,7 @@ def _drive(service: BackboneService, port: int, backbone: LocalBackbone, s: Trai
     return sum(counts), service.batcher.stats.batches - first, seconds
 
 
-def trainstep(s: TrainStepSettings, experiment_model: Path) -> dict[str, Any]:
+def trainstep(s: TrainStepSettings, experiment_model: Path | None = None) -> dict[str, Any]:
     """The whole section on one device: the backbone, its FLOPs per sequence, both tables."""
     device = resolve_device(s.device)
     began = time.perf_counter()
@@ -245,3 +257,18 @@ def trainstep(s: TrainStepSettings, experiment_model: Path) -> dict[str, Any]:
         "flops_per_sequence": per_sequence, "peak_tflops": peak / 1e12 if peak else None,
         "in_process": rows, "service": service,
     }
+
+
+def main() -> None:
+    """``SPEC.json``: ``settings`` (a :class:`TrainStepSettings`), ``experiment_model`` (a checkpoint
+    or null) and ``torch_threads``; writes the section's result, with the spec, to ``OUT.json``."""
+    spec_path, out_path = Path(sys.argv[1]), Path(sys.argv[2])
+    spec = json.loads(spec_path.read_text())
+    torch.set_num_threads(spec["torch_threads"])
+    model = spec["experiment_model"]
+    result = trainstep(TrainStepSettings(**spec["settings"]), Path(model) if model else None)
+    out_path.write_text(json.dumps({"spec": spec, **result}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
