@@ -46,6 +46,8 @@ def test_perf_bench_runs_every_section(tmp_path: Path) -> None:
     rows = {(r["mode"], r["clients"]): r for r in s["sharing"]["rows"]}
     assert set(rows) == {("shared", 3), ("copies", 3)}
     assert all(r["samples_per_round"] == r["clients"] * 2 * 4 and r["peak_rss_mb"] > 0 for r in rows.values())
+    copies = rows[("copies", 3)]
+    assert 0 < copies["client_load_s"] < copies["client_s"] and "client_load_s" not in rows[("shared", 3)]
     assert s["sharing"]["speedup"]["3"] == pytest.approx(
         rows[("copies", 3)]["round_s"][-1] / rows[("shared", 3)]["round_s"][-1], rel=1e-2)
 

@@ -98,6 +98,8 @@ def rounds(work: Workload, mode: str, rounds_: int, concurrency: int, policy: di
         "round_s": [round(r.seconds, 3) for r in results], "samples_per_round": results[0].samples,
         "samples_per_s": [round(r.samples_per_s, 2) for r in results],
         "rss_start_mb": round(before / MB, 1), "peak_rss_mb": round(trace.peak_bytes / MB, 1),
+        **({"client_load_s": round(fed.load_s, 3), "client_s": round(fed.client_s, 3)}
+           if isinstance(fed, ModelPerClientFederation) else {}),
         **({"cache_hits": cache.hits, "cache_misses": cache.misses, "cache_mb": round(cache.size_bytes() / MB, 2)}
            if cache else {}),
         "memory_mb": [(t, round(b / MB, 1)) for t, b in trace.samples[:: max(1, len(trace.samples) // 200)]],

@@ -25,15 +25,24 @@ def _overhead(s: dict[str, Any]) -> list[str]:
 
 def _sharing(s: dict[str, Any]) -> list[str]:
     lines = ["## Shared backbone against a model per client", "",
-             "Last round's time; peak resident memory of the whole cell (its own process).", "",
-             "| clients | shared round s | copies round s | speed-up | shared peak MB | copies peak MB |",
-             "|---:|---:|---:|---:|---:|---:|"]
+             ("Last round's time; peak resident memory of the whole cell (its own process); the share of "
+              "the copies' client time (summed over clients) spent loading their model."), "",
+             ("| clients | shared round s | copies round s | speed-up | shared peak MB | copies peak MB "
+              "| copies: time loading |"),
+             "|---:|---:|---:|---:|---:|---:|---:|"]
     by = {(r["mode"], r["clients"]): r for r in s["rows"]}
     for n in sorted({r["clients"] for r in s["rows"]}):
         sh, cp = by[("shared", n)], by[("copies", n)]
         lines.append(f"| {n} | {sh['round_s'][-1]:.2f} | {cp['round_s'][-1]:.2f} | {s['speedup'][str(n)]:.2f}x "
-                     f"| {sh['peak_rss_mb']:.0f} | {cp['peak_rss_mb']:.0f} |")
+                     f"| {sh['peak_rss_mb']:.0f} | {cp['peak_rss_mb']:.0f} | {_load_share(cp)} |")
     return [*lines, ""]
+
+
+def _load_share(copies: dict[str, Any]) -> str:
+    """The share of the copies' client time spent loading the model (older results lack it)."""
+    if "client_load_s" not in copies:
+        return "-"
+    return f"{100 * copies['client_load_s'] / copies['client_s']:.1f}%"
 
 
 def _cache(s: dict[str, Any]) -> list[str]:

@@ -210,16 +210,24 @@ class SharedBackboneFederation(Federation):
 
 
 class ModelPerClientFederation(Federation):
-    """``copies``: every client loads and runs its own full model (and processor) for its round."""
+    """``copies``: every client loads and runs its own full model (and processor) for its round.
+    ``load_s`` and ``client_s`` add up, over clients, the seconds spent loading and in all."""
 
     def __init__(self, work: Workload, concurrency: int) -> None:
         self.work, self.concurrency = work, concurrency
         self.global_state = work.initial_state(work.load_model())
+        self.load_s = self.client_s = 0.0
+        self._lock = threading.Lock()
 
     def _train_one(self, client: int, round_: int) -> tuple[State, int]:
+        began = time.perf_counter()
         model = self.work.load_model()
+        loaded = time.perf_counter()
         edge = NanoEdge.from_model(model, self.work.adapter_config)
         edge.load_adapter_state(self.global_state)
         encoder = Encoder(edge, load_processor(self.work.model_path))
         n = self.work.train(encoder, LocalBackbone.from_model(model, self.work.model_path), client, round_)
+        with self._lock:
+            self.load_s += loaded - began
+            self.client_s += time.perf_counter() - began
         return edge.adapter_state(), n
