@@ -144,6 +144,8 @@ class PerfBench:
         self.cfg, self.out = cfg, out
         self.threads = cfg.torch_threads or os.cpu_count() or 1
         self.policy = {"enabled": True, "window_ms": float(cfg.window_ms), "max_batch": int(cfg.max_batch)}
+        # the shared backbone's settings: batching, and every core (the service's own process has)
+        self._shared = {"policy": self.policy, "backbone_threads": self.threads}
 
     def _overrides(self, clients: int, *extra: str) -> list[str]:
         return [*self.cfg.overrides, f"federation.num_clients={clients}", "federation.fraction_train=1.0",
@@ -197,15 +199,16 @@ class PerfBench:
         rows = []
         for n in self.cfg.sharing_clients:
             for mode in ("shared", "copies"):
-                rows.append(self.cell(f"sharing-{mode}-{n}", "rounds", n,
-                                      {"mode": mode, "rounds_": self.cfg.sharing_rounds,
-                                       "concurrency": self.cfg.concurrency, "policy": self.policy}))
+                args = {"mode": mode, "rounds_": self.cfg.sharing_rounds, "concurrency": self.cfg.concurrency}
+                if mode == "shared":
+                    args.update(self._shared)
+                rows.append(self.cell(f"sharing-{mode}-{n}", "rounds", n, args))
         return {"rows": rows, "speedup": {str(n): _speedup(rows, n) for n in self.cfg.sharing_clients}}
 
     def cache(self) -> dict[str, Any]:
         n = self.cfg.cache_clients
         args = {"mode": "shared", "rounds_": self.cfg.cache_rounds, "concurrency": self.cfg.concurrency,
-                "policy": self.policy}
+                **self._shared}
         off = self.cell("cache-off", "rounds", n, args)
         with tempfile.TemporaryDirectory(prefix="anther-feature-cache-") as cache_dir:
             on = self.cell("cache-on", "rounds", n, {**args, "cache_dir": cache_dir})
@@ -222,7 +225,7 @@ class PerfBench:
         c = self.cfg
         return self.cell("scale", "rounds", c.scale_clients,
                          {"mode": "shared", "rounds_": c.scale_rounds, "concurrency": c.concurrency,
-                          "policy": self.policy}, f"train.local_steps={c.scale_local_steps}")
+                          **self._shared}, f"train.local_steps={c.scale_local_steps}")
 
     def modes(self) -> dict[str, Any]:
         c = self.cfg

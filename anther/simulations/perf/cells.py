@@ -75,16 +75,17 @@ def bare(work: Workload, steps: int, warmup: int, repeats: int = 3) -> dict[str,
             "seconds": round(seconds, 3), "samples_per_s": round(steps * t.batch_size / seconds, 2)}
 
 
-def rounds(work: Workload, mode: str, rounds_: int, concurrency: int, policy: dict,
-           cache_dir: str | None = None) -> dict[str, Any]:
-    """``rounds_`` rounds of every client with the backbone ``shared`` or a model per client
-    (``copies``): each round's time and samples, and memory over the whole cell."""
+def rounds(work: Workload, mode: str, rounds_: int, concurrency: int, policy: dict | None = None,
+           cache_dir: str | None = None, backbone_threads: int = 1) -> dict[str, Any]:
+    """``rounds_`` rounds of every client with the backbone ``shared`` (batching by ``policy``,
+    computing on ``backbone_threads``) or a model per client (``copies``): each round's time and
+    samples, and memory over the whole cell."""
     before = rss_bytes()
     with MemoryTrace() as trace:
         began = time.perf_counter()
         fed: Federation
         if mode == "shared":
-            fed = SharedBackboneFederation(work, concurrency, BatchPolicy(**policy),
+            fed = SharedBackboneFederation(work, concurrency, BatchPolicy(**(policy or {})), backbone_threads,
                                            Path(cache_dir) if cache_dir else None)
         else:
             fed = ModelPerClientFederation(work, concurrency)

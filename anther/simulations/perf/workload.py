@@ -167,13 +167,23 @@ class Federation:
 
 
 class SharedBackboneFederation(Federation):
-    """``shared``: one frozen model, one batching backbone service, one NanoEdge per worker."""
+    """``shared``: one frozen model, one batching backbone service, one NanoEdge per worker.
 
-    def __init__(self, work: Workload, concurrency: int, policy: BatchPolicy,
+    The service computes on ``backbone_threads`` torch threads, as ``anther backbone serve`` in its
+    own process does with every core; the clients keep one each. (The setting is the batcher
+    thread's own: OpenMP's thread count belongs to the thread that sets it.)"""
+
+    def __init__(self, work: Workload, concurrency: int, policy: BatchPolicy, backbone_threads: int = 1,
                  cache_dir: Path | None = None, cache_max_bytes: int = 1 << 30) -> None:
         self.work, self.concurrency = work, concurrency
         self.model = work.load_model()
-        self.service = BackboneService(LocalBackbone.from_model(self.model, work.model_path), policy)
+        backbone = LocalBackbone.from_model(self.model, work.model_path)
+
+        def on_batcher_thread() -> LocalBackbone:
+            torch.set_num_threads(backbone_threads)
+            return backbone
+
+        self.service = BackboneService(on_batcher_thread, policy)
         self.server, port = start(self.service)
         if cache_dir is not None:
             self.cache = FeatureCache.for_model(cache_dir, work.model_path, work.cfg.model.dtype, cache_max_bytes)
