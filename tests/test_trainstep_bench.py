@@ -57,6 +57,12 @@ def test_section_reports_consistent_rates(tiny_model_dir: Path) -> None:
         assert r["tokens_per_s"] == pytest.approx(r["requests"] * 2 * s.seq_len / r["seconds"], rel=0.02)
 
 
+def test_a_client_batch_larger_than_the_sizes_tried_still_runs(tiny_model_dir: Path) -> None:
+    """Only running out of memory caps the service's passes, not the list of batch sizes."""
+    result = trainstep(replace(SETTINGS, batch_sizes=[1], concurrency=[2], client_batch=3), tiny_model_dir)
+    assert result["service"][0]["requests"] > 0 and result["service"][0]["client_batch"] == 3
+
+
 def test_no_peak_no_mfu_on_a_cpu(tiny_model_dir: Path) -> None:
     assert peak_flops("cpu", "float32", 0.0) is None
     assert peak_flops("cpu", "float32", 2.0) == 2e12
@@ -108,3 +114,15 @@ def test_a_batch_that_does_not_fit_ends_the_sizes_and_caps_the_service(tiny_mode
 
     too_big = trainstep(replace(s, client_batch=4), tiny_model_dir)
     assert "does not fit" in too_big["service"]
+
+
+def test_the_device_spec_is_the_default_configs(tmp_path: Path) -> None:
+    """bench/device/trainstep.sh runs the section from a checked-in spec on a GPU machine without
+    Flower: it must say what `anther bench perf` itself would run there."""
+    import json
+    from dataclasses import asdict
+
+    spec = json.loads((Path(__file__).parents[1] / "bench" / "device" / "trainstep.json").read_text())
+    bench = PerfBench(load_perf("perf"), tmp_path)
+    assert spec["settings"] == asdict(bench.trainstep_settings("cuda"))
+    assert spec["experiment_model"] is None

@@ -238,17 +238,23 @@ class PerfBench:
             return {"skipped": (f"no CUDA device here: a {c.trainstep_model}-sized TrainStep takes minutes on a "
                                 "CPU (trainstep_device=cpu runs it anyway; trainstep_model=experiment "
                                 "measures the experiment's own LLM)")}
-        settings = TrainStepSettings(
+        experiment_model = None
+        if c.trainstep_model == "experiment":
+            experiment_model = prepare_assets(load_config(c.experiment, list(c.overrides))).model.path
+        spec = {"settings": asdict(self.trainstep_settings(device)), "experiment_model": experiment_model,
+                "torch_threads": self.threads}
+        return self.child("trainstep", "anther.simulations.perf.trainstep", spec)
+
+    def trainstep_settings(self, device: str) -> TrainStepSettings:
+        """The trainstep section's settings on ``device`` (bench/device/trainstep.json holds the
+        default config's, for a GPU machine without Flower)."""
+        c = self.cfg
+        return TrainStepSettings(
             model=c.trainstep_model, dtype=c.trainstep_dtype, device=device, seq_len=c.trainstep_seq_len,
             batch_sizes=list(c.trainstep_batch_sizes), concurrency=list(c.trainstep_concurrency),
             client_batch=c.trainstep_client_batch, steps=c.trainstep_steps, warmup=c.trainstep_warmup,
             seconds=c.trainstep_seconds, peak_tflops=c.trainstep_peak_tflops, window_ms=c.window_ms,
             max_batch=c.max_batch)
-        experiment_model = None
-        if c.trainstep_model == "experiment":
-            experiment_model = prepare_assets(load_config(c.experiment, list(c.overrides))).model.path
-        spec = {"settings": asdict(settings), "experiment_model": experiment_model, "torch_threads": self.threads}
-        return self.child("trainstep", "anther.simulations.perf.trainstep", spec)
 
     def run(self) -> dict[str, Any]:
         self.out.mkdir(parents=True, exist_ok=True)

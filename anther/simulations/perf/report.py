@@ -100,7 +100,7 @@ def _percent(x: float | None) -> str:
     return "-" if x is None else f"{100 * x:.1f}%"
 
 
-def _trainstep(s: dict[str, Any]) -> list[str]:
+def trainstep_lines(s: dict[str, Any]) -> list[str]:
     lines = ["## Backbone TrainStep", ""]
     if "skipped" in s:
         return [*lines, f"Skipped: {s['skipped']}.", ""]
@@ -128,7 +128,7 @@ def _trainstep(s: dict[str, Any]) -> list[str]:
     return [*lines, ""]
 
 
-SECTION_TEXT = {"trainstep": _trainstep, "modes": _modes, "overhead": _overhead, "sharing": _sharing, "cache": _cache, "batching": _batching, "scale": _scale}
+SECTION_TEXT = {"trainstep": trainstep_lines, "modes": _modes, "overhead": _overhead, "sharing": _sharing, "cache": _cache, "batching": _batching, "scale": _scale}
 
 
 def markdown(result: dict[str, Any], command: str) -> str:

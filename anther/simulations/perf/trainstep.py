@@ -243,13 +243,15 @@ def trainstep(s: TrainStepSettings, experiment_model: Path | None = None) -> dic
     peak = peak_flops(device, s.dtype, s.peak_tflops)
     params = sum(p.numel() for p in backbone.parameters())
     rows = in_process(backbone, s, per_sequence, peak)
-    # the service's passes stay within the largest batch that fitted in the device's memory
-    fitted = max((r["batch"] for r in rows if not r.get("out_of_memory")), default=0)
-    if fitted < s.client_batch:
+    # after running out of memory, the service's passes stay within the largest batch that fitted
+    cap = s.max_batch
+    if any(r.get("out_of_memory") for r in rows):
+        cap = min(cap, max((r["batch"] for r in rows if not r.get("out_of_memory")), default=0))
+    if cap < s.client_batch:
         service: list[dict[str, Any]] | str = (f"not run: a client's batch of {s.client_batch} sequences does not "
                                                "fit in the device's memory")
     else:
-        service = through_service(backbone, s, per_sequence, peak, min(s.max_batch, fitted))
+        service = through_service(backbone, s, per_sequence, peak, cap)
     return {
         "model": s.model, "dtype": s.dtype, "device": device,
         "device_name": torch.cuda.get_device_name(torch.device(device)) if device.startswith("cuda") else "cpu",
