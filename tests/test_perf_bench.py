@@ -76,11 +76,15 @@ def test_perf_bench_runs_every_section(tmp_path: Path) -> None:
     assert (out / "perf_sharing.png").stat().st_size > 0 and (out / "perf_scale_memory.png").stat().st_size > 0
 
 
-def test_perf_config_names_its_bad_values() -> None:
-    with pytest.raises(ConfigError, match="sections"):
-        load_perf("perf", ["sections=[overhead,speed]"])
-    with pytest.raises(ConfigError, match="concurrency"):
-        load_perf("perf", ["concurrency=0"])
-    with pytest.raises(ConfigError, match="overhead_rounds"):
-        load_perf("perf", ["overhead_rounds=1"])
+@pytest.mark.parametrize(("override", "named"), [
+    ("sections=[overhead,speed]", "sections"), ("concurrency=0", "concurrency"),
+    ("overhead_rounds=1", "overhead_rounds"), ("trainstep_model=llava-99b", "trainstep_model=llava-99b"),
+    ("trainstep_dtype=int8", "trainstep_dtype=int8"), ("trainstep_batch_sizes=[]", "trainstep_batch_sizes"),
+    ("trainstep_seq_len=0", "trainstep_seq_len")])
+def test_perf_config_names_its_bad_values(override: str, named: str) -> None:
+    with pytest.raises(ConfigError, match=named):
+        load_perf("perf", [override])
+
+
+def test_perf_config_takes_overrides() -> None:
     assert load_perf("perf", ["sharing_clients=[4,16]"]).sharing_clients == [4, 16]

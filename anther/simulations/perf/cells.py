@@ -12,7 +12,6 @@ import json
 import random
 import statistics
 import sys
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -20,11 +19,11 @@ from typing import Any
 import torch
 
 from anther.adapters.families import load_processor
-from anther.client.backbone_client import RemoteBackbone
 from anther.client.inference import Encoder
 from anther.client.nano_edge import NanoEdge
 from anther.server.backbone import LocalBackbone, causal_lm_loss
 from anther.server.backbone_service import BackboneService, BatchPolicy, start
+from anther.simulations.perf.service_load import send_train_steps
 from anther.simulations.perf.workload import (
     Federation,
     MemoryTrace,
@@ -120,31 +119,14 @@ def batching(work: Workload, clients: int, seconds: float, policy: dict) -> dict
         batch = encoder(work.clients[c][:b], [s.answer for s in work.clients[c][:b]])
         with torch.no_grad():
             requests.append((encoder.edge(batch), batch.attention_mask, batch.labels))
-    remotes = [RemoteBackbone(f"127.0.0.1:{port}") for _ in range(clients)]
-    counts = [0] * clients
-    stop_at = time.perf_counter() + seconds
-
-    def loop(i: int) -> None:
-        remotes[i].train_step(*requests[i])  # warm the connection
-        while time.perf_counter() < stop_at:
-            remotes[i].train_step(*requests[i])
-            counts[i] += 1
-
-    began = time.perf_counter()
-    threads = [threading.Thread(target=loop, args=(i,)) for i in range(clients)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    elapsed = time.perf_counter() - began
-    stats = service.batcher.stats
-    for r in remotes:
-        r.close()
+    first = service.batcher.stats.batches + clients  # each client's warm-up step is a pass alone
+    counts, elapsed = send_train_steps(port, requests, seconds)
+    passes = service.batcher.stats.batches - first
     server.stop(None)
     service.close()
     return {"clients": clients, "batching": policy["enabled"], "requests": sum(counts),
             "seconds": round(elapsed, 3), "samples_per_s": round(sum(counts) * b / elapsed, 2),
-            "mean_requests_per_pass": round(stats.requests / max(1, stats.batches), 2)}
+            "mean_requests_per_pass": round(sum(counts) / max(1, passes), 2)}
 
 
 CELLS = {"bare": bare, "rounds": rounds, "batching": batching}

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import json
 import sys
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,10 +39,10 @@ from transformers import AutoConfig
 
 from anther.adapters.side_loading import side_class
 from anther.adapters.size_report import REAL_CONFIGS
-from anther.client.backbone_client import RemoteBackbone
 from anther.client.runtime import DTYPES
 from anther.server.backbone import LocalBackbone
 from anther.server.backbone_service import BackboneService, BatchPolicy, start
+from anther.simulations.perf.service_load import send_train_steps
 
 # Dense (no sparsity) peak TFLOPS per device, by a substring of torch.cuda.get_device_name(),
 # from the vendors' data sheets; the first match wins, so the more specific names come first.
@@ -192,45 +191,20 @@ def through_service(backbone: LocalBackbone, s: TrainStepSettings, per_sequence:
     for clients in s.concurrency:
         service = BackboneService(backbone, BatchPolicy(True, s.window_ms, max_batch))
         server, port = start(service)
+        inputs = [step_inputs(backbone, s.client_batch, s.seq_len, "cpu", seed=i) for i in range(clients)]
         try:
-            requests, passes, seconds = _drive(service, port, backbone, s, clients)
+            first = service.batcher.stats.batches + clients  # each client's warm-up step is a pass alone
+            counts, seconds = send_train_steps(port, inputs, s.seconds, wire_dtype=backbone.info.dtype)
+            passes = service.batcher.stats.batches - first
         finally:
             server.stop(None)
             service.close()
+        requests = sum(counts)
         sequences = requests * s.client_batch
         rows.append({"clients": clients, "client_batch": s.client_batch, "requests": requests,
                      "seconds": round(seconds, 3), "mean_requests_per_pass": round(requests / max(1, passes), 2),
                      **_rates(sequences * s.seq_len, seconds, per_sequence * sequences, peak)})
     return rows
-
-
-def _drive(service: BackboneService, port: int, backbone: LocalBackbone, s: TrainStepSettings,
-           clients: int) -> tuple[int, int, float]:
-    """``clients`` threads, each with its own connection and batch, sending TrainSteps until
-    ``s.seconds`` have passed: the requests they sent, the passes the service ran, the seconds."""
-    remotes = [RemoteBackbone(f"127.0.0.1:{port}", wire_dtype=backbone.info.dtype) for _ in range(clients)]
-    inputs = [step_inputs(backbone, s.client_batch, s.seq_len, "cpu", seed=i) for i in range(clients)]
-    for remote, x in zip(remotes, inputs):
-        remote.train_step(*x)  # connections and kernels warm
-    counts = [0] * clients
-    stop_at = time.perf_counter() + s.seconds
-
-    def loop(i: int) -> None:
-        while time.perf_counter() < stop_at:
-            remotes[i].train_step(*inputs[i])
-            counts[i] += 1
-
-    first = service.batcher.stats.batches
-    began = time.perf_counter()
-    threads = [threading.Thread(target=loop, args=(i,)) for i in range(clients)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    seconds = time.perf_counter() - began
-    for remote in remotes:
-        remote.close()
-    return sum(counts), service.batcher.stats.batches - first, seconds
 
 
 def trainstep(s: TrainStepSettings, experiment_model: Path | None = None) -> dict[str, Any]:
