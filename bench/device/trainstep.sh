@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The perf bench's trainstep section on a lent GPU machine (docs/performance.md, "GPU numbers").
-# That machine has torch, transformers, grpcio, protobuf, peft and pyyaml but not Flower, Ray,
-# Hydra or cryptography, and cannot download anything, so this goes in two steps:
+# That machine has torch, transformers, peft and pyyaml but not Flower, Ray, Hydra or
+# cryptography, and its grpcio and protobuf may be older than anther's generated code needs; it
+# cannot download anything, so this goes in two steps:
 #
 #   here:   bash bench/device/trainstep.sh fetch   # wheels of what it lacks, into .whl/ (git-ignored)
 #   there:  bash bench/device/trainstep.sh run     # the device tool's run, carrying .whl;
@@ -18,7 +19,8 @@ case "${1:-}" in
     python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
       --platform manylinux_2_34_x86_64 --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 \
       --platform manylinux2014_x86_64 -d .whl \
-      omegaconf==2.3.1 hydra-core==1.3.8 cryptography==50.0.2 cffi==2.1.1 pycparser
+      omegaconf==2.3.1 hydra-core==1.3.8 cryptography==50.0.2 cffi==2.1.1 pycparser \
+      grpcio==1.85.3 protobuf==6.33.6
     python3 -m pip wheel -q --no-deps -w .whl antlr4-python3-runtime==4.9.3  # published as sources only
     ls .whl ;;
   run)
