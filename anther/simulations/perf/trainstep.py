@@ -15,7 +15,9 @@ and the backward pass to the input embeddings (the weights are frozen: no weight
 
 FLOPs are counted, not estimated: :class:`torch.utils.flop_counter.FlopCounterMode` records every
 matrix product and attention kernel of one step of one sequence (a step's FLOPs grow linearly
-with the batch). MFU divides the FLOPs per second by the device's dense peak for the dtype
+with the batch). As PyTorch counts them, attention is full rather than causal and its backward
+includes the flash kernels' recomputed scores; at 640 tokens of a 4096-wide model attention is
+a few percent of the total. MFU divides the FLOPs per second by the device's dense peak for the dtype
 (:data:`PEAK_TFLOPS`, or ``trainstep_peak_tflops``); a CPU has no entry, so on a CPU MFU is
 reported only when a peak is given.
 
