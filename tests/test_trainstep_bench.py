@@ -34,7 +34,8 @@ def test_flops_are_every_matmul_of_forward_and_input_backward(tiny_model_dir: Pa
     t = 24
     attention_forward = cfg.num_hidden_layers * 2 * (2 * t * t * cfg.hidden_size)  # QK^T and AV
     counted = flops_per_sequence(backbone, t)
-    assert counted - 4 * weights * t == 3.5 * attention_forward
+    # to a few hundred FLOPs: some transformers versions compute the rotary angles as a matmul
+    assert counted == pytest.approx(4 * weights * t + 3.5 * attention_forward, rel=1e-5)
 
 
 def test_section_reports_consistent_rates(tiny_model_dir: Path) -> None:
