@@ -159,7 +159,7 @@ class LocalBackbone(nn.Module):
         """The backbone half of an already loaded MLLM: ``model_dir`` names its checkpoint, or,
         for a model with no checkpoint (random weights), ``fingerprint`` names the model."""
         if (model_dir is None) == (fingerprint is None):
-            raise ValueError("name the backbone's checkpoint (model_dir) or its fingerprint, not both")
+            raise ValueError("give exactly one of model_dir (the backbone's checkpoint) and fingerprint")
         decoder, head = family_for(model.config.model_type).backbone_parts(model)
         text_cfg = model.config.get_text_config()
         info = BackboneInfo(

@@ -119,14 +119,12 @@ def batching(work: Workload, clients: int, seconds: float, policy: dict) -> dict
         batch = encoder(work.clients[c][:b], [s.answer for s in work.clients[c][:b]])
         with torch.no_grad():
             requests.append((encoder.edge(batch), batch.attention_mask, batch.labels))
-    first = service.batcher.stats.batches + clients  # each client's warm-up step is a pass alone
-    counts, elapsed = send_train_steps(port, requests, seconds)
-    passes = service.batcher.stats.batches - first
+    load = send_train_steps(service, port, requests, seconds)
     server.stop(None)
     service.close()
-    return {"clients": clients, "batching": policy["enabled"], "requests": sum(counts),
-            "seconds": round(elapsed, 3), "samples_per_s": round(sum(counts) * b / elapsed, 2),
-            "mean_requests_per_pass": round(sum(counts) / max(1, passes), 2)}
+    return {"clients": clients, "batching": policy["enabled"], "requests": load.requests,
+            "seconds": round(load.seconds, 3), "samples_per_s": round(load.requests * b / load.seconds, 2),
+            "mean_requests_per_pass": round(load.requests_per_pass, 2)}
 
 
 CELLS = {"bare": bare, "rounds": rounds, "batching": batching}

@@ -5,19 +5,32 @@ from __future__ import annotations
 
 import threading
 import time
+from dataclasses import dataclass
 
 import torch
 
 from anther.client.backbone_client import RemoteBackbone
+from anther.server.backbone_service import BackboneService
 
 TrainStepInputs = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # embeddings, mask, labels
 
 
-def send_train_steps(port: int, requests: list[TrainStepInputs], seconds: float,
-                     wire_dtype: str = "float32") -> tuple[list[int], float]:
-    """One thread and connection per request on 127.0.0.1:``port``, each sending its TrainStep
-    again and again for ``seconds`` (after one untimed step that warms connection and kernels):
-    how many each sent, and the seconds they ran."""
+@dataclass(frozen=True)
+class Load:
+    requests: int  # train steps the clients completed in the timed window
+    seconds: float
+    passes: int  # the service's batched passes over them
+
+    @property
+    def requests_per_pass(self) -> float:
+        return self.requests / max(1, self.passes)
+
+
+def send_train_steps(service: BackboneService, port: int, requests: list[TrainStepInputs], seconds: float,
+                     wire_dtype: str = "float32") -> Load:
+    """One thread and connection per request to ``service`` on 127.0.0.1:``port``, each sending its
+    TrainStep again and again for ``seconds``, after one untimed step that warms connection and
+    kernels."""
     remotes = [RemoteBackbone(f"127.0.0.1:{port}", wire_dtype=wire_dtype) for _ in requests]
     try:
         for remote, inputs in zip(remotes, requests):
@@ -30,13 +43,14 @@ def send_train_steps(port: int, requests: list[TrainStepInputs], seconds: float,
                 remotes[i].train_step(*requests[i])
                 counts[i] += 1
 
+        first_pass = service.batcher.stats.batches
         began = time.perf_counter()
         threads = [threading.Thread(target=loop, args=(i,)) for i in range(len(requests))]
         for t in threads:
             t.start()
         for t in threads:
             t.join()
-        return counts, time.perf_counter() - began
+        return Load(sum(counts), time.perf_counter() - began, service.batcher.stats.batches - first_pass)
     finally:
         for remote in remotes:
             remote.close()

@@ -195,17 +195,14 @@ def through_service(backbone: LocalBackbone, s: TrainStepSettings, per_sequence:
         server, port = start(service)
         inputs = [step_inputs(backbone, s.client_batch, s.seq_len, "cpu", seed=i) for i in range(clients)]
         try:
-            first = service.batcher.stats.batches + clients  # each client's warm-up step is a pass alone
-            counts, seconds = send_train_steps(port, inputs, s.seconds, wire_dtype=backbone.info.dtype)
-            passes = service.batcher.stats.batches - first
+            load = send_train_steps(service, port, inputs, s.seconds, wire_dtype=backbone.info.dtype)
         finally:
             server.stop(None)
             service.close()
-        requests = sum(counts)
-        sequences = requests * s.client_batch
-        rows.append({"clients": clients, "client_batch": s.client_batch, "requests": requests,
-                     "seconds": round(seconds, 3), "mean_requests_per_pass": round(requests / max(1, passes), 2),
-                     **_rates(sequences * s.seq_len, seconds, per_sequence * sequences, peak)})
+        sequences = load.requests * s.client_batch
+        rows.append({"clients": clients, "client_batch": s.client_batch, "requests": load.requests,
+                     "seconds": round(load.seconds, 3), "mean_requests_per_pass": round(load.requests_per_pass, 2),
+                     **_rates(sequences * s.seq_len, load.seconds, per_sequence * sequences, peak)})
     return rows
 
 
