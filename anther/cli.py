@@ -22,7 +22,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from anther.simulations.config import QUANTIZATIONS, ConfigError
+from anther.core.config import QUANTIZATIONS, ConfigError
 
 if TYPE_CHECKING:
     from omegaconf import DictConfig
@@ -40,7 +40,7 @@ def _simulate(args: argparse.Namespace) -> int:
 
 
 def _init_tiny(args: argparse.Namespace) -> int:
-    from anther.adapters.tiny_model import init_tiny
+    from anther.model.tiny_model import init_tiny
 
     out = init_tiny(Path(args.out), seed=args.seed, pretrain_steps=args.pretrain_steps, family=args.family)
     print(f"tiny {args.family} checkpoint written to {out}")
@@ -50,7 +50,7 @@ def _init_tiny(args: argparse.Namespace) -> int:
 def _model_report(args: argparse.Namespace) -> int:
     import json
 
-    from anther.adapters.size_report import as_dicts, markdown, size_report
+    from anther.bench.model_sizes import as_dicts, markdown, size_report
 
     reports = [size_report(name, args.adapter_rank, args.lora_rank, args.text_tokens, args.dtype, args.wire_dtype)
                for name in args.models]
@@ -63,8 +63,8 @@ def _model_report(args: argparse.Namespace) -> int:
 
 
 def _generate_data(args: argparse.Namespace) -> int:
-    from anther.simulations.datasets import shapes_vqa
-    from anther.simulations.datasets.sample import write_split
+    from anther.core.sample import write_split
+    from anther.data import shapes_vqa
 
     out = Path(args.out)
     write_split(shapes_vqa.generate(args.train, args.seed, prefix="train"), out, "train")
@@ -74,9 +74,9 @@ def _generate_data(args: argparse.Namespace) -> int:
 
 
 def _data_report(args: argparse.Namespace) -> int:
-    from anther.simulations.config import load_config
-    from anther.simulations.data import dataset_dir
-    from anther.simulations.partition_report import write_partition_report
+    from anther.core.config import load_config
+    from anther.data.client_data import dataset_dir
+    from anther.data.partition_report import write_partition_report
 
     cfg = load_config(args.experiment, args.overrides)
     out = Path(args.out or f"partition-{cfg.scenario.name}")
@@ -91,9 +91,9 @@ def _bench_perf(args: argparse.Namespace) -> int:
     import json
     import shlex
 
-    from anther.simulations.config import anther_home
-    from anther.simulations.perf.bench import PerfBench, load_perf, perf_keys
-    from anther.simulations.perf.report import markdown, plot
+    from anther.bench.perf.bench import PerfBench, load_perf, perf_keys
+    from anther.bench.perf.report import markdown, plot
+    from anther.core.config import anther_home
 
     mine = [o for o in args.overrides if o.split("=", 1)[0] in perf_keys()]
     experiment = [o for o in args.overrides if o not in mine]
@@ -117,9 +117,9 @@ def _bench(args: argparse.Namespace) -> int:
 
     if Path(args.bench).stem == "perf":
         return _bench_perf(args)
-    from anther.simulations.bench import load_bench
-    from anther.simulations.bench_report import write_report
-    from anther.simulations.config import anther_home
+    from anther.bench.grid import load_bench
+    from anther.bench.grid_report import write_report
+    from anther.core.config import anther_home
 
     bench = load_bench(args.bench, args.methods, args.scenarios, args.seeds)
     out = Path(args.out or anther_home() / "bench" / Path(args.bench).stem).expanduser()
@@ -146,7 +146,7 @@ def _bench(args: argparse.Namespace) -> int:
 
 
 def _run_bench_grid(bench: DictConfig, out: Path, overrides: list[str], report: Callable[[], object]) -> None:
-    from anther.simulations.bench import run_grid
+    from anther.bench.grid import run_grid
     from anther.simulations.launcher import exit_on_sigterm
 
     with exit_on_sigterm():
@@ -154,7 +154,7 @@ def _run_bench_grid(bench: DictConfig, out: Path, overrides: list[str], report: 
 
 
 def _bench_runner(bench: DictConfig, out: Path, args: argparse.Namespace) -> int:
-    from anther.simulations.bench import run_grid
+    from anther.bench.grid import run_grid
     from anther.simulations.launcher import exit_on_sigterm
 
     with exit_on_sigterm():
@@ -166,8 +166,8 @@ def _bench_runner(bench: DictConfig, out: Path, args: argparse.Namespace) -> int
 def _run_bench_runners(bench: DictConfig, out: Path, args: argparse.Namespace, command: list[str],
                        report: Callable[[], object]) -> None:
     """``--jobs N``: N runners share the grid; the report is rewritten whenever a cell finishes."""
-    from anther.simulations.bench import check_grid, unfinished
-    from anther.simulations.bench_workers import run_runners
+    from anther.bench.grid import check_grid, unfinished
+    from anther.bench.grid_workers import run_runners
 
     check_grid(bench, args.overrides, out / "cells")  # a typo fails here, once, not in every runner
     left = len(unfinished(bench, out, args.overrides))
@@ -184,7 +184,7 @@ def _run_bench_runners(bench: DictConfig, out: Path, args: argparse.Namespace, c
 
 def _bench_summary(bench: DictConfig, out: Path, overrides: list[str], report: Path) -> int:
     """Say how many cells have a finished result; 1 if any has not (re-running retries those)."""
-    from anther.simulations.bench import cells, unfinished
+    from anther.bench.grid import cells, unfinished
 
     missing = [c.key for c in unfinished(bench, out, overrides)]
     total = len(cells(bench))
@@ -225,7 +225,7 @@ def _client_names(spec: str) -> list[str]:
 
 
 def _certs(args: argparse.Namespace) -> int:
-    from anther.server.certs import make_certs, write_tokens
+    from anther.backbone.certs import make_certs, write_tokens
 
     out = Path(args.out)
     if (out / "ca.pem").exists() and not args.force:
@@ -245,7 +245,7 @@ def _certs(args: argparse.Namespace) -> int:
 
 def _tokens(args: argparse.Namespace) -> dict[str, str]:
     """tokens.json of --tls-dir (if there) merged with every --tokens file."""
-    from anther.server.certs import TOKENS_FILE, read_tokens
+    from anther.backbone.certs import TOKENS_FILE, read_tokens
 
     files = [Path(args.tls_dir) / TOKENS_FILE] if args.tls_dir else []
     files = [f for f in files if f.is_file()] + [Path(f) for f in args.tokens]
@@ -261,9 +261,9 @@ def _backbone_serve(args: argparse.Namespace) -> int:
 
     import torch
 
-    from anther.server.backbone_process import announce_ready, stop_with_parent
-    from anther.server.backbone_service import Limits, MiB, ServerTls, serve
-    from anther.server.quantization import check_quantization
+    from anther.backbone.quantization import check_quantization
+    from anther.backbone.service.servicer import Limits, MiB, ServerTls, serve
+    from anther.backbone.supervisor import announce_ready, stop_with_parent
 
     if not (Path(args.model) / "config.json").is_file():
         raise FileNotFoundError(f"--model {args.model} is not a Hugging Face checkpoint directory "
@@ -330,8 +330,8 @@ def _add_backbone_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def _add_model_report_parser(model: argparse._SubParsersAction) -> None:
-    from anther.adapters.size_report import REAL_CONFIGS
-    from anther.server.proto.wire import WIRE_DTYPES
+    from anther.backbone.wire import WIRE_DTYPES
+    from anther.bench.model_sizes import REAL_CONFIGS
 
     rep = model.add_parser("report", help="parameters and bytes each side holds and sends, split vs local mode",
                            description="Builds each model's published configuration on the meta device (no "
@@ -352,7 +352,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     sim = sub.add_parser("simulate", help="run a federated simulation")
-    sim.add_argument("-e", "--experiment", default="default", help="config name in anther/simulations/configs")
+    sim.add_argument("-e", "--experiment", default="default", help="config name in anther/configs")
     sim.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. federation.rounds=3")
     sim.add_argument("--resume", metavar="RUN_DIR", help="continue a killed run from its last complete "
                      "checkpoint, into the same folder (docs/reliability.md)")
@@ -378,7 +378,7 @@ def build_parser() -> argparse.ArgumentParser:
     rep = data.add_parser("report", help="print and plot what each client holds under a scenario",
                           description="Per-client sample counts, label histograms, modality presence and "
                           "domains for an experiment and scenario, e.g. `anther data report scenario=cross_i3t7`.")
-    rep.add_argument("-e", "--experiment", default="default", help="config name in anther/simulations/configs")
+    rep.add_argument("-e", "--experiment", default="default", help="config name in anther/configs")
     rep.add_argument("--out", help="folder for partition.png and partition.json (default: partition-<scenario>)")
     rep.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. scenario=missing_b30")
     rep.set_defaults(func=_data_report)

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import transformers
 
-from anther.adapters.families import FAMILIES
+from anther.model.families import FAMILIES
 
 transformers.logging.set_verbosity_error()
 
@@ -15,7 +15,7 @@ transformers.logging.set_verbosity_error()
 def _tiny(factory: pytest.TempPathFactory, family: str) -> Path:
     """A tiny checkpoint of ``family`` with random weights (no pretraining: correctness does not
     need it), made once per session."""
-    from anther.adapters.tiny_model import init_tiny
+    from anther.model.tiny_model import init_tiny
 
     return init_tiny(factory.mktemp("model") / f"tiny-{family}", seed=0, pretrain_steps=0, family=family)
 
@@ -64,7 +64,7 @@ def family_model_dir(request: pytest.FixtureRequest) -> Path:
 
 @pytest.fixture(scope="session")
 def samples():
-    from anther.simulations.datasets import shapes_vqa
+    from anther.data import shapes_vqa
 
     return shapes_vqa.generate(12, seed=3)
 

@@ -10,8 +10,8 @@ import torch
 from flwr.supercore.task_identity import TaskIdentity
 from torch import nn
 
-from anther.adapters.nano_adapter import NanoAdapterConfig
-from anther.client.nano_edge import build_adapters
+from anther.model.nano_adapter import NanoAdapterConfig
+from anther.model.nano_edge import build_adapters
 
 
 class FakeGrid:

@@ -13,7 +13,7 @@ import numpy as np
 from flwr.app import Array, ArrayRecord, Context, Error, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from anther.client.privacy_mods import privacy_mod
+from anther.strategies.privacy.client_mods import privacy_mod
 
 
 class LoopbackGrid:

@@ -1,4 +1,4 @@
-"""bench/backbone_load.py works: a short run with a few clients answers every request correctly
+"""anther/bench/backbone_load.py works: a short run with a few clients answers every request correctly
 and writes its JSON (no timing is asserted: the machine is shared)."""
 
 from __future__ import annotations
@@ -8,13 +8,10 @@ from pathlib import Path
 
 import pytest
 
-BENCH = Path(__file__).parents[1] / "bench"
-
 
 def test_load_benchmark_runs_clients_and_writes_its_report(tiny_model_dir: Path, tmp_path: Path,
                                                           monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.syspath_prepend(str(BENCH))
-    import backbone_load
+    from anther.bench import backbone_load
 
     out = tmp_path / "load.json"
     status = backbone_load.main(["--model-dir", str(tiny_model_dir), "--clients", "4", "--seconds", "3",

@@ -19,9 +19,13 @@ from cryptography import x509
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from anther.client.backbone_client import RemoteBackbone
-from anther.server.backbone import BackboneInfo, LocalBackbone, greedy_decode
-from anther.server.backbone_service import (
+from anther.backbone import wire
+from anther.backbone.certs import make_certs
+from anther.backbone.in_process import BackboneInfo, LocalBackbone, greedy_decode
+from anther.backbone.proto import backbone_pb2 as pb
+from anther.backbone.proto import backbone_pb2_grpc as pb_grpc
+from anther.backbone.remote import RemoteBackbone
+from anther.backbone.service.servicer import (
     RUNNERS,
     BackboneService,
     BatchPolicy,
@@ -32,11 +36,7 @@ from anther.server.backbone_service import (
     decode_forward,
     start,
 )
-from anther.server.certs import make_certs
-from anther.server.proto import backbone_pb2 as pb
-from anther.server.proto import backbone_pb2_grpc as pb_grpc
-from anther.server.proto import wire
-from anther.server.proto.wire import WireError
+from anther.backbone.wire import WireError
 
 # Small limits, so that ordinary test requests are chunked and the limits are reachable.
 LIMITS = Limits(max_sequence_length=64, max_chunk_bytes=64 * 1024, max_request_bytes=1 << 20,
@@ -46,7 +46,7 @@ FAST = BatchPolicy(enabled=True, window_ms=1.0, max_batch=32)
 
 @pytest.fixture(scope="session")
 def backbone_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from anther.adapters.tiny_model import init_tiny
+    from anther.model.tiny_model import init_tiny
 
     return init_tiny(tmp_path_factory.mktemp("m") / "tiny", pretrain_steps=0)
 

@@ -12,14 +12,14 @@ import pytest
 import torch
 from omegaconf import DictConfig
 
+from anther.backbone.certs import make_certs, read_token, read_tokens, write_tokens
+from anther.backbone.endpoint import endpoint_for
+from anther.backbone.in_process import LocalBackbone
+from anther.backbone.service.servicer import BackboneService, ServerTls, start
+from anther.backbone.supervisor import RUN_CLIENT, backbone_for_run
 from anther.cli import main as cli
-from anther.client.backbone_endpoint import endpoint_for
 from anther.client.runtime import runtime_for
-from anther.server.backbone import LocalBackbone
-from anther.server.backbone_process import RUN_CLIENT, backbone_for_run
-from anther.server.backbone_service import BackboneService, ServerTls, start
-from anther.server.certs import make_certs, read_token, read_tokens, write_tokens
-from anther.simulations.config import ConfigError, load_config
+from anther.core.config import ConfigError, load_config
 
 
 def _cfg(model: Path, *overrides: str) -> DictConfig:

@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from anther.simulations.datasets.hateful_memes import load_hateful_memes
-from anther.simulations.datasets.records import decode_image
-from anther.simulations.datasets.sample import DataFormatError, read_split
+from anther.core.sample import DataFormatError, read_split
+from anther.data.formats.hateful_memes import load_hateful_memes
+from anther.data.formats.records import decode_image
 
 
 def _png(size: tuple[int, int] = (16, 16)) -> bytes:

@@ -14,11 +14,11 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, RecordDict
 from omegaconf import DictConfig
 from safetensors.torch import load_file
 
-from anther.client import client_app
+from anther import client_app
+from anther.core.config import ConfigError, load_config, to_yaml
+from anther.core.sample import write_split
+from anther.data import shapes_vqa
 from anther.simulations.baselines import BaselineRun, initial_adapters, run_baseline
-from anther.simulations.config import ConfigError, load_config, to_yaml
-from anther.simulations.datasets import shapes_vqa
-from anther.simulations.datasets.sample import write_split
 from anther.strategies.registry import build_strategy
 
 SMALL = ["federation.num_clients=2", "federation.rounds=2", "train.local_steps=2", "train.batch_size=4",

@@ -20,12 +20,12 @@ import torch
 import yaml
 from simulation_run import shared_home
 
+from anther.bench.grid import load_bench
+from anther.bench.grid_report import scenario_kind
 from anther.cli import main
-from anther.simulations.bench import load_bench
-from anther.simulations.bench_report import scenario_kind
-from anther.simulations.config import ConfigError
-from anther.simulations.datasets import shapes_vqa
-from anther.simulations.datasets.sample import write_split
+from anther.core.config import ConfigError
+from anther.core.sample import write_split
+from anther.data import shapes_vqa
 
 BUDGET = ["federation.num_clients=2", "federation.rounds=1", "train.local_steps=2", "train.batch_size=4",
           "adapter.rank=4", "data.client_test_fraction=0.25", "eval.server_test_size=6", "eval.generate=false"]

@@ -16,11 +16,11 @@ import torch
 from flwr.app import Array, ArrayRecord, ConfigRecord
 from opacus.accountants import RDPAccountant
 
+from anther.core.config import ConfigError, load_config, to_yaml
 from anther.server import checkpoint
 from anther.server.run_state import load_strategy_state, strategy_state
-from anther.simulations.config import ConfigError, load_config, to_yaml
-from anther.strategies.client_dp import CLIENT_EPSILON_METRIC, effective_noise_multiplier
 from anther.strategies.privacy import with_privacy
+from anther.strategies.privacy.client_dp import CLIENT_EPSILON_METRIC, effective_noise_multiplier
 from anther.strategies.registry import build_strategy
 
 NODES = [201, 202]
@@ -117,7 +117,7 @@ def test_unequal_weights_lower_the_effective_noise_multiplier():
 def test_round_table_shows_client_epsilon():
     from rich.console import Console
 
-    from anther.simulations.report import RoundTable, round_columns
+    from anther.server.run_report import RoundTable, round_columns
 
     assert "dp_client_epsilon" not in [k for k, _, _ in round_columns(dp=False)]
     console = Console(record=True, width=200)

@@ -16,12 +16,12 @@ import pytest
 import torch
 from transformers import AutoModelForImageTextToText
 
-from anther.adapters.families import FAMILIES, load_processor
-from anther.adapters.nano_adapter import NanoAdapterConfig
-from anther.adapters.prompt import build_prompt, build_target
+from anther.backbone.in_process import LocalBackbone, causal_lm_loss
 from anther.client.inference import Encoder
-from anther.client.nano_edge import NanoEdge
-from anther.server.backbone import LocalBackbone, causal_lm_loss
+from anther.model.families import FAMILIES, load_processor
+from anther.model.nano_adapter import NanoAdapterConfig
+from anther.model.nano_edge import NanoEdge
+from anther.model.prompt import build_prompt, build_target
 
 # How each family's processor takes the images of a batch (one per sample or None).
 HF_IMAGES = {

@@ -29,8 +29,8 @@ from safetensors.torch import load_file
 from simulation_run import shared_home
 from transformers import AutoConfig
 
-from anther.adapters.nano_adapter import NanoAdapterConfig
-from anther.client.nano_edge import initial_adapter_state
+from anther.model.nano_adapter import NanoAdapterConfig
+from anther.model.nano_edge import initial_adapter_state
 from anther.simulations.launcher import free_port
 
 pytestmark = pytest.mark.slow

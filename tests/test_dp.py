@@ -16,7 +16,7 @@ from omegaconf import OmegaConf
 from opacus.accountants import PRVAccountant, RDPAccountant
 from transformers import AutoProcessor
 
-from anther.adapters.nano_adapter import NanoAdapterConfig
+from anther.backbone.in_process import LocalBackbone
 from anther.client.dp import (
     DPSGD,
     clipped_sum,
@@ -27,10 +27,10 @@ from anther.client.dp import (
     spend,
 )
 from anther.client.inference import Encoder
-from anther.client.nano_edge import NanoEdge
 from anther.client.trainer import dp_split_step, split_step, train_adapters
-from anther.server.backbone import LocalBackbone
-from anther.simulations.config import ConfigError, load_config
+from anther.core.config import ConfigError, load_config
+from anther.model.nano_adapter import NanoAdapterConfig
+from anther.model.nano_edge import NanoEdge
 
 
 @pytest.fixture(scope="module")
@@ -125,7 +125,7 @@ def _equal_length(encoder: Encoder, samples, n: int):
 
 
 def test_no_noise_and_huge_clip_equals_plain_training(tiny_model_dir, processor, backbone, samples):
-    from anther.simulations.datasets import shapes_vqa
+    from anther.data import shapes_vqa
 
     edges = [_edge(tiny_model_dir), _edge(tiny_model_dir)]
     edges[1].load_adapter_state(edges[0].adapter_state())
@@ -234,12 +234,12 @@ def test_clients_report_their_spent_epsilon_round_after_round(tiny_model_dir, tm
     from flwr.app import ArrayRecord, ConfigRecord, Context
     from transformers import AutoConfig
 
-    from anther.client import client_app
-    from anther.client.nano_edge import initial_adapter_state
-    from anther.simulations.config import to_yaml
-    from anther.simulations.data import client_data
-    from anther.simulations.datasets import shapes_vqa
-    from anther.simulations.datasets.sample import write_split
+    from anther import client_app
+    from anther.core.config import to_yaml
+    from anther.core.sample import write_split
+    from anther.data import shapes_vqa
+    from anther.data.client_data import client_data
+    from anther.model.nano_edge import initial_adapter_state
     from anther.strategies.registry import build_strategy
 
     play_serverapp_runtime(monkeypatch)
@@ -271,7 +271,7 @@ def test_clients_report_their_spent_epsilon_round_after_round(tiny_model_dir, tm
 def test_round_table_shows_epsilon_only_with_dp():
     from rich.console import Console
 
-    from anther.simulations.report import RoundTable, round_columns
+    from anther.server.run_report import RoundTable, round_columns
 
     assert "dp_epsilon_max" not in [k for k, _, _ in round_columns(dp=False)]
     console = Console(record=True, width=200)

@@ -13,5 +13,5 @@ from anther.simulations.launcher import APP_DIR
 
 def test_the_fab_holds_the_package_and_nothing_of_docs_or_tests():
     names = zipfile.ZipFile(io.BytesIO(build_fab_from_disk(APP_DIR))).namelist()
-    assert "anther/server/server_app.py" in names and "anther/simulations/configs/default.yaml" in names
+    assert "anther/server_app.py" in names and "anther/configs/default.yaml" in names
     assert not [n for n in names if n.startswith(("docs/", "tests/", "scripts/", "docker/"))], names

@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from anther.adapters.nano_adapter import NanoAdapterConfig
-from anther.client.feature_cache import FeatureCache
 from anther.client.inference import Encoder
-from anther.client.nano_edge import NanoEdge
+from anther.model.feature_cache import FeatureCache
+from anther.model.nano_adapter import NanoAdapterConfig
+from anther.model.nano_edge import NanoEdge
 
 
 @pytest.fixture(scope="module")

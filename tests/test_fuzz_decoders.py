@@ -20,8 +20,10 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from anther.server.backbone import IGNORE_INDEX, BackboneInfo
-from anther.server.backbone_service import (
+from anther.backbone import wire
+from anther.backbone.in_process import IGNORE_INDEX, BackboneInfo
+from anther.backbone.proto import backbone_pb2 as pb
+from anther.backbone.service.servicer import (
     BackboneService,
     ForwardInputs,
     GenerateInputs,
@@ -30,9 +32,7 @@ from anther.server.backbone_service import (
     decode_generate,
     decode_hidden_backward,
 )
-from anther.server.proto import backbone_pb2 as pb
-from anther.server.proto import wire
-from anther.server.proto.wire import WireError
+from anther.backbone.wire import WireError
 
 INFO = BackboneInfo(fingerprint="fuzz", hidden_size=4, vocab_size=16, dtype="float32", max_sequence_length=8)
 MAX_NEW_TOKENS = 4

@@ -19,14 +19,14 @@ from safetensors.torch import load_file
 from simulation_run import simulate
 from transformers import AutoModelForImageTextToText
 
-from anther.adapters.lora import LoraSettings
 from anther.cli import main
 from anther.client.runtime import runtime_for
 from anther.client.trainer import split_step
+from anther.core.config import ConfigError, load_config
+from anther.core.sample import write_split
+from anther.data import shapes_vqa
+from anther.model.lora import LoraSettings
 from anther.simulations.baselines import initial_adapters
-from anther.simulations.config import ConfigError, load_config
-from anther.simulations.datasets import shapes_vqa
-from anther.simulations.datasets.sample import write_split
 
 LORA = LoraSettings(rank=4, alpha=8.0, target_modules=("q_proj", "v_proj", "down_proj"))
 

@@ -11,13 +11,13 @@ import pytest
 import torch
 from transformers import AutoProcessor
 
-from anther.adapters.nano_adapter import NanoAdapterConfig
+from anther.backbone.in_process import LocalBackbone
 from anther.client.inference import Encoder, evaluate_samples
 from anther.client.metrics import binary_auc, choice_metrics, macro_f1, summarise_clients
-from anther.client.nano_edge import NanoEdge
 from anther.client.trainer import train_adapters
-from anther.server.backbone import LocalBackbone
-from anther.simulations.datasets.sample import Sample
+from anther.core.sample import Sample
+from anther.model.nano_adapter import NanoAdapterConfig
+from anther.model.nano_edge import NanoEdge
 
 YES_NO = ["yes", "no"]
 

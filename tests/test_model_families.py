@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 from transformers import AutoConfig, AutoProcessor
 
-from anther.adapters.families import FAMILIES, family_for
-from anther.simulations.config import ConfigError, load_config
+from anther.core.config import ConfigError, load_config
+from anther.model.families import FAMILIES, family_for
 
 
 def test_unknown_model_type_names_the_known_families():
@@ -45,7 +45,7 @@ def test_bad_family_choices_name_the_key(overrides: list[str], match: str):
 
 
 def test_the_pretraining_recipe_refuses_other_families(tmp_path: Path):
-    from anther.adapters.tiny_model import init_tiny
+    from anther.model.tiny_model import init_tiny
 
     with pytest.raises(ValueError, match="tiny_pretrain_steps=0"):
         init_tiny(tmp_path / "m", pretrain_steps=10, family="idefics3")

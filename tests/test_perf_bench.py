@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 from simulation_run import shared_home
 
-from anther.simulations.config import ConfigError
-from anther.simulations.perf.bench import load_perf
+from anther.bench.perf.bench import load_perf
+from anther.core.config import ConfigError
 
 SMALL = ["overhead_clients=2", "overhead_rounds=2", "sharing_clients=[3]", "concurrency=2", "sharing_rounds=1",
          "cache_clients=2", "cache_rounds=2", "batching_clients=2", "batching_seconds=1", "scale_clients=5",

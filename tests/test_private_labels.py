@@ -13,14 +13,11 @@ import pytest
 import torch
 from transformers import AutoProcessor, LlavaForConditionalGeneration
 
-from anther.adapters.nano_adapter import NanoAdapterConfig
-from anther.client.backbone_client import RemoteBackbone
-from anther.client.inference import Encoder, option_scores
-from anther.client.nano_edge import NanoEdge
-from anther.client.private_labels import PrivateLabelBackbone
-from anther.client.trainer import split_step
-from anther.server.backbone import IGNORE_INDEX, Backbone, LocalBackbone
-from anther.server.backbone_service import (
+from anther.backbone import wire
+from anther.backbone.in_process import IGNORE_INDEX, Backbone, LocalBackbone
+from anther.backbone.proto import backbone_pb2 as pb
+from anther.backbone.remote import RemoteBackbone
+from anther.backbone.service.servicer import (
     BackboneService,
     BatchPolicy,
     ForwardInputs,
@@ -28,9 +25,12 @@ from anther.server.backbone_service import (
     run_backward_from_hidden,
     start,
 )
-from anther.server.proto import backbone_pb2 as pb
-from anther.server.proto import wire
-from anther.server.proto.wire import WireError
+from anther.backbone.wire import WireError
+from anther.client.inference import Encoder, option_scores
+from anther.client.private_labels import PrivateLabelBackbone
+from anther.client.trainer import split_step
+from anther.model.nano_adapter import NanoAdapterConfig
+from anther.model.nano_edge import NanoEdge
 
 TIGHT = {"rtol": 1e-5, "atol": 1e-7}
 

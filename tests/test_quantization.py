@@ -11,11 +11,11 @@ import pytest
 import torch
 from transformers import AutoConfig
 
-from anther.adapters.side_loading import side_class
+from anther.backbone.in_process import LocalBackbone
+from anther.backbone.quantization import KEPT_IN_DTYPE, check_quantization, quantization_config
 from anther.cli import main
-from anther.server.backbone import LocalBackbone
-from anther.server.quantization import KEPT_IN_DTYPE, check_quantization, quantization_config
-from anther.simulations.config import ConfigError, load_config
+from anther.core.config import ConfigError, load_config
+from anther.model.side_loading import side_class
 
 
 def test_no_gpu_is_named_before_anything_loads(monkeypatch, tiny_model_dir: Path):

@@ -1,18 +1,15 @@
-"""bench/run_table.py: a table of ``anther simulate`` rows. Runs are replaced by a recorder
+"""anther/bench/run_table.py: a table of ``anther simulate`` rows. Runs are replaced by a recorder
 here (the simulations themselves are covered end to end elsewhere); what is checked is how
 rows become the markdown and JSON, and that ``--only`` keeps the rows run before."""
 
 from __future__ import annotations
 
 import json
-import sys
-from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
-import run_table
-from run_table import Table
+from anther.bench import run_table
+from anther.bench.run_table import Table
 
 TABLE = Table(name="demo", doc="", common=["federation.num_clients=2"],
               rows={"none": [], "eps_4": ["privacy.dp=true", "privacy.target_epsilon=4"]})

@@ -8,11 +8,11 @@ from collections import Counter
 
 import pytest
 
-from anther.simulations.config import CONFIG_DIR, ConfigError, load_config
-from anther.simulations.data import client_data
-from anther.simulations.datasets import shapes_vqa
-from anther.simulations.datasets.sample import Sample, write_split
-from anther.simulations.scenarios import (
+from anther.core.config import CONFIG_DIR, ConfigError, load_config
+from anther.core.sample import Sample, write_split
+from anther.data import shapes_vqa
+from anther.data.client_data import client_data
+from anther.data.scenarios import (
     ClientModalities,
     apply_modalities,
     modality_plans,

@@ -12,11 +12,11 @@ import pytest
 import torch
 from flwr.app import Array, ArrayRecord, ConfigRecord
 
-from anther.simulations.config import ConfigError, load_config, to_yaml
+from anther.core.config import ConfigError, load_config, to_yaml
 from anther.strategies.privacy import with_privacy
+from anther.strategies.privacy.secagg_protocol import SecAggParams, protocol_sizes
+from anther.strategies.privacy.secure_vector import VectorLayout, decode, encode
 from anther.strategies.registry import build_strategy
-from anther.strategies.secagg_protocol import SecAggParams, protocol_sizes
-from anther.strategies.secure_vector import VectorLayout, decode, encode
 
 NODES = [101, 102, 103]
 SIZES = {"image.down.weight": (4, 3), "image.up.weight": (3, 4), "text.down.weight": (4, 3), "text.up.bias": (3,)}

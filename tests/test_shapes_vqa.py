@@ -6,8 +6,8 @@ from __future__ import annotations
 import random
 from collections import Counter
 
-from anther.simulations.datasets import shapes_vqa
-from anther.simulations.datasets.shapes_vqa import DOMAINS, TASKS
+from anther.data import shapes_vqa
+from anther.data.shapes_vqa import DOMAINS, TASKS
 
 
 def test_same_seed_same_samples_and_pixels():

@@ -14,8 +14,8 @@ import torch
 import transformers.modeling_utils
 from transformers import AutoConfig, AutoModelForImageTextToText
 
-from anther.adapters.families import family_for
-from anther.adapters.side_loading import load_side, side_modules
+from anther.model.families import family_for
+from anther.model.side_loading import load_side, side_modules
 
 
 class _Recorder:

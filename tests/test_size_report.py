@@ -7,13 +7,13 @@ import json
 import pytest
 from transformers import AutoConfig
 
-from anther.adapters.families import family_for, load_processor
-from anther.adapters.lora import LoraSettings
-from anther.adapters.nano_adapter import NanoAdapterConfig
-from anther.adapters.size_report import report_for_config, size_report
+from anther.bench.model_sizes import report_for_config, size_report
 from anther.cli import main
 from anther.client.inference import Encoder
-from anther.client.nano_edge import NanoEdge
+from anther.model.families import family_for, load_processor
+from anther.model.lora import LoraSettings
+from anther.model.nano_adapter import NanoAdapterConfig
+from anther.model.nano_edge import NanoEdge
 
 
 @pytest.mark.parametrize("fixture", ["tiny_model_dir", "tiny_llava_next_dir", "tiny_idefics3_dir", "tiny_qwen2_vl_dir"])

@@ -19,8 +19,8 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, Met
 from flwr.serverapp.exception import AggregationError, InconsistentMessageReplies
 from torch import nn
 
-from anther.adapters.nano_adapter import NanoAdapter, NanoAdapterConfig
 from anther.client.fisher import diagonal_fisher
+from anther.model.nano_adapter import NanoAdapter, NanoAdapterConfig
 from anther.strategies.adaptive_regularisation import MiddleProximal, middle_range, proximal_term
 from anther.strategies.fisher_merging import FisherMerging
 from anther.strategies.hetero_rank import HeteroRankFedAvg, truncate_to_rank
@@ -276,10 +276,10 @@ def test_diagonal_fisher_matches_the_composed_model(tiny_model_dir, samples):
     the composed model trained in one process (the DESIGN's correctness anchor, for the Fisher)."""
     from transformers import AutoProcessor
 
+    from anther.backbone.in_process import LocalBackbone, causal_lm_loss
     from anther.client.fisher import batch_indices
     from anther.client.inference import Encoder
-    from anther.client.nano_edge import NanoEdge
-    from anther.server.backbone import LocalBackbone, causal_lm_loss
+    from anther.model.nano_edge import NanoEdge
 
     edge = NanoEdge.from_pretrained(tiny_model_dir, NanoAdapterConfig(rank=4, alpha=4))
     with torch.no_grad():  # non-zero up, so that down gets gradient too

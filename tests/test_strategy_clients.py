@@ -18,14 +18,14 @@ from fakes import FakeGrid, play_serverapp_runtime
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, RecordDict
 from transformers import AutoConfig
 
-from anther.adapters.nano_adapter import NanoAdapter, NanoAdapterConfig
-from anther.client import client_app
+from anther import client_app
 from anther.client.builtin_extras import LOCAL_ADAPTERS
-from anther.client.nano_edge import initial_adapter_state
-from anther.simulations.config import load_config, to_yaml
-from anther.simulations.data import client_data
-from anther.simulations.datasets import shapes_vqa
-from anther.simulations.datasets.sample import write_split
+from anther.core.config import load_config, to_yaml
+from anther.core.sample import write_split
+from anther.data import shapes_vqa
+from anther.data.client_data import client_data
+from anther.model.nano_adapter import NanoAdapter, NanoAdapterConfig
+from anther.model.nano_edge import initial_adapter_state
 from anther.strategies.registry import build_strategy
 
 NODES = {11: 0, 12: 1}  # node id -> partition id

@@ -1,4 +1,4 @@
-"""The perf bench's TrainStep section (anther/simulations/perf/trainstep.py) on the CPU: the
+"""The perf bench's TrainStep section (anther/bench/perf/trainstep.py) on the CPU: the
 FLOPs it counts, the rates it derives from them, and the service runs. On a GPU the same code
 measures a LLaVA-1.5-7B-sized backbone; here the tiny checkpoint's LLM stands in."""
 
@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from anther.simulations.perf.bench import PerfBench, load_perf
-from anther.simulations.perf.trainstep import (
+from anther.bench.perf.bench import PerfBench, load_perf
+from anther.bench.perf.trainstep import (
     TrainStepSettings,
     flops_per_sequence,
     peak_flops,
@@ -81,7 +81,7 @@ def test_a_batch_that_does_not_fit_ends_the_sizes_and_caps_the_service(tiny_mode
                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
     """On a GPU the largest batches may not fit: the first that does not is recorded, larger ones
     are not tried, and the service batches no more sequences per pass than fitted."""
-    from anther.server.backbone import LocalBackbone
+    from anther.backbone.in_process import LocalBackbone
 
     real_logits = LocalBackbone.logits_on_device
     sizes: list[int] = []
@@ -106,12 +106,12 @@ def test_a_batch_that_does_not_fit_ends_the_sizes_and_caps_the_service(tiny_mode
 
 
 def test_the_device_spec_is_the_default_configs(tmp_path: Path) -> None:
-    """bench/device/trainstep.sh runs the section from a checked-in spec on a GPU machine without
+    """anther/bench/device/trainstep.sh runs the section from a checked-in spec on a GPU machine without
     Flower: it must say what `anther bench perf` itself would run there."""
     import json
     from dataclasses import asdict
 
-    spec = json.loads((Path(__file__).parents[1] / "bench" / "device" / "trainstep.json").read_text())
+    spec = json.loads((Path(__file__).parents[1] / "anther" / "bench" / "device" / "trainstep.json").read_text())
     bench = PerfBench(load_perf("perf"), tmp_path)
     assert spec["settings"] == asdict(bench.trainstep_settings("cuda"))
     assert spec["experiment_model"] is None

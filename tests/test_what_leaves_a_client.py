@@ -34,18 +34,18 @@ from flwr.common.serde import message_to_proto
 from flwr.supercore.inflatable.inflatable_object import get_all_nested_objects
 from transformers import AutoConfig, AutoProcessor
 
-from anther.adapters.nano_adapter import NanoAdapterConfig
-from anther.adapters.prompt import build_prompt, build_target
-from anther.client import backbone_client, client_app
-from anther.client.nano_edge import initial_adapter_state
+from anther import client_app
+from anther.backbone import remote, wire
+from anther.backbone.in_process import IGNORE_INDEX, LocalBackbone
+from anther.backbone.proto import backbone_pb2 as pb
+from anther.backbone.service.servicer import BackboneService, BatchPolicy, start
 from anther.client.runtime import load_runtime
-from anther.server.backbone import IGNORE_INDEX, LocalBackbone
-from anther.server.backbone_service import BackboneService, BatchPolicy, start
-from anther.server.proto import backbone_pb2 as pb
-from anther.server.proto import wire
-from anther.simulations.config import load_config, to_yaml
-from anther.simulations.datasets import shapes_vqa
-from anther.simulations.datasets.sample import Sample, write_split
+from anther.core.config import load_config, to_yaml
+from anther.core.sample import Sample, write_split
+from anther.data import shapes_vqa
+from anther.model.nano_adapter import NanoAdapterConfig
+from anther.model.nano_edge import initial_adapter_state
+from anther.model.prompt import build_prompt, build_target
 
 DOC = Path(__file__).parents[1] / "docs" / "what-leaves-a-client.md"
 ADAPTER_PARAM = re.compile(r"(image|text)\.(down|up)\.(weight|bias)")
@@ -221,7 +221,7 @@ def run_client(tiny_model_dir: Path, data: Path, port: int, private_labels: bool
         f"backbone.private_labels={str(private_labels).lower()}"])
     recorder = Recorder()
     real_channel = grpc.insecure_channel
-    monkeypatch.setattr(backbone_client.grpc, "insecure_channel",
+    monkeypatch.setattr(remote.grpc, "insecure_channel",
                         lambda *a, **k: grpc.intercept_channel(real_channel(*a, **k), recorder))
     load_runtime.cache_clear()
     dim = AutoConfig.from_pretrained(tiny_model_dir).text_config.hidden_size
@@ -242,7 +242,7 @@ def run_client(tiny_model_dir: Path, data: Path, port: int, private_labels: bool
 
 
 def _read(folder: Path, split: str) -> list[Sample]:
-    from anther.simulations.datasets.sample import read_split
+    from anther.core.sample import read_split
 
     return read_split(folder, split)[0]
 

@@ -35,7 +35,7 @@ from omegaconf import DictConfig
 
 from anther.client.runtime import ClientRuntime
 from anther.client.trainer import Regulariser
-from anther.simulations.datasets.sample import Sample
+from anther.core.sample import Sample
 
 Record = ArrayRecord | MetricRecord | ConfigRecord
 

@@ -26,9 +26,9 @@ from typing import TYPE_CHECKING
 import torch
 
 if TYPE_CHECKING:
+    from anther.backbone.in_process import Backbone
     from anther.client.inference import Encoder
-    from anther.server.backbone import Backbone
-    from anther.simulations.datasets.sample import Sample
+    from anther.core.sample import Sample
 
 
 def batch_indices(num_samples: int, batch_size: int, num_batches: int, seed: int) -> Iterator[list[int]]:

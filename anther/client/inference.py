@@ -11,11 +11,11 @@ from dataclasses import dataclass
 
 import torch
 
-from anther.adapters.prompt import build_prompt, build_target
+from anther.backbone.in_process import Backbone, greedy_decode
 from anther.client.metrics import choice_metrics
-from anther.client.nano_edge import NanoEdge
-from anther.server.backbone import Backbone, greedy_decode
-from anther.simulations.datasets.sample import Sample
+from anther.core.sample import Sample
+from anther.model.nano_edge import NanoEdge
+from anther.model.prompt import build_prompt, build_target
 
 
 @dataclass

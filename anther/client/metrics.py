@@ -20,7 +20,7 @@ from typing import Any
 
 from sklearn.metrics import f1_score, roc_auc_score
 
-from anther.simulations.datasets.sample import Sample
+from anther.core.sample import Sample
 
 
 def macro_f1(answers: Sequence[str], picked: Sequence[str]) -> float:

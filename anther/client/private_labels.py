@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from anther.server.backbone import IGNORE_INDEX, BackboneInfo, HiddenStateBackbone, Positions
+from anther.backbone.in_process import IGNORE_INDEX, BackboneInfo, HiddenStateBackbone, Positions
 
 
 def labelled_logits(head: nn.Module, hidden: torch.Tensor,
@@ -39,7 +39,7 @@ def labelled_logits(head: nn.Module, hidden: torch.Tensor,
 
 
 class PrivateLabelBackbone:
-    """The :class:`~anther.server.backbone.Backbone` protocol over a :class:`HiddenStateBackbone`
+    """The :class:`~anther.backbone.in_process.Backbone` protocol over a :class:`HiddenStateBackbone`
     and a local LM head: the same losses, gradients and scores, with no label sent."""
 
     def __init__(self, inner: HiddenStateBackbone, head: nn.Module) -> None:
@@ -50,7 +50,7 @@ class PrivateLabelBackbone:
     @classmethod
     def of_model(cls, inner: HiddenStateBackbone, model: nn.Module) -> PrivateLabelBackbone:
         """With the LM head of an MLLM loaded on this client (its family says which module)."""
-        from anther.adapters.families import family_for
+        from anther.model.families import family_for
 
         return cls(inner, family_for(model.config.model_type).backbone_parts(model)[1])
 

@@ -20,17 +20,17 @@ import transformers
 from omegaconf import DictConfig
 from torch import nn
 
-from anther.adapters.families import family_for, load_processor
-from anther.adapters.lora import LoraSettings, inject_lora
-from anther.adapters.nano_adapter import NanoAdapterConfig
-from anther.adapters.side_loading import load_side
-from anther.client.backbone_endpoint import BackboneEndpoint, endpoint_for
-from anther.client.feature_cache import FeatureCache
+from anther.backbone.endpoint import BackboneEndpoint, endpoint_for
+from anther.backbone.in_process import Backbone, LocalBackbone, checkpoint_fingerprint
 from anther.client.inference import Encoder
-from anther.client.nano_edge import NanoEdge
 from anther.client.private_labels import PrivateLabelBackbone
-from anther.server.backbone import Backbone, LocalBackbone, checkpoint_fingerprint
-from anther.simulations.config import anther_home
+from anther.core.config import anther_home
+from anther.model.families import family_for, load_processor
+from anther.model.feature_cache import FeatureCache
+from anther.model.lora import LoraSettings, inject_lora
+from anther.model.nano_adapter import NanoAdapterConfig
+from anther.model.nano_edge import NanoEdge
+from anther.model.side_loading import load_side
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -65,7 +65,7 @@ class EdgeSpec:
 def _client_side(spec: EdgeSpec, local_backbone: bool) -> tuple[Encoder, LocalBackbone | None, nn.Module | None]:
     """Processor + NanoEdge, the in-process backbone if asked for, and the LM head (for private
     labels): one load of the checkpoint, of only the modules these need
-    (:mod:`anther.adapters.side_loading`): without the local backbone the LLM's decoder layers
+    (:mod:`anther.model.side_loading`): without the local backbone the LLM's decoder layers
     are never read. With ``spec.lora`` (``mode=local``) the NanoEdge's adapters are LoRA inside
     the in-process backbone's decoder."""
     transformers.logging.set_verbosity_error()
@@ -110,7 +110,7 @@ def runtime_for(cfg: DictConfig, rank: int | None = None,
 
     ``node_config`` is this SuperNode's ``--node-config``: its ``backbone-*`` keys (token
     file, certificate, CA, address) override the run config's, see
-    :mod:`anther.client.backbone_endpoint`.
+    :mod:`anther.backbone.endpoint`.
     """
     a, fc = cfg.adapter, cfg.feature_cache
     cache_dir = (fc.dir or str(anther_home() / "feature-cache")) if fc.enabled else None

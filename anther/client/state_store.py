@@ -32,7 +32,7 @@ from flwr.app import ConfigRecord, RecordDict
 from flwr.common.serde import recorddict_from_proto, recorddict_to_proto
 from flwr.proto.recorddict_pb2 import RecordDict as ProtoRecordDict
 
-from anther.simulations.config import anther_home
+from anther.core.config import anther_home
 
 RUN_KEY = "run-key"  # round-config key: the run folder's name
 MARKER = "anther-state"  # Context.state record saying which round the state is from

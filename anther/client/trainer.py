@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import torch
 from tqdm.auto import tqdm
 
+from anther.backbone.in_process import Backbone
 from anther.client.dp import (
     DPSGD,
     clipped_sum,
@@ -24,8 +25,7 @@ from anther.client.dp import (
     privatise,
 )
 from anther.client.inference import Encoder
-from anther.server.backbone import Backbone
-from anther.simulations.datasets.sample import Sample
+from anther.core.sample import Sample
 
 # A term added to the local objective, a function of the adapters' current weights (a
 # proximal pull towards the global weights, say). Its gradient is added to the task loss's.

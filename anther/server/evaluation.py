@@ -13,7 +13,7 @@ import torch
 
 from anther.client.inference import evaluate_samples
 from anther.client.runtime import runtime_for
-from anther.simulations.data import split_samples
+from anther.data.client_data import split_samples
 
 
 class ServerEvaluator:

@@ -30,18 +30,18 @@ from flwr.serverapp import Grid
 from omegaconf import DictConfig, OmegaConf
 
 from anther.client.dp import EPSILON_METRIC
-from anther.client.local_training import TIMING_RECORD
 from anther.client.metrics import summarise_clients
 from anther.client.state_store import RUN_KEY
+from anther.client.training_round import TIMING_RECORD
+from anther.core.config import clients_per_round, to_yaml
 from anther.server.checkpoint import latest_checkpoint, save_checkpoint
 from anther.server.evaluation import ServerEvaluator
 from anther.server.round_guard import aggregate_guarded, log_problems, replies_are_masked, screen_replies
+from anther.server.run_folder import RunRecorder
 from anther.server.run_state import load_strategy_state, restore_rng, rng_state, strategy_state
-from anther.simulations.config import clients_per_round, to_yaml
-from anther.simulations.run_folder import RunRecorder
-from anther.strategies.client_dp import CLIENT_EPSILON_METRIC
 from anther.strategies.node_info import NodeAware
 from anther.strategies.privacy import with_privacy
+from anther.strategies.privacy.client_dp import CLIENT_EPSILON_METRIC
 from anther.strategies.registry import build_strategy
 
 

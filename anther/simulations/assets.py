@@ -10,9 +10,9 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from anther.adapters.tiny_model import RECIPE_VERSION, ensure_tiny
-from anther.simulations.config import anther_home
-from anther.simulations.data import dataset_dir
+from anther.core.config import anther_home
+from anther.data.client_data import dataset_dir
+from anther.model.tiny_model import RECIPE_VERSION, ensure_tiny
 
 
 def tiny_model_dir(family: str, seed: int, pretrain_steps: int) -> Path:

@@ -1,7 +1,7 @@
 """The three baselines every benchmark compares federated training against (``baseline=NAME``).
 
 All three run in one process with the same pieces as a federated run -- the runtime (NanoEdge
-+ backbone), :func:`anther.client.local_training.train_round`, the server's evaluator and each
++ backbone), :func:`anther.client.training_round.train_round`, the server's evaluator and each
 client's own-split scoring, the scenario's partitions from :func:`client_data` -- and write the
 same run folder and ``result.json`` (:class:`RunRecorder`), so the benchmark reads them like any
 strategy. No adapters travel, so adapter traffic is zero; activation traffic to the backbone is
@@ -31,18 +31,18 @@ import torch
 from flwr.app import RecordDict
 from omegaconf import DictConfig
 
-from anther.adapters.nano_adapter import NanoAdapterConfig
 from anther.client.dp import EPSILON_METRIC, spend
-from anther.client.local_training import dp_for, own_split_metrics, round_seed, train_round
 from anther.client.metrics import summarise_clients
-from anther.client.nano_edge import NanoEdge, initial_adapter_state
 from anther.client.trainer import TrainReport
+from anther.client.training_round import dp_for, own_split_metrics, round_seed, train_round
+from anther.core.config import clients_per_round
+from anther.core.sample import Sample
+from anther.data.client_data import client_data
+from anther.model.nano_adapter import NanoAdapterConfig
+from anther.model.nano_edge import NanoEdge, initial_adapter_state
 from anther.server.checkpoint import save_checkpoint
 from anther.server.evaluation import ServerEvaluator
-from anther.simulations.config import clients_per_round
-from anther.simulations.data import client_data
-from anther.simulations.datasets.sample import Sample
-from anther.simulations.run_folder import RunRecorder
+from anther.server.run_folder import RunRecorder
 
 Adapters = dict[str, torch.Tensor]
 

@@ -2,7 +2,7 @@
 
 Flower's ``Strategy`` sees only node ids. anther's round loop first sends every node a
 QUERY; each answers with its ``partition-id``, ``num-partitions`` and, when its node
-config sets one, its ``adapter-rank`` (see ``anther.client.client_app.query``). A strategy
+config sets one, its ``adapter-rank`` (see ``anther.client_app.query``). A strategy
 that needs to know its clients up front (heterogeneous ranks do) implements
 :class:`NodeAware`, and :class:`anther.server.federated_run.FederatedRun` hands it those
 answers once, before the first ``configure_train``.

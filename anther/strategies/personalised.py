@@ -35,7 +35,7 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 from torch import nn
 
-from anther.adapters.nano_adapter import NanoAdapter
+from anther.model.nano_adapter import NanoAdapter
 
 PERSONAL_STEPS, PERSONAL_MIX = "personal-steps", "personal-mix"
 

@@ -1,0 +1,1 @@
+"""The backbone: the frozen LLM, in process or behind its gRPC service."""

@@ -1,0 +1,108 @@
+"""Where a client's backbone lives and how it proves who it is: run config plus node config.
+
+The run config (the experiment YAML every message carries) says how the federation
+reaches its backbone: ``backbone.mode``, the address, the CA that signed the service's
+certificate and the wire dtype. What belongs to one site stays in that SuperNode's
+``--node-config`` and overrides the run config: its own bearer token or client
+certificate (never sent anywhere but to the backbone), and, where its network differs,
+the CA path and address. So one ``flwr run`` serves many sites, each with its own
+credentials, and a secret never travels in a Flower message. Where the ServerApp started
+several backbone replicas (``backbone.replicas``), a client dials replica
+``partition-id % replicas``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc
+from omegaconf import DictConfig
+
+from anther.backbone.certs import read_token
+from anther.backbone.remote import RemoteBackbone
+
+# node-config key -> the backbone.* key it overrides
+NODE_KEYS = {
+    "backbone-address": "address",
+    "backbone-ca": "ca_cert",
+    "backbone-token-file": "token_file",
+    "backbone-cert": "client_cert",
+    "backbone-key": "client_key",
+}
+
+
+@dataclass(frozen=True)
+class BackboneEndpoint:
+    """Everything needed to open a :class:`RemoteBackbone`; hashable, so connections can be cached."""
+
+    address: str
+    wire_dtype: str = "float32"
+    ca_cert: str | None = None  # None: no TLS (only with backbone.insecure=true)
+    token_file: str | None = None
+    client_cert: str | None = None
+    client_key: str | None = None
+    server_name: str | None = None
+    retry_s: float | None = None  # how long a call retries an unavailable service (see RemoteBackbone)
+
+    def _file(self, key: str, path: str | None) -> Path | None:
+        if path is None:
+            return None
+        if not Path(path).is_file():
+            node_key = next(k for k, v in NODE_KEYS.items() if v == key)
+            raise FileNotFoundError(f"backbone.{key}={path} does not exist on this node; set the path "
+                                    f"in the run config or in this SuperNode's --node-config ({node_key}=...)")
+        return Path(path)
+
+    def connect(self, fingerprint: str | None = None) -> RemoteBackbone:
+        """Dial the service; with ``fingerprint``, refuse one serving a different checkpoint."""
+        token_file = self._file("token_file", self.token_file)
+        try:
+            return RemoteBackbone(
+                self.address, token=read_token(token_file) if token_file else None,
+                root_cert=self._file("ca_cert", self.ca_cert),
+                client_cert=self._file("client_cert", self.client_cert),
+                client_key=self._file("client_key", self.client_key), server_name=self.server_name,
+                wire_dtype=self.wire_dtype, fingerprint=fingerprint, retry_s=self.retry_s,
+            )
+        except grpc.RpcError as e:
+            raise ConnectionError(f"backbone at {self.address}: {_explain(e)}") from e
+
+
+def _explain(error: grpc.RpcError) -> str:
+    """What a failed handshake means for whoever configured this node."""
+    code = error.code()
+    if code == grpc.StatusCode.UNAUTHENTICATED:
+        return ("refused this node's credentials; check its token file (backbone-token-file) or "
+                f"certificate (backbone-cert, backbone-key): {error.details()}")
+    if code == grpc.StatusCode.UNAVAILABLE:
+        return ("unreachable or the TLS handshake failed; check the address, that the service runs, "
+                f"and that backbone-ca names the CA that signed its certificate: {error.details()}")
+    return f"{code.name}: {error.details()}"
+
+
+def endpoint_for(cfg: DictConfig, node_config: Mapping[str, Any] | None = None) -> BackboneEndpoint | None:
+    """The endpoint a run's config and this node's config point at; None for ``backbone.mode=local``."""
+    b = cfg.backbone
+    if b.mode == "local":
+        return None
+    values = {key: b[key] for key in NODE_KEYS.values()}
+    replicas = b.get("replica_addresses") or []
+    if replicas:  # clients spread over the service's replicas by partition id (replica 0 without one)
+        values["address"] = replicas[int((node_config or {}).get("partition-id", 0)) % len(replicas)]
+    for node_key, key in NODE_KEYS.items():
+        if node_config and node_key in node_config:
+            values[key] = str(node_config[node_key])
+    if values["address"] is None:
+        raise ValueError(f"backbone.mode={b.mode} but no backbone.address reached this node: the ServerApp "
+                         "fills it in for mode=service; set it for mode=remote (or backbone-address in "
+                         "--node-config)")
+    if values["ca_cert"] is None and not b.insecure:
+        raise ValueError("the backbone is reached without TLS: set backbone.ca_cert (or backbone-ca in "
+                         "--node-config), or backbone.insecure=true on a network you trust")
+    if (values["client_cert"] is None) != (values["client_key"] is None):
+        raise ValueError("a client certificate needs its key: set both backbone-cert and backbone-key")
+    return BackboneEndpoint(wire_dtype=b.wire_dtype, server_name=b.server_name,
+                            retry_s=float(b.get("retry_s", 120.0)), **values)

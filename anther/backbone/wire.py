@@ -1,0 +1,119 @@
+"""Tensors on the wire and requests split into chunks, as ``backbone.proto`` specifies.
+
+Server and client share this module so that both sides agree byte for byte on what
+a ``Tensor`` message means. Decoding never trusts the sender: every check that keeps
+a malformed message from reaching the model raises :class:`WireError`, whose text is
+sent back to the client as the INVALID_ARGUMENT detail.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Collection, Iterable, Iterator
+from typing import TypeVar
+
+import torch
+from google.protobuf.message import Message
+
+from anther.backbone.proto import backbone_pb2 as pb
+
+# Element types the wire knows. "bool" travels as one byte and decodes to uint8, so
+# that a byte other than 0 or 1 can be caught instead of becoming an undefined bool.
+DTYPES: dict[str, torch.dtype] = {
+    "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16,
+    "int64": torch.int64, "int32": torch.int32, "bool": torch.uint8,
+}
+WIRE_DTYPES = ("float32", "bfloat16", "float16")  # embeddings and gradients
+MASK_DTYPES = ("int64", "int32", "bool")
+ID_DTYPES = ("int64", "int32")
+
+# Room left in every chunk for field tags, lengths and the other scalar fields.
+_CHUNK_OVERHEAD = 1024
+
+M = TypeVar("M", bound=Message)
+
+
+class WireError(ValueError):
+    """A message that does not follow ``backbone.proto``; the text says what is wrong."""
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
+def encode(t: torch.Tensor, dtype: str | None = None) -> pb.Tensor:
+    """``t`` as a Tensor message, converted to ``dtype`` (default: its own) first."""
+    name = dtype or dtype_name(t.dtype)
+    if name not in DTYPES:
+        raise WireError(f"dtype {name!r} cannot travel; use one of {', '.join(DTYPES)}")
+    t = t.detach().to("cpu", torch.bool if name == "bool" else DTYPES[name]).contiguous()
+    data = t.reshape(-1).view(torch.uint8).numpy().tobytes()
+    return pb.Tensor(data=data, dtype=name, shape=list(t.shape))
+
+
+def decode(msg: pb.Tensor, name: str, allowed: Collection[str], ndim: int) -> torch.Tensor:
+    """The tensor a Tensor message holds, after checking dtype, shape and byte count.
+
+    ``name`` is the field's name, used in error messages; ``allowed`` the dtypes this
+    field accepts; ``ndim`` the number of dimensions it must have.
+    """
+    if msg.dtype not in allowed:
+        raise WireError(f"{name} has dtype {msg.dtype!r}; expected one of {', '.join(allowed)}")
+    shape = list(msg.shape)
+    if len(shape) != ndim:
+        raise WireError(f"{name} has shape {shape}; expected {ndim} dimensions")
+    if any(d < 1 for d in shape):
+        raise WireError(f"{name} has shape {shape}; every dimension must be at least 1")
+    dtype = DTYPES[msg.dtype]
+    expected = math.prod(shape) * dtype.itemsize
+    if len(msg.data) != expected:
+        raise WireError(f"{name} holds {len(msg.data)} bytes of data, but shape {shape} of "
+                        f"{msg.dtype} needs {expected} (truncated or mislabelled)")
+    return torch.frombuffer(bytearray(msg.data), dtype=dtype).reshape(shape)
+
+
+def _tensor_fields(msg: Message) -> list[str]:
+    return [f.name for f in msg.DESCRIPTOR.fields if f.message_type is pb.Tensor.DESCRIPTOR]
+
+
+def chunks(msg: M, max_chunk_bytes: int) -> Iterator[M]:
+    """``msg`` split into messages of at most ``max_chunk_bytes`` each (proto: Chunking).
+
+    A message that fits is sent whole; otherwise a header (everything but tensor data)
+    comes first, then each tensor's data in pieces, one piece per chunk.
+    """
+    if msg.ByteSize() <= max_chunk_bytes:
+        yield msg
+        return
+    piece = max(1, max_chunk_bytes - _CHUNK_OVERHEAD)
+    fields = [f for f in _tensor_fields(msg) if msg.HasField(f)]  # touching an unset one would set it
+    header = type(msg)()
+    header.CopyFrom(msg)
+    for f in fields:
+        getattr(header, f).ClearField("data")
+    yield header
+    for f in fields:
+        data = getattr(msg, f).data
+        for start in range(0, len(data), piece):
+            yield type(msg)(**{f: pb.Tensor(data=data[start:start + piece])})
+
+
+def assemble(stream: Iterable[M], max_bytes: int | None = None) -> M:
+    """The whole message a stream of chunks carries; stops reading past ``max_bytes``."""
+    first: M | None = None
+    parts: dict[str, list[bytes]] = {}
+    total = 0
+    for chunk in stream:
+        total += chunk.ByteSize()
+        if max_bytes is not None and total > max_bytes:
+            raise WireError(f"request is over the limit of {max_bytes} bytes (Info.max_request_bytes)")
+        if first is None:
+            first, parts = chunk, {f: [] for f in _tensor_fields(chunk)}
+        for f, pieces in parts.items():
+            pieces.append(getattr(chunk, f).data)
+    if first is None:
+        raise WireError("empty request: the stream carried no chunks")
+    for f, pieces in parts.items():
+        if first.HasField(f):
+            getattr(first, f).data = b"".join(pieces)
+    return first

@@ -1,0 +1,58 @@
+"""One client's round of local training and its own-split evaluation, as the ClientApp and the
+baselines (:mod:`anther.simulations.baselines`) both run them.
+
+Sharing them is what makes the baselines comparable: a local-only client's round ``r`` is the
+round ``r`` a federated client would run from the same adapters (same seed, optimiser, batch
+size, clipping and DP-SGD), and every client scores itself the same way.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from omegaconf import DictConfig
+
+from anther.client.dp import DPSGD, dpsgd_for
+from anther.client.inference import evaluate_samples
+from anther.client.runtime import ClientRuntime
+from anther.client.trainer import Regulariser, TrainReport, train_adapters
+from anther.core.sample import Sample
+
+# The train reply's ConfigRecord with how long local training took (``train_seconds``): a
+# ConfigRecord, so that no strategy averages it; the round record's ``client_seconds``.
+TIMING_RECORD = "timing"
+
+
+def round_seed(seed: int, server_round: int, partition_id: int) -> int:
+    """The seed of a client's local training in a round: distinct per round and per client."""
+    return seed * 1_000_003 + server_round * 1009 + partition_id
+
+
+def dp_for(cfg: DictConfig, num_samples: int, total_steps: int) -> DPSGD | None:
+    """DP-SGD settings for a trainer that will take ``total_steps`` steps over ``num_samples``
+    samples in the whole run (None without ``privacy.dp``)."""
+    if not cfg.privacy.dp:
+        return None
+    return dpsgd_for(cfg.privacy, num_samples, cfg.train.batch_size, total_steps)
+
+
+def train_round(cfg: DictConfig, runtime: ClientRuntime, samples: list[Sample], seed: int,
+                steps: int | None = None, regularisers: Sequence[Regulariser] = (),
+                dp: DPSGD | None = None) -> TrainReport:
+    """``steps`` (default ``train.local_steps``) steps of the experiment's local training on the
+    adapters loaded in ``runtime``."""
+    t = cfg.train
+    torch.manual_seed(seed)
+    return train_adapters(runtime.encoder, runtime.backbone, samples, steps or t.local_steps, t.batch_size,
+                          t.lr, seed, t.weight_decay, t.max_grad_norm, regularisers=regularisers, dp=dp)
+
+
+def own_split_metrics(cfg: DictConfig, runtime: ClientRuntime, test_set: list[Sample],
+                      partition_id: int) -> dict[str, float]:
+    """A client's score of the adapters loaded in ``runtime`` on its own test split (multiple
+    choice only), keyed as the ClientApp replies it."""
+    metrics = evaluate_samples(runtime.encoder, runtime.backbone, test_set, generate=False,
+                               batch_size=cfg.eval.batch_size)
+    return {"num-examples": len(test_set), "partition-id": partition_id,
+            **{k: v for k, v in metrics.items() if k != "num_examples"}}

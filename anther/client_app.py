@@ -1,0 +1,151 @@
+"""The Flower ClientApp: a NanoEdge site that trains and evaluates NanoAdapters.
+
+Message handlers:
+
+- ``query``: report this node's partition and, when its node config sets one, its
+  ``adapter-rank`` (the round loop samples clients by partition id and tells node-aware
+  strategies, such as ``hetero_rank``, what it learnt);
+- ``train``: load the global adapters, run local split-learning steps, reply with the new
+  adapters, example counts (``num-examples``, ``num-image-examples``, ``num-text-examples``),
+  ``adapter-rank``, loss and traffic, with ``privacy.dp`` the epsilon it has spent so far
+  (``dp_epsilon``, from the opacus accountant kept in ``Context.state``), plus whatever the
+  round's strategy asks for;
+- ``evaluate``: score the global adapters on this client's own test split.
+
+The server sends the whole experiment config (YAML) with every message; the node's own
+config (``partition-id``, ``num-partitions``, ``data-path``, ``adapter-rank``, ``backbone-*``)
+says which data is local, how big an adapter this node trains and how it reaches the backbone. What a strategy needs beyond plain
+training (a proximal term, a Fisher, a personal adapter) it asks for with keys in the round
+config, answered by the extras of :mod:`anther.client.extras`.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+from omegaconf import DictConfig, OmegaConf
+
+from anther.client.dp import EPSILON_METRIC, spend
+from anther.client.extras import (
+    ExtraContext,
+    add_reply_records,
+    build_regularisers,
+    evaluation_view,
+    import_client_modules,
+)
+from anther.client.runtime import ClientRuntime, runtime_for
+from anther.client.state_store import folder_for, restore_state, save_state
+from anther.client.training_round import TIMING_RECORD, dp_for, own_split_metrics, round_seed, train_round
+from anther.core.sample import Sample
+from anther.data.client_data import client_data
+from anther.strategies.hetero_rank import RANK_METRIC, adapter_ranks
+from anther.strategies.privacy.client_mods import privacy_mod
+
+app = ClientApp()
+
+
+def _experiment(msg: Message) -> DictConfig:
+    return OmegaConf.create(str(msg.content["config"]["experiment"]))
+
+
+def _partition(context: Context) -> tuple[int, int]:
+    nc = context.node_config
+    return int(nc.get("partition-id", 0)), int(nc.get("num-partitions", 1))
+
+
+def _local_data(cfg: DictConfig, context: Context) -> tuple[list[Sample], list[Sample]]:
+    """This node's (train, test): its own ``data-path`` if set, else its partition of the run's data."""
+    own = context.node_config.get("data-path")
+    pid, n = _partition(context)
+    folder = Path(str(own)) if own else Path(cfg.data.path)
+    return client_data(cfg, folder, 0 if own else pid, 1 if own else n)
+
+
+def _rank(config: ConfigRecord, context: Context) -> int | None:
+    """The adapter rank to build: the one the strategy sent this node (``hetero_rank`` sends each
+    node its own), else the node config's, else None (the experiment's ``adapter.rank``)."""
+    rank = config.get(RANK_METRIC, context.node_config.get(RANK_METRIC))
+    return None if rank is None else int(rank)
+
+
+def _load(msg: Message, context: Context) -> tuple[DictConfig, ClientRuntime, dict[str, torch.Tensor]]:
+    """The experiment, the runtime at this node's rank, and the global adapters loaded into it."""
+    cfg = _experiment(msg)
+    import_client_modules(cfg)
+    runtime = runtime_for(cfg, rank=_rank(msg.content["config"], context), node_config=context.node_config)
+    received = msg.content["arrays"].to_torch_state_dict()
+    own = runtime.edge.rank
+    sent = adapter_ranks(received)
+    if any(r != own for r in sent.values()):
+        raise ValueError(f"this node trains rank-{own} adapters but the server sent ranks {sent}; "
+                         "clients of different ranks need strategy.name=hetero_rank")
+    runtime.edge.load_adapter_state(received)
+    return cfg, runtime, received
+
+
+def _modality_counts(samples: list[Sample]) -> dict[str, int]:
+    """How many samples carried each modality (an image; a text context), for modality-aware
+    aggregation. The question's tokens always pass NanoAdapter-T; they do not count as text."""
+    return {"num-image-examples": sum(s.has_image for s in samples),
+            "num-text-examples": sum(s.has_text for s in samples)}
+
+
+@app.query()
+def query(msg: Message, context: Context) -> Message:
+    pid, n = _partition(context)
+    info = ConfigRecord({"partition-id": pid, "num-partitions": n})
+    if RANK_METRIC in context.node_config:
+        info[RANK_METRIC] = int(context.node_config[RANK_METRIC])
+    return Message(RecordDict({"info": info}), reply_to=msg)
+
+
+@app.train(mods=[privacy_mod])  # client-side DP clipping and SecAgg+, when the run asks for them
+def train(msg: Message, context: Context) -> Message:
+    cfg, runtime, received = _load(msg, context)
+    config = msg.content["config"]
+    pid, _ = _partition(context)
+    kept = folder_for(config, context.node_config, pid)  # Context.state on disk, for a resumed run
+    if kept is not None:
+        restore_state(context.state, kept, int(config["server-round"]) - 1)
+    train_set, _ = _local_data(cfg, context)
+    seed = round_seed(cfg.seed, int(config["server-round"]), pid)
+    ctx = ExtraContext(config, cfg, runtime, train_set, received, context.state, seed)
+    dp = dp_for(cfg, len(train_set), cfg.federation.rounds * cfg.train.local_steps)
+    began = time.perf_counter()
+    report = train_round(cfg, runtime, train_set, seed, regularisers=build_regularisers(ctx), dp=dp)
+    train_seconds = time.perf_counter() - began
+    metrics = MetricRecord({
+        "num-examples": len(train_set),
+        **_modality_counts(train_set),
+        RANK_METRIC: runtime.edge.rank,
+        "partition-id": pid,
+        "train_loss": report.loss,
+        "activation_bytes_up": report.activation_bytes_up,
+        "activation_bytes_down": report.activation_bytes_down,
+    })
+    if dp is not None:  # the epsilon this node has spent in the run so far
+        metrics[EPSILON_METRIC] = spend(context.state, cfg.privacy, dp, report.steps)
+    content = RecordDict({"arrays": ArrayRecord(runtime.edge.adapter_state()), "metrics": metrics,
+                          TIMING_RECORD: ConfigRecord({"train_seconds": train_seconds})})
+    add_reply_records(ctx, content)
+    if kept is not None:
+        save_state(context.state, kept, int(config["server-round"]))
+    return Message(content, reply_to=msg)
+
+
+@app.evaluate()
+def evaluate(msg: Message, context: Context) -> Message:
+    cfg, runtime, received = _load(msg, context)
+    pid, _ = _partition(context)
+    kept = folder_for(msg.content["config"], context.node_config, pid)
+    if kept is not None:
+        restore_state(context.state, kept, int(msg.content["config"]["server-round"]))
+    _, test_set = _local_data(cfg, context)
+    ctx = ExtraContext(msg.content["config"], cfg, runtime, test_set, received, context.state, cfg.seed)
+    with evaluation_view(ctx):
+        metrics = own_split_metrics(cfg, runtime, test_set, pid)
+    return Message(RecordDict({"metrics": MetricRecord(metrics)}), reply_to=msg)

@@ -1,0 +1,1 @@
+"""The neutral core: the config schema, the message protocol, the Sample record."""

@@ -1,0 +1,551 @@
+"""The experiment configuration: one Hydra schema for `flwr run`, `anther simulate` and the benchmarks.
+
+Experiments are YAML files in ``anther/configs/`` composed over the
+structured schema below, so a misspelt key or a wrong type is rejected by Hydra
+with the key's name, and :func:`validate` rejects out-of-range values the same way.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from hydra import compose, initialize_config_dir
+from hydra.core.config_store import ConfigStore
+from omegaconf import DictConfig, OmegaConf
+
+CONFIG_DIR = Path(__file__).parents[1] / "configs"
+BACKBONE_MODES = ("local", "service", "remote")
+WIRE_DTYPES = ("float32", "bfloat16", "float16")
+QUANTIZATIONS = ("none", "8bit", "4bit")  # the backbone's, through bitsandbytes (anther/backbone/quantization.py)
+PRIVACY_ACCOUNTANTS = ("rdp", "prv")  # opacus accountants that compose (noise, rate, steps) histories
+WILDCARD_HOSTS = ("0.0.0.0", "::", "[::]")  # listen on every interface
+PARTITION_SCHEMES = ("iid", "dirichlet", "domain", "quantity")  # anther/data/scenarios.py
+MODALITY_SCENARIOS = ("full", "missing", "cross", "hybrid")
+MODES = ("split", "local")  # docs/local-mode.md
+BASELINES = ("none", "zero_shot", "local_only", "centralised")  # anther/simulations/baselines.py
+
+
+def anther_home() -> Path:
+    """Where models, data and runs go by default (``$ANTHER_HOME``, else ``~/.cache/anther``)."""
+    return Path(os.environ.get("ANTHER_HOME", Path.home() / ".cache" / "anther")).expanduser()
+
+
+@dataclass
+class ModelConfig:
+    path: str | None = None  # HF checkpoint directory; None = anther's tiny model (made if missing)
+    dtype: str = "float32"
+    device: str = "cpu"  # where the backbone service runs the LLM: cpu, cuda, cuda:N (clients run on CPU)
+    tiny_family: str = "llava"  # the tiny model's family (anther.model.families); only llava is pretrained
+    tiny_seed: int = 0
+    tiny_pretrain_steps: int = 2500
+
+
+@dataclass
+class DataConfig:
+    path: str | None = None  # data set folder; None = built-in ShapesVQA
+    # layout of data.path: anther, scienceqa, iconqa, hateful_memes, crisismmd, vqa_rad, slake, llava
+    # (anther/data/formats/registry.py; each loader's module says which files it reads)
+    format: str = "anther"
+    train_split: str = "train"  # the format's name of the split clients train on
+    test_split: str = "test"  # ... and of the server's held-out split
+    skip_bad: bool = False  # skip malformed records / missing images (and report the count) instead of failing
+    train_size: int = 4000
+    test_size: int = 400  # server-side held-out set
+    seed: int = 0
+    client_test_fraction: float = 0.2
+    modality_agnostic_prompt: bool = False  # FedMLLM prompt augmentation
+
+
+@dataclass
+class PartitionConfig:
+    scheme: str = "iid"  # iid | dirichlet (label skew) | domain (one visual domain per client) | quantity
+    alpha: float = 0.5  # Dirichlet concentration: of labels (dirichlet) or of client sizes (quantity)
+    seed: int = 0  # the split and the scenario's modality drops are deterministic in it
+
+
+@dataclass
+class ScenarioConfig:
+    """Modality heterogeneity on top of the partition (FedMLLM's scenarios).
+
+    Named scenarios are the files of ``configs/scenario/`` (``scenario=missing_b30``); each
+    sets this section and the partition it builds on. See anther/data/scenarios.py.
+    """
+
+    name: str = "iid"
+    modality: str = "full"  # full | missing | cross | hybrid
+    missing_rate: float = 0.0  # missing: each modality of each sample dropped with this probability (beta)
+    image_share: float = 0.5  # cross: share of clients that are image-only (I / (I + T)); the rest text-only
+    presence: float = 1.0  # hybrid: each client holds each modality with this probability (p)
+
+
+@dataclass
+class FederationConfig:
+    num_clients: int = 10
+    rounds: int = 5
+    fraction_train: float = 1.0
+    min_train_clients: int = 2
+    round_timeout_s: float = 1800.0
+    client_eval_every: int = 0  # 0 = client-side evaluation after the last round only
+    # A round aggregates when at least this many updates passed the checks (docs/reliability.md);
+    # with fewer it is skipped: the global adapters stay as they were and the run goes on.
+    min_replies: int = 1
+    # Reject an update whose norm is more than this many times the round's median (None: off).
+    outlier_factor: float | None = 10.0
+    # Simulation only: Ray resources per ClientApp (Flower's client-resources-num-cpus / -num-gpus).
+    # Clients run at once = CPUs (GPUs) / these; None keeps Flower's default (2 CPUs, no GPU).
+    # A ClientApp computes on one torch thread (client/runtime.py), so one CPU each keeps every
+    # core busy; Flower's 2 left one of two cores idle while a client waited for the backbone.
+    # With a GPU per client half or a quarter of one (0.5, 0.25) packs several on each
+    # (docs/performance.md, multi-GPU).
+    client_cpus: int | None = 1
+    client_gpus: float | None = None
+
+
+@dataclass
+class TrainConfig:
+    local_steps: int = 20
+    batch_size: int = 16
+    lr: float = 3e-3
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0
+
+
+@dataclass
+class AdapterConfig:
+    rank: int = 16
+    alpha: float = 16.0
+    activation: str = "gelu"
+
+
+@dataclass
+class LoraConfig:
+    """``mode=local`` only: LoRA inside the LLM's decoder, trained on the client (peft), as
+    FedMLLM and OpenFedLLM do: by default rank 16 on the attention projections, what
+    ``anther model report`` counts for local mode."""
+
+    rank: int = 16
+    alpha: float = 32.0
+    dropout: float = 0.0
+    target_modules: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
+
+
+@dataclass
+class FeatureCacheConfig:
+    """Each client's on-disk cache of frozen image features, reused across steps and rounds
+    (anther/model/feature_cache.py). Off by default, since it writes to the client's disk; on
+    the tiny model it saves 10-22% of round time (docs/performance.md), on a real vision encoder
+    more, since the encoder is most of a client's compute."""
+
+    enabled: bool = False
+    dir: str | None = None  # None = $ANTHER_HOME/feature-cache
+    max_mb: float = 1024.0  # least recently used entries are deleted beyond this
+
+
+@dataclass
+class EvalConfig:
+    server_test_size: int = 400
+    generate: bool = True
+    max_new_tokens: int = 3
+    batch_size: int = 128
+
+
+@dataclass
+class BackboneConfig:
+    """Where the frozen LLM runs and how clients reach it (docs/deployment.md).
+
+    ``local``: every client process loads its own copy next to its NanoEdge (no network).
+    ``service``: the ServerApp starts the backbone service in a child process and tells the
+    clients its address and credentials through the run's config.
+    ``remote``: clients and the server's evaluator dial a service already running at ``address``
+    (``anther backbone serve``). Per-site credentials go in each SuperNode's ``--node-config``
+    (``backbone-token-file``, ``backbone-ca``, ``backbone-cert``, ``backbone-key``,
+    ``backbone-address``) and win over the values here.
+    """
+
+    mode: str = "local"  # local | service | remote
+    address: str | None = None  # service: host:port to listen on (None = 127.0.0.1, free port); remote: to dial
+    advertise_address: str | None = None  # service: host:port clients dial, if not ``address``
+    wire_dtype: str = "float32"  # embeddings up, gradients down: float32 | bfloat16 | float16
+    batching: bool = True
+    window_ms: float = 5.0
+    max_batch: int = 32  # sequences per batched pass
+    quantization: str = "none"  # service / remote: none | 8bit | 4bit, bitsandbytes on a CUDA model.device
+    # service: backbone processes the ServerApp starts, replica i on devices[i] (default: all on
+    # model.device, e.g. [cuda:0, cuda:1]); simulated clients are spread over them by partition id
+    replicas: int = 1
+    devices: list[str] | None = None
+    # host:port of every replica: the ServerApp fills it in for mode=service; for mode=remote, list
+    # several running services to spread the clients over them
+    replica_addresses: list[str] | None = None
+    tls_dir: str | None = None  # service: folder from `anther certs`; None = a fresh CA + token per run
+    ca_cert: str | None = None  # CA that signed the service's certificate (enables TLS)
+    token_file: str | None = None  # file holding this side's bearer token
+    client_cert: str | None = None  # this side's certificate, for a service that requires mutual TLS
+    client_key: str | None = None
+    server_name: str | None = None  # TLS name to expect when the address does not carry it
+    insecure: bool = False  # remote without TLS: only on a network you trust
+    startup_timeout_s: float = 300.0  # service: how long the ServerApp waits for it to load
+    retry_s: float = 120.0  # service/remote: how long a client retries an unavailable backbone (a restart)
+    # keep labels on the client: it computes the LM head and the loss from the backbone's hidden
+    # states (anther/client/private_labels.py; cost in docs/what-leaves-a-client.md)
+    private_labels: bool = False
+
+
+@dataclass
+class ClientLevelDPConfig:
+    """Client-level DP: Flower's DP strategy wrappers (anther/strategies/privacy/client_dp.py; docs/privacy.md).
+
+    ``mode``: off | server_fixed | server_adaptive | client_fixed | client_adaptive. Noise of std
+    ``noise_multiplier * clipping_norm / m`` (m = clients sampled per round) goes on the aggregate;
+    ``clipping_norm`` is the fixed norm, or the initial one of the adaptive modes.
+    """
+
+    mode: str = "off"
+    noise_multiplier: float = 1.0
+    clipping_norm: float = 1.0
+    target_clipped_quantile: float = 0.5  # adaptive: the share of updates to clip
+    clip_norm_lr: float = 0.2  # adaptive: geometric update rate of the norm
+    clipped_count_stddev: float | None = None  # adaptive: noise on the clipped count (None: m / 20)
+
+
+@dataclass
+class SecAggConfig:
+    """Secure aggregation with SecAgg+ (anther/strategies/privacy/secure_aggregation.py; docs/privacy.md).
+
+    ``num_shares`` and ``reconstruction_threshold`` in (0, 1] are fractions (of the sampled clients,
+    of the shares), above 1 counts. Each client's weighted update is quantised to
+    ``quantization_range`` levels over [-clipping_range, clipping_range] and masked modulo
+    ``modulus_range``; weights (sample counts) are divided by ``max_weight`` first.
+    """
+
+    enabled: bool = False
+    num_shares: float = 1.0
+    reconstruction_threshold: float = 0.5
+    clipping_range: float = 8.0
+    quantization_range: int = 4194304  # 2**22
+    modulus_range: int = 4294967296  # 2**32
+    max_weight: float = 1000.0
+
+
+@dataclass
+class PrivacyConfig:
+    """Sample-level DP-SGD on each client's NanoAdapters (:mod:`anther.client.dp`).
+
+    Give either ``noise_multiplier`` or ``target_epsilon``: with a target, each client picks the
+    smallest noise that keeps its ``federation.rounds * train.local_steps`` steps at its own
+    sample rate (``train.batch_size`` / its samples) within (target_epsilon, delta).
+    """
+
+    dp: bool = False
+    noise_multiplier: float | None = None  # noise std / max_grad_norm
+    target_epsilon: float | None = None
+    delta: float = 1e-5
+    max_grad_norm: float = 1.0  # per-sample clipping bound (replaces train.max_grad_norm)
+    accountant: str = "rdp"  # opacus accountant: rdp | prv
+    client_level: ClientLevelDPConfig = field(default_factory=ClientLevelDPConfig)
+    secagg: SecAggConfig = field(default_factory=SecAggConfig)
+
+
+@dataclass
+class ExperimentConfig:
+    name: str = "default"
+    seed: int = 0
+    output_dir: str | None = None  # None = $ANTHER_HOME/runs
+    run_dir: str | None = None  # the run's exact folder (the benchmark's cells); None = output_dir/<name>-<time>
+    # none = federated training with `strategy`; zero_shot | local_only | centralised: that baseline
+    # instead, on the same data, scenario and step budget (anther/simulations/baselines.py)
+    baseline: str = "none"
+    # split: NanoEdge clients train NanoAdapters against the frozen backbone (the default);
+    # local: each client holds the whole MLLM and trains LoRA in its LLM (`lora`), nothing exchanged
+    mode: str = "split"
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    partition: PartitionConfig = field(default_factory=PartitionConfig)
+    scenario: ScenarioConfig = field(default_factory=ScenarioConfig)
+    federation: FederationConfig = field(default_factory=FederationConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    adapter: AdapterConfig = field(default_factory=AdapterConfig)
+    lora: LoraConfig = field(default_factory=LoraConfig)
+    strategy: dict[str, Any] = field(default_factory=lambda: {"name": "fedavg"})
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    feature_cache: FeatureCacheConfig = field(default_factory=FeatureCacheConfig)
+    backbone: BackboneConfig = field(default_factory=BackboneConfig)
+    privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
+
+
+ConfigStore.instance().store(name="anther_schema", node=ExperimentConfig)
+
+
+class ConfigError(ValueError):
+    """An experiment config value is out of range; the message names the key."""
+
+
+def _check(ok: bool, key: str, value: object, need: str) -> None:
+    if not ok:
+        raise ConfigError(f"config value {key}={value!r} is invalid: {need}")
+
+
+def validate(cfg: DictConfig) -> DictConfig:
+    """Range checks Hydra's types cannot express."""
+    f, t, d = cfg.federation, cfg.train, cfg.data
+    _check(f.num_clients >= 1, "federation.num_clients", f.num_clients, "must be >= 1")
+    _check(f.rounds >= 1, "federation.rounds", f.rounds, "must be >= 1")
+    _check(0 < f.fraction_train <= 1, "federation.fraction_train", f.fraction_train, "must be in (0, 1]")
+    _check(f.min_train_clients >= 1, "federation.min_train_clients", f.min_train_clients, "must be >= 1")
+    _check(1 <= f.min_replies <= f.num_clients, "federation.min_replies", f.min_replies,
+           f"must be in [1, federation.num_clients={f.num_clients}]")
+    _check(f.outlier_factor is None or f.outlier_factor > 1, "federation.outlier_factor", f.outlier_factor,
+           "must be > 1 (a multiple of the round's median update norm), or null to turn the check off")
+    for key in ("client_cpus", "client_gpus"):
+        _check(f[key] is None or f[key] >= 0, f"federation.{key}", f[key], "must be >= 0 (or null)")
+    _check(f.client_cpus != 0, "federation.client_cpus", f.client_cpus, "must be > 0 (or null)")
+    _check(t.local_steps >= 1, "train.local_steps", t.local_steps, "must be >= 1")
+    _check(t.batch_size >= 1, "train.batch_size", t.batch_size, "must be >= 1")
+    _check(t.lr > 0, "train.lr", t.lr, "must be > 0")
+    _check(cfg.adapter.rank >= 1, "adapter.rank", cfg.adapter.rank, "must be >= 1")
+    _check(0 <= d.client_test_fraction < 1, "data.client_test_fraction", d.client_test_fraction,
+           "must be in [0, 1)")
+    _check(d.train_size >= f.num_clients, "data.train_size", d.train_size,
+           f"must be at least federation.num_clients ({f.num_clients})")
+    _check(cfg.partition.scheme in PARTITION_SCHEMES, "partition.scheme", cfg.partition.scheme,
+           f"must be one of {', '.join(PARTITION_SCHEMES)}")
+    _check(cfg.partition.alpha > 0, "partition.alpha", cfg.partition.alpha, "must be > 0")
+    _validate_scenario(cfg.scenario)
+    _check(d.format in data_formats(), "data.format", d.format,
+           f"must be one of {', '.join(data_formats())}")
+    _check(cfg.model.dtype in ("float32", "bfloat16", "float16"), "model.dtype", cfg.model.dtype,
+           "must be float32, bfloat16 or float16")
+    _check(cfg.model.tiny_family in model_families(), "model.tiny_family", cfg.model.tiny_family,
+           f"must be one of {', '.join(model_families())}")
+    _check(cfg.model.tiny_family == "llava" or cfg.model.tiny_pretrain_steps == 0 or cfg.model.path,
+           "model.tiny_pretrain_steps", cfg.model.tiny_pretrain_steps,
+           f"must be 0 for model.tiny_family={cfg.model.tiny_family} (the pretraining recipe is LLaVA's)")
+    _check(cfg.feature_cache.max_mb > 0, "feature_cache.max_mb", cfg.feature_cache.max_mb, "must be > 0")
+    _validate_backbone(cfg.backbone)
+    _validate_privacy(cfg.privacy, cfg.strategy)
+    _validate_client_level(cfg)
+    _validate_secagg(cfg)
+    _check(cfg.baseline in BASELINES, "baseline", cfg.baseline, f"must be one of {', '.join(BASELINES)}")
+    _validate_mode(cfg)
+    _check("name" in cfg.strategy or "_target_" in cfg.strategy, "strategy", dict(cfg.strategy),
+           "needs a 'name' (built-in) or a '_target_' (your own class)")
+    return cfg
+
+
+# what a client in mode=local cannot do, and why: (key, bad value, reason)
+LOCAL_MODE_EXCLUDES = (
+    ("backbone.mode", ("service", "remote"),
+     "the client holds the whole model, so there is no backbone to serve; set backbone.mode=local"),
+    ("privacy.dp", (True,), "DP-SGD clips per-sample gradients of the NanoAdapters, not of LoRA in the LLM"),
+    ("backbone.private_labels", (True,), "the labels never leave a client that holds the whole model"),
+    ("strategy.name", ("hetero_rank", "personalised"), "that strategy works on NanoAdapters"),
+)
+
+
+def _validate_mode(cfg: DictConfig) -> None:
+    _check(cfg.mode in MODES, "mode", cfg.mode, f"must be one of {', '.join(MODES)}")
+    if cfg.mode != "local":
+        return
+    lora = cfg.lora
+    _check(lora.rank >= 1, "lora.rank", lora.rank, "must be >= 1")
+    _check(0 <= lora.dropout < 1, "lora.dropout", lora.dropout, "must be in [0, 1)")
+    _check(len(lora.target_modules) > 0, "lora.target_modules", list(lora.target_modules),
+           "must name at least one module of the LLM (e.g. q_proj)")
+    for key, bad, reason in LOCAL_MODE_EXCLUDES:
+        value = OmegaConf.select(cfg, key)
+        _check(value not in bad, key, value, f"cannot go with mode=local: {reason}")
+
+
+def simulation_resources(f: DictConfig) -> dict[str, str]:
+    """``flwr run --federation-config`` keys for the Ray resources of each ClientApp."""
+    keys = {"client_cpus": "client-resources-num-cpus", "client_gpus": "client-resources-num-gpus"}
+    return {flag: str(f[key]) for key, flag in keys.items() if f[key] is not None}
+
+
+def clients_per_round(f: DictConfig, available: int) -> int:
+    """How many clients a round trains: ``fraction_train`` of those available, at least
+    ``min_train_clients``, at most all of them."""
+    return min(available, max(f.min_train_clients, round(f.fraction_train * available)))
+
+
+def _validate_scenario(s: DictConfig) -> None:
+    _check(s.modality in MODALITY_SCENARIOS, "scenario.modality", s.modality,
+           f"must be one of {', '.join(MODALITY_SCENARIOS)}")
+    for key in ("missing_rate", "image_share", "presence"):
+        _check(0 <= s[key] <= 1, f"scenario.{key}", s[key], "must be in [0, 1]")
+
+
+def model_families() -> tuple[str, ...]:
+    """Names ``model.tiny_family`` accepts (imported late: the families pull in transformers)."""
+    from anther.model.families import FAMILIES
+
+    return tuple(sorted(FAMILIES))
+
+
+def data_formats() -> tuple[str, ...]:
+    """Names ``data.format`` accepts (imported late: the loaders pull in pyarrow and datasets)."""
+    from anther.data.formats.registry import FORMATS
+
+    return tuple(FORMATS)
+
+
+def _validate_backbone(b: DictConfig) -> None:
+    _check(b.mode in BACKBONE_MODES, "backbone.mode", b.mode, f"must be one of {', '.join(BACKBONE_MODES)}")
+    _check(b.wire_dtype in WIRE_DTYPES, "backbone.wire_dtype", b.wire_dtype,
+           f"must be one of {', '.join(WIRE_DTYPES)}")
+    _check(b.window_ms >= 0, "backbone.window_ms", b.window_ms, "must be >= 0")
+    _check(b.max_batch >= 1, "backbone.max_batch", b.max_batch, "must be >= 1")
+    _check(b.replicas >= 1, "backbone.replicas", b.replicas, "must be >= 1")
+    _check(b.replicas == 1 or b.mode == "service", "backbone.replicas", b.replicas,
+           "more than 1 needs backbone.mode=service (the ServerApp starts the replicas)")
+    _check(not b.replica_addresses or all(_is_host_port(a) for a in b.replica_addresses),
+           "backbone.replica_addresses", b.replica_addresses, "must be a list of host:port")
+    _check(b.devices is None or len(b.devices) == b.replicas, "backbone.devices", b.devices,
+           f"must name one device per replica (backbone.replicas={b.replicas})")
+    _check(b.quantization in QUANTIZATIONS, "backbone.quantization", b.quantization,
+           f"must be one of {', '.join(QUANTIZATIONS)}")
+    _check(b.quantization == "none" or b.mode != "local", "backbone.quantization", b.quantization,
+           "needs backbone.mode=service or remote: an in-process backbone shares its weights with the NanoEdge")
+    _check(b.startup_timeout_s > 0, "backbone.startup_timeout_s", b.startup_timeout_s, "must be > 0")
+    _check(b.retry_s >= 0, "backbone.retry_s", b.retry_s, "must be >= 0")
+    for key in ("address", "advertise_address"):
+        _check(b[key] is None or _is_host_port(b[key]), f"backbone.{key}", b[key], "must be host:port")
+    listens_everywhere = b.address is not None and split_address(b.address)[0] in WILDCARD_HOSTS
+    _check(not (b.mode == "service" and listens_everywhere and b.advertise_address is None),
+           "backbone.advertise_address", b.advertise_address,
+           f"must say which host:port clients dial when the service listens on {b.address}")
+    _check(b.mode != "remote" or b.address is not None, "backbone.address", b.address,
+           "must be set (host:port of a running `anther backbone serve`) when backbone.mode=remote")
+    _check(b.mode != "remote" or b.insecure or b.ca_cert is not None, "backbone.ca_cert", b.ca_cert,
+           "must name the CA that signed the service's certificate when backbone.mode=remote "
+           "(or set backbone.insecure=true on a network you trust)")
+    _check((b.client_cert is None) == (b.client_key is None), "backbone.client_key", b.client_key,
+           "backbone.client_cert and backbone.client_key go together")
+
+
+def _check_weighted_mean(strategy: DictConfig, key: str, value: object) -> None:
+    """A built-in strategy named in ``strategy.name`` must aggregate by a weighted mean for DP
+    wrappers and SecAgg+ (``_target_`` strategies are checked when the run builds them)."""
+    from anther.strategies.registry import STRATEGIES
+    from anther.strategies.weighted_mean import is_weighted_mean
+
+    name = strategy.get("name")
+    _check(name not in STRATEGIES or is_weighted_mean(STRATEGIES[name]), key, value,
+           f"cannot go with strategy.name={name}: it does not aggregate by a weighted mean of the "
+           "adapters (its clients send data-dependent extras, or it needs each client's own update)")
+
+
+def _validate_client_level(cfg: DictConfig) -> None:
+    from anther.strategies.privacy.client_dp import MODES, SERVER_MODES, sampled_per_round
+
+    c = cfg.privacy.client_level
+    _check(c.mode in MODES, "privacy.client_level.mode", c.mode, f"must be one of {', '.join(MODES)}")
+    if c.mode == "off":
+        return
+    _check_weighted_mean(cfg.strategy, "privacy.client_level.mode", c.mode)
+    _check(c.noise_multiplier >= 0, "privacy.client_level.noise_multiplier", c.noise_multiplier, "must be >= 0")
+    _check(c.clipping_norm > 0, "privacy.client_level.clipping_norm", c.clipping_norm, "must be > 0")
+    _check(0 <= c.target_clipped_quantile <= 1, "privacy.client_level.target_clipped_quantile",
+           c.target_clipped_quantile, "must be in [0, 1]")
+    _check(c.clip_norm_lr > 0, "privacy.client_level.clip_norm_lr", c.clip_norm_lr, "must be > 0")
+    _check(0 < cfg.privacy.delta < 1, "privacy.delta", cfg.privacy.delta, "must be in (0, 1)")
+    _check(not (cfg.privacy.secagg.enabled and c.mode in SERVER_MODES), "privacy.client_level.mode", c.mode,
+           "cannot clip on the server under privacy.secagg.enabled=true (the server never sees an "
+           "update); use client_fixed or client_adaptive")
+    if c.mode.endswith("adaptive") and c.noise_multiplier > 0:
+        m = sampled_per_round(cfg.federation)
+        stddev = m / 20 if c.clipped_count_stddev is None else c.clipped_count_stddev
+        _check(c.noise_multiplier < 2 * stddev, "privacy.client_level.clipped_count_stddev", c.clipped_count_stddev,
+               f"must exceed noise_multiplier / 2 = {c.noise_multiplier / 2} (default: {m} sampled clients / 20): "
+               "adaptive clipping spends part of the noise on the clipped count")
+
+
+def _validate_secagg(cfg: DictConfig) -> None:
+    from anther.strategies.privacy.client_dp import sampled_per_round
+
+    s = cfg.privacy.secagg
+    if not s.enabled:
+        return
+    _check_weighted_mean(cfg.strategy, "privacy.secagg.enabled", s.enabled)
+    m = sampled_per_round(cfg.federation)
+    _check(m >= 2, "federation.min_train_clients", cfg.federation.min_train_clients,
+           "secure aggregation needs at least 2 clients per round")
+    for key in ("num_shares", "reconstruction_threshold"):
+        v = s[key]
+        _check(0 < v <= 1 or float(v).is_integer(), f"privacy.secagg.{key}", v,
+               "must be a fraction in (0, 1] or a whole count")
+    _check(s.num_shares <= 1 or s.num_shares > 2, "privacy.secagg.num_shares", s.num_shares,
+           "as a count must be > 2 (or a fraction)")
+    _check(s.clipping_range > 0, "privacy.secagg.clipping_range", s.clipping_range, "must be > 0")
+    _check(s.max_weight > 0, "privacy.secagg.max_weight", s.max_weight, "must be > 0")
+    _check(s.modulus_range > 0 and s.modulus_range & (s.modulus_range - 1) == 0 and s.modulus_range <= 2**32,
+           "privacy.secagg.modulus_range", s.modulus_range, "must be a power of 2, at most 2**32")
+    _check(0 < s.quantization_range and m * s.quantization_range < s.modulus_range,
+           "privacy.secagg.quantization_range", s.quantization_range,
+           f"times the {m} clients summed per round must stay below privacy.secagg.modulus_range="
+           f"{s.modulus_range} (or the sum wraps around)")
+
+
+def _validate_privacy(p: DictConfig, strategy: DictConfig) -> None:
+    if not p.dp:
+        return
+    _check(strategy.get("name") != "fisher", "privacy.dp", p.dp,
+           "cannot go with strategy.name=fisher: each client would send a Fisher computed from its "
+           "data without DP noise")
+    _check((p.noise_multiplier is None) != (p.target_epsilon is None), "privacy.noise_multiplier",
+           p.noise_multiplier, f"give exactly one of privacy.noise_multiplier and privacy.target_epsilon "
+           f"(target_epsilon={p.target_epsilon}) when privacy.dp=true")
+    _check(p.noise_multiplier is None or p.noise_multiplier >= 0, "privacy.noise_multiplier",
+           p.noise_multiplier, "must be >= 0")
+    _check(p.target_epsilon is None or p.target_epsilon > 0, "privacy.target_epsilon", p.target_epsilon,
+           "must be > 0")
+    _check(0 < p.delta < 1, "privacy.delta", p.delta, "must be in (0, 1)")
+    _check(p.max_grad_norm > 0, "privacy.max_grad_norm", p.max_grad_norm, "must be > 0")
+    _check(p.accountant in PRIVACY_ACCOUNTANTS, "privacy.accountant", p.accountant,
+           f"must be one of {', '.join(PRIVACY_ACCOUNTANTS)}")
+    _check(p.accountant != "prv" or p.noise_multiplier != 0, "privacy.noise_multiplier", p.noise_multiplier,
+           "must be > 0 with privacy.accountant=prv (no noise is no privacy: epsilon is infinite, "
+           "which only the rdp accountant reports)")
+
+
+def split_address(address: str) -> tuple[str, int]:
+    """``host:port`` -> (host, port); IPv6 hosts keep their brackets (``[::1]:50051``)."""
+    host, _, port = address.rpartition(":")
+    return host, int(port)
+
+
+def _is_host_port(address: str) -> bool:
+    host, _, port = address.rpartition(":")
+    return bool(host) and port.isdigit() and int(port) < 65536
+
+
+def load_config(experiment: str = "default", overrides: list[str] | str | None = None) -> DictConfig:
+    """Compose ``configs/<experiment>.yaml`` with Hydra overrides (a list or one string)."""
+    if isinstance(overrides, str):
+        overrides = shlex.split(overrides)
+    if not (CONFIG_DIR / f"{experiment}.yaml").is_file():
+        known = sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
+        raise ConfigError(f"unknown experiment {experiment!r}; known: {known}")
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        cfg = compose(config_name=experiment, overrides=list(overrides or []))
+    return validate(cfg)
+
+
+def load_run_config(run_dir: Path | str) -> DictConfig:
+    """The config of an earlier run, from its ``config.yaml``, pointed at that same folder
+    (``run_dir``): what ``--resume RUN_DIR`` continues with."""
+    path = Path(run_dir).expanduser() / "config.yaml"
+    if not path.is_file():
+        raise ConfigError(f"resume: {path} does not exist; give the folder of an earlier run "
+                          "(it holds config.yaml, result.json and checkpoints/)")
+    cfg = OmegaConf.merge(OmegaConf.structured(ExperimentConfig), OmegaConf.load(path))
+    cfg.run_dir = str(path.parent.resolve())
+    return validate(cfg)
+
+
+def to_yaml(cfg: DictConfig) -> str:
+    return OmegaConf.to_yaml(cfg, resolve=True)

@@ -1,0 +1,90 @@
+"""Where a run's data comes from and what each client holds of it.
+
+The built-in ShapesVQA set is written once to disk in anther's own format
+(``anther/core/sample.py``), so simulated clients read exactly
+what a deployed client with its own folder would; other layouts (ScienceQA,
+Hateful-Memes, ...) are read by the loader ``data.format`` names. What each client
+holds is the run's heterogeneity scenario (``anther/data/scenarios.py``).
+"""
+
+from __future__ import annotations
+
+import random
+import sys
+from functools import lru_cache
+from pathlib import Path
+
+from filelock import FileLock
+from omegaconf import DictConfig
+
+from anther.core.config import anther_home
+from anther.core.sample import Sample, write_split
+from anther.data import shapes_vqa
+from anther.data.formats.registry import load_samples
+from anther.data.scenarios import apply_modalities, modality_plans, partition_indices
+
+
+def builtin_dir(train_size: int, test_size: int, seed: int) -> Path:
+    return anther_home() / "data" / f"shapes_vqa-v{shapes_vqa.VERSION}-seed{seed}-train{train_size}-test{test_size}"
+
+
+def prepare_builtin(train_size: int, test_size: int, seed: int) -> Path:
+    """Generate ShapesVQA train/test splits on disk unless they are already there."""
+    folder = builtin_dir(train_size, test_size, seed)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(folder) + ".lock"):
+        if not (folder / "test.jsonl").is_file():
+            tmp = folder.with_name(folder.name + ".tmp")
+            write_split(shapes_vqa.generate(train_size, seed, prefix="train"), tmp, "train")
+            write_split(shapes_vqa.generate(test_size, seed + 1_000_003, prefix="test"), tmp, "test")
+            tmp.rename(folder)
+    return folder
+
+
+def dataset_dir(cfg: DictConfig) -> Path:
+    """The data folder a run uses: ``data.path`` if given, else the built-in set."""
+    if cfg.data.path:
+        folder = Path(cfg.data.path).expanduser()
+        if cfg.data.format == "anther" and not (folder / f"{cfg.data.train_split}.jsonl").is_file():
+            raise FileNotFoundError(f"data.path={folder} has no {cfg.data.train_split}.jsonl (see the on-disk "
+                                    "format in the README, or set data.format for another layout)")
+        if not folder.is_dir():
+            raise FileNotFoundError(f"data.path={folder} is not a folder (data.format={cfg.data.format})")
+        return folder
+    if cfg.data.format != "anther":
+        raise ValueError(f"data.format={cfg.data.format} needs data.path (the folder the data set is in)")
+    return prepare_builtin(cfg.data.train_size, cfg.data.test_size, cfg.data.seed)
+
+
+@lru_cache(maxsize=4)
+def load_split(folder: str, split: str, data_format: str = "anther", skip_bad: bool = False) -> tuple[Sample, ...]:
+    """Read a split once per process (simulated clients in one worker share it); with ``skip_bad``
+    the bad records it skipped are reported on stderr, never dropped silently."""
+    samples, skipped = load_samples(data_format, Path(folder), split, skip_bad)
+    if skipped:
+        print(f"anther: skipped {skipped} bad record(s) of {data_format} split {split!r} in {folder} "
+              "(data.skip_bad=true)", file=sys.stderr)
+    return tuple(samples)
+
+
+def split_samples(cfg: DictConfig, folder: Path, which: str) -> tuple[Sample, ...]:
+    """The run's ``train`` or ``test`` samples: the split ``data.train_split`` / ``data.test_split``
+    of ``folder`` read as ``data.format``."""
+    split = {"train": cfg.data.train_split, "test": cfg.data.test_split}[which]
+    return load_split(str(folder), split, cfg.data.format, cfg.data.skip_bad)
+
+
+def client_data(cfg: DictConfig, folder: Path, partition_id: int, num_partitions: int
+                ) -> tuple[list[Sample], list[Sample]]:
+    """A client's local (train, test) samples: its partition under the run's scenario (the split,
+    then the modalities it keeps), split by ``client_test_fraction``."""
+    train = split_samples(cfg, folder, "train")
+    p, s = cfg.partition, cfg.scenario
+    parts = partition_indices(tuple(x.answer for x in train), tuple(x.domain for x in train), num_partitions,
+                              p.scheme, p.alpha, p.seed)
+    plan = modality_plans(s.modality, num_partitions, s.missing_rate, s.image_share, s.presence,
+                          p.seed)[partition_id]
+    mine = apply_modalities([train[i] for i in parts[partition_id]], plan, p.seed)
+    random.Random(cfg.seed * 1000 + partition_id).shuffle(mine)
+    n_test = int(len(mine) * cfg.data.client_test_fraction)
+    return mine[n_test:], mine[:n_test]

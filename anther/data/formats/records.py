@@ -1,0 +1,96 @@
+"""What every loader of a published data set shares: turning raw records into Samples with
+errors that name the file and the record, and counting (never silently dropping) the records
+it was asked to skip.
+
+Each record is located by a ``where`` string (``file:line`` for line-based files,
+``file: record N`` for JSON lists, ``file: row N`` for tables) that every error starts with.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import json
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any, TypeVar
+
+from PIL import Image
+
+from anther.core.sample import IMAGE_ERRORS, DataFormatError, Sample, jsonl_lines, parse_json_line
+
+__all__ = ["collect", "decode_image", "json_list_records", "jsonl_lines", "parse_json_line", "read_json",
+           "require", "split_names", "with_answer_vocabulary"]
+
+T = TypeVar("T")
+
+
+def collect(records: Iterable[tuple[str, Any]], convert: Callable[[Any, str], T],
+            skip_bad: bool) -> tuple[list[T], int]:
+    """``convert`` every ``(where, record)``; a :class:`DataFormatError` is raised, or with
+    ``skip_bad`` counted: returns what the records became and how many were skipped."""
+    samples: list[T] = []
+    skipped = 0
+    for where, record in records:
+        try:
+            samples.append(convert(record, where))
+        except DataFormatError:
+            if not skip_bad:
+                raise
+            skipped += 1
+    return samples, skipped
+
+
+def require(record: Any, fields: tuple[str, ...], where: str) -> dict[str, Any]:
+    """``record`` as a dict holding every field in ``fields`` (a null counts as missing)."""
+    if not isinstance(record, dict):
+        raise DataFormatError(f"{where}: expected an object with fields {list(fields)}, got {type(record).__name__}")
+    missing = [k for k in fields if record.get(k) is None]
+    if missing:
+        raise DataFormatError(f"{where}: missing field(s) {missing}")
+    return record
+
+
+def decode_image(data: bytes, where: str) -> Image.Image:
+    """An image stored inline (parquet / arrow bytes), fully decoded so corruption shows here."""
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            return im.convert("RGB")
+    except IMAGE_ERRORS as e:
+        raise DataFormatError(f"{where}: cannot decode the image bytes: {type(e).__name__}: {e}") from e
+
+
+def read_json(path: Path) -> Any:
+    """A whole JSON file; a syntax error names the file, line and column."""
+    if not path.is_file():
+        raise FileNotFoundError(f"no annotation file {path}")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as e:
+        raise DataFormatError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from e
+    except json.JSONDecodeError as e:
+        raise DataFormatError(f"{path}:{e.lineno}: invalid JSON: {e.msg} (column {e.colno})") from e
+
+
+def json_list_records(path: Path) -> Iterable[tuple[str, Any]]:
+    """``(where, record)`` of a file holding a JSON list, records numbered from 0."""
+    data = read_json(path)
+    if not isinstance(data, list):
+        raise DataFormatError(f"{path}: expected a JSON list of records, got {type(data).__name__}")
+    return ((f"{path}: record {i}", record) for i, record in enumerate(data))
+
+
+def with_answer_vocabulary(samples: list[Sample]) -> list[Sample]:
+    """Give every open-ended sample (empty ``options``) the distinct answers of its task in the
+    split as options, so multiple-choice scoring is classification over the data set's answer
+    set (as VQA-RAD and SLAKE are usually evaluated) and exact match still scores generation."""
+    vocab: dict[str, set[str]] = {}
+    for s in samples:
+        if not s.options:
+            vocab.setdefault(s.task, set()).add(s.answer)
+    return [dataclasses.replace(s, options=sorted(vocab[s.task])) if not s.options else s for s in samples]
+
+
+def split_names(folder: Path, pattern: str) -> list[str]:
+    """The names matching ``pattern`` in ``folder``, for 'which splits are there' errors."""
+    return sorted(p.name for p in folder.glob(pattern)) if folder.is_dir() else []

@@ -1,0 +1,36 @@
+"""The Flower ServerApp: prepares model and data, then runs the federated rounds.
+
+The run config carries only the Hydra experiment name and overrides
+(``[tool.flwr.app.config]`` in pyproject.toml), so ``flwr run .``, ``anther simulate``
+and the benchmarks all name experiments the same way. With ``backbone.mode=service`` the
+ServerApp also starts the backbone service for the run's lifetime; the config it sends
+to every client then says where the service listens and how to check and use it.
+"""
+
+from __future__ import annotations
+
+from flwr.app import ArrayRecord, Context
+from flwr.serverapp import Grid, ServerApp
+
+from anther.backbone.supervisor import backbone_for_run
+from anther.core.config import load_config, load_run_config
+from anther.server.federated_run import FederatedRun
+from anther.simulations.assets import prepare_assets
+from anther.simulations.baselines import initial_adapters, run_baseline
+
+app = ServerApp()
+
+
+@app.main()
+def main(grid: Grid, context: Context) -> None:
+    resume = str(context.run_config.get("resume", ""))  # an earlier run's folder to continue
+    cfg = load_run_config(resume) if resume else load_config(str(context.run_config["experiment"]),
+                                                             str(context.run_config.get("overrides", "")))
+    with backbone_for_run(prepare_assets(cfg)) as cfg:
+        if cfg.baseline != "none":  # nothing to federate: the baseline runs here and calls no client
+            run_baseline(cfg)
+            return
+        run = FederatedRun(cfg, grid, cfg.data.path, resume=bool(resume))
+        print(f"anther: run folder {run.run_dir}", flush=True)
+        run.execute(ArrayRecord(initial_adapters(cfg, run.evaluator.runtime.edge)))
+    print(f"anther: finished; result.json and plots in {run.run_dir}", flush=True)
