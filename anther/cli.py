@@ -262,7 +262,9 @@ def _backbone_serve(args: argparse.Namespace) -> int:
     import torch
 
     from anther.backbone.quantization import check_quantization
-    from anther.backbone.service.servicer import Limits, MiB, ServerTls, serve
+    from anther.backbone.service.auth import ServerTls
+    from anther.backbone.service.decode import Limits, MiB
+    from anther.backbone.service.server import serve
     from anther.backbone.supervisor import announce_ready, stop_with_parent
 
     if not (Path(args.model) / "config.json").is_file():

@@ -21,21 +21,16 @@ from hypothesis import strategies as st
 
 from anther.backbone import wire
 from anther.backbone.certs import make_certs
-from anther.backbone.in_process import BackboneInfo, LocalBackbone, greedy_decode
+from anther.backbone.in_process import LocalBackbone
+from anther.backbone.interface import BackboneInfo, greedy_decode
 from anther.backbone.proto import backbone_pb2 as pb
 from anther.backbone.proto import backbone_pb2_grpc as pb_grpc
 from anther.backbone.remote import RemoteBackbone
-from anther.backbone.service.servicer import (
-    RUNNERS,
-    BackboneService,
-    BatchPolicy,
-    DynamicBatcher,
-    ForwardInputs,
-    Limits,
-    ServerTls,
-    decode_forward,
-    start,
-)
+from anther.backbone.service.auth import ServerTls
+from anther.backbone.service.batching import RUNNERS, BatchPolicy, DynamicBatcher
+from anther.backbone.service.decode import ForwardInputs, Limits, decode_forward
+from anther.backbone.service.server import start
+from anther.backbone.service.servicer import BackboneService
 from anther.backbone.wire import WireError
 
 # Small limits, so that ordinary test requests are chunked and the limits are reachable.

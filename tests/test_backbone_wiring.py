@@ -15,7 +15,9 @@ from omegaconf import DictConfig
 from anther.backbone.certs import make_certs, read_token, read_tokens, write_tokens
 from anther.backbone.endpoint import endpoint_for
 from anther.backbone.in_process import LocalBackbone
-from anther.backbone.service.servicer import BackboneService, ServerTls, start
+from anther.backbone.service.auth import ServerTls
+from anther.backbone.service.server import start
+from anther.backbone.service.servicer import BackboneService
 from anther.backbone.supervisor import RUN_CLIENT, backbone_for_run
 from anther.cli import main as cli
 from anther.client.runtime import runtime_for

@@ -16,7 +16,8 @@ import pytest
 import torch
 from transformers import AutoModelForImageTextToText
 
-from anther.backbone.in_process import LocalBackbone, causal_lm_loss
+from anther.backbone.in_process import LocalBackbone
+from anther.backbone.interface import causal_lm_loss
 from anther.client.inference import Encoder
 from anther.model.families import FAMILIES, load_processor
 from anther.model.nano_adapter import NanoAdapterConfig

@@ -21,10 +21,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from anther.backbone import wire
-from anther.backbone.in_process import IGNORE_INDEX, BackboneInfo
+from anther.backbone.interface import IGNORE_INDEX, BackboneInfo
 from anther.backbone.proto import backbone_pb2 as pb
-from anther.backbone.service.servicer import (
-    BackboneService,
+from anther.backbone.service.decode import (
     ForwardInputs,
     GenerateInputs,
     Limits,
@@ -32,6 +31,7 @@ from anther.backbone.service.servicer import (
     decode_generate,
     decode_hidden_backward,
 )
+from anther.backbone.service.servicer import BackboneService
 from anther.backbone.wire import WireError
 
 INFO = BackboneInfo(fingerprint="fuzz", hidden_size=4, vocab_size=16, dtype="float32", max_sequence_length=8)

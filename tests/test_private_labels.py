@@ -14,17 +14,14 @@ import torch
 from transformers import AutoProcessor, LlavaForConditionalGeneration
 
 from anther.backbone import wire
-from anther.backbone.in_process import IGNORE_INDEX, Backbone, LocalBackbone
+from anther.backbone.in_process import LocalBackbone
+from anther.backbone.interface import IGNORE_INDEX, Backbone
 from anther.backbone.proto import backbone_pb2 as pb
 from anther.backbone.remote import RemoteBackbone
-from anther.backbone.service.servicer import (
-    BackboneService,
-    BatchPolicy,
-    ForwardInputs,
-    decode_hidden_backward,
-    run_backward_from_hidden,
-    start,
-)
+from anther.backbone.service.batching import BatchPolicy, run_backward_from_hidden
+from anther.backbone.service.decode import ForwardInputs, decode_hidden_backward
+from anther.backbone.service.server import start
+from anther.backbone.service.servicer import BackboneService
 from anther.backbone.wire import WireError
 from anther.client.inference import Encoder, option_scores
 from anther.client.private_labels import PrivateLabelBackbone

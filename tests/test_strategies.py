@@ -276,7 +276,8 @@ def test_diagonal_fisher_matches_the_composed_model(tiny_model_dir, samples):
     the composed model trained in one process (the DESIGN's correctness anchor, for the Fisher)."""
     from transformers import AutoProcessor
 
-    from anther.backbone.in_process import LocalBackbone, causal_lm_loss
+    from anther.backbone.in_process import LocalBackbone
+    from anther.backbone.interface import causal_lm_loss
     from anther.client.fisher import batch_indices
     from anther.client.inference import Encoder
     from anther.model.nano_edge import NanoEdge

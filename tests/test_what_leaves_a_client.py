@@ -36,9 +36,12 @@ from transformers import AutoConfig, AutoProcessor
 
 from anther import client_app
 from anther.backbone import remote, wire
-from anther.backbone.in_process import IGNORE_INDEX, LocalBackbone
+from anther.backbone.in_process import LocalBackbone
+from anther.backbone.interface import IGNORE_INDEX
 from anther.backbone.proto import backbone_pb2 as pb
-from anther.backbone.service.servicer import BackboneService, BatchPolicy, start
+from anther.backbone.service.batching import BatchPolicy
+from anther.backbone.service.server import start
+from anther.backbone.service.servicer import BackboneService
 from anther.client.runtime import load_runtime
 from anther.core.config import load_config, to_yaml
 from anther.core.sample import Sample, write_split

@@ -24,7 +24,7 @@ import torch
 from google.protobuf.message import Message
 
 from anther.backbone import wire
-from anther.backbone.in_process import BackboneInfo, Positions
+from anther.backbone.interface import BackboneInfo, Positions
 from anther.backbone.proto import backbone_pb2 as pb
 from anther.backbone.proto import backbone_pb2_grpc as pb_grpc
 
@@ -55,7 +55,7 @@ def _set_positions(request: pb.ForwardRequest | pb.HiddenBackwardRequest | pb.Ge
 
 
 class RemoteBackbone:
-    """A :class:`~anther.backbone.in_process.Backbone` served by ``anther.backbone.service.servicer``.
+    """A :class:`~anther.backbone.interface.Backbone` served by the backbone service (:mod:`anther.backbone.service`).
 
     ``root_cert`` turns on TLS (the CA that signed the server's certificate);
     ``client_cert`` and ``client_key`` add the client's own certificate for mutual TLS;

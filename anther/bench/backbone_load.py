@@ -28,7 +28,9 @@ import torch
 
 from anther.backbone.in_process import LocalBackbone
 from anther.backbone.remote import RemoteBackbone
-from anther.backbone.service.servicer import BackboneService, BatchPolicy, start
+from anther.backbone.service.batching import BatchPolicy
+from anther.backbone.service.server import start
+from anther.backbone.service.servicer import BackboneService
 from anther.bench.service_bench import (
     latency_ms,
     load_backbone,

@@ -27,7 +27,7 @@ from omegaconf import DictConfig
 from opacus.accountants import IAccountant, create_accountant
 from opacus.accountants.utils import get_noise_multiplier
 
-from anther.backbone.in_process import IGNORE_INDEX
+from anther.backbone.interface import IGNORE_INDEX
 
 ACCOUNTANT_STATE = "dp-accountant"  # Context.state key of the accountant's history
 EPSILON_METRIC = "dp_epsilon"

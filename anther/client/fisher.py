@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING
 import torch
 
 if TYPE_CHECKING:
-    from anther.backbone.in_process import Backbone
+    from anther.backbone.interface import Backbone
     from anther.client.inference import Encoder
     from anther.core.sample import Sample
 

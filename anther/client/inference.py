@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import torch
 
-from anther.backbone.in_process import Backbone, greedy_decode
+from anther.backbone.interface import Backbone, greedy_decode
 from anther.client.metrics import choice_metrics
 from anther.core.sample import Sample
 from anther.model.nano_edge import NanoEdge

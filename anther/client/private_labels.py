@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from anther.backbone.in_process import IGNORE_INDEX, BackboneInfo, HiddenStateBackbone, Positions
+from anther.backbone.interface import IGNORE_INDEX, BackboneInfo, HiddenStateBackbone, Positions
 
 
 def labelled_logits(head: nn.Module, hidden: torch.Tensor,
@@ -39,7 +39,7 @@ def labelled_logits(head: nn.Module, hidden: torch.Tensor,
 
 
 class PrivateLabelBackbone:
-    """The :class:`~anther.backbone.in_process.Backbone` protocol over a :class:`HiddenStateBackbone`
+    """The :class:`~anther.backbone.interface.Backbone` protocol over a :class:`HiddenStateBackbone`
     and a local LM head: the same losses, gradients and scores, with no label sent."""
 
     def __init__(self, inner: HiddenStateBackbone, head: nn.Module) -> None:

@@ -21,7 +21,8 @@ from omegaconf import DictConfig
 from torch import nn
 
 from anther.backbone.endpoint import BackboneEndpoint, endpoint_for
-from anther.backbone.in_process import Backbone, LocalBackbone, checkpoint_fingerprint
+from anther.backbone.in_process import LocalBackbone
+from anther.backbone.interface import Backbone
 from anther.client.inference import Encoder
 from anther.client.private_labels import PrivateLabelBackbone
 from anther.core.config import anther_home
@@ -30,7 +31,7 @@ from anther.model.feature_cache import FeatureCache
 from anther.model.lora import LoraSettings, inject_lora
 from anther.model.nano_adapter import NanoAdapterConfig
 from anther.model.nano_edge import NanoEdge
-from anther.model.side_loading import load_side
+from anther.model.side_loading import checkpoint_fingerprint, load_side
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 from tqdm.auto import tqdm
 
-from anther.backbone.in_process import Backbone
+from anther.backbone.interface import Backbone
 from anther.client.dp import (
     DPSGD,
     clipped_sum,

@@ -28,7 +28,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from anther.backbone.in_process import checkpoint_fingerprint
+from anther.model.side_loading import checkpoint_fingerprint
 
 SUFFIX = ".safetensors"
 

@@ -15,6 +15,7 @@ which tensors each side reads from a sharded checkpoint and compares them with i
 
 from __future__ import annotations
 
+import hashlib
 from functools import cache
 from pathlib import Path
 from typing import Any, Literal
@@ -98,3 +99,15 @@ def load_side(model_dir: str | Path, side: Side, head: bool = False, **from_pret
         raise ValueError(f"side {side!r}: expected one of {SIDES}")
     config = AutoConfig.from_pretrained(model_dir)
     return side_class(config.model_type, side, head).from_pretrained(model_dir, **from_pretrained)
+
+
+def checkpoint_fingerprint(model_dir: Path) -> str:
+    """Hash of config and weight-file metadata: clients and server must agree on it."""
+    model_dir = Path(model_dir)
+    h = hashlib.sha256((model_dir / "config.json").read_bytes())
+    for f in sorted(model_dir.glob("*.safetensors")):
+        h.update(f.name.encode())
+        h.update(str(f.stat().st_size).encode())
+        with f.open("rb") as fh:
+            h.update(fh.read(1 << 16))
+    return h.hexdigest()[:16]

@@ -18,8 +18,11 @@ from typing import Any
 
 import torch
 
-from anther.backbone.in_process import LocalBackbone, causal_lm_loss
-from anther.backbone.service.servicer import BackboneService, BatchPolicy, start
+from anther.backbone.in_process import LocalBackbone
+from anther.backbone.interface import causal_lm_loss
+from anther.backbone.service.batching import BatchPolicy
+from anther.backbone.service.server import start
+from anther.backbone.service.servicer import BackboneService
 from anther.bench.perf.service_load import send_train_steps
 from anther.bench.perf.workload import (
     Federation,

@@ -40,7 +40,9 @@ from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, 
 from transformers import AutoConfig
 
 from anther.backbone.in_process import LocalBackbone
-from anther.backbone.service.servicer import BackboneService, BatchPolicy, start
+from anther.backbone.service.batching import BatchPolicy
+from anther.backbone.service.server import start
+from anther.backbone.service.servicer import BackboneService
 from anther.bench.model_sizes import REAL_CONFIGS
 from anther.bench.perf.service_load import send_train_steps
 from anther.client.runtime import DTYPES

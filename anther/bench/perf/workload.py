@@ -30,9 +30,12 @@ import torch
 from omegaconf import DictConfig
 from transformers import AutoConfig
 
-from anther.backbone.in_process import Backbone, LocalBackbone
+from anther.backbone.in_process import LocalBackbone
+from anther.backbone.interface import Backbone
 from anther.backbone.remote import RemoteBackbone
-from anther.backbone.service.servicer import BackboneService, BatchPolicy, start
+from anther.backbone.service.batching import BatchPolicy
+from anther.backbone.service.server import start
+from anther.backbone.service.servicer import BackboneService
 from anther.client.inference import Encoder
 from anther.client.runtime import DTYPES, ClientRuntime
 from anther.client.training_round import round_seed, train_round
