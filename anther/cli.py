@@ -74,9 +74,9 @@ def _generate_data(args: argparse.Namespace) -> int:
 
 
 def _data_report(args: argparse.Namespace) -> int:
-    from anther.core.config import load_config
     from anther.data.client_data import dataset_dir
     from anther.data.partition_report import write_partition_report
+    from anther.simulations.experiment import load_config
 
     cfg = load_config(args.experiment, args.overrides)
     out = Path(args.out or f"partition-{cfg.scenario.name}")

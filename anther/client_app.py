@@ -29,7 +29,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, 
 from flwr.clientapp import ClientApp
 from omegaconf import DictConfig, OmegaConf
 
-from anther.client.dp import EPSILON_METRIC, spend
+from anther.client.dp import spend
 from anther.client.extras import (
     ExtraContext,
     add_reply_records,
@@ -39,27 +39,29 @@ from anther.client.extras import (
 )
 from anther.client.runtime import ClientRuntime, runtime_for
 from anther.client.state_store import folder_for, restore_state, save_state
-from anther.client.training_round import TIMING_RECORD, dp_for, own_split_metrics, round_seed, train_round
+from anther.client.training_round import dp_for, own_split_metrics, round_seed, train_round
+from anther.core import protocol
 from anther.core.sample import Sample
 from anther.data.client_data import client_data
-from anther.strategies.hetero_rank import RANK_METRIC, adapter_ranks
+from anther.strategies.hetero_rank import adapter_ranks
 from anther.strategies.privacy.client_mods import privacy_mod
+from anther.strategies.registry import client_modules
 
 app = ClientApp()
 
 
 def _experiment(msg: Message) -> DictConfig:
-    return OmegaConf.create(str(msg.content["config"]["experiment"]))
+    return OmegaConf.create(str(msg.content[protocol.CONFIG][protocol.EXPERIMENT]))
 
 
 def _partition(context: Context) -> tuple[int, int]:
     nc = context.node_config
-    return int(nc.get("partition-id", 0)), int(nc.get("num-partitions", 1))
+    return int(nc.get(protocol.PARTITION_ID, 0)), int(nc.get(protocol.NUM_PARTITIONS, 1))
 
 
 def _local_data(cfg: DictConfig, context: Context) -> tuple[list[Sample], list[Sample]]:
     """This node's (train, test): its own ``data-path`` if set, else its partition of the run's data."""
-    own = context.node_config.get("data-path")
+    own = context.node_config.get(protocol.DATA_PATH)
     pid, n = _partition(context)
     folder = Path(str(own)) if own else Path(cfg.data.path)
     return client_data(cfg, folder, 0 if own else pid, 1 if own else n)
@@ -68,16 +70,16 @@ def _local_data(cfg: DictConfig, context: Context) -> tuple[list[Sample], list[S
 def _rank(config: ConfigRecord, context: Context) -> int | None:
     """The adapter rank to build: the one the strategy sent this node (``hetero_rank`` sends each
     node its own), else the node config's, else None (the experiment's ``adapter.rank``)."""
-    rank = config.get(RANK_METRIC, context.node_config.get(RANK_METRIC))
+    rank = config.get(protocol.ADAPTER_RANK, context.node_config.get(protocol.ADAPTER_RANK))
     return None if rank is None else int(rank)
 
 
 def _load(msg: Message, context: Context) -> tuple[DictConfig, ClientRuntime, dict[str, torch.Tensor]]:
     """The experiment, the runtime at this node's rank, and the global adapters loaded into it."""
     cfg = _experiment(msg)
-    import_client_modules(cfg)
-    runtime = runtime_for(cfg, rank=_rank(msg.content["config"], context), node_config=context.node_config)
-    received = msg.content["arrays"].to_torch_state_dict()
+    import_client_modules(client_modules(cfg.strategy))
+    runtime = runtime_for(cfg, rank=_rank(msg.content[protocol.CONFIG], context), node_config=context.node_config)
+    received = msg.content[protocol.ARRAYS].to_torch_state_dict()
     own = runtime.edge.rank
     sent = adapter_ranks(received)
     if any(r != own for r in sent.values()):
@@ -90,50 +92,50 @@ def _load(msg: Message, context: Context) -> tuple[DictConfig, ClientRuntime, di
 def _modality_counts(samples: list[Sample]) -> dict[str, int]:
     """How many samples carried each modality (an image; a text context), for modality-aware
     aggregation. The question's tokens always pass NanoAdapter-T; they do not count as text."""
-    return {"num-image-examples": sum(s.has_image for s in samples),
-            "num-text-examples": sum(s.has_text for s in samples)}
+    return {protocol.NUM_IMAGE_EXAMPLES: sum(s.has_image for s in samples),
+            protocol.NUM_TEXT_EXAMPLES: sum(s.has_text for s in samples)}
 
 
 @app.query()
 def query(msg: Message, context: Context) -> Message:
     pid, n = _partition(context)
-    info = ConfigRecord({"partition-id": pid, "num-partitions": n})
-    if RANK_METRIC in context.node_config:
-        info[RANK_METRIC] = int(context.node_config[RANK_METRIC])
-    return Message(RecordDict({"info": info}), reply_to=msg)
+    info = ConfigRecord({protocol.PARTITION_ID: pid, protocol.NUM_PARTITIONS: n})
+    if protocol.ADAPTER_RANK in context.node_config:
+        info[protocol.ADAPTER_RANK] = int(context.node_config[protocol.ADAPTER_RANK])
+    return Message(RecordDict({protocol.INFO: info}), reply_to=msg)
 
 
 @app.train(mods=[privacy_mod])  # client-side DP clipping and SecAgg+, when the run asks for them
 def train(msg: Message, context: Context) -> Message:
     cfg, runtime, received = _load(msg, context)
-    config = msg.content["config"]
+    config = msg.content[protocol.CONFIG]
     pid, _ = _partition(context)
     kept = folder_for(config, context.node_config, pid)  # Context.state on disk, for a resumed run
     if kept is not None:
-        restore_state(context.state, kept, int(config["server-round"]) - 1)
+        restore_state(context.state, kept, int(config[protocol.SERVER_ROUND]) - 1)
     train_set, _ = _local_data(cfg, context)
-    seed = round_seed(cfg.seed, int(config["server-round"]), pid)
+    seed = round_seed(cfg.seed, int(config[protocol.SERVER_ROUND]), pid)
     ctx = ExtraContext(config, cfg, runtime, train_set, received, context.state, seed)
     dp = dp_for(cfg, len(train_set), cfg.federation.rounds * cfg.train.local_steps)
     began = time.perf_counter()
     report = train_round(cfg, runtime, train_set, seed, regularisers=build_regularisers(ctx), dp=dp)
     train_seconds = time.perf_counter() - began
     metrics = MetricRecord({
-        "num-examples": len(train_set),
+        protocol.NUM_EXAMPLES: len(train_set),
         **_modality_counts(train_set),
-        RANK_METRIC: runtime.edge.rank,
-        "partition-id": pid,
-        "train_loss": report.loss,
-        "activation_bytes_up": report.activation_bytes_up,
-        "activation_bytes_down": report.activation_bytes_down,
+        protocol.ADAPTER_RANK: runtime.edge.rank,
+        protocol.PARTITION_ID: pid,
+        protocol.TRAIN_LOSS: report.loss,
+        protocol.ACTIVATION_BYTES_UP: report.activation_bytes_up,
+        protocol.ACTIVATION_BYTES_DOWN: report.activation_bytes_down,
     })
     if dp is not None:  # the epsilon this node has spent in the run so far
-        metrics[EPSILON_METRIC] = spend(context.state, cfg.privacy, dp, report.steps)
-    content = RecordDict({"arrays": ArrayRecord(runtime.edge.adapter_state()), "metrics": metrics,
-                          TIMING_RECORD: ConfigRecord({"train_seconds": train_seconds})})
+        metrics[protocol.DP_EPSILON] = spend(context.state, cfg.privacy, dp, report.steps)
+    content = RecordDict({protocol.ARRAYS: ArrayRecord(runtime.edge.adapter_state()), protocol.METRICS: metrics,
+                          protocol.TIMING: ConfigRecord({protocol.TRAIN_SECONDS: train_seconds})})
     add_reply_records(ctx, content)
     if kept is not None:
-        save_state(context.state, kept, int(config["server-round"]))
+        save_state(context.state, kept, int(config[protocol.SERVER_ROUND]))
     return Message(content, reply_to=msg)
 
 
@@ -141,11 +143,12 @@ def train(msg: Message, context: Context) -> Message:
 def evaluate(msg: Message, context: Context) -> Message:
     cfg, runtime, received = _load(msg, context)
     pid, _ = _partition(context)
-    kept = folder_for(msg.content["config"], context.node_config, pid)
+    config = msg.content[protocol.CONFIG]
+    kept = folder_for(config, context.node_config, pid)
     if kept is not None:
-        restore_state(context.state, kept, int(msg.content["config"]["server-round"]))
+        restore_state(context.state, kept, int(config[protocol.SERVER_ROUND]))
     _, test_set = _local_data(cfg, context)
-    ctx = ExtraContext(msg.content["config"], cfg, runtime, test_set, received, context.state, cfg.seed)
+    ctx = ExtraContext(config, cfg, runtime, test_set, received, context.state, cfg.seed)
     with evaluation_view(ctx):
         metrics = own_split_metrics(cfg, runtime, test_set, pid)
-    return Message(RecordDict({"metrics": MetricRecord(metrics)}), reply_to=msg)
+    return Message(RecordDict({protocol.METRICS: MetricRecord(metrics)}), reply_to=msg)

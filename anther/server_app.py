@@ -13,19 +13,21 @@ from flwr.app import ArrayRecord, Context
 from flwr.serverapp import Grid, ServerApp
 
 from anther.backbone.supervisor import backbone_for_run
-from anther.core.config import load_config, load_run_config
+from anther.core import protocol
 from anther.server.federated_run import FederatedRun
 from anther.simulations.assets import prepare_assets
 from anther.simulations.baselines import initial_adapters, run_baseline
+from anther.simulations.experiment import load_config, load_run_config
 
 app = ServerApp()
 
 
 @app.main()
 def main(grid: Grid, context: Context) -> None:
-    resume = str(context.run_config.get("resume", ""))  # an earlier run's folder to continue
-    cfg = load_run_config(resume) if resume else load_config(str(context.run_config["experiment"]),
-                                                             str(context.run_config.get("overrides", "")))
+    run_config = context.run_config
+    resume = str(run_config.get(protocol.RUN_RESUME, ""))  # an earlier run's folder to continue
+    cfg = load_run_config(resume) if resume else load_config(str(run_config[protocol.RUN_EXPERIMENT]),
+                                                             str(run_config.get(protocol.RUN_OVERRIDES, "")))
     with backbone_for_run(prepare_assets(cfg)) as cfg:
         if cfg.baseline != "none":  # nothing to federate: the baseline runs here and calls no client
             run_baseline(cfg)

@@ -22,7 +22,7 @@ import torch
 
 from anther.client.runtime import runtime_for
 from anther.client.trainer import train_adapters
-from anther.core.config import load_config
+from anther.simulations.experiment import load_config
 from anther.simulations.launcher import free_port
 
 pytestmark = pytest.mark.slow

@@ -21,7 +21,8 @@ from anther.backbone.service.servicer import BackboneService
 from anther.backbone.supervisor import RUN_CLIENT, backbone_for_run
 from anther.cli import main as cli
 from anther.client.runtime import runtime_for
-from anther.core.config import ConfigError, load_config
+from anther.core.config import ConfigError
+from anther.simulations.experiment import load_config
 
 
 def _cfg(model: Path, *overrides: str) -> DictConfig:

@@ -15,10 +15,11 @@ from omegaconf import DictConfig
 from safetensors.torch import load_file
 
 from anther import client_app
-from anther.core.config import ConfigError, load_config, to_yaml
+from anther.core.config import ConfigError, to_yaml
 from anther.core.sample import write_split
 from anther.data import shapes_vqa
 from anther.simulations.baselines import BaselineRun, initial_adapters, run_baseline
+from anther.simulations.experiment import load_config
 from anther.strategies.registry import build_strategy
 
 SMALL = ["federation.num_clients=2", "federation.rounds=2", "train.local_steps=2", "train.batch_size=4",

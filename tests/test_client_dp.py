@@ -16,9 +16,10 @@ import torch
 from flwr.app import Array, ArrayRecord, ConfigRecord
 from opacus.accountants import RDPAccountant
 
-from anther.core.config import ConfigError, load_config, to_yaml
+from anther.core.config import ConfigError, to_yaml
 from anther.server import checkpoint
 from anther.server.run_state import load_strategy_state, strategy_state
+from anther.simulations.experiment import load_config
 from anther.strategies.privacy import with_privacy
 from anther.strategies.privacy.client_dp import CLIENT_EPSILON_METRIC, effective_noise_multiplier
 from anther.strategies.registry import build_strategy

@@ -14,7 +14,6 @@ import pytest
 import torch
 from fakes import MeanBackbone, ScalarEncoder
 from flwr.app import ArrayRecord, ConfigRecord, MetricRecord, RecordDict
-from omegaconf import OmegaConf
 
 from anther.client import extras
 from anther.client.extras import (
@@ -27,6 +26,7 @@ from anther.client.extras import (
     import_client_modules,
 )
 from anther.client.trainer import split_step, train_adapters
+from anther.strategies.registry import client_modules
 
 
 def _context(config: dict, encoder: ScalarEncoder | None = None) -> ExtraContext:
@@ -151,6 +151,6 @@ def test_evaluation_extras_wrap_evaluation(private_registry):
 
 
 def test_client_modules_are_imported_or_named_in_the_error():
-    import_client_modules(OmegaConf.create({"strategy": {"name": "fedavg", "client_modules": ["json"]}}))
+    import_client_modules(client_modules({"name": "fedavg", "client_modules": ["json"]}))
     with pytest.raises(ImportError, match="'no_such_lab.extras'.*PYTHONPATH"):
-        import_client_modules(OmegaConf.create({"strategy": {"client_modules": ["no_such_lab.extras"]}}))
+        import_client_modules(client_modules({"name": "fedavg", "client_modules": ["no_such_lab.extras"]}))

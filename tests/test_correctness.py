@@ -18,11 +18,11 @@ from transformers import AutoModelForImageTextToText
 
 from anther.backbone.in_process import LocalBackbone
 from anther.backbone.interface import causal_lm_loss
-from anther.client.inference import Encoder
 from anther.model.families import FAMILIES, load_processor
 from anther.model.nano_adapter import NanoAdapterConfig
 from anther.model.nano_edge import NanoEdge
 from anther.model.prompt import build_prompt, build_target
+from anther.model.sample_encoder import SampleEncoder
 
 # How each family's processor takes the images of a batch (one per sample or None).
 HF_IMAGES = {
@@ -53,7 +53,7 @@ def test_every_family_is_tested_here():
 
 
 def _batch(processor, edge, samples):
-    encoder = Encoder(edge, processor)
+    encoder = SampleEncoder(edge, processor)
     return encoder(samples, [s.answer for s in samples])
 
 

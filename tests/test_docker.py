@@ -24,7 +24,7 @@ import yaml
 from flwr.common.config import parse_config_args
 
 from anther.cli import build_parser
-from anther.core.config import load_config
+from anther.simulations.experiment import load_config
 
 REPO = Path(__file__).resolve().parents[1]
 DOCKER = REPO / "docker"

@@ -26,11 +26,12 @@ from anther.client.dp import (
     privatise,
     spend,
 )
-from anther.client.inference import Encoder
 from anther.client.trainer import dp_split_step, split_step, train_adapters
-from anther.core.config import ConfigError, load_config
+from anther.core.config import ConfigError
 from anther.model.nano_adapter import NanoAdapterConfig
 from anther.model.nano_edge import NanoEdge
+from anther.model.sample_encoder import SampleEncoder
+from anther.simulations.experiment import load_config
 
 
 @pytest.fixture(scope="module")
@@ -57,7 +58,7 @@ def _params(edge: NanoEdge) -> list[torch.Tensor]:
     return list(edge.adapters.parameters())
 
 
-def _alone(encoder: Encoder, backbone, params, sample) -> list[torch.Tensor]:
+def _alone(encoder: SampleEncoder, backbone, params, sample) -> list[torch.Tensor]:
     """The gradient of one sample's own loss, from an exchange with that sample alone."""
     for p in params:
         p.grad = None
@@ -71,7 +72,7 @@ def _mixed(samples):
 
 def test_per_sample_grads_equal_each_sample_trained_alone(tiny_model_dir, processor, backbone, samples):
     edge = _edge(tiny_model_dir)
-    encoder, params, batch_samples = Encoder(edge, processor), _params(edge), _mixed(samples)
+    encoder, params, batch_samples = SampleEncoder(edge, processor), _params(edge), _mixed(samples)
     batch = encoder(batch_samples, [s.answer for s in batch_samples])
     embeds = edge(batch)
     _, grad = backbone.train_step(embeds.detach(), batch.attention_mask, batch.labels)
@@ -83,7 +84,7 @@ def test_per_sample_grads_equal_each_sample_trained_alone(tiny_model_dir, proces
 
 def test_clipping_bounds_each_samples_contribution(tiny_model_dir, processor, backbone, samples):
     edge = _edge(tiny_model_dir)
-    encoder, params, batch_samples = Encoder(edge, processor), _params(edge), _mixed(samples)
+    encoder, params, batch_samples = SampleEncoder(edge, processor), _params(edge), _mixed(samples)
     alone = [_alone(encoder, backbone, params, s) for s in batch_samples]
     norms = [torch.cat([g.flatten() for g in grads]).norm().item() for grads in alone]
     clip = sorted(norms)[len(norms) // 2]  # half the samples are clipped, half are not
@@ -112,7 +113,7 @@ def test_noise_has_the_configured_std():
     assert noise.std().item() == pytest.approx(expected, rel=0.01)
 
 
-def _equal_length(encoder: Encoder, samples, n: int):
+def _equal_length(encoder: SampleEncoder, samples, n: int):
     """``n`` samples whose answers have the same number of labelled tokens: then the batch's
     token-mean loss is the mean of per-sample losses that DP-SGD clips."""
     by_count: dict[int, list] = {}
@@ -129,11 +130,11 @@ def test_no_noise_and_huge_clip_equals_plain_training(tiny_model_dir, processor,
 
     edges = [_edge(tiny_model_dir), _edge(tiny_model_dir)]
     edges[1].load_adapter_state(edges[0].adapter_state())
-    chosen = _equal_length(Encoder(edges[0], processor), shapes_vqa.generate(40, seed=5), 4)
+    chosen = _equal_length(SampleEncoder(edges[0], processor), shapes_vqa.generate(40, seed=5), 4)
     # batch_size = all samples: plain training takes them all, Poisson at rate 1 too
-    plain = train_adapters(Encoder(edges[0], processor), backbone, chosen, 3, 4, 1e-2, seed=0, max_grad_norm=0)
+    plain = train_adapters(SampleEncoder(edges[0], processor), backbone, chosen, 3, 4, 1e-2, seed=0, max_grad_norm=0)
     dp = DPSGD(0.0, 1e9, sample_rate=1.0, expected_batch_size=4.0, generator=torch.Generator())
-    private = train_adapters(Encoder(edges[1], processor), backbone, chosen, 3, 4, 1e-2, seed=0, dp=dp)
+    private = train_adapters(SampleEncoder(edges[1], processor), backbone, chosen, 3, 4, 1e-2, seed=0, dp=dp)
     assert private.loss == pytest.approx(plain.loss, rel=1e-5)
     # Summed per-sample gradients and the batch gradient agree to float rounding, which AdamW
     # can lift to ~1e-5 on a weight whose gradient is near 0 (seen under 2 xdist workers);
@@ -147,7 +148,7 @@ def test_empty_poisson_batch_is_a_noise_only_step(tiny_model_dir, processor, bac
     params = _params(edge)
     dp = DPSGD(1.0, 1.0, sample_rate=0.1, expected_batch_size=2.0, generator=torch.Generator().manual_seed(0))
     up = backbone.bytes_up
-    assert dp_split_step(Encoder(edge, processor), backbone, [], params, dp) is None
+    assert dp_split_step(SampleEncoder(edge, processor), backbone, [], params, dp) is None
     assert backbone.bytes_up == up, "nothing goes to the backbone"
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in params)
 
@@ -201,7 +202,7 @@ def test_poisson_training_seeds_its_batches(tiny_model_dir, processor, backbone,
     for _ in range(2):
         edge = _edge(tiny_model_dir)
         dp = DPSGD(0.0, 1.0, sample_rate=0.5, expected_batch_size=0.5 * len(samples), generator=torch.Generator())
-        runs.append(train_adapters(Encoder(edge, processor), backbone, samples, 2, 6, 1e-2, seed=4, dp=dp))
+        runs.append(train_adapters(SampleEncoder(edge, processor), backbone, samples, 2, 6, 1e-2, seed=4, dp=dp))
     assert runs[0].examples == runs[1].examples
     rng = random.Random(4)
     assert runs[0].examples == sum(sum(rng.random() < 0.5 for _ in samples) for _ in range(2))

@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from anther.client.inference import Encoder
 from anther.model.feature_cache import FeatureCache
 from anther.model.nano_adapter import NanoAdapterConfig
 from anther.model.nano_edge import NanoEdge
+from anther.model.sample_encoder import SampleEncoder
 
 
 @pytest.fixture(scope="module")
@@ -19,7 +19,7 @@ def edge_and_batch(tiny_model_dir: Path, samples):
     from transformers import AutoProcessor
 
     edge = NanoEdge.from_pretrained(tiny_model_dir, NanoAdapterConfig(rank=4))
-    encoder = Encoder(edge, AutoProcessor.from_pretrained(tiny_model_dir))
+    encoder = SampleEncoder(edge, AutoProcessor.from_pretrained(tiny_model_dir))
     batch = encoder([s for s in samples if s.image is not None][:6], None)
     return edge, batch
 
@@ -124,7 +124,7 @@ def test_padded_tiles_are_keyed_by_their_pixel_mask_too(tiny_idefics3_dir: Path,
     from transformers import AutoProcessor
 
     edge = NanoEdge.from_pretrained(tiny_idefics3_dir, NanoAdapterConfig(rank=4))
-    batch = Encoder(edge, AutoProcessor.from_pretrained(tiny_idefics3_dir))(samples[:3], None)
+    batch = SampleEncoder(edge, AutoProcessor.from_pretrained(tiny_idefics3_dir))(samples[:3], None)
     assert batch.pixel_values.shape[0] == 15  # 2 x 2 tiles + global each
     plain = edge(batch)
     edge.feature_cache = FeatureCache(tmp_path, "m", 2**30)

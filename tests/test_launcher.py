@@ -55,7 +55,8 @@ def test_sigterm_stops_the_superlink(tmp_path):
 def test_client_resources_reach_flwr_run_as_federation_config():
     """``federation.client_cpus`` / ``client_gpus`` become Flower's client-resources keys; unset
     ones are left to Flower, and a ClientApp with no CPU is refused by name."""
-    from anther.core.config import ConfigError, load_config, simulation_resources
+    from anther.core.config import ConfigError, simulation_resources
+    from anther.simulations.experiment import load_config
 
     cfg = load_config("default", ["federation.client_cpus=2", "federation.client_gpus=0.25"])
     assert simulation_resources(cfg.federation) == {"client-resources-num-cpus": "2",

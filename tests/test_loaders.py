@@ -12,10 +12,10 @@ import pytest
 from datasets import Dataset, DatasetDict, Features, Image, List, Value
 from PIL import Image as PILImage
 
-from anther.core.config import load_config
 from anther.core.sample import DataFormatError
 from anther.data.client_data import split_samples
 from anther.data.formats.registry import FORMATS, load_samples
+from anther.simulations.experiment import load_config
 
 
 def _png(colour=(200, 30, 30), size=(8, 6)) -> bytes:

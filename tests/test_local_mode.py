@@ -22,11 +22,12 @@ from transformers import AutoModelForImageTextToText
 from anther.cli import main
 from anther.client.runtime import runtime_for
 from anther.client.trainer import split_step
-from anther.core.config import ConfigError, load_config
+from anther.core.config import ConfigError
 from anther.core.sample import write_split
 from anther.data import shapes_vqa
 from anther.model.lora import LoraSettings
 from anther.simulations.baselines import initial_adapters
+from anther.simulations.experiment import load_config
 
 LORA = LoraSettings(rank=4, alpha=8.0, target_modules=("q_proj", "v_proj", "down_proj"))
 

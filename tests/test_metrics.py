@@ -12,12 +12,13 @@ import torch
 from transformers import AutoProcessor
 
 from anther.backbone.in_process import LocalBackbone
-from anther.client.inference import Encoder, evaluate_samples
+from anther.client.inference import evaluate_samples
 from anther.client.metrics import binary_auc, choice_metrics, macro_f1, summarise_clients
 from anther.client.trainer import train_adapters
 from anther.core.sample import Sample
 from anther.model.nano_adapter import NanoAdapterConfig
 from anther.model.nano_edge import NanoEdge
+from anther.model.sample_encoder import SampleEncoder
 
 YES_NO = ["yes", "no"]
 
@@ -80,7 +81,7 @@ def test_summarise_clients_gives_mean_worst_and_spread():
 def tiny(tiny_model_dir):
     processor = AutoProcessor.from_pretrained(tiny_model_dir)
     edge = NanoEdge.from_pretrained(tiny_model_dir, NanoAdapterConfig(rank=4, alpha=4))
-    return Encoder(edge, processor), LocalBackbone.from_pretrained(tiny_model_dir)
+    return SampleEncoder(edge, processor), LocalBackbone.from_pretrained(tiny_model_dir)
 
 
 def _modality_mix(samples: list[Sample]) -> list[Sample]:

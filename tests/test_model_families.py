@@ -12,8 +12,9 @@ from pathlib import Path
 import pytest
 from transformers import AutoConfig, AutoProcessor
 
-from anther.core.config import ConfigError, load_config
+from anther.core.config import ConfigError
 from anther.model.families import FAMILIES, family_for
+from anther.simulations.experiment import load_config
 
 
 def test_unknown_model_type_names_the_known_families():

@@ -8,11 +8,11 @@ from PIL import Image
 from rich.console import Console
 
 from anther.cli import main
-from anther.core.config import load_config
 from anther.core.sample import write_split
 from anther.data import shapes_vqa
 from anther.data.client_data import client_data
 from anther.data.partition_report import write_partition_report
+from anther.simulations.experiment import load_config
 
 
 def _data(folder):

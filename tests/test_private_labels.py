@@ -23,11 +23,12 @@ from anther.backbone.service.decode import ForwardInputs, decode_hidden_backward
 from anther.backbone.service.server import start
 from anther.backbone.service.servicer import BackboneService
 from anther.backbone.wire import WireError
-from anther.client.inference import Encoder, option_scores
+from anther.client.inference import option_scores
 from anther.client.private_labels import PrivateLabelBackbone
 from anther.client.trainer import split_step
 from anther.model.nano_adapter import NanoAdapterConfig
 from anther.model.nano_edge import NanoEdge
+from anther.model.sample_encoder import SampleEncoder
 
 TIGHT = {"rtol": 1e-5, "atol": 1e-7}
 
@@ -43,14 +44,14 @@ def local(model, tiny_model_dir: Path) -> LocalBackbone:
 
 
 @pytest.fixture(scope="module")
-def encoder(model, tiny_model_dir: Path) -> Encoder:
+def encoder(model, tiny_model_dir: Path) -> SampleEncoder:
     """A NanoEdge with non-zero up projections, so gradients reach every adapter weight."""
     edge = NanoEdge.from_model(model, NanoAdapterConfig(rank=4, alpha=4))
     gen = torch.Generator().manual_seed(1)
     with torch.no_grad():
         for p in edge.adapters.parameters():
             p.add_(0.05 * torch.randn(p.shape, generator=gen))
-    return Encoder(edge, AutoProcessor.from_pretrained(tiny_model_dir))
+    return SampleEncoder(edge, AutoProcessor.from_pretrained(tiny_model_dir))
 
 
 @pytest.fixture(scope="module")
@@ -62,14 +63,14 @@ def port(local: LocalBackbone) -> Iterator[int]:
     service.close()
 
 
-def _step(encoder: Encoder, backbone: Backbone, samples) -> tuple[float, dict[str, torch.Tensor]]:
+def _step(encoder: SampleEncoder, backbone: Backbone, samples) -> tuple[float, dict[str, torch.Tensor]]:
     """One split step's loss and the adapter gradients it leaves."""
     encoder.edge.adapters.zero_grad(set_to_none=True)
     result = split_step(encoder, backbone, samples)
     return result.loss, {n: p.grad.clone() for n, p in encoder.edge.adapters.named_parameters()}
 
 
-def _assert_same_step(encoder: Encoder, plain: Backbone, private: Backbone, samples) -> None:
+def _assert_same_step(encoder: SampleEncoder, plain: Backbone, private: Backbone, samples) -> None:
     loss, grads = _step(encoder, plain, samples)
     private_loss, private_grads = _step(encoder, private, samples)
     assert private_loss == pytest.approx(loss, rel=1e-6)

@@ -14,8 +14,9 @@ from transformers import AutoConfig
 from anther.backbone.in_process import LocalBackbone
 from anther.backbone.quantization import KEPT_IN_DTYPE, check_quantization, quantization_config
 from anther.cli import main
-from anther.core.config import ConfigError, load_config
+from anther.core.config import ConfigError
 from anther.model.side_loading import side_class
+from anther.simulations.experiment import load_config
 
 
 def test_no_gpu_is_named_before_anything_loads(monkeypatch, tiny_model_dir: Path):

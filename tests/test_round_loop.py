@@ -18,12 +18,12 @@ from fakes import play_serverapp_runtime
 from flwr.app import Array, ArrayRecord, ConfigRecord, Error, Message, MessageType, MetricRecord, RecordDict
 from safetensors.torch import load_file
 
-from anther.core.config import load_config, load_run_config
 from anther.core.sample import write_split
 from anther.data import shapes_vqa
 from anther.model.nano_adapter import NanoAdapterConfig
 from anther.model.nano_edge import initial_adapter_state
 from anther.server.federated_run import FederatedRun
+from anther.simulations.experiment import load_config, load_run_config
 
 NODES = {101: 0, 102: 1, 103: 2}  # node id -> partition id
 

@@ -8,7 +8,7 @@ from collections import Counter
 
 import pytest
 
-from anther.core.config import CONFIG_DIR, ConfigError, load_config
+from anther.core.config import CONFIG_DIR, ConfigError
 from anther.core.sample import Sample, write_split
 from anther.data import shapes_vqa
 from anther.data.client_data import client_data
@@ -19,6 +19,7 @@ from anther.data.scenarios import (
     partition_indices,
     quantity_sizes,
 )
+from anther.simulations.experiment import load_config
 
 SCENARIOS = sorted(p.stem for p in (CONFIG_DIR / "scenario").glob("*.yaml"))
 N = 10

@@ -12,7 +12,8 @@ import pytest
 import torch
 from flwr.app import Array, ArrayRecord, ConfigRecord
 
-from anther.core.config import ConfigError, load_config, to_yaml
+from anther.core.config import ConfigError, to_yaml
+from anther.simulations.experiment import load_config
 from anther.strategies.privacy import with_privacy
 from anther.strategies.privacy.secagg_protocol import SecAggParams, protocol_sizes
 from anther.strategies.privacy.secure_vector import VectorLayout, decode, encode

@@ -9,11 +9,11 @@ from transformers import AutoConfig
 
 from anther.bench.model_sizes import report_for_config, size_report
 from anther.cli import main
-from anther.client.inference import Encoder
 from anther.model.families import family_for, load_processor
 from anther.model.lora import LoraSettings
 from anther.model.nano_adapter import NanoAdapterConfig
 from anther.model.nano_edge import NanoEdge
+from anther.model.sample_encoder import SampleEncoder
 
 
 @pytest.mark.parametrize("fixture", ["tiny_model_dir", "tiny_llava_next_dir", "tiny_idefics3_dir", "tiny_qwen2_vl_dir"])
@@ -35,7 +35,7 @@ def test_counts_match_a_loaded_nano_edge(fixture, request, samples):
     image_tokens = family_for(config.model_type).image_tokens(config)
     assert report.activation_bytes_down_per_sample == (image_tokens + 10) * text.hidden_size * 4
     if config.model_type != "qwen2_vl":
-        batch = Encoder(edge, load_processor(tiny_model_dir))(samples[:2], None)
+        batch = SampleEncoder(edge, load_processor(tiny_model_dir))(samples[:2], None)
         assert int((batch.input_ids == config.image_token_id).sum()) == image_tokens * len(batch.pixel_values)
 
 

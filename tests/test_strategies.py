@@ -19,10 +19,9 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, Met
 from flwr.serverapp.exception import AggregationError, InconsistentMessageReplies
 from torch import nn
 
-from anther.client.fisher import diagonal_fisher
 from anther.model.nano_adapter import NanoAdapter, NanoAdapterConfig
-from anther.strategies.adaptive_regularisation import MiddleProximal, middle_range, proximal_term
-from anther.strategies.fisher_merging import FisherMerging
+from anther.strategies.fedprox import MiddleProximal, middle_range, proximal_term
+from anther.strategies.fisher_merging import FisherMerging, diagonal_fisher
 from anther.strategies.hetero_rank import HeteroRankFedAvg, truncate_to_rank
 from anther.strategies.modality_aware import ModalityAwareFedAvg
 from anther.strategies.personalised import PersonalisedAdapters, PersonalisedFedAvg
@@ -278,15 +277,15 @@ def test_diagonal_fisher_matches_the_composed_model(tiny_model_dir, samples):
 
     from anther.backbone.in_process import LocalBackbone
     from anther.backbone.interface import causal_lm_loss
-    from anther.client.fisher import batch_indices
-    from anther.client.inference import Encoder
     from anther.model.nano_edge import NanoEdge
+    from anther.model.sample_encoder import SampleEncoder
+    from anther.strategies.fisher_merging import batch_indices
 
     edge = NanoEdge.from_pretrained(tiny_model_dir, NanoAdapterConfig(rank=4, alpha=4))
     with torch.no_grad():  # non-zero up, so that down gets gradient too
         for p in edge.adapters.parameters():
             p.normal_(0, 0.1)
-    encoder = Encoder(edge, AutoProcessor.from_pretrained(tiny_model_dir))
+    encoder = SampleEncoder(edge, AutoProcessor.from_pretrained(tiny_model_dir))
     backbone = LocalBackbone.from_pretrained(tiny_model_dir)
     mixed = [s if i % 2 else s.without_image() for i, s in enumerate(samples[:6])]
     fisher = diagonal_fisher(encoder, backbone, mixed, num_batches=3, batch_size=2, seed=5)

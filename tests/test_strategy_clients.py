@@ -19,13 +19,14 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, R
 from transformers import AutoConfig
 
 from anther import client_app
-from anther.client.builtin_extras import LOCAL_ADAPTERS
-from anther.core.config import load_config, to_yaml
+from anther.core.config import to_yaml
 from anther.core.sample import write_split
 from anther.data import shapes_vqa
 from anther.data.client_data import client_data
 from anther.model.nano_adapter import NanoAdapter, NanoAdapterConfig
 from anther.model.nano_edge import initial_adapter_state
+from anther.simulations.experiment import load_config
+from anther.strategies.personalised import LOCAL_ADAPTERS
 from anther.strategies.registry import build_strategy
 
 NODES = {11: 0, 12: 1}  # node id -> partition id

@@ -43,12 +43,13 @@ from anther.backbone.service.batching import BatchPolicy
 from anther.backbone.service.server import start
 from anther.backbone.service.servicer import BackboneService
 from anther.client.runtime import load_runtime
-from anther.core.config import load_config, to_yaml
+from anther.core.config import to_yaml
 from anther.core.sample import Sample, write_split
 from anther.data import shapes_vqa
 from anther.model.nano_adapter import NanoAdapterConfig
 from anther.model.nano_edge import initial_adapter_state
 from anther.model.prompt import build_prompt, build_target
+from anther.simulations.experiment import load_config
 
 DOC = Path(__file__).parents[1] / "docs" / "what-leaves-a-client.md"
 ADAPTER_PARAM = re.compile(r"(image|text)\.(down|up)\.(weight|bias)")

@@ -23,14 +23,15 @@ from omegaconf import DictConfig
 
 from anther.backbone.certs import read_token
 from anther.backbone.remote import RemoteBackbone
+from anther.core import protocol
 
 # node-config key -> the backbone.* key it overrides
 NODE_KEYS = {
-    "backbone-address": "address",
-    "backbone-ca": "ca_cert",
-    "backbone-token-file": "token_file",
-    "backbone-cert": "client_cert",
-    "backbone-key": "client_key",
+    protocol.BACKBONE_ADDRESS: "address",
+    protocol.BACKBONE_CA: "ca_cert",
+    protocol.BACKBONE_TOKEN_FILE: "token_file",
+    protocol.BACKBONE_CERT: "client_cert",
+    protocol.BACKBONE_KEY: "client_key",
 }
 
 
@@ -91,7 +92,7 @@ def endpoint_for(cfg: DictConfig, node_config: Mapping[str, Any] | None = None) 
     values = {key: b[key] for key in NODE_KEYS.values()}
     replicas = b.get("replica_addresses") or []
     if replicas:  # clients spread over the service's replicas by partition id (replica 0 without one)
-        values["address"] = replicas[int((node_config or {}).get("partition-id", 0)) % len(replicas)]
+        values["address"] = replicas[int((node_config or {}).get(protocol.PARTITION_ID, 0)) % len(replicas)]
     for node_key, key in NODE_KEYS.items():
         if node_config and node_key in node_config:
             values[key] = str(node_config[node_key])

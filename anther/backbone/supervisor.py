@@ -32,15 +32,14 @@ from omegaconf import DictConfig, OmegaConf
 
 from anther.backbone.certs import TOKENS_FILE, make_certs, write_tokens
 from anther.core.config import WILDCARD_HOSTS, split_address
+from anther.core.files import write_json_atomic
 
 RUN_CLIENT = "anther-run"  # the token name of the run's own callers
 
 
 def announce_ready(ready_file: Path, port: int) -> None:
     """Child side: say the service listens on ``port`` (written atomically, read by the parent)."""
-    tmp = ready_file.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"port": port, "pid": os.getpid()}))
-    os.replace(tmp, ready_file)
+    write_json_atomic(ready_file, {"port": port, "pid": os.getpid()})
 
 
 def stop_with_parent(server: grpc.Server, parent_pid: int, poll_s: float = 1.0) -> None:

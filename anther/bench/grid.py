@@ -33,7 +33,8 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from anther.core.config import CONFIG_DIR, ConfigError, load_config
+from anther.core.config import CONFIG_DIR, ConfigError
+from anther.simulations.experiment import load_config
 from anther.simulations.launcher import private_superlink
 from anther.simulations.runner import simulate
 

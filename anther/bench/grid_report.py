@@ -33,7 +33,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from anther.bench.grid import SCENARIO_DIR, Cell, cells, unfinished
 from anther.bench.machine import describe, one_line
-from anther.server.run_report import write_json_atomic
+from anther.core.files import write_json_atomic
 
 ACC = "acc_mc"
 

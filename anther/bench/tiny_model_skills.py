@@ -20,11 +20,11 @@ from pathlib import Path
 import torch
 from transformers import AutoProcessor, LlavaForConditionalGeneration
 
-from anther.core.config import load_config
 from anther.data import shapes_vqa
 from anther.data.shapes_vqa import DOMAINS, PRETRAIN_DOMAINS, TASKS
 from anther.model.families.llava import LlavaFamily
 from anther.model.prompt import IMAGE_PLACEHOLDER
+from anther.simulations.experiment import load_config
 
 
 @torch.no_grad()

@@ -30,7 +30,6 @@ from opacus.accountants.utils import get_noise_multiplier
 from anther.backbone.interface import IGNORE_INDEX
 
 ACCOUNTANT_STATE = "dp-accountant"  # Context.state key of the accountant's history
-EPSILON_METRIC = "dp_epsilon"
 
 
 @dataclass

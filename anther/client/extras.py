@@ -14,9 +14,11 @@ at one of three points:
 - :func:`evaluation` -- around local evaluation: returns a context manager inside which the
   NanoEdge is evaluated (global + local adapter, say).
 
-anther's own extras (:mod:`anther.client.builtin_extras`) are registered exactly as code
-outside anther registers its own; a module of yours is imported by every ClientApp when the
-experiment's ``strategy.client_modules`` names it (:func:`import_client_modules`).
+An extra lives in its strategy's module, next to the server half that sends its key. Every
+ClientApp imports the modules the experiment's strategy names as its client modules
+(:func:`import_client_modules`): for anther's own strategies the registry
+(:mod:`anther.strategies.registry`) names them, for a plug-in its ``strategy.client_modules``
+does. Both are registered by these decorators when imported, the same way.
 Every key of a round config must mean the same to every client, so registering a second,
 different function for a key that already has one is an error.
 """
@@ -35,6 +37,7 @@ from omegaconf import DictConfig
 
 from anther.client.runtime import ClientRuntime
 from anther.client.trainer import Regulariser
+from anther.core import protocol
 from anther.core.sample import Sample
 
 Record = ArrayRecord | MetricRecord | ConfigRecord
@@ -101,7 +104,7 @@ def build_regularisers(ctx: ExtraContext) -> list[Regulariser]:
     return [make(ctx) for _, make in _wanted(_REGULARISERS, ctx.config)]
 
 
-def add_reply_records(ctx: ExtraContext, content: RecordDict, metrics_key: str = "metrics") -> None:
+def add_reply_records(ctx: ExtraContext, content: RecordDict, metrics_key: str = protocol.METRICS) -> None:
     """Run the after-training extras the round asks for and put what they return into ``content``."""
     for key, make in _wanted(_AFTER_TRAINING, ctx.config):
         for name, record in make(ctx).items():
@@ -126,15 +129,12 @@ def evaluation_view(ctx: ExtraContext) -> Iterator[None]:
         yield
 
 
-def import_client_modules(experiment: DictConfig) -> None:
-    """Import the modules ``strategy.client_modules`` names, so their extras are registered."""
-    for name in experiment.strategy.get("client_modules") or []:
+def import_client_modules(names: Iterable[str]) -> None:
+    """Import the strategy's client modules, so the extras they hold are registered."""
+    for name in names:
         try:
             importlib.import_module(str(name))
         except ImportError as e:
             raise ImportError(f"strategy.client_modules names {name!r}, which this client cannot import "
                               f"(is it on the node's PYTHONPATH?): {e}") from e
 
-
-# anther's own extras register themselves; imported last, once the decorators exist.
-import anther.client.builtin_extras  # noqa: F401

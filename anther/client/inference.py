@@ -7,33 +7,13 @@ Both run the same split path as training (NanoEdge embeddings, backbone on
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
 
 import torch
 
 from anther.backbone.interface import Backbone, greedy_decode
 from anther.client.metrics import choice_metrics
 from anther.core.sample import Sample
-from anther.model.nano_edge import NanoEdge
-from anther.model.prompt import build_prompt, build_target
-
-
-@dataclass
-class Encoder:
-    """Turns samples into EncodedBatches with the model's own processor."""
-
-    edge: NanoEdge
-    processor: object
-    modality_agnostic: bool = False
-
-    def __call__(self, samples: list[Sample], answers: list[str] | None = None):
-        prompts = [build_prompt(s, self.modality_agnostic) for s in samples]
-        eos = self.processor.tokenizer.eos_token
-        targets = None if answers is None else [build_target(a, eos) for a in answers]
-        family = self.edge.family
-        batch = family.encode(self.processor, prompts, [s.image for s in samples], targets)
-        batch.position_ids = family.position_ids(self.edge.model_config, batch)
-        return batch
+from anther.model.sample_encoder import SampleEncoder
 
 
 def _chunks(items: list, size: int) -> Iterator[list]:
@@ -42,7 +22,7 @@ def _chunks(items: list, size: int) -> Iterator[list]:
 
 
 @torch.no_grad()
-def option_scores(encoder: Encoder, backbone: Backbone, samples: list[Sample],
+def option_scores(encoder: SampleEncoder, backbone: Backbone, samples: list[Sample],
                   batch_size: int = 64) -> list[list[float]]:
     """Log-likelihood of every answer option of every sample (the answer's tokens only)."""
     pairs = [(i, s, o) for i, s in enumerate(samples) for o in s.options]
@@ -56,7 +36,7 @@ def option_scores(encoder: Encoder, backbone: Backbone, samples: list[Sample],
 
 
 @torch.no_grad()
-def greedy_answers(encoder: Encoder, backbone: Backbone, samples: list[Sample],
+def greedy_answers(encoder: SampleEncoder, backbone: Backbone, samples: list[Sample],
                    max_new_tokens: int = 4, batch_size: int = 64) -> list[str]:
     """Greedy decoding driven by the client: each new token is embedded (and adapted)
     here, so generation sees exactly the embeddings training did."""
@@ -73,7 +53,7 @@ def greedy_answers(encoder: Encoder, backbone: Backbone, samples: list[Sample],
     return answers
 
 
-def evaluate_samples(encoder: Encoder, backbone: Backbone, samples: list[Sample], generate: bool = True,
+def evaluate_samples(encoder: SampleEncoder, backbone: Backbone, samples: list[Sample], generate: bool = True,
                      max_new_tokens: int = 3, batch_size: int = 128) -> dict[str, float]:
     """Accuracy by multiple-choice scoring (``acc_mc``), exact match of greedy generation
     (``acc_gen``), multiple-choice accuracy per task (``acc_mc/<task>``), and macro-F1 and ROC AUC

@@ -23,7 +23,6 @@ from torch import nn
 from anther.backbone.endpoint import BackboneEndpoint, endpoint_for
 from anther.backbone.in_process import LocalBackbone
 from anther.backbone.interface import Backbone
-from anther.client.inference import Encoder
 from anther.client.private_labels import PrivateLabelBackbone
 from anther.core.config import anther_home
 from anther.model.families import family_for, load_processor
@@ -31,6 +30,7 @@ from anther.model.feature_cache import FeatureCache
 from anther.model.lora import LoraSettings, inject_lora
 from anther.model.nano_adapter import NanoAdapterConfig
 from anther.model.nano_edge import NanoEdge
+from anther.model.sample_encoder import SampleEncoder
 from anther.model.side_loading import checkpoint_fingerprint, load_side
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -38,7 +38,7 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 
 @dataclass
 class ClientRuntime:
-    encoder: Encoder
+    encoder: SampleEncoder
     backbone: Backbone
 
     @property
@@ -63,7 +63,7 @@ class EdgeSpec:
 
 
 @lru_cache(maxsize=4)
-def _client_side(spec: EdgeSpec, local_backbone: bool) -> tuple[Encoder, LocalBackbone | None, nn.Module | None]:
+def _client_side(spec: EdgeSpec, local_backbone: bool) -> tuple[SampleEncoder, LocalBackbone | None, nn.Module | None]:
     """Processor + NanoEdge, the in-process backbone if asked for, and the LM head (for private
     labels): one load of the checkpoint, of only the modules these need
     (:mod:`anther.model.side_loading`): without the local backbone the LLM's decoder layers
@@ -87,7 +87,7 @@ def _client_side(spec: EdgeSpec, local_backbone: bool) -> tuple[Encoder, LocalBa
         backbone.counts_traffic = False  # one process, nothing crosses a wire
     processor = load_processor(spec.model_path)
     head = family.backbone_parts(model)[1] if spec.private_labels else None
-    return Encoder(edge, processor, spec.modality_agnostic), backbone, head
+    return SampleEncoder(edge, processor, spec.modality_agnostic), backbone, head
 
 
 @lru_cache(maxsize=8)

@@ -21,9 +21,7 @@ needs is at most the second newest.
 
 from __future__ import annotations
 
-import os
 import re
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -32,9 +30,10 @@ from flwr.app import ConfigRecord, RecordDict
 from flwr.common.serde import recorddict_from_proto, recorddict_to_proto
 from flwr.proto.recorddict_pb2 import RecordDict as ProtoRecordDict
 
+from anther.core import protocol
 from anther.core.config import anther_home
+from anther.core.files import write_atomic
 
-RUN_KEY = "run-key"  # round-config key: the run folder's name
 MARKER = "anther-state"  # Context.state record saying which round the state is from
 KEEP = 2
 _FILE = re.compile(r"round-(\d{4,})\.pb")
@@ -42,16 +41,17 @@ _FILE = re.compile(r"round-(\d{4,})\.pb")
 
 def state_folder(node_config: Mapping[str, Any], run_key: str, partition_id: int) -> Path:
     """Where this node keeps its state for this run."""
-    base = Path(str(node_config["state-dir"])) if "state-dir" in node_config else anther_home() / "client-state"
+    base = (Path(str(node_config[protocol.STATE_DIR])) if protocol.STATE_DIR in node_config
+            else anther_home() / "client-state")
     if not run_key or Path(run_key).name != run_key or run_key in (".", ".."):
-        raise ValueError(f"{RUN_KEY}={run_key!r} from the server is not a plain folder name")
+        raise ValueError(f"{protocol.RUN_KEY}={run_key!r} from the server is not a plain folder name")
     return base.expanduser() / run_key / f"partition-{partition_id}"
 
 
 def folder_for(config: Mapping[str, Any], node_config: Mapping[str, Any], partition_id: int) -> Path | None:
     """This node's state folder for the run a round config belongs to; None when the server
     sends no run key (then nothing is persisted)."""
-    key = config.get(RUN_KEY)
+    key = config.get(protocol.RUN_KEY)
     return None if key is None else state_folder(node_config, str(key), partition_id)
 
 
@@ -83,16 +83,7 @@ def save_state(state: RecordDict, folder: Path, server_round: int) -> Path | Non
     state[MARKER] = ConfigRecord({"round": server_round})
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"round-{server_round:04d}.pb"
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=path.name, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(recorddict_to_proto(state).SerializeToString())
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    write_atomic(path, recorddict_to_proto(state).SerializeToString())
     for old in _saved_rounds(folder)[:-KEEP]:
         (folder / f"round-{old:04d}.pb").unlink(missing_ok=True)
     return path

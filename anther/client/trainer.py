@@ -24,8 +24,8 @@ from anther.client.dp import (
     poisson_batch,
     privatise,
 )
-from anther.client.inference import Encoder
 from anther.core.sample import Sample
+from anther.model.sample_encoder import SampleEncoder
 
 # A term added to the local objective, a function of the adapters' current weights (a
 # proximal pull towards the global weights, say). Its gradient is added to the task loss's.
@@ -48,7 +48,7 @@ class StepResult:
     bytes_down: int
 
 
-def split_step(encoder: Encoder, backbone: Backbone, batch_samples: list[Sample],
+def split_step(encoder: SampleEncoder, backbone: Backbone, batch_samples: list[Sample],
                regularisers: Sequence[Regulariser] = ()) -> StepResult:
     """One exchange with the backbone; leaves d(task loss + regularisers)/d adapters in ``.grad``.
 
@@ -70,7 +70,7 @@ def split_step(encoder: Encoder, backbone: Backbone, batch_samples: list[Sample]
     return StepResult(loss, backbone.bytes_up - up0, backbone.bytes_down - down0)  # as the wire counted
 
 
-def dp_split_step(encoder: Encoder, backbone: Backbone, batch_samples: list[Sample],
+def dp_split_step(encoder: SampleEncoder, backbone: Backbone, batch_samples: list[Sample],
                   params: Sequence[torch.Tensor], dp: DPSGD,
                   regularisers: Sequence[Regulariser] = ()) -> StepResult | None:
     """One DP-SGD exchange (:mod:`anther.client.dp`): leaves the noisy mean of clipped per-sample
@@ -97,7 +97,7 @@ def dp_split_step(encoder: Encoder, backbone: Backbone, batch_samples: list[Samp
     return result
 
 
-def train_adapters(encoder: Encoder, backbone: Backbone, samples: list[Sample], steps: int,
+def train_adapters(encoder: SampleEncoder, backbone: Backbone, samples: list[Sample], steps: int,
                    batch_size: int, lr: float, seed: int, weight_decay: float = 0.0,
                    max_grad_norm: float = 1.0, show_progress: bool = False,
                    regularisers: Sequence[Regulariser] = (), dp: DPSGD | None = None) -> TrainReport:

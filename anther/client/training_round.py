@@ -17,11 +17,8 @@ from anther.client.dp import DPSGD, dpsgd_for
 from anther.client.inference import evaluate_samples
 from anther.client.runtime import ClientRuntime
 from anther.client.trainer import Regulariser, TrainReport, train_adapters
+from anther.core import protocol
 from anther.core.sample import Sample
-
-# The train reply's ConfigRecord with how long local training took (``train_seconds``): a
-# ConfigRecord, so that no strategy averages it; the round record's ``client_seconds``.
-TIMING_RECORD = "timing"
 
 
 def round_seed(seed: int, server_round: int, partition_id: int) -> int:
@@ -54,5 +51,5 @@ def own_split_metrics(cfg: DictConfig, runtime: ClientRuntime, test_set: list[Sa
     choice only), keyed as the ClientApp replies it."""
     metrics = evaluate_samples(runtime.encoder, runtime.backbone, test_set, generate=False,
                                batch_size=cfg.eval.batch_size)
-    return {"num-examples": len(test_set), "partition-id": partition_id,
+    return {protocol.NUM_EXAMPLES: len(test_set), protocol.PARTITION_ID: partition_id,
             **{k: v for k, v in metrics.items() if k != "num_examples"}}

@@ -3,6 +3,9 @@
 Experiments are YAML files in ``anther/configs/`` composed over the
 structured schema below, so a misspelt key or a wrong type is rejected by Hydra
 with the key's name, and :func:`validate` rejects out-of-range values the same way.
+This module is the bottom of the package: it imports nothing of anther, so every
+layer can read a config. Checks that need a layer above (is this a model family, a data
+format, a strategy that averages?) are in :mod:`anther.simulations.experiment`.
 """
 
 from __future__ import annotations
@@ -27,6 +30,10 @@ PARTITION_SCHEMES = ("iid", "dirichlet", "domain", "quantity")  # anther/data/sc
 MODALITY_SCENARIOS = ("full", "missing", "cross", "hybrid")
 MODES = ("split", "local")  # docs/local-mode.md
 BASELINES = ("none", "zero_shot", "local_only", "centralised")  # anther/simulations/baselines.py
+# privacy.client_level.mode: Flower's DP wrappers (anther/strategies/privacy/client_dp.py)
+CLIENT_LEVEL_SERVER_MODES = ("server_fixed", "server_adaptive")
+CLIENT_LEVEL_CLIENT_MODES = ("client_fixed", "client_adaptive")
+CLIENT_LEVEL_MODES = ("off", *CLIENT_LEVEL_SERVER_MODES, *CLIENT_LEVEL_CLIENT_MODES)
 
 
 def anther_home() -> Path:
@@ -284,7 +291,7 @@ class ConfigError(ValueError):
     """An experiment config value is out of range; the message names the key."""
 
 
-def _check(ok: bool, key: str, value: object, need: str) -> None:
+def check(ok: bool, key: str, value: object, need: str) -> None:
     if not ok:
         raise ConfigError(f"config value {key}={value!r} is invalid: {need}")
 
@@ -292,46 +299,39 @@ def _check(ok: bool, key: str, value: object, need: str) -> None:
 def validate(cfg: DictConfig) -> DictConfig:
     """Range checks Hydra's types cannot express."""
     f, t, d = cfg.federation, cfg.train, cfg.data
-    _check(f.num_clients >= 1, "federation.num_clients", f.num_clients, "must be >= 1")
-    _check(f.rounds >= 1, "federation.rounds", f.rounds, "must be >= 1")
-    _check(0 < f.fraction_train <= 1, "federation.fraction_train", f.fraction_train, "must be in (0, 1]")
-    _check(f.min_train_clients >= 1, "federation.min_train_clients", f.min_train_clients, "must be >= 1")
-    _check(1 <= f.min_replies <= f.num_clients, "federation.min_replies", f.min_replies,
+    check(f.num_clients >= 1, "federation.num_clients", f.num_clients, "must be >= 1")
+    check(f.rounds >= 1, "federation.rounds", f.rounds, "must be >= 1")
+    check(0 < f.fraction_train <= 1, "federation.fraction_train", f.fraction_train, "must be in (0, 1]")
+    check(f.min_train_clients >= 1, "federation.min_train_clients", f.min_train_clients, "must be >= 1")
+    check(1 <= f.min_replies <= f.num_clients, "federation.min_replies", f.min_replies,
            f"must be in [1, federation.num_clients={f.num_clients}]")
-    _check(f.outlier_factor is None or f.outlier_factor > 1, "federation.outlier_factor", f.outlier_factor,
+    check(f.outlier_factor is None or f.outlier_factor > 1, "federation.outlier_factor", f.outlier_factor,
            "must be > 1 (a multiple of the round's median update norm), or null to turn the check off")
     for key in ("client_cpus", "client_gpus"):
-        _check(f[key] is None or f[key] >= 0, f"federation.{key}", f[key], "must be >= 0 (or null)")
-    _check(f.client_cpus != 0, "federation.client_cpus", f.client_cpus, "must be > 0 (or null)")
-    _check(t.local_steps >= 1, "train.local_steps", t.local_steps, "must be >= 1")
-    _check(t.batch_size >= 1, "train.batch_size", t.batch_size, "must be >= 1")
-    _check(t.lr > 0, "train.lr", t.lr, "must be > 0")
-    _check(cfg.adapter.rank >= 1, "adapter.rank", cfg.adapter.rank, "must be >= 1")
-    _check(0 <= d.client_test_fraction < 1, "data.client_test_fraction", d.client_test_fraction,
+        check(f[key] is None or f[key] >= 0, f"federation.{key}", f[key], "must be >= 0 (or null)")
+    check(f.client_cpus != 0, "federation.client_cpus", f.client_cpus, "must be > 0 (or null)")
+    check(t.local_steps >= 1, "train.local_steps", t.local_steps, "must be >= 1")
+    check(t.batch_size >= 1, "train.batch_size", t.batch_size, "must be >= 1")
+    check(t.lr > 0, "train.lr", t.lr, "must be > 0")
+    check(cfg.adapter.rank >= 1, "adapter.rank", cfg.adapter.rank, "must be >= 1")
+    check(0 <= d.client_test_fraction < 1, "data.client_test_fraction", d.client_test_fraction,
            "must be in [0, 1)")
-    _check(d.train_size >= f.num_clients, "data.train_size", d.train_size,
+    check(d.train_size >= f.num_clients, "data.train_size", d.train_size,
            f"must be at least federation.num_clients ({f.num_clients})")
-    _check(cfg.partition.scheme in PARTITION_SCHEMES, "partition.scheme", cfg.partition.scheme,
+    check(cfg.partition.scheme in PARTITION_SCHEMES, "partition.scheme", cfg.partition.scheme,
            f"must be one of {', '.join(PARTITION_SCHEMES)}")
-    _check(cfg.partition.alpha > 0, "partition.alpha", cfg.partition.alpha, "must be > 0")
+    check(cfg.partition.alpha > 0, "partition.alpha", cfg.partition.alpha, "must be > 0")
     _validate_scenario(cfg.scenario)
-    _check(d.format in data_formats(), "data.format", d.format,
-           f"must be one of {', '.join(data_formats())}")
-    _check(cfg.model.dtype in ("float32", "bfloat16", "float16"), "model.dtype", cfg.model.dtype,
+    check(cfg.model.dtype in ("float32", "bfloat16", "float16"), "model.dtype", cfg.model.dtype,
            "must be float32, bfloat16 or float16")
-    _check(cfg.model.tiny_family in model_families(), "model.tiny_family", cfg.model.tiny_family,
-           f"must be one of {', '.join(model_families())}")
-    _check(cfg.model.tiny_family == "llava" or cfg.model.tiny_pretrain_steps == 0 or cfg.model.path,
-           "model.tiny_pretrain_steps", cfg.model.tiny_pretrain_steps,
-           f"must be 0 for model.tiny_family={cfg.model.tiny_family} (the pretraining recipe is LLaVA's)")
-    _check(cfg.feature_cache.max_mb > 0, "feature_cache.max_mb", cfg.feature_cache.max_mb, "must be > 0")
+    check(cfg.feature_cache.max_mb > 0, "feature_cache.max_mb", cfg.feature_cache.max_mb, "must be > 0")
     _validate_backbone(cfg.backbone)
     _validate_privacy(cfg.privacy, cfg.strategy)
     _validate_client_level(cfg)
     _validate_secagg(cfg)
-    _check(cfg.baseline in BASELINES, "baseline", cfg.baseline, f"must be one of {', '.join(BASELINES)}")
+    check(cfg.baseline in BASELINES, "baseline", cfg.baseline, f"must be one of {', '.join(BASELINES)}")
     _validate_mode(cfg)
-    _check("name" in cfg.strategy or "_target_" in cfg.strategy, "strategy", dict(cfg.strategy),
+    check("name" in cfg.strategy or "_target_" in cfg.strategy, "strategy", dict(cfg.strategy),
            "needs a 'name' (built-in) or a '_target_' (your own class)")
     return cfg
 
@@ -347,17 +347,17 @@ LOCAL_MODE_EXCLUDES = (
 
 
 def _validate_mode(cfg: DictConfig) -> None:
-    _check(cfg.mode in MODES, "mode", cfg.mode, f"must be one of {', '.join(MODES)}")
+    check(cfg.mode in MODES, "mode", cfg.mode, f"must be one of {', '.join(MODES)}")
     if cfg.mode != "local":
         return
     lora = cfg.lora
-    _check(lora.rank >= 1, "lora.rank", lora.rank, "must be >= 1")
-    _check(0 <= lora.dropout < 1, "lora.dropout", lora.dropout, "must be in [0, 1)")
-    _check(len(lora.target_modules) > 0, "lora.target_modules", list(lora.target_modules),
+    check(lora.rank >= 1, "lora.rank", lora.rank, "must be >= 1")
+    check(0 <= lora.dropout < 1, "lora.dropout", lora.dropout, "must be in [0, 1)")
+    check(len(lora.target_modules) > 0, "lora.target_modules", list(lora.target_modules),
            "must name at least one module of the LLM (e.g. q_proj)")
     for key, bad, reason in LOCAL_MODE_EXCLUDES:
         value = OmegaConf.select(cfg, key)
-        _check(value not in bad, key, value, f"cannot go with mode=local: {reason}")
+        check(value not in bad, key, value, f"cannot go with mode=local: {reason}")
 
 
 def simulation_resources(f: DictConfig) -> dict[str, str]:
@@ -372,119 +372,93 @@ def clients_per_round(f: DictConfig, available: int) -> int:
     return min(available, max(f.min_train_clients, round(f.fraction_train * available)))
 
 
+def sampled_per_round(federation: DictConfig) -> int:
+    """How many clients the round loop samples each round (``m``): the DP noise's divisor."""
+    return clients_per_round(federation, int(federation.num_clients))
+
+
 def _validate_scenario(s: DictConfig) -> None:
-    _check(s.modality in MODALITY_SCENARIOS, "scenario.modality", s.modality,
+    check(s.modality in MODALITY_SCENARIOS, "scenario.modality", s.modality,
            f"must be one of {', '.join(MODALITY_SCENARIOS)}")
     for key in ("missing_rate", "image_share", "presence"):
-        _check(0 <= s[key] <= 1, f"scenario.{key}", s[key], "must be in [0, 1]")
-
-
-def model_families() -> tuple[str, ...]:
-    """Names ``model.tiny_family`` accepts (imported late: the families pull in transformers)."""
-    from anther.model.families import FAMILIES
-
-    return tuple(sorted(FAMILIES))
-
-
-def data_formats() -> tuple[str, ...]:
-    """Names ``data.format`` accepts (imported late: the loaders pull in pyarrow and datasets)."""
-    from anther.data.formats.registry import FORMATS
-
-    return tuple(FORMATS)
+        check(0 <= s[key] <= 1, f"scenario.{key}", s[key], "must be in [0, 1]")
 
 
 def _validate_backbone(b: DictConfig) -> None:
-    _check(b.mode in BACKBONE_MODES, "backbone.mode", b.mode, f"must be one of {', '.join(BACKBONE_MODES)}")
-    _check(b.wire_dtype in WIRE_DTYPES, "backbone.wire_dtype", b.wire_dtype,
+    check(b.mode in BACKBONE_MODES, "backbone.mode", b.mode, f"must be one of {', '.join(BACKBONE_MODES)}")
+    check(b.wire_dtype in WIRE_DTYPES, "backbone.wire_dtype", b.wire_dtype,
            f"must be one of {', '.join(WIRE_DTYPES)}")
-    _check(b.window_ms >= 0, "backbone.window_ms", b.window_ms, "must be >= 0")
-    _check(b.max_batch >= 1, "backbone.max_batch", b.max_batch, "must be >= 1")
-    _check(b.replicas >= 1, "backbone.replicas", b.replicas, "must be >= 1")
-    _check(b.replicas == 1 or b.mode == "service", "backbone.replicas", b.replicas,
+    check(b.window_ms >= 0, "backbone.window_ms", b.window_ms, "must be >= 0")
+    check(b.max_batch >= 1, "backbone.max_batch", b.max_batch, "must be >= 1")
+    check(b.replicas >= 1, "backbone.replicas", b.replicas, "must be >= 1")
+    check(b.replicas == 1 or b.mode == "service", "backbone.replicas", b.replicas,
            "more than 1 needs backbone.mode=service (the ServerApp starts the replicas)")
-    _check(not b.replica_addresses or all(_is_host_port(a) for a in b.replica_addresses),
+    check(not b.replica_addresses or all(_is_host_port(a) for a in b.replica_addresses),
            "backbone.replica_addresses", b.replica_addresses, "must be a list of host:port")
-    _check(b.devices is None or len(b.devices) == b.replicas, "backbone.devices", b.devices,
+    check(b.devices is None or len(b.devices) == b.replicas, "backbone.devices", b.devices,
            f"must name one device per replica (backbone.replicas={b.replicas})")
-    _check(b.quantization in QUANTIZATIONS, "backbone.quantization", b.quantization,
+    check(b.quantization in QUANTIZATIONS, "backbone.quantization", b.quantization,
            f"must be one of {', '.join(QUANTIZATIONS)}")
-    _check(b.quantization == "none" or b.mode != "local", "backbone.quantization", b.quantization,
+    check(b.quantization == "none" or b.mode != "local", "backbone.quantization", b.quantization,
            "needs backbone.mode=service or remote: an in-process backbone shares its weights with the NanoEdge")
-    _check(b.startup_timeout_s > 0, "backbone.startup_timeout_s", b.startup_timeout_s, "must be > 0")
-    _check(b.retry_s >= 0, "backbone.retry_s", b.retry_s, "must be >= 0")
+    check(b.startup_timeout_s > 0, "backbone.startup_timeout_s", b.startup_timeout_s, "must be > 0")
+    check(b.retry_s >= 0, "backbone.retry_s", b.retry_s, "must be >= 0")
     for key in ("address", "advertise_address"):
-        _check(b[key] is None or _is_host_port(b[key]), f"backbone.{key}", b[key], "must be host:port")
+        check(b[key] is None or _is_host_port(b[key]), f"backbone.{key}", b[key], "must be host:port")
     listens_everywhere = b.address is not None and split_address(b.address)[0] in WILDCARD_HOSTS
-    _check(not (b.mode == "service" and listens_everywhere and b.advertise_address is None),
+    check(not (b.mode == "service" and listens_everywhere and b.advertise_address is None),
            "backbone.advertise_address", b.advertise_address,
            f"must say which host:port clients dial when the service listens on {b.address}")
-    _check(b.mode != "remote" or b.address is not None, "backbone.address", b.address,
+    check(b.mode != "remote" or b.address is not None, "backbone.address", b.address,
            "must be set (host:port of a running `anther backbone serve`) when backbone.mode=remote")
-    _check(b.mode != "remote" or b.insecure or b.ca_cert is not None, "backbone.ca_cert", b.ca_cert,
+    check(b.mode != "remote" or b.insecure or b.ca_cert is not None, "backbone.ca_cert", b.ca_cert,
            "must name the CA that signed the service's certificate when backbone.mode=remote "
            "(or set backbone.insecure=true on a network you trust)")
-    _check((b.client_cert is None) == (b.client_key is None), "backbone.client_key", b.client_key,
+    check((b.client_cert is None) == (b.client_key is None), "backbone.client_key", b.client_key,
            "backbone.client_cert and backbone.client_key go together")
 
 
-def _check_weighted_mean(strategy: DictConfig, key: str, value: object) -> None:
-    """A built-in strategy named in ``strategy.name`` must aggregate by a weighted mean for DP
-    wrappers and SecAgg+ (``_target_`` strategies are checked when the run builds them)."""
-    from anther.strategies.registry import STRATEGIES
-    from anther.strategies.weighted_mean import is_weighted_mean
-
-    name = strategy.get("name")
-    _check(name not in STRATEGIES or is_weighted_mean(STRATEGIES[name]), key, value,
-           f"cannot go with strategy.name={name}: it does not aggregate by a weighted mean of the "
-           "adapters (its clients send data-dependent extras, or it needs each client's own update)")
-
-
 def _validate_client_level(cfg: DictConfig) -> None:
-    from anther.strategies.privacy.client_dp import MODES, SERVER_MODES, sampled_per_round
-
     c = cfg.privacy.client_level
-    _check(c.mode in MODES, "privacy.client_level.mode", c.mode, f"must be one of {', '.join(MODES)}")
+    check(c.mode in CLIENT_LEVEL_MODES, "privacy.client_level.mode", c.mode,
+           f"must be one of {', '.join(CLIENT_LEVEL_MODES)}")
     if c.mode == "off":
         return
-    _check_weighted_mean(cfg.strategy, "privacy.client_level.mode", c.mode)
-    _check(c.noise_multiplier >= 0, "privacy.client_level.noise_multiplier", c.noise_multiplier, "must be >= 0")
-    _check(c.clipping_norm > 0, "privacy.client_level.clipping_norm", c.clipping_norm, "must be > 0")
-    _check(0 <= c.target_clipped_quantile <= 1, "privacy.client_level.target_clipped_quantile",
+    check(c.noise_multiplier >= 0, "privacy.client_level.noise_multiplier", c.noise_multiplier, "must be >= 0")
+    check(c.clipping_norm > 0, "privacy.client_level.clipping_norm", c.clipping_norm, "must be > 0")
+    check(0 <= c.target_clipped_quantile <= 1, "privacy.client_level.target_clipped_quantile",
            c.target_clipped_quantile, "must be in [0, 1]")
-    _check(c.clip_norm_lr > 0, "privacy.client_level.clip_norm_lr", c.clip_norm_lr, "must be > 0")
-    _check(0 < cfg.privacy.delta < 1, "privacy.delta", cfg.privacy.delta, "must be in (0, 1)")
-    _check(not (cfg.privacy.secagg.enabled and c.mode in SERVER_MODES), "privacy.client_level.mode", c.mode,
+    check(c.clip_norm_lr > 0, "privacy.client_level.clip_norm_lr", c.clip_norm_lr, "must be > 0")
+    check(0 < cfg.privacy.delta < 1, "privacy.delta", cfg.privacy.delta, "must be in (0, 1)")
+    check(not (cfg.privacy.secagg.enabled and c.mode in CLIENT_LEVEL_SERVER_MODES), "privacy.client_level.mode", c.mode,
            "cannot clip on the server under privacy.secagg.enabled=true (the server never sees an "
            "update); use client_fixed or client_adaptive")
     if c.mode.endswith("adaptive") and c.noise_multiplier > 0:
         m = sampled_per_round(cfg.federation)
         stddev = m / 20 if c.clipped_count_stddev is None else c.clipped_count_stddev
-        _check(c.noise_multiplier < 2 * stddev, "privacy.client_level.clipped_count_stddev", c.clipped_count_stddev,
+        check(c.noise_multiplier < 2 * stddev, "privacy.client_level.clipped_count_stddev", c.clipped_count_stddev,
                f"must exceed noise_multiplier / 2 = {c.noise_multiplier / 2} (default: {m} sampled clients / 20): "
                "adaptive clipping spends part of the noise on the clipped count")
 
 
 def _validate_secagg(cfg: DictConfig) -> None:
-    from anther.strategies.privacy.client_dp import sampled_per_round
-
     s = cfg.privacy.secagg
     if not s.enabled:
         return
-    _check_weighted_mean(cfg.strategy, "privacy.secagg.enabled", s.enabled)
     m = sampled_per_round(cfg.federation)
-    _check(m >= 2, "federation.min_train_clients", cfg.federation.min_train_clients,
+    check(m >= 2, "federation.min_train_clients", cfg.federation.min_train_clients,
            "secure aggregation needs at least 2 clients per round")
     for key in ("num_shares", "reconstruction_threshold"):
         v = s[key]
-        _check(0 < v <= 1 or float(v).is_integer(), f"privacy.secagg.{key}", v,
+        check(0 < v <= 1 or float(v).is_integer(), f"privacy.secagg.{key}", v,
                "must be a fraction in (0, 1] or a whole count")
-    _check(s.num_shares <= 1 or s.num_shares > 2, "privacy.secagg.num_shares", s.num_shares,
+    check(s.num_shares <= 1 or s.num_shares > 2, "privacy.secagg.num_shares", s.num_shares,
            "as a count must be > 2 (or a fraction)")
-    _check(s.clipping_range > 0, "privacy.secagg.clipping_range", s.clipping_range, "must be > 0")
-    _check(s.max_weight > 0, "privacy.secagg.max_weight", s.max_weight, "must be > 0")
-    _check(s.modulus_range > 0 and s.modulus_range & (s.modulus_range - 1) == 0 and s.modulus_range <= 2**32,
+    check(s.clipping_range > 0, "privacy.secagg.clipping_range", s.clipping_range, "must be > 0")
+    check(s.max_weight > 0, "privacy.secagg.max_weight", s.max_weight, "must be > 0")
+    check(s.modulus_range > 0 and s.modulus_range & (s.modulus_range - 1) == 0 and s.modulus_range <= 2**32,
            "privacy.secagg.modulus_range", s.modulus_range, "must be a power of 2, at most 2**32")
-    _check(0 < s.quantization_range and m * s.quantization_range < s.modulus_range,
+    check(0 < s.quantization_range and m * s.quantization_range < s.modulus_range,
            "privacy.secagg.quantization_range", s.quantization_range,
            f"times the {m} clients summed per round must stay below privacy.secagg.modulus_range="
            f"{s.modulus_range} (or the sum wraps around)")
@@ -493,21 +467,21 @@ def _validate_secagg(cfg: DictConfig) -> None:
 def _validate_privacy(p: DictConfig, strategy: DictConfig) -> None:
     if not p.dp:
         return
-    _check(strategy.get("name") != "fisher", "privacy.dp", p.dp,
+    check(strategy.get("name") != "fisher", "privacy.dp", p.dp,
            "cannot go with strategy.name=fisher: each client would send a Fisher computed from its "
            "data without DP noise")
-    _check((p.noise_multiplier is None) != (p.target_epsilon is None), "privacy.noise_multiplier",
+    check((p.noise_multiplier is None) != (p.target_epsilon is None), "privacy.noise_multiplier",
            p.noise_multiplier, f"give exactly one of privacy.noise_multiplier and privacy.target_epsilon "
            f"(target_epsilon={p.target_epsilon}) when privacy.dp=true")
-    _check(p.noise_multiplier is None or p.noise_multiplier >= 0, "privacy.noise_multiplier",
+    check(p.noise_multiplier is None or p.noise_multiplier >= 0, "privacy.noise_multiplier",
            p.noise_multiplier, "must be >= 0")
-    _check(p.target_epsilon is None or p.target_epsilon > 0, "privacy.target_epsilon", p.target_epsilon,
+    check(p.target_epsilon is None or p.target_epsilon > 0, "privacy.target_epsilon", p.target_epsilon,
            "must be > 0")
-    _check(0 < p.delta < 1, "privacy.delta", p.delta, "must be in (0, 1)")
-    _check(p.max_grad_norm > 0, "privacy.max_grad_norm", p.max_grad_norm, "must be > 0")
-    _check(p.accountant in PRIVACY_ACCOUNTANTS, "privacy.accountant", p.accountant,
+    check(0 < p.delta < 1, "privacy.delta", p.delta, "must be in (0, 1)")
+    check(p.max_grad_norm > 0, "privacy.max_grad_norm", p.max_grad_norm, "must be > 0")
+    check(p.accountant in PRIVACY_ACCOUNTANTS, "privacy.accountant", p.accountant,
            f"must be one of {', '.join(PRIVACY_ACCOUNTANTS)}")
-    _check(p.accountant != "prv" or p.noise_multiplier != 0, "privacy.noise_multiplier", p.noise_multiplier,
+    check(p.accountant != "prv" or p.noise_multiplier != 0, "privacy.noise_multiplier", p.noise_multiplier,
            "must be > 0 with privacy.accountant=prv (no noise is no privacy: epsilon is infinite, "
            "which only the rdp accountant reports)")
 
@@ -523,8 +497,10 @@ def _is_host_port(address: str) -> bool:
     return bool(host) and port.isdigit() and int(port) < 65536
 
 
-def load_config(experiment: str = "default", overrides: list[str] | str | None = None) -> DictConfig:
-    """Compose ``configs/<experiment>.yaml`` with Hydra overrides (a list or one string)."""
+def compose_experiment(experiment: str = "default", overrides: list[str] | str | None = None) -> DictConfig:
+    """Compose ``configs/<experiment>.yaml`` with Hydra overrides (a list or one string), checked
+    against the schema and its ranges. Names that the layers above define (model families, data
+    formats, strategies) are checked by :func:`anther.simulations.experiment.load_config`."""
     if isinstance(overrides, str):
         overrides = shlex.split(overrides)
     if not (CONFIG_DIR / f"{experiment}.yaml").is_file():
@@ -535,7 +511,7 @@ def load_config(experiment: str = "default", overrides: list[str] | str | None =
     return validate(cfg)
 
 
-def load_run_config(run_dir: Path | str) -> DictConfig:
+def read_run_config(run_dir: Path | str) -> DictConfig:
     """The config of an earlier run, from its ``config.yaml``, pointed at that same folder
     (``run_dir``): what ``--resume RUN_DIR`` continues with."""
     path = Path(run_dir).expanduser() / "config.yaml"

@@ -20,9 +20,9 @@ from omegaconf import DictConfig
 from rich.console import Console
 from rich.table import Table
 
+from anther.core.files import write_json_atomic
 from anther.core.sample import Sample
 from anther.data.client_data import client_data
-from anther.server.run_report import write_json_atomic
 
 PRESENCE = ("image+text", "image only", "text only", "question only")
 TOP_LABELS = 3

@@ -1,6 +1,6 @@
 """The client's cache of image features: frozen vision encoder + connector output per image.
 
-Encoder and connector are frozen, so an image's features never change while the model does
+SampleEncoder and connector are frozen, so an image's features never change while the model does
 not: computing them once and reading them back in every later step and round saves the
 encoder's forward pass (most of a real client's compute). Entries live on the client's disk,
 one safetensors file per image, keyed by

@@ -29,10 +29,8 @@ from flwr.common.logger import log
 from flwr.serverapp import Grid
 from omegaconf import DictConfig, OmegaConf
 
-from anther.client.dp import EPSILON_METRIC
 from anther.client.metrics import summarise_clients
-from anther.client.state_store import RUN_KEY
-from anther.client.training_round import TIMING_RECORD
+from anther.core import protocol
 from anther.core.config import clients_per_round, to_yaml
 from anther.server.checkpoint import latest_checkpoint, save_checkpoint
 from anther.server.evaluation import ServerEvaluator
@@ -59,7 +57,7 @@ class OfferedGrid:
 
 
 def _sum_metric(replies: Iterable[Message], key: str) -> float:
-    return float(sum(m.content["metrics"].get(key, 0) for m in replies))
+    return float(sum(m.content[protocol.METRICS].get(key, 0) for m in replies))
 
 
 def _array_bytes(messages: Iterable[Message]) -> int:
@@ -68,8 +66,8 @@ def _array_bytes(messages: Iterable[Message]) -> int:
 
 
 def _weighted_metric(replies: list[Message], key: str) -> float | None:
-    pairs = [(m.content["metrics"][key], m.content["metrics"]["num-examples"])
-             for m in replies if key in m.content["metrics"]]
+    pairs = [(m.content[protocol.METRICS][key], m.content[protocol.METRICS][protocol.NUM_EXAMPLES])
+             for m in replies if key in m.content[protocol.METRICS]]
     total = sum(w for _, w in pairs)
     return sum(v * w for v, w in pairs) / total if total else None
 
@@ -77,13 +75,15 @@ def _weighted_metric(replies: list[Message], key: str) -> float | None:
 def _client_seconds(replies: list[Message]) -> dict[int, float]:
     """How long each replying client's local training took, by partition id (its ``timing`` record:
     a ConfigRecord, so that no strategy averages it into the round's metrics)."""
-    return {int(m.content["metrics"]["partition-id"]): float(m.content.config_records[TIMING_RECORD]["train_seconds"])
-            for m in replies if TIMING_RECORD in m.content.config_records}
+    return {int(m.content[protocol.METRICS][protocol.PARTITION_ID]):
+            float(m.content.config_records[protocol.TIMING][protocol.TRAIN_SECONDS])
+            for m in replies if protocol.TIMING in m.content.config_records}
 
 
 def _epsilons(replies: list[Message]) -> dict[str, float]:
     """Max and mean over the replying clients of the epsilon each has spent so far (with DP)."""
-    eps = [float(m.content["metrics"][EPSILON_METRIC]) for m in replies if EPSILON_METRIC in m.content["metrics"]]
+    eps = [float(m.content[protocol.METRICS][protocol.DP_EPSILON]) for m in replies
+           if protocol.DP_EPSILON in m.content[protocol.METRICS]]
     return {"dp_epsilon_max": max(eps), "dp_epsilon_mean": sum(eps) / len(eps)} if eps else {}
 
 
@@ -92,13 +92,13 @@ def _client_traffic(sent: list[Message], replies: list[Message]) -> dict[int, di
     to_node = {m.metadata.dst_node_id: m for m in sent}
     out = {}
     for r in replies:
-        metrics = r.content["metrics"]
+        metrics = r.content[protocol.METRICS]
         down = to_node.get(r.metadata.src_node_id)
-        out[int(metrics["partition-id"])] = {
+        out[int(metrics[protocol.PARTITION_ID])] = {
             "adapter_bytes_down": _array_bytes([down]) if down is not None else 0,
             "adapter_bytes_up": _array_bytes([r]),
-            "activation_bytes_up": float(metrics.get("activation_bytes_up", 0)),
-            "activation_bytes_down": float(metrics.get("activation_bytes_down", 0)),
+            "activation_bytes_up": float(metrics.get(protocol.ACTIVATION_BYTES_UP, 0)),
+            "activation_bytes_down": float(metrics.get(protocol.ACTIVATION_BYTES_DOWN, 0)),
         }
     return out
 
@@ -126,16 +126,16 @@ class FederatedRun:
         while len(node_ids) < want and time.monotonic() < deadline:
             time.sleep(1.0)
             node_ids = list(self.grid.get_node_ids())
-        queries = [Message(RecordDict({"config": self._config(0)}), dst_node_id=n,
+        queries = [Message(RecordDict({protocol.CONFIG: self._config(0)}), dst_node_id=n,
                            message_type=MessageType.QUERY) for n in node_ids]
         replies = self.grid.send_and_receive(queries, timeout=self.cfg.federation.round_timeout_s)
-        info = {r.metadata.src_node_id: r.content["info"] for r in replies if not r.has_error()}
+        info = {r.metadata.src_node_id: r.content[protocol.INFO] for r in replies if not r.has_error()}
         if len(info) < self.cfg.federation.min_train_clients:
             raise RuntimeError(f"only {len(info)} clients answered; need "
                                f"federation.min_train_clients={self.cfg.federation.min_train_clients}")
         if isinstance(self.strategy, NodeAware):
             self.strategy.set_node_info(info)
-        return dict(sorted((int(answer["partition-id"]), node) for node, answer in info.items()))
+        return dict(sorted((int(answer[protocol.PARTITION_ID]), node) for node, answer in info.items()))
 
     def _sample(self, partitions: dict[int, int]) -> list[int]:
         k = clients_per_round(self.cfg.federation, len(partitions))
@@ -146,8 +146,8 @@ class FederatedRun:
     def _config(self, server_round: int) -> ConfigRecord:
         """The round config; ``run-key`` (the run folder's name, the same after a resume) tells
         clients where they keep their state (:mod:`anther.client.state_store`)."""
-        return ConfigRecord({"experiment": to_yaml(self.cfg), "server-round": server_round,
-                             RUN_KEY: self.run_dir.name})
+        return ConfigRecord({protocol.EXPERIMENT: to_yaml(self.cfg), protocol.SERVER_ROUND: server_round,
+                             protocol.RUN_KEY: self.run_dir.name})
 
     def _send(self, messages: Iterable[Message]) -> list[Message]:
         """Every reply that came back within the round's timeout, error replies included."""
@@ -156,7 +156,7 @@ class FederatedRun:
     def _exchange(self, strategy_messages: Iterable[Message]) -> list[Message]:
         replies = self._send(strategy_messages)
         ok = [m for m in replies if not m.has_error()]
-        return sorted(ok, key=lambda m: int(m.content["metrics"]["partition-id"]))
+        return sorted(ok, key=lambda m: int(m.content[protocol.METRICS][protocol.PARTITION_ID]))
 
     # -- the run -------------------------------------------------------------------------
     def _evaluate_server(self, arrays: ArrayRecord) -> dict[str, float]:
@@ -212,7 +212,7 @@ class FederatedRun:
                 arrays = outcome.arrays
             self.recorder.add_round({
                 "round": server_round,
-                "train_loss": _weighted_metric(replies, "train_loss"),
+                "train_loss": _weighted_metric(replies, protocol.TRAIN_LOSS),
                 **self._evaluate_server(arrays),
                 "clients": len(replies),
                 "sampled": len(sampled),
@@ -221,8 +221,8 @@ class FederatedRun:
                 "skipped": outcome.skipped,
                 "adapter_bytes_down": _array_bytes(messages),
                 "adapter_bytes_up": _array_bytes(m for m in received if not m.has_error()),
-                "activation_bytes_up": _sum_metric(replies, "activation_bytes_up"),
-                "activation_bytes_down": _sum_metric(replies, "activation_bytes_down"),
+                "activation_bytes_up": _sum_metric(replies, protocol.ACTIVATION_BYTES_UP),
+                "activation_bytes_down": _sum_metric(replies, protocol.ACTIVATION_BYTES_DOWN),
                 "per_client": _client_traffic(messages, replies),
                 "train_metrics": dict(train_metrics or {}),  # as the strategy aggregated them
                 **_epsilons(replies),
@@ -241,5 +241,6 @@ class FederatedRun:
         messages = self.strategy.configure_evaluate(last, arrays, self._config(last),
                                                     OfferedGrid(self.grid, list(partitions.values())))
         replies = self._exchange(messages)
-        per_client = {int(m.content["metrics"]["partition-id"]): dict(m.content["metrics"]) for m in replies}
+        per_client = {int(m.content[protocol.METRICS][protocol.PARTITION_ID]): dict(m.content[protocol.METRICS])
+                      for m in replies}
         return {"summary": summarise_clients(per_client), "per_client": per_client}

@@ -40,7 +40,9 @@ from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFI
 from flwr.serverapp.exception import AggregationError, InconsistentMessageReplies
 from flwr.serverapp.strategy import Strategy
 
-ARRAYS_KEY, WEIGHT_KEY = "arrays", "num-examples"
+from anther.core import protocol
+
+ARRAYS_KEY, WEIGHT_KEY = protocol.ARRAYS, protocol.NUM_EXAMPLES
 
 
 @dataclass(frozen=True)

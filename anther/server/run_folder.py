@@ -16,8 +16,9 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from anther.core.config import anther_home, to_yaml
+from anther.core.files import write_json_atomic
 from anther.data.partition_report import write_partition_report
-from anther.server.run_report import RoundTable, plot_rounds, round_columns, write_json_atomic
+from anther.server.run_report import RoundTable, plot_rounds, round_columns
 
 TRAFFIC_KEYS = ("adapter_bytes_down", "adapter_bytes_up", "activation_bytes_up", "activation_bytes_down")
 

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -73,15 +70,6 @@ class RoundTable:
         table.add_row(*(format_cell(k, f, record.get(k)) for k, _, f in self.columns))
         self.console.print(table)
         self.header_done = True
-
-
-def write_json_atomic(path: Path, payload: Any) -> None:
-    """Write JSON so a crash mid-write never leaves a truncated file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        json.dump(payload, f, indent=2, default=str)
-    os.replace(tmp, path)
 
 
 def plot_rounds(rounds: list[dict[str, Any]], out_dir: Path) -> list[Path]:

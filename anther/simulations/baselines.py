@@ -31,10 +31,11 @@ import torch
 from flwr.app import RecordDict
 from omegaconf import DictConfig
 
-from anther.client.dp import EPSILON_METRIC, spend
+from anther.client.dp import spend
 from anther.client.metrics import summarise_clients
 from anther.client.trainer import TrainReport
 from anther.client.training_round import dp_for, own_split_metrics, round_seed, train_round
+from anther.core import protocol
 from anther.core.config import clients_per_round
 from anther.core.sample import Sample
 from anther.data.client_data import client_data
@@ -111,7 +112,7 @@ class BaselineRun:
         eps = {}
         if dp is not None:
             state = self.dp_state.setdefault(trainer_id, RecordDict())
-            eps = {EPSILON_METRIC: spend(state, self.cfg.privacy, dp, report.steps)}
+            eps = {protocol.DP_EPSILON: spend(state, self.cfg.privacy, dp, report.steps)}
         return _snapshot(self.runtime.edge.adapter_state()), report, eps
 
     def round_zero(self) -> None:
@@ -127,7 +128,7 @@ def _traffic(reports: dict[int, TrainReport]) -> dict[str, float]:
 
 
 def _epsilons(eps: list[dict[str, float]]) -> dict[str, float]:
-    values = [e[EPSILON_METRIC] for e in eps if EPSILON_METRIC in e]
+    values = [e[protocol.DP_EPSILON] for e in eps if protocol.DP_EPSILON in e]
     return {"dp_epsilon_max": max(values), "dp_epsilon_mean": sum(values) / len(values)} if values else {}
 
 

@@ -23,6 +23,8 @@ from pathlib import Path
 
 import httpx
 
+from anther.core import protocol
+
 APP_DIR = Path(__file__).resolve().parents[2]  # the folder holding pyproject.toml
 
 
@@ -111,9 +113,9 @@ def submit_run(env: dict[str, str], experiment: str, overrides: list[str], num_s
     config.yaml instead of ``experiment`` and ``overrides``. Returns flwr's exit code."""
     if not (app_dir / "pyproject.toml").is_file():
         raise FileNotFoundError(f"{app_dir} has no pyproject.toml; run anther from its source checkout")
-    run_config = f'experiment="{experiment}" overrides="{shlex.join(overrides)}"'
+    run_config = f'{protocol.RUN_EXPERIMENT}="{experiment}" {protocol.RUN_OVERRIDES}="{shlex.join(overrides)}"'
     if resume:
-        run_config += f' resume="{resume}"'
+        run_config += f' {protocol.RUN_RESUME}="{resume}"'
     fed = {"num-supernodes": str(num_supernodes), **(extra_federation_config or {})}
     cmd = [_bin("flwr"), "run", str(app_dir), "local", "--stream", "--run-config", run_config,
            "--federation-config", " ".join(f"{k}={v}" for k, v in fed.items())]

@@ -14,9 +14,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 from anther.backbone.supervisor import backbone_for_run
-from anther.core.config import ConfigError, load_config, load_run_config, simulation_resources
+from anther.core.config import ConfigError, simulation_resources
 from anther.simulations.assets import prepare_assets
 from anther.simulations.baselines import run_baseline
+from anther.simulations.experiment import load_config, load_run_config
 from anther.simulations.launcher import flwr_run, submit_run
 
 

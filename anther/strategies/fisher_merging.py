@@ -3,7 +3,7 @@ Fisher-Weighted Averaging", 2022).
 
 Each client k replies with its adapters ``theta_k`` under ``"arrays"`` and the diagonal
 empirical Fisher ``F_k`` of the same parameters, same names, under ``"fisher"`` (see
-:func:`anther.client.fisher.diagonal_fisher`). Per parameter element the server takes
+:func:`diagonal_fisher`, the client half below). Per parameter element the server takes
 
     theta = sum_k w_k (F_k + eps) theta_k / sum_k w_k (F_k + eps)
 
@@ -21,24 +21,117 @@ all Fishers vanish).
 The Fisher is scale-free for merging: multiplying every client's F by the same constant
 (e.g. by using per-batch rather than per-sample squared gradients) does not change theta,
 apart from the relative weight of ``eps``.
+
+Client half: diagonal empirical Fisher of a client's NanoAdapters, through the split exchange.
+
+The client estimates the Fisher with the same
+exchange it trains with: the NanoEdge builds ``inputs_embeds``, the backbone returns the
+loss and d loss / d inputs_embeds, and the client pulls that gradient back into its
+adapters (``torch.autograd.grad(embeds, params, grad)``, i.e. ``embeds.backward(grad)``
+without touching ``.grad``, so an optimizer's state is never disturbed).
+
+Choice of estimator: the mean over ``num_batches`` mini-batches of the *squared batch
+gradient* (of the batch-mean loss), not the mean of per-sample squared gradients.
+Per-sample gradients would cost one backbone round trip per sample (``batch_size`` times
+the traffic and latency of a training step). The per-batch estimate is smaller by about a
+factor of the batch size, but that factor is common to every client using the same batch
+size, and Fisher merging is invariant to a common scale of the Fishers; it is what
+FedNano-style implementations compute in practice. Labels are the reference answers (the
+*empirical* Fisher), as in training.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import random
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
+import torch
 from flwr.app import ArrayRecord, ConfigRecord, Message, RecordDict
 from flwr.serverapp import Grid
 from flwr.serverapp.exception import InconsistentMessageReplies
 from flwr.serverapp.strategy.strategy_utils import validate_message_reply_consistency
 
+from anther.backbone.interface import Backbone
+from anther.client.extras import ExtraContext, Record, after_training
+from anther.core.sample import Sample
+from anther.model.sample_encoder import SampleEncoder
 from anther.strategies.array_utils import NDArray, metric_value, numpy_arrays, reply_arrays
 from anther.strategies.merging_fedavg import MergingFedAvg
 
 FISHER_BATCHES = "fisher-batches"  # round-config key: how many batches; asks for a Fisher
 FISHER = "fisher"  # reply key of the Fisher ArrayRecord
+
+
+# ---------------------------------------------------------------- client half
+
+
+def batch_indices(num_samples: int, batch_size: int, num_batches: int, seed: int) -> Iterator[list[int]]:
+    """``num_batches`` batches of indices: reshuffled passes over the data, as the trainer draws them."""
+    rng = random.Random(seed)
+    order: list[int] = []
+    for _ in range(num_batches):
+        if len(order) < batch_size:
+            order += rng.sample(range(num_samples), num_samples)
+        idx, order = order[:batch_size], order[batch_size:]
+        yield idx
+
+
+def _squared_batch_gradient(encoder: SampleEncoder, backbone: Backbone, batch_samples: Sequence[Sample],
+                            params: dict[str, torch.nn.Parameter]) -> dict[str, torch.Tensor]:
+    """One split-exchange step, returning the squared gradient of every adapter parameter
+    (through ``embeds`` for NanoAdapters; LoRA in ``mode=local`` gets its own in ``train_step``)."""
+    for p in params.values():
+        p.grad = None
+    batch = encoder(list(batch_samples), [s.answer for s in batch_samples])
+    embeds = encoder.edge(batch)
+    _, grad = backbone.train_step(embeds.detach(), batch.attention_mask, batch.labels, batch.position_ids)
+    if embeds.requires_grad:
+        embeds.backward(grad.to(embeds.dtype))
+    # An adapter the batch never used (the image one, on a text-only batch) has zero gradient.
+    squared = {name: torch.zeros_like(p) if p.grad is None else p.grad.detach() ** 2 for name, p in params.items()}
+    for p in params.values():
+        p.grad = None
+    return squared
+
+
+def diagonal_fisher(encoder: SampleEncoder, backbone: Backbone, samples: Sequence[Sample], num_batches: int,
+                    batch_size: int, seed: int) -> dict[str, torch.Tensor]:
+    """Diagonal empirical Fisher of the NanoEdge's adapters, named like ``adapter_state()``.
+
+    The mean over ``num_batches`` batches of the squared gradient of the batch loss (see the
+    module docstring for why per batch). Returns float32 tensors on the CPU, ready for
+    ``ArrayRecord(...)`` under the reply key ``"fisher"``.
+    """
+    if not samples:
+        raise ValueError("this client has no samples to estimate the Fisher on")
+    if num_batches < 1 or batch_size < 1:
+        raise ValueError(f"num_batches and batch_size must be >= 1, got {num_batches}, {batch_size}")
+    edge = encoder.edge
+    params = {n: p for n, p in edge.adapters.named_parameters() if p.requires_grad}
+    totals = {n: torch.zeros_like(p, dtype=torch.float32) for n, p in params.items()}
+    was_training = edge.adapters.training
+    edge.train(False)  # estimate the Fisher of the model as it will be merged (no dropout etc.)
+    try:
+        for idx in batch_indices(len(samples), batch_size, num_batches, seed):
+            squared = _squared_batch_gradient(encoder, backbone, [samples[i] for i in idx], params)
+            for name, value in squared.items():
+                totals[name] += value.float()
+    finally:
+        edge.train(was_training)
+    return {name: (total / num_batches).cpu() for name, total in totals.items()}
+
+
+@after_training(FISHER_BATCHES)
+def fisher(ctx: ExtraContext) -> Mapping[str, Record]:
+    """The diagonal Fisher of the adapters as trained, on the client's own data."""
+    values = diagonal_fisher(ctx.runtime.encoder, ctx.runtime.backbone, ctx.samples,
+                             int(ctx.config[FISHER_BATCHES]), ctx.experiment.train.batch_size, ctx.seed)
+    return {FISHER: ArrayRecord(values)}
+
+
+# ---------------------------------------------------------------- server half
 
 
 class FisherMerging(MergingFedAvg):

@@ -51,6 +51,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, RecordDict
 from flwr.serverapp import Grid
 from flwr.serverapp.exception import AggregationError
 
+from anther.core import protocol
 from anther.strategies.array_utils import (
     NDArray,
     array_record,
@@ -67,7 +68,7 @@ from anther.strategies.node_info import NodeInfo
 RANK_AXES = {"down.weight": 0, "down.bias": 0, "up.weight": 1}
 # Parameters inside ``scale * up(...)``: rescaled between rank conventions.
 SCALED = ("up.weight", "up.bias")
-RANK_METRIC = "adapter-rank"
+protocol.ADAPTER_RANK = "adapter-rank"
 
 
 def _split(name: str) -> tuple[str, str] | None:
@@ -206,10 +207,10 @@ class HeteroRankFedAvg(MergingFedAvg):
         """Each node's rank from its QUERY answer: its node config's ``adapter-rank``, else its
         partition's entry of ``partition_ranks`` (see :mod:`anther.strategies.node_info`)."""
         for node, answer in info.items():
-            if RANK_METRIC in answer:
-                self.node_ranks[int(node)] = _valid_rank(f"node {node}", answer[RANK_METRIC])
-            elif self.partition_ranks and "partition-id" in answer:
-                pid = int(answer["partition-id"])
+            if protocol.ADAPTER_RANK in answer:
+                self.node_ranks[int(node)] = _valid_rank(f"node {node}", answer[protocol.ADAPTER_RANK])
+            elif self.partition_ranks and protocol.PARTITION_ID in answer:
+                pid = int(answer[protocol.PARTITION_ID])
                 self.node_ranks[int(node)] = self.partition_ranks[pid % len(self.partition_ranks)]
 
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
@@ -237,7 +238,7 @@ class HeteroRankFedAvg(MergingFedAvg):
         requested = self.node_ranks.get(node_id, self.default_rank)
         rank = full if requested is None else min(requested, full)
         arrays = truncate_to_rank(global_arrays, rank, self.scale_by_rank)
-        node_config = ConfigRecord({**dict(config), RANK_METRIC: rank})
+        node_config = ConfigRecord({**dict(config), protocol.ADAPTER_RANK: rank})
         return RecordDict({self.arrayrecord_key: array_record(arrays), self.configrecord_key: node_config})
 
     def merge(self, replies: list[Message], clients: list[dict[str, NDArray]]) -> dict[str, NDArray]:
@@ -250,7 +251,7 @@ class HeteroRankFedAvg(MergingFedAvg):
         for message, arrays in zip(replies, clients, strict=True):
             metrics = reply_metrics(message.content)
             shapes = adapter_ranks(arrays)
-            rank = int(metrics[RANK_METRIC]) if RANK_METRIC in metrics else max(shapes.values(), default=0)
+            rank = int(metrics[protocol.ADAPTER_RANK]) if protocol.ADAPTER_RANK in metrics else max(shapes.values(), default=0)
             if rank > 0:
                 self.node_ranks[source_node(message)] = rank
 

@@ -23,10 +23,11 @@ from typing import Any
 from flwr.app import Message, RecordDict
 from flwr.serverapp.exception import AggregationError
 
+from anther.core import protocol
 from anther.strategies.array_utils import NDArray, metric_value, weighted_mean
 from anther.strategies.merging_fedavg import MergingFedAvg
 
-DEFAULT_MODALITY_METRICS = {"image": "num-image-examples", "text": "num-text-examples"}
+DEFAULT_MODALITY_METRICS = {"image": protocol.NUM_IMAGE_EXAMPLES, "text": protocol.NUM_TEXT_EXAMPLES}
 
 
 def modality_of(name: str, modalities: Iterable[str]) -> str | None:

@@ -19,25 +19,29 @@ clients, through the round config, to personalise (FedDPA-F): ``personal-steps``
 client, after its usual local training, to train its local adapter that many steps with the
 global one frozen; ``personal-mix`` (in training and evaluation configs) is the mix, and
 asks the client to evaluate global + local. The client keeps its local adapter in its
-Flower ``Context.state``, which lives on the node for the whole run (see
-``anther.client.builtin_extras``).
+Flower ``Context.state``, which lives on the node for the whole run (:func:`personal_training`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from typing import Any
 
 import torch
-from flwr.app import ArrayRecord, ConfigRecord, Message
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 from torch import nn
 
+from anther.client.extras import ExtraContext, Record, after_training, evaluation
+from anther.client.trainer import train_adapters
+from anther.core import protocol
 from anther.model.nano_adapter import NanoAdapter
 
-PERSONAL_STEPS, PERSONAL_MIX = "personal-steps", "personal-mix"
+PERSONAL_STEPS, PERSONAL_MIX = "personal-steps", "personal-mix"  # round-config keys
+# Context.state keys: the FedDPA local part, and how many rounds have trained it
+LOCAL_ADAPTERS, LOCAL_ROUNDS = "personal-local-adapters", "personal-rounds"
 
 
 def branch(adapter: NanoAdapter, h: torch.Tensor) -> torch.Tensor:
@@ -115,6 +119,40 @@ class PersonalisedAdapters:
                 self.adapters[name] = global_adapter
                 for p in global_adapter.parameters():
                     p.requires_grad_(flags[id(p)])
+
+
+# ---------------------------------------------------------------- client half
+
+
+def _personal(ctx: ExtraContext) -> PersonalisedAdapters:
+    """This node's local adapters as it left them (fresh in its first round)."""
+    stored = ctx.state.array_records.get(LOCAL_ADAPTERS)
+    return PersonalisedAdapters(ctx.runtime.edge.adapters, float(ctx.config[PERSONAL_MIX]),
+                                None if stored is None else stored.to_torch_state_dict(), ctx.seed)
+
+
+@after_training(PERSONAL_STEPS)
+def personal_training(ctx: ExtraContext) -> Mapping[str, Record]:
+    """FedDPA-F: train the local adapter on top of the frozen, freshly trained global one."""
+    personal = _personal(ctx)
+    t = ctx.experiment.train
+    with personal.combined(freeze_global=True):
+        report = train_adapters(ctx.runtime.encoder, ctx.runtime.backbone, ctx.samples,
+                                int(ctx.config[PERSONAL_STEPS]), t.batch_size, t.lr, ctx.seed + 1,
+                                t.weight_decay, t.max_grad_norm)
+    rounds = int(ctx.state.config_records.get(LOCAL_ROUNDS, ConfigRecord({"n": 0}))["n"]) + 1
+    ctx.state[LOCAL_ADAPTERS] = ArrayRecord(personal.local_state())
+    ctx.state[LOCAL_ROUNDS] = ConfigRecord({"n": rounds})
+    return {protocol.METRICS: MetricRecord({"personal_loss": report.loss, "personal_rounds": rounds})}
+
+
+@evaluation(PERSONAL_MIX)
+def personal_view(ctx: ExtraContext) -> AbstractContextManager[object]:
+    """Evaluate with global + mix * local."""
+    return _personal(ctx).combined()
+
+
+# ---------------------------------------------------------------- server half
 
 
 class PersonalisedFedAvg(FedAvg):

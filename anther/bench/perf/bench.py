@@ -45,8 +45,9 @@ from anther.bench.model_sizes import REAL_CONFIGS
 from anther.bench.perf.modes import MODE_RUNS, modes_section
 from anther.bench.perf.trainstep import TrainStepSettings, resolve_device
 from anther.client.runtime import DTYPES
-from anther.core.config import CONFIG_DIR, ConfigError, load_config
+from anther.core.config import CONFIG_DIR, ConfigError
 from anther.simulations.assets import prepare_assets
+from anther.simulations.experiment import load_config
 from anther.simulations.runner import simulate
 
 SECTIONS = ("overhead", "sharing", "cache", "batching", "scale", "modes", "trainstep")

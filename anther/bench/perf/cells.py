@@ -32,9 +32,9 @@ from anther.bench.perf.workload import (
     Workload,
     rss_bytes,
 )
-from anther.client.inference import Encoder
 from anther.model.families import load_processor
 from anther.model.nano_edge import NanoEdge
+from anther.model.sample_encoder import SampleEncoder
 
 MB = 2**20
 
@@ -46,7 +46,7 @@ def bare(work: Workload, steps: int, warmup: int, repeats: int = 3) -> dict[str,
     edge = NanoEdge.from_model(model, work.adapter_config)
     edge.load_adapter_state(work.initial_state(model))
     head = LocalBackbone.from_model(model, work.model_path)  # the frozen decoder and LM head
-    encoder = Encoder(edge, load_processor(work.model_path))
+    encoder = SampleEncoder(edge, load_processor(work.model_path))
     samples = [s for client in work.clients for s in client]
     t = work.cfg.train
     params = [p for p in edge.adapters.parameters() if p.requires_grad]
@@ -115,7 +115,7 @@ def batching(work: Workload, clients: int, seconds: float, policy: dict) -> dict
     model = work.load_model()
     service = BackboneService(LocalBackbone.from_model(model, work.model_path), BatchPolicy(**policy))
     server, port = start(service)
-    encoder = Encoder(NanoEdge.from_model(model, work.adapter_config), load_processor(work.model_path))
+    encoder = SampleEncoder(NanoEdge.from_model(model, work.adapter_config), load_processor(work.model_path))
     b = work.cfg.train.batch_size
     requests = []
     for c in range(clients):

@@ -20,8 +20,8 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from anther.client.runtime import runtime_for
-from anther.core.config import load_config
 from anther.simulations.assets import prepare_assets
+from anther.simulations.experiment import load_config
 from anther.simulations.runner import simulate
 
 # configuration -> the overrides that select it

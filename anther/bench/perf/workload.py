@@ -36,18 +36,18 @@ from anther.backbone.remote import RemoteBackbone
 from anther.backbone.service.batching import BatchPolicy
 from anther.backbone.service.server import start
 from anther.backbone.service.servicer import BackboneService
-from anther.client.inference import Encoder
 from anther.client.runtime import DTYPES, ClientRuntime
 from anther.client.training_round import round_seed, train_round
-from anther.core.config import load_config
 from anther.core.sample import Sample
 from anther.data.client_data import client_data, dataset_dir
 from anther.model.families import family_for, load_processor
 from anther.model.feature_cache import FeatureCache
 from anther.model.nano_adapter import NanoAdapterConfig
 from anther.model.nano_edge import NanoEdge
+from anther.model.sample_encoder import SampleEncoder
 from anther.simulations.assets import prepare_assets
 from anther.simulations.baselines import initial_adapters
+from anther.simulations.experiment import load_config
 
 State = dict[str, torch.Tensor]
 
@@ -119,7 +119,7 @@ class Workload:
     def initial_state(self, model: torch.nn.Module) -> State:
         return initial_adapters(self.cfg, NanoEdge.from_model(model, self.adapter_config))
 
-    def train(self, encoder: Encoder, backbone: Backbone, client: int, round_: int) -> int:
+    def train(self, encoder: SampleEncoder, backbone: Backbone, client: int, round_: int) -> int:
         """One client's round of local training, the ClientApp's own; returns the samples it
         trained on."""
         runtime = ClientRuntime(encoder, backbone)
@@ -190,17 +190,17 @@ class SharedBackboneFederation(Federation):
         self.server, port = start(self.service)
         if cache_dir is not None:
             self.cache = FeatureCache.for_model(cache_dir, work.model_path, work.cfg.model.dtype, cache_max_bytes)
-        self._free: list[tuple[Encoder, RemoteBackbone]] = []
+        self._free: list[tuple[SampleEncoder, RemoteBackbone]] = []
         for _ in range(concurrency):  # frozen modules shared; adapters and processor per worker
             edge = NanoEdge.from_model(self.model, work.adapter_config)  # (HF tokenizers are not thread-safe)
             edge.feature_cache = self.cache
-            encoder = Encoder(edge, load_processor(work.model_path))
+            encoder = SampleEncoder(edge, load_processor(work.model_path))
             self._free.append((encoder, RemoteBackbone(f"127.0.0.1:{port}")))
         self._lock = threading.Lock()
         self.global_state = work.initial_state(self.model)
 
     @contextmanager
-    def _worker(self) -> Iterator[tuple[Encoder, RemoteBackbone]]:
+    def _worker(self) -> Iterator[tuple[SampleEncoder, RemoteBackbone]]:
         with self._lock:
             worker = self._free.pop()
         try:
@@ -238,7 +238,7 @@ class ModelPerClientFederation(Federation):
         loaded = time.perf_counter()
         edge = NanoEdge.from_model(model, self.work.adapter_config)
         edge.load_adapter_state(self.global_state)
-        encoder = Encoder(edge, load_processor(self.work.model_path))
+        encoder = SampleEncoder(edge, load_processor(self.work.model_path))
         n = self.work.train(encoder, LocalBackbone.from_model(model, self.work.model_path), client, round_)
         with self._lock:
             self.load_s += loaded - began

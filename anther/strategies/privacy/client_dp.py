@@ -40,19 +40,11 @@ from flwr.supercore import log
 from omegaconf import DictConfig
 from opacus.accountants import RDPAccountant
 
-from anther.core.config import clients_per_round
+from anther.core.config import CLIENT_LEVEL_MODES, sampled_per_round
 from anther.strategies.array_utils import metric_value
 from anther.strategies.weighted_mean import describe, is_weighted_mean, weight_keys
 
 CLIENT_EPSILON_METRIC = "dp_client_epsilon"
-SERVER_MODES = ("server_fixed", "server_adaptive")
-CLIENT_MODES = ("client_fixed", "client_adaptive")
-MODES = ("off", *SERVER_MODES, *CLIENT_MODES)
-
-
-def sampled_per_round(federation: DictConfig) -> int:
-    """How many clients the round loop samples each round (``m``): the DP noise's divisor."""
-    return clients_per_round(federation, int(federation.num_clients))
 
 
 def flower_dp_wrapper(strategy: Strategy, cl: DictConfig, num_sampled: int) -> Strategy:
@@ -69,7 +61,7 @@ def flower_dp_wrapper(strategy: Strategy, cl: DictConfig, num_sampled: int) -> S
         return DifferentialPrivacyServerSideAdaptiveClipping(strategy, z, num_sampled, **adaptive)
     if cl.mode == "client_adaptive":
         return DifferentialPrivacyClientSideAdaptiveClipping(strategy, z, num_sampled, **adaptive)
-    raise ValueError(f"privacy.client_level.mode={cl.mode!r} is not one of {', '.join(MODES)}")
+    raise ValueError(f"privacy.client_level.mode={cl.mode!r} is not one of {', '.join(CLIENT_LEVEL_MODES)}")
 
 
 def largest_share(replies: list[Message], keys: Iterable[str]) -> float:

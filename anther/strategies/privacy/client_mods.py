@@ -26,7 +26,7 @@ from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFI
 from flwr.compat.common import recorddict_compat as compat
 from omegaconf import OmegaConf
 
-from anther.client.training_round import TIMING_RECORD
+from anther.core import protocol
 from anther.strategies.array_utils import numpy_arrays
 from anther.strategies.privacy.secure_vector import VectorLayout, encode
 
@@ -35,7 +35,7 @@ _FITRES = "fitres."  # the legacy records secaggplus_mod reads, removed from the
 
 
 def _privacy(msg: Message):
-    return OmegaConf.create(str(msg.content["config"]["experiment"])).privacy
+    return OmegaConf.create(str(msg.content[protocol.CONFIG][protocol.EXPERIMENT])).privacy
 
 
 def _clipped(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
@@ -59,12 +59,12 @@ def _train_and_encode(call_next: ClientAppCallable):
     def run(msg: Message, context: Context) -> Message:
         record = msg.content.config_records.pop(RECORD_KEY_CONFIGS)
         layout = VectorLayout.from_config(record)
-        received = numpy_arrays(msg.content["arrays"])
+        received = numpy_arrays(msg.content[protocol.ARRAYS])
         reply = _clipped(msg, context, call_next)
         if reply.has_error():
             raise RuntimeError(f"training failed under secure aggregation: {reply.error.reason}")
         content = reply.content
-        content.config_records.pop(TIMING_RECORD, None)  # only the masked vector and metrics leave
+        content.config_records.pop(protocol.TIMING, None)  # only the masked vector and metrics leave
         if len(content.array_records) != 1 or len(content.metric_records) != 1 or content.config_records:
             raise ValueError(f"secure aggregation sends only the masked adapters and metrics, but this "
                              f"strategy's reply also has {sorted(content.keys())}")

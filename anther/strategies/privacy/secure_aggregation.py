@@ -87,7 +87,7 @@ class SecAggPlusStrategy(Strategy):
             return None, None
         mean = decode(self._layout, summed, self._current)
         record = array_record(mean, {n: a.dtype for n, a in self._current.items()})
-        key = self.strategy.arrayrecord_key if isinstance(self.strategy, FedAvg) else "arrays"
+        key = self.strategy.arrayrecord_key if isinstance(self.strategy, FedAvg) else protocol.ARRAYS
         stand_ins = [Message(metadata=r.metadata, content=RecordDict(
             {key: record, **{k: v for k, v in r.content.metric_records.items()}})) for r in valid]
         arrays, metrics = self.strategy.aggregate_train(server_round, stand_ins)
