@@ -18,11 +18,11 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from anther.core.config import QUANTIZATIONS, ConfigError
+from anther.core.config import QUANTIZATIONS, ConfigError, ModelConfig
 
 if TYPE_CHECKING:
     from omegaconf import DictConfig
@@ -37,6 +37,22 @@ def _simulate(args: argparse.Namespace) -> int:
         raise ValueError(f"--resume {args.resume} continues that run with its own config.yaml; "
                          "give no experiment or overrides with it")
     return resume(Path(args.resume))
+
+
+class _FamilyNames:
+    """The registered model families, read when argparse checks or prints them: importing the
+    families loads transformers' model classes, which every other command can do without."""
+
+    def _names(self) -> list[str]:
+        from anther.model.families import FAMILIES
+
+        return sorted(FAMILIES)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._names())
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._names()
 
 
 def _init_tiny(args: argparse.Namespace) -> int:
@@ -335,13 +351,13 @@ def _add_model_report_parser(model: argparse._SubParsersAction) -> None:
     from anther.backbone.wire import WIRE_DTYPES
     from anther.bench.model_sizes import REAL_CONFIGS
 
-    rep = model.add_parser("report", help="parameters and bytes each side holds and sends, split vs local mode",
+    rep = model.add_parser("report", help="parameters and bytes each side holds and sends, split vs whole-model mode",
                            description="Builds each model's published configuration on the meta device (no "
                            "download, no memory) and prints what a NanoEdge client holds and sends in split mode "
-                           "next to a LoRA client in local mode.")
+                           "next to a LoRA client in whole-model mode.")
     rep.add_argument("--models", nargs="+", default=list(REAL_CONFIGS), choices=list(REAL_CONFIGS))
     rep.add_argument("--adapter-rank", type=int, default=16, help="NanoAdapter rank (split mode)")
-    rep.add_argument("--lora-rank", type=int, default=16, help="LoRA rank on q/k/v/o (local mode)")
+    rep.add_argument("--lora-rank", type=int, default=16, help="LoRA rank on q/k/v/o (whole-model mode)")
     rep.add_argument("--text-tokens", type=int, default=64, help="text tokens per sample besides the image's")
     rep.add_argument("--dtype", default="bfloat16", choices=WIRE_DTYPES, help="weights as held")
     rep.add_argument("--wire-dtype", default="bfloat16", choices=WIRE_DTYPES, help="activations as sent")
@@ -363,10 +379,12 @@ def build_parser() -> argparse.ArgumentParser:
     model = sub.add_parser("model", help="model checkpoints").add_subparsers(dest="model_command", required=True)
     tiny = model.add_parser("init-tiny", help="create a tiny checkpoint directory (LLaVA unless --family)")
     tiny.add_argument("--out", required=True)
-    tiny.add_argument("--family", default="llava", help="a registered model family: llava, llava_next, idefics3 "
-                      "(only llava is pretrained; give --pretrain-steps 0 for the others)")
+    tiny.add_argument("--family", default="llava", choices=_FamilyNames(), metavar="FAMILY",
+                      help="a registered model family: %(choices)s (only llava is pretrained; give "
+                      "--pretrain-steps 0 for the others)")
     tiny.add_argument("--seed", type=int, default=0)
-    tiny.add_argument("--pretrain-steps", type=int, default=2000)
+    tiny.add_argument("--pretrain-steps", type=int, default=ModelConfig.tiny_pretrain_steps,
+                      help="language-model pretraining steps (default: %(default)s, the experiment config's)")
     tiny.set_defaults(func=_init_tiny)
     _add_model_report_parser(model)
 

@@ -1,4 +1,4 @@
-"""The backbone gRPC service: same answers as LocalBackbone, exact per-client results under
+"""The backbone gRPC service: same answers as InProcessBackbone, exact per-client results under
 dynamic batching, clean refusals of malformed requests, TLS and bearer tokens, retries."""
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 
 from anther.backbone import wire
 from anther.backbone.certs import make_certs
-from anther.backbone.in_process import LocalBackbone
+from anther.backbone.in_process import InProcessBackbone
 from anther.backbone.interface import BackboneInfo, greedy_decode
 from anther.backbone.proto import backbone_pb2 as pb
 from anther.backbone.proto import backbone_pb2_grpc as pb_grpc
@@ -47,12 +47,12 @@ def backbone_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def local(backbone_model_dir: Path) -> LocalBackbone:
-    return LocalBackbone.from_pretrained(backbone_model_dir)
+def local(backbone_model_dir: Path) -> InProcessBackbone:
+    return InProcessBackbone.from_pretrained(backbone_model_dir)
 
 
 @contextmanager
-def running(local: LocalBackbone, policy: BatchPolicy = FAST, address: str = "127.0.0.1:0",
+def running(local: InProcessBackbone, policy: BatchPolicy = FAST, address: str = "127.0.0.1:0",
             tls: ServerTls | None = None,
             tokens: dict[str, str] | None = None) -> Iterator[tuple[BackboneService, int]]:
     service = BackboneService(local, policy, LIMITS)
@@ -65,7 +65,7 @@ def running(local: LocalBackbone, policy: BatchPolicy = FAST, address: str = "12
 
 
 @pytest.fixture(scope="module")
-def port(local: LocalBackbone) -> Iterator[int]:
+def port(local: InProcessBackbone) -> Iterator[int]:
     with running(local) as (_, p):
         yield p
 
@@ -102,10 +102,10 @@ def forward_request(embeds: torch.Tensor, mask: torch.Tensor,
     return req
 
 
-# ---------------------------------------------------------------- (1) same answers as LocalBackbone
+# ---------------------------------------------------------------- (1) same answers as InProcessBackbone
 
 
-def test_remote_matches_local(local: LocalBackbone, remote: RemoteBackbone, port: int) -> None:
+def test_remote_matches_local(local: InProcessBackbone, remote: RemoteBackbone, port: int) -> None:
     assert remote.info == dataclasses.replace(local.info, max_sequence_length=LIMITS.max_sequence_length)
     with pytest.raises(ValueError, match="same model"):
         RemoteBackbone(f"127.0.0.1:{port}", fingerprint="0" * 16)
@@ -123,7 +123,7 @@ def test_remote_matches_local(local: LocalBackbone, remote: RemoteBackbone, port
 
 
 @pytest.mark.parametrize("wire_dtype", ["bfloat16", "float16"])
-def test_half_precision_wire(local: LocalBackbone, port: int, wire_dtype: str) -> None:
+def test_half_precision_wire(local: InProcessBackbone, port: int, wire_dtype: str) -> None:
     embeds, mask, labels = make_inputs(local.info, batch=2, length=24, seed=1)
     with RemoteBackbone(f"127.0.0.1:{port}", wire_dtype=wire_dtype, attempts=1) as remote:
         loss, grad = remote.train_step(embeds, mask, labels)
@@ -135,7 +135,7 @@ def test_half_precision_wire(local: LocalBackbone, port: int, wire_dtype: str) -
     assert sent < embeds.numel() * 4 * 0.6  # two bytes an element, not four
 
 
-def test_generate_is_greedy_with_server_embeddings(local: LocalBackbone, remote: RemoteBackbone) -> None:
+def test_generate_is_greedy_with_server_embeddings(local: InProcessBackbone, remote: RemoteBackbone) -> None:
     embeds, _, _ = make_inputs(local.info, batch=1, length=10, seed=2)
     mask = torch.ones(1, 10, dtype=torch.long)
     ids = remote.generate(embeds, mask, max_new_tokens=5)
@@ -180,7 +180,7 @@ SHAPES = [(1, 9), (2, 17), (3, 30), (2, 45)]  # (sequences, length) per client
 
 
 @pytest.mark.parametrize("kind", ["train_step", "score", "next_token_logits"])
-def test_concurrent_clients_get_their_solo_results(local: LocalBackbone, kind: str) -> None:
+def test_concurrent_clients_get_their_solo_results(local: InProcessBackbone, kind: str) -> None:
     inputs = [make_inputs(local.info, b, t, seed=10 + i) for i, (b, t) in enumerate(SHAPES)]
     args = [x if kind != "next_token_logits" else x[:2] for x in inputs]
     with running(local, BatchPolicy(enabled=True, window_ms=500, max_batch=64)) as (service, port):
@@ -198,10 +198,10 @@ def test_concurrent_clients_get_their_solo_results(local: LocalBackbone, kind: s
             torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-4)
 
 
-def test_batch_failure_is_isolated_to_the_culprit(local: LocalBackbone,
+def test_batch_failure_is_isolated_to_the_culprit(local: InProcessBackbone,
                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     """Should a validated request still fail in the model, only its own caller sees the error."""
-    def flaky(backbone: LocalBackbone, items: list[ForwardInputs]) -> list[int]:
+    def flaky(backbone: InProcessBackbone, items: list[ForwardInputs]) -> list[int]:
         if any(i.size == 3 for i in items):
             raise RuntimeError("boom")
         return [i.size for i in items]
@@ -272,7 +272,7 @@ MALFORMED: dict[str, tuple[Mutation, str]] = {
 
 
 @pytest.mark.parametrize("case", list(MALFORMED))
-def test_malformed_request_is_invalid_argument(local: LocalBackbone, stub: pb_grpc.BackboneStub,
+def test_malformed_request_is_invalid_argument(local: InProcessBackbone, stub: pb_grpc.BackboneStub,
                                                case: str) -> None:
     inputs = make_inputs(local.info, batch=2, length=16, seed=3)
     mutate, message = MALFORMED[case]
@@ -286,7 +286,7 @@ def test_malformed_request_is_invalid_argument(local: LocalBackbone, stub: pb_gr
     assert reply.loss == pytest.approx(local.train_step(*inputs)[0], rel=1e-6)
 
 
-def test_malformed_generate_is_invalid_argument(local: LocalBackbone, stub: pb_grpc.BackboneStub) -> None:
+def test_malformed_generate_is_invalid_argument(local: InProcessBackbone, stub: pb_grpc.BackboneStub) -> None:
     embeds, mask, _ = make_inputs(local.info, batch=1, length=8, seed=4)
     for n, message in [(0, "max_new_tokens is 0"), (9, "max_new_tokens is 9")]:
         req = pb.GenerateRequest(inputs_embeds=wire.encode(embeds), attention_mask=wire.encode(mask),
@@ -296,7 +296,7 @@ def test_malformed_generate_is_invalid_argument(local: LocalBackbone, stub: pb_g
         assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and message in err.value.details()
 
 
-def test_oversized_single_message_is_refused_by_grpc(local: LocalBackbone,
+def test_oversized_single_message_is_refused_by_grpc(local: InProcessBackbone,
                                                      stub: pb_grpc.BackboneStub) -> None:
     """One message over max_chunk_bytes + slack never reaches the service (backbone.proto: Chunking)."""
     inputs = make_inputs(local.info, batch=4, length=64, seed=5)  # 128 KiB of embeddings in one message
@@ -305,7 +305,7 @@ def test_oversized_single_message_is_refused_by_grpc(local: LocalBackbone,
     assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
 
 
-def test_bad_request_does_not_disturb_its_batch(local: LocalBackbone) -> None:
+def test_bad_request_does_not_disturb_its_batch(local: InProcessBackbone) -> None:
     good = [make_inputs(local.info, 2, 12 + i, seed=20 + i) for i in range(3)]
     bad = make_inputs(local.info, 2, 12, seed=30)
     bad[0][0, 0, 0] = float("nan")
@@ -340,7 +340,7 @@ def test_certs_name_the_server_and_protect_keys(certs) -> None:
         make_certs(certs.ca_cert.parent / "other", clients=["../evil"])
 
 
-def test_tls_with_client_certs_and_tokens(local: LocalBackbone, certs) -> None:
+def test_tls_with_client_certs_and_tokens(local: InProcessBackbone, certs) -> None:
     tls = ServerTls(certs.server_cert, certs.server_key, client_ca=certs.ca_cert)
     alice_cert, alice_key = certs.clients["alice"]
     inputs = make_inputs(local.info, batch=2, length=16, seed=6)
@@ -377,7 +377,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_client_retries_until_server_is_up(local: LocalBackbone) -> None:
+def test_client_retries_until_server_is_up(local: InProcessBackbone) -> None:
     port = _free_port()
     with pytest.raises(grpc.RpcError) as err:
         RemoteBackbone(f"127.0.0.1:{port}", attempts=1)
@@ -461,7 +461,7 @@ def _positions(mask: torch.Tensor, offset: int, stride: int = 1) -> torch.Tensor
     return ((torch.arange(mask.shape[1]) * stride + offset) * mask).unsqueeze(-1)
 
 
-def test_positions_reach_the_remote_decoder_and_batch_exactly(local: LocalBackbone) -> None:
+def test_positions_reach_the_remote_decoder_and_batch_exactly(local: InProcessBackbone) -> None:
     inputs = [make_inputs(local.info, b, t, seed=20 + i) for i, (b, t) in enumerate(SHAPES)]
     positions = [_positions(x[1], offset=i, stride=2) if i % 2 else None for i, x in enumerate(inputs)]
     with running(local, BatchPolicy(enabled=True, window_ms=500, max_batch=64)) as (service, port):
@@ -480,7 +480,7 @@ def test_positions_reach_the_remote_decoder_and_batch_exactly(local: LocalBackbo
     assert shifted != pytest.approx(plain, abs=1e-6)  # the positions did reach the decoder
 
 
-def test_positions_default_to_0_1_2_and_decoding_continues_them(local: LocalBackbone,
+def test_positions_default_to_0_1_2_and_decoding_continues_them(local: InProcessBackbone,
                                                                  remote: RemoteBackbone) -> None:
     embeds, mask, labels = make_inputs(local.info, batch=2, length=12, seed=5)
     arange = _positions(torch.ones_like(mask), offset=0)
@@ -512,7 +512,7 @@ MALFORMED_POSITIONS = {
 
 
 @pytest.mark.parametrize("case", list(MALFORMED_POSITIONS))
-def test_malformed_positions_are_invalid_argument(local: LocalBackbone, stub: pb_grpc.BackboneStub,
+def test_malformed_positions_are_invalid_argument(local: InProcessBackbone, stub: pb_grpc.BackboneStub,
                                                   case: str) -> None:
     embeds, mask, labels = make_inputs(local.info, batch=2, length=16, seed=3)
     mutate, message = MALFORMED_POSITIONS[case]

@@ -14,7 +14,7 @@ from omegaconf import DictConfig
 
 from anther.backbone.certs import make_certs, read_token, read_tokens, write_tokens
 from anther.backbone.endpoint import endpoint_for
-from anther.backbone.in_process import LocalBackbone
+from anther.backbone.in_process import InProcessBackbone
 from anther.backbone.service.auth import ServerTls
 from anther.backbone.service.server import start
 from anther.backbone.service.servicer import BackboneService
@@ -40,7 +40,7 @@ def creds(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def service_port(tiny_model_dir: Path, creds: Path) -> Iterator[int]:
     """The tiny model's backbone served in-process with TLS and the tokens of ``creds``."""
-    service = BackboneService(LocalBackbone.from_pretrained(tiny_model_dir))
+    service = BackboneService(InProcessBackbone.from_pretrained(tiny_model_dir))
     server, port = start(service, "127.0.0.1:0", ServerTls.from_dir(creds), read_tokens(creds / "tokens.json"))
     yield port
     server.stop(None)
@@ -69,7 +69,7 @@ def test_bad_backbone_config_names_the_key(overrides: list[str], key: str) -> No
 def test_node_config_overrides_the_run_config(tmp_path: Path) -> None:
     cfg = _cfg(tmp_path, "backbone.mode=remote", "backbone.address=server:50051", "backbone.ca_cert=/run/ca.pem",
                "backbone.token_file=/run/evaluator.token", "backbone.wire_dtype=bfloat16")
-    assert endpoint_for(_cfg(tmp_path)) is None  # mode=local: no endpoint at all
+    assert endpoint_for(_cfg(tmp_path)) is None  # mode=whole_model: no endpoint at all
     run = endpoint_for(cfg)
     assert (run.address, run.token_file, run.wire_dtype) == ("server:50051", "/run/evaluator.token", "bfloat16")
     site = endpoint_for(cfg, {"backbone-token-file": "/site/site-0.token", "backbone-ca": "/site/ca.pem",

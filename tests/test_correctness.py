@@ -16,7 +16,7 @@ import pytest
 import torch
 from transformers import AutoModelForImageTextToText
 
-from anther.backbone.in_process import LocalBackbone
+from anther.backbone.in_process import InProcessBackbone
 from anther.backbone.interface import causal_lm_loss
 from anther.model.families import FAMILIES, load_processor
 from anther.model.nano_adapter import NanoAdapterConfig
@@ -44,7 +44,7 @@ def parts(model_dir):
     processor = load_processor(model_dir)
     hf = AutoModelForImageTextToText.from_pretrained(model_dir).eval()
     edge = NanoEdge.from_pretrained(model_dir, NanoAdapterConfig(rank=4, alpha=4))
-    backbone = LocalBackbone.from_pretrained(model_dir)
+    backbone = InProcessBackbone.from_pretrained(model_dir)
     return processor, hf, edge, backbone
 
 

@@ -16,7 +16,7 @@ from omegaconf import OmegaConf
 from opacus.accountants import PRVAccountant, RDPAccountant
 from transformers import AutoProcessor
 
-from anther.backbone.in_process import LocalBackbone
+from anther.backbone.in_process import InProcessBackbone
 from anther.client.dp import (
     DPSGD,
     clipped_sum,
@@ -41,7 +41,7 @@ def processor(tiny_model_dir):
 
 @pytest.fixture(scope="module")
 def backbone(tiny_model_dir):
-    return LocalBackbone.from_pretrained(tiny_model_dir)
+    return InProcessBackbone.from_pretrained(tiny_model_dir)
 
 
 def _edge(tiny_model_dir, seed: int = 1) -> NanoEdge:

@@ -11,7 +11,7 @@ import pytest
 import torch
 from transformers import AutoProcessor
 
-from anther.backbone.in_process import LocalBackbone
+from anther.backbone.in_process import InProcessBackbone
 from anther.client.inference import evaluate_samples
 from anther.client.metrics import binary_auc, choice_metrics, macro_f1, summarise_clients
 from anther.client.trainer import train_adapters
@@ -81,7 +81,7 @@ def test_summarise_clients_gives_mean_worst_and_spread():
 def tiny(tiny_model_dir):
     processor = AutoProcessor.from_pretrained(tiny_model_dir)
     edge = NanoEdge.from_pretrained(tiny_model_dir, NanoAdapterConfig(rank=4, alpha=4))
-    return SampleEncoder(edge, processor), LocalBackbone.from_pretrained(tiny_model_dir)
+    return SampleEncoder(edge, processor), InProcessBackbone.from_pretrained(tiny_model_dir)
 
 
 def _modality_mix(samples: list[Sample]) -> list[Sample]:

@@ -58,12 +58,12 @@ def test_perf_bench_runs_every_section(tmp_path: Path) -> None:
     assert s["scale"]["clients"] == 5 and len(s["scale"]["round_s"]) == 2 and len(s["scale"]["memory_mb"]) > 1
 
     modes = {r["mode"]: r for r in s["modes"]["rows"]}
-    assert list(modes) == ["split", "local"]
-    split, local = modes["split"], modes["local"]
+    assert list(modes) == ["split", "whole_model"]
+    split, local = modes["split"], modes["whole_model"]
     assert split["per_client_bytes"]["activation_bytes_up"] > 0 and split["per_client_bytes"]["adapter_bytes_up"] > 0
     assert local["per_client_bytes"]["activation_bytes_up"] == local["per_client_bytes"]["activation_bytes_down"] == 0
     assert local["client_holds"]["total_bytes"] > split["client_holds"]["total_bytes"]
-    assert s["modes"]["local_over_split_holds"] > 1 and s["modes"]["cache_speedup"] == {}
+    assert s["modes"]["whole_model_over_split_holds"] > 1 and s["modes"]["cache_speedup"] == {}
     assert all(0 <= r["final_acc"] <= 1 and len(r["round_s"]) == 2 for r in modes.values())
 
     t = s["trainstep"]  # the experiment's own LLM on the CPU (tests/test_trainstep_bench.py checks the numbers)

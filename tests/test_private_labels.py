@@ -14,7 +14,7 @@ import torch
 from transformers import AutoProcessor, LlavaForConditionalGeneration
 
 from anther.backbone import wire
-from anther.backbone.in_process import LocalBackbone
+from anther.backbone.in_process import InProcessBackbone
 from anther.backbone.interface import IGNORE_INDEX, Backbone
 from anther.backbone.proto import backbone_pb2 as pb
 from anther.backbone.remote import RemoteBackbone
@@ -39,8 +39,8 @@ def model(tiny_model_dir: Path) -> LlavaForConditionalGeneration:
 
 
 @pytest.fixture(scope="module")
-def local(model, tiny_model_dir: Path) -> LocalBackbone:
-    return LocalBackbone.from_model(model, tiny_model_dir)
+def local(model, tiny_model_dir: Path) -> InProcessBackbone:
+    return InProcessBackbone.from_model(model, tiny_model_dir)
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +55,7 @@ def encoder(model, tiny_model_dir: Path) -> SampleEncoder:
 
 
 @pytest.fixture(scope="module")
-def port(local: LocalBackbone) -> Iterator[int]:
+def port(local: InProcessBackbone) -> Iterator[int]:
     service = BackboneService(local, BatchPolicy(enabled=True, window_ms=20.0, max_batch=32))
     server, port = start(service)
     yield port
@@ -104,7 +104,7 @@ def test_private_scores_equal_the_servers(model, local, encoder, samples, port):
                                rtol=1e-5, atol=1e-5)
 
 
-def _request(local: LocalBackbone, batch: int, length: int, seed: int) -> ForwardInputs:
+def _request(local: InProcessBackbone, batch: int, length: int, seed: int) -> ForwardInputs:
     g = torch.Generator().manual_seed(seed)
     h = local.info.hidden_size
     mask = torch.ones(batch, length, dtype=torch.long)

@@ -11,7 +11,7 @@ import pytest
 import torch
 from transformers import AutoConfig
 
-from anther.backbone.in_process import LocalBackbone
+from anther.backbone.in_process import InProcessBackbone
 from anther.backbone.quantization import KEPT_IN_DTYPE, check_quantization, quantization_config
 from anther.cli import main
 from anther.core.config import ConfigError
@@ -22,7 +22,7 @@ from anther.simulations.experiment import load_config
 def test_no_gpu_is_named_before_anything_loads(monkeypatch, tiny_model_dir: Path):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     with pytest.raises(ValueError, match="backbone.quantization=8bit needs a CUDA GPU.*backbone.quantization=none"):
-        LocalBackbone.from_pretrained(tiny_model_dir, quantization="8bit")
+        InProcessBackbone.from_pretrained(tiny_model_dir, quantization="8bit")
 
 
 def test_a_cpu_device_and_a_missing_bitsandbytes_are_named(monkeypatch):

@@ -23,8 +23,8 @@ GENERATE = ["eval.generate=true", "eval.max_new_tokens=2", "model.tiny_family=qw
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
-    """A local-mode run and a service-mode run (two backbone replicas) of the same experiment."""
-    modes = {"local-a": ["backbone.mode=local"], "service": ["backbone.mode=service", "backbone.replicas=2"]}
+    """A whole-model run and a service-mode run (two backbone replicas) of the same experiment."""
+    modes = {"local-a": ["backbone.mode=in_process"], "service": ["backbone.mode=service", "backbone.replicas=2"]}
     return {name: simulate(tmp_path_factory.mktemp(name), [*GENERATE, *overrides])
             for name, overrides in modes.items()}
 

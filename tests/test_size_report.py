@@ -1,4 +1,4 @@
-"""``anther model report``: counts taken from the real module trees, split against local mode."""
+"""``anther model report``: counts taken from the real module trees, split against whole-model mode."""
 
 from __future__ import annotations
 
@@ -53,7 +53,7 @@ def test_llava_7b_client_and_adapter_shares():
     r = size_report("llava-1.5-7b")
     assert round(r.total_params / 1e9, 2) == 7.06
     assert r.client_share <= 0.07 and r.adapter_share <= 0.0002
-    assert r.lora_params > 50 * r.adapter_params  # local mode trains and sends far more
+    assert r.lora_params > 50 * r.adapter_params  # whole-model mode trains and sends far more
 
 
 def test_cli_prints_and_writes_json(tmp_path, capsys):

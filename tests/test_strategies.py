@@ -275,7 +275,7 @@ def test_diagonal_fisher_matches_the_composed_model(tiny_model_dir, samples):
     the composed model trained in one process (the DESIGN's correctness anchor, for the Fisher)."""
     from transformers import AutoProcessor
 
-    from anther.backbone.in_process import LocalBackbone
+    from anther.backbone.in_process import InProcessBackbone
     from anther.backbone.interface import causal_lm_loss
     from anther.model.nano_edge import NanoEdge
     from anther.model.sample_encoder import SampleEncoder
@@ -286,7 +286,7 @@ def test_diagonal_fisher_matches_the_composed_model(tiny_model_dir, samples):
         for p in edge.adapters.parameters():
             p.normal_(0, 0.1)
     encoder = SampleEncoder(edge, AutoProcessor.from_pretrained(tiny_model_dir))
-    backbone = LocalBackbone.from_pretrained(tiny_model_dir)
+    backbone = InProcessBackbone.from_pretrained(tiny_model_dir)
     mixed = [s if i % 2 else s.without_image() for i, s in enumerate(samples[:6])]
     fisher = diagonal_fisher(encoder, backbone, mixed, num_batches=3, batch_size=2, seed=5)
     assert all(p.grad is None for p in edge.adapters.parameters())  # an optimizer's .grad is left alone

@@ -81,9 +81,9 @@ def test_a_batch_that_does_not_fit_ends_the_sizes_and_caps_the_service(tiny_mode
                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
     """On a GPU the largest batches may not fit: the first that does not is recorded, larger ones
     are not tried, and the service batches no more sequences per pass than fitted."""
-    from anther.backbone.in_process import LocalBackbone
+    from anther.backbone.in_process import InProcessBackbone
 
-    real_logits = LocalBackbone.logits_on_device
+    real_logits = InProcessBackbone.logits_on_device
     sizes: list[int] = []
 
     def step(self, inputs_embeds, *args, **kwargs):  # the device's memory, made small
@@ -92,7 +92,7 @@ def test_a_batch_that_does_not_fit_ends_the_sizes_and_caps_the_service(tiny_mode
             raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
         return real_logits(self, inputs_embeds, *args, **kwargs)
 
-    monkeypatch.setattr(LocalBackbone, "logits_on_device", step)  # in process and in the service
+    monkeypatch.setattr(InProcessBackbone, "logits_on_device", step)  # in process and in the service
     s = replace(SETTINGS, batch_sizes=[1, 2, 4, 8], concurrency=[4], client_batch=1, seconds=0.5)
     result = trainstep(s, tiny_model_dir)
     assert [(r["batch"], r.get("out_of_memory", False)) for r in result["in_process"]] == [

@@ -36,7 +36,7 @@ from transformers import AutoConfig, AutoProcessor
 
 from anther import client_app
 from anther.backbone import remote, wire
-from anther.backbone.in_process import LocalBackbone
+from anther.backbone.in_process import InProcessBackbone
 from anther.backbone.interface import IGNORE_INDEX
 from anther.backbone.proto import backbone_pb2 as pb
 from anther.backbone.service.batching import BatchPolicy
@@ -201,7 +201,7 @@ def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def port(tiny_model_dir: Path) -> Iterator[int]:
-    service = BackboneService(LocalBackbone.from_pretrained(tiny_model_dir), BatchPolicy(window_ms=1.0))
+    service = BackboneService(InProcessBackbone.from_pretrained(tiny_model_dir), BatchPolicy(window_ms=1.0))
     server, port = start(service)
     yield port
     server.stop(None)

@@ -85,9 +85,9 @@ def _explain(error: grpc.RpcError) -> str:
 
 
 def endpoint_for(cfg: DictConfig, node_config: Mapping[str, Any] | None = None) -> BackboneEndpoint | None:
-    """The endpoint a run's config and this node's config point at; None for ``backbone.mode=local``."""
+    """The endpoint a run's config and this node's config point at; None for ``backbone.mode=in_process``."""
     b = cfg.backbone
-    if b.mode == "local":
+    if b.mode == "in_process":
         return None
     values = {key: b[key] for key in NODE_KEYS.values()}
     replicas = b.get("replica_addresses") or []

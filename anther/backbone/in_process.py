@@ -1,7 +1,7 @@
 """The backbone run in the caller's process: the frozen decoder and LM head of an MLLM.
 
 It implements :class:`anther.backbone.interface.Backbone` for a client that holds the LLM itself
-(``backbone.mode=local``, and ``mode=local``'s LoRA training) and is what the backbone service
+(``backbone.mode=in_process``, and ``mode=whole_model``'s LoRA training) and is what the backbone service
 computes with.
 """
 
@@ -23,7 +23,7 @@ from anther.model.families import family_for
 from anther.model.side_loading import checkpoint_fingerprint, load_side
 
 
-class LocalBackbone(nn.Module):
+class InProcessBackbone(nn.Module):
     """The frozen decoder and LM head of an MLLM, run in this process."""
 
     def __init__(self, decoder: nn.Module, head: nn.Module, info: BackboneInfo) -> None:
@@ -33,14 +33,14 @@ class LocalBackbone(nn.Module):
         self.info = info
         self.bytes_up = 0
         self.bytes_down = 0
-        # what would cross the wire were this backbone remote; off where nothing would (mode=local)
+        # what would cross the wire were this backbone remote; off where nothing would (mode=whole_model)
         self.counts_traffic = True
         self.requires_grad_(False)
         self.eval()
 
     @classmethod
     def from_pretrained(cls, model_dir: str | Path, dtype: torch.dtype = torch.float32,
-                        device: str = "cpu", quantization: str = "none") -> LocalBackbone:
+                        device: str = "cpu", quantization: str = "none") -> InProcessBackbone:
         """The backbone of the checkpoint at ``model_dir`` on ``device``, read without the client's
         vision tower and connector (:mod:`anther.model.side_loading`); with ``quantization``
         (``8bit`` / ``4bit``, CUDA only) the LLM is held quantised by bitsandbytes, all but its head."""
@@ -55,7 +55,7 @@ class LocalBackbone(nn.Module):
 
     @classmethod
     def from_model(cls, model: nn.Module, model_dir: str | Path | None = None,
-                   fingerprint: str | None = None) -> LocalBackbone:
+                   fingerprint: str | None = None) -> InProcessBackbone:
         """The backbone half of an already loaded MLLM: ``model_dir`` names its checkpoint, or,
         for a model with no checkpoint (random weights), ``fingerprint`` names the model."""
         if (model_dir is None) == (fingerprint is None):
@@ -110,7 +110,7 @@ class LocalBackbone(nn.Module):
     def train_step(self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor,
                    labels: torch.Tensor, position_ids: Positions = None) -> tuple[float, torch.Tensor]:
         """Loss and d loss / d ``inputs_embeds``. Weights of this backbone that train (LoRA, in
-        ``mode=local``) get their gradient added to ``.grad`` as well."""
+        ``mode=whole_model``) get their gradient added to ``.grad`` as well."""
         x = inputs_embeds.detach().requires_grad_(True)
         trainable = [p for p in self.parameters() if p.requires_grad]
         with torch.enable_grad():

@@ -4,7 +4,7 @@ The frozen LLM is the server's whole memory bill, and it never trains, so it can
 quantised: LLM.int8() (``8bit``) or NF4 with compute in the model dtype (``4bit``). The
 backbone is loaded without the vision tower and connector (:mod:`anther.model.side_loading`)
 and its LM head stays in the model dtype; the NanoEdge never runs on a quantised model
-(``backbone.mode=local`` refuses quantisation). bitsandbytes kernels need CUDA, so where there is no GPU, or no
+(``backbone.mode=in_process`` refuses quantisation). bitsandbytes kernels need CUDA, so where there is no GPU, or no
 bitsandbytes, the message says so before anything is loaded.
 """
 

@@ -1,6 +1,6 @@
 """The client's view of a remote backbone: the :class:`Backbone` protocol over gRPC.
 
-:class:`RemoteBackbone` is a drop-in for :class:`LocalBackbone` in the trainer and
+:class:`RemoteBackbone` is a drop-in for :class:`InProcessBackbone` in the trainer and
 in inference: the same ``info``, ``train_step``, ``score`` and ``next_token_logits`` (and the
 ``hidden_states`` and ``backward_from_hidden`` of a private-labels client),
 with the tensors travelling as ``backbone.proto`` says. It retries a call that

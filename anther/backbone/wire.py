@@ -16,16 +16,15 @@ import torch
 from google.protobuf.message import Message
 
 from anther.backbone.proto import backbone_pb2 as pb
+from anther.core.config import FLOAT_DTYPES
 
 # Element types the wire knows. "bool" travels as one byte and decodes to uint8, so
 # that a byte other than 0 or 1 can be caught instead of becoming an undefined bool.
-DTYPES: dict[str, torch.dtype] = {
-    "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16,
-    "int64": torch.int64, "int32": torch.int32, "bool": torch.uint8,
-}
-WIRE_DTYPES = ("float32", "bfloat16", "float16")  # embeddings and gradients
+WIRE_DTYPES = FLOAT_DTYPES  # embeddings and gradients
 MASK_DTYPES = ("int64", "int32", "bool")
 ID_DTYPES = ("int64", "int32")
+DTYPES: dict[str, torch.dtype] = {name: getattr(torch, name) for name in (*WIRE_DTYPES, *ID_DTYPES)} | {
+    "bool": torch.uint8}
 
 # Room left in every chunk for field tags, lengths and the other scalar fields.
 _CHUNK_OVERHEAD = 1024

@@ -26,7 +26,7 @@ from pathlib import Path
 import grpc
 import torch
 
-from anther.backbone.in_process import LocalBackbone
+from anther.backbone.in_process import InProcessBackbone
 from anther.backbone.remote import RemoteBackbone
 from anther.backbone.service.batching import BatchPolicy
 from anther.backbone.service.server import start
@@ -49,7 +49,7 @@ class ClientLog:
     errors: list[str] = field(default_factory=list)
 
 
-def _expected(backbone: LocalBackbone, inputs: tuple[torch.Tensor, ...]) -> tuple[float, torch.Tensor]:
+def _expected(backbone: InProcessBackbone, inputs: tuple[torch.Tensor, ...]) -> tuple[float, torch.Tensor]:
     return backbone.train_step(*inputs)
 
 
@@ -89,7 +89,7 @@ def _client(client: RemoteBackbone, inputs: tuple[torch.Tensor, ...], expected: 
             log.latencies.append(latency)
 
 
-def run_load(backbone: LocalBackbone, args: argparse.Namespace) -> dict:
+def run_load(backbone: InProcessBackbone, args: argparse.Namespace) -> dict:
     """``args.clients`` clients for ``args.seconds`` seconds against one service; the summary."""
     service = BackboneService(backbone, BatchPolicy(True, args.window_ms, args.max_batch))
     server, port = start(service, max_workers=max(64, 2 * args.clients))

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from anther.backbone.in_process import LocalBackbone
+from anther.backbone.in_process import InProcessBackbone
 from anther.backbone.remote import RemoteBackbone
 from anther.backbone.service.batching import BatchPolicy
 from anther.backbone.service.server import start
@@ -45,7 +45,7 @@ def _client_loop(client: RemoteBackbone, inputs: tuple[torch.Tensor, ...], start
         latencies.append(time.perf_counter() - t0)
 
 
-def run_cell(backbone: LocalBackbone, clients: int, window_ms: float | None,
+def run_cell(backbone: InProcessBackbone, clients: int, window_ms: float | None,
              args: argparse.Namespace) -> dict:
     """Throughput of ``clients`` concurrent clients for ``args.seconds`` seconds.
 

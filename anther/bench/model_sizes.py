@@ -1,4 +1,4 @@
-"""How big each side of a real MLLM is, in split mode and in local mode: ``anther model report``.
+"""How big each side of a real MLLM is, in split mode and in whole-model mode: ``anther model report``.
 
 The model is built from its published configuration on PyTorch's ``meta`` device, so a
 7B model costs no memory and no download; every count below comes from the module tree
@@ -8,7 +8,7 @@ itself, through the same family split the NanoEdge uses (:mod:`anther.model.fami
   embeddings) plus two NanoAdapters (image and text, on the LLM's input width); it sends the
   adapters each round, and for every training sample the input embeddings up and their
   gradient down.
-- *local mode*: the client holds the whole model plus LoRA on the LLM's attention
+- *whole-model mode*: the client holds the whole model plus LoRA on the LLM's attention
   projections (counted by ``peft`` itself); it sends the LoRA weights each round and no
   activations.
 """
@@ -127,7 +127,7 @@ class SizeReport:
     adapter_bytes_per_round: int  # each way, float32
     activation_bytes_up_per_sample: int  # input embeddings (+ mask and labels, int64)
     activation_bytes_down_per_sample: int  # their gradient
-    # local mode
+    # whole-model mode
     lora_params: int
     local_client_bytes: int
     lora_bytes_per_round: int  # each way, float32
@@ -155,7 +155,7 @@ def _count_unique(modules: list[nn.Module]) -> int:
 
 def _lora_params(decoder: nn.Module, rank: int) -> int:
     """Parameters ``peft`` adds for LoRA of ``rank`` on the decoder's attention projections
-    (``mode=local``'s default targets)."""
+    (``mode=whole_model``'s default targets)."""
     return sum(p.numel() for p in inject_lora(decoder, LoraSettings(rank=rank)).parameters())
 
 
@@ -219,7 +219,7 @@ def _bytes(n: int) -> str:
 
 
 def markdown(reports: list[SizeReport]) -> str:
-    """One table, split mode and local mode side by side for each model."""
+    """One table, split mode and whole-model mode side by side for each model."""
     lines = [("| model | total params | mode | client holds (params) | share | client bytes | trained "
               "and sent (params) | share | bytes per round, each way | activations per sample, up / down |"),
              "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|"]

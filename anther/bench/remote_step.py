@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from anther.backbone.in_process import LocalBackbone
+from anther.backbone.in_process import InProcessBackbone
 from anther.backbone.remote import RemoteBackbone
 from anther.bench.service_bench import load_backbone, random_inputs, report, write_report
 
@@ -66,7 +66,7 @@ def main() -> None:
         from anther.model.tiny_model import init_tiny
 
         model_dir = init_tiny(Path(tmp) / "tiny", pretrain_steps=0)
-        backbone: LocalBackbone = load_backbone(model_dir)
+        backbone: InProcessBackbone = load_backbone(model_dir)
         inputs = random_inputs(backbone, args.batch_size, args.seq_len, seed=0)
         results = {"remote_batching_ms": remote_ms(model_dir, inputs, True, args.seconds),
                    "remote_no_batching_ms": remote_ms(model_dir, inputs, False, args.seconds)}

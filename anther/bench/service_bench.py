@@ -17,21 +17,21 @@ from pathlib import Path
 
 import torch
 
-from anther.backbone.in_process import LocalBackbone
+from anther.backbone.in_process import InProcessBackbone
 
 
-def load_backbone(model_dir: Path | None) -> LocalBackbone:
+def load_backbone(model_dir: Path | None) -> InProcessBackbone:
     """The checkpoint at ``model_dir``, or a fresh tiny LLaVA (random weights, no pretraining:
     speed does not depend on what the weights have learnt)."""
     if model_dir is not None:
-        return LocalBackbone.from_pretrained(model_dir)
+        return InProcessBackbone.from_pretrained(model_dir)
     from anther.model.tiny_model import init_tiny
 
     with tempfile.TemporaryDirectory() as tmp:
-        return LocalBackbone.from_pretrained(init_tiny(Path(tmp) / "tiny", pretrain_steps=0))
+        return InProcessBackbone.from_pretrained(init_tiny(Path(tmp) / "tiny", pretrain_steps=0))
 
 
-def random_inputs(backbone: LocalBackbone, batch: int, length: int, seed: int) -> tuple[torch.Tensor, ...]:
+def random_inputs(backbone: InProcessBackbone, batch: int, length: int, seed: int) -> tuple[torch.Tensor, ...]:
     """One client's train-step inputs: random embeddings, full mask, the second half labelled."""
     g = torch.Generator().manual_seed(seed)
     embeds = torch.randn(batch, length, backbone.info.hidden_size, generator=g)
@@ -78,7 +78,7 @@ def latency_ms(latencies_s: Sequence[float]) -> dict[str, float | None]:
             "max_latency_ms": ms(ordered[-1] if ordered else None)}
 
 
-def report(name: str, backbone: LocalBackbone, args: argparse.Namespace, results: object) -> dict:
+def report(name: str, backbone: InProcessBackbone, args: argparse.Namespace, results: object) -> dict:
     """The JSON every benchmark writes: what ran, on what, and its results."""
     return {
         "benchmark": name,

@@ -2,7 +2,7 @@
 
 Loaded once per process and reused by every (simulated) client that process serves;
 each message then loads the global adapters it carries, so no state leaks between clients.
-The backbone is an in-process copy of the frozen LLM (``backbone.mode=local``) or a
+The backbone is an in-process copy of the frozen LLM (``backbone.mode=in_process``) or a
 connection to the backbone service (``service`` / ``remote``); the trainer and the
 evaluation cannot tell the two apart.
 """
@@ -21,7 +21,7 @@ from omegaconf import DictConfig
 from torch import nn
 
 from anther.backbone.endpoint import BackboneEndpoint, endpoint_for
-from anther.backbone.in_process import LocalBackbone
+from anther.backbone.in_process import InProcessBackbone
 from anther.backbone.interface import Backbone
 from anther.client.private_labels import PrivateLabelBackbone
 from anther.core.config import anther_home
@@ -32,8 +32,6 @@ from anther.model.nano_adapter import NanoAdapterConfig
 from anther.model.nano_edge import NanoEdge
 from anther.model.sample_encoder import SampleEncoder
 from anther.model.side_loading import checkpoint_fingerprint, load_side
-
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 @dataclass
@@ -59,30 +57,30 @@ class EdgeSpec:
     private_labels: bool = False  # the client computes head and loss (anther.client.private_labels)
     feature_cache_dir: str | None = None  # None: no feature cache
     feature_cache_max_bytes: int = 0
-    lora: LoraSettings | None = None  # mode=local: LoRA in the LLM instead of NanoAdapters
+    lora: LoraSettings | None = None  # mode=whole_model: LoRA in the LLM instead of NanoAdapters
 
 
 @lru_cache(maxsize=4)
-def _client_side(spec: EdgeSpec, local_backbone: bool) -> tuple[SampleEncoder, LocalBackbone | None, nn.Module | None]:
+def _client_side(spec: EdgeSpec, local_backbone: bool) -> tuple[SampleEncoder, InProcessBackbone | None, nn.Module | None]:
     """Processor + NanoEdge, the in-process backbone if asked for, and the LM head (for private
     labels): one load of the checkpoint, of only the modules these need
     (:mod:`anther.model.side_loading`): without the local backbone the LLM's decoder layers
-    are never read. With ``spec.lora`` (``mode=local``) the NanoEdge's adapters are LoRA inside
+    are never read. With ``spec.lora`` (``mode=whole_model``) the NanoEdge's adapters are LoRA inside
     the in-process backbone's decoder."""
     transformers.logging.set_verbosity_error()
     torch.set_num_threads(1)  # simulated clients share the cores; one thread each is fastest
     adapter = NanoAdapterConfig(rank=spec.rank, alpha=spec.alpha, activation=spec.activation)
     model = load_side(spec.model_path, "both" if local_backbone else "client", head=spec.private_labels,
-                      dtype=DTYPES[spec.dtype])
+                      dtype=getattr(torch, spec.dtype))
     family = family_for(model.config.model_type)
     edge = NanoEdge.from_model(model, adapter)  # both halves share one load of the checkpoint
     if spec.feature_cache_dir is not None:
         edge.feature_cache = FeatureCache.for_model(Path(spec.feature_cache_dir), Path(spec.model_path), spec.dtype,
                                                     spec.feature_cache_max_bytes)
-    backbone = LocalBackbone.from_model(model, spec.model_path) if local_backbone else None
+    backbone = InProcessBackbone.from_model(model, spec.model_path) if local_backbone else None
     if spec.lora is not None:
         if backbone is None:
-            raise ValueError("mode=local trains LoRA inside the LLM: it needs the backbone in this process")
+            raise ValueError("mode=whole_model trains LoRA inside the LLM: it needs the backbone in this process")
         edge.adapters = nn.ModuleDict({"lora": inject_lora(backbone.decoder, spec.lora)})
         backbone.counts_traffic = False  # one process, nothing crosses a wire
     processor = load_processor(spec.model_path)
@@ -116,7 +114,7 @@ def runtime_for(cfg: DictConfig, rank: int | None = None,
     a, fc = cfg.adapter, cfg.feature_cache
     cache_dir = (fc.dir or str(anther_home() / "feature-cache")) if fc.enabled else None
     lora = None
-    if cfg.mode == "local":
+    if cfg.mode == "whole_model":
         lo = cfg.lora
         lora = LoraSettings(rank or lo.rank, float(lo.alpha), float(lo.dropout), tuple(lo.target_modules))
     spec = EdgeSpec(cfg.model.path, cfg.model.dtype, rank or a.rank, float(a.alpha), a.activation,

@@ -53,7 +53,7 @@ def split_step(encoder: SampleEncoder, backbone: Backbone, batch_samples: list[S
     """One exchange with the backbone; leaves d(task loss + regularisers)/d adapters in ``.grad``.
 
     The task loss's gradient reaches NanoAdapters through ``embeds.backward(grad)`` (LoRA inside
-    the LLM, in ``mode=local``, gets it inside the in-process backbone's ``train_step``); each
+    the LLM, in ``mode=whole_model``, gets it inside the in-process backbone's ``train_step``); each
     regulariser is a purely local function of the weights, so its gradient is accumulated
     by its own ``backward()``.
     """
@@ -61,7 +61,7 @@ def split_step(encoder: SampleEncoder, backbone: Backbone, batch_samples: list[S
     embeds = encoder.edge(batch)
     up0, down0 = backbone.bytes_up, backbone.bytes_down
     loss, grad = backbone.train_step(embeds.detach(), batch.attention_mask, batch.labels, batch.position_ids)
-    if embeds.requires_grad:  # NanoAdapters; LoRA (mode=local) got its gradient in train_step
+    if embeds.requires_grad:  # NanoAdapters; LoRA (mode=whole_model) got its gradient in train_step
         embeds.backward(grad.to(embeds.dtype))
     for regulariser in regularisers:
         term = regulariser()

@@ -21,14 +21,14 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
 
 CONFIG_DIR = Path(__file__).parents[1] / "configs"
-BACKBONE_MODES = ("local", "service", "remote")
-WIRE_DTYPES = ("float32", "bfloat16", "float16")
+BACKBONE_MODES = ("in_process", "service", "remote")
+FLOAT_DTYPES = ("float32", "bfloat16", "float16")  # model.dtype, and embeddings and gradients on the wire
 QUANTIZATIONS = ("none", "8bit", "4bit")  # the backbone's, through bitsandbytes (anther/backbone/quantization.py)
 PRIVACY_ACCOUNTANTS = ("rdp", "prv")  # opacus accountants that compose (noise, rate, steps) histories
 WILDCARD_HOSTS = ("0.0.0.0", "::", "[::]")  # listen on every interface
 PARTITION_SCHEMES = ("iid", "dirichlet", "domain", "quantity")  # anther/data/scenarios.py
 MODALITY_SCENARIOS = ("full", "missing", "cross", "hybrid")
-MODES = ("split", "local")  # docs/local-mode.md
+MODES = ("split", "whole_model")  # docs/whole-model-mode.md
 BASELINES = ("none", "zero_shot", "local_only", "centralised")  # anther/simulations/baselines.py
 # privacy.client_level.mode: Flower's DP wrappers (anther/strategies/privacy/client_dp.py)
 CLIENT_LEVEL_SERVER_MODES = ("server_fixed", "server_adaptive")
@@ -130,9 +130,9 @@ class AdapterConfig:
 
 @dataclass
 class LoraConfig:
-    """``mode=local`` only: LoRA inside the LLM's decoder, trained on the client (peft), as
+    """``mode=whole_model`` only: LoRA inside the LLM's decoder, trained on the client (peft), as
     FedMLLM and OpenFedLLM do: by default rank 16 on the attention projections, what
-    ``anther model report`` counts for local mode."""
+    ``anther model report`` counts for whole-model mode."""
 
     rank: int = 16
     alpha: float = 32.0
@@ -164,7 +164,7 @@ class EvalConfig:
 class BackboneConfig:
     """Where the frozen LLM runs and how clients reach it (docs/deployment.md).
 
-    ``local``: every client process loads its own copy next to its NanoEdge (no network).
+    ``in_process``: every client process loads its own copy next to its NanoEdge (no network).
     ``service``: the ServerApp starts the backbone service in a child process and tells the
     clients its address and credentials through the run's config.
     ``remote``: clients and the server's evaluator dial a service already running at ``address``
@@ -173,7 +173,7 @@ class BackboneConfig:
     ``backbone-address``) and win over the values here.
     """
 
-    mode: str = "local"  # local | service | remote
+    mode: str = "in_process"  # in_process | service | remote
     address: str | None = None  # service: host:port to listen on (None = 127.0.0.1, free port); remote: to dial
     advertise_address: str | None = None  # service: host:port clients dial, if not ``address``
     wire_dtype: str = "float32"  # embeddings up, gradients down: float32 | bfloat16 | float16
@@ -267,7 +267,7 @@ class ExperimentConfig:
     # instead, on the same data, scenario and step budget (anther/simulations/baselines.py)
     baseline: str = "none"
     # split: NanoEdge clients train NanoAdapters against the frozen backbone (the default);
-    # local: each client holds the whole MLLM and trains LoRA in its LLM (`lora`), nothing exchanged
+    # whole_model: each client holds the whole MLLM and trains LoRA in its LLM (`lora`), nothing exchanged
     mode: str = "split"
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -296,17 +296,28 @@ def check(ok: bool, key: str, value: object, need: str) -> None:
         raise ConfigError(f"config value {key}={value!r} is invalid: {need}")
 
 
+# Values that were renamed, by key: old value -> new. A new config with an old value is refused
+# with the new name; an earlier run's config.yaml is read with the new one (read_run_config).
+RENAMED_VALUES = {
+    "mode": {"local": "whole_model"},  # the whole MLLM on the client
+    "backbone.mode": {"local": "in_process"},  # the frozen LLM in the client's own process
+}
+
+
 def validate(cfg: DictConfig) -> DictConfig:
     """Range checks Hydra's types cannot express."""
+    for key, renamed in RENAMED_VALUES.items():
+        old = OmegaConf.select(cfg, key)
+        check(old not in renamed, key, old, f"was renamed: use {key}={renamed.get(old)}")
     f, t, d = cfg.federation, cfg.train, cfg.data
     check(f.num_clients >= 1, "federation.num_clients", f.num_clients, "must be >= 1")
     check(f.rounds >= 1, "federation.rounds", f.rounds, "must be >= 1")
     check(0 < f.fraction_train <= 1, "federation.fraction_train", f.fraction_train, "must be in (0, 1]")
     check(f.min_train_clients >= 1, "federation.min_train_clients", f.min_train_clients, "must be >= 1")
     check(1 <= f.min_replies <= f.num_clients, "federation.min_replies", f.min_replies,
-           f"must be in [1, federation.num_clients={f.num_clients}]")
+          f"must be in [1, federation.num_clients={f.num_clients}]")
     check(f.outlier_factor is None or f.outlier_factor > 1, "federation.outlier_factor", f.outlier_factor,
-           "must be > 1 (a multiple of the round's median update norm), or null to turn the check off")
+          "must be > 1 (a multiple of the round's median update norm), or null to turn the check off")
     for key in ("client_cpus", "client_gpus"):
         check(f[key] is None or f[key] >= 0, f"federation.{key}", f[key], "must be >= 0 (or null)")
     check(f.client_cpus != 0, "federation.client_cpus", f.client_cpus, "must be > 0 (or null)")
@@ -315,15 +326,14 @@ def validate(cfg: DictConfig) -> DictConfig:
     check(t.lr > 0, "train.lr", t.lr, "must be > 0")
     check(cfg.adapter.rank >= 1, "adapter.rank", cfg.adapter.rank, "must be >= 1")
     check(0 <= d.client_test_fraction < 1, "data.client_test_fraction", d.client_test_fraction,
-           "must be in [0, 1)")
+          "must be in [0, 1)")
     check(d.train_size >= f.num_clients, "data.train_size", d.train_size,
-           f"must be at least federation.num_clients ({f.num_clients})")
+          f"must be at least federation.num_clients ({f.num_clients})")
     check(cfg.partition.scheme in PARTITION_SCHEMES, "partition.scheme", cfg.partition.scheme,
-           f"must be one of {', '.join(PARTITION_SCHEMES)}")
+          f"must be one of {', '.join(PARTITION_SCHEMES)}")
     check(cfg.partition.alpha > 0, "partition.alpha", cfg.partition.alpha, "must be > 0")
     _validate_scenario(cfg.scenario)
-    check(cfg.model.dtype in ("float32", "bfloat16", "float16"), "model.dtype", cfg.model.dtype,
-           "must be float32, bfloat16 or float16")
+    check(cfg.model.dtype in FLOAT_DTYPES, "model.dtype", cfg.model.dtype, f"must be one of {', '.join(FLOAT_DTYPES)}")
     check(cfg.feature_cache.max_mb > 0, "feature_cache.max_mb", cfg.feature_cache.max_mb, "must be > 0")
     _validate_backbone(cfg.backbone)
     _validate_privacy(cfg.privacy, cfg.strategy)
@@ -332,14 +342,14 @@ def validate(cfg: DictConfig) -> DictConfig:
     check(cfg.baseline in BASELINES, "baseline", cfg.baseline, f"must be one of {', '.join(BASELINES)}")
     _validate_mode(cfg)
     check("name" in cfg.strategy or "_target_" in cfg.strategy, "strategy", dict(cfg.strategy),
-           "needs a 'name' (built-in) or a '_target_' (your own class)")
+          "needs a 'name' (built-in) or a '_target_' (your own class)")
     return cfg
 
 
-# what a client in mode=local cannot do, and why: (key, bad value, reason)
+# what a client in mode=whole_model cannot do, and why: (key, bad value, reason)
 LOCAL_MODE_EXCLUDES = (
     ("backbone.mode", ("service", "remote"),
-     "the client holds the whole model, so there is no backbone to serve; set backbone.mode=local"),
+     "the client holds the whole model, so there is no backbone to serve; set backbone.mode=in_process"),
     ("privacy.dp", (True,), "DP-SGD clips per-sample gradients of the NanoAdapters, not of LoRA in the LLM"),
     ("backbone.private_labels", (True,), "the labels never leave a client that holds the whole model"),
     ("strategy.name", ("hetero_rank", "personalised"), "that strategy works on NanoAdapters"),
@@ -348,16 +358,16 @@ LOCAL_MODE_EXCLUDES = (
 
 def _validate_mode(cfg: DictConfig) -> None:
     check(cfg.mode in MODES, "mode", cfg.mode, f"must be one of {', '.join(MODES)}")
-    if cfg.mode != "local":
+    if cfg.mode != "whole_model":
         return
     lora = cfg.lora
     check(lora.rank >= 1, "lora.rank", lora.rank, "must be >= 1")
     check(0 <= lora.dropout < 1, "lora.dropout", lora.dropout, "must be in [0, 1)")
     check(len(lora.target_modules) > 0, "lora.target_modules", list(lora.target_modules),
-           "must name at least one module of the LLM (e.g. q_proj)")
+          "must name at least one module of the LLM (e.g. q_proj)")
     for key, bad, reason in LOCAL_MODE_EXCLUDES:
         value = OmegaConf.select(cfg, key)
-        check(value not in bad, key, value, f"cannot go with mode=local: {reason}")
+        check(value not in bad, key, value, f"cannot go with mode=whole_model: {reason}")
 
 
 def simulation_resources(f: DictConfig) -> dict[str, str]:
@@ -379,66 +389,66 @@ def sampled_per_round(federation: DictConfig) -> int:
 
 def _validate_scenario(s: DictConfig) -> None:
     check(s.modality in MODALITY_SCENARIOS, "scenario.modality", s.modality,
-           f"must be one of {', '.join(MODALITY_SCENARIOS)}")
+          f"must be one of {', '.join(MODALITY_SCENARIOS)}")
     for key in ("missing_rate", "image_share", "presence"):
         check(0 <= s[key] <= 1, f"scenario.{key}", s[key], "must be in [0, 1]")
 
 
 def _validate_backbone(b: DictConfig) -> None:
     check(b.mode in BACKBONE_MODES, "backbone.mode", b.mode, f"must be one of {', '.join(BACKBONE_MODES)}")
-    check(b.wire_dtype in WIRE_DTYPES, "backbone.wire_dtype", b.wire_dtype,
-           f"must be one of {', '.join(WIRE_DTYPES)}")
+    check(b.wire_dtype in FLOAT_DTYPES, "backbone.wire_dtype", b.wire_dtype,
+          f"must be one of {', '.join(FLOAT_DTYPES)}")
     check(b.window_ms >= 0, "backbone.window_ms", b.window_ms, "must be >= 0")
     check(b.max_batch >= 1, "backbone.max_batch", b.max_batch, "must be >= 1")
     check(b.replicas >= 1, "backbone.replicas", b.replicas, "must be >= 1")
     check(b.replicas == 1 or b.mode == "service", "backbone.replicas", b.replicas,
-           "more than 1 needs backbone.mode=service (the ServerApp starts the replicas)")
+          "more than 1 needs backbone.mode=service (the ServerApp starts the replicas)")
     check(not b.replica_addresses or all(_is_host_port(a) for a in b.replica_addresses),
-           "backbone.replica_addresses", b.replica_addresses, "must be a list of host:port")
+          "backbone.replica_addresses", b.replica_addresses, "must be a list of host:port")
     check(b.devices is None or len(b.devices) == b.replicas, "backbone.devices", b.devices,
-           f"must name one device per replica (backbone.replicas={b.replicas})")
+          f"must name one device per replica (backbone.replicas={b.replicas})")
     check(b.quantization in QUANTIZATIONS, "backbone.quantization", b.quantization,
-           f"must be one of {', '.join(QUANTIZATIONS)}")
-    check(b.quantization == "none" or b.mode != "local", "backbone.quantization", b.quantization,
-           "needs backbone.mode=service or remote: an in-process backbone shares its weights with the NanoEdge")
+          f"must be one of {', '.join(QUANTIZATIONS)}")
+    check(b.quantization == "none" or b.mode != "in_process", "backbone.quantization", b.quantization,
+          "needs backbone.mode=service or remote: an in-process backbone shares its weights with the NanoEdge")
     check(b.startup_timeout_s > 0, "backbone.startup_timeout_s", b.startup_timeout_s, "must be > 0")
     check(b.retry_s >= 0, "backbone.retry_s", b.retry_s, "must be >= 0")
     for key in ("address", "advertise_address"):
         check(b[key] is None or _is_host_port(b[key]), f"backbone.{key}", b[key], "must be host:port")
     listens_everywhere = b.address is not None and split_address(b.address)[0] in WILDCARD_HOSTS
     check(not (b.mode == "service" and listens_everywhere and b.advertise_address is None),
-           "backbone.advertise_address", b.advertise_address,
-           f"must say which host:port clients dial when the service listens on {b.address}")
+          "backbone.advertise_address", b.advertise_address,
+          f"must say which host:port clients dial when the service listens on {b.address}")
     check(b.mode != "remote" or b.address is not None, "backbone.address", b.address,
-           "must be set (host:port of a running `anther backbone serve`) when backbone.mode=remote")
+          "must be set (host:port of a running `anther backbone serve`) when backbone.mode=remote")
     check(b.mode != "remote" or b.insecure or b.ca_cert is not None, "backbone.ca_cert", b.ca_cert,
-           "must name the CA that signed the service's certificate when backbone.mode=remote "
-           "(or set backbone.insecure=true on a network you trust)")
+          "must name the CA that signed the service's certificate when backbone.mode=remote "
+          "(or set backbone.insecure=true on a network you trust)")
     check((b.client_cert is None) == (b.client_key is None), "backbone.client_key", b.client_key,
-           "backbone.client_cert and backbone.client_key go together")
+          "backbone.client_cert and backbone.client_key go together")
 
 
 def _validate_client_level(cfg: DictConfig) -> None:
     c = cfg.privacy.client_level
     check(c.mode in CLIENT_LEVEL_MODES, "privacy.client_level.mode", c.mode,
-           f"must be one of {', '.join(CLIENT_LEVEL_MODES)}")
+          f"must be one of {', '.join(CLIENT_LEVEL_MODES)}")
     if c.mode == "off":
         return
     check(c.noise_multiplier >= 0, "privacy.client_level.noise_multiplier", c.noise_multiplier, "must be >= 0")
     check(c.clipping_norm > 0, "privacy.client_level.clipping_norm", c.clipping_norm, "must be > 0")
     check(0 <= c.target_clipped_quantile <= 1, "privacy.client_level.target_clipped_quantile",
-           c.target_clipped_quantile, "must be in [0, 1]")
+          c.target_clipped_quantile, "must be in [0, 1]")
     check(c.clip_norm_lr > 0, "privacy.client_level.clip_norm_lr", c.clip_norm_lr, "must be > 0")
     check(0 < cfg.privacy.delta < 1, "privacy.delta", cfg.privacy.delta, "must be in (0, 1)")
     check(not (cfg.privacy.secagg.enabled and c.mode in CLIENT_LEVEL_SERVER_MODES), "privacy.client_level.mode", c.mode,
-           "cannot clip on the server under privacy.secagg.enabled=true (the server never sees an "
-           "update); use client_fixed or client_adaptive")
+          "cannot clip on the server under privacy.secagg.enabled=true (the server never sees an "
+          "update); use client_fixed or client_adaptive")
     if c.mode.endswith("adaptive") and c.noise_multiplier > 0:
         m = sampled_per_round(cfg.federation)
         stddev = m / 20 if c.clipped_count_stddev is None else c.clipped_count_stddev
         check(c.noise_multiplier < 2 * stddev, "privacy.client_level.clipped_count_stddev", c.clipped_count_stddev,
-               f"must exceed noise_multiplier / 2 = {c.noise_multiplier / 2} (default: {m} sampled clients / 20): "
-               "adaptive clipping spends part of the noise on the clipped count")
+              f"must exceed noise_multiplier / 2 = {c.noise_multiplier / 2} (default: {m} sampled clients / 20): "
+              "adaptive clipping spends part of the noise on the clipped count")
 
 
 def _validate_secagg(cfg: DictConfig) -> None:
@@ -447,43 +457,43 @@ def _validate_secagg(cfg: DictConfig) -> None:
         return
     m = sampled_per_round(cfg.federation)
     check(m >= 2, "federation.min_train_clients", cfg.federation.min_train_clients,
-           "secure aggregation needs at least 2 clients per round")
+          "secure aggregation needs at least 2 clients per round")
     for key in ("num_shares", "reconstruction_threshold"):
         v = s[key]
         check(0 < v <= 1 or float(v).is_integer(), f"privacy.secagg.{key}", v,
-               "must be a fraction in (0, 1] or a whole count")
+              "must be a fraction in (0, 1] or a whole count")
     check(s.num_shares <= 1 or s.num_shares > 2, "privacy.secagg.num_shares", s.num_shares,
-           "as a count must be > 2 (or a fraction)")
+          "as a count must be > 2 (or a fraction)")
     check(s.clipping_range > 0, "privacy.secagg.clipping_range", s.clipping_range, "must be > 0")
     check(s.max_weight > 0, "privacy.secagg.max_weight", s.max_weight, "must be > 0")
     check(s.modulus_range > 0 and s.modulus_range & (s.modulus_range - 1) == 0 and s.modulus_range <= 2**32,
-           "privacy.secagg.modulus_range", s.modulus_range, "must be a power of 2, at most 2**32")
+          "privacy.secagg.modulus_range", s.modulus_range, "must be a power of 2, at most 2**32")
     check(0 < s.quantization_range and m * s.quantization_range < s.modulus_range,
-           "privacy.secagg.quantization_range", s.quantization_range,
-           f"times the {m} clients summed per round must stay below privacy.secagg.modulus_range="
-           f"{s.modulus_range} (or the sum wraps around)")
+          "privacy.secagg.quantization_range", s.quantization_range,
+          f"times the {m} clients summed per round must stay below privacy.secagg.modulus_range="
+          f"{s.modulus_range} (or the sum wraps around)")
 
 
 def _validate_privacy(p: DictConfig, strategy: DictConfig) -> None:
     if not p.dp:
         return
     check(strategy.get("name") != "fisher", "privacy.dp", p.dp,
-           "cannot go with strategy.name=fisher: each client would send a Fisher computed from its "
-           "data without DP noise")
+          "cannot go with strategy.name=fisher: each client would send a Fisher computed from its "
+          "data without DP noise")
     check((p.noise_multiplier is None) != (p.target_epsilon is None), "privacy.noise_multiplier",
-           p.noise_multiplier, f"give exactly one of privacy.noise_multiplier and privacy.target_epsilon "
-           f"(target_epsilon={p.target_epsilon}) when privacy.dp=true")
+          p.noise_multiplier, f"give exactly one of privacy.noise_multiplier and privacy.target_epsilon "
+          f"(target_epsilon={p.target_epsilon}) when privacy.dp=true")
     check(p.noise_multiplier is None or p.noise_multiplier >= 0, "privacy.noise_multiplier",
-           p.noise_multiplier, "must be >= 0")
+          p.noise_multiplier, "must be >= 0")
     check(p.target_epsilon is None or p.target_epsilon > 0, "privacy.target_epsilon", p.target_epsilon,
-           "must be > 0")
+          "must be > 0")
     check(0 < p.delta < 1, "privacy.delta", p.delta, "must be in (0, 1)")
     check(p.max_grad_norm > 0, "privacy.max_grad_norm", p.max_grad_norm, "must be > 0")
     check(p.accountant in PRIVACY_ACCOUNTANTS, "privacy.accountant", p.accountant,
-           f"must be one of {', '.join(PRIVACY_ACCOUNTANTS)}")
+          f"must be one of {', '.join(PRIVACY_ACCOUNTANTS)}")
     check(p.accountant != "prv" or p.noise_multiplier != 0, "privacy.noise_multiplier", p.noise_multiplier,
-           "must be > 0 with privacy.accountant=prv (no noise is no privacy: epsilon is infinite, "
-           "which only the rdp accountant reports)")
+          "must be > 0 with privacy.accountant=prv (no noise is no privacy: epsilon is infinite, "
+          "which only the rdp accountant reports)")
 
 
 def split_address(address: str) -> tuple[str, int]:
@@ -513,12 +523,17 @@ def compose_experiment(experiment: str = "default", overrides: list[str] | str |
 
 def read_run_config(run_dir: Path | str) -> DictConfig:
     """The config of an earlier run, from its ``config.yaml``, pointed at that same folder
-    (``run_dir``): what ``--resume RUN_DIR`` continues with."""
+    (``run_dir``): what ``--resume RUN_DIR`` continues with. A value renamed since that run was
+    written (:data:`RENAMED_VALUES`) is read as its new name, so older runs resume as they were."""
     path = Path(run_dir).expanduser() / "config.yaml"
     if not path.is_file():
         raise ConfigError(f"resume: {path} does not exist; give the folder of an earlier run "
                           "(it holds config.yaml, result.json and checkpoints/)")
     cfg = OmegaConf.merge(OmegaConf.structured(ExperimentConfig), OmegaConf.load(path))
+    for key, renamed in RENAMED_VALUES.items():
+        old = OmegaConf.select(cfg, key)
+        if old in renamed:
+            OmegaConf.update(cfg, key, renamed[old])
     cfg.run_dir = str(path.parent.resolve())
     return validate(cfg)
 

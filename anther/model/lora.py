@@ -1,7 +1,7 @@
-"""LoRA inside the LLM, for ``mode=local``: peft's layers, gathered so a client can train, send
+"""LoRA inside the LLM, for ``mode=whole_model``: peft's layers, gathered so a client can train, send
 and load them exactly as it does its NanoAdapters.
 
-In local mode a client holds the whole MLLM (FedMLLM's and OpenFedLLM's setting, and what split
+In whole-model mode a client holds the whole MLLM (FedMLLM's and OpenFedLLM's setting, and what split
 mode is measured against). peft injects LoRA into the decoder's target projections in place;
 :class:`LoraWeights` registers those same A and B matrices (and each layer's dropout) under one
 module, so ``NanoEdge.adapters = {"lora": LoraWeights}`` makes ``adapter_state()``, the

@@ -81,7 +81,7 @@ class NanoEdge(nn.Module):
 
     def adapt(self, modality: str, embeds: torch.Tensor) -> torch.Tensor:
         """``embeds`` through that modality's NanoAdapter; unchanged where there is none (in
-        ``mode=local`` the adapters are LoRA inside the LLM, see :mod:`anther.model.lora`)."""
+        ``mode=whole_model`` the adapters are LoRA inside the LLM, see :mod:`anther.model.lora`)."""
         return self.adapters[modality](embeds) if modality in self.adapters else embeds
 
     def embed_text(self, input_ids: torch.Tensor) -> torch.Tensor:
@@ -92,7 +92,7 @@ class NanoEdge(nn.Module):
 
     @property
     def rank(self) -> int:
-        """The rank of this client's adapters (NanoAdapters', or LoRA's in ``mode=local``)."""
+        """The rank of this client's adapters (NanoAdapters', or LoRA's in ``mode=whole_model``)."""
         if "text" in self.adapters:
             return self.adapters["text"].config.rank
         return self.adapters["lora"].rank

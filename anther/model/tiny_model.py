@@ -31,6 +31,7 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, 
 from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerFast
 
+from anther.core.config import ModelConfig
 from anther.data import shapes_vqa
 from anther.model.families import family_for
 from anther.model.prompt import IMAGE_PLACEHOLDER
@@ -38,6 +39,7 @@ from anther.model.prompt import IMAGE_PLACEHOLDER
 SPECIAL_TOKENS = ["<pad>", "<s>", "</s>", "<unk>", IMAGE_PLACEHOLDER]
 PROVENANCE_FILE = "anther_tiny.json"
 VISION_PRETRAIN_STEPS = 300
+PRETRAIN_STEPS = ModelConfig.tiny_pretrain_steps  # the language steps; the experiment config's default
 # Bumped whenever the recipe (data, stages, hyper-parameters) changes, so cached models are remade.
 RECIPE_VERSION = 6
 
@@ -154,7 +156,7 @@ def pretrain(model, processor, steps: int, seed: int, batch_size: int = 32, lr: 
     return sum(recent) / len(recent)
 
 
-def init_tiny(out: Path, seed: int = 0, pretrain_steps: int = 600, family: str = "llava") -> Path:
+def init_tiny(out: Path, seed: int = 0, pretrain_steps: int = PRETRAIN_STEPS, family: str = "llava") -> Path:
     """Create, pretrain and save the tiny checkpoint directory ``out`` of a registered ``family``
     (a Hugging Face ``model_type``: its module in anther.model.families says the config and
     processor)."""
@@ -186,7 +188,7 @@ def init_tiny(out: Path, seed: int = 0, pretrain_steps: int = 600, family: str =
     return out
 
 
-def ensure_tiny(out: Path, seed: int = 0, pretrain_steps: int = 600, family: str = "llava") -> Path:
+def ensure_tiny(out: Path, seed: int = 0, pretrain_steps: int = PRETRAIN_STEPS, family: str = "llava") -> Path:
     """Create the tiny checkpoint at ``out`` unless it is already there (safe across processes)."""
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -50,8 +50,8 @@ Adapters = dict[str, torch.Tensor]
 
 def initial_adapters(cfg: DictConfig, edge: NanoEdge) -> Adapters:
     """The run's round-0 global adapters (seeded by ``seed``), as the ServerApp sends them: fresh
-    NanoAdapters, or in ``mode=local`` fresh LoRA for ``edge``'s decoder."""
-    if cfg.mode == "local":
+    NanoAdapters, or in ``mode=whole_model`` fresh LoRA for ``edge``'s decoder."""
+    if cfg.mode == "whole_model":
         return {f"lora.{k}": v for k, v in edge.adapters["lora"].initial_state(cfg.seed).items()}
     a = cfg.adapter
     dim = edge.embed_tokens.embedding_dim

@@ -36,7 +36,7 @@ def check_names(cfg: DictConfig) -> DictConfig:
     check(cfg.data.format in FORMATS, "data.format", cfg.data.format, f"must be one of {', '.join(FORMATS)}")
     families = sorted(FAMILIES)
     check(cfg.model.tiny_family in families, "model.tiny_family", cfg.model.tiny_family,
-           f"must be one of {', '.join(families)}")
+          f"must be one of {', '.join(families)}")
     check(cfg.model.tiny_family == "llava" or cfg.model.tiny_pretrain_steps == 0 or cfg.model.path,
           "model.tiny_pretrain_steps", cfg.model.tiny_pretrain_steps,
           f"must be 0 for model.tiny_family={cfg.model.tiny_family} (the pretraining recipe is LLaVA's)")
@@ -52,5 +52,5 @@ def _check_weighted_mean(strategy: DictConfig, key: str, value: object) -> None:
     wrappers and SecAgg+ (``_target_`` strategies are checked when the run builds them)."""
     name = strategy.get("name")
     check(name not in STRATEGIES or is_weighted_mean(strategy_class(strategy)), key, value,
-           f"cannot go with strategy.name={name}: it does not aggregate by a weighted mean of the "
-           "adapters (its clients send data-dependent extras, or it needs each client's own update)")
+          f"cannot go with strategy.name={name}: it does not aggregate by a weighted mean of the "
+          "adapters (its clients send data-dependent extras, or it needs each client's own update)")

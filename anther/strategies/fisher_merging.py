@@ -81,7 +81,7 @@ def batch_indices(num_samples: int, batch_size: int, num_batches: int, seed: int
 def _squared_batch_gradient(encoder: SampleEncoder, backbone: Backbone, batch_samples: Sequence[Sample],
                             params: dict[str, torch.nn.Parameter]) -> dict[str, torch.Tensor]:
     """One split-exchange step, returning the squared gradient of every adapter parameter
-    (through ``embeds`` for NanoAdapters; LoRA in ``mode=local`` gets its own in ``train_step``)."""
+    (through ``embeds`` for NanoAdapters; LoRA in ``mode=whole_model`` gets its own in ``train_step``)."""
     for p in params.values():
         p.grad = None
     batch = encoder(list(batch_samples), [s.answer for s in batch_samples])

@@ -20,7 +20,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from anther.backbone.in_process import LocalBackbone
+from anther.backbone.in_process import InProcessBackbone
 from anther.backbone.interface import IGNORE_INDEX, greedy_decode, token_log_likelihoods
 from anther.backbone.service.decode import ForwardInputs, GenerateInputs, Kind
 
@@ -63,7 +63,7 @@ def _stack(items: Sequence[ForwardInputs]) -> tuple[torch.Tensor, torch.Tensor, 
     return embeds, mask, positions, [slice(a, b) for a, b in itertools.pairwise(bounds)]
 
 
-def run_train_steps(backbone: LocalBackbone,
+def run_train_steps(backbone: InProcessBackbone,
                     items: Sequence[ForwardInputs]) -> list[tuple[float, torch.Tensor]]:
     """One forward and backward for all requests; each gets its own loss and gradient. All of it
     runs on the backbone's device: the logits (sequences x tokens x vocabulary) never leave it,
@@ -79,7 +79,7 @@ def run_train_steps(backbone: LocalBackbone,
     return [(loss, grad[r, :i.embeds.shape[1]]) for loss, r, i in zip(losses.tolist(), rows, items)]
 
 
-def run_hidden_states(backbone: LocalBackbone, items: Sequence[ForwardInputs]) -> list[torch.Tensor]:
+def run_hidden_states(backbone: InProcessBackbone, items: Sequence[ForwardInputs]) -> list[torch.Tensor]:
     """The decoder's output for each request (its own rows and length)."""
     embeds, mask, positions, rows = _stack(items)
     with torch.no_grad():
@@ -87,7 +87,7 @@ def run_hidden_states(backbone: LocalBackbone, items: Sequence[ForwardInputs]) -
     return [hidden[r, :i.embeds.shape[1]] for r, i in zip(rows, items)]
 
 
-def run_backward_from_hidden(backbone: LocalBackbone, items: Sequence[ForwardInputs]) -> list[torch.Tensor]:
+def run_backward_from_hidden(backbone: InProcessBackbone, items: Sequence[ForwardInputs]) -> list[torch.Tensor]:
     """One backward pass for all requests. The padding's gradient is zero and a row depends only on
     itself, so each request gets exactly the gradient it would have got alone."""
     embeds, mask, positions, rows = _stack(items)
@@ -96,32 +96,32 @@ def run_backward_from_hidden(backbone: LocalBackbone, items: Sequence[ForwardInp
     return [grad[r, :i.embeds.shape[1]] for r, i in zip(rows, items)]
 
 
-def run_scores(backbone: LocalBackbone, items: Sequence[ForwardInputs]) -> list[torch.Tensor]:
+def run_scores(backbone: InProcessBackbone, items: Sequence[ForwardInputs]) -> list[torch.Tensor]:
     embeds, mask, positions, rows = _stack(items)
     labels = _right_pad([i.labels for i in items], IGNORE_INDEX)
     scores = backbone.score(embeds, mask, labels, positions)
     return [scores[r] for r in rows]
 
 
-def run_next_token_logits(backbone: LocalBackbone, items: Sequence[ForwardInputs]) -> list[torch.Tensor]:
+def run_next_token_logits(backbone: InProcessBackbone, items: Sequence[ForwardInputs]) -> list[torch.Tensor]:
     embeds, mask, positions, rows = _stack(items)
     logits = backbone.next_token_logits(embeds, mask, positions)
     return [logits[r] for r in rows]
 
 
-def _greedy(backbone: LocalBackbone, item: GenerateInputs) -> torch.Tensor:
+def _greedy(backbone: InProcessBackbone, item: GenerateInputs) -> torch.Tensor:
     """Greedy decoding; each new token is embedded with the server's own embedding table."""
     return greedy_decode(backbone.next_token_logits, backbone.decoder.get_input_embeddings(), item.embeds,
                          item.mask, item.max_new_tokens, item.stop_token_ids, item.positions)
 
 
-def run_generate(backbone: LocalBackbone, items: Sequence[GenerateInputs]) -> list[torch.Tensor]:
+def run_generate(backbone: InProcessBackbone, items: Sequence[GenerateInputs]) -> list[torch.Tensor]:
     return [_greedy(backbone, item) for item in items]
 
 
 # ---------------------------------------------------------------- the batcher
 
-Runner = Callable[[LocalBackbone, Sequence[Any]], list[Any]]
+Runner = Callable[[InProcessBackbone, Sequence[Any]], list[Any]]
 RUNNERS: dict[Kind, Runner] = {
     "train": run_train_steps, "score": run_scores, "logits": run_next_token_logits,
     "hidden": run_hidden_states, "backward": run_backward_from_hidden, "generate": run_generate,
@@ -174,18 +174,18 @@ class DynamicBatcher:
     kernels takes twice as long (docs/performance.md).
     """
 
-    def __init__(self, backbone: LocalBackbone | Callable[[], LocalBackbone], policy: BatchPolicy) -> None:
+    def __init__(self, backbone: InProcessBackbone | Callable[[], InProcessBackbone], policy: BatchPolicy) -> None:
         self.policy = policy
         self.stats = BatchStats()
         self._queue: queue.SimpleQueue[_Job | _Call | None] = queue.SimpleQueue()
         self._closed = False
         self._lock = threading.Lock()  # no job may be queued behind the close sentinel
-        loaded = _Call((lambda: backbone) if isinstance(backbone, LocalBackbone) else backbone)
+        loaded = _Call((lambda: backbone) if isinstance(backbone, InProcessBackbone) else backbone)
         self._queue.put(loaded)
         self._thread = threading.Thread(target=self._loop, name="backbone-batcher", daemon=True)
         self._thread.start()
         try:
-            self.backbone: LocalBackbone = loaded.future.result()
+            self.backbone: InProcessBackbone = loaded.future.result()
         except BaseException:
             self.close()
             raise

@@ -15,7 +15,7 @@ from typing import NamedTuple
 import grpc
 import torch
 
-from anther.backbone.in_process import LocalBackbone
+from anther.backbone.in_process import InProcessBackbone
 from anther.backbone.proto import backbone_pb2_grpc as pb_grpc
 from anther.backbone.service.auth import BearerTokenInterceptor, ServerTls, server_credentials
 from anther.backbone.service.batching import BatchPolicy
@@ -62,6 +62,6 @@ def serve(model_dir: str | Path, address: str = "127.0.0.1:0", tls: ServerTls | 
           max_workers: int = 64, device: str = "cpu", quantization: str = "none") -> Serving:
     """Load the backbone of the checkpoint at ``model_dir`` (on the batcher's thread, on ``device``,
     held in ``quantization``) and serve it."""
-    service = BackboneService(lambda: LocalBackbone.from_pretrained(model_dir, dtype, device, quantization),
+    service = BackboneService(lambda: InProcessBackbone.from_pretrained(model_dir, dtype, device, quantization),
                               BatchPolicy(batching, window_ms, max_batch), limits)
     return Serving(*start(service, address, tls, tokens, max_workers), service)

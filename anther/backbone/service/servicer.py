@@ -15,7 +15,7 @@ import grpc
 import torch
 
 from anther.backbone import wire
-from anther.backbone.in_process import LocalBackbone
+from anther.backbone.in_process import InProcessBackbone
 from anther.backbone.proto import backbone_pb2 as pb
 from anther.backbone.proto import backbone_pb2_grpc as pb_grpc
 from anther.backbone.service.batching import BatchPolicy, DynamicBatcher
@@ -32,9 +32,9 @@ from anther.backbone.wire import WireError
 
 
 class BackboneService(pb_grpc.BackboneServicer):
-    """The RPCs of backbone.proto over one LocalBackbone."""
+    """The RPCs of backbone.proto over one InProcessBackbone."""
 
-    def __init__(self, backbone: LocalBackbone | Callable[[], LocalBackbone], policy: BatchPolicy = BatchPolicy(),
+    def __init__(self, backbone: InProcessBackbone | Callable[[], InProcessBackbone], policy: BatchPolicy = BatchPolicy(),
                  limits: Limits = Limits()) -> None:
         """``backbone``: the model, or a function that loads it (then it is loaded on the batcher's
         thread, which keeps all of the process's torch work on one thread)."""

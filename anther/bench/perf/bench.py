@@ -10,7 +10,7 @@ Sections (docs/performance.md says what each one answers):
 - *cache*: round times with and without the feature cache;
 - *batching*: backbone throughput of concurrent clients, batched against one pass per request;
 - *scale*: ``scale_clients`` clients for ``scale_rounds`` rounds, memory over time;
-- *modes*: split mode against local mode (LoRA in the LLM), each with and without the feature
+- *modes*: split mode against whole-model mode (LoRA in the LLM), each with and without the feature
   cache, as federated runs with ``modes_overrides`` (:mod:`anther.bench.perf.modes`);
 - *trainstep*: the backbone's TrainStep at full size (LLaVA-1.5-7B's LLM, random weights) on the
   GPU: tokens per second and MFU by batch size and by concurrent clients
@@ -44,8 +44,7 @@ from anther.bench.machine import describe
 from anther.bench.model_sizes import REAL_CONFIGS
 from anther.bench.perf.modes import MODE_RUNS, modes_section
 from anther.bench.perf.trainstep import TrainStepSettings, resolve_device
-from anther.client.runtime import DTYPES
-from anther.core.config import CONFIG_DIR, ConfigError
+from anther.core.config import CONFIG_DIR, FLOAT_DTYPES, ConfigError
 from anther.simulations.assets import prepare_assets
 from anther.simulations.experiment import load_config
 from anther.simulations.runner import simulate
@@ -128,9 +127,9 @@ def _check_trainstep(cfg: DictConfig) -> None:
     if cfg.trainstep_model not in models:
         raise ConfigError(f"perf bench config value trainstep_model={cfg.trainstep_model} is unknown: "
                           f"one of {', '.join(models)}")
-    if cfg.trainstep_dtype not in DTYPES:
+    if cfg.trainstep_dtype not in FLOAT_DTYPES:
         raise ConfigError(f"perf bench config value trainstep_dtype={cfg.trainstep_dtype} is unknown: "
-                          f"one of {', '.join(DTYPES)}")
+                          f"one of {', '.join(FLOAT_DTYPES)}")
     for key in ("trainstep_batch_sizes", "trainstep_concurrency"):
         if not cfg[key] or min(cfg[key]) < 1:
             raise ConfigError(f"perf bench config value {key}={list(cfg[key])} is invalid: "

@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from anther.backbone.in_process import LocalBackbone
+from anther.backbone.in_process import InProcessBackbone
 from anther.backbone.interface import causal_lm_loss
 from anther.backbone.service.batching import BatchPolicy
 from anther.backbone.service.server import start
@@ -45,7 +45,7 @@ def bare(work: Workload, steps: int, warmup: int, repeats: int = 3) -> dict[str,
     model = work.load_model()
     edge = NanoEdge.from_model(model, work.adapter_config)
     edge.load_adapter_state(work.initial_state(model))
-    head = LocalBackbone.from_model(model, work.model_path)  # the frozen decoder and LM head
+    head = InProcessBackbone.from_model(model, work.model_path)  # the frozen decoder and LM head
     encoder = SampleEncoder(edge, load_processor(work.model_path))
     samples = [s for client in work.clients for s in client]
     t = work.cfg.train
@@ -113,7 +113,7 @@ def batching(work: Workload, clients: int, seconds: float, policy: dict) -> dict
     """Backbone train-step throughput: ``clients`` threads, each sending its own real batch (its
     NanoEdge's embeddings) again and again for ``seconds``, to one service."""
     model = work.load_model()
-    service = BackboneService(LocalBackbone.from_model(model, work.model_path), BatchPolicy(**policy))
+    service = BackboneService(InProcessBackbone.from_model(model, work.model_path), BatchPolicy(**policy))
     server, port = start(service)
     encoder = SampleEncoder(NanoEdge.from_model(model, work.adapter_config), load_processor(work.model_path))
     b = work.cfg.train.batch_size

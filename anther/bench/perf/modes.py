@@ -1,4 +1,4 @@
-"""The *modes* section of ``anther bench perf``: split mode against local mode, each with and
+"""The *modes* section of ``anther bench perf``: split mode against whole-model mode, each with and
 without the feature cache, as real federated runs of the same experiment.
 
 Split mode runs with the backbone as a service (``backbone.mode=service``), so a client's
@@ -28,15 +28,15 @@ from anther.simulations.runner import simulate
 MODE_RUNS: dict[str, list[str]] = {
     "split": ["mode=split", "backbone.mode=service"],
     "split+cache": ["mode=split", "backbone.mode=service", "feature_cache.enabled=true"],
-    "local": ["mode=local"],
-    "local+cache": ["mode=local", "feature_cache.enabled=true"],
+    "whole_model": ["mode=whole_model"],
+    "whole_model+cache": ["mode=whole_model", "feature_cache.enabled=true"],
 }
 
 
 def held_bytes(cfg: DictConfig) -> dict[str, int]:
     """What one client of ``cfg`` holds in memory for training: its modules' weights (each
     tensor once) and AdamW's two moments per trainable weight. Activations are not counted."""
-    runtime = runtime_for(OmegaConf.merge(cfg, {"backbone": {"mode": "local"}}))  # the whole model, to count from
+    runtime = runtime_for(OmegaConf.merge(cfg, {"backbone": {"mode": "in_process"}}))  # the whole model, to count from
     modules: list[nn.Module] = [runtime.edge] if cfg.mode == "split" else [runtime.edge, runtime.backbone]
     params = {id(p): p for m in modules for p in m.parameters()}.values()
     trainable = sum(p.numel() * p.element_size() for p in params if p.requires_grad)
@@ -68,11 +68,11 @@ def run_mode(experiment: str, overrides: list[str], name: str, out: Path) -> dic
 
 def modes_section(experiment: str, overrides: list[str], names: list[str], out: Path) -> dict[str, Any]:
     """The configurations ``names`` (keys of :data:`MODE_RUNS`), run one after another; the cache's
-    speed-up and local over split memory where both of a pair ran."""
+    speed-up and whole-model over split memory where both of a pair ran."""
     out.mkdir(parents=True, exist_ok=True)
     by = {name: run_mode(experiment, overrides, name, out) for name in names}
     speedup = {m: round(by[m]["median_round_s"] / by[f"{m}+cache"]["median_round_s"], 3)
-               for m in ("split", "local") if m in by and f"{m}+cache" in by}
-    holds = (round(by["local"]["client_holds"]["total_bytes"] / by["split"]["client_holds"]["total_bytes"], 2)
-             if {"split", "local"} <= by.keys() else None)
-    return {"rows": list(by.values()), "cache_speedup": speedup, "local_over_split_holds": holds}
+               for m in ("split", "whole_model") if m in by and f"{m}+cache" in by}
+    holds = (round(by["whole_model"]["client_holds"]["total_bytes"] / by["split"]["client_holds"]["total_bytes"], 2)
+             if {"split", "whole_model"} <= by.keys() else None)
+    return {"rows": list(by.values()), "cache_speedup": speedup, "whole_model_over_split_holds": holds}

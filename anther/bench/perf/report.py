@@ -76,7 +76,7 @@ def _mb(n: float) -> str:
 
 
 def _modes(s: dict[str, Any]) -> list[str]:
-    lines = ["## Split mode against local mode", "",
+    lines = ["## Split mode against whole-model mode", "",
              ("Real federated runs of the same experiment (split mode with the backbone as a service). Bytes "
               "are per client per round; the round time is the median over rounds 2 onwards; a client "
               "holds its modules' weights plus AdamW's two moments per trainable weight (activations "
@@ -91,8 +91,8 @@ def _modes(s: dict[str, Any]) -> list[str]:
                      f"{_mb(b['activation_bytes_down'])} | {r['median_round_s']:.2f} | "
                      f"{_mb(h['total_bytes'])} ({_mb(h['trainable_bytes'])}) |")
     notes = [f"Feature cache in {m} mode: rounds {x:.2f}x as fast." for m, x in s["cache_speedup"].items()]
-    if s["local_over_split_holds"] is not None:
-        notes.append(f"A local-mode client holds {s['local_over_split_holds']:.1f}x the bytes of a split-mode one.")
+    if s["whole_model_over_split_holds"] is not None:
+        notes.append(f"A whole-model client holds {s['whole_model_over_split_holds']:.1f}x the bytes of a split-mode one.")
     return [*lines, "", " ".join(notes), ""]
 
 

@@ -39,13 +39,12 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, sdpa_flop_count
 from transformers import AutoConfig
 
-from anther.backbone.in_process import LocalBackbone
+from anther.backbone.in_process import InProcessBackbone
 from anther.backbone.service.batching import BatchPolicy
 from anther.backbone.service.server import start
 from anther.backbone.service.servicer import BackboneService
 from anther.bench.model_sizes import REAL_CONFIGS
 from anther.bench.perf.service_load import send_train_steps
-from anther.client.runtime import DTYPES
 from anther.model.side_loading import side_class
 
 # Dense (no sparsity) peak TFLOPS per device, by a substring of torch.cuda.get_device_name(),
@@ -83,7 +82,7 @@ def resolve_device(device: str) -> str:
     return device
 
 
-def random_backbone(model: str, experiment_model: Path | None, dtype: torch.dtype, device: str) -> LocalBackbone:
+def random_backbone(model: str, experiment_model: Path | None, dtype: torch.dtype, device: str) -> InProcessBackbone:
     """The LLM of ``model`` (decoder and LM head only) with random weights, built on ``device``;
     ``experiment``: the architecture of the checkpoint at ``experiment_model``."""
     if model == "experiment":
@@ -94,16 +93,16 @@ def random_backbone(model: str, experiment_model: Path | None, dtype: torch.dtyp
         config = REAL_CONFIGS[model]()
     with torch.device(device):
         llm = side_class(config.model_type, "server")._from_config(config, dtype=dtype)
-    return LocalBackbone.from_model(llm, fingerprint=f"random-{model}")
+    return InProcessBackbone.from_model(llm, fingerprint=f"random-{model}")
 
 
-def step_inputs(backbone: LocalBackbone, batch: int, seq_len: int, device: str | torch.device,
+def step_inputs(backbone: InProcessBackbone, batch: int, seq_len: int, device: str | torch.device,
                 seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """A TrainStep's inputs: random embeddings in the backbone's dtype, a full mask, and the
     last quarter of each sequence labelled (an answer after image and prompt tokens)."""
     g = torch.Generator().manual_seed(seed)
     info = backbone.info
-    embeds = torch.randn(batch, seq_len, info.hidden_size, generator=g).to(DTYPES[info.dtype])
+    embeds = torch.randn(batch, seq_len, info.hidden_size, generator=g).to(getattr(torch, info.dtype))
     mask = torch.ones(batch, seq_len, dtype=torch.long)
     labels = torch.randint(0, info.vocab_size, (batch, seq_len), generator=g)
     labels[:, : seq_len - seq_len // 4] = -100
@@ -121,7 +120,7 @@ CPU_ATTENTION_FLOPS = {
 }
 
 
-def flops_per_sequence(backbone: LocalBackbone, seq_len: int) -> int:
+def flops_per_sequence(backbone: InProcessBackbone, seq_len: int) -> int:
     """Floating-point operations of one TrainStep of one sequence, counted by running it."""
     inputs = step_inputs(backbone, 1, seq_len, backbone.device)
     with FlopCounterMode(display=False, custom_mapping=CPU_ATTENTION_FLOPS) as counter:
@@ -153,7 +152,7 @@ def _rates(tokens: int, seconds: float, flops: float, peak: float | None) -> dic
             "mfu": round(achieved / peak, 4) if peak else None}
 
 
-def in_process(backbone: LocalBackbone, s: TrainStepSettings, per_sequence: int,
+def in_process(backbone: InProcessBackbone, s: TrainStepSettings, per_sequence: int,
                peak: float | None) -> list[dict[str, Any]]:
     """Steps of each batch size run directly on the backbone; a batch that does not fit in the
     device's memory is recorded as such and the larger ones are skipped."""
@@ -186,7 +185,7 @@ def in_process(backbone: LocalBackbone, s: TrainStepSettings, per_sequence: int,
     return rows
 
 
-def through_service(backbone: LocalBackbone, s: TrainStepSettings, per_sequence: int, peak: float | None,
+def through_service(backbone: InProcessBackbone, s: TrainStepSettings, per_sequence: int, peak: float | None,
                     max_batch: int) -> list[dict[str, Any]]:
     """For each concurrency level: that many clients sending TrainSteps to one batching service
     for ``s.seconds``; the service's throughput and how many requests each pass batched.
@@ -212,7 +211,7 @@ def trainstep(s: TrainStepSettings, experiment_model: Path | None = None) -> dic
     """The whole section on one device: the backbone, its FLOPs per sequence, both tables."""
     device = resolve_device(s.device)
     began = time.perf_counter()
-    backbone = random_backbone(s.model, experiment_model, DTYPES[s.dtype], device)
+    backbone = random_backbone(s.model, experiment_model, getattr(torch, s.dtype), device)
     build_s = time.perf_counter() - began
     per_sequence = flops_per_sequence(backbone, s.seq_len)
     peak = peak_flops(device, s.dtype, s.peak_tflops)

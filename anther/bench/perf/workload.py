@@ -30,13 +30,13 @@ import torch
 from omegaconf import DictConfig
 from transformers import AutoConfig
 
-from anther.backbone.in_process import LocalBackbone
+from anther.backbone.in_process import InProcessBackbone
 from anther.backbone.interface import Backbone
 from anther.backbone.remote import RemoteBackbone
 from anther.backbone.service.batching import BatchPolicy
 from anther.backbone.service.server import start
 from anther.backbone.service.servicer import BackboneService
-from anther.client.runtime import DTYPES, ClientRuntime
+from anther.client.runtime import ClientRuntime
 from anther.client.training_round import round_seed, train_round
 from anther.core.sample import Sample
 from anther.data.client_data import client_data, dataset_dir
@@ -114,7 +114,7 @@ class Workload:
     def load_model(self) -> torch.nn.Module:
         """A full copy of the checkpoint (every weight read from disk)."""
         family = family_for(_model_type(self.model_path))
-        return family.model_class.from_pretrained(self.model_path, dtype=DTYPES[self.cfg.model.dtype])
+        return family.model_class.from_pretrained(self.model_path, dtype=getattr(torch, self.cfg.model.dtype))
 
     def initial_state(self, model: torch.nn.Module) -> State:
         return initial_adapters(self.cfg, NanoEdge.from_model(model, self.adapter_config))
@@ -180,9 +180,9 @@ class SharedBackboneFederation(Federation):
                  cache_dir: Path | None = None, cache_max_bytes: int = 1 << 30) -> None:
         self.work, self.concurrency = work, concurrency
         self.model = work.load_model()
-        backbone = LocalBackbone.from_model(self.model, work.model_path)
+        backbone = InProcessBackbone.from_model(self.model, work.model_path)
 
-        def on_batcher_thread() -> LocalBackbone:
+        def on_batcher_thread() -> InProcessBackbone:
             torch.set_num_threads(backbone_threads)
             return backbone
 
@@ -239,7 +239,7 @@ class ModelPerClientFederation(Federation):
         edge = NanoEdge.from_model(model, self.work.adapter_config)
         edge.load_adapter_state(self.global_state)
         encoder = SampleEncoder(edge, load_processor(self.work.model_path))
-        n = self.work.train(encoder, LocalBackbone.from_model(model, self.work.model_path), client, round_)
+        n = self.work.train(encoder, InProcessBackbone.from_model(model, self.work.model_path), client, round_)
         with self._lock:
             self.load_s += loaded - began
             self.client_s += time.perf_counter() - began

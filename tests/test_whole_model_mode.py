@@ -1,8 +1,8 @@
-"""``mode=local``: the client holds the whole MLLM and trains peft LoRA inside its LLM.
+"""``mode=whole_model``: the client holds the whole MLLM and trains peft LoRA inside its LLM.
 
 Held to the correctness anchor like split mode: with fresh LoRA the logits are the Hugging Face
 model's own, and the LoRA gradients of one training step equal those of the Hugging Face model
-with the same LoRA injected by peft, trained in one process. The config refuses what local mode
+with the same LoRA injected by peft, trained in one process. The config refuses what whole-model mode
 cannot do, naming the key; a federated run goes end to end through ``anther simulate``."""
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ LORA = LoraSettings(rank=4, alpha=8.0, target_modules=("q_proj", "v_proj", "down
 
 @pytest.fixture(scope="module")
 def cfg(tiny_model_dir):
-    return load_config("default", ["mode=local", f"model.path={tiny_model_dir}", "lora.rank=4", "lora.alpha=8",
+    return load_config("default", ["mode=whole_model", f"model.path={tiny_model_dir}", "lora.rank=4", "lora.alpha=8",
                                    "lora.target_modules=[q_proj,v_proj,down_proj]"])
 
 
@@ -126,19 +126,19 @@ def test_lora_gradients_equal_the_hf_model_with_peft_lora(runtime, samples, tiny
 ])
 def test_what_local_mode_cannot_do_is_refused_by_key(override, named):
     with pytest.raises(ConfigError, match=named.replace("[", r"\[").replace("]", r"\]")):
-        load_config("default", ["mode=local", *override.split()])
+        load_config("default", ["mode=whole_model", *override.split()])
 
 
 def test_a_target_module_the_llm_lacks_is_named(tiny_model_dir):
-    cfg = load_config("default", ["mode=local", f"model.path={tiny_model_dir}", "lora.target_modules=[qkv_fused]"])
+    cfg = load_config("default", ["mode=whole_model", f"model.path={tiny_model_dir}", "lora.target_modules=[qkv_fused]"])
     with pytest.raises(ValueError, match=r"lora.target_modules=\['qkv_fused'\]"):
         runtime_for(cfg)
 
 
 @pytest.mark.slow
 def test_a_federated_run_in_local_mode_trains_lora_and_sends_no_activations(tmp_path):
-    """``anther simulate mode=local`` with Fisher merging (each client's Fisher is of its LoRA)."""
-    run_dir, result = simulate(tmp_path, ["mode=local", "strategy.name=fisher", "lora.rank=4"])
+    """``anther simulate mode=whole_model`` with Fisher merging (each client's Fisher is of its LoRA)."""
+    run_dir, result = simulate(tmp_path, ["mode=whole_model", "strategy.name=fisher", "lora.rank=4"])
     adapters = load_file(str(run_dir / "checkpoints" / "round-0002" / "adapters.safetensors"))
     assert adapters and all(k.startswith("lora.layers-") for k in adapters)
     assert any(k.endswith(".B.weight") and v.abs().sum() > 0 for k, v in adapters.items())  # B starts at zero: trained
@@ -148,7 +148,7 @@ def test_a_federated_run_in_local_mode_trains_lora_and_sends_no_activations(tmp_
 
 
 def test_the_baselines_and_the_bench_report_run_in_local_mode(tiny_model_dir, tmp_path):
-    """A micro grid of local-only and centralised in local mode: LoRA trains in both, and the
+    """A micro grid of local-only and centralised in whole-model mode: LoRA trains in both, and the
     report has both (the strategies' federated runs are the end-to-end test below)."""
     write_split(shapes_vqa.generate(32, seed=1, prefix="train"), tmp_path / "data", "train")
     write_split(shapes_vqa.generate(6, seed=2, prefix="test"), tmp_path / "data", "test")
@@ -156,7 +156,7 @@ def test_the_baselines_and_the_bench_report_run_in_local_mode(tiny_model_dir, tm
     grid.write_text(yaml.safe_dump({
         "seeds": [0], "scenarios": ["iid"],
         "methods": {"local_only": ["baseline=local_only"], "centralised": ["baseline=centralised"]},
-        "overrides": ["mode=local", "lora.rank=2", "federation.num_clients=2", "federation.rounds=1",
+        "overrides": ["mode=whole_model", "lora.rank=2", "federation.num_clients=2", "federation.rounds=1",
                       "train.local_steps=2", "train.batch_size=4", "data.client_test_fraction=0.25",
                       "eval.server_test_size=6", "eval.generate=false", f"model.path={tiny_model_dir}",
                       f"data.path={tmp_path / 'data'}"]}))

@@ -1,0 +1,73 @@
+"""The layering the code promises (docs/design.md) holds, and the check that enforces it can fail.
+
+The contracts are import-linter's, in pyproject.toml: imports run one way from anther.core up
+to anther.cli, nothing imports the two composition roots (the ClientApp and ServerApp modules),
+the backbone's interface and wire format sit below its service, and no import cycle exists
+anywhere. ruff runs here too, so the suite fails on what the linter would.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+
+
+def _lint_imports(root: Path, contract: str | None = None) -> subprocess.CompletedProcess:
+    """``lint-imports`` on the package under ``root`` with ``root``'s pyproject.toml: every
+    contract, or only the one with id ``contract``."""
+    env = {**os.environ, "PYTHONPATH": str(root)}
+    only = ["--contract", contract] if contract else []
+    return subprocess.run([str(BIN / "lint-imports"), "--no-cache", *only], cwd=root, env=env,
+                          capture_output=True, text=True, timeout=120, check=False)
+
+
+@pytest.fixture
+def copy(tmp_path: Path) -> Path:
+    """The package and its pyproject.toml in a folder of their own, to break on purpose."""
+    shutil.copytree(REPO / "anther", tmp_path / "anther", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(REPO / "pyproject.toml", tmp_path)
+    return tmp_path
+
+
+def test_the_import_contracts_hold():
+    result = _lint_imports(REPO)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "0 broken" in result.stdout
+
+
+@pytest.mark.parametrize(("module", "line", "contract"), [
+    ("core/config.py", "import anther.cli", "layers"),  # the core reaching up to the top
+    ("client/trainer.py", "from anther.server import checkpoint", "layers"),  # a layer reaching up
+    ("strategies/fedavg_like.py", "from anther.client_app import app", "roots"),
+    ("backbone/interface.py", "from anther.backbone import remote", "backbone"),
+])
+def test_a_back_import_breaks_the_check(copy: Path, module: str, line: str, contract: str):
+    assert _lint_imports(copy, contract).returncode == 0  # the copy keeps it, until:
+    path = copy / "anther" / module
+    path.write_text((path.read_text() if path.exists() else "") + f"\n{line}  # against the layering\n")
+    assert _lint_imports(copy).returncode != 0
+    result = _lint_imports(copy, contract)
+    assert result.returncode != 0 and "1 broken" in result.stdout, result.stdout
+
+
+def test_an_import_cycle_breaks_the_check(copy: Path):
+    """Two modules of one layer importing each other: allowed by the layers, refused as a cycle."""
+    (copy / "anther" / "data" / "first.py").write_text("from anther.data import second  # noqa: F401\n")
+    (copy / "anther" / "data" / "second.py").write_text("from anther.data import first  # noqa: F401\n")
+    assert _lint_imports(copy, "layers").returncode == 0
+    result = _lint_imports(copy, "acyclic")
+    assert result.returncode != 0 and "1 broken" in result.stdout, result.stdout
+
+
+def test_ruff_passes():
+    result = subprocess.run([sys.executable, "-m", "ruff", "check", "--no-cache", "."], cwd=REPO,
+                            capture_output=True, text=True, timeout=300, check=False)
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr
