@@ -109,13 +109,13 @@ def _bench_perf(args: argparse.Namespace) -> int:
 
     from anther.bench.perf.bench import PerfBench, load_perf, perf_keys
     from anther.bench.perf.report import markdown, plot
-    from anther.core.config import anther_home
+    from anther.bench.results import results_dir
 
     mine = [o for o in args.overrides if o.split("=", 1)[0] in perf_keys()]
     experiment = [o for o in args.overrides if o not in mine]
     cfg = load_perf(args.bench, mine)
     cfg.overrides = [*cfg.overrides, *experiment]
-    out = Path(args.out or anther_home() / "bench" / "perf").expanduser()
+    out = Path(args.out or results_dir("perf")).expanduser()
     command = shlex.join(["anther", "bench", args.bench, *args.overrides, *(["--out", args.out] if args.out else [])])
     if args.report_only:
         result = json.loads((out / "perf.json").read_text())
@@ -135,10 +135,10 @@ def _bench(args: argparse.Namespace) -> int:
         return _bench_perf(args)
     from anther.bench.grid import load_bench
     from anther.bench.grid_report import write_report
-    from anther.core.config import anther_home
+    from anther.bench.results import results_dir
 
     bench = load_bench(args.bench, args.methods, args.scenarios, args.seeds)
-    out = Path(args.out or anther_home() / "bench" / Path(args.bench).stem).expanduser()
+    out = Path(args.out or results_dir(Path(args.bench).stem)).expanduser()
     grid_args = [args.bench, *args.overrides, "--out", str(out),
                  *[a for k in ("methods", "scenarios", "seeds") if (v := getattr(args, k))
                    for a in (f"--{k}", *map(str, v))]]

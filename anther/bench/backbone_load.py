@@ -8,7 +8,7 @@ process: a wrong answer counts as a failure too. The run passes when no request 
 Server and clients share this process (and its GIL), as in ``backbone_throughput.py``, so the
 latencies include the clients' own serialisation.
 
-    python -m anther.bench.backbone_load [--clients 32] [--seconds 60] [--out bench/results/backbone_load.json]
+    python -m anther.bench.backbone_load [--clients 32] [--seconds 60] [--out FILE (default $ANTHER_HOME/bench/backbone_load/backbone_load.json)]
 
 Exit status 1 when any request failed.
 """
@@ -31,6 +31,7 @@ from anther.backbone.remote import RemoteBackbone
 from anther.backbone.service.batching import BatchPolicy
 from anther.backbone.service.server import start
 from anther.backbone.service.servicer import BackboneService
+from anther.bench.results import results_dir
 from anther.bench.service_bench import (
     latency_ms,
     load_backbone,
@@ -137,7 +138,7 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--wire-dtype", default="float32")
     p.add_argument("--timeout-s", type=float, default=60.0, help="deadline of one request")
     p.add_argument("--threads", type=int, default=1, help="torch intra-op threads (keep the box usable)")
-    p.add_argument("--out", type=Path, default=Path("bench/results/backbone_load.json"))
+    p.add_argument("--out", type=Path, default=results_dir("backbone_load") / "backbone_load.json")
     args = p.parse_args(argv)
     if args.clients < 1 or args.seconds <= 0:
         p.error("--clients must be >= 1 and --seconds > 0")

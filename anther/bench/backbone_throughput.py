@@ -8,7 +8,7 @@ Server and clients share this process (and its GIL), as the in-process tests do,
 numbers are a lower bound for a dedicated server; what they show is how much one
 batched pass gains over one pass per request as clients are added.
 
-    python -m anther.bench.backbone_throughput [--seconds 3] [--out bench/results/backbone_throughput.json]
+    python -m anther.bench.backbone_throughput [--seconds 3] [--out FILE (default $ANTHER_HOME/bench/backbone_throughput/backbone_throughput.json)]
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from anther.backbone.remote import RemoteBackbone
 from anther.backbone.service.batching import BatchPolicy
 from anther.backbone.service.server import start
 from anther.backbone.service.servicer import BackboneService
+from anther.bench.results import results_dir
 from anther.bench.service_bench import (
     latency_ms,
     load_backbone,
@@ -88,7 +89,7 @@ def _parse_args() -> argparse.Namespace:
     p.add_argument("--max-batch", type=int, default=32, help="sequences per batched pass")
     p.add_argument("--wire-dtype", default="float32")
     p.add_argument("--threads", type=int, default=1, help="torch intra-op threads (keep the box usable)")
-    p.add_argument("--out", type=Path, default=Path("bench/results/backbone_throughput.json"))
+    p.add_argument("--out", type=Path, default=results_dir("backbone_throughput") / "backbone_throughput.json")
     return p.parse_args()
 
 

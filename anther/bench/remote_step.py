@@ -4,7 +4,7 @@ the same step on the same backbone in-process: what the service adds to a step.
 This is how the service's threading fix was measured (docs/performance.md): before it, the
 remote step of 16 sequences of 58 tokens took twice the in-process time.
 
-    python -m anther.bench.remote_step [--batch-size 16] [--seq-len 58] [--seconds 5] [--out bench/results/remote_step.json]
+    python -m anther.bench.remote_step [--batch-size 16] [--seq-len 58] [--seconds 5] [--out FILE (default $ANTHER_HOME/bench/remote_step/remote_step.json)]
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ import torch
 
 from anther.backbone.in_process import InProcessBackbone
 from anther.backbone.remote import RemoteBackbone
+from anther.bench.results import results_dir
 from anther.bench.service_bench import load_backbone, random_inputs, report, write_report
 
 
@@ -59,7 +60,7 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--seq-len", type=int, default=58)
     p.add_argument("--seconds", type=float, default=5.0)
-    p.add_argument("--out", type=Path, default=Path("bench/results/remote_step.json"))
+    p.add_argument("--out", type=Path, default=results_dir("remote_step") / "remote_step.json")
     args = p.parse_args()
     torch.set_num_threads(1)  # the client's side, as a simulated client computes
     with tempfile.TemporaryDirectory() as tmp:

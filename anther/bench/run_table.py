@@ -22,6 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from anther.bench.results import results_dir
+
 
 @dataclass(frozen=True)
 class Table:
@@ -87,7 +89,8 @@ def main(table: Table, argv: list[str] | None = None) -> int:
     extra = argv[argv.index("--") + 1:] if "--" in argv else []
     parser = argparse.ArgumentParser(description=table.doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--only", nargs="+", choices=sorted(table.rows), help="run only these rows")
-    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
+    parser.add_argument("--out", type=Path, default=results_dir(table.name),
+                        help="output folder (default: $ANTHER_HOME/bench/<table>)")
     args = parser.parse_args(argv[: argv.index("--")] if "--" in argv else argv)
     args.out.mkdir(parents=True, exist_ok=True)
     record = args.out / f"{table.name}_table.json"

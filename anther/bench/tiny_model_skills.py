@@ -6,7 +6,7 @@ likelihood), in the two visual domains its language model was pretrained on and 
 two it never saw. This is the ceiling the NanoAdapters work towards: they learn the
 task's phrasing and the unseen domains, they cannot teach the frozen LLM a skill it lacks.
 
-    python -m anther.bench.tiny_model_skills [--model DIR] [--per-task 60] [--out bench/results/tiny_model_skills.json]
+    python -m anther.bench.tiny_model_skills [--model DIR] [--per-task 60] [--out FILE (default $ANTHER_HOME/bench/tiny_model_skills/tiny_model_skills.json)]
 
 Without ``--model`` it scores the default run's model (made if missing).
 """
@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 from transformers import AutoProcessor, LlavaForConditionalGeneration
 
+from anther.bench.results import results_dir
 from anther.data import shapes_vqa
 from anther.data.shapes_vqa import DOMAINS, PRETRAIN_DOMAINS, TASKS
 from anther.model.families.llava import LlavaFamily
@@ -56,7 +57,7 @@ def main() -> None:
     parser.add_argument("--model", type=Path, help="tiny model folder (default: the default run's)")
     parser.add_argument("--per-task", type=int, default=60)
     parser.add_argument("--seed", type=int, default=99991)
-    parser.add_argument("--out", type=Path, default=Path("bench/results/tiny_model_skills.json"))
+    parser.add_argument("--out", type=Path, default=results_dir("tiny_model_skills") / "tiny_model_skills.json")
     args = parser.parse_args()
     model_dir = args.model
     if model_dir is None:
