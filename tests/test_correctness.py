@@ -1,4 +1,4 @@
-"""The correctness anchor (DESIGN.md): NanoEdge + backbone == the Hugging Face model, for
+"""The correctness anchor (docs/design.md): NanoEdge + backbone == the Hugging Face model, for
 every registered model family (each on its tiny checkpoint).
 
 1. With fresh adapters, the split path gives the same logits (and loss) as the Hugging Face

@@ -272,7 +272,7 @@ def test_diagonal_fisher_by_hand():
 
 def test_diagonal_fisher_matches_the_composed_model(tiny_model_dir, samples):
     """On the tiny LLaVA, through the real split exchange: equal to the squared batch gradients of
-    the composed model trained in one process (the DESIGN's correctness anchor, for the Fisher)."""
+    the composed model trained in one process (docs/design.md's correctness anchor, for the Fisher)."""
     from transformers import AutoProcessor
 
     from anther.backbone.in_process import InProcessBackbone

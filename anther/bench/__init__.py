@@ -1,1 +1,1 @@
-"""Benchmarks and their reports."""
+"""Benchmarks and their reports; each writes under $ANTHER_HOME/bench/<name> unless told --out."""

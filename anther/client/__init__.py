@@ -1,1 +1,3 @@
-"""Client side: the ClientApp, the NanoEdge, the local trainer and the backbone client."""
+"""The client side of a round: local split-learning training, DP-SGD, evaluation, private labels,
+the runtime a client process keeps between messages, its state on disk, and the extras API a
+strategy's client half is written against. The ClientApp that composes them is anther/client_app.py."""

@@ -1,1 +1,2 @@
-"""The neutral core: the config schema, the message protocol, the Sample record."""
+"""The neutral core every layer may import: the config schema and its checks, every key that
+crosses a Flower message, the Sample record and atomic file writes. It imports nothing of anther."""

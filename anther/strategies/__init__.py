@@ -1,1 +1,3 @@
-"""Aggregation strategies on Flower's Strategy API and the registry to plug your own into."""
+"""Aggregation strategies on Flower's Strategy API, each one module with both halves (its
+aggregation and its client extras), the registry that names them and takes your own, and the
+privacy layers around them."""

@@ -1,17 +1,18 @@
 #!/usr/bin/env bash
-# The perf bench's trainstep section on a lent GPU machine (docs/performance.md, "GPU numbers").
-# That machine has torch, transformers, peft and pyyaml but not Flower, Ray, Hydra or
-# cryptography, and its grpcio and protobuf may be older than anther's generated code needs; it
-# cannot download anything, so this goes in two steps:
+# The perf bench's trainstep section on a CUDA machine without internet access that has torch,
+# transformers, peft and pyyaml but not anther's other dependencies (docs/performance.md, "GPU
+# numbers"): no Flower, Ray, Hydra or cryptography, and perhaps a grpcio and protobuf older than
+# anther's generated code needs. It goes in two steps:
 #
-#   here:   bash anther/bench/device/trainstep.sh fetch   # wheels of what it lacks, into .whl/ (git-ignored)
-#   there:  bash anther/bench/device/trainstep.sh run     # the device tool's run, carrying .whl;
-#                                                  # writes $OUT/trainstep.json and $OUT/trainstep.md
+#   on a machine with internet:  bash anther/bench/device/trainstep.sh fetch   # wheels, into .whl/ (git-ignored)
+#   on the CUDA machine, with the checkout and .whl/ copied over:
+#                                bash anther/bench/device/trainstep.sh run
+#                                # writes $OUT (default .) /trainstep.json and trainstep.md
 #
 # The section's settings are anther/bench/device/trainstep.json: the default perf config's
 # (tests/test_trainstep_bench.py keeps the two in step).
 set -euo pipefail
-cd "$(dirname "$0")/../.."
+cd "$(dirname "$0")/../../.."  # the repository root
 
 case "${1:-}" in
   fetch)

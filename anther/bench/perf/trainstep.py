@@ -22,8 +22,8 @@ a few percent of the total. MFU divides the FLOPs per second by the device's den
 reported only when a peak is given.
 
 It runs in a process of its own, ``python -m anther.bench.perf.trainstep SPEC.json OUT.json``
-(the perf bench's child), and needs only torch, transformers, grpc and omegaconf: on a lent GPU
-machine it can run without Flower or Ray installed (docs/performance.md).
+(the perf bench's child), and needs only torch, transformers, grpc and omegaconf: a CUDA machine
+can run it without Flower or Ray installed (docs/performance.md).
 """
 
 from __future__ import annotations

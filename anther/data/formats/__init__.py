@@ -1,1 +1,1 @@
-"""Data sets: the built-in ShapesVQA generator, the on-disk format and the papers' loaders."""
+"""The papers' data set formats, read from local files; each module says which layout it reads."""
