@@ -14,9 +14,13 @@ Message handlers:
 
 The server sends the whole experiment config (YAML) with every message; the node's own
 config (``partition-id``, ``num-partitions``, ``data-path``, ``adapter-rank``, ``backbone-*``)
-says which data is local, how big an adapter this node trains and how it reaches the backbone. What a strategy needs beyond plain
-training (a proximal term, a Fisher, a personal adapter) it asks for with keys in the round
-config, answered by the extras of :mod:`anther.client.extras`.
+says which data is local, how big an adapter this node trains and how it reaches the
+backbone. Every such key is defined in :mod:`anther.core.protocol`. What a strategy needs
+beyond plain training (a proximal term, a Fisher, a personal adapter) it asks for with keys
+in the round config, answered by the extras of its client modules (:mod:`anther.client.extras`),
+which this module imports through the strategy registry.
+
+This module and :mod:`anther.server_app` compose the layers; nothing imports them.
 """
 
 from __future__ import annotations
@@ -78,7 +82,9 @@ def _load(msg: Message, context: Context) -> tuple[DictConfig, ClientRuntime, di
     """The experiment, the runtime at this node's rank, and the global adapters loaded into it."""
     cfg = _experiment(msg)
     import_client_modules(client_modules(cfg.strategy))
-    runtime = runtime_for(cfg, rank=_rank(msg.content[protocol.CONFIG], context), node_config=context.node_config)
+    runtime = runtime_for(
+        cfg, rank=_rank(msg.content[protocol.CONFIG], context), node_config=context.node_config
+    )
     received = msg.content[protocol.ARRAYS].to_torch_state_dict()
     own = runtime.edge.rank
     sent = adapter_ranks(received)
@@ -131,8 +137,13 @@ def train(msg: Message, context: Context) -> Message:
     })
     if dp is not None:  # the epsilon this node has spent in the run so far
         metrics[protocol.DP_EPSILON] = spend(context.state, cfg.privacy, dp, report.steps)
-    content = RecordDict({protocol.ARRAYS: ArrayRecord(runtime.edge.adapter_state()), protocol.METRICS: metrics,
-                          protocol.TIMING: ConfigRecord({protocol.TRAIN_SECONDS: train_seconds})})
+    content = RecordDict(
+        {
+            protocol.ARRAYS: ArrayRecord(runtime.edge.adapter_state()),
+            protocol.METRICS: metrics,
+            protocol.TIMING: ConfigRecord({protocol.TRAIN_SECONDS: train_seconds}),
+        }
+    )
     add_reply_records(ctx, content)
     if kept is not None:
         save_state(context.state, kept, int(config[protocol.SERVER_ROUND]))

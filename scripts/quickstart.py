@@ -38,7 +38,8 @@ def setup() -> None:
     if not has_module("torch") and shutil.which("nvidia-smi") is None:
         print("anther: no GPU found; installing the CPU build of PyTorch 2.13.0", flush=True)
         sh(PY, "-m", "pip", "install", "-q", "torch==2.13.0")
-    if not all(has_module(m) for m in ("anther", "pytest", "importlinter")):  # a venv from before a new dev tool
+    # a venv from before a new dev tool
+    if not all(has_module(m) for m in ("anther", "pytest", "importlinter")):
         print("anther: installing anther and its dependencies", flush=True)
         sh(PY, "-m", "pip", "install", "-q", "-e", ".[dev]")
 

@@ -126,7 +126,8 @@ def test_two_runners_share_a_grid_and_run_each_cell_once(micro, tmp_path, capfd)
     before = _mtimes(out)
     assert main(["bench", str(grid), "--out", str(out), "--jobs", "2"]) == 0
     said = capfd.readouterr().out
-    assert _runs_per_cell(said) == {} and said.count("finished before, skipped") == 8  # each runner, each cell
+    # each runner, each cell
+    assert _runs_per_cell(said) == {} and said.count("finished before, skipped") == 8
     assert _mtimes(out) == before
     assert main(["bench", str(grid), "--out", str(out), "--jobs", "0"]) == 2
 

@@ -203,8 +203,12 @@ def test_accountant_and_clipping_norm_survive_a_checkpoint(tmp_path):
     """Resume: a fresh wrapper loaded from round 1's checkpoint has the accountant's history and
     the adaptive clipping norm, and reports round 2's epsilon and norm as the wrapper that never
     stopped."""
-    cfg = _cfg("privacy.client_level.mode=client_adaptive", "privacy.client_level.noise_multiplier=0.8", "privacy.client_level.clipped_count_stddev=1",
-               "privacy.client_level.clipping_norm=1")
+    cfg = _cfg(
+        "privacy.client_level.mode=client_adaptive",
+        "privacy.client_level.noise_multiplier=0.8",
+        "privacy.client_level.clipped_count_stddev=1",
+        "privacy.client_level.clipping_norm=1",
+    )
     straight = with_privacy(build_strategy({"name": "fedavg"}), cfg)
     _round(straight, cfg, server_round=1)
     tensors: dict[str, torch.Tensor] = {}

@@ -130,7 +130,9 @@ def test_split_gradients_equal_one_process_training(model_dir, parts, samples):
     for (name, p_split), (_, p_joint) in zip(split_edge.adapters.named_parameters(),
                                              joint_edge.adapters.named_parameters()):
         assert p_split.grad is not None and p_split.grad.abs().sum() > 0, name
-        torch.testing.assert_close(p_split.grad, p_joint.grad, rtol=1e-5, atol=1e-7, msg=lambda m, name=name: f"{name}: {m}")
+        torch.testing.assert_close(
+            p_split.grad, p_joint.grad, rtol=1e-5, atol=1e-7, msg=lambda m, name=name: f"{name}: {m}"
+        )
     assert all(p.grad is None for p in backbone.parameters()), "the backbone must stay frozen"
 
 

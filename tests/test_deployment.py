@@ -37,8 +37,17 @@ pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parents[1]
 SITES = ["site-0", "site-1", "site-2"]
-SMALL = ["federation.rounds=2", "federation.fraction_train=1.0", "federation.round_timeout_s=240", "train.local_steps=2", "train.batch_size=4",
-         "data.train_size=60", "data.test_size=16", "eval.server_test_size=16", "eval.max_new_tokens=2"]
+SMALL = [
+    "federation.rounds=2",
+    "federation.fraction_train=1.0",
+    "federation.round_timeout_s=240",
+    "train.local_steps=2",
+    "train.batch_size=4",
+    "data.train_size=60",
+    "data.test_size=16",
+    "eval.server_test_size=16",
+    "eval.max_new_tokens=2",
+]
 
 
 class Processes:

@@ -61,9 +61,19 @@ def _plain_and_secure(name: str, images: list[int], fail: frozenset = frozenset(
     from loopback import LoopbackGrid, training_app
 
     app = training_app(_update, _metrics(images), set(fail))
-    plain_cfg = load_config("default", [f"strategy.name={name}", "federation.num_clients=3", "federation.fraction_train=1.0"])
-    secure_cfg = load_config("default", [f"strategy.name={name}", "federation.num_clients=3", "federation.fraction_train=1.0",
-                                         "privacy.secagg.enabled=true", *secagg])
+    plain_cfg = load_config(
+        "default", [f"strategy.name={name}", "federation.num_clients=3", "federation.fraction_train=1.0"]
+    )
+    secure_cfg = load_config(
+        "default",
+        [
+            f"strategy.name={name}",
+            "federation.num_clients=3",
+            "federation.fraction_train=1.0",
+            "privacy.secagg.enabled=true",
+            *secagg,
+        ],
+    )
     plain = _round(build_strategy({"name": name}), plain_cfg, LoopbackGrid(app, NODES))
     grid = LoopbackGrid(app, NODES)
     secure = _round(with_privacy(build_strategy({"name": name}), secure_cfg), secure_cfg, grid)
@@ -115,8 +125,16 @@ def test_too_few_survivors_aggregate_nothing():
     """With a threshold of 3 of 3 shares, one failure leaves masks that cannot be removed."""
     from loopback import LoopbackGrid, training_app
 
-    cfg = load_config("default", ["federation.num_clients=3", "federation.fraction_train=1.0", "privacy.secagg.enabled=true",
-                                  "privacy.secagg.reconstruction_threshold=3", "privacy.secagg.num_shares=3"])
+    cfg = load_config(
+        "default",
+        [
+            "federation.num_clients=3",
+            "federation.fraction_train=1.0",
+            "privacy.secagg.enabled=true",
+            "privacy.secagg.reconstruction_threshold=3",
+            "privacy.secagg.num_shares=3",
+        ],
+    )
     grid = LoopbackGrid(training_app(_update, _metrics([1, 1, 1]), {103}), NODES)
     strategy = with_privacy(build_strategy({"name": "fedavg"}), cfg)
     arrays = ArrayRecord({k: Array(v) for k, v in _global().items()})
@@ -179,8 +197,13 @@ def test_simulation_with_secagg_matches_plain_modality_aware(tmp_path):
 
     from anther.server.checkpoint import load_checkpoint
 
-    common = ["federation.num_clients=3", "federation.fraction_train=1.0", "federation.rounds=1", "strategy.name=modality_aware",
-              "scenario=missing_b40"]
+    common = [
+        "federation.num_clients=3",
+        "federation.fraction_train=1.0",
+        "federation.rounds=1",
+        "strategy.name=modality_aware",
+        "scenario=missing_b40",
+    ]
     plain_dir, _ = simulate(tmp_path / "plain", common)
     secure_dir, result = simulate(tmp_path / "secure", [*common, "privacy.secagg.enabled=true",
                                                         "privacy.secagg.max_weight=100"])

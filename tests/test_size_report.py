@@ -30,7 +30,8 @@ def test_counts_match_a_loaded_nano_edge(fixture, request, samples):
     assert report.adapter_params == adapters
     assert report.client_params == sum(p.numel() for p in edge.parameters()) - adapters
     text = config.text_config
-    per_layer = sum(4 * (text.hidden_size + text.hidden_size) for _ in LoraSettings().target_modules)  # r (in + out), square projections
+    # r (in + out), square projections
+    per_layer = sum(4 * (text.hidden_size + text.hidden_size) for _ in LoraSettings().target_modules)
     assert report.lora_params == text.num_hidden_layers * per_layer
     image_tokens = family_for(config.model_type).image_tokens(config)
     assert report.activation_bytes_down_per_sample == (image_tokens + 10) * text.hidden_size * 4

@@ -141,7 +141,8 @@ def test_personalised_clients_keep_a_local_adapter_and_evaluate_with_it(cfg):
     evaluated = _evaluate(strategy, cfg, arrays, contexts)
     assert all("acc_mc" in c["metrics"] for c in evaluated.values())
     runtime = client_app.runtime_for(cfg)
-    assert all(isinstance(a, NanoAdapter) for a in runtime.edge.adapters.values())  # restored after evaluation
+    # restored after evaluation
+    assert all(isinstance(a, NanoAdapter) for a in runtime.edge.adapters.values())
 
 
 def test_fedprox_and_adaptive_reg_clients_train(cfg):

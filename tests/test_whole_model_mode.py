@@ -69,7 +69,8 @@ def _hf_with_lora(model_dir, state: dict[str, torch.Tensor]):
 def test_the_adapters_are_lora_in_the_llm_and_nothing_travels(runtime):
     state = runtime.edge.adapter_state()
     layers = len(runtime.backbone.decoder.layers)
-    assert len(state) == 2 * 3 * layers and all(k.startswith("lora.layers-") for k in state)  # A, B x 3 targets
+    # A, B x 3 targets
+    assert len(state) == 2 * 3 * layers and all(k.startswith("lora.layers-") for k in state)
     assert runtime.edge.rank == 4 and runtime.backbone.counts_traffic is False
     trainable = {id(p) for p in runtime.backbone.parameters() if p.requires_grad}
     assert trainable == {id(p) for p in runtime.edge.adapters.parameters()}  # LoRA, and only LoRA
@@ -130,7 +131,9 @@ def test_what_local_mode_cannot_do_is_refused_by_key(override, named):
 
 
 def test_a_target_module_the_llm_lacks_is_named(tiny_model_dir):
-    cfg = load_config("default", ["mode=whole_model", f"model.path={tiny_model_dir}", "lora.target_modules=[qkv_fused]"])
+    cfg = load_config(
+        "default", ["mode=whole_model", f"model.path={tiny_model_dir}", "lora.target_modules=[qkv_fused]"]
+    )
     with pytest.raises(ValueError, match=r"lora.target_modules=\['qkv_fused'\]"):
         runtime_for(cfg)
 
@@ -141,7 +144,8 @@ def test_a_federated_run_in_local_mode_trains_lora_and_sends_no_activations(tmp_
     run_dir, result = simulate(tmp_path, ["mode=whole_model", "strategy.name=fisher", "lora.rank=4"])
     adapters = load_file(str(run_dir / "checkpoints" / "round-0002" / "adapters.safetensors"))
     assert adapters and all(k.startswith("lora.layers-") for k in adapters)
-    assert any(k.endswith(".B.weight") and v.abs().sum() > 0 for k, v in adapters.items())  # B starts at zero: trained
+    # B starts at zero: trained
+    assert any(k.endswith(".B.weight") and v.abs().sum() > 0 for k, v in adapters.items())
     trained = result["rounds"][1:]
     assert all(r["activation_bytes_up"] == r["activation_bytes_down"] == 0 for r in trained)
     assert all(r["adapter_bytes_up"] > 0 and math.isfinite(r["train_loss"]) for r in trained)

@@ -8,7 +8,9 @@ process: a wrong answer counts as a failure too. The run passes when no request 
 Server and clients share this process (and its GIL), as in ``backbone_throughput.py``, so the
 latencies include the clients' own serialisation.
 
-    python -m anther.bench.backbone_load [--clients 32] [--seconds 60] [--out FILE (default $ANTHER_HOME/bench/backbone_load/backbone_load.json)]
+    python -m anther.bench.backbone_load [--clients 32] [--seconds 60] [--out FILE]
+
+``--out`` defaults to ``$ANTHER_HOME/bench/backbone_load/backbone_load.json``.
 
 Exit status 1 when any request failed.
 """

@@ -8,7 +8,9 @@ Server and clients share this process (and its GIL), as the in-process tests do,
 numbers are a lower bound for a dedicated server; what they show is how much one
 batched pass gains over one pass per request as clients are added.
 
-    python -m anther.bench.backbone_throughput [--seconds 3] [--out FILE (default $ANTHER_HOME/bench/backbone_throughput/backbone_throughput.json)]
+    python -m anther.bench.backbone_throughput [--seconds 3] [--out FILE]
+
+``--out`` defaults to ``$ANTHER_HOME/bench/backbone_throughput/backbone_throughput.json``.
 """
 
 from __future__ import annotations
@@ -61,8 +63,9 @@ def run_cell(backbone: InProcessBackbone, clients: int, window_ms: float | None,
         remote.train_step(*x)  # warm up connections and kernels
     warm = service.batcher.stats.batches, service.batcher.stats.requests
     latencies: list[list[float]] = [[] for _ in range(clients)]
-    elapsed, _ = run_clients([partial(_client_loop, r, x, latencies=lat) for r, x, lat in zip(remotes, inputs, latencies)],
-                             args.seconds)
+    elapsed, _ = run_clients(
+        [partial(_client_loop, r, x, latencies=lat) for r, x, lat in zip(remotes, inputs, latencies)], args.seconds
+    )
     for r in remotes:
         r.close()
     server.stop(None)

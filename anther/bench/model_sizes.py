@@ -86,7 +86,9 @@ def _qwen2_vl_7b() -> Qwen2VLConfig:
     merger) and the Qwen2-7B decoder with M-RoPE (sections 16, 24, 24)."""
     vision = {"depth": 32, "embed_dim": 1280, "hidden_size": 3584, "num_heads": 16, "mlp_ratio": 4,
               "patch_size": 14, "spatial_merge_size": 2, "temporal_patch_size": 2}
-    return Qwen2VLConfig(vision_config=vision, text_config=_qwen2_7b(), image_token_id=151655, tie_word_embeddings=False)
+    return Qwen2VLConfig(
+        vision_config=vision, text_config=_qwen2_7b(), image_token_id=151655, tie_word_embeddings=False
+    )
 
 
 def _qwen2_5_vl_7b() -> Qwen2_5_VLConfig:
@@ -186,7 +188,8 @@ def report_for_config(name: str, config, adapter_rank: int = 16, lora_rank: int 
         adapters = _count(build_adapters(hidden, NanoAdapterConfig(rank=adapter_rank)))  # -I and -T
     parts = family.edge_parts(model)
     total = _count(model)
-    client = _count_unique([parts.vision_tower, parts.connector, parts.embed_tokens])  # Qwen2-VL's merger is in its tower
+    # Qwen2-VL's merger is in its tower
+    client = _count_unique([parts.vision_tower, parts.connector, parts.embed_tokens])
     tokens = family.image_tokens(config) + text_tokens
     embeds = tokens * hidden * _itemsize(wire_dtype)
     dims = position_dims(config.text_config)

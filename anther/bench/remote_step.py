@@ -4,7 +4,9 @@ the same step on the same backbone in-process: what the service adds to a step.
 This is how the service's threading fix was measured (docs/performance.md): before it, the
 remote step of 16 sequences of 58 tokens took twice the in-process time.
 
-    python -m anther.bench.remote_step [--batch-size 16] [--seq-len 58] [--seconds 5] [--out FILE (default $ANTHER_HOME/bench/remote_step/remote_step.json)]
+    python -m anther.bench.remote_step [--batch-size 16] [--seq-len 58] [--seconds 5] [--out FILE]
+
+``--out`` defaults to ``$ANTHER_HOME/bench/remote_step/remote_step.json``.
 """
 
 from __future__ import annotations

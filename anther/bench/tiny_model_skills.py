@@ -6,7 +6,9 @@ likelihood), in the two visual domains its language model was pretrained on and 
 two it never saw. This is the ceiling the NanoAdapters work towards: they learn the
 task's phrasing and the unseen domains, they cannot teach the frozen LLM a skill it lacks.
 
-    python -m anther.bench.tiny_model_skills [--model DIR] [--per-task 60] [--out FILE (default $ANTHER_HOME/bench/tiny_model_skills/tiny_model_skills.json)]
+    python -m anther.bench.tiny_model_skills [--model DIR] [--per-task 60] [--out FILE]
+
+``--out`` defaults to ``$ANTHER_HOME/bench/tiny_model_skills/tiny_model_skills.json``.
 
 Without ``--model`` it scores the default run's model (made if missing).
 """

@@ -61,7 +61,9 @@ class EdgeSpec:
 
 
 @lru_cache(maxsize=4)
-def _client_side(spec: EdgeSpec, local_backbone: bool) -> tuple[SampleEncoder, InProcessBackbone | None, nn.Module | None]:
+def _client_side(
+    spec: EdgeSpec, local_backbone: bool
+) -> tuple[SampleEncoder, InProcessBackbone | None, nn.Module | None]:
     """Processor + NanoEdge, the in-process backbone if asked for, and the LM head (for private
     labels): one load of the checkpoint, of only the modules these need
     (:mod:`anther.model.side_loading`): without the local backbone the LLM's decoder layers

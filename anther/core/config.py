@@ -59,7 +59,8 @@ class DataConfig:
     format: str = "anther"
     train_split: str = "train"  # the format's name of the split clients train on
     test_split: str = "test"  # ... and of the server's held-out split
-    skip_bad: bool = False  # skip malformed records / missing images (and report the count) instead of failing
+    # skip malformed records / missing images (and report the count) instead of failing
+    skip_bad: bool = False
     train_size: int = 4000
     test_size: int = 400  # server-side held-out set
     seed: int = 0
@@ -174,7 +175,8 @@ class BackboneConfig:
     """
 
     mode: str = "in_process"  # in_process | service | remote
-    address: str | None = None  # service: host:port to listen on (None = 127.0.0.1, free port); remote: to dial
+    # service: host:port to listen on (None = 127.0.0.1, free port); remote: to dial
+    address: str | None = None
     advertise_address: str | None = None  # service: host:port clients dial, if not ``address``
     wire_dtype: str = "float32"  # embeddings up, gradients down: float32 | bfloat16 | float16
     batching: bool = True

@@ -70,9 +70,16 @@ def local_superlink(flwr_home: Path) -> Iterator[dict[str, str]]:
 @contextlib.contextmanager
 def _superlink_process(flwr_home: Path) -> Iterator[dict[str, str]]:
     http_port, control_port = free_port(), free_port()
-    path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"  # Flower spawns its own tools
-    env = {**os.environ, "PATH": path, "FLWR_HOME": str(flwr_home), "FLWR_LOCAL_SUPERLINK_HTTP_API_PORT": str(http_port),
-           "FLWR_LOCAL_CONTROL_API_PORT": str(control_port), "FLWR_DISABLE_UPDATE_CHECK": "1"}
+    # Flower spawns its own tools
+    path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
+    env = {
+        **os.environ,
+        "PATH": path,
+        "FLWR_HOME": str(flwr_home),
+        "FLWR_LOCAL_SUPERLINK_HTTP_API_PORT": str(http_port),
+        "FLWR_LOCAL_CONTROL_API_PORT": str(control_port),
+        "FLWR_DISABLE_UPDATE_CHECK": "1",
+    }
     log = flwr_home / "superlink.log"
     cmd = [_bin("flower-superlink"), "--insecure", "--simulation", "--isolation", "subprocess",
            "--control-api-address", f"127.0.0.1:{control_port}", "--host", "127.0.0.1",

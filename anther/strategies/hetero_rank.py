@@ -251,7 +251,11 @@ class HeteroRankFedAvg(MergingFedAvg):
         for message, arrays in zip(replies, clients, strict=True):
             metrics = reply_metrics(message.content)
             shapes = adapter_ranks(arrays)
-            rank = int(metrics[protocol.ADAPTER_RANK]) if protocol.ADAPTER_RANK in metrics else max(shapes.values(), default=0)
+            rank = (
+                int(metrics[protocol.ADAPTER_RANK])
+                if protocol.ADAPTER_RANK in metrics
+                else max(shapes.values(), default=0)
+            )
             if rank > 0:
                 self.node_ranks[source_node(message)] = rank
 

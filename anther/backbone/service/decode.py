@@ -66,9 +66,13 @@ class GenerateInputs:
         return self.embeds.shape[0]
 
 
-def _decode_embeds(msg: pb.ForwardRequest | pb.GenerateRequest | pb.HiddenBackwardRequest, info: BackboneInfo, max_len: int,
-                   dtype: torch.dtype, limit: str = "Info.max_sequence_length",
-                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+def _decode_embeds(
+    msg: pb.ForwardRequest | pb.GenerateRequest | pb.HiddenBackwardRequest,
+    info: BackboneInfo,
+    max_len: int,
+    dtype: torch.dtype,
+    limit: str = "Info.max_sequence_length",
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """inputs_embeds, attention_mask and position_ids, checked against the model and each other."""
     if not msg.HasField("inputs_embeds"):
         raise WireError("inputs_embeds is missing")

@@ -34,8 +34,12 @@ from anther.backbone.wire import WireError
 class BackboneService(pb_grpc.BackboneServicer):
     """The RPCs of backbone.proto over one InProcessBackbone."""
 
-    def __init__(self, backbone: InProcessBackbone | Callable[[], InProcessBackbone], policy: BatchPolicy = BatchPolicy(),
-                 limits: Limits = Limits()) -> None:
+    def __init__(
+        self,
+        backbone: InProcessBackbone | Callable[[], InProcessBackbone],
+        policy: BatchPolicy = BatchPolicy(),
+        limits: Limits = Limits(),
+    ) -> None:
         """``backbone``: the model, or a function that loads it (then it is loaded on the batcher's
         thread, which keeps all of the process's torch work on one thread)."""
         self.batcher = DynamicBatcher(backbone, policy)

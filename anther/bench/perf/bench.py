@@ -99,7 +99,11 @@ def perf_keys() -> set[str]:
 
 def load_perf(name_or_file: str = "perf", overrides: list[str] | None = None) -> DictConfig:
     """``configs/bench/<name>.yaml`` (or a YAML path) with ``key=value`` overrides, checked."""
-    path = Path(name_or_file) if name_or_file.endswith((".yaml", ".yml")) else CONFIG_DIR / "bench" / f"{name_or_file}.yaml"
+    path = (
+        Path(name_or_file)
+        if name_or_file.endswith((".yaml", ".yml"))
+        else CONFIG_DIR / "bench" / f"{name_or_file}.yaml"
+    )
     if not path.is_file():
         raise ConfigError(f"perf bench config {path} does not exist")
     try:

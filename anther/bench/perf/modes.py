@@ -36,7 +36,8 @@ MODE_RUNS: dict[str, list[str]] = {
 def held_bytes(cfg: DictConfig) -> dict[str, int]:
     """What one client of ``cfg`` holds in memory for training: its modules' weights (each
     tensor once) and AdamW's two moments per trainable weight. Activations are not counted."""
-    runtime = runtime_for(OmegaConf.merge(cfg, {"backbone": {"mode": "in_process"}}))  # the whole model, to count from
+    # the whole model, to count from
+    runtime = runtime_for(OmegaConf.merge(cfg, {"backbone": {"mode": "in_process"}}))
     modules: list[nn.Module] = [runtime.edge] if cfg.mode == "split" else [runtime.edge, runtime.backbone]
     params = {id(p): p for m in modules for p in m.parameters()}.values()
     trainable = sum(p.numel() * p.element_size() for p in params if p.requires_grad)

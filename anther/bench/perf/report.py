@@ -92,7 +92,9 @@ def _modes(s: dict[str, Any]) -> list[str]:
                      f"{_mb(h['total_bytes'])} ({_mb(h['trainable_bytes'])}) |")
     notes = [f"Feature cache in {m} mode: rounds {x:.2f}x as fast." for m, x in s["cache_speedup"].items()]
     if s["whole_model_over_split_holds"] is not None:
-        notes.append(f"A whole-model client holds {s['whole_model_over_split_holds']:.1f}x the bytes of a split-mode one.")
+        notes.append(
+            f"A whole-model client holds {s['whole_model_over_split_holds']:.1f}x the bytes of a split-mode one."
+        )
     return [*lines, "", " ".join(notes), ""]
 
 
@@ -128,7 +130,15 @@ def trainstep_lines(s: dict[str, Any]) -> list[str]:
     return [*lines, ""]
 
 
-SECTION_TEXT = {"trainstep": trainstep_lines, "modes": _modes, "overhead": _overhead, "sharing": _sharing, "cache": _cache, "batching": _batching, "scale": _scale}
+SECTION_TEXT = {
+    "trainstep": trainstep_lines,
+    "modes": _modes,
+    "overhead": _overhead,
+    "sharing": _sharing,
+    "cache": _cache,
+    "batching": _batching,
+    "scale": _scale,
+}
 
 
 def markdown(result: dict[str, Any], command: str) -> str:

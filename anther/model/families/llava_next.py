@@ -5,10 +5,10 @@
 cuts the image into tower-sized tiles plus a downscaled base view, and writes as many image
 tokens as the *unpadded* feature grid (with one newline token per row) holds, so the token
 count depends on each image's original size. :meth:`LlavaNextFamily.encode` therefore
-carries ``image_sizes`` per image next to the pixels (LLaVA's encoding, with that extra), and :meth:`image_features` mirrors
-``LlavaNextModel.get_image_features``: tower, feature layer, CLS dropping, projector, then
-the model's own ``pack_image_features`` (unpadding and newlines), so NanoEdge + backbone
-reproduce ``model(**inputs).logits`` (tests/test_correctness.py).
+carries ``image_sizes`` per image next to the pixels (LLaVA's encoding, with that extra), and
+:meth:`image_features` mirrors ``LlavaNextModel.get_image_features``: tower, feature layer, CLS
+dropping, projector, then the model's own ``pack_image_features`` (unpadding and newlines), so
+NanoEdge + backbone reproduce ``model(**inputs).logits`` (tests/test_correctness.py).
 """
 
 from __future__ import annotations

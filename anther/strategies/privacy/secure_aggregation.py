@@ -40,7 +40,8 @@ SECAGG_BYTES_DOWN, SECAGG_BYTES_UP = "secagg_bytes_down", "secagg_bytes_up"
 class SecAggPlusStrategy(Strategy):
     """``strategy``'s weighted mean, computed from SecAgg+ sums only."""
 
-    masked_replies = True  # replies carry masked vectors: anther.server.round_guard screens only their metrics
+    # replies carry masked vectors: anther.server.round_guard screens only their metrics
+    masked_replies = True
 
     def __init__(self, strategy: Strategy, params: SecAggParams, max_weight: float) -> None:
         super().__init__()
