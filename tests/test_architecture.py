@@ -8,6 +8,7 @@ anywhere. ruff runs here too, so the suite fails on what the linter would.
 
 from __future__ import annotations
 
+import ast
 import os
 import shutil
 import subprocess
@@ -15,6 +16,8 @@ import sys
 from pathlib import Path
 
 import pytest
+
+from anther.core import protocol
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -71,3 +74,27 @@ def test_ruff_passes():
     result = subprocess.run([sys.executable, "-m", "ruff", "check", "--no-cache", "."], cwd=REPO,
                             capture_output=True, text=True, timeout=300, check=False)
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr
+
+
+def _string_literals(path: Path) -> list[tuple[int, str]]:
+    """Every string constant of a module's code, docstrings left out."""
+    tree = ast.parse(path.read_text())
+    docstrings = {id(node.body[0].value) for node in ast.walk(tree)
+                  if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef))
+                  and node.body and isinstance(node.body[0], ast.Expr)}
+    return [(node.lineno, node.value) for node in ast.walk(tree)
+            if isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in docstrings]
+
+
+def test_the_protocol_keys_are_spelt_out_only_in_the_protocol_module():
+    """A key that crosses a Flower message is written once, in anther.core.protocol, and used by
+    name. (Plain words such as "config" or "metrics" also name other things; the keys checked
+    here are the protocol's own spellings.)"""
+    keys = {value for name, value in vars(protocol).items()
+            if name.isupper() and isinstance(value, str) and ("-" in value or value in ("dp_epsilon", "train_seconds"))}
+    assert "partition-id" in keys and "server-round" in keys
+    spelt = [f"{path.relative_to(REPO)}:{line}: {value!r}"
+             for path in sorted((REPO / "anther").rglob("*.py"))
+             if path.name != "protocol.py" and "proto" not in path.parts
+             for line, value in _string_literals(path) if value in keys]
+    assert not spelt, "\n".join(spelt)

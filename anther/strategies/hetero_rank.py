@@ -68,7 +68,6 @@ from anther.strategies.node_info import NodeInfo
 RANK_AXES = {"down.weight": 0, "down.bias": 0, "up.weight": 1}
 # Parameters inside ``scale * up(...)``: rescaled between rank conventions.
 SCALED = ("up.weight", "up.bias")
-protocol.ADAPTER_RANK = "adapter-rank"
 
 
 def _split(name: str) -> tuple[str, str] | None:
