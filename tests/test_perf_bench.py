@@ -18,7 +18,7 @@ from anther.core.config import ConfigError
 SMALL = ["overhead_clients=2", "overhead_rounds=2", "sharing_clients=[3]", "concurrency=2", "sharing_rounds=1",
          "cache_clients=2", "cache_rounds=2", "batching_clients=2", "batching_seconds=1", "scale_clients=5",
          "scale_rounds=2", "scale_local_steps=1", "train.local_steps=2", "train.batch_size=4", "data.train_size=40",
-         "data.test_size=8", "adapter.rank=4", "torch_threads=1", "modes=[split,local]",
+         "data.test_size=8", "adapter.rank=4", "torch_threads=1", "modes=[split,whole_model]",
          "trainstep_model=experiment", "trainstep_dtype=float32", "trainstep_seq_len=16",
          "trainstep_batch_sizes=[1,2]", "trainstep_concurrency=[2]", "trainstep_client_batch=1",
          "trainstep_steps=2", "trainstep_warmup=1", "trainstep_seconds=0.5",
@@ -72,7 +72,7 @@ def test_perf_bench_runs_every_section(tmp_path: Path) -> None:
 
     md = (out / "perf.md").read_text()
     assert "| **ratio** |" in md and "## Scale" in md and "anther bench perf" in md
-    assert "| split | " in md and "| local | " in md and "## Backbone TrainStep" in md
+    assert "| split | " in md and "| whole_model | " in md and "## Backbone TrainStep" in md
     assert (out / "perf_sharing.png").stat().st_size > 0 and (out / "perf_scale_memory.png").stat().st_size > 0
 
 
