@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from anther.core.config import QUANTIZATIONS, ConfigError, ModelConfig
+from anther.core.errors import RunFailed
 
 if TYPE_CHECKING:
     from omegaconf import DictConfig
@@ -422,9 +423,12 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ConfigError, FileNotFoundError, ValueError) as e:
+    except (ConfigError, FileNotFoundError, ValueError) as e:  # a mistake in what was asked: nothing ran
         print(f"anther: error: {e}", file=sys.stderr)
         return 2
+    except RunFailed as e:  # a run that started and did not finish; its folder holds the traceback
+        print(f"anther: error: {e}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

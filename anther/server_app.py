@@ -9,12 +9,16 @@ to every client then says where the service listens and how to check and use it.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from flwr.app import ArrayRecord, Context
 from flwr.serverapp import Grid, ServerApp
+from omegaconf import DictConfig
 
 from anther.backbone.supervisor import backbone_for_run
 from anther.core import protocol
 from anther.server.federated_run import FederatedRun
+from anther.server.run_folder import record_failure, run_folder
 from anther.simulations.assets import prepare_assets
 from anther.simulations.baselines import initial_adapters, run_baseline
 from anther.simulations.experiment import load_config, load_run_config
@@ -28,11 +32,20 @@ def main(grid: Grid, context: Context) -> None:
     resume = str(run_config.get(protocol.RUN_RESUME, ""))  # an earlier run's folder to continue
     cfg = load_run_config(resume) if resume else load_config(str(run_config[protocol.RUN_EXPERIMENT]),
                                                              str(run_config.get(protocol.RUN_OVERRIDES, "")))
-    with backbone_for_run(prepare_assets(cfg)) as cfg:
+    cfg.run_dir = str(run_folder(cfg))  # fixed now, so that a failure from here on is recorded there
+    try:
+        _run(grid, cfg, resume=bool(resume))
+    except BaseException as e:
+        record_failure(Path(cfg.run_dir), e)
+        raise
+
+
+def _run(grid: Grid, experiment: DictConfig, resume: bool) -> None:
+    with backbone_for_run(prepare_assets(experiment)) as cfg:
         if cfg.baseline != "none":  # nothing to federate: the baseline runs here and calls no client
             run_baseline(cfg)
             return
-        run = FederatedRun(cfg, grid, cfg.data.path, resume=bool(resume))
+        run = FederatedRun(cfg, grid, cfg.data.path, resume=resume)
         print(f"anther: run folder {run.run_dir}", flush=True)
         run.execute(ArrayRecord(initial_adapters(cfg, run.evaluator.runtime.edge)))
     print(f"anther: finished; result.json and plots in {run.run_dir}", flush=True)

@@ -52,3 +52,11 @@ def test_init_tiny_help_lists_every_registered_family():
     listed = " ".join(out.split())  # argparse wraps the help
     assert ", ".join(sorted(FAMILIES)) in listed
     assert f"default: {ModelConfig.tiny_pretrain_steps}" in listed  # the experiment config's, in one place
+
+
+def test_a_run_with_a_plugin_strategy_resumes_with_its_own_strategy_section(tmp_path: Path):
+    """A run started with ``~strategy.name +strategy._target_=...`` saved no name; reading it back
+    must not add the default's ``name: fedavg`` beside its ``_target_``."""
+    cfg = load_config("default", ["~strategy.name", "+strategy._target_=my_lab.Mine", "+strategy.mu=0.5"])
+    (tmp_path / "config.yaml").write_text(OmegaConf.to_yaml(cfg))
+    assert dict(load_run_config(tmp_path).strategy) == {"_target_": "my_lab.Mine", "mu": 0.5}

@@ -531,7 +531,10 @@ def read_run_config(run_dir: Path | str) -> DictConfig:
     if not path.is_file():
         raise ConfigError(f"resume: {path} does not exist; give the folder of an earlier run "
                           "(it holds config.yaml, result.json and checkpoints/)")
-    cfg = OmegaConf.merge(OmegaConf.structured(ExperimentConfig), OmegaConf.load(path))
+    saved = OmegaConf.load(path)
+    cfg = OmegaConf.merge(OmegaConf.structured(ExperimentConfig), saved)
+    if "strategy" in saved:  # free-form: the run's own section, not merged into the default {name: fedavg}
+        cfg.strategy = saved.strategy
     for key, renamed in RENAMED_VALUES.items():
         old = OmegaConf.select(cfg, key)
         if old in renamed:

@@ -5,10 +5,17 @@ round table and a rewrite of ``result.json`` per round (``finished: false`` unti
 at the end the clients' own-split metrics, ``finished: true`` and the plots. Because every
 kind of run writes through this class, the benchmark runner reads them all alike and treats a
 ``result.json`` without ``finished: true`` as a run to redo.
+
+A run that stops on an error says why in the same folder: one line in ``failure.json`` and the
+whole traceback in ``anther.log`` (:func:`record_failure`), so whoever started it, ``anther
+simulate`` or a benchmark, can tell a failed run from a finished one and name the cause
+(:func:`failure_of`).
 """
 
 from __future__ import annotations
 
+import json
+import traceback
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -21,6 +28,7 @@ from anther.data.partition_report import write_partition_report
 from anther.server.run_report import RoundTable, plot_rounds, round_columns
 
 TRAFFIC_KEYS = ("adapter_bytes_down", "adapter_bytes_up", "activation_bytes_up", "activation_bytes_down")
+FAILURE_FILE, LOG_FILE = "failure.json", "anther.log"
 
 
 def run_folder(cfg: DictConfig) -> Path:
@@ -63,6 +71,7 @@ class RunRecorder:
         finished and plot it."""
         self.clients = clients
         self.write(finished=True)
+        (self.dir / FAILURE_FILE).unlink(missing_ok=True)  # an earlier attempt's, now resumed to the end
         plot_rounds(self.rounds, self.dir)
 
     def write(self, finished: bool) -> None:
@@ -75,3 +84,26 @@ class RunRecorder:
             "resumed_from": self.resumed_from,
             "traffic": {k: sum(r.get(k) or 0 for r in self.rounds) for k in TRAFFIC_KEYS},
         })
+
+
+def record_failure(run_dir: Path, error: BaseException) -> None:
+    """Say why the run in ``run_dir`` stopped: the error in one line in ``failure.json``, its
+    traceback appended to ``anther.log``."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    line = f"{type(error).__name__}: {error}".splitlines()[0] if str(error) else type(error).__name__
+    with (run_dir / LOG_FILE).open("a") as log:
+        log.write(f"{datetime.now().isoformat(timespec='seconds')} the run failed:\n")
+        log.write("".join(traceback.format_exception(error)))
+    write_json_atomic(run_dir / FAILURE_FILE, {"error": line, "log": LOG_FILE})
+
+
+def failure_of(run_dir: Path) -> str | None:
+    """Why the run in ``run_dir`` did not finish, in one line; None when its ``result.json`` says
+    it finished."""
+    result = run_dir / "result.json"
+    if result.is_file() and json.loads(result.read_text()).get("finished") is True:
+        return None
+    failure = run_dir / FAILURE_FILE
+    if failure.is_file():
+        return f"{json.loads(failure.read_text())['error']} (traceback in {run_dir / LOG_FILE})"
+    return f"it stopped before finishing and recorded no error; its folder is {run_dir}"

@@ -5,6 +5,10 @@ Federated experiments go through ``flwr run`` on a private SuperLink
 (:mod:`anther.simulations.launcher`); baselines (``baseline=zero_shot|local_only|centralised``)
 have no federation to run, so they run in this process, with the backbone service started for
 them when ``backbone.mode=service``.
+
+How a run ended is read from its folder, not from ``flwr run``'s exit code (which is 0 even when
+the ServerApp fails): a run that did not finish raises :class:`RunFailed` with the cause the
+run recorded, so ``anther simulate`` exits non-zero and says why in one line.
 """
 
 from __future__ import annotations
@@ -15,6 +19,8 @@ from pathlib import Path
 
 from anther.backbone.supervisor import backbone_for_run
 from anther.core.config import ConfigError, simulation_resources
+from anther.core.errors import RunFailed
+from anther.server.run_folder import failure_of, record_failure, run_folder
 from anther.simulations.assets import prepare_assets
 from anther.simulations.baselines import run_baseline
 from anther.simulations.experiment import load_config, load_run_config
@@ -23,26 +29,34 @@ from anther.simulations.launcher import flwr_run, submit_run
 
 def simulate(experiment: str, overrides: list[str], log: Path | None = None,
              superlink: Callable[[], dict[str, str]] | None = None) -> int:
-    """Run the experiment; 0 on success, else the failing process's exit code. With ``log``,
-    everything the run prints goes to that file instead of the terminal. ``superlink`` gives the
-    environment of a running SuperLink to submit a federated run to (the benchmark shares one
-    across its cells); without it the run gets a private one."""
+    """Run the experiment; 0 once its folder says it finished, else :class:`RunFailed` naming the
+    cause. With ``log``, everything the run prints goes to that file instead of the terminal.
+    ``superlink`` gives the environment of a running SuperLink to submit a federated run to (the
+    benchmark shares one across its cells); without it the run gets a private one."""
     cfg = prepare_assets(load_config(experiment, overrides))  # fail fast, make assets here, once
+    run_dir = run_folder(cfg)  # chosen here, so this process can read how the run ended
     if cfg.baseline == "none":
-        resolved = [*overrides, f"model.path={cfg.model.path}", f"data.path={cfg.data.path}"]
+        resolved = [*overrides, f"model.path={cfg.model.path}", f"data.path={cfg.data.path}", f"run_dir={run_dir}"]
+        resources = simulation_resources(cfg.federation)
         if superlink is not None:
-            return submit_run(superlink(), experiment, resolved, cfg.federation.num_clients,
-                              extra_federation_config=simulation_resources(cfg.federation), log=log)
-        return flwr_run(experiment, resolved, cfg.federation.num_clients,
-                        extra_federation_config=simulation_resources(cfg.federation), log=log)
+            code = submit_run(superlink(), experiment, resolved, cfg.federation.num_clients,
+                              extra_federation_config=resources, log=log)
+        else:
+            code = flwr_run(experiment, resolved, cfg.federation.num_clients, extra_federation_config=resources,
+                            log=log)
+        return _outcome(run_dir, code)
+    cfg.run_dir = str(run_dir)
     with contextlib.ExitStack() as stack:
         if log is not None:
             out = stack.enter_context(log.open("a"))
             stack.enter_context(contextlib.redirect_stdout(out))
             stack.enter_context(contextlib.redirect_stderr(out))
-        served = stack.enter_context(backbone_for_run(cfg))
-        run_baseline(served)
-    return 0
+        try:
+            run_baseline(stack.enter_context(backbone_for_run(cfg)))
+        except Exception as e:
+            record_failure(run_dir, e)
+            raise RunFailed(f"the run failed: {failure_of(run_dir)}") from e
+    return _outcome(run_dir, 0)
 
 
 def resume(run_dir: Path, log: Path | None = None) -> int:
@@ -52,5 +66,14 @@ def resume(run_dir: Path, log: Path | None = None) -> int:
     if cfg.baseline != "none":
         raise ConfigError(f"{run_dir} is a baseline run (baseline={cfg.baseline}); only federated runs "
                           "checkpoint rounds and can be resumed")
-    return flwr_run("default", [], cfg.federation.num_clients, log=log, resume=cfg.run_dir,
+    code = flwr_run("default", [], cfg.federation.num_clients, log=log, resume=cfg.run_dir,
                     extra_federation_config=simulation_resources(cfg.federation))
+    return _outcome(Path(cfg.run_dir), code)
+
+
+def _outcome(run_dir: Path, flwr_code: int) -> int:
+    """0 when the run's folder says it finished; else :class:`RunFailed` with the cause it recorded."""
+    cause = failure_of(run_dir)
+    if cause is not None:
+        raise RunFailed(f"the run failed: {cause}" + (f" (flwr exit code {flwr_code})" if flwr_code else ""))
+    return 0
