@@ -57,6 +57,41 @@ def test_init_tiny_help_lists_every_registered_family():
 def test_a_run_with_a_plugin_strategy_resumes_with_its_own_strategy_section(tmp_path: Path):
     """A run started with ``~strategy.name +strategy._target_=...`` saved no name; reading it back
     must not add the default's ``name: fedavg`` beside its ``_target_``."""
-    cfg = load_config("default", ["~strategy.name", "+strategy._target_=my_lab.Mine", "+strategy.mu=0.5"])
+    target = "flwr.serverapp.strategy.FedProx"  # any class by _target_, as a plug-in is given
+    cfg = load_config("default", ["~strategy.name", f"+strategy._target_={target}", "+strategy.proximal_mu=0.5"])
     (tmp_path / "config.yaml").write_text(OmegaConf.to_yaml(cfg))
-    assert dict(load_run_config(tmp_path).strategy) == {"_target_": "my_lab.Mine", "mu": 0.5}
+    assert dict(load_run_config(tmp_path).strategy) == {"_target_": target, "proximal_mu": 0.5}
+
+
+@pytest.mark.parametrize(("overrides", "message"), [
+    (["federation.round=4"], "unknown config key 'federation.round'; did you mean 'federation.rounds'?"),
+    (["+federation.round=4"], "unknown config key 'federation.round'; did you mean 'federation.rounds'?"),
+    (["+train.learning_rate=0.1"], "unknown config key 'train.learning_rate'"),
+    (["train.lr=abc"], "config value train.lr: Value 'abc' of type 'str' could not be converted to Float"),
+    (["scenario=missing_b99"], "scenario=missing_b99 does not exist; one of: cross_i3t7,"),
+    (["federation.min_train_clients=11"], "min_train_clients=11 is invalid: must be in [1, federation.num_clients=10]"),
+    (["strategy.name=fedfoo"], "cannot be built: ValueError: unknown strategy 'fedfoo'"),
+    (["+strategy.proximal=0.1", "strategy.name=fedprox"],
+     "cannot be built: TypeError: FedProx.__init__() got an unexpected keyword argument 'proximal'"),
+    (["~strategy.name", "+strategy._target_=no_such_lab.Mine"], "cannot be built: ImportError:"),
+])
+def test_a_config_mistake_is_one_line_naming_the_key(overrides: list[str], message: str):
+    with pytest.raises(ConfigError) as caught:
+        load_config("default", overrides)
+    assert message in str(caught.value) and "\n" not in str(caught.value)
+
+
+def test_simulate_refuses_a_typo_in_seconds_with_exit_code_2_and_no_traceback(tmp_path: Path):
+    proc = subprocess.run([sys.executable, "-m", "anther.cli", "simulate", "federation.round=4",
+                           f"output_dir={tmp_path}"], capture_output=True, text=True, timeout=120, check=False)
+    assert proc.returncode == 2
+    assert proc.stderr == "anther: error: unknown config key 'federation.round'; did you mean 'federation.rounds'?\n"
+    assert not list(tmp_path.iterdir())  # nothing started, nothing written
+
+
+def test_an_unreadable_run_config_is_refused_naming_the_file(tmp_path: Path):
+    cfg = OmegaConf.to_container(load_config("default"))
+    cfg["federation"]["round"] = 3
+    (tmp_path / "config.yaml").write_text(OmegaConf.to_yaml(cfg))
+    with pytest.raises(ConfigError, match=r"resume: .*config\.yaml: unknown config key 'federation\.round'"):
+        load_run_config(tmp_path)

@@ -219,7 +219,8 @@ def run_client(tiny_model_dir: Path, data: Path, port: int, private_labels: bool
                monkeypatch: pytest.MonkeyPatch) -> Run:
     """One node's query, train (2 steps) and evaluate, against the service, recorded."""
     cfg = load_config("default", [
-        f"model.path={tiny_model_dir}", f"data.path={data}", "federation.num_clients=1", "data.train_size=12",
+        f"model.path={tiny_model_dir}", f"data.path={data}", "federation.num_clients=1",
+        "federation.min_train_clients=1", "data.train_size=12",
         "train.local_steps=2", "train.batch_size=4", "adapter.rank=4", "data.client_test_fraction=0.25",
         "backbone.mode=remote", f"backbone.address=127.0.0.1:{port}", "backbone.insecure=true",
         f"backbone.private_labels={str(private_labels).lower()}"])

@@ -10,7 +10,9 @@ format, a strategy that averages?) are in :mod:`anther.simulations.experiment`.
 
 from __future__ import annotations
 
+import difflib
 import os
+import re
 import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,7 +20,9 @@ from typing import Any
 
 from hydra import compose, initialize_config_dir
 from hydra.core.config_store import ConfigStore
+from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
 CONFIG_DIR = Path(__file__).parents[1] / "configs"
 BACKBONE_MODES = ("in_process", "service", "remote")
@@ -315,7 +319,8 @@ def validate(cfg: DictConfig) -> DictConfig:
     check(f.num_clients >= 1, "federation.num_clients", f.num_clients, "must be >= 1")
     check(f.rounds >= 1, "federation.rounds", f.rounds, "must be >= 1")
     check(0 < f.fraction_train <= 1, "federation.fraction_train", f.fraction_train, "must be in (0, 1]")
-    check(f.min_train_clients >= 1, "federation.min_train_clients", f.min_train_clients, "must be >= 1")
+    check(1 <= f.min_train_clients <= f.num_clients, "federation.min_train_clients", f.min_train_clients,
+          f"must be in [1, federation.num_clients={f.num_clients}]")
     check(1 <= f.min_replies <= f.num_clients, "federation.min_replies", f.min_replies,
           f"must be in [1, federation.num_clients={f.num_clients}]")
     check(f.outlier_factor is None or f.outlier_factor > 1, "federation.outlier_factor", f.outlier_factor,
@@ -518,9 +523,62 @@ def compose_experiment(experiment: str = "default", overrides: list[str] | str |
     if not (CONFIG_DIR / f"{experiment}.yaml").is_file():
         known = sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
         raise ConfigError(f"unknown experiment {experiment!r}; known: {known}")
-    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-        cfg = compose(config_name=experiment, overrides=list(overrides or []))
+    try:
+        with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+            cfg = compose(config_name=experiment, overrides=list(overrides or []))
+    except (HydraException, OmegaConfBaseException) as e:  # a typo, a bad type: one line, never a traceback
+        raise ConfigError(_hydra_message(e)) from None
+    check_known_keys(cfg)
     return validate(cfg)
+
+
+def _schema_keys(node: Any = None, prefix: str = "") -> set[str]:
+    """Every dotted key of the schema (the free-form ``strategy`` section's are its own)."""
+    node = OmegaConf.structured(ExperimentConfig) if node is None else node
+    keys = set()
+    for key, value in node.items_ex(resolve=False) if isinstance(node, DictConfig) else ():
+        dotted = f"{prefix}{key}"
+        keys.add(dotted)
+        if isinstance(value, DictConfig) and dotted != "strategy":
+            keys |= _schema_keys(value, dotted + ".")
+    return keys
+
+
+def _closest(key: str) -> str:
+    """", did you mean 'x'?" for the schema key nearest to ``key``, or nothing."""
+    near = difflib.get_close_matches(key, sorted(_schema_keys()), n=1, cutoff=0.6)
+    return f"; did you mean {near[0]!r}?" if near else ""
+
+
+def check_known_keys(cfg: DictConfig) -> None:
+    """Refuse a key the schema does not have (Hydra accepts a ``+key`` that matches no field and it
+    would be silently ignored), naming the closest one."""
+    unknown = sorted(_schema_keys(cfg) - _schema_keys() - {"hydra"})
+    if unknown:
+        raise ConfigError(f"unknown config key {unknown[0]!r}{_closest(unknown[0])}"
+                          + (f" (and {len(unknown) - 1} more)" if len(unknown) > 1 else ""))
+
+
+def _hydra_message(error: Exception) -> str:
+    """Hydra's or OmegaConf's complaint in one line, naming the key: an unknown key with the closest
+    known one (Hydra's own hint, to add it with ``+``, would be accepted and then ignored), a value
+    of the wrong type with the key and the type, a config group option that does not exist with
+    the options there are."""
+    text = str(error)
+    cause = error.__cause__ if isinstance(error.__cause__, OmegaConfBaseException) else error
+    full_key = re.search(r"full_key: (\S+)", str(cause))
+    overridden = re.search(r"Could not override '([^']+)'", text)
+    if overridden or re.search(r"Key '[^']+' (?:is not in struct|not in)", str(cause)):
+        key = overridden.group(1) if overridden else full_key.group(1) if full_key else "?"
+        return f"unknown config key {key!r}{_closest(key)}"
+    first = str(cause).strip().splitlines()[0] if str(cause).strip() else type(cause).__name__
+    if full_key:
+        return f"config value {full_key.group(1)}: {first}"
+    group = re.search(r"Could not find '([^'/]+)/([^']+)'", text)
+    if group:
+        options = re.findall(r"^\t(\S+)$", text.split("Config search path")[0], re.MULTILINE)
+        return f"{group.group(1)}={group.group(2)} does not exist; one of: {', '.join(options)}"
+    return f"config: {first}"
 
 
 def read_run_config(run_dir: Path | str) -> DictConfig:
@@ -532,7 +590,10 @@ def read_run_config(run_dir: Path | str) -> DictConfig:
         raise ConfigError(f"resume: {path} does not exist; give the folder of an earlier run "
                           "(it holds config.yaml, result.json and checkpoints/)")
     saved = OmegaConf.load(path)
-    cfg = OmegaConf.merge(OmegaConf.structured(ExperimentConfig), saved)
+    try:
+        cfg = OmegaConf.merge(OmegaConf.structured(ExperimentConfig), saved)
+    except OmegaConfBaseException as e:
+        raise ConfigError(f"resume: {path}: {_hydra_message(e)}") from None
     if "strategy" in saved:  # free-form: the run's own section, not merged into the default {name: fedavg}
         cfg.strategy = saved.strategy
     for key, renamed in RENAMED_VALUES.items():

@@ -11,12 +11,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
-from anther.core.config import check, compose_experiment, read_run_config
+from anther.core.config import ConfigError, check, compose_experiment, read_run_config
 from anther.data.formats.registry import FORMATS
 from anther.model.families import FAMILIES
-from anther.strategies.registry import STRATEGIES, strategy_class
+from anther.strategies.registry import STRATEGIES, build_strategy, strategy_class
 from anther.strategies.weighted_mean import is_weighted_mean
 
 
@@ -40,6 +40,7 @@ def check_names(cfg: DictConfig) -> DictConfig:
     check(cfg.model.tiny_family == "llava" or cfg.model.tiny_pretrain_steps == 0 or cfg.model.path,
           "model.tiny_pretrain_steps", cfg.model.tiny_pretrain_steps,
           f"must be 0 for model.tiny_family={cfg.model.tiny_family} (the pretraining recipe is LLaVA's)")
+    _check_strategy(cfg.strategy)
     if cfg.privacy.client_level.mode != "off":
         _check_weighted_mean(cfg.strategy, "privacy.client_level.mode", cfg.privacy.client_level.mode)
     if cfg.privacy.secagg.enabled:
@@ -54,3 +55,14 @@ def _check_weighted_mean(strategy: DictConfig, key: str, value: object) -> None:
     check(name not in STRATEGIES or is_weighted_mean(strategy_class(strategy)), key, value,
           f"cannot go with strategy.name={name}: it does not aggregate by a weighted mean of the "
           "adapters (its clients send data-dependent extras, or it needs each client's own update)")
+
+
+def _check_strategy(strategy: DictConfig) -> None:
+    """Build the strategy once, here, so that an unknown name, a class that cannot be imported or a
+    constructor argument it does not take is refused before anything starts."""
+    spec = OmegaConf.to_container(strategy, resolve=True)
+    try:
+        build_strategy(spec)
+    except Exception as e:  # noqa: BLE001 - whatever the class raises, it is the config's mistake
+        reason = " ".join(str(e).split())
+        raise ConfigError(f"config value strategy={spec} cannot be built: {type(e).__name__}: {reason}") from None
