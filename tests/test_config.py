@@ -13,8 +13,10 @@ import pytest
 from omegaconf import OmegaConf
 
 from anther.core.config import ConfigError, ModelConfig, compose_experiment
+from anther.data.client_data import check_partitions
 from anther.data.formats.registry import FORMATS
 from anther.model.families import FAMILIES
+from anther.server.run_folder import check_writable
 from anther.simulations.experiment import load_config, load_run_config
 
 
@@ -95,3 +97,46 @@ def test_an_unreadable_run_config_is_refused_naming_the_file(tmp_path: Path):
     (tmp_path / "config.yaml").write_text(OmegaConf.to_yaml(cfg))
     with pytest.raises(ConfigError, match=r"resume: .*config\.yaml: unknown config key 'federation\.round'"):
         load_run_config(tmp_path)
+
+
+def _prepared(tmp_path: Path, overrides: list[str]):
+    from anther.simulations.assets import prepare_assets
+
+    return prepare_assets(load_config("default", ["model.tiny_pretrain_steps=0", *overrides]))
+
+
+@pytest.mark.parametrize(("overrides", "message"), [
+    (["federation.num_clients=40", "data.train_size=40", "partition.scheme=dirichlet", "partition.alpha=0.05"],
+     "cannot be split as asked (40 training samples over federation.num_clients=40, partition.scheme=dirichlet"),
+    (["federation.num_clients=40", "data.train_size=40", "scenario=quantity_skew"],
+     "quantity skew over 40 clients needs at least 80 samples"),
+])
+def test_a_split_that_cannot_be_made_is_refused_before_the_run(tmp_path, monkeypatch, overrides, message):
+    monkeypatch.setenv("ANTHER_HOME", str(tmp_path))
+    cfg = _prepared(tmp_path, overrides)
+    with pytest.raises(ConfigError) as caught:
+        check_partitions(cfg, Path(cfg.data.path))
+    assert message in str(caught.value)
+
+
+def test_a_data_folder_with_fewer_samples_than_clients_is_refused(tmp_path, monkeypatch):
+    from anther.core.sample import write_split
+    from anther.data import shapes_vqa
+
+    monkeypatch.setenv("ANTHER_HOME", str(tmp_path))
+    write_split(shapes_vqa.generate(3, 0, prefix="train"), tmp_path / "data", "train")
+    write_split(shapes_vqa.generate(2, 1, prefix="test"), tmp_path / "data", "test")
+    cfg = _prepared(tmp_path, [f"data.path={tmp_path / 'data'}", "federation.num_clients=5"])
+    with pytest.raises(ConfigError, match=r"train split of .* has 3 samples for federation.num_clients=5"):
+        check_partitions(cfg, Path(cfg.data.path))
+    three = OmegaConf.merge(cfg, {"federation": {"num_clients": 3}})
+    assert check_partitions(three, Path(cfg.data.path)) == [1, 1, 1]
+
+
+def test_a_run_folder_that_cannot_be_written_is_refused(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    with pytest.raises(ConfigError, match=r"run folder .*file/run cannot be written"):
+        check_writable(blocker / "run")
+    check_writable(tmp_path / "run")  # a writable one passes, and is left empty
+    assert not list((tmp_path / "run").iterdir())

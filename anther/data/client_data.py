@@ -17,7 +17,7 @@ from pathlib import Path
 from filelock import FileLock
 from omegaconf import DictConfig
 
-from anther.core.config import anther_home
+from anther.core.config import ConfigError, anther_home
 from anther.core.sample import Sample, write_split
 from anther.data import shapes_vqa
 from anther.data.formats.registry import load_samples
@@ -88,3 +88,28 @@ def client_data(cfg: DictConfig, folder: Path, partition_id: int, num_partitions
     random.Random(cfg.seed * 1000 + partition_id).shuffle(mine)
     n_test = int(len(mine) * cfg.data.client_test_fraction)
     return mine[n_test:], mine[:n_test]
+
+
+def check_partitions(cfg: DictConfig, folder: Path) -> list[int]:
+    """Every client's train split under the run's scenario, checked before a run starts: its sizes,
+    or a ConfigError naming the partition that came out empty (or the partitioning that failed)
+    and the settings that decide it. Reading the split also checks every record and image."""
+    n, p = cfg.federation.num_clients, cfg.partition
+    train = split_samples(cfg, folder, "train")  # a malformed record or a missing image fails here, named
+    settings = (f"{len(train)} training samples over "
+                f"federation.num_clients={n}, partition.scheme={p.scheme}"
+                + (f", partition.alpha={p.alpha}" if p.scheme in ("dirichlet", "quantity") else ""))
+    if len(train) < n:
+        raise ConfigError(f"the {cfg.data.train_split} split of {folder} has {len(train)} samples for "
+                          f"federation.num_clients={n}: every client needs at least one")
+    try:
+        sizes = [len(client_data(cfg, folder, i, n)[0]) for i in range(n)]
+    except (ValueError, IndexError) as e:
+        raise ConfigError(f"the data cannot be split as asked ({settings}): {e}") from None
+    empty = [i for i, size in enumerate(sizes) if size == 0]
+    if empty:
+        raise ConfigError(f"client partition {empty[0]} (of {n}) has no training samples"
+                          + (f", nor do {len(empty) - 1} more" if len(empty) > 1 else "")
+                          + f" ({settings}, data.client_test_fraction={cfg.data.client_test_fraction}, "
+                          f"scenario={cfg.scenario.name}): give more data or fewer clients")
+    return sizes

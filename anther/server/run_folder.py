@@ -15,6 +15,7 @@ simulate`` or a benchmark, can tell a failed run from a finished one and name th
 from __future__ import annotations
 
 import json
+import shutil
 import traceback
 from datetime import datetime
 from pathlib import Path
@@ -22,13 +23,34 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from anther.core.config import anther_home, to_yaml
+from anther.core.config import ConfigError, anther_home, to_yaml
 from anther.core.files import write_json_atomic
 from anther.data.partition_report import write_partition_report
 from anther.server.run_report import RoundTable, plot_rounds, round_columns
 
 TRAFFIC_KEYS = ("adapter_bytes_down", "adapter_bytes_up", "activation_bytes_up", "activation_bytes_down")
 FAILURE_FILE, LOG_FILE = "failure.json", "anther.log"
+
+
+# Room a run needs before it starts: checkpoints of adapters and strategy state, result.json,
+# plots and logs; a few MB on the tiny model, tens on a real one.
+MIN_FREE_BYTES = 256 * 2**20
+
+
+def check_writable(run_dir: Path) -> None:
+    """Refuse, before a run starts, a run folder that cannot be written or whose disk is nearly full."""
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        probe = run_dir / ".anther-write-test"
+        probe.write_bytes(b"0")
+        probe.unlink()
+    except OSError as e:
+        raise ConfigError(f"run folder {run_dir} cannot be written ({e.strerror or e}); set output_dir "
+                          "(or run_dir) to a folder you can write") from None
+    free = shutil.disk_usage(run_dir).free
+    if free < MIN_FREE_BYTES:
+        raise ConfigError(f"run folder {run_dir} has {free / 2**20:.0f} MiB free; a run needs at least "
+                          f"{MIN_FREE_BYTES // 2**20} MiB for its checkpoints and records")
 
 
 def run_folder(cfg: DictConfig) -> Path:

@@ -20,7 +20,8 @@ from pathlib import Path
 from anther.backbone.supervisor import backbone_for_run
 from anther.core.config import ConfigError, simulation_resources
 from anther.core.errors import RunFailed
-from anther.server.run_folder import failure_of, record_failure, run_folder
+from anther.data.client_data import check_partitions
+from anther.server.run_folder import check_writable, failure_of, record_failure, run_folder
 from anther.simulations.assets import prepare_assets
 from anther.simulations.baselines import run_baseline
 from anther.simulations.experiment import load_config, load_run_config
@@ -34,7 +35,9 @@ def simulate(experiment: str, overrides: list[str], log: Path | None = None,
     ``superlink`` gives the environment of a running SuperLink to submit a federated run to (the
     benchmark shares one across its cells); without it the run gets a private one."""
     cfg = prepare_assets(load_config(experiment, overrides))  # fail fast, make assets here, once
+    check_partitions(cfg, Path(cfg.data.path))
     run_dir = run_folder(cfg)  # chosen here, so this process can read how the run ended
+    check_writable(run_dir)
     if cfg.baseline == "none":
         resolved = [*overrides, f"model.path={cfg.model.path}", f"data.path={cfg.data.path}", f"run_dir={run_dir}"]
         resources = simulation_resources(cfg.federation)
@@ -63,6 +66,7 @@ def resume(run_dir: Path, log: Path | None = None) -> int:
     """Continue the federated run in ``run_dir`` from its last complete checkpoint, with the config
     it was started with (its ``config.yaml``), into that same folder (docs/reliability.md)."""
     cfg = prepare_assets(load_run_config(run_dir))
+    check_writable(Path(cfg.run_dir))
     if cfg.baseline != "none":
         raise ConfigError(f"{run_dir} is a baseline run (baseline={cfg.baseline}); only federated runs "
                           "checkpoint rounds and can be resumed")
