@@ -33,11 +33,11 @@ def _simulate(args: argparse.Namespace) -> int:
     from anther.simulations.runner import resume, simulate
 
     if args.resume is None:
-        return simulate(args.experiment, args.overrides)
+        return simulate(args.experiment, args.overrides, verbose=args.verbose)
     if args.overrides or args.experiment != "default":
         raise ValueError(f"--resume {args.resume} continues that run with its own config.yaml; "
                          "give no experiment or overrides with it")
-    return resume(Path(args.resume))
+    return resume(Path(args.resume), verbose=args.verbose)
 
 
 class _FamilyNames:
@@ -375,6 +375,8 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. federation.rounds=3")
     sim.add_argument("--resume", metavar="RUN_DIR", help="continue a killed run from its last complete "
                      "checkpoint, into the same folder (docs/reliability.md)")
+    sim.add_argument("--verbose", action="store_true",
+                     help="show Flower's and Ray's own logs too (the run folder's flower.log keeps them anyway)")
     sim.set_defaults(func=_simulate)
 
     model = sub.add_parser("model", help="model checkpoints").add_subparsers(dest="model_command", required=True)

@@ -41,11 +41,13 @@ def main(grid: Grid, context: Context) -> None:
 
 
 def _run(grid: Grid, experiment: DictConfig, resume: bool) -> None:
-    with backbone_for_run(prepare_assets(experiment)) as cfg:
+    prepared = prepare_assets(experiment)
+    with backbone_for_run(prepared) as cfg:
         if cfg.baseline != "none":  # nothing to federate: the baseline runs here and calls no client
             run_baseline(cfg)
             return
-        run = FederatedRun(cfg, grid, cfg.data.path, resume=resume)
+        # the run folder keeps the config without the service's one-off address and credentials
+        run = FederatedRun(cfg, grid, cfg.data.path, resume=resume, recorded=prepared)
         print(f"anther: run folder {run.run_dir}", flush=True)
         run.execute(ArrayRecord(initial_adapters(cfg, run.evaluator.runtime.edge)))
     print(f"anther: finished; result.json and plots in {run.run_dir}", flush=True)

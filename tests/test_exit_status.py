@@ -71,7 +71,7 @@ def test_the_cli_turns_a_failed_run_into_exit_code_1_and_one_line(monkeypatch, c
     from anther import cli
     from anther.simulations import runner
 
-    def failing(experiment, overrides):
+    def failing(experiment, overrides, **options):
         raise RunFailed("the run failed: RuntimeError: boom (traceback in /x/anther.log)")
 
     monkeypatch.setattr(runner, "simulate", failing)

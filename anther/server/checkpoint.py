@@ -7,23 +7,28 @@ A checkpoint is a folder ``checkpoints/round-NNNN`` holding
   strategy's server-optimizer moments, the NumPy and torch RNG states...);
 - ``state.json``: everything else (round number, per-round metrics and traffic, the
   strategy's scalar state, the Python RNG states), with references into
-  ``state.safetensors`` where a value is a tensor.
+  ``state.safetensors`` where a value is a tensor;
+- ``checksums.json``: the SHA-256 of each of the three, checked when the checkpoint is read, so
+  flipped bits or a truncated file are caught instead of resuming with wrong weights.
 
 Every file is written into a temporary folder next to the final one and fsynced; the
 folder is then renamed into place (one atomic ``rename``) and its parent fsynced. So a
 crash at any moment leaves either the complete new checkpoint or none at all for that
 round, and the previous round's checkpoint is never touched: the latest folder named
 ``round-NNNN`` is always complete. Temporary folders a crash left behind are ignored
-and removed by the next write.
+and removed by the next write. A checkpoint damaged later (a disk error, a bad copy) fails its
+checksums; :func:`latest_checkpoint` then falls back to the newest one that passes and says
+which it skipped and why. Checkpoints written before checksums existed are read unverified.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +37,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 CHECKPOINTS = "checkpoints"
-ADAPTERS, TENSORS, STATE = "adapters.safetensors", "state.safetensors", "state.json"
+ADAPTERS, TENSORS, STATE, CHECKSUMS = "adapters.safetensors", "state.safetensors", "state.json", "checksums.json"
 _ROUND_DIR = re.compile(r"round-(\d{4,})")
 
 
@@ -45,6 +50,15 @@ class Checkpoint:
     adapters: dict[str, torch.Tensor]  # in the order they were saved
     state: dict[str, Any]
     tensors: dict[str, torch.Tensor]
+    skipped: list[str] = field(default_factory=list)  # newer checkpoints that failed, and why
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def _fsync(path: Path) -> None:
@@ -64,9 +78,19 @@ def _write_folder(folder: Path, adapters: dict[str, torch.Tensor], state: dict[s
               metadata={"order": json.dumps(list(adapters))})
     save_file({k: v.detach().contiguous() for k, v in tensors.items()}, str(folder / TENSORS))
     (folder / STATE).write_text(json.dumps(state, default=str))  # as result.json is written
-    for name in (ADAPTERS, TENSORS, STATE):
+    (folder / CHECKSUMS).write_text(json.dumps({name: _sha256(folder / name) for name in (ADAPTERS, TENSORS, STATE)}))
+    for name in (ADAPTERS, TENSORS, STATE, CHECKSUMS):
         _fsync(folder / name)
     _fsync(folder)
+
+
+def _verify(folder: Path) -> None:
+    """Raise ValueError naming the first file whose SHA-256 is not the one written with it."""
+    if not (folder / CHECKSUMS).is_file():
+        return  # written before checkpoints carried checksums
+    for name, expected in json.loads((folder / CHECKSUMS).read_text()).items():
+        if _sha256(folder / name) != expected:
+            raise ValueError(f"{name} does not match its checksum (damaged after it was written)")
 
 
 def save_checkpoint(run_dir: Path, server_round: int, adapters: dict[str, torch.Tensor],
@@ -111,6 +135,7 @@ def load_checkpoint(run_dir: Path, server_round: int) -> Checkpoint:
     """Read round ``server_round``'s checkpoint; a missing or unreadable file names the folder."""
     folder = Path(run_dir) / CHECKPOINTS / f"round-{server_round:04d}"
     try:
+        _verify(folder)
         adapters = load_file(str(folder / ADAPTERS))
         with open(folder / ADAPTERS, "rb") as f:  # safetensors keeps our key order in its metadata
             header = json.loads(f.read(int.from_bytes(f.read(8), "little")))
@@ -123,6 +148,17 @@ def load_checkpoint(run_dir: Path, server_round: int) -> Checkpoint:
 
 
 def latest_checkpoint(run_dir: Path) -> Checkpoint | None:
-    """The newest complete checkpoint of ``run_dir``, or None if it has none yet."""
-    rounds = checkpoint_rounds(run_dir)
-    return load_checkpoint(run_dir, rounds[-1]) if rounds else None
+    """The newest checkpoint of ``run_dir`` that reads back whole and passes its checksums (its
+    ``skipped`` lists the newer ones that did not, and why), or None if there is none."""
+    skipped = []
+    for server_round in reversed(checkpoint_rounds(run_dir)):
+        try:
+            ckpt = load_checkpoint(run_dir, server_round)
+        except ValueError as e:
+            skipped.append(str(e))
+            continue
+        ckpt.skipped = skipped
+        return ckpt
+    if skipped:
+        raise ValueError(f"no checkpoint of {run_dir} can be read: {'; '.join(skipped)}")
+    return None

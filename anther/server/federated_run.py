@@ -105,15 +105,23 @@ def _client_traffic(sent: list[Message], replies: list[Message]) -> dict[int, di
 
 class FederatedRun:
     """One run; with ``resume``, the continuation of the run in ``cfg.run_dir`` from its last
-    complete checkpoint (docs/reliability.md)."""
+    complete checkpoint (docs/reliability.md).
 
-    def __init__(self, cfg: DictConfig, grid: Grid, data_folder: Path, resume: bool = False) -> None:
+    ``cfg`` is what the run uses, the backbone service's address and credentials for this run
+    included; ``recorded`` (default ``cfg``) is what its folder keeps as ``config.yaml``, the
+    config a resume starts from: without those one-off values, so a resumed run starts a service
+    of its own on a free port with fresh credentials.
+    """
+
+    def __init__(self, cfg: DictConfig, grid: Grid, data_folder: Path, resume: bool = False,
+                 recorded: DictConfig | None = None) -> None:
         self.cfg, self.grid, self.resume = cfg, grid, resume
         self.resumed_from: list[int] = []  # rounds this run was resumed after, oldest first
         self.strategy = with_privacy(build_strategy(OmegaConf.to_container(cfg.strategy, resolve=True)), cfg)
         self.rng = random.Random(cfg.seed)
         self.evaluator = ServerEvaluator(cfg, data_folder)
-        self.recorder = RunRecorder(cfg, data_folder)  # config.yaml and the partition report, before training
+        # config.yaml and the partition report, before training
+        self.recorder = RunRecorder(cfg if recorded is None else recorded, data_folder)
         self.run_dir = self.recorder.dir
 
     # -- nodes ---------------------------------------------------------------------------
@@ -172,6 +180,8 @@ class FederatedRun:
                 log(WARNING, "anther: %s holds no complete checkpoint; starting it again from round 1",
                     self.run_dir)
             return initial, 1
+        for why in ckpt.skipped:
+            log(WARNING, "anther: skipped a damaged checkpoint: %s", why)
         load_strategy_state(self.strategy, ckpt.state["strategy"], ckpt.tensors)
         restore_rng(ckpt.state["rng"], self.rng, ckpt.tensors)
         self.resumed_from = [*ckpt.state.get("resumed_from", []), ckpt.server_round]

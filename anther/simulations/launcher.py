@@ -24,6 +24,7 @@ from pathlib import Path
 import httpx
 
 from anther.core import protocol
+from anther.simulations.console import Console, relay
 
 APP_DIR = Path(__file__).resolve().parents[2]  # the folder holding pyproject.toml
 
@@ -113,11 +114,12 @@ def _superlink_process(flwr_home: Path) -> Iterator[dict[str, str]]:
 
 def submit_run(env: dict[str, str], experiment: str, overrides: list[str], num_supernodes: int,
                app_dir: Path = APP_DIR, extra_federation_config: dict[str, str] | None = None,
-               log: Path | None = None, resume: str | None = None) -> int:
+               log: Path | None = None, resume: str | None = None, console: Console | None = None) -> int:
     """``flwr run --stream`` of this app on the SuperLink ``env`` reaches (from :func:`local_superlink`;
     one SuperLink serves any number of runs, one after another); its logs go to ``log`` if given,
-    else the terminal. With ``resume`` (a run folder) the ServerApp continues that run with its own
-    config.yaml instead of ``experiment`` and ``overrides``. Returns flwr's exit code."""
+    else through ``console`` to the terminal (everything, without one). With ``resume`` (a run
+    folder) the ServerApp continues that run with its own config.yaml instead of ``experiment``
+    and ``overrides``. Returns flwr's exit code."""
     if not (app_dir / "pyproject.toml").is_file():
         raise FileNotFoundError(f"{app_dir} has no pyproject.toml; run anther from its source checkout")
     run_config = f'{protocol.RUN_EXPERIMENT}="{experiment}" {protocol.RUN_OVERRIDES}="{shlex.join(overrides)}"'
@@ -126,6 +128,11 @@ def submit_run(env: dict[str, str], experiment: str, overrides: list[str], num_s
     fed = {"num-supernodes": str(num_supernodes), **(extra_federation_config or {})}
     cmd = [_bin("flwr"), "run", str(app_dir), "local", "--stream", "--run-config", run_config,
            "--federation-config", " ".join(f"{k}={v}" for k, v in fed.items())]
+    if log is None and console is not None:
+        with subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                              errors="replace") as proc:
+            relay(proc.stdout, console.log, console.verbose)
+        return proc.returncode
     with log.open("a") if log is not None else contextlib.nullcontext() as out:
         return subprocess.run(cmd, env=env, stdout=out, stderr=subprocess.STDOUT if out else None,
                               check=False).returncode
@@ -140,8 +147,8 @@ def private_superlink() -> Iterator[dict[str, str]]:
 
 def flwr_run(experiment: str, overrides: list[str], num_supernodes: int, app_dir: Path = APP_DIR,
              extra_federation_config: dict[str, str] | None = None, log: Path | None = None,
-             resume: str | None = None) -> int:
+             resume: str | None = None, console: Console | None = None) -> int:
     """Submit the app to a private SuperLink of its own and stream its logs; returns flwr's exit code."""
     with private_superlink() as env:
         return submit_run(env, experiment, overrides, num_supernodes, app_dir, extra_federation_config, log,
-                          resume)
+                          resume, console)

@@ -24,14 +24,17 @@ from anther.data.client_data import check_partitions
 from anther.server.run_folder import check_writable, failure_of, record_failure, run_folder
 from anther.simulations.assets import prepare_assets
 from anther.simulations.baselines import run_baseline
+from anther.simulations.console import FLOWER_LOG, Console
 from anther.simulations.experiment import load_config, load_run_config
 from anther.simulations.launcher import flwr_run, submit_run
 
 
 def simulate(experiment: str, overrides: list[str], log: Path | None = None,
-             superlink: Callable[[], dict[str, str]] | None = None) -> int:
+             superlink: Callable[[], dict[str, str]] | None = None, verbose: bool = False) -> int:
     """Run the experiment; 0 once its folder says it finished, else :class:`RunFailed` naming the
-    cause. With ``log``, everything the run prints goes to that file instead of the terminal.
+    cause. With ``log``, everything the run prints goes to that file instead of the terminal;
+    without, the terminal shows anther's lines and the warnings worth acting on (all of it with
+    ``verbose``) and the run folder's ``flower.log`` keeps everything.
     ``superlink`` gives the environment of a running SuperLink to submit a federated run to (the
     benchmark shares one across its cells); without it the run gets a private one."""
     cfg = prepare_assets(load_config(experiment, overrides))  # fail fast, make assets here, once
@@ -40,13 +43,13 @@ def simulate(experiment: str, overrides: list[str], log: Path | None = None,
     check_writable(run_dir)
     if cfg.baseline == "none":
         resolved = [*overrides, f"model.path={cfg.model.path}", f"data.path={cfg.data.path}", f"run_dir={run_dir}"]
-        resources = simulation_resources(cfg.federation)
+        resources, console = simulation_resources(cfg.federation), Console(run_dir / FLOWER_LOG, verbose)
         if superlink is not None:
             code = submit_run(superlink(), experiment, resolved, cfg.federation.num_clients,
-                              extra_federation_config=resources, log=log)
+                              extra_federation_config=resources, log=log, console=console)
         else:
             code = flwr_run(experiment, resolved, cfg.federation.num_clients, extra_federation_config=resources,
-                            log=log)
+                            log=log, console=console)
         return _outcome(run_dir, code)
     cfg.run_dir = str(run_dir)
     with contextlib.ExitStack() as stack:
@@ -62,7 +65,7 @@ def simulate(experiment: str, overrides: list[str], log: Path | None = None,
     return _outcome(run_dir, 0)
 
 
-def resume(run_dir: Path, log: Path | None = None) -> int:
+def resume(run_dir: Path, log: Path | None = None, verbose: bool = False) -> int:
     """Continue the federated run in ``run_dir`` from its last complete checkpoint, with the config
     it was started with (its ``config.yaml``), into that same folder (docs/reliability.md)."""
     cfg = prepare_assets(load_run_config(run_dir))
@@ -71,7 +74,8 @@ def resume(run_dir: Path, log: Path | None = None) -> int:
         raise ConfigError(f"{run_dir} is a baseline run (baseline={cfg.baseline}); only federated runs "
                           "checkpoint rounds and can be resumed")
     code = flwr_run("default", [], cfg.federation.num_clients, log=log, resume=cfg.run_dir,
-                    extra_federation_config=simulation_resources(cfg.federation))
+                    extra_federation_config=simulation_resources(cfg.federation),
+                    console=Console(Path(cfg.run_dir) / FLOWER_LOG, verbose))
     return _outcome(Path(cfg.run_dir), code)
 
 
