@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from anther.core.config import QUANTIZATIONS, ConfigError, ModelConfig
+from anther.core.config import QUANTIZATIONS, BackboneConfig, ConfigError, ModelConfig
 from anther.core.errors import RunFailed
 
 if TYPE_CHECKING:
@@ -299,7 +299,8 @@ def _backbone_serve(args: argparse.Namespace) -> int:
     log = logging.getLogger("anther.backbone")
     if tokens is None and not args.mtls:
         log.warning("no bearer tokens and no client certificates: anyone who reaches this port can use it")
-    limits = Limits(max_sequence_length=args.max_sequence_length, max_request_bytes=args.max_request_mib * MiB)
+    limits = Limits(max_sequence_length=args.max_sequence_length, max_request_bytes=args.max_request_mib * MiB,
+                    max_request_tokens=args.max_request_tokens)
     server, port, service = serve(args.model, f"{args.host}:{args.port}", tls, tokens, args.window_ms,
                                   args.max_batch, not args.no_batching, limits, getattr(torch, args.dtype),
                                   device=args.device, quantization=args.quantization)
@@ -343,6 +344,9 @@ def _add_backbone_parser(sub: argparse._SubParsersAction) -> None:
     srv.add_argument("--no-batching", action="store_true")
     srv.add_argument("--max-sequence-length", type=int, help="default: the model's")
     srv.add_argument("--max-request-mib", type=int, default=256)
+    srv.add_argument("--max-request-tokens", type=int, default=BackboneConfig.max_request_tokens,
+                     help="sequences x tokens one request, and one batched pass, may hold (default: %(default)s); "
+                     "over it a request is refused with RESOURCE_EXHAUSTED")
     srv.add_argument("--ready-file", help="write {\"port\": N} here once listening (for supervisors)")
     srv.add_argument("--parent-pid", type=int, help="stop when this process is no longer the parent")
     srv.set_defaults(func=_backbone_serve)

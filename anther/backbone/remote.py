@@ -24,7 +24,7 @@ import torch
 from google.protobuf.message import Message
 
 from anther.backbone import wire
-from anther.backbone.interface import BackboneInfo, Positions
+from anther.backbone.interface import IGNORE_INDEX, BackboneInfo, Positions
 from anther.backbone.proto import backbone_pb2 as pb
 from anther.backbone.proto import backbone_pb2_grpc as pb_grpc
 
@@ -186,42 +186,78 @@ class RemoteBackbone:
 
     # ------------------------------------------------------------ the Backbone protocol
 
+    def _parts(self, inputs_embeds: torch.Tensor) -> list[slice]:
+        """The rows of a batch in parts of at most the server's ``max_request_tokens`` (one part
+        when it fits, or when the server states no limit). Every method's rows are independent, so
+        a batch in parts gets the answer it would have got whole."""
+        rows, length = inputs_embeds.shape[:2]
+        cap = self.server.max_request_tokens  # 0: a server from before the limit
+        step = rows if not cap else max(1, cap // max(1, length))
+        return [slice(i, min(i + step, rows)) for i in range(0, rows, step)]
+
+    def _in_parts(self, inputs_embeds: torch.Tensor, call: Callable[[slice], torch.Tensor]) -> torch.Tensor:
+        return torch.cat([call(rows) for rows in self._parts(inputs_embeds)])
+
     def train_step(self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor,
                    labels: torch.Tensor, position_ids: Positions = None) -> tuple[float, torch.Tensor]:
-        request = self._forward_request(inputs_embeds, attention_mask, labels, position_ids)
-        reply = self._call(self._stub.TrainStep, request)
-        grad = wire.decode(reply.grad, "grad", wire.WIRE_DTYPES, ndim=3)
-        return reply.loss, grad.to(inputs_embeds.dtype)
+        """A batch over the server's token limit goes in parts: each part's loss is the mean over its
+        own labelled tokens, so the parts are weighted by their share of them, loss and gradient."""
+        parts = self._parts(inputs_embeds)
+        if len(parts) == 1:
+            return self._train_part(inputs_embeds, attention_mask, labels, position_ids)
+        counted = [int((labels[rows, 1:] != IGNORE_INDEX).sum()) for rows in parts]
+        loss, grads = 0.0, []
+        for rows, n in zip(parts, counted):
+            if n == 0:  # no labelled token: the loss does not depend on these rows
+                grads.append(torch.zeros_like(inputs_embeds[rows]))
+                continue
+            part_loss, grad = self._train_part(inputs_embeds[rows], attention_mask[rows], labels[rows],
+                                               _rows(position_ids, rows))
+            loss, grads = loss + part_loss * n / sum(counted), [*grads, grad * (n / sum(counted))]
+        return loss, torch.cat(grads)
+
+    def _train_part(self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor,
+                    position_ids: Positions) -> tuple[float, torch.Tensor]:
+        reply = self._call(self._stub.TrainStep,
+                           self._forward_request(inputs_embeds, attention_mask, labels, position_ids))
+        return reply.loss, wire.decode(reply.grad, "grad", wire.WIRE_DTYPES, ndim=3).to(inputs_embeds.dtype)
 
     def score(self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor,
               labels: torch.Tensor, position_ids: Positions = None) -> torch.Tensor:
-        reply = self._call(self._stub.Score, self._forward_request(inputs_embeds, attention_mask, labels, position_ids))
-        return wire.decode(reply.scores, "scores", ("float32",), ndim=1)
+        def part(rows: slice) -> torch.Tensor:
+            request = self._forward_request(inputs_embeds[rows], attention_mask[rows], labels[rows],
+                                            _rows(position_ids, rows))
+            return wire.decode(self._call(self._stub.Score, request).scores, "scores", ("float32",), ndim=1)
+        return self._in_parts(inputs_embeds, part)
 
     def next_token_logits(self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor,
                           position_ids: Positions = None) -> torch.Tensor:
-        request = self._forward_request(inputs_embeds, attention_mask, None, position_ids)
-        reply = self._call(self._stub.NextTokenLogits, request)
-        return wire.decode(reply.logits, "logits", ("float32",), ndim=2)
+        def part(rows: slice) -> torch.Tensor:
+            request = self._forward_request(inputs_embeds[rows], attention_mask[rows], None, _rows(position_ids, rows))
+            return wire.decode(self._call(self._stub.NextTokenLogits, request).logits, "logits", ("float32",), ndim=2)
+        return self._in_parts(inputs_embeds, part)
 
     # ------------------------------------------------------------ private labels (HiddenStateBackbone)
 
     def hidden_states(self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor,
                       position_ids: Positions = None) -> torch.Tensor:
-        request = self._forward_request(inputs_embeds, attention_mask, None, position_ids)
-        reply = self._call(self._stub.HiddenStates, request)
-        hidden = wire.decode(reply.hidden_states, "hidden_states", wire.WIRE_DTYPES, ndim=3)
-        return hidden.to(inputs_embeds.dtype)
+        def part(rows: slice) -> torch.Tensor:
+            request = self._forward_request(inputs_embeds[rows], attention_mask[rows], None, _rows(position_ids, rows))
+            reply = self._call(self._stub.HiddenStates, request)
+            return wire.decode(reply.hidden_states, "hidden_states", wire.WIRE_DTYPES, ndim=3).to(inputs_embeds.dtype)
+        return self._in_parts(inputs_embeds, part)
 
     def backward_from_hidden(self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor,
                              grad_hidden: torch.Tensor, position_ids: Positions = None) -> torch.Tensor:
-        req = pb.HiddenBackwardRequest(inputs_embeds=wire.encode(inputs_embeds, self.wire_dtype),
-                                       attention_mask=_ids(attention_mask, wire.MASK_DTYPES),
-                                       grad_hidden=wire.encode(grad_hidden, self.wire_dtype),
-                                       grad_dtype=self.wire_dtype)
-        _set_positions(req, position_ids)
-        reply = self._call(self._stub.BackwardFromHidden, req)
-        return wire.decode(reply.grad, "grad", wire.WIRE_DTYPES, ndim=3).to(inputs_embeds.dtype)
+        def part(rows: slice) -> torch.Tensor:
+            request = pb.HiddenBackwardRequest(inputs_embeds=wire.encode(inputs_embeds[rows], self.wire_dtype),
+                                               attention_mask=_ids(attention_mask[rows], wire.MASK_DTYPES),
+                                               grad_hidden=wire.encode(grad_hidden[rows], self.wire_dtype),
+                                               grad_dtype=self.wire_dtype)
+            _set_positions(request, _rows(position_ids, rows))
+            reply = self._call(self._stub.BackwardFromHidden, request)
+            return wire.decode(reply.grad, "grad", wire.WIRE_DTYPES, ndim=3).to(inputs_embeds.dtype)
+        return self._in_parts(inputs_embeds, part)
 
     def generate(self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor, max_new_tokens: int,
                  stop_token_ids: Sequence[int] = (), position_ids: Positions = None) -> torch.Tensor:
@@ -234,3 +270,7 @@ class RemoteBackbone:
         _set_positions(req, position_ids)
         reply = self._call(self._stub.Generate, req)
         return wire.decode(reply.token_ids, "token_ids", ("int64",), ndim=2)
+
+
+def _rows(position_ids: Positions, rows: slice) -> Positions:
+    return None if position_ids is None else position_ids[rows]

@@ -32,8 +32,21 @@ _CHUNK_OVERHEAD = 1024
 M = TypeVar("M", bound=Message)
 
 
+class Undecodable:
+    """What the service's deserializer returns for bytes that are not the message they should be,
+    so the handler can refuse them like any other malformed request (gRPC would answer INTERNAL and
+    log a traceback for each)."""
+
+    def __init__(self, kind: str, reason: str) -> None:
+        self.kind, self.reason = kind, reason
+
+
 class WireError(ValueError):
     """A message that does not follow ``backbone.proto``; the text says what is wrong."""
+
+
+class TooLarge(WireError):
+    """A well-formed request that asks for more than the service's limits allow (RESOURCE_EXHAUSTED)."""
 
 
 def dtype_name(dtype: torch.dtype) -> str:
@@ -102,7 +115,9 @@ def assemble(stream: Iterable[M], max_bytes: int | None = None) -> M:
     first: M | None = None
     parts: dict[str, list[bytes]] = {}
     total = 0
-    for chunk in stream:
+    for i, chunk in enumerate(stream):
+        if isinstance(chunk, Undecodable):
+            raise WireError(f"chunk {i} of the request is not a valid {chunk.kind} ({chunk.reason})")
         total += chunk.ByteSize()
         if max_bytes is not None and total > max_bytes:
             raise WireError(f"request is over the limit of {max_bytes} bytes (Info.max_request_bytes)")

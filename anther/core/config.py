@@ -186,6 +186,9 @@ class BackboneConfig:
     batching: bool = True
     window_ms: float = 5.0
     max_batch: int = 32  # sequences per batched pass
+    # service: sequences x tokens one request, and one batched pass, may hold (bounds a pass's memory);
+    # clients send a bigger batch in parts
+    max_request_tokens: int = 16384
     quantization: str = "none"  # service / remote: none | 8bit | 4bit, bitsandbytes on a CUDA model.device
     # service: backbone processes the ServerApp starts, replica i on devices[i] (default: all on
     # model.device, e.g. [cuda:0, cuda:1]); simulated clients are spread over them by partition id
@@ -407,6 +410,7 @@ def _validate_backbone(b: DictConfig) -> None:
           f"must be one of {', '.join(FLOAT_DTYPES)}")
     check(b.window_ms >= 0, "backbone.window_ms", b.window_ms, "must be >= 0")
     check(b.max_batch >= 1, "backbone.max_batch", b.max_batch, "must be >= 1")
+    check(b.max_request_tokens >= 1, "backbone.max_request_tokens", b.max_request_tokens, "must be >= 1")
     check(b.replicas >= 1, "backbone.replicas", b.replicas, "must be >= 1")
     check(b.replicas == 1 or b.mode == "service", "backbone.replicas", b.replicas,
           "more than 1 needs backbone.mode=service (the ServerApp starts the replicas)")

@@ -101,7 +101,7 @@ class InfoRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class InfoReply(_message.Message):
-    __slots__ = ("fingerprint", "hidden_size", "vocab_size", "model_dtype", "wire_dtypes", "max_sequence_length", "max_chunk_bytes", "max_request_bytes", "max_new_tokens", "batching", "batch_window_ms", "max_batch_sequences", "position_dims")
+    __slots__ = ("fingerprint", "hidden_size", "vocab_size", "model_dtype", "wire_dtypes", "max_sequence_length", "max_chunk_bytes", "max_request_bytes", "max_new_tokens", "batching", "batch_window_ms", "max_batch_sequences", "position_dims", "max_request_tokens")
     FINGERPRINT_FIELD_NUMBER: _ClassVar[int]
     HIDDEN_SIZE_FIELD_NUMBER: _ClassVar[int]
     VOCAB_SIZE_FIELD_NUMBER: _ClassVar[int]
@@ -115,6 +115,7 @@ class InfoReply(_message.Message):
     BATCH_WINDOW_MS_FIELD_NUMBER: _ClassVar[int]
     MAX_BATCH_SEQUENCES_FIELD_NUMBER: _ClassVar[int]
     POSITION_DIMS_FIELD_NUMBER: _ClassVar[int]
+    MAX_REQUEST_TOKENS_FIELD_NUMBER: _ClassVar[int]
     fingerprint: str
     hidden_size: int
     vocab_size: int
@@ -128,4 +129,5 @@ class InfoReply(_message.Message):
     batch_window_ms: float
     max_batch_sequences: int
     position_dims: int
-    def __init__(self, fingerprint: _Optional[str] = ..., hidden_size: _Optional[int] = ..., vocab_size: _Optional[int] = ..., model_dtype: _Optional[str] = ..., wire_dtypes: _Optional[_Iterable[str]] = ..., max_sequence_length: _Optional[int] = ..., max_chunk_bytes: _Optional[int] = ..., max_request_bytes: _Optional[int] = ..., max_new_tokens: _Optional[int] = ..., batching: _Optional[bool] = ..., batch_window_ms: _Optional[float] = ..., max_batch_sequences: _Optional[int] = ..., position_dims: _Optional[int] = ...) -> None: ...
+    max_request_tokens: int
+    def __init__(self, fingerprint: _Optional[str] = ..., hidden_size: _Optional[int] = ..., vocab_size: _Optional[int] = ..., model_dtype: _Optional[str] = ..., wire_dtypes: _Optional[_Iterable[str]] = ..., max_sequence_length: _Optional[int] = ..., max_chunk_bytes: _Optional[int] = ..., max_request_bytes: _Optional[int] = ..., max_new_tokens: _Optional[int] = ..., batching: _Optional[bool] = ..., batch_window_ms: _Optional[float] = ..., max_batch_sequences: _Optional[int] = ..., position_dims: _Optional[int] = ..., max_request_tokens: _Optional[int] = ...) -> None: ...

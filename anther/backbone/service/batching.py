@@ -164,7 +164,9 @@ class DynamicBatcher:
 
     The first request to arrive opens a window of ``policy.window_ms``; requests
     queued or arriving before it closes, up to ``policy.max_batch`` sequences, run
-    with it (``window_ms=0``: batch only what is already waiting, never wait).
+    with it (``window_ms=0``: batch only what is already waiting, never wait). A pass also
+    holds at most ``max_tokens`` padded tokens (sequences x the longest), so a batch never
+    needs more memory than the largest request the service admits.
     A batch that fails is re-run one request at a time, so only the culprit fails.
 
     This thread does all of the service's torch work: it loads the model (given a loader)
@@ -174,8 +176,9 @@ class DynamicBatcher:
     kernels takes twice as long (docs/performance.md).
     """
 
-    def __init__(self, backbone: InProcessBackbone | Callable[[], InProcessBackbone], policy: BatchPolicy) -> None:
-        self.policy = policy
+    def __init__(self, backbone: InProcessBackbone | Callable[[], InProcessBackbone], policy: BatchPolicy,
+                 max_tokens: int | None = None) -> None:
+        self.policy, self.max_tokens = policy, max_tokens
         self.stats = BatchStats()
         self._queue: queue.SimpleQueue[_Job | _Call | None] = queue.SimpleQueue()
         self._closed = False
@@ -248,17 +251,20 @@ class DynamicBatcher:
         return jobs, False
 
     def _pack(self, jobs: list[_Job]) -> Iterator[list[_Job]]:
-        """Same-kind batches of at most max_batch sequences (a bigger request runs alone)."""
+        """Same-kind batches of at most max_batch sequences and max_tokens padded tokens (a bigger
+        request runs alone)."""
         for kind in dict.fromkeys(j.kind for j in jobs):
             batch: list[_Job] = []
-            size = 0
+            size = longest = 0
             for job in (j for j in jobs if j.kind == kind):
-                full = kind not in BATCHABLE or size + job.item.size > self.policy.max_batch
+                length = max(longest, job.item.embeds.shape[1])
+                full = (kind not in BATCHABLE or size + job.item.size > self.policy.max_batch
+                        or (self.max_tokens is not None and (size + job.item.size) * length > self.max_tokens))
                 if batch and full:
                     yield batch
-                    batch, size = [], 0
+                    batch, size, length = [], 0, job.item.embeds.shape[1]
                 batch.append(job)
-                size += job.item.size
+                size, longest = size + job.item.size, length
             yield batch
 
     def _execute(self, batch: list[_Job]) -> None:

@@ -16,7 +16,8 @@ import torch
 from anther.backbone import wire
 from anther.backbone.interface import IGNORE_INDEX, BackboneInfo
 from anther.backbone.proto import backbone_pb2 as pb
-from anther.backbone.wire import WireError
+from anther.backbone.wire import TooLarge, WireError
+from anther.core.config import BackboneConfig
 
 MiB = 1 << 20
 
@@ -32,6 +33,8 @@ class Limits:
     max_chunk_bytes: int = 4 * MiB
     max_request_bytes: int = 256 * MiB
     max_new_tokens: int = 256
+    # sequences x tokens of one request, and of one batched pass: what bounds the memory a pass takes
+    max_request_tokens: int = BackboneConfig.max_request_tokens
 
 
 @dataclass
@@ -50,6 +53,10 @@ class ForwardInputs:
     def size(self) -> int:
         return self.embeds.shape[0]
 
+    @property
+    def tokens(self) -> int:
+        return self.embeds.shape[0] * self.embeds.shape[1]
+
 
 @dataclass
 class GenerateInputs:
@@ -64,6 +71,10 @@ class GenerateInputs:
     @property
     def size(self) -> int:
         return self.embeds.shape[0]
+
+    @property
+    def tokens(self) -> int:
+        return self.embeds.shape[0] * (self.embeds.shape[1] + self.max_new_tokens)
 
 
 def _decode_embeds(
@@ -131,6 +142,20 @@ def _reply_dtype(msg: pb.ForwardRequest | pb.HiddenBackwardRequest) -> str:
     if grad_dtype not in wire.WIRE_DTYPES:
         raise WireError(f"grad_dtype {grad_dtype!r} is not one of {', '.join(wire.WIRE_DTYPES)}")
     return grad_dtype
+
+
+def check_tokens(msg: pb.ForwardRequest | pb.GenerateRequest | pb.HiddenBackwardRequest, max_tokens: int) -> None:
+    """Refuse, before anything is decoded, a request of more sequences x tokens than one pass may
+    hold (:class:`anther.backbone.wire.TooLarge`: RESOURCE_EXHAUSTED). A Generate request counts the
+    tokens it asks for too."""
+    shape = list(msg.inputs_embeds.shape)
+    if len(shape) != 3:
+        return  # malformed: decoding says how
+    new = msg.max_new_tokens if isinstance(msg, pb.GenerateRequest) else 0
+    tokens = shape[0] * (shape[1] + new)
+    if tokens > max_tokens:
+        raise TooLarge(f"the request has {shape[0]} sequences x {shape[1] + new} tokens = {tokens}; this service "
+                       f"takes at most {max_tokens} per request (Info.max_request_tokens): send it in parts")
 
 
 def decode_forward(msg: pb.ForwardRequest, info: BackboneInfo, max_len: int, dtype: torch.dtype,

@@ -7,16 +7,18 @@ Run it with ``anther backbone serve --model DIR`` or in-process with :func:`serv
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from concurrent import futures
 from pathlib import Path
 from typing import NamedTuple
 
 import grpc
 import torch
+from google.protobuf.message import DecodeError, Message
 
+from anther.backbone import wire
 from anther.backbone.in_process import InProcessBackbone
-from anther.backbone.proto import backbone_pb2_grpc as pb_grpc
+from anther.backbone.proto import backbone_pb2 as pb
 from anther.backbone.service.auth import BearerTokenInterceptor, ServerTls, server_credentials
 from anther.backbone.service.batching import BatchPolicy
 from anther.backbone.service.decode import Limits
@@ -39,7 +41,7 @@ def start(service: BackboneService, address: str = "127.0.0.1:0", tls: ServerTls
         options=[("grpc.max_receive_message_length", message_limit),
                  ("grpc.max_send_message_length", message_limit)],
     )
-    pb_grpc.add_BackboneServicer_to_server(service, server)
+    server.add_generic_rpc_handlers((_handlers(service),))
     if tls:
         port = server.add_secure_port(address, server_credentials(tls))
     else:
@@ -65,3 +67,29 @@ def serve(model_dir: str | Path, address: str = "127.0.0.1:0", tls: ServerTls | 
     service = BackboneService(lambda: InProcessBackbone.from_pretrained(model_dir, dtype, device, quantization),
                               BatchPolicy(batching, window_ms, max_batch), limits)
     return Serving(*start(service, address, tls, tokens, max_workers), service)
+
+
+def _parser(message: type[Message]) -> Callable[[bytes], Message | wire.Undecodable]:
+    """``message.FromString`` that returns :class:`anther.backbone.wire.Undecodable` for bytes that are
+    not that message, for the handler to refuse with INVALID_ARGUMENT (gRPC would answer INTERNAL
+    and log a traceback per such request)."""
+
+    def parse(data: bytes) -> Message | wire.Undecodable:
+        try:
+            return message.FromString(data)
+        except DecodeError as e:
+            return wire.Undecodable(message.DESCRIPTOR.name, str(e))
+
+    return parse
+
+
+def _handlers(service: BackboneService) -> grpc.GenericRpcHandler:
+    """The servicer's methods as backbone.proto declares them, each request read by :func:`_parser`."""
+    kinds = {(True, True): grpc.stream_stream_rpc_method_handler, (False, False): grpc.unary_unary_rpc_method_handler}
+    methods = {}
+    for method in pb.DESCRIPTOR.services_by_name["Backbone"].methods:
+        request, reply = getattr(pb, method.input_type.name), getattr(pb, method.output_type.name)
+        make = kinds[(method.client_streaming, method.server_streaming)]
+        methods[method.name] = make(getattr(service, method.name), request_deserializer=_parser(request),
+                                    response_serializer=reply.SerializeToString)
+    return grpc.method_handlers_generic_handler(pb.DESCRIPTOR.services_by_name["Backbone"].full_name, methods)

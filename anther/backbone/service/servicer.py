@@ -7,6 +7,7 @@ batch; valid requests go to the :class:`anther.backbone.service.batching.Dynamic
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -24,11 +25,12 @@ from anther.backbone.service.decode import (
     GenerateInputs,
     Kind,
     Limits,
+    check_tokens,
     decode_forward,
     decode_generate,
     decode_hidden_backward,
 )
-from anther.backbone.wire import WireError
+from anther.backbone.wire import TooLarge, WireError
 
 
 class BackboneService(pb_grpc.BackboneServicer):
@@ -42,7 +44,7 @@ class BackboneService(pb_grpc.BackboneServicer):
     ) -> None:
         """``backbone``: the model, or a function that loads it (then it is loaded on the batcher's
         thread, which keeps all of the process's torch work on one thread)."""
-        self.batcher = DynamicBatcher(backbone, policy)
+        self.batcher = DynamicBatcher(backbone, policy, limits.max_request_tokens)
         self.backbone = self.batcher.backbone
         self.policy = policy
         model_max = self.backbone.info.max_sequence_length
@@ -55,18 +57,28 @@ class BackboneService(pb_grpc.BackboneServicer):
         self.batcher.close()
 
     def _read(self, stream: Iterator, context: grpc.ServicerContext, decode: Callable[[Any], Any]) -> Any:
-        """Assemble and validate a request; a malformed one ends the call with INVALID_ARGUMENT."""
+        """Assemble and validate a request; a malformed one ends the call with INVALID_ARGUMENT, one
+        over the token limit with RESOURCE_EXHAUSTED."""
         try:
             msg = wire.assemble(stream, self.limits.max_request_bytes)
+            check_tokens(msg, self.limits.max_request_tokens)
             return self.batcher.call(lambda: decode(msg)).result()
+        except TooLarge as e:
+            context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(e))
         except WireError as e:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
 
     def _run(self, kind: Kind, item: ForwardInputs | GenerateInputs, context: grpc.ServicerContext) -> Any:
+        """The request's result; INTERNAL if the backbone failed, INVALID_ARGUMENT if what it computed
+        for this request is not finite (finite inputs can still overflow the model)."""
         try:
-            return self.batcher.submit(kind, item).result()
+            result = self.batcher.submit(kind, item).result()
         except Exception as e:  # noqa: BLE001 - report it to the caller; never crash the server
             context.abort(grpc.StatusCode.INTERNAL, f"backbone failed: {type(e).__name__}: {e}")
+        if kind != "generate" and not self.batcher.call(lambda: _finite(result)).result():
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"the backbone's {kind} output for this request is "
+                          "not finite (its inputs_embeds overflow the model); nothing is returned")
+        return result
 
     def _forward(self, kind: Kind, stream: Iterator,
                  context: grpc.ServicerContext) -> tuple[ForwardInputs, Any]:
@@ -117,5 +129,14 @@ class BackboneService(pb_grpc.BackboneServicer):
             max_chunk_bytes=self.limits.max_chunk_bytes, max_request_bytes=self.limits.max_request_bytes,
             max_new_tokens=self.limits.max_new_tokens, batching=self.policy.enabled,
             batch_window_ms=self.policy.window_ms, max_batch_sequences=self.policy.max_batch,
-            position_dims=info.position_dims,
+            position_dims=info.position_dims, max_request_tokens=self.limits.max_request_tokens,
         )
+
+
+def _finite(result: Any) -> bool:
+    """Whether every number of a result (a tensor, a float, or a tuple of them) is finite."""
+    if isinstance(result, tuple):
+        return all(_finite(part) for part in result)
+    if isinstance(result, torch.Tensor):
+        return bool(torch.isfinite(result).all())
+    return math.isfinite(result)
