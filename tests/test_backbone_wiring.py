@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import stat
 from collections.abc import Iterator
 from pathlib import Path
@@ -175,3 +176,24 @@ def test_cli_backbone_serve_refuses_bad_inputs(args: list[str], message: str, ti
     assert message in capsys.readouterr().err
     assert cli(["backbone", "serve", "--model", str(tmp_path), "--insecure"]) == 2
     assert "no config.json" in capsys.readouterr().err
+
+
+def test_a_killed_service_is_restarted_on_its_port_and_a_client_carries_on(tiny_model_dir: Path, capsys) -> None:
+    """SIGKILL the run's backbone between two training steps of a client: the supervisor starts it
+    again on the same port with the same credentials, and the client's next step goes through."""
+    cfg = _cfg(tiny_model_dir, "backbone.mode=service", "backbone.startup_timeout_s=120", "backbone.retry_s=120")
+    g = torch.Generator().manual_seed(0)
+    with backbone_for_run(cfg) as served:
+        workdir = Path(served.backbone.token_file).parent
+        remote = endpoint_for(served).connect()
+        embeds = torch.randn(2, 7, remote.info.hidden_size, generator=g)
+        mask, labels = torch.ones(2, 7, dtype=torch.long), torch.randint(0, remote.info.vocab_size, (2, 7), generator=g)
+        before = remote.train_step(embeds, mask, labels)[0]
+        first = json.loads((workdir / "ready.json").read_text())
+        os.kill(first["pid"], signal.SIGKILL)
+        after = remote.train_step(embeds, mask, labels)[0]  # retried until the service is back
+        again = json.loads((workdir / "ready.json").read_text())
+        remote.close()
+    assert after == pytest.approx(before, rel=1e-6)
+    assert again["port"] == first["port"] and again["pid"] != first["pid"]
+    assert "died (exit code -9); restarting it on the same port" in capsys.readouterr().out

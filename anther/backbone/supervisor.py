@@ -110,12 +110,71 @@ def _stop(proc: subprocess.Popen) -> None:
             proc.wait()
 
 
+class Replica:
+    """One backbone service process, kept running: when it dies before the run stops it, it is
+    started again on the same port with the same credentials, up to ``MAX_RESTARTS`` times with a
+    growing pause, each restart logged. Clients retry an unavailable backbone for
+    ``backbone.retry_s`` seconds, so the round they are in carries on."""
+
+    MAX_RESTARTS, FIRST_PAUSE_S = 5, 1.0
+
+    def __init__(self, command: list[str], ready: Path, log: Path, startup_timeout_s: float, name: str) -> None:
+        self.command, self.ready, self.log, self.name = command, ready, log, name
+        self.startup_timeout_s, self.restarts = startup_timeout_s, 0
+        self._stopping = threading.Event()
+        self.proc = self._launch()
+
+    def _launch(self) -> subprocess.Popen:
+        self.ready.unlink(missing_ok=True)
+        with self.log.open("a") as out:
+            return subprocess.Popen(self.command, env=_child_env(), stdout=out, stderr=subprocess.STDOUT)
+
+    def wait_ready(self) -> int:
+        """The port it listens on; from then on it is restarted on that port if it dies."""
+        port = _wait_ready(self.proc, self.ready, self.log, self.startup_timeout_s)
+        self.command = _with_port(self.command, port)
+        threading.Thread(target=self._watch, name=f"{self.name}-watch", daemon=True).start()
+        return port
+
+    def _watch(self) -> None:
+        while not self._stopping.wait(0.5):
+            if self.proc.poll() is None:
+                continue
+            if self.restarts >= self.MAX_RESTARTS:
+                print(f"anther: {self.name} died (exit code {self.proc.returncode}) after {self.restarts} "
+                      "restarts; not restarting it again", flush=True)
+                return
+            pause = self.FIRST_PAUSE_S * 2 ** self.restarts
+            self.restarts += 1
+            print(f"anther: {self.name} died (exit code {self.proc.returncode}); restarting it on the same port "
+                  f"in {pause:.0f} s (restart {self.restarts} of at most {self.MAX_RESTARTS})", flush=True)
+            if self._stopping.wait(pause):
+                return
+            self.proc = self._launch()
+            try:
+                _wait_ready(self.proc, self.ready, self.log, self.startup_timeout_s)
+                print(f"anther: {self.name} is back (pid {self.proc.pid})", flush=True)
+            except (RuntimeError, TimeoutError) as e:
+                print(f"anther: {self.name} did not come back: {str(e).splitlines()[0]}", flush=True)
+
+    def stop(self) -> None:
+        self._stopping.set()
+        _stop(self.proc)
+
+
+def _with_port(command: list[str], port: int) -> list[str]:
+    """``command`` with its ``--port`` set to ``port`` (a restart binds the port clients know)."""
+    at = command.index("--port") + 1
+    return [*command[:at], str(port), *command[at + 1:]]
+
+
 @contextlib.contextmanager
 def backbone_for_run(cfg: DictConfig) -> Iterator[DictConfig]:
     """For ``backbone.mode=service``: start the service (``backbone.replicas`` processes, one per
     device of ``backbone.devices``), yield ``cfg`` with ``backbone.address`` (replica 0, the
     server's evaluator's), ``replica_addresses``, ``ca_cert`` and ``token_file`` pointing at
-    them, and stop them afterwards. Other modes: ``cfg``."""
+    them, restart any that dies while the run goes on (:class:`Replica`), and stop them
+    afterwards. Other modes: ``cfg``."""
     if cfg.backbone.mode != "service":
         yield cfg
         return
@@ -123,32 +182,29 @@ def backbone_for_run(cfg: DictConfig) -> Iterator[DictConfig]:
     host, port = split_address(b.address or "127.0.0.1:0")
     devices = list(b.devices or [cfg.model.device] * b.replicas)
     workdir = Path(tempfile.mkdtemp(prefix="anther-backbone-"))  # mode 0700: the run token lives here
-    procs: list[tuple[subprocess.Popen, Path]] = []
+    replicas: list[Replica] = []
     try:
         tls = _tls_folder(b, workdir, host)
         token_file = write_tokens(workdir, [RUN_CLIENT])[RUN_CLIENT]
-        readies = []
         for i, device in enumerate(devices):  # all start loading at once, then each is awaited
             suffix = f"-{i}" if i else ""
-            ready, log = workdir / f"ready{suffix}.json", workdir / f"backbone{suffix}.log"
-            with log.open("w") as out:
-                command = _serve_command(cfg, tls, workdir / TOKENS_FILE, host, port + i if port else 0, ready, device)
-                procs.append((subprocess.Popen(command, env=_child_env(), stdout=out, stderr=subprocess.STDOUT), log))
-            readies.append(ready)
-        addresses = [_advertised(b, host, _wait_ready(proc, ready, log, b.startup_timeout_s), i)
-                     for i, ((proc, log), ready) in enumerate(zip(procs, readies))]
+            command = _serve_command(cfg, tls, workdir / TOKENS_FILE, host, port + i if port else 0,
+                                     workdir / f"ready{suffix}.json", device)
+            replicas.append(Replica(command, workdir / f"ready{suffix}.json", workdir / f"backbone{suffix}.log",
+                                    b.startup_timeout_s, f"backbone service {i}"))
+        addresses = [_advertised(b, host, replica.wait_ready(), i) for i, replica in enumerate(replicas)]
         served = cfg.copy()
         OmegaConf.update(served, "backbone.address", addresses[0])
         OmegaConf.update(served, "backbone.replica_addresses", addresses)
         OmegaConf.update(served, "backbone.ca_cert", str(tls / "ca.pem"))
         OmegaConf.update(served, "backbone.token_file", str(token_file))
-        for (proc, _), address, device in zip(procs, addresses, devices):
-            print(f"anther: backbone service on {address} ({device}, pid {proc.pid}, TLS)", flush=True)
+        for replica, address, device in zip(replicas, addresses, devices):
+            print(f"anther: backbone service on {address} ({device}, pid {replica.proc.pid}, TLS)", flush=True)
         yield served
     finally:
-        for proc, log in procs:
-            _stop(proc)
-            for line in log.read_text().strip().splitlines()[-1:]:  # its last line: who called, how often
+        for replica in replicas:
+            replica.stop()
+            for line in replica.log.read_text().strip().splitlines()[-1:]:  # its last line: who called, how often
                 print(f"anther: {line}", flush=True)
         shutil.rmtree(workdir, ignore_errors=True)
 
