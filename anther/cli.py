@@ -293,6 +293,12 @@ def _backbone_serve(args: argparse.Namespace) -> int:
     if args.mtls and not args.tls_dir:
         raise ValueError("--mtls needs --tls-dir (its ca.pem signs the client certificates)")
     check_quantization(args.quantization, args.device)  # before anything is loaded or listens
+    for flag, value, least in (("--max-request-tokens", args.max_request_tokens, 1),
+                               ("--max-calls-per-client", args.max_calls_per_client, 1),
+                               ("--max-inflight-mib", args.max_inflight_mib, args.max_request_mib),
+                               ("--read-timeout-s", args.read_timeout_s, 0.001)):
+        if value < least:
+            raise ValueError(f"{flag} {value} must be at least {least:g}")
     tls = ServerTls.from_dir(args.tls_dir, mutual=args.mtls) if args.tls_dir else None
     tokens = _tokens(args) or None
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -300,7 +306,8 @@ def _backbone_serve(args: argparse.Namespace) -> int:
     if tokens is None and not args.mtls:
         log.warning("no bearer tokens and no client certificates: anyone who reaches this port can use it")
     limits = Limits(max_sequence_length=args.max_sequence_length, max_request_bytes=args.max_request_mib * MiB,
-                    max_request_tokens=args.max_request_tokens)
+                    max_request_tokens=args.max_request_tokens, max_calls_per_client=args.max_calls_per_client,
+                    max_inflight_bytes=args.max_inflight_mib * MiB, read_timeout_s=args.read_timeout_s)
     server, port, service = serve(args.model, f"{args.host}:{args.port}", tls, tokens, args.window_ms,
                                   args.max_batch, not args.no_batching, limits, getattr(torch, args.dtype),
                                   device=args.device, quantization=args.quantization)
@@ -347,6 +354,13 @@ def _add_backbone_parser(sub: argparse._SubParsersAction) -> None:
     srv.add_argument("--max-request-tokens", type=int, default=BackboneConfig.max_request_tokens,
                      help="sequences x tokens one request, and one batched pass, may hold (default: %(default)s); "
                      "over it a request is refused with RESOURCE_EXHAUSTED")
+    srv.add_argument("--max-calls-per-client", type=int, default=BackboneConfig.max_calls_per_client,
+                     help="calls one client (token, or host without tokens) may have in flight (default: "
+                     "%(default)s); more are refused with UNAVAILABLE and retried")
+    srv.add_argument("--max-inflight-mib", type=int, default=BackboneConfig.max_inflight_mib,
+                     help="request MiB all calls in flight may hold together (default: %(default)s)")
+    srv.add_argument("--read-timeout-s", type=float, default=BackboneConfig.read_timeout_s,
+                     help="a call that sends nothing for this long is ended (default: %(default)s)")
     srv.add_argument("--ready-file", help="write {\"port\": N} here once listening (for supervisors)")
     srv.add_argument("--parent-pid", type=int, help="stop when this process is no longer the parent")
     srv.set_defaults(func=_backbone_serve)

@@ -82,7 +82,8 @@ def _serve_command(cfg: DictConfig, tls: Path, tokens: Path, host: str, port: in
            "--host", host, "--port", str(port), "--tls-dir", str(tls), "--tokens", str(tokens),
            "--dtype", cfg.model.dtype, "--device", device, "--quantization", b.quantization,
            "--window-ms", str(b.window_ms), "--max-batch", str(b.max_batch),
-           "--max-request-tokens", str(b.max_request_tokens),
+           "--max-request-tokens", str(b.max_request_tokens), "--max-calls-per-client", str(b.max_calls_per_client),
+           "--max-inflight-mib", str(b.max_inflight_mib), "--read-timeout-s", str(b.read_timeout_s),
            "--ready-file", str(ready), "--parent-pid", str(os.getpid())]
     return cmd if b.batching else [*cmd, "--no-batching"]
 

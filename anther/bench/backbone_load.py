@@ -31,6 +31,7 @@ import torch
 from anther.backbone.in_process import InProcessBackbone
 from anther.backbone.remote import RemoteBackbone
 from anther.backbone.service.batching import BatchPolicy
+from anther.backbone.service.decode import Limits
 from anther.backbone.service.server import start
 from anther.backbone.service.servicer import BackboneService
 from anther.bench.results import results_dir
@@ -94,7 +95,8 @@ def _client(client: RemoteBackbone, inputs: tuple[torch.Tensor, ...], expected: 
 
 def run_load(backbone: InProcessBackbone, args: argparse.Namespace) -> dict:
     """``args.clients`` clients for ``args.seconds`` seconds against one service; the summary."""
-    service = BackboneService(backbone, BatchPolicy(True, args.window_ms, args.max_batch))
+    service = BackboneService(backbone, BatchPolicy(True, args.window_ms, args.max_batch),
+                              Limits(max_calls_per_client=args.clients))  # one host, many clients
     server, port = start(service, max_workers=max(64, 2 * args.clients))
     remotes = [RemoteBackbone(f"127.0.0.1:{port}", wire_dtype=args.wire_dtype, attempts=1,
                               timeout_s=args.timeout_s) for _ in range(args.clients)]

@@ -26,6 +26,7 @@ import torch
 from anther.backbone.in_process import InProcessBackbone
 from anther.backbone.remote import RemoteBackbone
 from anther.backbone.service.batching import BatchPolicy
+from anther.backbone.service.decode import Limits
 from anther.backbone.service.server import start
 from anther.backbone.service.servicer import BackboneService
 from anther.bench.results import results_dir
@@ -55,7 +56,7 @@ def run_cell(backbone: InProcessBackbone, clients: int, window_ms: float | None,
     ``window_ms`` None: batching off, one pass per request.
     """
     policy = BatchPolicy(window_ms is not None, window_ms or 0.0, args.max_batch)
-    service = BackboneService(backbone, policy)
+    service = BackboneService(backbone, policy, Limits(max_calls_per_client=clients))  # one host, many clients
     server, port = start(service)
     remotes = [RemoteBackbone(f"127.0.0.1:{port}", wire_dtype=args.wire_dtype) for _ in range(clients)]
     inputs = [random_inputs(backbone, args.batch_size, args.seq_len, seed=i) for i in range(clients)]

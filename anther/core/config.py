@@ -189,6 +189,11 @@ class BackboneConfig:
     # service: sequences x tokens one request, and one batched pass, may hold (bounds a pass's memory);
     # clients send a bigger batch in parts
     max_request_tokens: int = 16384
+    # service: calls one client (token) may have in flight; upload MiB all calls may hold at once;
+    # seconds a call may send nothing before it is ended (docs/reliability.md, the service's limits)
+    max_calls_per_client: int = 16
+    max_inflight_mib: int = 1024
+    read_timeout_s: float = 60.0
     quantization: str = "none"  # service / remote: none | 8bit | 4bit, bitsandbytes on a CUDA model.device
     # service: backbone processes the ServerApp starts, replica i on devices[i] (default: all on
     # model.device, e.g. [cuda:0, cuda:1]); simulated clients are spread over them by partition id
@@ -411,6 +416,10 @@ def _validate_backbone(b: DictConfig) -> None:
     check(b.window_ms >= 0, "backbone.window_ms", b.window_ms, "must be >= 0")
     check(b.max_batch >= 1, "backbone.max_batch", b.max_batch, "must be >= 1")
     check(b.max_request_tokens >= 1, "backbone.max_request_tokens", b.max_request_tokens, "must be >= 1")
+    check(b.max_calls_per_client >= 1, "backbone.max_calls_per_client", b.max_calls_per_client, "must be >= 1")
+    check(b.max_inflight_mib >= 256, "backbone.max_inflight_mib", b.max_inflight_mib,
+          "must be >= 256 (one request may hold up to 256 MiB)")
+    check(b.read_timeout_s > 0, "backbone.read_timeout_s", b.read_timeout_s, "must be > 0")
     check(b.replicas >= 1, "backbone.replicas", b.replicas, "must be >= 1")
     check(b.replicas == 1 or b.mode == "service", "backbone.replicas", b.replicas,
           "more than 1 needs backbone.mode=service (the ServerApp starts the replicas)")

@@ -101,7 +101,7 @@ class InfoRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class InfoReply(_message.Message):
-    __slots__ = ("fingerprint", "hidden_size", "vocab_size", "model_dtype", "wire_dtypes", "max_sequence_length", "max_chunk_bytes", "max_request_bytes", "max_new_tokens", "batching", "batch_window_ms", "max_batch_sequences", "position_dims", "max_request_tokens")
+    __slots__ = ("fingerprint", "hidden_size", "vocab_size", "model_dtype", "wire_dtypes", "max_sequence_length", "max_chunk_bytes", "max_request_bytes", "max_new_tokens", "batching", "batch_window_ms", "max_batch_sequences", "position_dims", "max_request_tokens", "max_calls_per_client", "max_inflight_bytes", "read_timeout_s")
     FINGERPRINT_FIELD_NUMBER: _ClassVar[int]
     HIDDEN_SIZE_FIELD_NUMBER: _ClassVar[int]
     VOCAB_SIZE_FIELD_NUMBER: _ClassVar[int]
@@ -116,6 +116,9 @@ class InfoReply(_message.Message):
     MAX_BATCH_SEQUENCES_FIELD_NUMBER: _ClassVar[int]
     POSITION_DIMS_FIELD_NUMBER: _ClassVar[int]
     MAX_REQUEST_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    MAX_CALLS_PER_CLIENT_FIELD_NUMBER: _ClassVar[int]
+    MAX_INFLIGHT_BYTES_FIELD_NUMBER: _ClassVar[int]
+    READ_TIMEOUT_S_FIELD_NUMBER: _ClassVar[int]
     fingerprint: str
     hidden_size: int
     vocab_size: int
@@ -130,4 +133,7 @@ class InfoReply(_message.Message):
     max_batch_sequences: int
     position_dims: int
     max_request_tokens: int
-    def __init__(self, fingerprint: _Optional[str] = ..., hidden_size: _Optional[int] = ..., vocab_size: _Optional[int] = ..., model_dtype: _Optional[str] = ..., wire_dtypes: _Optional[_Iterable[str]] = ..., max_sequence_length: _Optional[int] = ..., max_chunk_bytes: _Optional[int] = ..., max_request_bytes: _Optional[int] = ..., max_new_tokens: _Optional[int] = ..., batching: _Optional[bool] = ..., batch_window_ms: _Optional[float] = ..., max_batch_sequences: _Optional[int] = ..., position_dims: _Optional[int] = ..., max_request_tokens: _Optional[int] = ...) -> None: ...
+    max_calls_per_client: int
+    max_inflight_bytes: int
+    read_timeout_s: float
+    def __init__(self, fingerprint: _Optional[str] = ..., hidden_size: _Optional[int] = ..., vocab_size: _Optional[int] = ..., model_dtype: _Optional[str] = ..., wire_dtypes: _Optional[_Iterable[str]] = ..., max_sequence_length: _Optional[int] = ..., max_chunk_bytes: _Optional[int] = ..., max_request_bytes: _Optional[int] = ..., max_new_tokens: _Optional[int] = ..., batching: _Optional[bool] = ..., batch_window_ms: _Optional[float] = ..., max_batch_sequences: _Optional[int] = ..., position_dims: _Optional[int] = ..., max_request_tokens: _Optional[int] = ..., max_calls_per_client: _Optional[int] = ..., max_inflight_bytes: _Optional[int] = ..., read_timeout_s: _Optional[float] = ...) -> None: ...

@@ -70,17 +70,22 @@ class BearerTokenInterceptor(grpc.ServerInterceptor):
         self.callers: Counter[str] = Counter() if callers is None else callers
         self._lock = threading.Lock()
 
-    def _admit(self, token: bytes | None) -> bool:
+    def name_of(self, metadata: Sequence[tuple[str, Any]] | None) -> str | None:
+        """The client name whose token a call carries; None for no token or an unknown one."""
+        token = self._client_token(metadata)
         if token is None:
-            return False
+            return None
         # compare against every token, in constant time, so timing says nothing
         names = [name for t, name in self._tokens if hmac.compare_digest(token, t)]
-        if not names:
+        return names[0] if names else None
+
+    def _admit(self, name: str | None) -> bool:
+        if name is None:
             return False
         with self._lock:
-            if names[0] not in self.callers:
-                log.info("first call from client %s", names[0])
-            self.callers[names[0]] += 1
+            if name not in self.callers:
+                log.info("first call from client %s", name)
+            self.callers[name] += 1
         return True
 
     def _client_token(self, metadata: Sequence[tuple[str, Any]]) -> bytes | None:
@@ -93,7 +98,7 @@ class BearerTokenInterceptor(grpc.ServerInterceptor):
         handler = continuation(handler_call_details)
         if handler is None:
             return None
-        known = self._admit(self._client_token(handler_call_details.invocation_metadata))
+        known = self._admit(self.name_of(handler_call_details.invocation_metadata))
         return handler if known else _denied(handler)
 
 

@@ -35,6 +35,10 @@ class Limits:
     max_new_tokens: int = 256
     # sequences x tokens of one request, and of one batched pass: what bounds the memory a pass takes
     max_request_tokens: int = BackboneConfig.max_request_tokens
+    # what one caller may hold at once (anther/backbone/service/admission.py)
+    max_calls_per_client: int = BackboneConfig.max_calls_per_client
+    max_inflight_bytes: int = BackboneConfig.max_inflight_mib * MiB
+    read_timeout_s: float = BackboneConfig.read_timeout_s
 
 
 @dataclass

@@ -32,12 +32,19 @@ def start(service: BackboneService, address: str = "127.0.0.1:0", tls: ServerTls
           tokens: Mapping[str, str] | None = None, max_workers: int = 64) -> tuple[grpc.Server, int]:
     """Serve ``service`` on ``address`` (port 0: any free port); returns the started server and its port.
 
-    ``max_workers`` bounds concurrent calls: each waiting client holds one worker thread.
+    ``max_workers`` bounds concurrent calls: each call holds one worker thread while it runs; the
+    service's :class:`~anther.backbone.service.admission.Admission` keeps one client from holding
+    them all. With ``tokens``, a call counts against its token's client name, else its host.
     """
     message_limit = service.limits.max_chunk_bytes + MESSAGE_SLACK_BYTES
+    interceptors = []
+    if tokens:
+        interceptor = BearerTokenInterceptor(tokens, service.callers)
+        service.caller_of = lambda context: interceptor.name_of(context.invocation_metadata()) or "?"
+        interceptors.append(interceptor)
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="backbone-rpc"),
-        interceptors=[BearerTokenInterceptor(tokens, service.callers)] if tokens else [],
+        interceptors=interceptors,
         options=[("grpc.max_receive_message_length", message_limit),
                  ("grpc.max_send_message_length", message_limit)],
     )

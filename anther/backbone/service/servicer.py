@@ -7,6 +7,7 @@ batch; valid requests go to the :class:`anther.backbone.service.batching.Dynamic
 
 from __future__ import annotations
 
+import functools
 import math
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -19,6 +20,7 @@ from anther.backbone import wire
 from anther.backbone.in_process import InProcessBackbone
 from anther.backbone.proto import backbone_pb2 as pb
 from anther.backbone.proto import backbone_pb2_grpc as pb_grpc
+from anther.backbone.service.admission import Admission, Busy, Stalled
 from anther.backbone.service.batching import BatchPolicy, DynamicBatcher
 from anther.backbone.service.decode import (
     ForwardInputs,
@@ -33,8 +35,36 @@ from anther.backbone.service.decode import (
 from anther.backbone.wire import TooLarge, WireError
 
 
+def peer_host(context: grpc.ServicerContext) -> str:
+    """The caller's host (``ipv4:127.0.0.1:5123`` -> ``127.0.0.1``): who a call is from when the
+    service takes no tokens."""
+    return context.peer().rpartition(":")[0].partition(":")[2] or context.peer()
+
+
+def _admitted(rpc: Callable[..., Iterator[Any]]) -> Callable[..., Iterator[Any]]:
+    """A streaming RPC run under :class:`Admission`: it reads its request through the call's ticket
+    (read timeout, bytes in flight) and is refused, UNAVAILABLE or DEADLINE_EXCEEDED, at a bound."""
+
+    @functools.wraps(rpc)
+    def handler(self: BackboneService, request_iterator: Iterator[Any], context: grpc.ServicerContext):
+        try:
+            with self.admission.call(self.caller_of(context)) as ticket:
+                yield from rpc(self, ticket.read(request_iterator), context)
+        except Busy as e:
+            context.abort(grpc.StatusCode.UNAVAILABLE, f"busy: {e}")
+        except Stalled as e:
+            context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, str(e))
+
+    return handler
+
+
 class BackboneService(pb_grpc.BackboneServicer):
-    """The RPCs of backbone.proto over one InProcessBackbone."""
+    """The RPCs of backbone.proto over one InProcessBackbone.
+
+    ``caller_of`` names who a call is from, for the per-client bound: the peer's host, or the
+    client name of its bearer token when :func:`anther.backbone.service.server.start` serves with
+    tokens.
+    """
 
     def __init__(
         self,
@@ -52,6 +82,8 @@ class BackboneService(pb_grpc.BackboneServicer):
         self.limits = limits
         self.dtype = next(self.backbone.parameters()).dtype
         self.callers: Counter[str] = Counter()  # admitted calls per client name, when tokens are on
+        self.admission = Admission(limits.max_calls_per_client, limits.max_inflight_bytes, limits.read_timeout_s)
+        self.caller_of: Callable[[grpc.ServicerContext], str] = peer_host
 
     def close(self) -> None:
         self.batcher.close()
@@ -93,28 +125,34 @@ class BackboneService(pb_grpc.BackboneServicer):
         """``t`` on the wire in ``dtype``, converted on the batcher's thread."""
         return self.batcher.call(lambda: wire.encode(t, dtype)).result()
 
+    @_admitted
     def TrainStep(self, request_iterator, context):
         item, (loss, grad) = self._forward("train", request_iterator, context)
         yield from self._reply(pb.TrainStepReply(loss=loss, grad=self._encode(grad, item.grad_dtype)))
 
+    @_admitted
     def Score(self, request_iterator, context):
         _, scores = self._forward("score", request_iterator, context)
         yield from self._reply(pb.ScoreReply(scores=self._encode(scores, "float32")))
 
+    @_admitted
     def NextTokenLogits(self, request_iterator, context):
         _, logits = self._forward("logits", request_iterator, context)
         yield from self._reply(pb.LogitsReply(logits=self._encode(logits, "float32")))
 
+    @_admitted
     def HiddenStates(self, request_iterator, context):
         item, hidden = self._forward("hidden", request_iterator, context)
         yield from self._reply(pb.HiddenStatesReply(hidden_states=self._encode(hidden, item.grad_dtype)))
 
+    @_admitted
     def BackwardFromHidden(self, request_iterator, context):
         item = self._read(request_iterator, context, lambda m: decode_hidden_backward(
             m, self.backbone.info, self.max_len, self.dtype))
         grad = self._run("backward", item, context)
         yield from self._reply(pb.GradReply(grad=self._encode(grad, item.grad_dtype)))
 
+    @_admitted
     def Generate(self, request_iterator, context):
         item = self._read(request_iterator, context, lambda m: decode_generate(
             m, self.backbone.info, self.max_len, self.dtype, self.limits.max_new_tokens))
@@ -130,6 +168,8 @@ class BackboneService(pb_grpc.BackboneServicer):
             max_new_tokens=self.limits.max_new_tokens, batching=self.policy.enabled,
             batch_window_ms=self.policy.window_ms, max_batch_sequences=self.policy.max_batch,
             position_dims=info.position_dims, max_request_tokens=self.limits.max_request_tokens,
+            max_calls_per_client=self.limits.max_calls_per_client, max_inflight_bytes=self.limits.max_inflight_bytes,
+            read_timeout_s=self.limits.read_timeout_s,
         )
 
 

@@ -41,6 +41,7 @@ from transformers import AutoConfig
 
 from anther.backbone.in_process import InProcessBackbone
 from anther.backbone.service.batching import BatchPolicy
+from anther.backbone.service.decode import Limits
 from anther.backbone.service.server import start
 from anther.backbone.service.servicer import BackboneService
 from anther.bench.model_sizes import REAL_CONFIGS
@@ -192,7 +193,8 @@ def through_service(backbone: InProcessBackbone, s: TrainStepSettings, per_seque
     A pass holds at most ``max_batch`` sequences."""
     rows = []
     for clients in s.concurrency:
-        service = BackboneService(backbone, BatchPolicy(True, s.window_ms, max_batch))
+        service = BackboneService(backbone, BatchPolicy(True, s.window_ms, max_batch),
+                                  Limits(max_calls_per_client=clients))  # one host, many clients
         server, port = start(service)
         inputs = [step_inputs(backbone, s.client_batch, s.seq_len, "cpu", seed=i) for i in range(clients)]
         try:

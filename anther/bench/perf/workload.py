@@ -34,6 +34,7 @@ from anther.backbone.in_process import InProcessBackbone
 from anther.backbone.interface import Backbone
 from anther.backbone.remote import RemoteBackbone
 from anther.backbone.service.batching import BatchPolicy
+from anther.backbone.service.decode import Limits
 from anther.backbone.service.server import start
 from anther.backbone.service.servicer import BackboneService
 from anther.client.runtime import ClientRuntime
@@ -186,7 +187,7 @@ class SharedBackboneFederation(Federation):
             torch.set_num_threads(backbone_threads)
             return backbone
 
-        self.service = BackboneService(on_batcher_thread, policy)
+        self.service = BackboneService(on_batcher_thread, policy, Limits(max_calls_per_client=concurrency))
         self.server, port = start(self.service)
         if cache_dir is not None:
             self.cache = FeatureCache.for_model(cache_dir, work.model_path, work.cfg.model.dtype, cache_max_bytes)
