@@ -13,6 +13,7 @@ from pathlib import Path
 
 from flwr.app import ArrayRecord, Context
 from flwr.serverapp import Grid, ServerApp
+from flwr.superlink.grid import InMemoryGrid
 from omegaconf import DictConfig
 
 from anther.backbone.supervisor import backbone_for_run
@@ -21,6 +22,7 @@ from anther.server.federated_run import FederatedRun
 from anther.server.run_folder import record_failure, run_folder
 from anther.simulations.assets import prepare_assets
 from anther.simulations.baselines import initial_adapters, run_baseline
+from anther.simulations.client_processes import replace_dead_client_processes
 from anther.simulations.experiment import load_config, load_run_config
 
 app = ServerApp()
@@ -33,6 +35,8 @@ def main(grid: Grid, context: Context) -> None:
     cfg = load_run_config(resume) if resume else load_config(str(run_config[protocol.RUN_EXPERIMENT]),
                                                              str(run_config.get(protocol.RUN_OVERRIDES, "")))
     cfg.run_dir = str(run_folder(cfg))  # fixed now, so that a failure from here on is recorded there
+    if isinstance(grid, InMemoryGrid):  # a simulation: the ClientApps run in this process's Ray actors
+        replace_dead_client_processes()
     try:
         _run(grid, cfg, resume=bool(resume))
     except BaseException as e:

@@ -106,3 +106,7 @@ def test_rounds_complete_without_a_killed_and_a_crashing_client(tiny_model_dir: 
     final = load_file(str(run_dir / "checkpoints" / "round-0002" / "adapters.safetensors"))
     assert any(v.abs().sum() > 0 for k, v in final.items() if ".up." in k), "nothing was aggregated"
     assert "got nothing from partition 2" in run_log, run_log[-3000:]  # the warning names the partition
+    # the final evaluation says whom it covers, and why the others are missing
+    assert result["clients"]["asked"] == 3 and set(result["clients"]["per_client"]) == {"0"}
+    assert {m["partition_id"] for m in result["clients"]["missing"]} == {1, 2}, result["clients"]["missing"]
+    assert "final evaluation: got nothing from partition 1" in run_log, run_log[-3000:]

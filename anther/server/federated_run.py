@@ -34,7 +34,13 @@ from anther.core import protocol
 from anther.core.config import clients_per_round, to_yaml
 from anther.server.checkpoint import latest_checkpoint, save_checkpoint
 from anther.server.evaluation import ServerEvaluator
-from anther.server.round_guard import aggregate_guarded, log_problems, replies_are_masked, screen_replies
+from anther.server.round_guard import (
+    aggregate_guarded,
+    log_problems,
+    replies_are_masked,
+    screen_replies,
+    split_failures,
+)
 from anther.server.run_folder import RunRecorder
 from anther.server.run_state import load_strategy_state, restore_rng, rng_state, strategy_state
 from anther.strategies.node_info import NodeAware
@@ -161,11 +167,6 @@ class FederatedRun:
         """Every reply that came back within the round's timeout, error replies included."""
         return list(self.grid.send_and_receive(list(messages), timeout=self.cfg.federation.round_timeout_s))
 
-    def _exchange(self, strategy_messages: Iterable[Message]) -> list[Message]:
-        replies = self._send(strategy_messages)
-        ok = [m for m in replies if not m.has_error()]
-        return sorted(ok, key=lambda m: int(m.content[protocol.METRICS][protocol.PARTITION_ID]))
-
     # -- the run -------------------------------------------------------------------------
     def _evaluate_server(self, arrays: ArrayRecord) -> dict[str, float]:
         return self.evaluator(arrays.to_torch_state_dict())
@@ -250,7 +251,12 @@ class FederatedRun:
         last = self.cfg.federation.rounds
         messages = self.strategy.configure_evaluate(last, arrays, self._config(last),
                                                     OfferedGrid(self.grid, list(partitions.values())))
-        replies = self._exchange(messages)
-        per_client = {int(m.content[protocol.METRICS][protocol.PARTITION_ID]): dict(m.content[protocol.METRICS])
-                      for m in replies}
-        return {"summary": summarise_clients(per_client), "per_client": per_client}
+        answers, missing = split_failures(messages, self._send(messages), {n: p for p, n in partitions.items()})
+        for p in missing:
+            log(WARNING, "anther: final evaluation: got nothing from partition %s (node %d): %s", p.partition_id,
+                p.node_id, p.reason)
+        metrics = [dict(m.content[protocol.METRICS]) for _, m in answers]
+        per_client = {int(m[protocol.PARTITION_ID]): m for m in sorted(metrics, key=lambda m: m[protocol.PARTITION_ID])}
+        print(f"anther: final evaluation: {len(per_client)} of {len(messages)} clients answered", flush=True)
+        return {"summary": summarise_clients(per_client), "per_client": per_client, "asked": len(messages),
+                "missing": [p.record() for p in missing]}

@@ -133,6 +133,30 @@ def replies_are_masked(strategy: object) -> bool:
     return False
 
 
+def split_failures(sent: Sequence[Message], replies: Sequence[Message],
+                   partition_of: Mapping[int, int]) -> tuple[list[tuple[int, Message]], list[Problem]]:
+    """The replies that are not errors, each with the node it answers, and one :class:`Problem` for
+    every node asked that sent an error or nothing before the timeout. Error replies the SuperLink
+    makes itself (a node that stopped sending heartbeats) come from the SuperLink's own node id:
+    the message they answer says which node it was."""
+    asked = {m.metadata.message_id: m.metadata.dst_node_id for m in sent if m.metadata.message_id}
+    ok: list[tuple[int, Message]] = []
+    failed: list[Problem] = []
+    answered = set()
+    for reply in replies:
+        node = asked.get(reply.metadata.reply_to_message_id, reply.metadata.src_node_id)
+        answered.add(node)
+        if reply.has_error():
+            failed.append(Problem(partition_of.get(node), node,
+                                  f"client error (code {reply.error.code}): {reply.error.reason}"))
+        else:
+            ok.append((node, reply))
+    for node in dict.fromkeys(m.metadata.dst_node_id for m in sent):
+        if node not in answered:
+            failed.append(Problem(partition_of.get(node), node, "no reply before the round's timeout"))
+    return ok, failed
+
+
 def screen_replies(sent: Sequence[Message], replies: Sequence[Message], partition_of: Mapping[int, int],
                    outlier_factor: float | None = 10.0, arrays_key: str = ARRAYS_KEY,
                    weight_key: str = WEIGHT_KEY, check_arrays: bool = True) -> Screened:
@@ -143,7 +167,6 @@ def screen_replies(sent: Sequence[Message], replies: Sequence[Message], partitio
     problems are named by partition even when a reply's own metrics are missing or wrong.
     Accepted replies come back sorted by partition id, so aggregation order is deterministic.
     """
-    out = Screened()
     sent_arrays = {m.metadata.dst_node_id: (_numpy(m.content.array_records[arrays_key])
                                             if arrays_key in m.content.array_records else None) for m in sent}
 
@@ -151,17 +174,10 @@ def screen_replies(sent: Sequence[Message], replies: Sequence[Message], partitio
         return Problem(partition_of.get(node), node, reason)
 
     masked = {m.metadata.dst_node_id for m in sent if RECORD_KEY_CONFIGS in m.content.config_records}
-    # Error replies the SuperLink makes itself (a node that stopped sending heartbeats) come from
-    # the SuperLink's own node id: the message they answer says which node it was.
-    asked = {m.metadata.message_id: m.metadata.dst_node_id for m in sent if m.metadata.message_id}
+    answers, failed = split_failures(sent, replies, partition_of)
+    out = Screened(failed=failed)
     candidates: list[tuple[Message, float | None]] = []
-    answered = set()
-    for reply in replies:
-        node = asked.get(reply.metadata.reply_to_message_id, reply.metadata.src_node_id)
-        answered.add(node)
-        if reply.has_error():
-            out.failed.append(problem(node, f"client error (code {reply.error.code}): {reply.error.reason}"))
-            continue
+    for node, reply in answers:
         if node not in sent_arrays:
             out.rejected.append(problem(node, "replied though this round did not ask it"))
             continue
@@ -181,9 +197,6 @@ def screen_replies(sent: Sequence[Message], replies: Sequence[Message], partitio
         base = sent_arrays[node] if check_arrays else None
         norm = update_norm(_numpy(reply.content.array_records[arrays_key]), base) if base is not None else None
         candidates.append((reply, norm))
-    for node in sent_arrays:
-        if node not in answered:
-            out.failed.append(problem(node, "no reply before the round's timeout"))
     out.accepted = _drop_outliers(candidates, outlier_factor, out.rejected, problem)
     out.accepted.sort(key=lambda m: (partition_of.get(m.metadata.src_node_id, math.inf), m.metadata.src_node_id))
     return out

@@ -1,0 +1,70 @@
+"""A simulated client's process killed mid-round is replaced; no round and no client is lost.
+
+``anther simulate`` with 3 clients, every client in every round: once round 1 is training,
+one ClientApp process (a Ray actor of this run) is killed with SIGKILL. Flower's runtime on its
+own would put the dead actor back into its pool and lose its clients for the rest of the run;
+anther replaces it and runs the message again (anther/simulations/client_processes.py).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+from simulation_run import SMALL, shared_home
+
+pytestmark = pytest.mark.slow
+
+
+def _busy_client_process(root: int) -> psutil.Process | None:
+    """A Ray actor under ``root`` that is running a ClientApp now (Ray titles it ``ray::ClientAppActor.run``)."""
+    try:
+        for child in psutil.Process(root).children(recursive=True):
+            if "ClientAppActor.run" in " ".join(child.cmdline()):
+                return child
+    except psutil.Error:  # a process ended while we looked
+        return None
+    return None
+
+
+def test_a_killed_client_process_is_replaced_and_no_client_is_lost(tmp_path: Path) -> None:
+    env = {**os.environ, "ANTHER_HOME": str(shared_home(tmp_path))}
+    cmd = [sys.executable, "-m", "anther.cli", "simulate", *SMALL, "federation.num_clients=3",
+           "federation.fraction_train=1.0", "train.local_steps=6", f"output_dir={tmp_path / 'runs'}"]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
+    lines: list[str] = []
+    killed = None
+    try:
+        for line in proc.stdout:
+            lines.append(line)
+            if killed is None and line.strip().startswith("0 "):  # round 0 (before training) is done
+                deadline = time.monotonic() + 120
+                while killed is None and time.monotonic() < deadline:
+                    victim = _busy_client_process(proc.pid)
+                    if victim is not None:
+                        victim.send_signal(signal.SIGKILL)
+                        killed = victim.pid
+                    time.sleep(0.05)
+        proc.wait(timeout=600)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    output = "".join(lines)
+    assert killed is not None, output[-3000:]
+    assert proc.returncode == 0, output[-3000:]
+    assert "died (ActorDiedError); it is replaced and the message runs again" in output, output[-3000:]
+    (run_dir,) = list((tmp_path / "runs").iterdir())
+    result = json.loads((run_dir / "result.json").read_text())
+    trained = [r for r in result["rounds"] if r["round"] > 0]
+    assert [(r["clients"], r["sampled"], r["failed"], bool(r["skipped"])) for r in trained] == [(3, 3, [], False)] * 2
+    assert sorted(result["clients"]["per_client"]) == ["0", "1", "2"]
+    assert result["clients"]["missing"] == [] and result["clients"]["asked"] == 3
+    assert "final evaluation: 3 of 3 clients answered" in output
