@@ -17,13 +17,14 @@ See docs/deployment.md for how the pieces of a real deployment fit together.
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from anther.core.config import QUANTIZATIONS, BackboneConfig, ConfigError, ModelConfig
-from anther.core.errors import RunFailed
+from anther.core.errors import RunFailed, Stopped
 
 if TYPE_CHECKING:
     from omegaconf import DictConfig
@@ -274,7 +275,6 @@ def _tokens(args: argparse.Namespace) -> dict[str, str]:
 
 def _backbone_serve(args: argparse.Namespace) -> int:
     import logging
-    import signal
 
     import torch
 
@@ -449,6 +449,11 @@ def main(argv: list[str] | None = None) -> int:
     except RunFailed as e:  # a run that started and did not finish; its folder holds the traceback
         print(f"anther: error: {e}", file=sys.stderr)
         return 1
+    except (KeyboardInterrupt, Stopped) as e:  # what it started is stopped by now (the finally blocks)
+        signum = e.signum if isinstance(e, Stopped) else signal.SIGINT
+        print(f"anther: stopped by {signal.Signals(signum).name}; everything it started is stopped "
+              "(a run continues with `anther simulate --resume RUN_DIR`)", file=sys.stderr)
+        return 128 + signum
 
 
 if __name__ == "__main__":

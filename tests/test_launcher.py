@@ -67,3 +67,56 @@ def test_client_resources_reach_flwr_run_as_federation_config():
     assert simulation_resources(unset.federation) == {}
     with pytest.raises(ConfigError, match="federation.client_cpus"):
         load_config("default", ["federation.client_cpus=0"])
+
+
+def _tagged(tag: str) -> list[str]:
+    """Processes whose environment carries ``ANTHER_TEST_TAG=tag``: all that a run started (Ray's too)."""
+    import psutil
+
+    found = []
+    for p in psutil.process_iter():
+        try:
+            if p.environ().get("ANTHER_TEST_TAG") == tag:
+                found.append(f"{p.pid} {' '.join(p.cmdline())[:120]}")
+        except psutil.Error:
+            continue
+    return found
+
+
+@pytest.mark.skipif(not Path("/proc/self/cmdline").exists(), reason="needs Linux /proc")
+@pytest.mark.parametrize("how", ["SIGTERM", "SIGINT"])
+def test_a_stopped_simulation_leaves_nothing_running(tmp_path, how):
+    """``kill`` (SIGTERM to anther) or Ctrl-C (SIGINT to its process group) while round 1 trains:
+    ``anther simulate`` says so in one line, exits 128 + the signal, and no process it started
+    (SuperLink, flwr run, the simulation, Ray's services and actors) is left."""
+    import time
+
+    from simulation_run import SMALL, shared_home
+
+    tag = f"{how}-{os.getpid()}-{tmp_path.name}"
+    env = {**os.environ, "ANTHER_HOME": str(shared_home(tmp_path)), "ANTHER_TEST_TAG": tag}
+    cmd = [sys.executable, "-m", "anther.cli", "simulate", *SMALL, "train.local_steps=40",
+           f"output_dir={tmp_path / 'runs'}"]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
+    try:
+        for line in proc.stdout:
+            if line.strip().startswith("0 "):  # round 0's row: round 1 is training now
+                break
+        assert len(_tagged(tag)) > 5, "the run's processes were not found"
+        sig = getattr(signal, how)
+        if how == "SIGINT":
+            os.killpg(proc.pid, sig)  # what Ctrl-C in a terminal does
+        else:
+            proc.send_signal(sig)
+        rest = proc.communicate(timeout=120)[0]
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 128 + sig, rest[-3000:]
+    assert f"anther: stopped by {how}; everything it started is stopped" in rest, rest[-3000:]
+    assert "Traceback" not in rest, rest[-3000:]
+    deadline = time.monotonic() + 5
+    while _tagged(tag) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert _tagged(tag) == []

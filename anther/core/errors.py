@@ -1,4 +1,4 @@
-"""Errors a command reports in one line, without a traceback (``anther`` exits 1 on them)."""
+"""Errors and stops a command reports in one line, without a traceback."""
 
 from __future__ import annotations
 
@@ -6,3 +6,14 @@ from __future__ import annotations
 class RunFailed(RuntimeError):
     """A run started and stopped before it finished; the message names the cause, and the run's
     folder holds the traceback (:func:`anther.server.run_folder.record_failure`)."""
+
+
+class Stopped(SystemExit):
+    """The command was asked to stop by a signal (SIGTERM from ``kill``, ``timeout`` or a job
+    scheduler); raised by the handler so that every ``finally`` stops what the command started.
+    A SystemExit with code 128 + the signal's number: ``except Exception`` does not swallow it,
+    and uncaught it ends the process with the exit status a shell gives a killed command."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(128 + signum)
+        self.signum = signum

@@ -22,8 +22,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
+import psutil
 
 from anther.core import protocol
+from anther.core.errors import Stopped
 from anther.simulations.console import Console, relay
 
 APP_DIR = Path(__file__).resolve().parents[2]  # the folder holding pyproject.toml
@@ -51,7 +53,7 @@ def exit_on_sigterm() -> Iterator[None]:
         return
 
     def _stop(signum: int, _frame: object) -> None:
-        raise SystemExit(128 + signum)
+        raise Stopped(signum)
 
     previous = signal.signal(signal.SIGTERM, _stop)
     try:
@@ -103,13 +105,27 @@ def _superlink_process(flwr_home: Path) -> Iterator[dict[str, str]]:
             time.sleep(0.3)
         yield env
     finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, 15)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, 9)
-            proc.wait()
+        _stop_tree(proc)
+
+
+def _stop_tree(proc: subprocess.Popen, grace_s: float = 20.0) -> None:
+    """Stop the SuperLink's process group and every process under it (the simulation, Ray's
+    services and actors, some of which start sessions of their own): SIGTERM, then SIGKILL to
+    whatever is still there after ``grace_s``."""
+    under: list[psutil.Process] = []
+    with contextlib.suppress(psutil.Error):
+        under = psutil.Process(proc.pid).children(recursive=True)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=grace_s)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    _, alive = psutil.wait_procs(under, timeout=grace_s)
+    for p in alive:
+        with contextlib.suppress(psutil.Error):
+            p.kill()
 
 
 def submit_run(env: dict[str, str], experiment: str, overrides: list[str], num_supernodes: int,
