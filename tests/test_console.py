@@ -5,10 +5,14 @@ relayed of a default run (trimmed: one round, one client's lines)."""
 from __future__ import annotations
 
 import io
+from pathlib import Path
 
-from anther.simulations.console import relay, shown
+import pytest
 
-C, G, Y, R0 = "\x1b[36m", "\x1b[92m", "\x1b[93m", "\x1b[0m"
+from anther.server.run_folder import FAILURE_LINE
+from anther.simulations.console import Console, shown
+
+C, G, Y, R, R0 = "\x1b[36m", "\x1b[92m", "\x1b[93m", "\x1b[91m", "\x1b[0m"
 STREAM = [
     "Flower configuration not found. Created default configuration at /tmp/anther-flwr-x/config.toml",
     "Using SuperLink: local (127.0.0.1:58163)",
@@ -60,9 +64,50 @@ def test_the_terminal_shows_anthers_lines_and_actionable_warnings_once():
 
 def test_everything_goes_to_the_log_and_verbose_shows_it_all(tmp_path):
     log, out = tmp_path / "run" / "flower.log", io.StringIO()
-    relay((line + "\n" for line in STREAM), log, out=out)
+    Console(log, out=out).relay(line + "\n" for line in STREAM)
     assert log.read_text().splitlines() == STREAM
-    assert out.getvalue().splitlines() == SHOWN
+    assert out.getvalue().splitlines() == [line for line in SHOWN if "Traceback" not in line]
     everything = io.StringIO()
-    relay((line + "\n" for line in STREAM), tmp_path / "again.log", verbose=True, out=everything)
+    Console(tmp_path / "again.log", verbose=True, out=everything).relay(line + "\n" for line in STREAM)
     assert everything.getvalue().splitlines() == STREAM
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full (every write: no space left)")
+def test_a_log_on_a_full_disk_is_given_up_and_a_printed_failure_is_kept():
+    """The run folder's disk is full: flower.log cannot take a line (``/dev/full`` answers every
+    write with ENOSPC). The terminal says so once and still shows what it would; the cause the
+    ServerApp printed, because its folder could not record it, is kept for anther's last line."""
+    out = io.StringIO()
+    console = Console(Path("/dev/full"), out=out)
+    console.relay(line + "\n" for line in [*STREAM, f"{FAILURE_LINE}OSError: [Errno 28] No space left on device"])
+    said = out.getvalue().splitlines()
+    assert said[0] == ("anther: cannot write /dev/full (No space left on device); the run's output goes to the "
+                       "terminal only from here")
+    assert said[1:] == [line for line in SHOWN if "Traceback" not in line]
+    assert console.failure == "OSError: [Errno 28] No space left on device"
+
+
+def test_tracebacks_stay_off_the_terminal_and_other_processes_lines_do_not():
+    """A failed run's stream: Flower's traceback and its words on the failure go to the log only;
+    a round row another process prints in the middle of an actor's traceback is still shown."""
+    actor = f"{C}(ClientAppActor pid=11){R0} "
+    stream = [
+        f"{R}ERROR {R0}:     Simulation raised an exception",
+        "Traceback (most recent call last):",
+        '  File "/x/run_simulation.py", line 369, in _main_loop',
+        "    raise thread_ex",
+        "RuntimeError: boom in round 1",
+        f"{actor}Traceback (most recent call last):",
+        "        2      0.500      0.700",
+        f'{actor}  File "/x/client_app.py", line 9, in train',
+        "",
+        f"{actor}The above exception was the direct cause of the following exception:",
+        f"{actor}ValueError: bad image",
+        f"{R}ERROR {R0}:     Exit Code: 700",
+        "An unhandled exception occurred when running the simulation.",
+        "For more information, visit: <https://flower.ai/docs/framework/1.41/en/ref-exit-codes/700.html>",
+        "anther: still shown",
+    ]
+    out = io.StringIO()
+    Console(Path("/dev/null"), out=out).relay(line + "\n" for line in stream)
+    assert out.getvalue().splitlines() == ["        2      0.500      0.700", "anther: still shown"]

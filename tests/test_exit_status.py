@@ -45,6 +45,8 @@ def test_a_failed_run_and_its_resume_exit_non_zero_naming_the_cause(tmp_path: Pa
     assert proc.returncode == 1, proc.stdout[-2000:] + proc.stderr[-2000:]
     last = proc.stderr.strip().splitlines()[-1]
     assert last.startswith("anther: error: the run failed: RuntimeError: boom in round 1"), proc.stderr[-2000:]
+    said = proc.stdout + proc.stderr  # the terminal: the cause once, no traceback, none of Flower's exit chatter
+    assert "Traceback" not in said and "Exit Code: 700" not in said and said.count("boom in round 1") == 1, said
     (run_dir,) = list(out.iterdir())
     assert json.loads((run_dir / "result.json").read_text())["finished"] is False
     assert json.loads((run_dir / FAILURE_FILE).read_text())["error"] == "RuntimeError: boom in round 1"

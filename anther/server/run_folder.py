@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import sys
 import traceback
 from datetime import datetime
 from pathlib import Path
@@ -108,15 +109,27 @@ class RunRecorder:
         })
 
 
-def record_failure(run_dir: Path, error: BaseException) -> None:
+# the line the ServerApp prints when it cannot write failure.json (a full disk): ``anther simulate``
+# reads the cause from the run's stream then
+FAILURE_LINE = "anther: the run failed: "
+
+
+def record_failure(run_dir: Path, error: BaseException) -> str:
     """Say why the run in ``run_dir`` stopped: the error in one line in ``failure.json``, its
-    traceback appended to ``anther.log``."""
-    run_dir.mkdir(parents=True, exist_ok=True)
+    traceback appended to ``anther.log``; returns the line. When the folder cannot take them (a
+    full disk, say), the line is printed instead, as ``FAILURE_LINE`` + the line, for whoever
+    reads the run's output."""
     line = f"{type(error).__name__}: {error}".splitlines()[0] if str(error) else type(error).__name__
-    with (run_dir / LOG_FILE).open("a") as log:
-        log.write(f"{datetime.now().isoformat(timespec='seconds')} the run failed:\n")
-        log.write("".join(traceback.format_exception(error)))
-    write_json_atomic(run_dir / FAILURE_FILE, {"error": line, "log": LOG_FILE})
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        with (run_dir / LOG_FILE).open("a") as log:
+            log.write(f"{datetime.now().isoformat(timespec='seconds')} the run failed:\n")
+            log.write("".join(traceback.format_exception(error)))
+        write_json_atomic(run_dir / FAILURE_FILE, {"error": line, "log": LOG_FILE})
+    except OSError as e:
+        line += f" (and {run_dir} could not record it: {e.strerror or e})"
+        print(f"{FAILURE_LINE}{line}", file=sys.stderr, flush=True)
+    return line
 
 
 def failure_of(run_dir: Path) -> str | None:
@@ -129,3 +142,12 @@ def failure_of(run_dir: Path) -> str | None:
     if failure.is_file():
         return f"{json.loads(failure.read_text())['error']} (traceback in {run_dir / LOG_FILE})"
     return f"it stopped before finishing and recorded no error; its folder is {run_dir}"
+
+
+def failure_reported(run_dir: Path, printed: str | None) -> str | None:
+    """:func:`failure_of`, or, when the folder recorded nothing, the cause the run printed
+    (``printed``: what followed ``FAILURE_LINE`` in its output)."""
+    cause = failure_of(run_dir)
+    if cause is not None and printed is not None and not (run_dir / FAILURE_FILE).is_file():
+        return printed
+    return cause

@@ -26,7 +26,7 @@ import psutil
 
 from anther.core import protocol
 from anther.core.errors import Stopped
-from anther.simulations.console import Console, relay
+from anther.simulations.console import Console
 
 APP_DIR = Path(__file__).resolve().parents[2]  # the folder holding pyproject.toml
 
@@ -147,7 +147,7 @@ def submit_run(env: dict[str, str], experiment: str, overrides: list[str], num_s
     if log is None and console is not None:
         with subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                               errors="replace") as proc:
-            relay(proc.stdout, console.log, console.verbose)
+            console.relay(proc.stdout)
         return proc.returncode
     with log.open("a") if log is not None else contextlib.nullcontext() as out:
         return subprocess.run(cmd, env=env, stdout=out, stderr=subprocess.STDOUT if out else None,

@@ -21,7 +21,7 @@ from anther.backbone.supervisor import backbone_for_run
 from anther.core.config import ConfigError, simulation_resources
 from anther.core.errors import RunFailed
 from anther.data.client_data import check_partitions
-from anther.server.run_folder import check_writable, failure_of, record_failure, run_folder
+from anther.server.run_folder import check_writable, failure_reported, record_failure, run_folder
 from anther.simulations.assets import prepare_assets
 from anther.simulations.baselines import run_baseline
 from anther.simulations.console import FLOWER_LOG, Console
@@ -50,7 +50,7 @@ def simulate(experiment: str, overrides: list[str], log: Path | None = None,
         else:
             code = flwr_run(experiment, resolved, cfg.federation.num_clients, extra_federation_config=resources,
                             log=log, console=console)
-        return _outcome(run_dir, code)
+        return _outcome(run_dir, code, console.failure)
     cfg.run_dir = str(run_dir)
     with contextlib.ExitStack() as stack:
         if log is not None:
@@ -60,8 +60,7 @@ def simulate(experiment: str, overrides: list[str], log: Path | None = None,
         try:
             run_baseline(stack.enter_context(backbone_for_run(cfg)))
         except Exception as e:
-            record_failure(run_dir, e)
-            raise RunFailed(f"the run failed: {failure_of(run_dir)}") from e
+            raise RunFailed(f"the run failed: {failure_reported(run_dir, record_failure(run_dir, e))}") from e
     return _outcome(run_dir, 0)
 
 
@@ -73,15 +72,16 @@ def resume(run_dir: Path, log: Path | None = None, verbose: bool = False) -> int
     if cfg.baseline != "none":
         raise ConfigError(f"{run_dir} is a baseline run (baseline={cfg.baseline}); only federated runs "
                           "checkpoint rounds and can be resumed")
+    console = Console(Path(cfg.run_dir) / FLOWER_LOG, verbose)
     code = flwr_run("default", [], cfg.federation.num_clients, log=log, resume=cfg.run_dir,
-                    extra_federation_config=simulation_resources(cfg.federation),
-                    console=Console(Path(cfg.run_dir) / FLOWER_LOG, verbose))
-    return _outcome(Path(cfg.run_dir), code)
+                    extra_federation_config=simulation_resources(cfg.federation), console=console)
+    return _outcome(Path(cfg.run_dir), code, console.failure)
 
 
-def _outcome(run_dir: Path, flwr_code: int) -> int:
-    """0 when the run's folder says it finished; else :class:`RunFailed` with the cause it recorded."""
-    cause = failure_of(run_dir)
+def _outcome(run_dir: Path, flwr_code: int, printed: str | None = None) -> int:
+    """0 when the run's folder says it finished; else :class:`RunFailed` with the cause it recorded
+    (or, when it could not, ``printed``: the cause it printed)."""
+    cause = failure_reported(run_dir, printed)
     if cause is not None:
         raise RunFailed(f"the run failed: {cause}" + (f" (flwr exit code {flwr_code})" if flwr_code else ""))
     return 0
