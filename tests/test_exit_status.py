@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -13,7 +14,7 @@ from pathlib import Path
 import pytest
 from simulation_run import SMALL, shared_home
 
-from anther.core.errors import RunFailed
+from anther.core.errors import RunFailed, Stopped
 from anther.server.run_folder import FAILURE_FILE, LOG_FILE, failure_of, record_failure
 
 # A strategy that breaks in round 1's aggregation: a failure only a running federation can have.
@@ -79,3 +80,22 @@ def test_the_cli_turns_a_failed_run_into_exit_code_1_and_one_line(monkeypatch, c
     monkeypatch.setattr(runner, "simulate", failing)
     assert cli.main(["simulate"]) == 1
     assert capsys.readouterr().err == "anther: error: the run failed: RuntimeError: boom (traceback in /x/anther.log)\n"
+
+
+@pytest.mark.parametrize(("stop", "line", "code"), [
+    (KeyboardInterrupt(), "anther: stopped by SIGINT", 130),
+    (Stopped(signal.SIGTERM), "anther: stopped by SIGTERM", 143),
+])
+def test_a_stopped_command_says_so_in_one_line_with_128_plus_the_signal(monkeypatch, capsys, stop, line, code):
+    """Ctrl-C (KeyboardInterrupt) and SIGTERM (:class:`Stopped`, raised by the handler
+    anther.simulations.launcher.exit_on_sigterm installs) end ``anther simulate`` with one line."""
+    from anther import cli
+    from anther.simulations import runner
+
+    def stopped(experiment, overrides, **options):
+        raise stop
+
+    monkeypatch.setattr(runner, "simulate", stopped)
+    assert cli.main(["simulate"]) == code
+    err = capsys.readouterr().err
+    assert err.startswith(line) and err.count("\n") == 1, err

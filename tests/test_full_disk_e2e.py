@@ -45,7 +45,8 @@ with filler.open("wb") as f:  # every byte left
         pass
 first = run.communicate(timeout=600)[0]
 run_dir = next(runs.iterdir())
-report = {"code": run.returncode, "output": first, "checkpoints": sorted(p.name for p in (run_dir / "checkpoints").iterdir())}
+kept = sorted(p.name for p in (run_dir / "checkpoints").iterdir())
+report = {"code": run.returncode, "output": first, "checkpoints": kept}
 filler.unlink()
 again = subprocess.run([*simulate, "--resume", str(run_dir)], capture_output=True, text=True, timeout=600)
 report |= {"resume_code": again.returncode, "resume_output": again.stdout + again.stderr,
