@@ -2,9 +2,10 @@
 
 Message handlers:
 
-- ``query``: report this node's partition and, when its node config sets one, its
-  ``adapter-rank`` (the round loop samples clients by partition id and tells node-aware
-  strategies, such as ``hetero_rank``, what it learnt);
+- ``query``: report this node's partition, how much it holds of its data (counts only; the
+  run's partition table is built from these) and, when its node config sets one, its ``adapter-rank`` (the
+  round loop samples clients by partition id and tells node-aware strategies, such as
+  ``hetero_rank``, what it learnt);
 - ``train``: load the global adapters, run local split-learning steps, reply with the new
   adapters, example counts (``num-examples``, ``num-image-examples``, ``num-text-examples``),
   ``adapter-rank``, loss and traffic, with ``privacy.dp`` the epsilon it has spent so far
@@ -25,6 +26,7 @@ This module and :mod:`anther.server_app` compose the layers; nothing imports the
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
@@ -46,7 +48,8 @@ from anther.client.state_store import folder_for, restore_state, save_state
 from anther.client.training_round import dp_for, own_split_metrics, round_seed, train_round
 from anther.core import protocol
 from anther.core.sample import Sample
-from anther.data.client_data import client_data
+from anther.data.client_data import client_data, site_data
+from anther.data.partition_report import holdings
 from anther.strategies.hetero_rank import adapter_ranks
 from anther.strategies.privacy.client_mods import privacy_mod
 from anther.strategies.registry import client_modules
@@ -64,11 +67,11 @@ def _partition(context: Context) -> tuple[int, int]:
 
 
 def _local_data(cfg: DictConfig, context: Context) -> tuple[list[Sample], list[Sample]]:
-    """This node's (train, test): its own ``data-path`` if set, else its partition of the run's data."""
+    """This node's (train, test): its own ``data-path`` if set (its test split, when it has one, to
+    evaluate on), else its partition of the run's data."""
     own = context.node_config.get(protocol.DATA_PATH)
     pid, n = _partition(context)
-    folder = Path(str(own)) if own else Path(cfg.data.path)
-    return client_data(cfg, folder, 0 if own else pid, 1 if own else n)
+    return site_data(cfg, Path(str(own))) if own else client_data(cfg, Path(cfg.data.path), pid, n)
 
 
 def _rank(config: ConfigRecord, context: Context) -> int | None:
@@ -104,8 +107,14 @@ def _modality_counts(samples: list[Sample]) -> dict[str, int]:
 
 @app.query()
 def query(msg: Message, context: Context) -> Message:
+    """This node's partition id and how much it holds (sample counts and modality presence of the
+    data it will train and evaluate on, nothing of their content: the run's table is built from
+    these answers)."""
     pid, n = _partition(context)
-    info = ConfigRecord({protocol.PARTITION_ID: pid, protocol.NUM_PARTITIONS: n})
+    train, test = _local_data(_experiment(msg), context)
+    info = ConfigRecord({protocol.PARTITION_ID: pid, protocol.NUM_PARTITIONS: n,
+                         protocol.HOLDINGS: json.dumps(holdings(train, test, own_data=protocol.DATA_PATH in
+                                                                 context.node_config))})
     if protocol.ADAPTER_RANK in context.node_config:
         info[protocol.ADAPTER_RANK] = int(context.node_config[protocol.ADAPTER_RANK])
     return Message(RecordDict({protocol.INFO: info}), reply_to=msg)

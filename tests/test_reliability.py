@@ -305,3 +305,36 @@ def test_an_error_the_superlink_made_names_the_node_it_answers_for():
     screened = screen_replies(sent, [_reply(sent[0]), unavailable], PARTITION_OF)
     assert [(p.partition_id, p.node_id) for p in screened.failed] == [(1, 102)]
     assert "Node Unavailable" in screened.failed[0].reason
+
+
+def test_two_nodes_claiming_one_partition_are_refused_by_node_id():
+    """Three sites that set only data-path all report partition-id 0: the run stops at discovery
+    naming the nodes, instead of training one of them and silently dropping the others."""
+    from flwr.app import ConfigRecord
+
+    from anther.server.federated_run import _one_node_per_partition
+
+    info = {n: ConfigRecord({"partition-id": 0}) for n in (30, 10, 20)}
+    with pytest.raises(ValueError, match="nodes 10, 20, 30 all have partition-id 0: give each SuperNode its own"):
+        _one_node_per_partition(info)
+    distinct = {n: ConfigRecord({"partition-id": p}) for n, p in ((30, 1), (10, 0))}
+    assert _one_node_per_partition(distinct) == {0: 10, 1: 30}
+
+
+def test_the_partition_table_comes_from_what_clients_report(tmp_path):
+    """A client on a partition of the run's data this side can read gets its labels from that copy;
+    a site with its own data shows the counts and modalities it reported, and nothing else."""
+    from anther.core.sample import write_split
+    from anther.data import shapes_vqa
+    from anther.data.client_data import client_data
+    from anther.data.partition_report import holdings, reported_partitions
+    from anther.simulations.experiment import load_config
+
+    write_split(shapes_vqa.generate(40, seed=1, prefix="train"), tmp_path, "train")
+    cfg = load_config("default", [f"data.path={tmp_path}", "federation.num_clients=2"])
+    shared = holdings(*client_data(cfg, tmp_path, 0, 2), own_data=False)
+    own = {"train": 7, "test": 3, "presence": {"image+text": 10}, "own_data": True}
+    table = reported_partitions(cfg, tmp_path, {0: shared, 1: own})
+    assert table[0].labels and table[0].train == shared["train"]
+    assert (table[1].train, table[1].test, table[1].presence, table[1].labels, table[1].domains) == (
+        7, 3, {"image+text": 10}, {}, {})

@@ -64,6 +64,12 @@ def _config(cfg, server_round: int) -> ConfigRecord:
     return ConfigRecord({"experiment": to_yaml(cfg), "server-round": server_round})
 
 
+def _query(cfg, node: int, context: Context) -> Message:
+    """The node's answer to the discovery QUERY, which carries the round-0 config as the server's does."""
+    message = Message(RecordDict({"config": _config(cfg, 0)}), dst_node_id=node, message_type=MessageType.QUERY)
+    return client_app.query(message, context)
+
+
 def _train_round(strategy, cfg, arrays: ArrayRecord, contexts: dict[int, Context], server_round: int = 1):
     messages = list(strategy.configure_train(server_round, arrays, _config(cfg, server_round), FakeGrid(list(NODES))))
     replies = [client_app.train(m, contexts[m.metadata.dst_node_id]) for m in messages]
@@ -104,8 +110,7 @@ def test_fisher_clients_send_a_fisher_the_server_merges(cfg):
 def test_hetero_rank_clients_train_at_their_partition_rank(cfg):
     strategy = build_strategy({"name": "hetero_rank", "partition_ranks": [2, 4]})
     contexts = _contexts()
-    queries = {node: client_app.query(Message(RecordDict(), dst_node_id=node, message_type=MessageType.QUERY), ctx)
-               for node, ctx in contexts.items()}
+    queries = {node: _query(cfg, node, ctx) for node, ctx in contexts.items()}
     strategy.set_node_info({node: q.content["info"] for node, q in queries.items()})
     merged, _, replies = _train_round(strategy, cfg, _global(cfg), contexts)
     assert {n: c["metrics"]["adapter-rank"] for n, c in replies.items()} == {11: 2, 12: 4}
@@ -120,7 +125,7 @@ def test_hetero_rank_clients_train_at_their_partition_rank(cfg):
 
 def test_node_config_rank_reported_and_enforced(cfg):
     contexts = _contexts({"adapter-rank": 2})
-    answer = client_app.query(Message(RecordDict(), dst_node_id=11, message_type=MessageType.QUERY), contexts[11])
+    answer = _query(cfg, 11, contexts[11])
     assert answer.content["info"]["adapter-rank"] == 2
     with pytest.raises(ValueError, match="rank-2 adapters but the server sent ranks .*hetero_rank"):
         _train_round(build_strategy({"name": "fedavg"}), cfg, _global(cfg), contexts)
@@ -149,3 +154,19 @@ def test_fedprox_and_adaptive_reg_clients_train(cfg):
     for spec in ({"name": "fedprox", "proximal_mu": 0.5}, {"name": "adaptive_reg", "proximal_mu": 0.5}):
         merged, metrics, _ = _train_round(build_strategy(spec), cfg, _global(cfg), _contexts())
         assert np.isfinite(metrics["train_loss"]) and merged["text.up.weight"].numpy().any()
+
+
+def test_a_site_reports_what_it_holds_and_evaluates_on_its_own_test_split(cfg, tmp_path):
+    """A node with its own data-path trains on all of its train split, evaluates on its test split,
+    and its QUERY answer says so (the run's partition table is built from these answers)."""
+    import json
+
+    site = tmp_path / "site"
+    write_split(shapes_vqa.generate(12, seed=5, prefix="train"), site, "train")
+    write_split(shapes_vqa.generate(6, seed=6, prefix="test"), site, "test")
+    contexts = _contexts({"data-path": str(site)})
+    held = json.loads(_query(cfg, 11, contexts[11]).content["info"]["holdings"])
+    assert (held["train"], held["test"], held["own_data"], sum(held["presence"].values())) == (12, 6, True, 18)
+    strategy = build_strategy({"name": "fedavg"})
+    evaluated = _evaluate(strategy, cfg, _global(cfg), contexts)
+    assert all(c["metrics"]["num-examples"] == 6 for c in evaluated.values())

@@ -30,7 +30,8 @@ BACKBONE_KEY = "backbone-key"
 ARRAYS = "arrays"  # ArrayRecord: the adapters (Flower's strategies' default arrayrecord_key)
 CONFIG = "config"  # ConfigRecord: the round config (Flower's default configrecord_key)
 METRICS = "metrics"  # MetricRecord of a reply
-INFO = "info"  # ConfigRecord: a QUERY answer (partition-id, num-partitions, adapter-rank)
+INFO = "info"  # ConfigRecord: a QUERY answer (partition-id, num-partitions, adapter-rank, holdings)
+HOLDINGS = "holdings"  # in a QUERY answer: JSON of what the node holds (anther.data.partition_report)
 TIMING = "timing"  # ConfigRecord of a train reply: TRAIN_SECONDS (no strategy averages a ConfigRecord)
 
 # -- round config: keys of the CONFIG record every train and evaluate message carries

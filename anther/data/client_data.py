@@ -74,11 +74,9 @@ def split_samples(cfg: DictConfig, folder: Path, which: str) -> tuple[Sample, ..
     return load_split(str(folder), split, cfg.data.format, cfg.data.skip_bad)
 
 
-def client_data(cfg: DictConfig, folder: Path, partition_id: int, num_partitions: int
-                ) -> tuple[list[Sample], list[Sample]]:
-    """A client's local (train, test) samples: its partition under the run's scenario (the split,
-    then the modalities it keeps), split by ``client_test_fraction``."""
-    train = split_samples(cfg, folder, "train")
+def _held(cfg: DictConfig, train: tuple[Sample, ...], partition_id: int, num_partitions: int) -> list[Sample]:
+    """Partition ``partition_id`` of ``train`` under the run's scenario (the split, then the
+    modalities it keeps), in a shuffled order of its own."""
     p, s = cfg.partition, cfg.scenario
     parts = partition_indices(tuple(x.answer for x in train), tuple(x.domain for x in train), num_partitions,
                               p.scheme, p.alpha, p.seed)
@@ -86,8 +84,27 @@ def client_data(cfg: DictConfig, folder: Path, partition_id: int, num_partitions
                           p.seed)[partition_id]
     mine = apply_modalities([train[i] for i in parts[partition_id]], plan, p.seed)
     random.Random(cfg.seed * 1000 + partition_id).shuffle(mine)
+    return mine
+
+
+def client_data(cfg: DictConfig, folder: Path, partition_id: int, num_partitions: int
+                ) -> tuple[list[Sample], list[Sample]]:
+    """A client's local (train, test) samples: its partition under the run's scenario (the split,
+    then the modalities it keeps), split by ``client_test_fraction``."""
+    mine = _held(cfg, split_samples(cfg, folder, "train"), partition_id, num_partitions)
     n_test = int(len(mine) * cfg.data.client_test_fraction)
     return mine[n_test:], mine[:n_test]
+
+
+def site_data(cfg: DictConfig, folder: Path) -> tuple[list[Sample], list[Sample]]:
+    """A deployed site's own data folder (its ``data-path``): all of its train split to train on
+    and its own test split to evaluate on; a folder without a test split keeps
+    ``client_test_fraction`` of its train split for that instead."""
+    try:
+        test = list(split_samples(cfg, folder, "test"))
+    except FileNotFoundError:
+        return client_data(cfg, folder, 0, 1)
+    return _held(cfg, split_samples(cfg, folder, "train"), 0, 1), test
 
 
 def check_partitions(cfg: DictConfig, folder: Path) -> list[int]:

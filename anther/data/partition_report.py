@@ -1,9 +1,11 @@
 """What each client holds under a scenario, shown before training starts.
 
 Per client: sample counts (train / test), the label (answer) histogram, modality presence
-(image and text, image only, text only, question only) and the visual domains, computed with
-:func:`anther.data.client_data.client_data` itself, so the report is exactly what the clients
-will read. Printed as a table and written as ``partition.png`` and ``partition.json``.
+(image and text, image only, text only, question only) and the visual domains. ``anther data
+report`` computes them with :func:`anther.data.client_data.client_data` itself; a run's table
+is built from what each client reports of the data it will read (its QUERY answer), so a
+deployed site with its own data shows its own. Printed as a table and written as
+``partition.png`` and ``partition.json``.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import matplotlib
 
@@ -45,20 +48,46 @@ def presence(sample: Sample) -> str:
     return "text only" if sample.has_text else "question only"
 
 
+def describe(partition_id: int, train: list[Sample], test: list[Sample]) -> ClientPartition:
+    """What one client holds: counts, labels, modality presence and domains of its samples."""
+    mine = train + test
+    return ClientPartition(
+        partition_id=partition_id, train=len(train), test=len(test),
+        labels=dict(Counter(s.answer for s in mine).most_common()),
+        presence=dict(Counter(presence(s) for s in mine)),
+        domains=dict(Counter(s.domain for s in mine).most_common()),
+    )
+
+
+def holdings(train: list[Sample], test: list[Sample], own_data: bool) -> dict[str, Any]:
+    """What a client tells the server it holds: sample counts and modality presence, nothing of
+    the samples' content (no labels, no domains); ``own_data``: its own folder, not a partition
+    of the run's data."""
+    return {"train": len(train), "test": len(test), "presence": dict(Counter(presence(s) for s in train + test)),
+            "own_data": own_data}
+
+
+def reported_partitions(cfg: DictConfig, folder: Path, reports: dict[int, dict[str, Any]]) -> list[ClientPartition]:
+    """The run's table from what each client reported (partition id -> :func:`holdings`): a client
+    that trains on a partition of the run's data, which this side can read too, gets its labels
+    and domains from that copy when the counts agree; any other shows counts and modalities only."""
+    try:
+        computed = {c.partition_id: c for c in describe_partitions(cfg, folder)}
+    except (OSError, ValueError, IndexError):  # the run's data is on the sites, not here
+        computed = {}
+    out = []
+    for pid, held in sorted(reports.items()):
+        mine = computed.get(pid)
+        if held["own_data"] or mine is None or (mine.train, mine.test) != (held["train"], held["test"]):
+            mine = ClientPartition(pid, held["train"], held["test"], presence=held["presence"])
+        out.append(mine)
+    return out
+
+
 def describe_partitions(cfg: DictConfig, folder: Path) -> list[ClientPartition]:
     """Every client's holdings under ``cfg``'s scenario, over ``federation.num_clients`` clients."""
     n = cfg.federation.num_clients
-    out = []
-    for pid in range(n):
-        train, test = client_data(cfg, folder, pid, n)
-        mine = train + test
-        out.append(ClientPartition(
-            partition_id=pid, train=len(train), test=len(test),
-            labels=dict(Counter(s.answer for s in mine).most_common()),
-            presence=dict(Counter(presence(s) for s in mine)),
-            domains=dict(Counter(s.domain for s in mine).most_common()),
-        ))
-    return out
+    return [describe(pid, *client_data(cfg, folder, pid, n)) for pid in range(n)]
 
 
 def partition_table(clients: list[ClientPartition], title: str) -> Table:
@@ -69,8 +98,8 @@ def partition_table(clients: list[ClientPartition], title: str) -> Table:
         total = c.train + c.test
         top = ", ".join(f"{k} {v / total:.0%}" for k, v in list(c.labels.items())[:TOP_LABELS])
         table.add_row(str(c.partition_id), str(c.train), str(c.test),
-                      *(str(c.presence.get(k, 0)) for k in PRESENCE), str(len(c.labels)), top,
-                      ", ".join(c.domains))
+                      *(str(c.presence.get(k, 0)) for k in PRESENCE), str(len(c.labels) or "-"), top or "-",
+                      ", ".join(c.domains) or "-")
     return table
 
 
@@ -104,14 +133,19 @@ def plot_partitions(clients: list[ClientPartition], path: Path, title: str) -> P
 
 
 def write_partition_report(cfg: DictConfig, folder: Path, out_dir: Path, console: Console | None = None) -> Path:
-    """Print the table and write ``out_dir/partition.png`` and ``out_dir/partition.json``;
-    returns the PNG's path."""
-    clients = describe_partitions(cfg, folder)
+    """What every client will hold of ``folder`` under ``cfg``'s scenario: :func:`report_partitions`."""
+    return report_partitions(cfg, describe_partitions(cfg, folder), str(folder), out_dir, console)
+
+
+def report_partitions(cfg: DictConfig, clients: list[ClientPartition], source: str, out_dir: Path,
+                      console: Console | None = None) -> Path:
+    """Print the table of ``clients`` and write ``out_dir/partition.png`` and
+    ``out_dir/partition.json`` (``source``: where the numbers come from); returns the PNG's path."""
     p = cfg.partition
     title = (f"scenario {cfg.scenario.name}: {len(clients)} clients, partition {p.scheme} (alpha {p.alpha}, "
              f"seed {p.seed}), modality {cfg.scenario.modality}")
     (console or Console(width=160)).print(partition_table(clients, title))
     write_json_atomic(out_dir / "partition.json", {
-        "scenario": dict(cfg.scenario), "partition": dict(p), "data": str(folder),
+        "scenario": dict(cfg.scenario), "partition": dict(p), "data": source,
         "clients": [asdict(c) for c in clients]})
     return plot_partitions(clients, out_dir / "partition.png", title)

@@ -16,6 +16,7 @@ round's checkpoint holds everything a resumed run needs to continue exactly
 
 from __future__ import annotations
 
+import json
 import random
 import time
 from collections.abc import Iterable
@@ -32,6 +33,7 @@ from omegaconf import DictConfig, OmegaConf
 from anther.client.metrics import summarise_clients
 from anther.core import protocol
 from anther.core.config import clients_per_round, to_yaml
+from anther.data.partition_report import reported_partitions
 from anther.server.checkpoint import latest_checkpoint, save_checkpoint
 from anther.server.evaluation import ServerEvaluator
 from anther.server.round_guard import (
@@ -60,6 +62,22 @@ class OfferedGrid:
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._grid, name)
+
+
+def _one_node_per_partition(info: dict[int, ConfigRecord]) -> dict[int, int]:
+    """Partition id -> node id from the nodes' QUERY answers, sorted by partition id; two nodes
+    that claim one partition id are refused, by node id (sites with their own ``data-path`` need
+    a partition id of their own too: it seeds and names them)."""
+    claims: dict[int, list[int]] = {}
+    for node, answer in info.items():
+        claims.setdefault(int(answer[protocol.PARTITION_ID]), []).append(node)
+    shared = {pid: nodes for pid, nodes in claims.items() if len(nodes) > 1}
+    if shared:
+        pid, nodes = min(shared.items())
+        raise ValueError(f"nodes {', '.join(map(str, sorted(nodes)))} all have partition-id {pid}: give each "
+                         "SuperNode its own partition-id in its --node-config (a site with its own data-path "
+                         "too)" + (f"; {len(shared) - 1} more partition ids are shared" if len(shared) > 1 else ""))
+    return {pid: nodes[0] for pid, nodes in sorted(claims.items())}
 
 
 def _sum_metric(replies: Iterable[Message], key: str) -> float:
@@ -121,13 +139,13 @@ class FederatedRun:
 
     def __init__(self, cfg: DictConfig, grid: Grid, data_folder: Path, resume: bool = False,
                  recorded: DictConfig | None = None) -> None:
-        self.cfg, self.grid, self.resume = cfg, grid, resume
+        self.cfg, self.grid, self.resume, self.data_folder = cfg, grid, resume, Path(data_folder)
         self.resumed_from: list[int] = []  # rounds this run was resumed after, oldest first
         self.strategy = with_privacy(build_strategy(OmegaConf.to_container(cfg.strategy, resolve=True)), cfg)
         self.rng = random.Random(cfg.seed)
         self.evaluator = ServerEvaluator(cfg, data_folder)
         # config.yaml and the partition report, before training
-        self.recorder = RunRecorder(cfg if recorded is None else recorded, data_folder)
+        self.recorder = RunRecorder(cfg if recorded is None else recorded, None)  # clients report their data
         self.run_dir = self.recorder.dir
 
     # -- nodes ---------------------------------------------------------------------------
@@ -147,9 +165,12 @@ class FederatedRun:
         if len(info) < self.cfg.federation.min_train_clients:
             raise RuntimeError(f"only {len(info)} clients answered; need "
                                f"federation.min_train_clients={self.cfg.federation.min_train_clients}")
+        partitions = _one_node_per_partition(info)
+        reports = {pid: json.loads(str(info[node][protocol.HOLDINGS])) for pid, node in partitions.items()}
+        self.recorder.report_partitions(reported_partitions(self.cfg, self.data_folder, reports))
         if isinstance(self.strategy, NodeAware):
             self.strategy.set_node_info(info)
-        return dict(sorted((int(answer[protocol.PARTITION_ID]), node) for node, answer in info.items()))
+        return partitions
 
     def _sample(self, partitions: dict[int, int]) -> list[int]:
         k = clients_per_round(self.cfg.federation, len(partitions))

@@ -26,7 +26,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from anther.core.config import ConfigError, anther_home, to_yaml
 from anther.core.files import write_json_atomic
-from anther.data.partition_report import write_partition_report
+from anther.data.partition_report import ClientPartition, report_partitions, write_partition_report
 from anther.server.run_report import RoundTable, plot_rounds, round_columns
 
 TRAFFIC_KEYS = ("adapter_bytes_down", "adapter_bytes_up", "activation_bytes_up", "activation_bytes_down")
@@ -65,12 +65,15 @@ def run_folder(cfg: DictConfig) -> Path:
 class RunRecorder:
     """Writes one run's folder; ``rounds`` and ``clients`` are what result.json holds."""
 
-    def __init__(self, cfg: DictConfig, data_folder: Path) -> None:
+    def __init__(self, cfg: DictConfig, data_folder: Path | None) -> None:
+        """``data_folder``: report what each client will hold of it now; None: the run reports what
+        its clients say they hold (:meth:`report_partitions`) once it has asked them."""
         self.cfg = cfg
         self.dir = run_folder(cfg)
         self.dir.mkdir(parents=True, exist_ok=True)
         (self.dir / "config.yaml").write_text(to_yaml(cfg))
-        write_partition_report(cfg, Path(data_folder), self.dir)  # what each client holds, before training
+        if data_folder is not None:
+            write_partition_report(cfg, Path(data_folder), self.dir)  # what each client holds, before training
         self.table = RoundTable(columns=round_columns(dp=cfg.privacy.dp,
                                                      client_dp=cfg.privacy.client_level.mode != "off"))
         self.rounds: list[dict[str, Any]] = []
@@ -88,6 +91,10 @@ class RunRecorder:
         self.rounds.append(record)
         self.table.add(record)
         self.write(finished=False)
+
+    def report_partitions(self, clients: list[ClientPartition]) -> None:
+        """The partition table, plot and JSON of what the clients reported they hold."""
+        report_partitions(self.cfg, clients, "as each client reported it", self.dir)
 
     def finish(self, clients: dict[str, Any]) -> None:
         """Record the clients' final metrics (``summary`` and ``per_client``), mark the run
