@@ -1,12 +1,11 @@
 """A real deployment on one host: SuperLink, three SuperNodes and the backbone service, all over TLS.
 
-Follows docs/deployment.md step by step, on 127.0.0.1 and free ports: ``anther certs``
-makes the federation's CA, server certificate and one bearer token per site;
-``anther backbone serve`` serves the tiny model's frozen LLM; ``flower-superlink`` and
-three ``flower-supernode`` processes (each with its own partition and token in
-``--node-config``) use the same CA for Flower's own TLS; ``flwr run`` runs two rounds
-with ``backbone.mode=remote``. Every process is started in its own session and
-killed by its pid whatever happens.
+docs/deployment.md's one-host script, run by bash as printed there: ``anther certs`` makes the
+federation's CA, server certificate and one bearer token per site; ``anther backbone serve``
+serves the frozen LLM; ``flower-superlink`` and three ``flower-supernode`` processes (each with
+its own port, partition and token) use the same CA for Flower's own TLS; ``flwr run`` runs two
+rounds with ``backbone.mode=remote``. It runs in a network namespace of its own, so its fixed
+ports meet nobody else's, and stops every process it started on its way out.
 """
 
 from __future__ import annotations
@@ -14,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import signal
 import ssl
 import subprocess
@@ -31,11 +31,11 @@ from transformers import AutoConfig
 
 from anther.model.nano_adapter import NanoAdapterConfig
 from anther.model.nano_edge import initial_adapter_state
-from anther.simulations.launcher import free_port
 
 pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parents[1]
+DOC = REPO / "docs" / "deployment.md"
 SITES = ["site-0", "site-1", "site-2"]
 SMALL = [
     "federation.rounds=2",
@@ -117,62 +117,50 @@ def _cli(*args: str) -> list[str]:
 
 
 @pytest.mark.timeout(480)
-def test_two_rounds_on_real_flower_processes_with_a_tls_backbone(tiny_model_dir: Path, tmp_path: Path) -> None:
-    creds, logs, runs = tmp_path / "creds", tmp_path / "logs", tmp_path / "runs"
-    logs.mkdir()
-    flwr_home = tmp_path / "flwr-home"
+def recipe(name: str) -> str:
+    """The bash block docs/deployment.md marks ``<!-- recipe: NAME -->``, as printed there."""
+    text = DOC.read_text()
+    after = text.split(f"<!-- recipe: {name} -->", 1)[1]
+    return after.split("```bash\n", 1)[1].split("```", 1)[0]
+
+
+def _in_a_network_of_its_own(command: list[str]) -> list[str]:
+    """``command`` in a private network namespace with only its own loopback up, so that the
+    recipe's fixed ports (50051, 8000, 9094-9096) cannot meet another test's."""
+    namespace = ["unshare", "-n"] if os.geteuid() == 0 else ["unshare", "-rn"]
+    return [*namespace, "sh", "-c", 'ip link set lo up && exec "$@"', "sh", *command]
+
+
+@pytest.mark.skipif(shutil.which("unshare") is None or shutil.which("ip") is None,
+                    reason="needs util-linux unshare and iproute2 ip")
+def test_the_one_host_recipe_runs_as_printed(tiny_model_dir: Path, tmp_path: Path) -> None:
+    """docs/deployment.md's one-host script, run by bash exactly as printed (with the tiny model
+    and a short run through its MODEL and EXTRA variables): the run finishes, every site trains
+    every round, and every site and the server's evaluator reach the backbone with their own token."""
+    deploy = tmp_path / "deploy"
+    deploy.mkdir()
+    (tmp_path / "deploy-one-host.sh").write_text(recipe("one-host"))
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
-           "FLWR_HOME": str(flwr_home), "ANTHER_HOME": str(shared_home(tmp_path)),
-           "FLWR_DISABLE_UPDATE_CHECK": "1", "PYTHONPATH": str(REPO)}
-    subprocess.run(_cli("certs", "--out", str(creds), "--clients", ",".join([*SITES, "evaluator"])),
-                   env=env, cwd=REPO, check=True, capture_output=True, timeout=60)
-    ca = creds / "ca.pem"
-    link_port, backbone_port = free_port(), free_port()
+           "ANTHER_HOME": str(shared_home(tmp_path)), "FLWR_DISABLE_UPDATE_CHECK": "1", "PYTHONPATH": str(REPO),
+           "DEPLOY": str(deploy), "MODEL": str(tiny_model_dir), "EXTRA": " ".join(SMALL)}
+    try:
+        done = subprocess.run(_in_a_network_of_its_own(["bash", str(tmp_path / "deploy-one-host.sh")]), env=env,
+                              cwd=REPO, capture_output=True, text=True, timeout=600, check=False)
+    except subprocess.TimeoutExpired as e:
+        raise AssertionError(f"the recipe did not finish in {e.timeout} s\n{_logs(deploy)}") from e
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:] + _logs(deploy)
 
-    with processes(logs, env) as procs:
-        ready = tmp_path / "backbone-ready.json"
-        procs.start("backbone", _cli("backbone", "serve", "--model", str(tiny_model_dir), "--host", "127.0.0.1",
-                                     "--port", str(backbone_port), "--tls-dir", str(creds),
-                                     "--ready-file", str(ready)))
-        procs.start("superlink", ["flower-superlink", "--ssl-certfile", str(creds / "server.pem"),
-                                  "--ssl-keyfile", str(creds / "server.key"), "--ssl-ca-certfile", str(ca),
-                                  "--host", "127.0.0.1", "--port", str(link_port), "--database", ":flwr-in-memory:",
-                                  "--disable-runtime-dependency-installation"])
-        _wait(lambda: _superlink_healthy(link_port, ca), "flower-superlink", procs, 90)
-        for k, site in enumerate(SITES):
-            node_config = (f'partition-id={k} num-partitions={len(SITES)} '
-                           f'backbone-token-file="{creds / site}.token" backbone-ca="{ca}"')
-            procs.start(site, ["flower-supernode", "--root-certificates", str(ca), "--superlink",
-                               f"127.0.0.1:{link_port}", "--port", str(free_port()), "--node-config", node_config])
-        _wait(ready.is_file, "the backbone service", procs, 120)
-
-        flwr_home.mkdir(exist_ok=True)
-        (flwr_home / "config.toml").write_text(
-            f'[superlink]\ndefault = "deployment"\n\n[superlink.deployment]\n'
-            f'address = "127.0.0.1:{link_port}"\nroot-certificates = "{ca}"\n')
-        overrides = [*SMALL, f"federation.num_clients={len(SITES)}", f"model.path={tiny_model_dir}",
-                     f"output_dir={runs}", "backbone.mode=remote", f"backbone.address=127.0.0.1:{backbone_port}",
-                     f"backbone.ca_cert={ca}", f"backbone.token_file={creds / 'evaluator.token'}",
-                     "backbone.wire_dtype=bfloat16"]
-        run_config = f'experiment="default" overrides="{" ".join(overrides)}"'
-        try:
-            flwr = subprocess.run(["flwr", "run", str(REPO), "deployment", "--stream", "--run-config", run_config],
-                                  env=env, cwd=tmp_path, capture_output=True, text=True, timeout=330, check=False)
-        except subprocess.TimeoutExpired as e:
-            raise AssertionError(f"flwr run did not finish in {e.timeout} s\n{procs.tails()}") from e
-        assert flwr.returncode == 0, flwr.stdout[-4000:] + flwr.stderr[-2000:] + procs.tails()
-        procs.stop("backbone")  # it logs who called it as it stops
-        backbone_log = (logs / "backbone.log").read_text()
-
-    (run_dir,) = list(runs.iterdir())
+    (run_dir,) = list((deploy / "runs").iterdir())
     result = json.loads((run_dir / "result.json").read_text())
-    assert result["finished"] is True, flwr.stdout[-3000:]
+    assert result["finished"] is True, done.stdout[-3000:]
     assert [r["round"] for r in result["rounds"]] == [0, 1, 2]
-    assert all(0.0 <= r["acc_mc"] <= 1.0 for r in result["rounds"]), "accuracy was not recorded every round"
-    assert all(r["clients"] == len(SITES) for r in result["rounds"][1:])
+    assert all(r["clients"] == r["sampled"] == len(SITES) and not r["failed"] for r in result["rounds"][1:])
     assert result["config"]["backbone"]["mode"] == "remote"
     assert all(result["traffic"][k] > 0 for k in ("adapter_bytes_up", "adapter_bytes_down",
                                                    "activation_bytes_up", "activation_bytes_down"))
+    assert sorted(result["clients"]["per_client"]) == ["0", "1", "2"]
+    partition = json.loads((run_dir / "partition.json").read_text())
+    assert [c["partition_id"] for c in partition["clients"]] == [0, 1, 2]
 
     final = load_file(str(run_dir / "checkpoints" / "round-0002" / "adapters.safetensors"))
     dim = AutoConfig.from_pretrained(tiny_model_dir).get_text_config().hidden_size
@@ -181,7 +169,12 @@ def test_two_rounds_on_real_flower_processes_with_a_tls_backbone(tiny_model_dir:
     assert any(not torch.equal(final[k], initial[k]) for k in final), "the global adapters did not change"
 
     # every site reached the backbone with its own token, and the server's evaluator with its own
+    backbone_log = (deploy / "backbone.log").read_text()
     calls = backbone_log[backbone_log.rindex("calls per client:"):]
     for name in [*SITES, "evaluator"]:
         assert f"'{name}':" in calls, (f"{name} never called the backbone with its own token (does the "
                                        f"ClientApp pass its node_config to runtime_for?):\n{backbone_log[-3000:]}")
+
+
+def _logs(deploy: Path, chars: int = 2500) -> str:
+    return "\n".join(f"--- {p.name}\n{p.read_text()[-chars:]}" for p in sorted(deploy.glob("*.log")))
