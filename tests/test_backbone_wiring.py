@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import stat
 from collections.abc import Iterator
@@ -14,7 +15,7 @@ import torch
 from omegaconf import DictConfig
 
 from anther.backbone.certs import make_certs, read_token, read_tokens, write_tokens
-from anther.backbone.endpoint import endpoint_for
+from anther.backbone.endpoint import BackboneEndpoint, endpoint_for
 from anther.backbone.in_process import InProcessBackbone
 from anther.backbone.service.auth import ServerTls
 from anther.backbone.service.server import start
@@ -109,7 +110,7 @@ def test_wrong_token_is_refused_with_a_useful_message(tmp_path: Path, creds: Pat
     (tmp_path / "bad.token").write_text("not-a-known-token\n")
     cfg = _cfg(tmp_path, "backbone.mode=remote", f"backbone.address=127.0.0.1:{service_port}",
                f"backbone.ca_cert={creds / 'ca.pem'}")
-    with pytest.raises(ConnectionError, match="refused this node's credentials"):
+    with pytest.raises(ConnectionError, match=r"refused this node's bearer token \(backbone-token-file="):
         endpoint_for(cfg, {"backbone-token-file": str(tmp_path / "bad.token")}).connect()
 
 
@@ -197,3 +198,43 @@ def test_a_killed_service_is_restarted_on_its_port_and_a_client_carries_on(tiny_
     assert after == pytest.approx(before, rel=1e-6)
     assert again["port"] == first["port"] and again["pid"] != first["pid"]
     assert "died (exit code -9); restarting it on the same port" in capsys.readouterr().out
+
+
+@pytest.fixture(scope="module")
+def mutual_tls_port(tiny_model_dir: Path, creds: Path) -> Iterator[int]:
+    """The same backbone behind mutual TLS: every client must show a certificate ``creds``' CA signed."""
+    service = BackboneService(InProcessBackbone.from_pretrained(tiny_model_dir))
+    server, port = start(service, "127.0.0.1:0", ServerTls.from_dir(creds, mutual=True),
+                         read_tokens(creds / "tokens.json"))
+    yield port
+    server.stop(None)
+    service.close()
+
+
+@pytest.mark.parametrize(("target", "settings", "named"), [
+    ("tls", {"ca_cert": "other/ca.pem", "token_file": "creds/site-0.token"}, "not signed by the CA this node trusts"),
+    ("tls", {"token_file": "creds/site-0.token"}, "it speaks TLS, so give this node its CA (backbone-ca"),
+    ("tls", {"ca_cert": "creds/ca.pem", "token_file": "other/site-0.token"}, "refused this node's bearer token"),
+    ("mtls", {"ca_cert": "creds/ca.pem", "token_file": "creds/site-0.token"},
+     "requires a client certificate (mutual TLS), so give this node its certificate and key (backbone-cert"),
+    ("mtls", {"ca_cert": "creds/ca.pem", "token_file": "creds/site-0.token", "client_cert": "other/site-0.pem",
+              "client_key": "other/site-0.key"}, "refused this node's client certificate (backbone-cert="),
+])
+def test_a_wrong_credential_fails_in_seconds_naming_the_setting(creds, service_port, mutual_tls_port, tmp_path,
+                                                                 target, settings, named):
+    """A node configured with the wrong CA, no CA for a TLS service, a token the service does not
+    know, or no (or a foreign) client certificate for a mutual-TLS service: connecting fails within
+    seconds, not after ``backbone.retry_s`` of retries, with a message that names what to fix."""
+    import time
+
+    other = tmp_path / "other"  # another federation's CA, certificate and token
+    make_certs(other, clients=["site-0"])
+    write_tokens(other, ["site-0"])
+    paths = {key: str({"creds": creds, "other": other}[value.split("/")[0]] / value.split("/")[1])
+             for key, value in settings.items()}
+    port = service_port if target == "tls" else mutual_tls_port
+    endpoint = BackboneEndpoint(f"127.0.0.1:{port}", retry_s=120.0, **paths)
+    started = time.monotonic()
+    with pytest.raises(ConnectionError, match=re.escape(named)):
+        endpoint.connect()
+    assert time.monotonic() - started < 15

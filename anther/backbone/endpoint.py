@@ -69,19 +69,33 @@ class BackboneEndpoint:
                 wire_dtype=self.wire_dtype, fingerprint=fingerprint, retry_s=self.retry_s,
             )
         except grpc.RpcError as e:
-            raise ConnectionError(f"backbone at {self.address}: {_explain(e)}") from e
+            raise ConnectionError(f"backbone at {self.address}: {self._explain(e)}") from e
 
-
-def _explain(error: grpc.RpcError) -> str:
-    """What a failed handshake means for whoever configured this node."""
-    code = error.code()
-    if code == grpc.StatusCode.UNAUTHENTICATED:
-        return ("refused this node's credentials; check its token file (backbone-token-file) or "
-                f"certificate (backbone-cert, backbone-key): {error.details()}")
-    if code == grpc.StatusCode.UNAVAILABLE:
-        return ("unreachable or the TLS handshake failed; check the address, that the service runs, "
-                f"and that backbone-ca names the CA that signed its certificate: {error.details()}")
-    return f"{code.name}: {error.details()}"
+    def _explain(self, error: grpc.RpcError) -> str:
+        """What a failed handshake means for whoever configured this node, naming the setting to fix."""
+        code, details = error.code(), error.details() or ""
+        if code == grpc.StatusCode.UNAUTHENTICATED:
+            return (f"refused this node's bearer token (backbone-token-file={self.token_file} in the node config, "
+                    f"or backbone.token_file): {details}")
+        if "handshake failed" in details.lower():
+            if "peer name" in details.lower() or "hostname" in details.lower():
+                return (f"its TLS certificate is not for the name dialled: make it with `anther certs "
+                        f"--server-name HOST`, or set backbone.server_name: {details}")
+            return (f"its TLS certificate is not signed by the CA this node trusts (backbone-ca={self.ca_cert} "
+                    f"in the node config, or backbone.ca_cert): {details}")
+        if "Socket closed" in details:
+            if self.ca_cert is None:
+                return ("it closes plain-text connections: it speaks TLS, so give this node its CA (backbone-ca in "
+                        "the node config, or backbone.ca_cert)")
+            if self.client_cert is None:
+                return ("it closed every TLS connection: it requires a client certificate (mutual TLS), so give "
+                        "this node its certificate and key (backbone-cert and backbone-key in the node config)")
+            return (f"it refused this node's client certificate (backbone-cert={self.client_cert}, "
+                    f"backbone-key={self.client_key}): it must be signed by the service's CA")
+        if code == grpc.StatusCode.UNAVAILABLE:
+            return (f"unreachable for {self.retry_s or 0:g} s; check the address (backbone-address in the node "
+                    f"config, or backbone.address) and that the service runs: {details}")
+        return f"{code.name}: {details}"
 
 
 def endpoint_for(cfg: DictConfig, node_config: Mapping[str, Any] | None = None) -> BackboneEndpoint | None:

@@ -33,6 +33,9 @@ T = TypeVar("T")
 
 # Replies may be large (gradients); the server chunks them, this is only a ceiling.
 _MAX_REPLY_MESSAGE_BYTES = 256 << 20
+# a service that closes this many connections in a row while they say hello refuses this side's TLS
+# (a restarting one refuses connections instead, until it listens)
+CLOSED_AT_HANDSHAKE = 3
 
 Pem = str | Path | bytes
 
@@ -104,7 +107,7 @@ class RemoteBackbone:
     def _handshake(self, fingerprint: str | None) -> pb.InfoReply:
         """The server's Info, checked against what this client needs."""
         reply = self._retrying(lambda: self._stub.Info(pb.InfoRequest(), metadata=self._metadata,
-                                                       timeout=self.timeout_s))
+                                                       timeout=self.timeout_s), handshake=True)
         if self.wire_dtype not in reply.wire_dtypes:
             raise ValueError(f"the server does not take wire dtype {self.wire_dtype!r}")
         if fingerprint is not None and reply.fingerprint != fingerprint:
@@ -141,16 +144,22 @@ class RemoteBackbone:
 
     # ------------------------------------------------------------ transport
 
-    def _retrying(self, call: Callable[[], T]) -> T:
-        attempt, started = 0, time.monotonic()
+    def _retrying(self, call: Callable[[], T], handshake: bool = False) -> T:
+        """``call``, tried again while the service is UNAVAILABLE (see the class), except where
+        that cannot pass: a TLS handshake that failed, or, in the ``handshake``, a service that
+        closes every connection at once (TLS against plain text, or a client certificate
+        missing or refused), which is no restart."""
+        attempt, started, closed = 0, time.monotonic(), 0
         while True:
             try:
                 return call()
             except grpc.RpcError as e:
                 attempt += 1
+                closed += handshake and "Socket closed" in (e.details() or "")
                 out_of_budget = (attempt >= self.attempts if self.retry_s is None
                                  else time.monotonic() - started >= self.retry_s)
-                if e.code() != grpc.StatusCode.UNAVAILABLE or out_of_budget:
+                if (e.code() != grpc.StatusCode.UNAVAILABLE or out_of_budget or _tls_failed(e)
+                        or closed >= CLOSED_AT_HANDSHAKE):
                     raise
                 delay = min(self.max_backoff_s, self.backoff_s * 2 ** (attempt - 1))
                 time.sleep(delay * random.uniform(0.5, 1.0))
@@ -270,6 +279,12 @@ class RemoteBackbone:
         _set_positions(req, position_ids)
         reply = self._call(self._stub.Generate, req)
         return wire.decode(reply.token_ids, "token_ids", ("int64",), ndim=2)
+
+
+def _tls_failed(error: grpc.RpcError) -> bool:
+    """Whether a call failed in the TLS handshake (a certificate not signed by the CA this side
+    trusts, or not for the name dialled): retrying cannot help."""
+    return "handshake failed" in (error.details() or "").lower()
 
 
 def _rows(position_ids: Positions, rows: slice) -> Positions:
