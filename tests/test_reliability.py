@@ -178,7 +178,9 @@ PARTITION_OF = {101: 0, 102: 1, 103: 2, 104: 3, 105: 4}
 
 def _sent(node: int) -> Message:
     content = RecordDict({"arrays": _record(SENT), "config": ConfigRecord({"server-round": 1})})
-    return Message(content, dst_node_id=node, message_type=MessageType.TRAIN)
+    message = Message(content, dst_node_id=node, message_type=MessageType.TRAIN)
+    message.metadata.__dict__["_message_id"] = f"msg-to-{node}"  # as the grid sets it when it pushes
+    return message
 
 
 def _reply(to: Message, delta: float = 0.1, arrays: dict[str, np.ndarray] | None = None,
@@ -298,13 +300,15 @@ def test_an_error_the_superlink_made_names_the_node_it_answers_for():
     """A node that stops sending heartbeats gets an error reply from the SuperLink itself, whose
     source is the SuperLink; the message it answers says which partition failed."""
     sent = [_sent(n) for n in (101, 102)]
-    for i, m in enumerate(sent):
-        m.metadata.__dict__["_message_id"] = f"msg-{i}"  # as the grid sets it when it pushes
     unavailable = Message(Error(code=5, reason="Error: Node Unavailable"), reply_to=sent[1])
     unavailable.metadata.__dict__["_src_node_id"] = 1  # the SuperLink's node id, as it sets it
     screened = screen_replies(sent, [_reply(sent[0]), unavailable], PARTITION_OF)
     assert [(p.partition_id, p.node_id) for p in screened.failed] == [(1, 102)]
     assert "Node Unavailable" in screened.failed[0].reason
+    stray = Message(Error(code=5, reason="Error: Node Unavailable"), reply_to=_sent(103))  # asked another time
+    stray.metadata.__dict__["_src_node_id"] = 1
+    again = screen_replies(sent, [_reply(sent[0]), _reply(sent[1]), stray], PARTITION_OF)
+    assert again.failed == [] and len(again.accepted) == 2  # no phantom failure of "partition None"
 
 
 def test_two_nodes_claiming_one_partition_are_refused_by_node_id():

@@ -37,6 +37,7 @@ from anther.data.partition_report import reported_partitions
 from anther.server.checkpoint import latest_checkpoint, save_checkpoint
 from anther.server.evaluation import ServerEvaluator
 from anther.server.round_guard import (
+    Problem,
     aggregate_guarded,
     log_problems,
     replies_are_masked,
@@ -147,8 +148,22 @@ class FederatedRun:
         # config.yaml and the partition report, before training
         self.recorder = RunRecorder(cfg if recorded is None else recorded, None)  # clients report their data
         self.run_dir = self.recorder.dir
+        self.info: dict[int, ConfigRecord] = {}  # node id -> its QUERY answer
+        self.not_joined: dict[int, str] = {}  # node id -> why it could not say who it is, when last asked
 
     # -- nodes ---------------------------------------------------------------------------
+    def _ask(self, node_ids: Iterable[int]) -> dict[int, ConfigRecord]:
+        """Node id -> its QUERY answer (partition id, holdings, adapter rank), for those that answered;
+        each node that could not (its ClientApp failed, say, on data it cannot read) is warned about
+        and kept in ``not_joined`` with the reason, and asked again next round."""
+        queries = [Message(RecordDict({protocol.CONFIG: self._config(0)}), dst_node_id=n,
+                           message_type=MessageType.QUERY) for n in node_ids]
+        answers, failed = split_failures(queries, self._send(queries), {})
+        for p in failed:
+            log(WARNING, "anther: node %d did not join: %s", p.node_id, p.reason)
+        self.not_joined = {p.node_id: p.reason for p in failed}
+        return {node: reply.content[protocol.INFO] for node, reply in answers}
+
     def _discover(self) -> dict[int, int]:
         """Wait for the federation's nodes, ask each about itself (partition id, adapter rank),
         tell a node-aware strategy the answers, and map partition id -> node id."""
@@ -158,19 +173,39 @@ class FederatedRun:
         while len(node_ids) < want and time.monotonic() < deadline:
             time.sleep(1.0)
             node_ids = list(self.grid.get_node_ids())
-        queries = [Message(RecordDict({protocol.CONFIG: self._config(0)}), dst_node_id=n,
-                           message_type=MessageType.QUERY) for n in node_ids]
-        replies = self.grid.send_and_receive(queries, timeout=self.cfg.federation.round_timeout_s)
-        info = {r.metadata.src_node_id: r.content[protocol.INFO] for r in replies if not r.has_error()}
-        if len(info) < self.cfg.federation.min_train_clients:
-            raise RuntimeError(f"only {len(info)} clients answered; need "
+        self.info = self._ask(node_ids)
+        if len(self.info) < self.cfg.federation.min_train_clients:
+            raise RuntimeError(f"only {len(self.info)} clients answered; need "
                                f"federation.min_train_clients={self.cfg.federation.min_train_clients}")
-        partitions = _one_node_per_partition(info)
-        reports = {pid: json.loads(str(info[node][protocol.HOLDINGS])) for pid, node in partitions.items()}
+        partitions = _one_node_per_partition(self.info)
+        reports = {pid: json.loads(str(self.info[node][protocol.HOLDINGS])) for pid, node in partitions.items()}
         self.recorder.report_partitions(reported_partitions(self.cfg, self.data_folder, reports))
         if isinstance(self.strategy, NodeAware):
-            self.strategy.set_node_info(info)
+            self.strategy.set_node_info(self.info)
         return partitions
+
+    def _connected(self, partitions: dict[int, int]) -> tuple[dict[int, int], list[Problem]]:
+        """The partitions whose node is connected now, and one :class:`Problem` for each whose node is
+        not (the SuperLink stopped hearing its heartbeats): those are left out of sampling until they
+        are back. A node that joined since (a site restarted, with a new node id) is asked who it is
+        first and takes its partition back."""
+        online = set(self.grid.get_node_ids())
+        joined = online - set(partitions.values())
+        self.not_joined = {}
+        if joined:
+            for node, answer in self._ask(sorted(joined)).items():
+                pid = int(answer[protocol.PARTITION_ID])
+                if partitions.get(pid) in online:
+                    log(WARNING, "anther: node %d also claims partition %d, which node %d holds; ignoring it",
+                        node, pid, partitions[pid])
+                    continue
+                log(WARNING, "anther: partition %d is back, as node %d", pid, node)
+                partitions[pid], self.info[node] = node, answer
+            if isinstance(self.strategy, NodeAware):
+                self.strategy.set_node_info(self.info)
+        gone = [Problem(pid, node, "its node is not connected; left out until it is back")
+                for pid, node in partitions.items() if node not in online]
+        return {pid: node for pid, node in partitions.items() if node in online}, gone
 
     def _sample(self, partitions: dict[int, int]) -> list[int]:
         k = clients_per_round(self.cfg.federation, len(partitions))
@@ -222,14 +257,18 @@ class FederatedRun:
     def execute(self, initial: ArrayRecord) -> ArrayRecord:
         arrays, first = self._resume_point(initial)  # before discovery, which tells the strategy its nodes
         partitions = self._discover()
-        partition_of = {node: pid for pid, node in partitions.items()}
         if first == 1:
             t0 = time.time()
             self.recorder.add_round({"round": 0, "clients": 0, **self._evaluate_server(arrays),
                                      "seconds": time.time() - t0})
         for server_round in range(first, self.cfg.federation.rounds + 1):
             t0 = time.time()
-            sampled = self._sample(partitions)
+            connected, unavailable = self._connected(partitions)
+            partition_of = {node: pid for pid, node in partitions.items()}
+            for p in unavailable:
+                log(WARNING, "anther: round %d: partition %s (node %d): %s", server_round, p.partition_id,
+                    p.node_id, p.reason)
+            sampled = self._sample(connected)
             config = self._config(server_round)
             messages = list(self.strategy.configure_train(server_round, arrays, config,
                                                           OfferedGrid(self.grid, sampled)))
@@ -250,6 +289,8 @@ class FederatedRun:
                 "sampled": len(sampled),
                 "rejected": [p.record() for p in screened.rejected],
                 "failed": [p.record() for p in screened.failed],
+                "unavailable": [p.record() for p in unavailable],
+                "not_joined": [{"node_id": n, "reason": why} for n, why in self.not_joined.items()],
                 "skipped": outcome.skipped,
                 "adapter_bytes_down": _array_bytes(messages),
                 "adapter_bytes_up": _array_bytes(m for m in received if not m.has_error()),
@@ -270,14 +311,16 @@ class FederatedRun:
         """Each client scores the final global adapters on its own test split, with the messages
         the strategy builds (at the node's rank; with its local adapter, when personalised)."""
         last = self.cfg.federation.rounds
+        connected, unavailable = self._connected(partitions)
         messages = self.strategy.configure_evaluate(last, arrays, self._config(last),
-                                                    OfferedGrid(self.grid, list(partitions.values())))
+                                                    OfferedGrid(self.grid, list(connected.values())))
         answers, missing = split_failures(messages, self._send(messages), {n: p for p, n in partitions.items()})
+        missing += unavailable
         for p in missing:
             log(WARNING, "anther: final evaluation: got nothing from partition %s (node %d): %s", p.partition_id,
                 p.node_id, p.reason)
         metrics = [dict(m.content[protocol.METRICS]) for _, m in answers]
         per_client = {int(m[protocol.PARTITION_ID]): m for m in sorted(metrics, key=lambda m: m[protocol.PARTITION_ID])}
-        print(f"anther: final evaluation: {len(per_client)} of {len(messages)} clients answered", flush=True)
-        return {"summary": summarise_clients(per_client), "per_client": per_client, "asked": len(messages),
+        print(f"anther: final evaluation: {len(per_client)} of {len(partitions)} clients answered", flush=True)
+        return {"summary": summarise_clients(per_client), "per_client": per_client, "asked": len(partitions),
                 "missing": [p.record() for p in missing]}

@@ -145,6 +145,8 @@ def split_failures(sent: Sequence[Message], replies: Sequence[Message],
     answered = set()
     for reply in replies:
         node = asked.get(reply.metadata.reply_to_message_id, reply.metadata.src_node_id)
+        if reply.has_error() and reply.metadata.reply_to_message_id not in asked:
+            continue  # answers nothing this exchange sent: no client of it failed
         answered.add(node)
         if reply.has_error():
             failed.append(Problem(partition_of.get(node), node,
