@@ -36,13 +36,13 @@ deadline = time.monotonic() + 600
 while not list(runs.glob("*/checkpoints/round-0001")) and run.poll() is None and time.monotonic() < deadline:
     time.sleep(0.1)
 filler = mnt / "filler"
-with filler.open("wb") as f:  # every byte left
-    try:
-        while True:
-            f.write(b"\0" * (1 << 20))
-            f.flush()
-    except OSError:
-        pass
+with filler.open("wb", buffering=0) as f:  # every byte left: in MiBs, then pages, then bytes
+    for size in (1 << 20, 1 << 12, 1):
+        try:
+            while True:
+                f.write(b"\0" * size)
+        except OSError:
+            pass
 first = run.communicate(timeout=600)[0]
 run_dir = next(runs.iterdir())
 kept = sorted(p.name for p in (run_dir / "checkpoints").iterdir())

@@ -9,6 +9,7 @@ tiny model's evaluator, the strategy, the run folder, the checkpoints.
 from __future__ import annotations
 
 import json
+import uuid
 from pathlib import Path
 
 import numpy as np
@@ -47,6 +48,9 @@ class ScriptedGrid:
         return list(NODES)
 
     def send_and_receive(self, messages, timeout=None) -> list[Message]:
+        messages = list(messages)
+        for m in messages:  # as Flower's grids do when they push a message
+            m.metadata.__dict__["_message_id"] = uuid.uuid4().hex
         return [r for r in (self._reply(m) for m in messages) if r is not None]
 
     def _reply(self, m: Message) -> Message | None:

@@ -67,10 +67,12 @@ def holdings(train: list[Sample], test: list[Sample], own_data: bool) -> dict[st
             "own_data": own_data}
 
 
-def reported_partitions(cfg: DictConfig, folder: Path, reports: dict[int, dict[str, Any]]) -> list[ClientPartition]:
-    """The run's table from what each client reported (partition id -> :func:`holdings`): a client
-    that trains on a partition of the run's data, which this side can read too, gets its labels
-    and domains from that copy when the counts agree; any other shows counts and modalities only."""
+def reported_partitions(cfg: DictConfig, folder: Path,
+                        reports: dict[int, dict[str, Any] | None]) -> list[ClientPartition]:
+    """The run's table from what each client reported (partition id -> :func:`holdings`, None for a
+    client that did not say): a client that trains on a partition of the run's data, which this side
+    can read too, gets its labels and domains from that copy when the counts agree (or it did not
+    say); any other shows the counts and modalities it reported, or zeros."""
     try:
         computed = {c.partition_id: c for c in describe_partitions(cfg, folder)}
     except (OSError, ValueError, IndexError):  # the run's data is on the sites, not here
@@ -78,7 +80,9 @@ def reported_partitions(cfg: DictConfig, folder: Path, reports: dict[int, dict[s
     out = []
     for pid, held in sorted(reports.items()):
         mine = computed.get(pid)
-        if held["own_data"] or mine is None or (mine.train, mine.test) != (held["train"], held["test"]):
+        if held is None:
+            mine = mine or ClientPartition(pid, 0, 0)
+        elif held["own_data"] or mine is None or (mine.train, mine.test) != (held["train"], held["test"]):
             mine = ClientPartition(pid, held["train"], held["test"], presence=held["presence"])
         out.append(mine)
     return out

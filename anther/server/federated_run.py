@@ -178,7 +178,8 @@ class FederatedRun:
             raise RuntimeError(f"only {len(self.info)} clients answered; need "
                                f"federation.min_train_clients={self.cfg.federation.min_train_clients}")
         partitions = _one_node_per_partition(self.info)
-        reports = {pid: json.loads(str(self.info[node][protocol.HOLDINGS])) for pid, node in partitions.items()}
+        reports = {pid: json.loads(str(self.info[node][protocol.HOLDINGS])) if protocol.HOLDINGS in self.info[node]
+                   else None for pid, node in partitions.items()}  # a ClientApp of one's own may not say
         self.recorder.report_partitions(reported_partitions(self.cfg, self.data_folder, reports))
         if isinstance(self.strategy, NodeAware):
             self.strategy.set_node_info(self.info)
