@@ -7,6 +7,7 @@ sends it. A node listed in ``fail_train`` raises when its train handler runs.
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Callable, Iterable
 
 import numpy as np
@@ -29,6 +30,7 @@ class LoopbackGrid:
     def send_and_receive(self, messages: Iterable[Message], timeout: float | None = None) -> list[Message]:
         replies = []
         for m in messages:
+            m.metadata.__dict__["_message_id"] = uuid.uuid4().hex  # as Flower's grids do when they push it
             try:
                 reply = self.app(m, self.contexts[m.metadata.dst_node_id])
             except Exception as err:  # noqa: BLE001 - what Flower's runtime does with it
