@@ -34,7 +34,7 @@ pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parents[1]
 SMALL = ["federation.num_clients=3", "federation.fraction_train=1.0", "federation.rounds=2", "federation.min_replies=1",
-         "federation.round_timeout_s=60", "train.local_steps=2", "train.batch_size=4", "data.train_size=60",
+         "federation.round_timeout_s=45", "train.local_steps=2", "train.batch_size=4", "data.train_size=60",
          "data.test_size=16", "eval.server_test_size=8", "eval.generate=false", "adapter.rank=4"]
 
 

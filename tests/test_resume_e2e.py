@@ -36,9 +36,8 @@ pytestmark = pytest.mark.slow
 ROUNDS = 3
 IN_CREATE = 0x100  # inotify: an entry was created in the watched folder
 TMP_FOLDER = re.compile(r"\.round-(\d{4})\.\d+\.tmp")  # anther/server/checkpoint.py's folder being written
-# A few more local steps than SMALL, so a round lasts long enough to be killed in.
-OVERRIDES = [o for o in SMALL if not o.startswith(("federation.rounds=", "train.local_steps="))] + [
-    f"federation.rounds={ROUNDS}", "train.local_steps=6", "strategy.name=fedadam"]
+OVERRIDES = [o for o in SMALL if not o.startswith("federation.rounds=")] + [
+    f"federation.rounds={ROUNDS}", "strategy.name=fedadam"]
 
 
 def _cmd(*args: str) -> list[str]:
