@@ -24,6 +24,7 @@ from anther.backbone.service.batching import BatchPolicy
 from anther.backbone.service.decode import Limits
 from anther.backbone.service.server import start
 from anther.backbone.service.servicer import BackboneService
+from anther.bench.service_bench import random_inputs
 
 TOKENS = {"hog": "hog-token", "good": "good-token"}
 
@@ -44,13 +45,6 @@ def _serving(local: InProcessBackbone, limits: Limits) -> Iterator[tuple[Backbon
     finally:
         server.stop(None)
         svc.close()
-
-
-def _inputs(local: InProcessBackbone, batch: int, length: int, seed: int = 0) -> tuple[torch.Tensor, ...]:
-    g = torch.Generator().manual_seed(seed)
-    embeds = torch.randn(batch, length, local.info.hidden_size, generator=g)
-    return embeds, torch.ones(batch, length, dtype=torch.long), torch.randint(0, local.info.vocab_size,
-                                                                                (batch, length), generator=g)
 
 
 def _request(inputs: tuple[torch.Tensor, ...]) -> pb.ForwardRequest:
@@ -90,7 +84,7 @@ def _wait_for(condition: Callable[[], bool], timeout_s: float = 10.0) -> None:
 
 
 def _good_client_is_served(local: InProcessBackbone, port: int) -> float:
-    inputs = _inputs(local, 2, 16, seed=9)
+    inputs = random_inputs(local, 2, 16, seed=9)
     with RemoteBackbone(f"127.0.0.1:{port}", token="good-token", attempts=1) as remote:
         loss = remote.train_step(*inputs)[0]
     assert loss == pytest.approx(local.train_step(*inputs)[0], rel=1e-5)
@@ -131,10 +125,10 @@ def test_idle_streams_of_one_client_cannot_lock_out_the_others(local):
 def test_a_stalled_upload_holds_its_bytes_only_until_the_read_timeout(local):
     """The hog uploads part of a request and stalls, holding bytes; the good client's request does not
     fit beside them, waits for room, and is served once the hog's call is ended."""
-    big = _request(_inputs(local, 8, 32))
+    big = _request(random_inputs(local, 8, 32, seed=0))
     chunks = list(wire.chunks(big, 16 * 1024))[:3]
     held = sum(c.ByteSize() for c in chunks)
-    good = _request(_inputs(local, 2, 16, seed=9)).ByteSize()
+    good = _request(random_inputs(local, 2, 16, seed=9)).ByteSize()
     limits = Limits(max_inflight_bytes=held + good - 1, read_timeout_s=2.0)
     stop = threading.Event()
     with _serving(local, limits) as (svc, port), ThreadPoolExecutor(1) as pool:
@@ -151,7 +145,7 @@ def test_a_stalled_upload_holds_its_bytes_only_until_the_read_timeout(local):
 def test_a_client_over_its_call_limit_backs_off_and_gets_through(local):
     """Six TrainSteps at once from one client allowed one call in flight: the others are refused
     "busy" (UNAVAILABLE), retried with backoff, and every one gets its own right answer."""
-    batches = [_inputs(local, 2, 16, seed=s) for s in range(6)]
+    batches = [random_inputs(local, 2, 16, seed=s) for s in range(6)]
     with _serving(local, Limits(max_calls_per_client=1)) as (svc, port), \
             RemoteBackbone(f"127.0.0.1:{port}", token="good-token", attempts=50, backoff_s=0.02) as remote, \
             ThreadPoolExecutor(6) as pool:

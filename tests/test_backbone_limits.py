@@ -22,6 +22,7 @@ from anther.backbone.service.batching import BatchPolicy
 from anther.backbone.service.decode import Limits
 from anther.backbone.service.server import start
 from anther.backbone.service.servicer import BackboneService
+from anther.bench.service_bench import random_inputs
 
 TOKENS = 256  # sequences x tokens a request (and a pass) may hold here
 LIMITS = Limits(max_sequence_length=64, max_request_tokens=TOKENS)
@@ -43,17 +44,8 @@ def service(local: InProcessBackbone) -> Iterator[tuple[BackboneService, int]]:
     svc.close()
 
 
-def _inputs(local: InProcessBackbone, batch: int, length: int, seed: int = 0) -> tuple[torch.Tensor, ...]:
-    g = torch.Generator().manual_seed(seed)
-    embeds = torch.randn(batch, length, local.info.hidden_size, generator=g)
-    mask = torch.ones(batch, length, dtype=torch.long)
-    labels = torch.randint(0, local.info.vocab_size, (batch, length), generator=g)
-    labels[:, : length // 2] = -100
-    return embeds, mask, labels
-
-
 def _well_behaved_client_is_served(local: InProcessBackbone, port: int) -> None:
-    inputs = _inputs(local, 2, 16, seed=9)
+    inputs = random_inputs(local, 2, 16, seed=9)
     with RemoteBackbone(f"127.0.0.1:{port}", attempts=1) as remote:
         assert remote.train_step(*inputs)[0] == pytest.approx(local.train_step(*inputs)[0], rel=1e-5)
 
@@ -64,7 +56,7 @@ def test_info_reports_the_token_limit(service):
 
 
 def test_a_request_over_the_token_limit_is_resource_exhausted(local, service):
-    embeds, mask, labels = _inputs(local, 9, 32)  # 288 tokens > 256
+    embeds, mask, labels = random_inputs(local, 9, 32, seed=0)  # 288 tokens > 256
     request = pb.ForwardRequest(inputs_embeds=wire.encode(embeds), attention_mask=wire.encode(mask),
                                 labels=wire.encode(labels))
     with grpc.insecure_channel(f"127.0.0.1:{service[1]}") as channel, pytest.raises(grpc.RpcError) as err:
@@ -86,7 +78,7 @@ def test_bytes_that_are_no_message_are_invalid_argument_without_a_traceback(loca
 
 
 def test_an_output_that_is_not_finite_is_refused_for_that_request_only(local, service):
-    embeds, mask, labels = _inputs(local, 2, 16)
+    embeds, mask, labels = random_inputs(local, 2, 16, seed=0)
     with RemoteBackbone(f"127.0.0.1:{service[1]}", attempts=1) as remote, pytest.raises(grpc.RpcError) as err:
         remote.train_step(torch.full_like(embeds, 3e38), mask, labels)  # finite; its squares overflow
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "not finite" in err.value.details()
@@ -95,7 +87,7 @@ def test_an_output_that_is_not_finite_is_refused_for_that_request_only(local, se
 
 @pytest.mark.parametrize("method", ["train_step", "score", "next_token_logits", "hidden_states"])
 def test_a_batch_over_the_limit_goes_in_parts_with_the_whole_batchs_answer(local, service, method):
-    embeds, mask, labels = _inputs(local, 20, 32, seed=4)  # 640 tokens: three parts of at most 8 rows
+    embeds, mask, labels = random_inputs(local, 20, 32, seed=4)  # 640 tokens: three parts of at most 8 rows
     mask[-1, 20:] = 0
     labels[mask == 0] = -100
     args = (embeds, mask, labels) if method in ("train_step", "score") else (embeds, mask)
@@ -111,7 +103,7 @@ def test_a_batch_over_the_limit_goes_in_parts_with_the_whole_batchs_answer(local
 
 
 def test_backward_from_hidden_goes_in_parts_too(local, service):
-    embeds, mask, _ = _inputs(local, 20, 32, seed=5)
+    embeds, mask, _ = random_inputs(local, 20, 32, seed=5)
     grad_hidden = torch.randn(20, 32, local.info.hidden_size, generator=torch.Generator().manual_seed(6))
     with RemoteBackbone(f"127.0.0.1:{service[1]}", attempts=1) as remote:
         got = remote.backward_from_hidden(embeds, mask, grad_hidden)
@@ -130,7 +122,7 @@ def test_no_pass_holds_more_tokens_than_the_limit(local, service):
         seen.append(x.shape[0] * x.shape[1])
         return real(x, mask, positions)
 
-    inputs = [_inputs(local, 4, 32, seed=i) for i in range(8)]  # 128 tokens each: two fit a pass
+    inputs = [random_inputs(local, 4, 32, seed=i) for i in range(8)]  # 128 tokens each: two fit a pass
     local.logits_on_device = counting
     try:
         with RemoteBackbone(f"127.0.0.1:{port}", attempts=1) as remote, ThreadPoolExecutor(8) as pool:

@@ -215,14 +215,15 @@ class RemoteBackbone:
         if len(parts) == 1:
             return self._train_part(inputs_embeds, attention_mask, labels, position_ids)
         counted = [int((labels[rows, 1:] != IGNORE_INDEX).sum()) for rows in parts]
-        loss, grads = 0.0, []
+        total, loss, grads = sum(counted), 0.0, []
         for rows, n in zip(parts, counted):
             if n == 0:  # no labelled token: the loss does not depend on these rows
                 grads.append(torch.zeros_like(inputs_embeds[rows]))
                 continue
             part_loss, grad = self._train_part(inputs_embeds[rows], attention_mask[rows], labels[rows],
                                                _rows(position_ids, rows))
-            loss, grads = loss + part_loss * n / sum(counted), [*grads, grad * (n / sum(counted))]
+            loss += part_loss * n / total
+            grads.append(grad * (n / total))
         return loss, torch.cat(grads)
 
     def _train_part(self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor,

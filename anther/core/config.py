@@ -11,6 +11,7 @@ format, a strategy that averages?) are in :mod:`anther.simulations.experiment`.
 from __future__ import annotations
 
 import difflib
+import functools
 import os
 import re
 import shlex
@@ -557,16 +558,22 @@ def _schema_keys(node: Any = None, prefix: str = "") -> set[str]:
     return keys
 
 
+@functools.cache
+def _known_keys() -> frozenset[str]:
+    """The schema's own dotted keys, walked once."""
+    return frozenset(_schema_keys())
+
+
 def _closest(key: str) -> str:
     """", did you mean 'x'?" for the schema key nearest to ``key``, or nothing."""
-    near = difflib.get_close_matches(key, sorted(_schema_keys()), n=1, cutoff=0.6)
+    near = difflib.get_close_matches(key, sorted(_known_keys()), n=1, cutoff=0.6)
     return f"; did you mean {near[0]!r}?" if near else ""
 
 
 def check_known_keys(cfg: DictConfig) -> None:
     """Refuse a key the schema does not have (Hydra accepts a ``+key`` that matches no field and it
     would be silently ignored), naming the closest one."""
-    unknown = sorted(_schema_keys(cfg) - _schema_keys() - {"hydra"})
+    unknown = sorted(_schema_keys(cfg) - _known_keys() - {"hydra"})
     if unknown:
         raise ConfigError(f"unknown config key {unknown[0]!r}{_closest(unknown[0])}"
                           + (f" (and {len(unknown) - 1} more)" if len(unknown) > 1 else ""))

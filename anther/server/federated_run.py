@@ -145,8 +145,8 @@ class FederatedRun:
         self.strategy = with_privacy(build_strategy(OmegaConf.to_container(cfg.strategy, resolve=True)), cfg)
         self.rng = random.Random(cfg.seed)
         self.evaluator = ServerEvaluator(cfg, data_folder)
-        # config.yaml and the partition report, before training
-        self.recorder = RunRecorder(cfg if recorded is None else recorded, None)  # clients report their data
+        # config.yaml now; the partition table once the clients have said what they hold (_discover)
+        self.recorder = RunRecorder(cfg if recorded is None else recorded, None)
         self.run_dir = self.recorder.dir
         self.info: dict[int, ConfigRecord] = {}  # node id -> its QUERY answer
         self.not_joined: dict[int, str] = {}  # node id -> why it could not say who it is, when last asked

@@ -139,22 +139,14 @@ def record_failure(run_dir: Path, error: BaseException) -> str:
     return line
 
 
-def failure_of(run_dir: Path) -> str | None:
+def failure_of(run_dir: Path, printed: str | None = None) -> str | None:
     """Why the run in ``run_dir`` did not finish, in one line; None when its ``result.json`` says
-    it finished."""
+    it finished. ``printed``: the cause the run printed (what followed ``FAILURE_LINE`` in its
+    output), the answer when the folder could not record one."""
     result = run_dir / "result.json"
     if result.is_file() and json.loads(result.read_text()).get("finished") is True:
         return None
     failure = run_dir / FAILURE_FILE
     if failure.is_file():
         return f"{json.loads(failure.read_text())['error']} (traceback in {run_dir / LOG_FILE})"
-    return f"it stopped before finishing and recorded no error; its folder is {run_dir}"
-
-
-def failure_reported(run_dir: Path, printed: str | None) -> str | None:
-    """:func:`failure_of`, or, when the folder recorded nothing, the cause the run printed
-    (``printed``: what followed ``FAILURE_LINE`` in its output)."""
-    cause = failure_of(run_dir)
-    if cause is not None and printed is not None and not (run_dir / FAILURE_FILE).is_file():
-        return printed
-    return cause
+    return printed or f"it stopped before finishing and recorded no error; its folder is {run_dir}"

@@ -21,7 +21,7 @@ from anther.backbone.supervisor import backbone_for_run
 from anther.core.config import ConfigError, simulation_resources
 from anther.core.errors import RunFailed
 from anther.data.client_data import check_partitions
-from anther.server.run_folder import check_writable, failure_reported, record_failure, run_folder
+from anther.server.run_folder import check_writable, failure_of, record_failure, run_folder
 from anther.simulations.assets import prepare_assets
 from anther.simulations.baselines import run_baseline
 from anther.simulations.console import FLOWER_LOG, Console
@@ -60,7 +60,7 @@ def simulate(experiment: str, overrides: list[str], log: Path | None = None,
         try:
             run_baseline(stack.enter_context(backbone_for_run(cfg)))
         except Exception as e:
-            raise RunFailed(f"the run failed: {failure_reported(run_dir, record_failure(run_dir, e))}") from e
+            raise RunFailed(f"the run failed: {failure_of(run_dir, record_failure(run_dir, e))}") from e
     return _outcome(run_dir, 0)
 
 
@@ -81,7 +81,7 @@ def resume(run_dir: Path, log: Path | None = None, verbose: bool = False) -> int
 def _outcome(run_dir: Path, flwr_code: int, printed: str | None = None) -> int:
     """0 when the run's folder says it finished; else :class:`RunFailed` with the cause it recorded
     (or, when it could not, ``printed``: the cause it printed)."""
-    cause = failure_reported(run_dir, printed)
+    cause = failure_of(run_dir, printed)
     if cause is not None:
         raise RunFailed(f"the run failed: {cause}" + (f" (flwr exit code {flwr_code})" if flwr_code else ""))
     return 0

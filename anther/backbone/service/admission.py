@@ -25,6 +25,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import TypeVar
 
+from anther.backbone.wire import Undecodable
+
 T = TypeVar("T")
 
 _END = object()  # the stream ended
@@ -63,7 +65,7 @@ class Ticket:
                 return
             if isinstance(item, BaseException):
                 raise item
-            if hasattr(item, "ByteSize"):  # a message; bytes that are not one are refused by the reader
+            if not isinstance(item, Undecodable):  # bytes that are no message hold nothing; the reader refuses them
                 self.admission.reserve(self, item.ByteSize())
             yield item
 

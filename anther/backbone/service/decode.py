@@ -57,10 +57,6 @@ class ForwardInputs:
     def size(self) -> int:
         return self.embeds.shape[0]
 
-    @property
-    def tokens(self) -> int:
-        return self.embeds.shape[0] * self.embeds.shape[1]
-
 
 @dataclass
 class GenerateInputs:
@@ -75,10 +71,6 @@ class GenerateInputs:
     @property
     def size(self) -> int:
         return self.embeds.shape[0]
-
-    @property
-    def tokens(self) -> int:
-        return self.embeds.shape[0] * (self.embeds.shape[1] + self.max_new_tokens)
 
 
 def _decode_embeds(

@@ -15,6 +15,7 @@ from typing import Any
 
 import grpc
 import torch
+from google.protobuf.message import Message
 
 from anther.backbone import wire
 from anther.backbone.in_process import InProcessBackbone
@@ -101,16 +102,11 @@ class BackboneService(pb_grpc.BackboneServicer):
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
 
     def _run(self, kind: Kind, item: ForwardInputs | GenerateInputs, context: grpc.ServicerContext) -> Any:
-        """The request's result; INTERNAL if the backbone failed, INVALID_ARGUMENT if what it computed
-        for this request is not finite (finite inputs can still overflow the model)."""
+        """The request's result; INTERNAL if the backbone failed."""
         try:
-            result = self.batcher.submit(kind, item).result()
+            return self.batcher.submit(kind, item).result()
         except Exception as e:  # noqa: BLE001 - report it to the caller; never crash the server
             context.abort(grpc.StatusCode.INTERNAL, f"backbone failed: {type(e).__name__}: {e}")
-        if kind != "generate" and not self.batcher.call(lambda: _finite(result)).result():
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"the backbone's {kind} output for this request is "
-                          "not finite (its inputs_embeds overflow the model); nothing is returned")
-        return result
 
     def _forward(self, kind: Kind, stream: Iterator,
                  context: grpc.ServicerContext) -> tuple[ForwardInputs, Any]:
@@ -118,46 +114,56 @@ class BackboneService(pb_grpc.BackboneServicer):
                           lambda m: decode_forward(m, self.backbone.info, self.max_len, self.dtype, kind))
         return item, self._run(kind, item, context)
 
-    def _reply(self, msg: Any) -> Iterator[Any]:
-        return wire.chunks(msg, self.limits.max_chunk_bytes)
-
-    def _encode(self, t: torch.Tensor, dtype: str) -> pb.Tensor:
-        """``t`` on the wire in ``dtype``, converted on the batcher's thread."""
-        return self.batcher.call(lambda: wire.encode(t, dtype)).result()
+    def _answer(self, kind: Kind, result: Any, build: Callable[[Any], Message],
+                context: grpc.ServicerContext) -> Iterator[Any]:
+        """The reply ``build`` makes of ``result``, in chunks; INVALID_ARGUMENT instead if what the
+        backbone computed for this request is not finite (finite inputs can still overflow the
+        model). The check and the encoding are one call on the batcher's thread, so a reply waits
+        for that thread once."""
+        reply = self.batcher.call(lambda: build(result) if kind == "generate" or _finite(result) else None).result()
+        if reply is None:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"the backbone's {kind} output for this request is "
+                          "not finite (its inputs_embeds overflow the model); nothing is returned")
+        return wire.chunks(reply, self.limits.max_chunk_bytes)
 
     @_admitted
     def TrainStep(self, request_iterator, context):
-        item, (loss, grad) = self._forward("train", request_iterator, context)
-        yield from self._reply(pb.TrainStepReply(loss=loss, grad=self._encode(grad, item.grad_dtype)))
+        item, result = self._forward("train", request_iterator, context)
+        yield from self._answer("train", result, lambda r: pb.TrainStepReply(
+            loss=r[0], grad=wire.encode(r[1], item.grad_dtype)), context)
 
     @_admitted
     def Score(self, request_iterator, context):
         _, scores = self._forward("score", request_iterator, context)
-        yield from self._reply(pb.ScoreReply(scores=self._encode(scores, "float32")))
+        yield from self._answer("score", scores, lambda r: pb.ScoreReply(scores=wire.encode(r, "float32")), context)
 
     @_admitted
     def NextTokenLogits(self, request_iterator, context):
         _, logits = self._forward("logits", request_iterator, context)
-        yield from self._reply(pb.LogitsReply(logits=self._encode(logits, "float32")))
+        yield from self._answer("logits", logits, lambda r: pb.LogitsReply(logits=wire.encode(r, "float32")),
+                                context)
 
     @_admitted
     def HiddenStates(self, request_iterator, context):
         item, hidden = self._forward("hidden", request_iterator, context)
-        yield from self._reply(pb.HiddenStatesReply(hidden_states=self._encode(hidden, item.grad_dtype)))
+        yield from self._answer("hidden", hidden, lambda r: pb.HiddenStatesReply(
+            hidden_states=wire.encode(r, item.grad_dtype)), context)
 
     @_admitted
     def BackwardFromHidden(self, request_iterator, context):
         item = self._read(request_iterator, context, lambda m: decode_hidden_backward(
             m, self.backbone.info, self.max_len, self.dtype))
         grad = self._run("backward", item, context)
-        yield from self._reply(pb.GradReply(grad=self._encode(grad, item.grad_dtype)))
+        yield from self._answer("backward", grad, lambda r: pb.GradReply(grad=wire.encode(r, item.grad_dtype)),
+                                context)
 
     @_admitted
     def Generate(self, request_iterator, context):
         item = self._read(request_iterator, context, lambda m: decode_generate(
             m, self.backbone.info, self.max_len, self.dtype, self.limits.max_new_tokens))
         ids = self._run("generate", item, context)
-        yield from self._reply(pb.GenerateReply(token_ids=self._encode(ids, "int64")))
+        yield from self._answer("generate", ids, lambda r: pb.GenerateReply(token_ids=wire.encode(r, "int64")),
+                                context)
 
     def Info(self, request, context):
         info = self.backbone.info
