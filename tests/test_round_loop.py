@@ -8,8 +8,11 @@ tiny model's evaluator, the strategy, the run folder, the checkpoints.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +20,7 @@ import pytest
 import torch
 from fakes import play_serverapp_runtime
 from flwr.app import Array, ArrayRecord, ConfigRecord, Error, Message, MessageType, MetricRecord, RecordDict
+from flwr.common.logger import LOGGER_NAME
 from safetensors.torch import load_file
 
 from anther.core.sample import write_split
@@ -85,6 +89,20 @@ def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return folder
 
 
+@contextlib.contextmanager
+def flower_log() -> Iterator[list[str]]:
+    """Every line logged on Flower's logger (where the ServerApp's lines go) meanwhile."""
+    lines: list[str] = []
+    handler = logging.Handler()
+    handler.emit = lambda record: lines.append(record.getMessage())
+    logger = logging.getLogger(LOGGER_NAME)
+    logger.addHandler(handler)
+    try:
+        yield lines
+    finally:
+        logger.removeHandler(handler)
+
+
 def _cfg(tiny_model_dir: Path, data_dir: Path, out: Path, *extra: str):
     return load_config("default", [f"model.path={tiny_model_dir}", f"data.path={data_dir}", f"output_dir={out}",
                                    "federation.num_clients=3", "federation.fraction_train=1.0", "federation.rounds=2",
@@ -107,8 +125,13 @@ def test_bad_updates_and_failures_are_recorded_and_too_few_skip_the_round(tiny_m
     # round 1: partition 1 sends NaN, partition 2 errors -> 1 usable < 2: skipped
     # round 2: partition 2 stays silent -> partitions 0 and 1 aggregate
     grid = ScriptedGrid({(1, 1): "nan", (1, 2): "error", (2, 2): "silent"})
-    run, final = _run(cfg, grid)
+    with flower_log() as lines:
+        run, final = _run(cfg, grid)
     result = json.loads((run.run_dir / "result.json").read_text())
+    # the log counts as the record does; Flower's own count (its strategy sees only accepted replies) is gone
+    assert not [line for line in lines if "results and" in line], lines
+    assert "anther: round 1: 1 of 3 sampled clients answered usably, 1 rejected, 1 failed; 0 unavailable" in lines
+    assert "anther: round 2: 2 of 3 sampled clients answered usably, 0 rejected, 1 failed; 0 unavailable" in lines
     one, two = result["rounds"][1], result["rounds"][2]
     assert "min_replies=2" in one["skipped"] and one["clients"] == 1
     assert [(p["partition_id"], "NaN" in p["reason"]) for p in one["rejected"]] == [(1, True)]

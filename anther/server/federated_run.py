@@ -39,7 +39,8 @@ from anther.server.evaluation import ServerEvaluator
 from anther.server.round_guard import (
     Problem,
     aggregate_guarded,
-    log_problems,
+    hide_flowers_count,
+    log_round,
     replies_are_masked,
     screen_replies,
     split_failures,
@@ -256,6 +257,7 @@ class FederatedRun:
         save_checkpoint(self.run_dir, server_round, arrays.to_torch_state_dict(), state, tensors)
 
     def execute(self, initial: ArrayRecord) -> ArrayRecord:
+        hide_flowers_count()  # its strategy sees only accepted replies; log_round gives the count
         arrays, first = self._resume_point(initial)  # before discovery, which tells the strategy its nodes
         partitions = self._discover()
         if first == 1:
@@ -266,9 +268,6 @@ class FederatedRun:
             t0 = time.time()
             connected, unavailable = self._connected(partitions)
             partition_of = {node: pid for pid, node in partitions.items()}
-            for p in unavailable:
-                log(WARNING, "anther: round %d: partition %s (node %d): %s", server_round, p.partition_id,
-                    p.node_id, p.reason)
             sampled = self._sample(connected)
             config = self._config(server_round)
             messages = list(self.strategy.configure_train(server_round, arrays, config,
@@ -276,7 +275,7 @@ class FederatedRun:
             received = self._send(messages)
             screened = screen_replies(messages, received, partition_of, self.cfg.federation.outlier_factor,
                                       check_arrays=not replies_are_masked(self.strategy))
-            log_problems(server_round, screened)
+            log_round(server_round, len(sampled), screened, unavailable)
             replies = screened.accepted
             outcome = aggregate_guarded(self.strategy, server_round, replies, self.cfg.federation.min_replies)
             train_metrics = outcome.metrics

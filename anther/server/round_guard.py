@@ -27,15 +27,16 @@ and the run goes on, rather than one bad round ending it.
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from logging import WARNING
+from logging import INFO, WARNING
 from typing import Any
 
 import numpy as np
 from flwr.app import ArrayRecord, Message, MetricRecord
-from flwr.common.logger import log
+from flwr.common.logger import LOGGER_NAME, log
 from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS, Key
 from flwr.serverapp.exception import AggregationError, InconsistentMessageReplies
 from flwr.serverapp.strategy import Strategy
@@ -223,12 +224,37 @@ def _drop_outliers(candidates: list[tuple[Message, float | None]], factor: float
     return kept
 
 
-def log_problems(server_round: int, screened: Screened) -> None:
-    """One warning line per client the round goes on without, naming its partition."""
-    for kind, problems in (("rejected the update of", screened.rejected), ("got nothing from", screened.failed)):
+def log_round(server_round: int, sampled: int, screened: Screened, unavailable: Sequence[Problem]) -> None:
+    """The round's count of answers, in the same terms as its record, and one warning line per
+    client the round goes on without, naming its partition."""
+    log(INFO, "anther: round %d: %d of %d sampled clients answered usably, %d rejected, %d failed; "
+        "%d unavailable", server_round, len(screened.accepted), sampled, len(screened.rejected),
+        len(screened.failed), len(unavailable))
+    for kind, problems in (("rejected the update of ", screened.rejected), ("got nothing from ", screened.failed),
+                           ("", unavailable)):
         for p in problems:
-            log(WARNING, "anther: round %d: %s partition %s (node %d): %s", server_round, kind,
+            log(WARNING, "anther: round %d: %spartition %s (node %d): %s", server_round, kind,
                 p.partition_id, p.node_id, p.reason)
+
+
+class WithoutFlowersCount(logging.Filter):
+    """Drops Flower's own "Received N results and M failures" line. Its strategies are handed only
+    the replies that passed screening, so that line would always say 0 failures while the run's
+    records say otherwise; :func:`log_round` gives the count instead."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.msg != FLOWERS_COUNT
+
+
+_WITHOUT_FLOWERS_COUNT = WithoutFlowersCount()  # one instance: addFilter keeps a filter once
+
+
+FLOWERS_COUNT = "%s: Received %s results and %s failures"  # flwr.serverapp.strategy's format string
+
+
+def hide_flowers_count() -> None:
+    """Install :class:`WithoutFlowersCount` on Flower's logger (once, however often called)."""
+    logging.getLogger(LOGGER_NAME).addFilter(_WITHOUT_FLOWERS_COUNT)
 
 
 @dataclass
