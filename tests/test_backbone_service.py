@@ -4,7 +4,6 @@ dynamic batching, clean refusals of malformed requests, TLS and bearer tokens, r
 from __future__ import annotations
 
 import dataclasses
-import math
 import socket
 import stat
 import threading
@@ -16,7 +15,7 @@ import grpc
 import pytest
 import torch
 from cryptography import x509
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from anther.backbone import wire
@@ -28,10 +27,9 @@ from anther.backbone.proto import backbone_pb2_grpc as pb_grpc
 from anther.backbone.remote import RemoteBackbone
 from anther.backbone.service.auth import ServerTls
 from anther.backbone.service.batching import RUNNERS, BatchPolicy, DynamicBatcher
-from anther.backbone.service.decode import ForwardInputs, Limits, decode_forward
+from anther.backbone.service.decode import ForwardInputs, Limits
 from anther.backbone.service.server import start
 from anther.backbone.service.servicer import BackboneService
-from anther.backbone.wire import WireError
 
 # Small limits, so that ordinary test requests are chunked and the limits are reachable.
 LIMITS = Limits(max_sequence_length=64, max_chunk_bytes=64 * 1024, max_request_bytes=1 << 20,
@@ -396,50 +394,7 @@ def test_client_retries_until_server_is_up(local: InProcessBackbone) -> None:
         up.set()
 
 
-# ---------------------------------------------------------------- (5) the decoder never crashes
-
-DTYPE_NAMES = st.sampled_from([*wire.DTYPES, "", "float64", "complex64", "int8"]) | st.text(max_size=8)
-DIMS = st.integers(-3, 6) | st.just(128) | st.integers(-(2**63), 2**63 - 1)
-
-
-@st.composite
-def tensors(draw: st.DrawFn) -> pb.Tensor:
-    """Mostly near-valid tensors (right byte count for a plausible shape), some pure junk."""
-    dtype = draw(DTYPE_NAMES)
-    shape = draw(st.lists(DIMS, max_size=4))
-    size = wire.DTYPES[dtype].itemsize if dtype in wire.DTYPES else 4
-    exact = size * math.prod(shape)
-    fits = all(0 < d <= 128 for d in shape) and exact < 4096
-    n = exact if fits and draw(st.booleans()) else draw(st.integers(0, 64))
-    data = draw(st.binary(min_size=n, max_size=n))
-    return pb.Tensor(data=data, dtype=dtype, shape=shape)
-
-
-@settings(max_examples=300, deadline=None)
-@given(msg=tensors(), ndim=st.integers(0, 4), allowed=st.sampled_from([wire.WIRE_DTYPES, wire.MASK_DTYPES,
-                                                                        wire.ID_DTYPES]))
-def test_fuzz_tensor_decoder(msg: pb.Tensor, ndim: int, allowed: tuple[str, ...]) -> None:
-    try:
-        t = wire.decode(msg, "t", allowed, ndim)
-    except WireError:
-        return
-    assert t.dim() == ndim and wire.dtype_name(t.dtype) in (*allowed, "uint8")
-
-
-FUZZ_INFO = BackboneInfo(fingerprint="fuzz", hidden_size=4, vocab_size=16, dtype="float32",
-                         max_sequence_length=8)
-
-
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(embeds=tensors() | st.none(), mask=tensors() | st.none(), labels=tensors() | st.none(),
-       grad_dtype=DTYPE_NAMES, kind=st.sampled_from(["train", "score", "logits"]))
-def test_fuzz_request_decoder(embeds, mask, labels, grad_dtype: str, kind: str) -> None:
-    req = pb.ForwardRequest(inputs_embeds=embeds, attention_mask=mask, labels=labels, grad_dtype=grad_dtype)
-    try:
-        out = decode_forward(req, FUZZ_INFO, FUZZ_INFO.max_sequence_length, torch.float32, kind)
-    except WireError:
-        return
-    assert out.embeds.shape[-1] == FUZZ_INFO.hidden_size and out.mask.shape == out.embeds.shape[:2]
+# ---------------------------------------------------------------- (5) chunks (the decoders: test_fuzz_decoders.py)
 
 
 @settings(max_examples=100, deadline=None)

@@ -1,17 +1,20 @@
-"""Property-based fuzzing of every request decoder of the backbone service (issue 7, bad input).
+"""Property tests of every request decoder of the backbone service, and of the service's read path.
 
-Whatever a client sends, decoding either yields inputs the model can run (checked below) or
-raises :class:`WireError`, which the service turns into INVALID_ARGUMENT; any other exception
-would be an INTERNAL error or a crash. Requests are built from values as well as from raw
-bytes, so that most of them get past the byte-count check and reach the deeper checks
-(finite embeddings, a 0/1 mask with an attended position per row, labels in the vocabulary),
-in each dtype the model may compute in.
+Each case starts from a valid request, as a client builds it (random shapes, wire dtypes, values,
+padding and positions), and then applies up to two mutations. Every mutation either must make
+the decoder refuse the request (:class:`WireError`, which the service answers with
+INVALID_ARGUMENT) or must not matter (labels that a logits request does not read), so every case
+has a known verdict: a case without a refusing mutation decodes to exactly the tensors it was
+built from, in the model's dtype; any other is refused. Each fuzzer checks its own reach too: at
+least a quarter of its cases decode and at least a quarter are refused, so a decoder that refuses
+everything, or takes everything, fails the suite (the last tests show both).
 """
 
 from __future__ import annotations
 
-import math
+from collections.abc import Callable
 from concurrent import futures
+from dataclasses import dataclass, field
 from types import SimpleNamespace
 
 import grpc
@@ -36,153 +39,306 @@ from anther.backbone.wire import WireError
 
 INFO = BackboneInfo(fingerprint="fuzz", hidden_size=4, vocab_size=16, dtype="float32", max_sequence_length=8)
 MAX_NEW_TOKENS = 4
-MODEL_DTYPES = st.sampled_from([torch.float32, torch.bfloat16, torch.float16])
-DTYPE_NAMES = st.sampled_from([*wire.DTYPES, "", "float64", "int8", "Float32"]) | st.text(max_size=6)
-FUZZ = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-
-# values that sit on every boundary a decoder checks: mask 0/1, label -100 / vocab edges,
-# floats that overflow half precision (7e4) or even bfloat16 (3e38), NaN and Inf
-INT_VALUES = st.sampled_from([0, 1, 2, -1, IGNORE_INDEX, INFO.vocab_size - 1, INFO.vocab_size, 2**31 - 1])
-FLOAT_VALUES = st.floats(width=32, allow_nan=False, allow_infinity=False) | st.sampled_from([0.0, 1.0, 7e4, 3e38])
-NON_FINITE = st.sampled_from([math.nan, math.inf, -math.inf])
-FORWARD_KINDS = ["train", "score", "logits", "hidden"]  # what a ForwardRequest may be decoded for
+MODEL_DTYPES = [torch.float32, torch.bfloat16, torch.float16]
+KINDS = ["train", "score", "logits", "hidden", "backward", "generate"]  # "backward": BackwardFromHidden
+FUZZ = settings(max_examples=150, deadline=None, database=None, derandomize=True, report_multiple_bugs=False,
+                suppress_health_check=[HealthCheck.too_slow])
+REACH = 0.25  # the least share of a fuzzer's cases that must decode, and that must be refused
 
 
-def _often(draw: st.DrawFn) -> bool:
-    """True seven times in eight: keeps most requests near-valid so they reach the deep checks."""
-    return draw(st.sampled_from([True] * 7 + [False]))
+def reads(kind: str, name: str) -> bool:
+    """Whether a request of ``kind`` reads the field or setting ``name``."""
+    return {"labels": kind in ("train", "score"), "grad_hidden": kind == "backward",
+            "grad_dtype": kind != "generate", "max_new_tokens": kind == "generate"}.get(name, True)
 
 
-def _shape(draw: st.DrawFn, valid: list[int]) -> list[int]:
-    """The field's valid shape for this request most of the time; any shape at all otherwise."""
-    junk = st.lists(st.integers(-2, 5) | st.integers(-(2**63), 2**63 - 1), max_size=4)
-    near = st.sampled_from([valid, valid[:-1], [*valid, 1], [d + 1 for d in valid]])
-    return valid if _often(draw) else draw(near | junk)
+@dataclass(frozen=True)
+class Mutation:
+    """One way to break a valid request; ``refuses(case)`` says whether the decoder must refuse it."""
+
+    name: str
+    refuses: Callable[[Case], bool] = lambda case: True
+    applies: Callable[[str], bool] = lambda kind: True
+
+
+def _on(field_name: str) -> list[Mutation]:
+    """Mutations of one field's message: gone, an unknown dtype, a byte missing from its data."""
+    return [Mutation(f"{how}:{field_name}", lambda case, f=field_name: reads(case.kind, f),
+                     lambda kind, f=field_name: f != "grad_hidden" or kind == "backward")
+            for how in ("missing", "dtype", "torn")]
+
+
+MUTATIONS = [
+    Mutation("too_long"),
+    Mutation("wrong_hidden_size"),
+    Mutation("mask_shape"),
+    Mutation("labels_shape", lambda case: reads(case.kind, "labels"), lambda kind: kind != "generate"),
+    Mutation("non_finite_embedding"),
+    Mutation("beyond_model_dtype", lambda case: torch.float16 in (case.model_dtype, wire.DTYPES[case.wire_dtype])),
+    Mutation("mask_not_binary"),
+    Mutation("row_unattended"),
+    Mutation("label_out_of_vocab", lambda case: reads(case.kind, "labels"), lambda kind: kind != "generate"),
+    Mutation("nothing_to_predict", lambda case: case.kind == "train", lambda kind: kind != "generate"),
+    Mutation("position_out_of_range"),
+    Mutation("non_finite_grad_hidden", applies=lambda kind: kind == "backward"),
+    Mutation("grad_hidden_shape", applies=lambda kind: kind == "backward"),
+    Mutation("bad_grad_dtype", applies=lambda kind: kind != "generate"),
+    Mutation("max_new_tokens", applies=lambda kind: kind == "generate"),
+    *_on("inputs_embeds"), *_on("attention_mask"), *_on("labels"), *_on("grad_hidden"),
+]
+
+
+@dataclass
+class Case:
+    """A request and what it was built from: the tensors as the client held them, and the mutations."""
+
+    kind: str
+    model_dtype: torch.dtype
+    wire_dtype: str
+    tensors: dict[str, torch.Tensor]
+    mutations: list[Mutation]
+    request: pb.ForwardRequest | pb.GenerateRequest | pb.HiddenBackwardRequest = field(default=None)
+    max_new_tokens: int = 1
+
+    @property
+    def broken(self) -> list[str]:
+        """The mutations that must make the decoder refuse this case."""
+        return [m.name for m in self.mutations if m.refuses(self)]
+
+    def has(self, name: str) -> bool:
+        return any(m.name == name for m in self.mutations)
+
+    def check(self, out: ForwardInputs | GenerateInputs) -> None:
+        """``out`` holds exactly what the client sent, in the model's dtype."""
+        sent = self.tensors
+        assert _same(out.embeds, sent["inputs_embeds"].to(wire.DTYPES[self.wire_dtype]).to(self.model_dtype))
+        assert _same(out.mask, sent["attention_mask"].long())
+        positions = sent.get("position_ids")
+        assert _same(out.positions, positions)
+        if isinstance(out, GenerateInputs):
+            assert out.max_new_tokens == self.max_new_tokens
+            return
+        assert out.grad_dtype == (self.request.grad_dtype or self.wire_dtype)
+        assert _same(out.labels, sent["labels"] if reads(self.kind, "labels") else None)
+        if self.kind == "backward":
+            grad = sent["grad_hidden"].to(wire.DTYPES[self.wire_dtype]).to(self.model_dtype)
+            assert _same(out.grad_hidden, grad)
+
+
+def _same(decoded: torch.Tensor | None, sent: torch.Tensor | None) -> bool:
+    """Both absent, or equal in dtype, shape and value."""
+    if decoded is None or sent is None:
+        return decoded is sent
+    return decoded.dtype == sent.dtype and torch.equal(decoded, sent)
+
+
+def _limit(kind: str, new: int) -> int:
+    return INFO.max_sequence_length - (new if kind == "generate" else 0)
 
 
 @st.composite
-def tensors(draw: st.DrawFn, dtypes: tuple[str, ...], valid: list[int],
-            ints: st.SearchStrategy = INT_VALUES) -> pb.Tensor | None:
-    """A Tensor field, or None (missing): mostly one of the field's ``dtypes`` and its ``valid``
-    shape holding real values (``ints`` in an integer dtype, now and then any boundary value),
-    otherwise any dtype name, shape and bytes."""
-    if not _often(draw):
-        return None
-    dtype = draw(st.sampled_from(dtypes)) if _often(draw) else draw(DTYPE_NAMES)
-    shape = _shape(draw, valid)
-    if dtype in wire.DTYPES and all(0 < d <= 16 for d in shape) and len(shape) <= 4 and _often(draw):
-        n = math.prod(shape)
-        floating = wire.DTYPES[dtype].is_floating_point
-        if floating:
-            elements = FLOAT_VALUES if _often(draw) else FLOAT_VALUES | NON_FINITE
-        else:
-            elements = ints if _often(draw) else INT_VALUES
-        values = draw(st.lists(elements, min_size=n, max_size=n))
-        if dtype == "bool":  # one byte each; anything but 0 or 1 must be refused
-            return pb.Tensor(data=bytes(v & 0xFF for v in values), dtype=dtype, shape=shape)
-        t = torch.tensor(values, dtype=torch.float64 if floating else torch.int64).reshape(shape)
-        return wire.encode(t, dtype)
-    return pb.Tensor(data=draw(st.binary(max_size=80)), dtype=dtype, shape=shape)
+def cases(draw: st.DrawFn, kind: str) -> Case:
+    """A valid request of ``kind``, then none, one or two mutations of it (none half the time). The
+    mutations of one case are applied in an order in which none undoes another."""
+    usable = [m for m in MUTATIONS if m.applies(kind)]
+    count = draw(st.sampled_from([0, 0, 0, 1, 1, 2]))
+    picked = draw(st.lists(st.sampled_from(usable), min_size=count, max_size=count, unique_by=lambda m: m.name))
+    case = Case(kind, draw(st.sampled_from(MODEL_DTYPES)), draw(st.sampled_from(wire.WIRE_DTYPES)), {}, picked,
+                max_new_tokens=draw(st.integers(1, MAX_NEW_TOKENS)))
+    gen = torch.Generator().manual_seed(draw(st.integers(0, 2**32 - 1)))
+    batch = draw(st.integers(1, 3))
+    length = draw(st.integers(2, _limit(kind, case.max_new_tokens)))
+    if case.has("too_long"):
+        length = _limit(kind, case.max_new_tokens) + draw(st.integers(1, 2))
+    hidden = INFO.hidden_size + case.has("wrong_hidden_size")
+    case.tensors = _valid_tensors(gen, batch, length, hidden, with_positions=draw(st.booleans()))
+    _mutate_values(case, gen)
+    case.request = _encode(case, mask_dtype=draw(st.sampled_from(wire.MASK_DTYPES)),
+                           id_dtype=draw(st.sampled_from(wire.ID_DTYPES)), grad_dtype=draw(st.sampled_from(
+                               ["", *wire.WIRE_DTYPES])))
+    return case
 
 
-def _fields(draw: st.DrawFn) -> dict[str, pb.Tensor | None]:
-    """inputs_embeds, attention_mask and labels of one request, sharing (batch, length)."""
-    b, t = draw(st.integers(1, 3)), draw(st.integers(1, INFO.max_sequence_length + 1))
-    return {"inputs_embeds": draw(tensors(wire.WIRE_DTYPES, [b, t, INFO.hidden_size])),
-            "attention_mask": draw(tensors(wire.MASK_DTYPES, [b, t], st.sampled_from([0, 1, 1, 1]))),
-            "labels": draw(tensors(wire.ID_DTYPES, [b, t], st.sampled_from([IGNORE_INDEX, 0, 5, 15])))}
+def _valid_tensors(gen: torch.Generator, batch: int, length: int, hidden: int,
+                   with_positions: bool) -> dict[str, torch.Tensor]:
+    """What a client sends: embeddings, a padding mask with something attended in every row, labels
+    with a token to predict after the causal shift, and (now and then) its own positions."""
+    mask = (torch.rand(batch, length, generator=gen) < 0.8).long()
+    mask[torch.arange(batch), torch.randint(length, (batch,), generator=gen)] = 1
+    labels = torch.randint(INFO.vocab_size, (batch, length), generator=gen)
+    labels[torch.rand(batch, length, generator=gen) < 0.3] = IGNORE_INDEX
+    labels[0, -1] = int(torch.randint(INFO.vocab_size, (), generator=gen))
+    tensors = {"inputs_embeds": torch.randn(batch, length, hidden, generator=gen) * 4, "attention_mask": mask,
+               "labels": labels, "grad_hidden": torch.randn(batch, length, hidden, generator=gen)}
+    if with_positions:
+        tensors["position_ids"] = (torch.arange(length).expand(batch, length) * mask).unsqueeze(-1).long()
+    return tensors
+
+
+def _mutate_values(case: Case, gen: torch.Generator) -> None:
+    """The mutations of values and shapes, on the tensors before they are encoded."""
+    t = case.tensors
+
+    def anywhere(x: torch.Tensor) -> tuple[int, ...]:
+        return tuple(int(torch.randint(d, (), generator=gen)) for d in x.shape)
+
+    def one_of(*values: float) -> float:
+        return values[int(torch.randint(len(values), (), generator=gen))]
+
+    if case.has("mask_shape"):
+        t["attention_mask"] = torch.cat([t["attention_mask"], t["attention_mask"][:, :1]], dim=1)
+    if case.has("labels_shape"):
+        t["labels"] = t["labels"][:, :-1]
+    if case.has("grad_hidden_shape"):
+        t["grad_hidden"] = t["grad_hidden"][:, :-1]
+    if case.has("beyond_model_dtype"):  # before the non-finite one, which must not be overwritten
+        t["inputs_embeds"][anywhere(t["inputs_embeds"])] = 7e4  # float16's largest is 65504
+    if case.has("non_finite_embedding"):
+        t["inputs_embeds"][anywhere(t["inputs_embeds"])] = one_of(float("nan"), float("inf"), float("-inf"))
+    if case.has("non_finite_grad_hidden"):
+        t["grad_hidden"][anywhere(t["grad_hidden"])] = float("nan")
+    if case.has("mask_not_binary"):
+        t["attention_mask"][anywhere(t["attention_mask"])] = 2
+    if case.has("row_unattended"):
+        t["attention_mask"][anywhere(t["attention_mask"])[0]] = 0
+    if case.has("nothing_to_predict"):
+        t["labels"][:, 1:] = IGNORE_INDEX
+    if case.has("label_out_of_vocab"):
+        t["labels"][anywhere(t["labels"])] = INFO.vocab_size
+    if case.has("position_out_of_range"):
+        t["position_ids"] = torch.full((*t["attention_mask"].shape, 1), INFO.max_sequence_length)
+    if case.has("max_new_tokens"):
+        case.max_new_tokens = int(one_of(0, MAX_NEW_TOKENS + 1))
+
+
+def _tensor(x: torch.Tensor, dtype: str) -> pb.Tensor:
+    """``x`` as the client's encoder sends it; a mask's bytes as they are (a 2 stays a 2 in a bool mask,
+    where the encoder would have made it 1)."""
+    if dtype != "bool":
+        return wire.encode(x, dtype)
+    return pb.Tensor(data=x.to(torch.uint8).numpy().tobytes(), dtype="bool", shape=list(x.shape))
+
+
+def _encode(case: Case, mask_dtype: str, id_dtype: str, grad_dtype: str) -> pb.Message:
+    """The request message, with the mutations of the message itself (a field gone, a dtype no
+    decoder knows, a byte missing from a field's data) applied."""
+    t = case.tensors
+    fields = {"inputs_embeds": _tensor(t["inputs_embeds"], case.wire_dtype),
+              "attention_mask": _tensor(t["attention_mask"], mask_dtype)}
+    if "position_ids" in t:
+        fields["position_ids"] = _tensor(t["position_ids"], id_dtype)
+    if case.kind == "generate":
+        msg = pb.GenerateRequest(**fields, max_new_tokens=case.max_new_tokens, stop_token_ids=[1, 2])
+    elif case.kind == "backward":
+        msg = pb.HiddenBackwardRequest(**fields, grad_hidden=_tensor(t["grad_hidden"], case.wire_dtype),
+                                       grad_dtype=grad_dtype)
+    else:
+        msg = pb.ForwardRequest(**fields, labels=_tensor(t["labels"], id_dtype), grad_dtype=grad_dtype)
+    if case.has("bad_grad_dtype"):
+        msg.grad_dtype = "float64"
+    for m in case.mutations:
+        how, _, name = m.name.partition(":")
+        if name and name in {f.name for f in msg.DESCRIPTOR.fields}:
+            if how == "missing":
+                msg.ClearField(name)
+            elif how == "dtype":
+                getattr(msg, name).dtype = "float64"
+            elif how == "torn":
+                getattr(msg, name).data = getattr(msg, name).data[:-1]
+    return msg
+
+
+def decoder(kind: str) -> Callable[[Case], ForwardInputs | GenerateInputs]:
+    """The service's decoder for requests of ``kind``."""
+    if kind == "generate":
+        return lambda case: decode_generate(case.request, INFO, INFO.max_sequence_length, case.model_dtype,
+                                            MAX_NEW_TOKENS)
+    if kind == "backward":
+        return lambda case: decode_hidden_backward(case.request, INFO, INFO.max_sequence_length, case.model_dtype)
+    return lambda case: decode_forward(case.request, INFO, INFO.max_sequence_length, case.model_dtype, kind)
+
+
+def fuzz(kind: str, decode: Callable[[Case], ForwardInputs | GenerateInputs]) -> float:
+    """Run ``decode`` on the cases of ``kind``; each must decode or be refused as its mutations say.
+    Returns the share that decoded, after checking both shares reach :data:`REACH`."""
+    decoded: list[bool] = []
+
+    @FUZZ
+    @given(case=cases(kind))
+    def check(case: Case) -> None:
+        try:
+            out = decode(case)
+        except WireError as e:
+            assert case.broken, f"a valid {kind} request was refused: {e}"
+            decoded.append(False)
+            return
+        assert not case.broken, f"a {kind} request was decoded despite {case.broken}"
+        case.check(out)
+        decoded.append(True)
+
+    check()
+    share = sum(decoded) / len(decoded)
+    assert REACH <= share <= 1 - REACH, f"{share:.0%} of {len(decoded)} {kind} cases decoded: the fuzzer misses"
+    return share
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_the_decoder_takes_exactly_the_valid_requests(kind: str) -> None:
+    fuzz(kind, decoder(kind))
+
+
+def _refuse_everything(case: Case) -> ForwardInputs:
+    raise WireError("no")
+
+
+def _take_everything(case: Case) -> ForwardInputs:
+    t = case.tensors
+    return ForwardInputs(t["inputs_embeds"].to(case.model_dtype), t["attention_mask"].long(), t["labels"])
+
+
+@pytest.mark.parametrize("broken_decoder", [_refuse_everything, _take_everything])
+def test_a_decoder_that_refuses_or_takes_everything_fails_the_fuzzer(broken_decoder) -> None:
+    with pytest.raises(AssertionError):
+        fuzz("train", broken_decoder)
+
+
+# ---------------------------------------------------------------- one tensor
 
 
 @st.composite
-def forward_requests(draw: st.DrawFn) -> pb.ForwardRequest:
-    grad_dtype = draw(st.sampled_from(["", *wire.WIRE_DTYPES])) if _often(draw) else draw(DTYPE_NAMES)
-    return pb.ForwardRequest(**_fields(draw), grad_dtype=grad_dtype)
-
-
-@st.composite
-def generate_requests(draw: st.DrawFn) -> pb.GenerateRequest:
-    fields = _fields(draw)
-    del fields["labels"]
-    new = draw(st.integers(1, MAX_NEW_TOKENS) if _often(draw) else st.integers(-(2**31), 2**31 - 1))
-    stop = draw(st.lists(st.integers(-(2**63), 2**63 - 1), max_size=3))
-    return pb.GenerateRequest(**fields, max_new_tokens=new, stop_token_ids=stop)
-
-
-@st.composite
-def hidden_backward_requests(draw: st.DrawFn) -> pb.HiddenBackwardRequest:
-    fields = _fields(draw)
-    shape = list(fields["inputs_embeds"].shape) if fields["inputs_embeds"] is not None else [1, 1, INFO.hidden_size]
-    grad_dtype = draw(st.sampled_from(["", *wire.WIRE_DTYPES])) if _often(draw) else draw(DTYPE_NAMES)
-    return pb.HiddenBackwardRequest(inputs_embeds=fields["inputs_embeds"], attention_mask=fields["attention_mask"],
-                                    grad_hidden=draw(tensors(wire.WIRE_DTYPES, shape)), grad_dtype=grad_dtype)
-
-
-def _check_embeds(embeds: torch.Tensor, mask: torch.Tensor, dtype: torch.dtype, max_len: int) -> None:
-    """What the model may assume of any decoded request."""
-    assert embeds.dtype == dtype and embeds.dim() == 3 and embeds.shape[2] == INFO.hidden_size
-    assert 1 <= embeds.shape[1] <= max_len and embeds.shape[0] >= 1
-    assert bool(torch.isfinite(embeds).all()), "non-finite embeddings reached the model"
-    assert mask.dtype == torch.int64 and mask.shape == embeds.shape[:2]
-    assert bool(((mask == 0) | (mask == 1)).all()) and bool(mask.any(dim=1).all())
-
-
-def _check_forward(out: ForwardInputs, dtype: torch.dtype, kind: str) -> None:
-    _check_embeds(out.embeds, out.mask, dtype, INFO.max_sequence_length)
-    assert out.grad_dtype in wire.WIRE_DTYPES
-    if kind in ("logits", "hidden"):
-        assert out.labels is None, f"{kind} reads no labels"
-        return
-    labels = out.labels
-    assert labels is not None and labels.dtype == torch.int64 and labels.shape == out.mask.shape
-    assert bool(((labels == IGNORE_INDEX) | ((labels >= 0) & (labels < INFO.vocab_size))).all())
-    if kind == "train":
-        assert bool((labels[:, 1:] != IGNORE_INDEX).any())
+def tensor_cases(draw: st.DrawFn) -> tuple[pb.Tensor, torch.Tensor | None, tuple[str, ...], int]:
+    """A valid Tensor message of one of the wire's dtype families, mutated or not: (message, the
+    tensor it must decode to or None if it must be refused, allowed dtypes, dimensions)."""
+    allowed = draw(st.sampled_from([wire.WIRE_DTYPES, wire.MASK_DTYPES, wire.ID_DTYPES]))
+    dtype = draw(st.sampled_from(allowed))
+    shape = draw(st.lists(st.integers(1, 4), min_size=1, max_size=4))
+    x = (torch.rand(shape) < 0.5).to(torch.uint8) if dtype == "bool" else torch.randint(-9, 9, shape)
+    msg = wire.encode(x, dtype)
+    want: torch.Tensor | None = x.to(wire.DTYPES[dtype])
+    how = draw(st.sampled_from(["none", "none", "dtype", "ndim", "zero", "short", "long"]))
+    if how == "dtype":
+        msg.dtype = draw(st.sampled_from([d for d in [*wire.DTYPES, "float64", "", "Float32"] if d not in allowed]))
+    elif how == "ndim":
+        msg.shape.append(1)
+    elif how == "zero":
+        msg.shape[0] = 0
+    elif how in ("short", "long"):
+        msg.data = msg.data[:-1] if how == "short" else msg.data + b"\0"
+    return msg, (want if how == "none" else None), allowed, len(shape)
 
 
 @FUZZ
-@given(req=forward_requests(), kind=st.sampled_from(FORWARD_KINDS), dtype=MODEL_DTYPES)
-def test_forward_decoder_validates_or_refuses(req: pb.ForwardRequest, kind: str, dtype: torch.dtype) -> None:
-    try:
-        out = decode_forward(req, INFO, INFO.max_sequence_length, dtype, kind)
-    except WireError:
-        return
-    _check_forward(out, dtype, kind)
+@given(case=tensor_cases())
+def test_the_tensor_decoder_takes_exactly_the_valid_tensors(case) -> None:
+    msg, want, allowed, ndim = case
+    if want is None:
+        with pytest.raises(WireError):
+            wire.decode(msg, "t", allowed, ndim)
+    else:
+        assert torch.equal(wire.decode(msg, "t", allowed, ndim), want)
 
 
-@FUZZ
-@given(req=generate_requests(), dtype=MODEL_DTYPES)
-def test_generate_decoder_validates_or_refuses(req: pb.GenerateRequest, dtype: torch.dtype) -> None:
-    try:
-        out = decode_generate(req, INFO, INFO.max_sequence_length, dtype, MAX_NEW_TOKENS)
-    except WireError:
-        return
-    assert isinstance(out, GenerateInputs) and 1 <= out.max_new_tokens <= MAX_NEW_TOKENS
-    _check_embeds(out.embeds, out.mask, dtype, INFO.max_sequence_length - out.max_new_tokens)
-    assert out.stop_token_ids == list(req.stop_token_ids)
-
-
-@FUZZ
-@given(req=hidden_backward_requests(), dtype=MODEL_DTYPES)
-def test_hidden_backward_decoder_validates_or_refuses(req: pb.HiddenBackwardRequest, dtype: torch.dtype) -> None:
-    try:
-        out = decode_hidden_backward(req, INFO, INFO.max_sequence_length, dtype)
-    except WireError:
-        return
-    _check_embeds(out.embeds, out.mask, dtype, INFO.max_sequence_length)
-    assert out.labels is None and out.grad_dtype in wire.WIRE_DTYPES
-    grad = out.grad_hidden
-    assert grad is not None and grad.dtype == dtype and grad.shape == out.embeds.shape
-    assert bool(torch.isfinite(grad).all()), "a non-finite grad_hidden reached the model"
-
-
-@st.composite
-def chunk_streams(draw: st.DrawFn) -> list[pb.ForwardRequest]:
-    """A stream as a client might split a request (header, then data pieces), or any mix of
-    messages: headers without data, data without a header, several headers."""
-    parts = [draw(forward_requests()) for _ in range(draw(st.integers(0, 3)))]
-    if parts and _often(draw):
-        parts = list(wire.chunks(parts[0], draw(st.integers(1, 200))))
-    return parts
+# ---------------------------------------------------------------- the service's read path
 
 
 class _Aborted(Exception):
@@ -212,21 +368,33 @@ class _InlineBatcher:
 
 
 @FUZZ
-@given(stream=chunk_streams(), limit=st.sampled_from([None, 64, 4096]),
-       kind=st.sampled_from(FORWARD_KINDS), dtype=MODEL_DTYPES)
-def test_service_answers_any_stream_with_inputs_or_invalid_argument(stream, limit, kind, dtype) -> None:
-    """The service's own read path: reassembly and decoding, a WireError -> INVALID_ARGUMENT, a
-    request over the token limit (asked for in its header, before any data) -> RESOURCE_EXHAUSTED."""
+@given(case=cases("train"), chunk=st.integers(64, 4096), loss=st.sampled_from(["none", "none", "header", "piece"]),
+       limit=st.sampled_from([None, None, 256]))
+def test_the_service_reads_any_stream_into_its_request_or_invalid_argument(case: Case, chunk: int, loss: str,
+                                                                            limit: int | None) -> None:
+    """Reassembly and decoding as the service runs them: a valid request split into chunks reads
+    back whole; a stream that lost its header or a piece of the embeddings, a request over the
+    byte limit or a mutated one is answered INVALID_ARGUMENT, never anything else."""
+    stream = list(wire.chunks(case.request, chunk))
+    embeds_pieces = [i for i, p in enumerate(stream[1:], 1) if p.HasField("inputs_embeds")]
+    lost = (loss == "header") or (loss == "piece" and bool(embeds_pieces))
+    if loss == "header":
+        stream = stream[1:]
+    elif lost:
+        del stream[embeds_pieces[0]]
+    over = limit is not None and sum(p.ByteSize() for p in stream) > limit  # as the service counts
     service = SimpleNamespace(limits=Limits(max_request_bytes=limit), batcher=_InlineBatcher())
     context = _Context()
     try:
         out = BackboneService._read(service, iter(stream), context,
-                                    lambda m: decode_forward(m, INFO, INFO.max_sequence_length, dtype, kind))
+                                    lambda m: decode_forward(m, INFO, INFO.max_sequence_length, case.model_dtype,
+                                                             "train"))
     except _Aborted as e:
-        over = context.code == grpc.StatusCode.RESOURCE_EXHAUSTED and "Info.max_request_tokens" in str(e)
-        assert context.code == grpc.StatusCode.INVALID_ARGUMENT or over, (context.code, str(e))
+        assert context.code == grpc.StatusCode.INVALID_ARGUMENT, (context.code, str(e))
+        assert lost or over or case.broken, f"a valid stream was refused: {e}"
         return
-    _check_forward(out, dtype, kind)
+    assert not (lost or over or case.broken), f"read despite {lost=}, {over=}, {case.broken}"
+    case.check(out)
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
@@ -236,7 +404,6 @@ def test_embeddings_that_overflow_the_model_dtype_are_refused(dtype: torch.dtype
     embeds = torch.full((1, 2, INFO.hidden_size), big)
     req = pb.ForwardRequest(inputs_embeds=wire.encode(embeds), attention_mask=wire.encode(torch.ones(1, 2).long()),
                             labels=wire.encode(torch.tensor([[1, 2]])))
-    if bool(torch.isfinite(embeds.to(dtype)).all()):
-        pytest.skip(f"{big} is finite in {dtype}")
+    assert not bool(torch.isfinite(embeds.to(dtype)).all()), f"{big} is finite in {dtype}"
     with pytest.raises(WireError, match="inputs_embeds"):
         decode_forward(req, INFO, INFO.max_sequence_length, dtype, "train")
