@@ -3,7 +3,8 @@ and resumes once there is room again.
 
 The run folder is on a 300 MiB tmpfs of its own (a private mount namespace: ``unshare -m`` as
 root, ``unshare -rm`` otherwise, so nothing is mounted on the machine). Once round 1's checkpoint
-is written, a filler file takes every byte left; round 2 then cannot be recorded. ``anther
+is written, a filler file takes every byte left while the ServerApp is held (SIGSTOP); round 2
+then cannot be recorded. ``anther
 simulate`` must exit 1 with one line saying the disk is full, round 1's checkpoint must be whole,
 and after the filler is deleted ``anther simulate --resume`` must finish the run.
 """
@@ -25,6 +26,7 @@ pytestmark = pytest.mark.slow
 SCENARIO = r"""
 import json, os, subprocess, sys, time
 from pathlib import Path
+import psutil
 
 mnt, small = Path(sys.argv[1]), json.loads(sys.argv[2])
 subprocess.run(["mount", "-t", "tmpfs", "-o", "size=300m", "tmpfs", str(mnt)], check=True)
@@ -34,7 +36,15 @@ run = subprocess.Popen([*simulate, *small, f"output_dir={runs}"], stdout=subproc
                        stderr=subprocess.STDOUT, text=True)
 deadline = time.monotonic() + 600
 while not list(runs.glob("*/checkpoints/round-0001")) and run.poll() is None and time.monotonic() < deadline:
-    time.sleep(0.1)
+    time.sleep(0.05)
+# the ServerApp waits while the disk fills, so that round 2 cannot be recorded before it is full
+def is_serverapp(p):
+    try:
+        return any("flwr-simulation" in part for part in p.cmdline())
+    except psutil.Error:  # a process that ended meanwhile
+        return False
+serverapp = next(p for p in psutil.Process(run.pid).children(recursive=True) if is_serverapp(p))
+serverapp.suspend()
 filler = mnt / "filler"
 with filler.open("wb", buffering=0) as f:  # every byte left: in MiBs, then pages, then bytes
     for size in (1 << 20, 1 << 12, 1):
@@ -43,6 +53,7 @@ with filler.open("wb", buffering=0) as f:  # every byte left: in MiBs, then page
                 f.write(b"\0" * size)
         except OSError:
             pass
+serverapp.resume()
 first = run.communicate(timeout=600)[0]
 run_dir = next(runs.iterdir())
 kept = sorted(p.name for p in (run_dir / "checkpoints").iterdir())
