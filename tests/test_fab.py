@@ -1,17 +1,25 @@
 """The app bundle ``flwr run`` ships holds the package's code and configs only: results written
-under docs/ (the heterogeneity grid's) must not grow it past Flower's 10 MB limit."""
+under docs/ (the heterogeneity grid's) must not grow it past Flower's 10 MB limit. ``anther
+simulate`` submits a staged copy of the app, which must bundle to exactly the same files."""
 
 from __future__ import annotations
 
 import io
 import zipfile
+from pathlib import Path
 
 from flwr.cli.build import build_fab_from_disk
 
-from anther.simulations.launcher import APP_DIR
+from anther.simulations.launcher import APP_DIR, staged_app
 
 
-def test_the_fab_holds_the_package_and_nothing_of_docs_or_tests():
-    names = zipfile.ZipFile(io.BytesIO(build_fab_from_disk(APP_DIR))).namelist()
+def _bundled(app_dir: Path) -> dict[str, bytes]:
+    fab = zipfile.ZipFile(io.BytesIO(build_fab_from_disk(app_dir)))
+    return {name: fab.read(name) for name in fab.namelist() if not name.startswith(".info/")}
+
+
+def test_the_fab_holds_the_package_and_nothing_of_docs_or_tests(tmp_path: Path) -> None:
+    names = list(_bundled(APP_DIR))
     assert "anther/server_app.py" in names and "anther/configs/default.yaml" in names
     assert not [n for n in names if n.startswith(("docs/", "tests/", "scripts/", "docker/"))], names
+    assert _bundled(staged_app(APP_DIR, tmp_path)) == _bundled(APP_DIR)
