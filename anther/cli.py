@@ -17,13 +17,14 @@ See docs/deployment.md for how the pieces of a real deployment fit together.
 from __future__ import annotations
 
 import argparse
+import importlib
 import signal
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from anther.core.config import QUANTIZATIONS, BackboneConfig, ConfigError, ModelConfig
+from anther.core.config import FLOAT_DTYPES, QUANTIZATIONS, BackboneConfig, ConfigError, ModelConfig
 from anther.core.errors import RunFailed, Stopped
 
 if TYPE_CHECKING:
@@ -41,20 +42,27 @@ def _simulate(args: argparse.Namespace) -> int:
     return resume(Path(args.resume), verbose=args.verbose)
 
 
-class _FamilyNames:
-    """The registered model families, read when argparse checks or prints them: importing the
-    families loads transformers' model classes, which every other command can do without."""
+class _LazyNames:
+    """Names argparse checks or prints, read from ``module.attribute`` only then: the registries
+    (model families, the size report's models) load transformers' model classes, which every
+    other command, and ``anther --help``, can do without."""
+
+    def __init__(self, module: str, attribute: str, sort: bool = False) -> None:
+        self.module, self.attribute, self.sort = module, attribute, sort
 
     def _names(self) -> list[str]:
-        from anther.model.families import FAMILIES
-
-        return sorted(FAMILIES)
+        names = list(getattr(importlib.import_module(self.module), self.attribute))
+        return sorted(names) if self.sort else names
 
     def __iter__(self) -> Iterator[str]:
         return iter(self._names())
 
     def __contains__(self, name: object) -> bool:
         return name in self._names()
+
+
+FAMILY_NAMES = _LazyNames("anther.model.families", "FAMILIES", sort=True)
+REPORT_MODELS = _LazyNames("anther.bench.model_sizes", "REAL_CONFIGS")
 
 
 def _init_tiny(args: argparse.Namespace) -> int:
@@ -70,6 +78,7 @@ def _model_report(args: argparse.Namespace) -> int:
 
     from anther.bench.model_sizes import as_dicts, markdown, size_report
 
+    args.models = args.models or list(REPORT_MODELS)
     reports = [size_report(name, args.adapter_rank, args.lora_rank, args.text_tokens, args.dtype, args.wire_dtype)
                for name in args.models]
     print(markdown(reports), end="")
@@ -367,19 +376,17 @@ def _add_backbone_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def _add_model_report_parser(model: argparse._SubParsersAction) -> None:
-    from anther.backbone.wire import WIRE_DTYPES
-    from anther.bench.model_sizes import REAL_CONFIGS
-
     rep = model.add_parser("report", help="parameters and bytes each side holds and sends, split vs whole-model mode",
                            description="Builds each model's published configuration on the meta device (no "
                            "download, no memory) and prints what a NanoEdge client holds and sends in split mode "
                            "next to a LoRA client in whole-model mode.")
-    rep.add_argument("--models", nargs="+", default=list(REAL_CONFIGS), choices=list(REAL_CONFIGS))
+    rep.add_argument("--models", nargs="+", choices=REPORT_MODELS, metavar="MODEL",
+                     help="of %(choices)s (default: all of them)")
     rep.add_argument("--adapter-rank", type=int, default=16, help="NanoAdapter rank (split mode)")
     rep.add_argument("--lora-rank", type=int, default=16, help="LoRA rank on q/k/v/o (whole-model mode)")
     rep.add_argument("--text-tokens", type=int, default=64, help="text tokens per sample besides the image's")
-    rep.add_argument("--dtype", default="bfloat16", choices=WIRE_DTYPES, help="weights as held")
-    rep.add_argument("--wire-dtype", default="bfloat16", choices=WIRE_DTYPES, help="activations as sent")
+    rep.add_argument("--dtype", default="bfloat16", choices=FLOAT_DTYPES, help="weights as held")
+    rep.add_argument("--wire-dtype", default="bfloat16", choices=FLOAT_DTYPES, help="activations as sent")
     rep.add_argument("--json", help="also write the numbers to this JSON file")
     rep.set_defaults(func=_model_report)
 
@@ -400,7 +407,7 @@ def build_parser() -> argparse.ArgumentParser:
     model = sub.add_parser("model", help="model checkpoints").add_subparsers(dest="model_command", required=True)
     tiny = model.add_parser("init-tiny", help="create a tiny checkpoint directory (LLaVA unless --family)")
     tiny.add_argument("--out", required=True)
-    tiny.add_argument("--family", default="llava", choices=_FamilyNames(), metavar="FAMILY",
+    tiny.add_argument("--family", default="llava", choices=FAMILY_NAMES, metavar="FAMILY",
                       help="a registered model family: %(choices)s (only llava is pretrained; give "
                       "--pretrain-steps 0 for the others)")
     tiny.add_argument("--seed", type=int, default=0)

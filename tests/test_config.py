@@ -56,6 +56,15 @@ def test_init_tiny_help_lists_every_registered_family():
     assert f"default: {ModelConfig.tiny_pretrain_steps}" in listed  # the experiment config's, in one place
 
 
+def test_the_commands_help_loads_no_model_code():
+    """``anther --help`` and every subcommand's parser are built without importing torch or
+    transformers (the registries they list are read only when a choice is checked or printed)."""
+    code = ("import sys; from anther.cli import build_parser; build_parser().format_help(); "
+            "print(sorted(m for m in ('torch', 'transformers') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+
+
 def test_a_run_with_a_plugin_strategy_resumes_with_its_own_strategy_section(tmp_path: Path):
     """A run started with ``~strategy.name +strategy._target_=...`` saved no name; reading it back
     must not add the default's ``name: fedavg`` beside its ``_target_``."""

@@ -18,7 +18,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -127,13 +127,10 @@ def test_the_one_host_recipe_runs_as_printed(tiny_model_dir: Path, tmp_path: Pat
     deploy.mkdir()
     (tmp_path / "deploy-one-host.sh").write_text(recipe("one-host"))
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
-           "ANTHER_HOME": str(shared_home(tmp_path)), "FLWR_DISABLE_UPDATE_CHECK": "1", "PYTHONPATH": str(REPO),
+           "ANTHER_HOME": str(shared_home(tmp_path)), "FLWR_DISABLE_UPDATE_CHECK": "1",
            "DEPLOY": str(deploy), "MODEL": str(tiny_model_dir), "EXTRA": " ".join(SMALL)}
-    try:
-        done = subprocess.run(_in_a_network_of_its_own(["bash", str(tmp_path / "deploy-one-host.sh")]), env=env,
-                              cwd=REPO, capture_output=True, text=True, timeout=600, check=False)
-    except subprocess.TimeoutExpired as e:
-        raise AssertionError(f"the recipe did not finish in {e.timeout} s\n{_logs(deploy)}") from e
+    done = run_to_the_end(_in_a_network_of_its_own(["bash", str(tmp_path / "deploy-one-host.sh")]), env, 600,
+                          lambda: _logs(deploy))
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:] + _logs(deploy)
 
     _check_the_run(deploy, tiny_model_dir, rounds=2)
@@ -165,6 +162,22 @@ def _check_the_run(deploy: Path, tiny_model_dir: Path, rounds: int) -> None:
     for name in [*SITES, "evaluator"]:
         assert f"'{name}':" in calls, (f"{name} never called the backbone with its own token (does the "
                                        f"ClientApp pass its node_config to runtime_for?):\n{backbone_log[-3000:]}")
+
+
+def run_to_the_end(cmd: list[str], env: dict[str, str], timeout_s: float,
+                   logs: Callable[[], str]) -> subprocess.CompletedProcess:
+    """``cmd`` in a session of its own, from the repository root; past ``timeout_s`` everything in
+    that session is killed and the test fails with ``logs()``."""
+    with subprocess.Popen(cmd, env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                          start_new_session=True) as proc:
+        try:
+            out, err = proc.communicate(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate()
+            raise AssertionError(f"{cmd[-1]} did not finish in {timeout_s} s\n{logs()}") from None
+    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
 
 
 def _logs(deploy: Path, chars: int = 2500) -> str:

@@ -8,13 +8,12 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 from simulation_run import shared_home
-from test_deployment import REPO, SMALL, _check_the_run, _logs, recipe
+from test_deployment import SMALL, _check_the_run, _logs, recipe, run_to_the_end
 
 pytestmark = pytest.mark.slow
 
@@ -25,6 +24,7 @@ pytestmark = pytest.mark.slow
 # site gets a folder with a copy of only its own files and runs the site script on 10.77.0.1k.
 ACROSS_HOSTS = r"""
 set -euo pipefail
+trap 'kill $(jobs -p) 2> /dev/null || true' EXIT  # the hosts' holders, the scripts, whatever is left
 ip link set lo up
 ip link add bridge0 type bridge && ip link set bridge0 up
 host() {  # host NAME ADDRESS: start a namespace holding NAME at ADDRESS; its pid in the variable NAME
@@ -53,7 +53,6 @@ done
 status=0; wait $run || status=$?
 kill "${sites[@]}" 2> /dev/null || true
 wait "${sites[@]}" 2> /dev/null || true
-kill $(jobs -p) 2> /dev/null || true
 exit $status
 """
 
@@ -72,15 +71,12 @@ def test_the_server_and_site_recipes_run_across_hosts(tiny_model_dir: Path, tmp_
     (recipes / "deploy-site.sh").write_text(recipe("site-host"))
     (tmp_path / "across-hosts.sh").write_text(ACROSS_HOSTS)
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
-           "ANTHER_HOME": str(shared_home(tmp_path)), "FLWR_DISABLE_UPDATE_CHECK": "1", "PYTHONPATH": str(REPO),
+           "ANTHER_HOME": str(shared_home(tmp_path)), "FLWR_DISABLE_UPDATE_CHECK": "1",
            "DEPLOY": str(deploy), "SITES_DIR": str(sites), "RECIPES": str(recipes), "MODEL": str(tiny_model_dir),
            "EXTRA": " ".join(s for s in SMALL if not s.startswith("federation.rounds")) + " federation.rounds=1"}
     namespace = ["unshare", "-n"] if os.geteuid() == 0 else ["unshare", "-rn"]
-    try:
-        done = subprocess.run([*namespace, "bash", str(tmp_path / "across-hosts.sh")], env=env, cwd=REPO,
-                              capture_output=True, text=True, timeout=600, check=False)
-    except subprocess.TimeoutExpired as e:
-        raise AssertionError(f"the recipes did not finish in {e.timeout} s\n{_logs(deploy)}{_logs(sites)}") from e
+    done = run_to_the_end([*namespace, "bash", str(tmp_path / "across-hosts.sh")], env, 600,
+                          lambda: _logs(deploy) + _logs(sites))
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:] + _logs(deploy) + _logs(sites)
     _check_the_run(deploy, tiny_model_dir, rounds=1)
     assert "mutual tls=True" in (deploy / "backbone.log").read_text()
