@@ -93,6 +93,12 @@ class PerfConfig:
     trainstep_peak_tflops: float = 0.0  # 0: the device's data-sheet peak (trainstep.PEAK_TFLOPS)
 
 
+def significant(x: float, digits: int = 3) -> float:
+    """``x`` to ``digits`` significant digits: a small ratio (0.0264) keeps its precision, which
+    rounding to 3 decimal places took away."""
+    return float(f"{x:.{digits}g}")
+
+
 def perf_keys() -> set[str]:
     return set(PerfConfig.__dataclass_fields__)
 
@@ -197,7 +203,7 @@ class PerfBench:
                          {"steps": c.overhead_clients * cfg.train.local_steps, "warmup": c.bare_warmup_steps})
         return {"clients": c.overhead_clients, "samples_per_round": per_round,
                 "round_s": [round(r["seconds"], 3) for r in rounds], "federated_samples_per_s": round(federated, 2),
-                "bare": bare, "ratio": round(federated / bare["samples_per_s"], 3)}
+                "bare": bare, "ratio": significant(federated / bare["samples_per_s"])}
 
     def sharing(self) -> dict[str, Any]:
         rows = []
@@ -223,7 +229,7 @@ class PerfBench:
         args = {"clients": n, "seconds": self.cfg.batching_seconds}
         on = self.cell("batching-on", "batching", n, {**args, "policy": self.policy})
         off = self.cell("batching-off", "batching", n, {**args, "policy": {**self.policy, "enabled": False}})
-        return {"on": on, "off": off, "gain": round(on["samples_per_s"] / off["samples_per_s"], 3)}
+        return {"on": on, "off": off, "gain": significant(on["samples_per_s"] / off["samples_per_s"])}
 
     def scale(self) -> dict[str, Any]:
         c = self.cfg
@@ -274,5 +280,5 @@ class PerfBench:
 def _speedup(rows: list[dict[str, Any]], clients: int) -> float:
     """Round time with a model per client over round time with the shared backbone (last round)."""
     by_mode = {r["mode"]: r for r in rows if r["clients"] == clients}
-    return round(by_mode["copies"]["round_s"][-1] / by_mode["shared"]["round_s"][-1], 3)
+    return significant(by_mode["copies"]["round_s"][-1] / by_mode["shared"]["round_s"][-1])
 
