@@ -10,6 +10,7 @@ import stat
 from collections.abc import Iterator
 from pathlib import Path
 
+import psutil
 import pytest
 import torch
 from omegaconf import DictConfig
@@ -238,3 +239,25 @@ def test_a_wrong_credential_fails_in_seconds_naming_the_setting(creds, service_p
     with pytest.raises(ConnectionError, match=re.escape(named)):
         endpoint.connect()
     assert time.monotonic() - started < 15
+
+
+@pytest.mark.parametrize(("overrides", "error", "says"), [
+    (["backbone.startup_timeout_s=0.5"], TimeoutError, r"did not listen within backbone\.startup_timeout_s=0\.5"),
+    (["model.path={empty}"], RuntimeError, r"exited with code [1-9]\d* before it listened"),
+])
+def test_a_service_that_cannot_start_fails_the_run_naming_why_and_leaves_nothing(tiny_model_dir, tmp_path,
+                                                                                 overrides, error, says):
+    """The ServerApp's backbone child that never listens (slower than its start-up timeout, or a
+    model folder that holds no checkpoint) is an error naming the setting or the child's exit code
+    with its log's last lines, and the child is stopped."""
+    empty = tmp_path / "not-a-checkpoint"
+    empty.mkdir()
+    cfg = _cfg(tiny_model_dir, "backbone.mode=service", *(o.format(empty=empty) for o in overrides))
+    children_before = set(psutil.Process().children(recursive=True))
+    with pytest.raises(error, match=says) as raised, backbone_for_run(cfg):
+        pass
+    if error is RuntimeError:
+        assert str(empty) in str(raised.value), raised.value  # the log's tail names the folder
+    left = [p for p in set(psutil.Process().children(recursive=True)) - children_before if p.is_running()
+            and p.status() != psutil.STATUS_ZOMBIE]
+    assert not left, left
