@@ -118,3 +118,21 @@ def test_a_stopped_simulation_leaves_nothing_running(tmp_path):
     while _tagged(tag) and time.monotonic() < deadline:
         time.sleep(0.2)
     assert _tagged(tag) == []
+
+
+def test_a_superlink_that_exits_at_start_is_an_error_with_its_log(monkeypatch: pytest.MonkeyPatch,
+                                                                   tmp_path: Path) -> None:
+    """A ``flower-superlink`` that dies before it is healthy (here: a program that refuses its
+    arguments) fails the launch at once with its exit code and the end of its log, and the
+    temporary FLWR_HOME is removed."""
+    import tempfile
+
+    from anther.simulations import launcher
+
+    monkeypatch.setattr(launcher, "_bin", lambda name: sys.executable)  # `python --insecure ...`: exit 2
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # where private_superlink makes its FLWR_HOME
+    with pytest.raises(RuntimeError, match=r"flower-superlink exited with code 2:\n") as raised, \
+            launcher.private_superlink():
+        pytest.fail("the block ran without a SuperLink")
+    assert "--insecure" in str(raised.value), raised.value  # the log's tail: python naming the option it refused
+    assert not list(tmp_path.iterdir())
