@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import signal
 import subprocess
 import sys
+import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+import psutil
 
 # 2 clients, 2 rounds, a few steps on a little data, the untrained tiny model: about a minute.
 SMALL = ["federation.num_clients=2", "federation.rounds=2", "train.local_steps=2", "train.batch_size=4",
@@ -38,3 +44,42 @@ def simulate(tmp_path: Path, overrides: list[str], pythonpath: Path | None = Non
     rounds = result["config"]["federation"]["rounds"]
     assert result["finished"] is True and [r["round"] for r in result["rounds"]] == list(range(rounds + 1))
     return run_dir, result
+
+
+def simulate_cmd(*args: str) -> list[str]:
+    """``anther simulate ARGS`` as the tests run it (this interpreter, no console script needed)."""
+    return [sys.executable, "-m", "anther.cli", "simulate", *args]
+
+
+def _tagged(tag: str) -> list[psutil.Process]:
+    """Every process whose environment carries ``ANTHER_TEST_RUN=tag``: everything a run started,
+    whichever parent it has left (Ray's processes outlive theirs)."""
+    found = []
+    for p in psutil.process_iter():
+        with contextlib.suppress(psutil.Error):
+            if p.environ().get("ANTHER_TEST_RUN") == tag:
+                found.append(p)
+    return found
+
+
+@contextlib.contextmanager
+def running(args: list[str], env: dict[str, str], log: Path) -> Iterator[subprocess.Popen]:
+    """``anther simulate ARGS`` in a session of its own, its output in ``log``; on leaving the
+    block, every process of it still running is killed with SIGKILL (found by a tag in their
+    environment: ``flwr run``, the SuperLink, the simulation, Ray's processes), as a crash or the
+    OOM killer would. The run folder is left as such a kill leaves it."""
+    tag = uuid.uuid4().hex
+    with log.open("w") as out:
+        proc = subprocess.Popen(simulate_cmd(*args), env={**env, "ANTHER_TEST_RUN": tag}, stdout=out,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        yield proc
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        rest = _tagged(tag)
+        for p in rest:
+            with contextlib.suppress(psutil.Error):
+                p.kill()
+        psutil.wait_procs(rest, timeout=20)

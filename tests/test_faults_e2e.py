@@ -5,11 +5,14 @@ A SuperLink and three SuperNodes on 127.0.0.1 (each its own process, as in a dep
 
 - site 1's SuperNode, with its ClientApp, is killed with SIGKILL once round 1 has started;
 - site 2's node config points at a data folder that does not exist, so it cannot say what it
-  holds when the run asks: it never joins, and every round records why.
+  holds when the run asks: it never joins, and every round records why;
+- once round 1 has started, a fourth SuperNode joins claiming site 0's ``partition-id``.
 
-Both rounds must aggregate site 0's update, record site 1's failure by partition id (a failure
-while the SuperLink still counts the node connected, then left out of sampling), and the run
-must finish.
+Both rounds must aggregate site 0's update (and only site 0's: the impostor is ignored, with a
+warning), record site 1's failure by partition id (a failure while the SuperLink still counts
+the node connected, then left out of sampling), and the run must finish. A second run on the
+same federation then finds two connected nodes claiming partition 0 when it starts, and stops
+there, saying so.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import sys
 import time
 from pathlib import Path
@@ -63,6 +67,11 @@ def _round_started(runs: Path) -> bool:
     return False
 
 
+def _flwr_run(overrides: list[str]) -> list[str]:
+    return ["flwr", "run", str(REPO), "local", "--stream", "--run-config",
+            f'experiment="default" overrides="{" ".join(overrides)}"']
+
+
 @pytest.mark.timeout(900)
 def test_rounds_complete_without_a_killed_and_a_crashing_client(tiny_model_dir: Path, tmp_path: Path) -> None:
     logs, runs, flwr_home = tmp_path / "logs", tmp_path / "runs", tmp_path / "flwr-home"
@@ -83,10 +92,10 @@ def test_rounds_complete_without_a_killed_and_a_crashing_client(tiny_model_dir: 
                                       "--node-config", f"partition-id={k} num-partitions=3{data}"])
         (flwr_home / "config.toml").write_text(
             f'[superlink]\ndefault = "local"\n\n[superlink.local]\naddress = "127.0.0.1:{port}"\ninsecure = true\n')
-        overrides = [*SMALL, f"model.path={tiny_model_dir}", f"output_dir={runs}"]
-        flwr = procs.start("flwr-run", ["flwr", "run", str(REPO), "local", "--stream", "--run-config",
-                                        f'experiment="default" overrides="{" ".join(overrides)}"'])
+        flwr = procs.start("flwr-run", _flwr_run([*SMALL, f"model.path={tiny_model_dir}", f"output_dir={runs}"]))
         _wait(lambda: _round_started(runs), "round 1", procs, 400)
+        procs.start("impostor", ["flower-supernode", "--insecure", "--superlink", f"127.0.0.1:{port}",
+                                 "--port", str(free_port()), "--node-config", "partition-id=0 num-partitions=3"])
         time.sleep(1.0)
         _kill_tree(procs.procs.pop("site-1"))  # mid-round: its ClientApp is loading or training
         deadline = time.monotonic() + 500
@@ -95,6 +104,11 @@ def test_rounds_complete_without_a_killed_and_a_crashing_client(tiny_model_dir: 
             time.sleep(1.0)
         assert flwr.returncode == 0, procs.tails()
         run_log = (logs / "flwr-run.log").read_text()
+
+        again = tmp_path / "again"
+        second = procs.start("flwr-run-again",
+                             _flwr_run([*SMALL, f"model.path={tiny_model_dir}", f"output_dir={again}"]))
+        assert second.wait(timeout=300) == 0, procs.tails()
 
     (run_dir,) = list(runs.iterdir())
     result = json.loads((run_dir / "result.json").read_text())
@@ -111,6 +125,12 @@ def test_rounds_complete_without_a_killed_and_a_crashing_client(tiny_model_dir: 
     final = load_file(str(run_dir / "checkpoints" / "round-0002" / "adapters.safetensors"))
     assert any(v.abs().sum() > 0 for k, v in final.items() if ".up." in k), "nothing was aggregated"
     assert "did not join" in run_log and "nonexistent" in run_log, run_log[-3000:]  # the warning says why
+    assert "also claims partition 0, which node" in run_log, run_log[-3000:]  # the impostor, ignored
     # the final evaluation says whom it covers, and why the others are missing
     assert result["clients"]["asked"] == 2 and set(result["clients"]["per_client"]) == {"0"}
     assert [m["partition_id"] for m in result["clients"]["missing"]] == [1], result["clients"]["missing"]
+
+    (stopped,) = list(again.iterdir())  # the second run: refused at its start, naming why
+    failure = json.loads((stopped / "failure.json").read_text())["error"]
+    assert re.fullmatch(r"ValueError: nodes \d+, \d+ all have partition-id 0: give each SuperNode its own .*", failure)
+    assert not (stopped / "checkpoints").exists()

@@ -20,7 +20,6 @@ import select
 import signal
 import struct
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -29,7 +28,7 @@ import psutil
 import pytest
 import torch
 from safetensors.torch import load_file
-from simulation_run import SMALL, shared_home
+from simulation_run import SMALL, running, shared_home, simulate_cmd
 
 pytestmark = pytest.mark.slow
 
@@ -40,12 +39,8 @@ OVERRIDES = [o for o in SMALL if not o.startswith("federation.rounds=")] + [
     f"federation.rounds={ROUNDS}", "strategy.name=fedadam"]
 
 
-def _cmd(*args: str) -> list[str]:
-    return [sys.executable, "-m", "anther.cli", "simulate", *args]
-
-
 def _run(args: list[str], env: dict[str, str]) -> None:
-    proc = subprocess.run(_cmd(*args), env=env, capture_output=True, text=True, timeout=900, check=False)
+    proc = subprocess.run(simulate_cmd(*args), env=env, capture_output=True, text=True, timeout=900, check=False)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
 
 
@@ -110,33 +105,14 @@ def _kill_during_a_checkpoint_write(proc: subprocess.Popen, checkpoints: Path, l
 def _kill_mid_checkpoint(out: Path, env: dict[str, str], log: Path) -> int:
     """Start a run and, after round 1's checkpoint, kill it while it writes a later round's; the
     round it was writing."""
-    with log.open("w") as log_file:
-        proc = subprocess.Popen(_cmd(*OVERRIDES, f"output_dir={out}"), env=env, stdout=log_file,
-                                stderr=subprocess.STDOUT, start_new_session=True)
-    root = psutil.Process(proc.pid)
-    everything: list[psutil.Process] = []
-    try:
+    with running([*OVERRIDES, f"output_dir={out}"], env, log) as proc:
         deadline = time.monotonic() + 600
         while not list(out.glob("*/checkpoints/round-0001")):
             assert proc.poll() is None, f"the run ended before round 1's checkpoint:\n{log.read_text()[-4000:]}"
             assert time.monotonic() < deadline, log.read_text()[-4000:]
             time.sleep(0.2)
-        everything = root.children(recursive=True)
         (checkpoints,) = out.glob("*/checkpoints")
         return _kill_during_a_checkpoint_write(proc, checkpoints, log)
-    finally:
-        with contextlib.suppress(psutil.Error):
-            everything = [*everything, *root.children(recursive=True)]
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)  # anther simulate and its flwr run
-        proc.wait()
-        for p in everything:  # the SuperLink it started, and whatever that left running
-            with contextlib.suppress(psutil.Error):
-                p.terminate()
-        _, alive = psutil.wait_procs(everything, timeout=20)
-        for p in alive:
-            with contextlib.suppress(psutil.Error):
-                p.kill()
 
 
 def _rounds(result: dict) -> list[dict]:

@@ -13,10 +13,10 @@ asked to train.
 Where: ``<state-dir>/<run-key>/partition-<id>/round-NNNN.pb``, with ``state-dir`` from the
 node config (``--node-config 'state-dir="/var/lib/anther"'``) or ``$ANTHER_HOME/client-state``,
 and ``run-key`` the run folder's name the server sends in every round's config (the same
-before and after a resume). A state with no records is not written. The two newest copies
-are kept: the server resumes from its last complete checkpoint (round k), and the client may
-already have trained round k + 1 when the server died, so the copy a resumed round k + 1
-needs is at most the second newest.
+before and after a resume). A state with no records is not written. The three newest copies
+are kept: the server resumes from its last complete checkpoint (round k), or from round k - 1
+when checkpoint k turns out damaged, and the client may already have trained round k + 1
+when the server died, so the copy a resumed round needs is at most the third newest.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ from anther.core.config import anther_home
 from anther.core.files import write_atomic
 
 MARKER = "anther-state"  # Context.state record saying which round the state is from
-KEEP = 2
+KEEP = 3
 _FILE = re.compile(r"round-(\d{4,})\.pb")
 
 
