@@ -4,6 +4,11 @@
     python3 scripts/quickstart.py run  [HYDRA_OVERRIDE ...]   # set up, then `anther simulate`
     python3 scripts/quickstart.py test [PYTEST_ARG ...]       # set up, then the whole test suite
 
+`test` without arguments runs the whole suite under coverage (the processes it starts
+included), prints the report and fails below the floor in pyproject.toml
+(``[tool.coverage.report] fail_under``); with arguments (a file, ``-m "not slow"``) it runs just
+what they select, without coverage.
+
 Needs only Python >= 3.11 with pip. Where no NVIDIA GPU is present, PyTorch 2.13.0 is
 installed first so that pip never pulls a multi-GB CUDA build (pip takes the CPU wheel
 where one is provided, e.g. through PIP_FIND_LINKS or
@@ -39,7 +44,7 @@ def setup() -> None:
         print("anther: no GPU found; installing the CPU build of PyTorch 2.13.0", flush=True)
         sh(PY, "-m", "pip", "install", "-q", "torch==2.13.0")
     # a venv from before a new dev tool
-    if not all(has_module(m) for m in ("anther", "pytest", "importlinter")):
+    if not all(has_module(m) for m in ("anther", "pytest", "importlinter", "pytest_cov")):
         print("anther: installing anther and its dependencies", flush=True)
         sh(PY, "-m", "pip", "install", "-q", "-e", ".[dev]")
 
@@ -53,7 +58,7 @@ def main() -> int:
     if action == "run":
         cmd = [VENV / "bin" / "anther", "simulate", *rest]
     else:
-        cmd = [PY, "-m", "pytest", "-ra", *rest]
+        cmd = [PY, "-m", "pytest", "-ra", *(rest or ["--cov", "--cov-report=term"])]
     return subprocess.run([str(c) for c in cmd], check=False, cwd=ROOT).returncode
 
 
