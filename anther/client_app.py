@@ -105,6 +105,15 @@ def _modality_counts(samples: list[Sample]) -> dict[str, int]:
             protocol.NUM_TEXT_EXAMPLES: sum(s.has_text for s in samples)}
 
 
+def _site_seed(config: ConfigRecord, context: Context, partition_id: int) -> str | None:
+    """This round's seed for DP batches and noise when the node config sets ``dp-sampling-seed``
+    (the site's own secret, mixed with the run, round and partition), else None (the OS's)."""
+    seed = context.node_config.get(protocol.DP_SAMPLING_SEED)
+    if seed is None:
+        return None
+    return f"{seed}/{config.get(protocol.RUN_KEY)}/{int(config[protocol.SERVER_ROUND])}/{partition_id}"
+
+
 @app.query()
 def query(msg: Message, context: Context) -> Message:
     """This node's partition id and how much it holds (sample counts and modality presence of the
@@ -131,7 +140,7 @@ def train(msg: Message, context: Context) -> Message:
     train_set, _ = _local_data(cfg, context)
     seed = round_seed(cfg.seed, int(config[protocol.SERVER_ROUND]), pid)
     ctx = ExtraContext(config, cfg, runtime, train_set, received, context.state, seed)
-    dp = dp_for(cfg, len(train_set), cfg.federation.rounds * cfg.train.local_steps)
+    dp = dp_for(cfg, len(train_set), cfg.federation.rounds * cfg.train.local_steps, _site_seed(config, context, pid))
     began = time.perf_counter()
     report = train_round(cfg, runtime, train_set, seed, regularisers=build_regularisers(ctx), dp=dp)
     train_seconds = time.perf_counter() - began
@@ -144,8 +153,6 @@ def train(msg: Message, context: Context) -> Message:
         protocol.ACTIVATION_BYTES_UP: report.activation_bytes_up,
         protocol.ACTIVATION_BYTES_DOWN: report.activation_bytes_down,
     })
-    if dp is not None:  # the epsilon this node has spent in the run so far
-        metrics[protocol.DP_EPSILON] = spend(context.state, cfg.privacy, dp, report.steps)
     content = RecordDict(
         {
             protocol.ARRAYS: ArrayRecord(runtime.edge.adapter_state()),
@@ -153,6 +160,9 @@ def train(msg: Message, context: Context) -> Message:
             protocol.TIMING: ConfigRecord({protocol.TRAIN_SECONDS: train_seconds}),
         }
     )
+    if dp is not None:  # the epsilon this node has spent in the run so far, and where its randomness came from
+        metrics[protocol.DP_EPSILON] = spend(context.state, cfg.privacy, dp, report.steps)
+        content[protocol.PRIVACY] = ConfigRecord({protocol.DP_RANDOMNESS: dp.randomness})
     add_reply_records(ctx, content)
     if kept is not None:
         save_state(context.state, kept, int(config[protocol.SERVER_ROUND]))

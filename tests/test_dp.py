@@ -1,8 +1,10 @@
 """Sample-level DP-SGD through the split exchange (anther/client/dp.py).
 
-Each sample's clipped contribution is checked against a loop that trains on that sample
-alone through the same split path; the noise against its configured std; DP with no noise
-and no effective clipping against plain training; the accountant against opacus's own.
+Each sample's gradient is checked against a loop that trains on that sample alone through
+the same split path, and against opacus's own per-sample gradients; the clipped sum against
+the same loop; the noise against its configured std; DP with no noise and no effective
+clipping against plain training; the accountant against opacus's own; the batches against
+what the server can know.
 """
 
 from __future__ import annotations
@@ -13,20 +15,22 @@ import pytest
 import torch
 from flwr.app import RecordDict
 from omegaconf import OmegaConf
+from opacus import GradSampleModule
 from opacus.accountants import PRVAccountant, RDPAccountant
 from transformers import AutoProcessor
 
 from anther.backbone.in_process import InProcessBackbone
 from anther.client.dp import (
     DPSGD,
-    clipped_sum,
+    dp_optimizer,
     dpsgd_for,
     per_sample_cotangents,
     per_sample_grads,
-    privatise,
+    poisson_batch,
     spend,
 )
 from anther.client.trainer import dp_split_step, split_step, train_adapters
+from anther.client.training_round import round_seed
 from anther.core.config import ConfigError
 from anther.model.nano_adapter import NanoAdapterConfig
 from anther.model.nano_edge import NanoEdge
@@ -82,31 +86,74 @@ def test_per_sample_grads_equal_each_sample_trained_alone(tiny_model_dir, proces
             torch.testing.assert_close(g[i], ref, rtol=1e-4, atol=1e-6)
 
 
+def test_per_sample_grads_equal_opacus_per_sample_grads(tiny_model_dir, processor, backbone, samples):
+    """opacus's hooks on the same forward give the same per-sample gradients. Its hooks take the
+    image adapter's rows (every image token of the batch, concatenated) for samples, so its
+    per-token gradients are summed over each sample's image tokens."""
+    edge = _edge(tiny_model_dir)
+    encoder, params, batch_samples = SampleEncoder(edge, processor), _params(edge), samples[:5]
+    assert all(s.has_image for s in batch_samples)
+    batch = encoder(batch_samples, [s.answer for s in batch_samples])
+    embeds = edge(batch)
+    _, grad = backbone.train_step(embeds.detach(), batch.attention_mask, batch.labels)
+    cotangents = per_sample_cotangents(grad, batch.labels)
+    ours = per_sample_grads(embeds, cotangents, params)
+
+    adapters = dict(edge.adapters.items())
+    hooked = {name: GradSampleModule(a, batch_first=True, loss_reduction="sum") for name, a in adapters.items()}
+    for name, module in hooked.items():
+        edge.adapters[name] = module
+    edge(batch).backward(cotangents)
+    tokens_per_image = int((batch.input_ids == edge.image_token_id).sum()) // len(batch_samples)
+    theirs = []
+    for name, adapter in adapters.items():
+        for p in adapter.parameters():
+            g = p.grad_sample
+            theirs.append(g.view(len(batch_samples), tokens_per_image, *p.shape).sum(1) if name == "image" else g)
+    for module in hooked.values():
+        module._close()
+    assert [g.shape for g in theirs] == [g.shape for g in ours]
+    for a, b in zip(ours, theirs):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
+
+
+def _clipped(params, per_sample: list[list[torch.Tensor]], clip: float) -> list[torch.Tensor]:
+    """What opacus's DPOptimizer (no noise, expected batch size 1) leaves in ``.grad`` for the
+    per-sample gradients ``per_sample[i][k]`` of sample i and parameter k."""
+    opt = dp_optimizer(torch.optim.SGD(params, lr=0.0), DPSGD(0.0, clip, 1.0, 1.0, torch.Generator()))
+    opt.zero_grad()
+    for k, p in enumerate(params):
+        p.grad_sample = torch.stack([grads[k] for grads in per_sample])
+    opt.pre_step()
+    return [p.grad.clone() for p in params]
+
+
 def test_clipping_bounds_each_samples_contribution(tiny_model_dir, processor, backbone, samples):
     edge = _edge(tiny_model_dir)
     encoder, params, batch_samples = SampleEncoder(edge, processor), _params(edge), _mixed(samples)
     alone = [_alone(encoder, backbone, params, s) for s in batch_samples]
     norms = [torch.cat([g.flatten() for g in grads]).norm().item() for grads in alone]
     clip = sorted(norms)[len(norms) // 2]  # half the samples are clipped, half are not
-    for p in params:
-        p.grad = None
-    dp = DPSGD(noise_multiplier=0.0, max_grad_norm=clip, sample_rate=1.0, expected_batch_size=1.0,
-               generator=torch.Generator())
-    dp_split_step(encoder, backbone, batch_samples, params, dp)
+    opt = dp_optimizer(torch.optim.SGD(params, lr=0.0), DPSGD(0.0, clip, 1.0, 1.0, torch.Generator()))
+    opt.zero_grad()
+    dp_split_step(encoder, backbone, batch_samples, params)
+    opt.pre_step()
     for k, p in enumerate(params):
         expected = sum(min(1.0, clip / n) * grads[k] for n, grads in zip(norms, alone))
         torch.testing.assert_close(p.grad, expected, rtol=1e-4, atol=1e-6)
-    # each clipped contribution has norm <= clip, on its own
-    per = [[g.unsqueeze(0) for g in grads] for grads in alone]
-    for grads in per:
-        assert torch.cat([g.flatten() for g in clipped_sum(grads, clip)]).norm() <= clip * (1 + 1e-5)
+    for grads in alone:  # each clipped contribution has norm <= clip, on its own
+        assert torch.cat([g.flatten() for g in _clipped(params, [grads], clip)]).norm() <= clip * (1 + 1e-5)
 
 
-def test_noise_has_the_configured_std():
+@pytest.mark.parametrize("secure_mode", [False, True])
+def test_noise_has_the_configured_std(secure_mode):
     params = [torch.zeros(200_000, requires_grad=True), torch.zeros(50, 40, requires_grad=True)]
     dp = DPSGD(noise_multiplier=1.5, max_grad_norm=2.0, sample_rate=0.1, expected_batch_size=4.0,
-               generator=torch.Generator().manual_seed(0))
-    privatise([torch.zeros_like(p) for p in params], params, dp)
+               generator=torch.Generator().manual_seed(0), secure_mode=secure_mode)
+    opt = dp_optimizer(torch.optim.SGD(params, lr=0.0), dp)
+    for p in params:
+        p.grad_sample = torch.zeros((1, *p.shape))
+    opt.pre_step()
     noise = torch.cat([p.grad.flatten() for p in params])
     expected = 1.5 * 2.0 / 4.0
     assert abs(noise.mean().item()) < 0.01 * expected
@@ -147,15 +194,18 @@ def test_empty_poisson_batch_is_a_noise_only_step(tiny_model_dir, processor, bac
     edge = _edge(tiny_model_dir)
     params = _params(edge)
     dp = DPSGD(1.0, 1.0, sample_rate=0.1, expected_batch_size=2.0, generator=torch.Generator().manual_seed(0))
+    opt = dp_optimizer(torch.optim.SGD(params, lr=0.0), dp)
+    opt.zero_grad()
     up = backbone.bytes_up
-    assert dp_split_step(SampleEncoder(edge, processor), backbone, [], params, dp) is None
+    assert dp_split_step(SampleEncoder(edge, processor), backbone, [], params) is None
     assert backbone.bytes_up == up, "nothing goes to the backbone"
+    opt.pre_step()
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in params)
 
 
 def _privacy(**kw):
     return OmegaConf.create({"dp": True, "noise_multiplier": None, "target_epsilon": None, "delta": 1e-5,
-                             "max_grad_norm": 1.0, "accountant": "rdp", **kw})
+                             "max_grad_norm": 1.0, "accountant": "rdp", "secure_mode": False, **kw})
 
 
 def test_epsilon_grows_with_steps_and_matches_opacus():
@@ -196,16 +246,34 @@ def test_target_epsilon_picks_noise_for_the_whole_run():
     assert eps[-1] <= 3.0 and eps[-1] == pytest.approx(3.0, rel=0.05)
 
 
-def test_poisson_training_seeds_its_batches(tiny_model_dir, processor, backbone, samples):
-    """The sampled batches follow the trainer's seed; only the noise generator is unpredictable."""
-    runs = []
-    for _ in range(2):
+def test_dp_batches_are_secret_from_the_server():
+    """Two clients given one configuration (the server's seed in it) draw different batches, and
+    neither is the batch the server could draw from its seed, round and the partition id."""
+    privacy = _privacy(noise_multiplier=1.0)
+    clients = [dpsgd_for(privacy, num_samples=200, batch_size=100, total_steps=10) for _ in range(2)]
+    assert all(dp.randomness == "secret" for dp in clients)
+    drawn = [poisson_batch(dp.sampler, 200, dp.sample_rate) for dp in clients]
+    servers = [poisson_batch(random.Random(round_seed(0, 1, pid)), 200, 0.5) for pid in (0, 1)]
+    assert drawn[0] != drawn[1] and not set(map(tuple, drawn)) & set(map(tuple, servers))
+
+
+def test_a_site_seed_makes_its_dp_training_reproducible(tiny_model_dir, processor, backbone, samples):
+    """``dp-sampling-seed`` (the site's own) fixes batches and noise: the same seed trains the same
+    weights, another seed others; the trainer's batches are the sampler's, not the server's seed."""
+    privacy = _privacy(noise_multiplier=1.0)
+    trained, start = {}, _edge(tiny_model_dir).adapter_state()
+    for name, site_seed in (("a", "s"), ("b", "s"), ("c", "t")):
         edge = _edge(tiny_model_dir)
-        dp = DPSGD(0.0, 1.0, sample_rate=0.5, expected_batch_size=0.5 * len(samples), generator=torch.Generator())
-        runs.append(train_adapters(SampleEncoder(edge, processor), backbone, samples, 2, 6, 1e-2, seed=4, dp=dp))
-    assert runs[0].examples == runs[1].examples
-    rng = random.Random(4)
-    assert runs[0].examples == sum(sum(rng.random() < 0.5 for _ in samples) for _ in range(2))
+        edge.load_adapter_state(start)
+        dp = dpsgd_for(privacy, len(samples), 6, 2, site_seed=site_seed)
+        assert dp.randomness == "site-seeded"
+        report = train_adapters(SampleEncoder(edge, processor), backbone, samples, 2, 6, 1e-2, seed=4, dp=dp)
+        trained[name] = (report.examples, _params(edge))
+    replay = dpsgd_for(privacy, len(samples), 6, 2, site_seed="s")
+    replayed = [poisson_batch(replay.sampler, len(samples), replay.sample_rate) for _ in range(2)]
+    assert trained["a"][0] == sum(map(len, replayed))
+    assert all(torch.equal(x, y) for x, y in zip(trained["a"][1], trained["b"][1]))
+    assert not all(torch.equal(x, y) for x, y in zip(trained["a"][1], trained["c"][1]))
 
 
 @pytest.mark.parametrize(("override", "key"), [
@@ -292,3 +360,4 @@ def test_simulation_records_each_rounds_epsilon(tmp_path):
     assert trained[0]["dp_epsilon_max"] < trained[1]["dp_epsilon_max"]
     assert trained[1]["dp_epsilon_max"] == pytest.approx(8.0, rel=0.05), "the whole budget is spent by the end"
     assert "dp_epsilon_max" not in result["rounds"][0]
+    assert all(r["dp_randomness"] == ["secret"] for r in trained), "the record says batches and noise were secret"

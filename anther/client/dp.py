@@ -5,10 +5,22 @@ batch's labelled tokens. Row i of that gradient is (n_i / N) d L_i / d e_i, wher
 sample i's own loss (the mean over its n_i labelled tokens) and N = sum n_i, because each
 sequence only attends to itself. Rescaling row i by N / n_i gives the cotangent of L_i alone,
 and one batched backward through the NanoEdge (one cotangent per sample, zero elsewhere) gives
-every sample's adapter gradient d L_i / d theta. Those are clipped to ``max_grad_norm``,
-summed, noised with N(0, (noise_multiplier * max_grad_norm)^2) and divided by the expected
-batch size: opacus's DP-SGD on the mean of per-sample losses, with Poisson-sampled batches
-(what opacus's accountants assume). The LLM itself needs nothing: it sees the same requests.
+every sample's adapter gradient d L_i / d theta. That split-specific step is anther's own
+(:func:`per_sample_cotangents`, :func:`per_sample_grads`); opacus's module hooks cannot do it,
+because the image NanoAdapter sees every image's tokens of a batch concatenated, with no batch
+dimension to attribute them by (tests/test_dp.py shows the result equals opacus's per-sample
+gradients wherever opacus can compute them). The rest is opacus's: its ``DPOptimizer`` clips
+each sample's gradient to ``max_grad_norm``, sums, adds N(0, (noise_multiplier *
+max_grad_norm)^2) noise (``secure_mode`` draws it robustly to floating-point attacks) and
+divides by the expected batch size; its accountants (RDP, PRV) track the spent epsilon.
+
+What must stay secret from the server is secret by construction. Batches are Poisson samples
+(what the accountants assume) drawn from the operating system's randomness
+(:class:`secrets.SystemRandom`), and the noise from a generator seeded by it: nothing the
+server sends (its seed included) lets it tell which samples were in a step, which
+amplification by subsampling needs, or subtract the noise. A site that wants its DP runs
+reproducible sets a seed of its own in its node config (``dp-sampling-seed``), which the
+server never sees.
 
 Spent privacy is tracked with an opacus accountant whose history lives in the node's
 Flower ``Context.state``, so each client reports its cumulative epsilon after every round.
@@ -19,17 +31,19 @@ from __future__ import annotations
 import random
 import secrets
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from flwr.app import ConfigRecord, RecordDict
 from omegaconf import DictConfig
 from opacus.accountants import IAccountant, create_accountant
 from opacus.accountants.utils import get_noise_multiplier
+from opacus.optimizers import DPOptimizer
 
 from anther.backbone.interface import IGNORE_INDEX
 
 ACCOUNTANT_STATE = "dp-accountant"  # Context.state key of the accountant's history
+SECRET, SITE_SEEDED = "secret", "site-seeded"  # how a client chose its batches and noise
 
 
 @dataclass
@@ -41,6 +55,13 @@ class DPSGD:
     sample_rate: float  # Poisson inclusion probability of each local sample per step
     expected_batch_size: float  # sample_rate * local samples: the divisor of the noisy sum
     generator: torch.Generator  # where the noise comes from
+    sampler: random.Random = field(default_factory=secrets.SystemRandom)  # which samples each step takes
+    secure_mode: bool = False  # opacus's noise robust to floating-point representation attacks
+
+    @property
+    def randomness(self) -> str:
+        """``secret`` (the OS's, nobody can replay it) or ``site-seeded`` (the site's own seed)."""
+        return SECRET if isinstance(self.sampler, secrets.SystemRandom) else SITE_SEEDED
 
 
 def per_sample_cotangents(grad: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -67,25 +88,17 @@ def per_sample_grads(embeds: torch.Tensor, cotangents: torch.Tensor,
     return [g if g is not None else p.new_zeros((b, *p.shape)) for g, p in zip(grads, params)]
 
 
-def clipped_sum(per_sample: Sequence[torch.Tensor], max_grad_norm: float) -> list[torch.Tensor]:
-    """Sum over samples of each sample's gradient scaled to norm <= ``max_grad_norm`` (all
-    parameters together, as opacus's flat clipping)."""
-    norms = torch.stack([g.flatten(1).norm(dim=1) for g in per_sample]).norm(dim=0)
-    factor = (max_grad_norm / (norms + 1e-6)).clamp(max=1.0)
-    return [torch.einsum("b,b...->...", factor, g) for g in per_sample]
+def dp_optimizer(optimizer: torch.optim.Optimizer, dp: DPSGD) -> DPOptimizer:
+    """``optimizer`` behind opacus's DP-SGD: each ``step()`` clips the per-sample gradients left
+    in ``p.grad_sample``, sums them, adds the noise and divides by the expected batch size."""
+    return DPOptimizer(optimizer, noise_multiplier=dp.noise_multiplier, max_grad_norm=dp.max_grad_norm,
+                       expected_batch_size=dp.expected_batch_size, generator=dp.generator,
+                       secure_mode=dp.secure_mode)
 
 
-def privatise(summed: Sequence[torch.Tensor], params: Sequence[torch.Tensor], dp: DPSGD) -> None:
-    """Leave (clipped sum + Gaussian noise) / expected batch size in each parameter's ``.grad``."""
-    std = dp.noise_multiplier * dp.max_grad_norm
-    for total, p in zip(summed, params):
-        noise = torch.normal(0.0, std, p.shape, generator=dp.generator) if std > 0 else 0.0
-        p.grad = ((total + noise) / dp.expected_batch_size).to(p.dtype)
-
-
-def poisson_batch(rng: random.Random, n: int, sample_rate: float) -> list[int]:
+def poisson_batch(sampler: random.Random, n: int, sample_rate: float) -> list[int]:
     """Each sample independently with probability ``sample_rate``; may be empty (a noise-only step)."""
-    return [i for i in range(n) if rng.random() < sample_rate]
+    return [i for i in range(n) if sampler.random() < sample_rate]
 
 
 def noise_multiplier_for(privacy: DictConfig, sample_rate: float, steps: int) -> float:
@@ -98,15 +111,20 @@ def noise_multiplier_for(privacy: DictConfig, sample_rate: float, steps: int) ->
 
 
 def dpsgd_for(privacy: DictConfig, num_samples: int, batch_size: int, total_steps: int,
-              generator: torch.Generator | None = None) -> DPSGD:
+              site_seed: str | None = None) -> DPSGD:
     """This client's DP-SGD: sample rate batch_size / its samples, noise for the run's
-    ``total_steps`` local steps. Noise comes from a fresh OS-seeded generator unless one is
-    given: a seed the server could derive would let it subtract the noise."""
+    ``total_steps`` local steps. Batches and noise come from the OS, unless the site gives a
+    seed of its own (``site_seed``, never the server's: a seed the server could derive would
+    let it replay the batches and subtract the noise)."""
     rate = min(1.0, batch_size / num_samples)
-    if generator is None:
+    if site_seed is None:
+        sampler: random.Random = secrets.SystemRandom()
         generator = torch.Generator().manual_seed(secrets.randbits(63))
+    else:
+        sampler = random.Random(f"batches:{site_seed}")
+        generator = torch.Generator().manual_seed(random.Random(f"noise:{site_seed}").getrandbits(63))
     return DPSGD(noise_multiplier_for(privacy, rate, total_steps), float(privacy.max_grad_norm), rate,
-                 rate * num_samples, generator)
+                 rate * num_samples, generator, sampler, bool(privacy.secure_mode))
 
 
 def load_accountant(state: RecordDict, mechanism: str) -> IAccountant:

@@ -16,14 +16,7 @@ import torch
 from tqdm.auto import tqdm
 
 from anther.backbone.interface import Backbone
-from anther.client.dp import (
-    DPSGD,
-    clipped_sum,
-    per_sample_cotangents,
-    per_sample_grads,
-    poisson_batch,
-    privatise,
-)
+from anther.client.dp import DPSGD, dp_optimizer, per_sample_cotangents, per_sample_grads, poisson_batch
 from anther.core.sample import Sample
 from anther.model.sample_encoder import SampleEncoder
 
@@ -71,30 +64,34 @@ def split_step(encoder: SampleEncoder, backbone: Backbone, batch_samples: list[S
 
 
 def dp_split_step(encoder: SampleEncoder, backbone: Backbone, batch_samples: list[Sample],
-                  params: Sequence[torch.Tensor], dp: DPSGD,
-                  regularisers: Sequence[Regulariser] = ()) -> StepResult | None:
-    """One DP-SGD exchange (:mod:`anther.client.dp`): leaves the noisy mean of clipped per-sample
-    task gradients, plus the regularisers' gradients, in ``.grad``. The backbone request is the
-    plain one. An empty Poisson batch still gets its noise; it returns None (no loss measured).
+                  params: Sequence[torch.Tensor]) -> StepResult | None:
+    """One DP-SGD exchange (:mod:`anther.client.dp`): leaves each sample's task gradient in
+    ``p.grad_sample`` (shape (samples, *p.shape)) for opacus's ``DPOptimizer`` to clip and
+    noise. The backbone request is the plain one. An empty Poisson batch leaves zero samples
+    (the optimizer's step is then noise alone) and returns None (no loss measured)."""
+    if not batch_samples:
+        for p in params:
+            p.grad_sample = p.new_zeros((0, *p.shape))
+        return None
+    batch = encoder(batch_samples, [s.answer for s in batch_samples])
+    embeds = encoder.edge(batch)
+    up0, down0 = backbone.bytes_up, backbone.bytes_down
+    loss, grad = backbone.train_step(embeds.detach(), batch.attention_mask, batch.labels, batch.position_ids)
+    cotangents = per_sample_cotangents(grad.to(embeds.dtype), batch.labels)
+    for p, g in zip(params, per_sample_grads(embeds, cotangents, params)):
+        p.grad_sample = g
+    return StepResult(loss, backbone.bytes_up - up0, backbone.bytes_down - down0)
 
-    Regularisers depend on the weights only, not on any sample, so their gradients are added
-    after the noise without touching the guarantee.
-    """
-    result, summed = None, [p.new_zeros(p.shape) for p in params]
-    if batch_samples:
-        batch = encoder(batch_samples, [s.answer for s in batch_samples])
-        embeds = encoder.edge(batch)
-        up0, down0 = backbone.bytes_up, backbone.bytes_down
-        loss, grad = backbone.train_step(embeds.detach(), batch.attention_mask, batch.labels, batch.position_ids)
-        cotangents = per_sample_cotangents(grad.to(embeds.dtype), batch.labels)
-        summed = clipped_sum(per_sample_grads(embeds, cotangents, params), dp.max_grad_norm)
-        result = StepResult(loss, backbone.bytes_up - up0, backbone.bytes_down - down0)
-    privatise(summed, params, dp)
+
+def _add_gradients_of(regularisers: Sequence[Regulariser], params: Sequence[torch.Tensor]) -> None:
+    """Add each regulariser's gradient to ``p.grad``: a function of the weights only, not of any
+    sample, so it goes in after clipping and noise without touching the guarantee."""
     for regulariser in regularisers:
         term = regulariser()
         if term.requires_grad:
-            term.backward()
-    return result
+            for p, g in zip(params, torch.autograd.grad(term, list(params), allow_unused=True)):
+                if g is not None:
+                    p.grad = g if p.grad is None else p.grad + g
 
 
 def train_adapters(encoder: SampleEncoder, backbone: Backbone, samples: list[Sample], steps: int,
@@ -104,14 +101,18 @@ def train_adapters(encoder: SampleEncoder, backbone: Backbone, samples: list[Sam
     """Run ``steps`` split-learning steps on batches drawn from ``samples``, minimising the task
     loss plus ``regularisers``. Optimises the adapter parameters that require grad.
 
-    Without ``dp``: shuffled batches of ``batch_size``, the batch gradient clipped to
-    ``max_grad_norm``. With ``dp``: Poisson batches and DP-SGD steps (``dp`` clips per sample).
+    Without ``dp``: shuffled batches of ``batch_size`` drawn with ``seed``, the batch gradient
+    clipped to ``max_grad_norm``. With ``dp``: Poisson batches from ``dp.sampler`` (not
+    ``seed``: the server knows it) and opacus's DP-SGD steps (``dp`` clips per sample).
     """
     if not samples:
         raise ValueError("this client has no training samples")
     edge = encoder.edge
     params = [p for p in edge.adapters.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    if dp is not None:  # opacus clips and noises; the regularisers' gradients join after that
+        opt = dp_optimizer(opt, dp)
+        opt.attach_step_hook(lambda _: _add_gradients_of(regularisers, params))
     rng = random.Random(seed)
     order: list[int] = []
     losses, up, down, seen = [], 0, 0, 0
@@ -126,8 +127,8 @@ def train_adapters(encoder: SampleEncoder, backbone: Backbone, samples: list[Sam
             if max_grad_norm > 0:
                 torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
         else:
-            idx = poisson_batch(rng, len(samples), dp.sample_rate)
-            step = dp_split_step(encoder, backbone, [samples[i] for i in idx], params, dp, regularisers)
+            idx = poisson_batch(dp.sampler, len(samples), dp.sample_rate)
+            step = dp_split_step(encoder, backbone, [samples[i] for i in idx], params)
         opt.step()
         seen += len(idx)
         if step is None:

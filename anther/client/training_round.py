@@ -26,12 +26,13 @@ def round_seed(seed: int, server_round: int, partition_id: int) -> int:
     return seed * 1_000_003 + server_round * 1009 + partition_id
 
 
-def dp_for(cfg: DictConfig, num_samples: int, total_steps: int) -> DPSGD | None:
+def dp_for(cfg: DictConfig, num_samples: int, total_steps: int, site_seed: str | None = None) -> DPSGD | None:
     """DP-SGD settings for a trainer that will take ``total_steps`` steps over ``num_samples``
-    samples in the whole run (None without ``privacy.dp``)."""
+    samples in the whole run (None without ``privacy.dp``); batches and noise from the OS, or
+    from ``site_seed`` (the site's own, for this round: :func:`anther.client.dp.dpsgd_for`)."""
     if not cfg.privacy.dp:
         return None
-    return dpsgd_for(cfg.privacy, num_samples, cfg.train.batch_size, total_steps)
+    return dpsgd_for(cfg.privacy, num_samples, cfg.train.batch_size, total_steps, site_seed)
 
 
 def train_round(cfg: DictConfig, runtime: ClientRuntime, samples: list[Sample], seed: int,

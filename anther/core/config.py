@@ -268,6 +268,7 @@ class PrivacyConfig:
     delta: float = 1e-5
     max_grad_norm: float = 1.0  # per-sample clipping bound (replaces train.max_grad_norm)
     accountant: str = "rdp"  # opacus accountant: rdp | prv
+    secure_mode: bool = False  # opacus's DPOptimizer noise robust to floating-point attacks (4 draws per value)
     client_level: ClientLevelDPConfig = field(default_factory=ClientLevelDPConfig)
     secagg: SecAggConfig = field(default_factory=SecAggConfig)
 

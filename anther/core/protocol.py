@@ -20,6 +20,7 @@ NUM_PARTITIONS = "num-partitions"
 DATA_PATH = "data-path"  # the site's own data folder, instead of a partition of the run's
 ADAPTER_RANK = "adapter-rank"  # the NanoAdapter rank this node trains; also a round-config key and a metric
 STATE_DIR = "state-dir"  # where the node keeps its Context.state between runs (anther.client.state_store)
+DP_SAMPLING_SEED = "dp-sampling-seed"  # a site's own seed for its DP batches and noise (never the server's)
 BACKBONE_ADDRESS = "backbone-address"  # how this site reaches the backbone service (anther.backbone.endpoint)
 BACKBONE_CA = "backbone-ca"
 BACKBONE_TOKEN_FILE = "backbone-token-file"
@@ -33,6 +34,7 @@ METRICS = "metrics"  # MetricRecord of a reply
 INFO = "info"  # ConfigRecord: a QUERY answer (partition-id, num-partitions, adapter-rank, holdings)
 HOLDINGS = "holdings"  # in a QUERY answer: JSON of what the node holds (anther.data.partition_report)
 TIMING = "timing"  # ConfigRecord of a train reply: TRAIN_SECONDS (no strategy averages a ConfigRecord)
+PRIVACY = "privacy"  # ConfigRecord of a train reply under sample-level DP: DP_RANDOMNESS
 
 # -- round config: keys of the CONFIG record every train and evaluate message carries
 SERVER_ROUND = "server-round"  # set by Flower's strategies
@@ -50,3 +52,6 @@ DP_EPSILON = "dp_epsilon"  # sample-level DP: the epsilon this node has spent in
 
 # -- TIMING record
 TRAIN_SECONDS = "train_seconds"
+
+# -- PRIVACY record
+DP_RANDOMNESS = "dp-randomness"  # where the client's DP batches and noise came from: "secret" or "site-seeded"

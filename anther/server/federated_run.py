@@ -113,6 +113,14 @@ def _epsilons(replies: list[Message]) -> dict[str, float]:
     return {"dp_epsilon_max": max(eps), "dp_epsilon_mean": sum(eps) / len(eps)} if eps else {}
 
 
+def _dp_randomness(replies: list[Message]) -> dict[str, list[str]]:
+    """Where the replying clients' DP batches and noise came from (``secret``: the OS's), as they
+    said; nothing without sample-level DP."""
+    said = {str(m.content.config_records[protocol.PRIVACY][protocol.DP_RANDOMNESS]) for m in replies
+            if protocol.PRIVACY in m.content.config_records}
+    return {"dp_randomness": sorted(said)} if said else {}
+
+
 def _client_traffic(sent: list[Message], replies: list[Message]) -> dict[int, dict[str, float]]:
     """Each replying client's bytes this round, by partition id: adapters each way, activations each way."""
     to_node = {m.metadata.dst_node_id: m for m in sent}
@@ -299,6 +307,7 @@ class FederatedRun:
                 "per_client": _client_traffic(messages, replies),
                 "train_metrics": dict(train_metrics or {}),  # as the strategy aggregated them
                 **_epsilons(replies),
+                **_dp_randomness(replies),
                 **{k: v for k, v in (train_metrics or {}).items() if k == CLIENT_EPSILON_METRIC},
                 "seconds": time.time() - t0,
                 "client_seconds": _client_seconds(replies),
