@@ -193,7 +193,8 @@ def test_simulation_records_client_epsilon_each_round(tmp_path, mode):
 def test_round_loop_sees_masked_replies_under_dp_and_secagg():
     from anther.server.round_guard import replies_are_masked
 
-    both = _cfg("privacy.client_level.mode=client_fixed", "privacy.secagg.enabled=true")
+    both = _cfg("privacy.client_level.mode=client_fixed", "privacy.secagg.enabled=true", "federation.num_clients=3",
+                "federation.fraction_train=1.0")
     assert replies_are_masked(with_privacy(build_strategy({"name": "fedavg"}), both))
     dp_only = _cfg("privacy.client_level.mode=client_fixed")
     assert not replies_are_masked(with_privacy(build_strategy({"name": "fedavg"}), dp_only))

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 from flwr.app import Array, ArrayRecord, ConfigRecord
+from flwr.serverapp.exception import AggregationError
 
 from anther.core.config import ConfigError, to_yaml
 from anther.simulations.experiment import load_config
@@ -19,7 +20,8 @@ from anther.strategies.privacy.secagg_protocol import SecAggParams, protocol_siz
 from anther.strategies.privacy.secure_vector import VectorLayout, decode, encode
 from anther.strategies.registry import build_strategy
 
-NODES = [101, 102, 103]
+NODES = [101, 102, 103, 104]
+WEIGHTS = [30, 50, 20, 40]
 SIZES = {"image.down.weight": (4, 3), "image.up.weight": (3, 4), "text.down.weight": (4, 3), "text.up.bias": (3,)}
 
 
@@ -43,8 +45,8 @@ def _update(node: int, received: dict[str, np.ndarray]) -> dict[str, np.ndarray]
 def _metrics(images: list[int]):
     def metrics(node: int) -> dict[str, float]:
         i = NODES.index(node)
-        return {"num-examples": [30, 50, 20][i], "num-image-examples": images[i],
-                "num-text-examples": [30, 50, 20][i], "partition-id": i, "train_loss": float(i)}
+        return {"num-examples": WEIGHTS[i], "num-image-examples": images[i],
+                "num-text-examples": WEIGHTS[i], "partition-id": i, "train_loss": float(i)}
     return metrics
 
 
@@ -62,13 +64,13 @@ def _plain_and_secure(name: str, images: list[int], fail: frozenset = frozenset(
 
     app = training_app(_update, _metrics(images), set(fail))
     plain_cfg = load_config(
-        "default", [f"strategy.name={name}", "federation.num_clients=3", "federation.fraction_train=1.0"]
+        "default", [f"strategy.name={name}", "federation.num_clients=4", "federation.fraction_train=1.0"]
     )
     secure_cfg = load_config(
         "default",
         [
             f"strategy.name={name}",
-            "federation.num_clients=3",
+            "federation.num_clients=4",
             "federation.fraction_train=1.0",
             "privacy.secagg.enabled=true",
             *secagg,
@@ -89,16 +91,16 @@ def _tolerance(s, clients: int, weight_sum: float, largest: float) -> float:
 
 @pytest.mark.parametrize("name", ["fedavg", "modality_aware"])
 def test_secure_aggregate_equals_plain_within_quantisation(name):
-    plain, secure, _, s = _plain_and_secure(name, images=[30, 0, 10])
+    plain, secure, _, s = _plain_and_secure(name, images=[30, 0, 10, 20])
     for k in SIZES:
-        weight_sum = 40 if (name == "modality_aware" and k.startswith("image")) else 100
+        weight_sum = 60 if (name == "modality_aware" and k.startswith("image")) else 140
         largest = float(np.abs(plain[k] - _global()[k]).max())
-        np.testing.assert_allclose(secure[k], plain[k], rtol=0, atol=_tolerance(s, 3, weight_sum, largest))
+        np.testing.assert_allclose(secure[k], plain[k], rtol=0, atol=_tolerance(s, 4, weight_sum, largest))
     assert any(not np.array_equal(secure[k], plain[k]) for k in SIZES), "quantisation leaves a trace"
 
 
 def test_modality_nobody_trained_keeps_its_global_value():
-    plain, secure, _, _ = _plain_and_secure("modality_aware", images=[0, 0, 0])
+    plain, secure, _, _ = _plain_and_secure("modality_aware", images=[0, 0, 0, 0])
     for k in ("image.down.weight", "image.up.weight"):
         np.testing.assert_array_equal(plain[k], _global()[k])
         np.testing.assert_allclose(secure[k], _global()[k], rtol=0, atol=1e-7)
@@ -107,40 +109,53 @@ def test_modality_nobody_trained_keeps_its_global_value():
 def test_server_receives_no_adapter_only_masked_vectors():
     from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS, Key
 
-    _, _, grid, _ = _plain_and_secure("fedavg", images=[30, 0, 10])
+    _, _, grid, _ = _plain_and_secure("fedavg", images=[30, 0, 10, 20])
     assert grid.seen_by_server and all(not r.content.array_records for r in grid.seen_by_server)
     masked = [r for r in grid.seen_by_server if Key.MASKED_PARAMETERS in r.content.config_records[RECORD_KEY_CONFIGS]]
-    assert len(masked) == 3 and all(set(r.content.metric_records) == {"metrics"} for r in masked)
+    assert len(masked) == 4 and all(set(r.content.metric_records) == {"metrics"} for r in masked)
 
 
 def test_a_client_dying_mid_round_leaves_the_others_sum():
-    """Node 103 fails after sharing its keys; survivors' shares rebuild its pairwise masks."""
-    plain, secure, _, s = _plain_and_secure("fedavg", images=[30, 0, 10], fail=frozenset({103}))
+    """Node 104 fails after sharing its keys; survivors' shares rebuild its pairwise masks."""
+    plain, secure, _, s = _plain_and_secure("fedavg", images=[30, 0, 10, 20], fail=frozenset({104}))
+    for k in SIZES:
+        largest = float(np.abs(plain[k] - _global()[k]).max())
+        np.testing.assert_allclose(secure[k], plain[k], rtol=0, atol=_tolerance(s, 3, 100, largest))
+
+
+def test_two_survivors_are_refused_unless_explicitly_allowed():
+    """A sum of two updates gives each client the other's: refused, saying why, by default; the
+    loudly named setting lets it through (and the masks still cancel)."""
+    with pytest.raises(AggregationError, match=r"only 2 client\(s\) left.*unsafe_allow_two_clients"):
+        _plain_and_secure("fedavg", images=[30, 0, 10, 20], fail=frozenset({103, 104}))
+    plain, secure, _, s = _plain_and_secure("fedavg", images=[30, 0, 10, 20], fail=frozenset({103, 104}),
+                                            secagg=("privacy.secagg.unsafe_allow_two_clients=true",))
     for k in SIZES:
         largest = float(np.abs(plain[k] - _global()[k]).max())
         np.testing.assert_allclose(secure[k], plain[k], rtol=0, atol=_tolerance(s, 2, 80, largest))
 
 
 def test_too_few_survivors_aggregate_nothing():
-    """With a threshold of 3 of 3 shares, one failure leaves masks that cannot be removed."""
+    """With a threshold of 4 of 4 shares, one failure leaves masks that cannot be removed."""
     from loopback import LoopbackGrid, training_app
 
     cfg = load_config(
         "default",
         [
-            "federation.num_clients=3",
+            "federation.num_clients=4",
             "federation.fraction_train=1.0",
             "privacy.secagg.enabled=true",
-            "privacy.secagg.reconstruction_threshold=3",
-            "privacy.secagg.num_shares=3",
+            "privacy.secagg.reconstruction_threshold=4",
+            "privacy.secagg.num_shares=4",
         ],
     )
-    grid = LoopbackGrid(training_app(_update, _metrics([1, 1, 1]), {103}), NODES)
+    grid = LoopbackGrid(training_app(_update, _metrics([1, 1, 1, 1]), {104}), NODES)
     strategy = with_privacy(build_strategy({"name": "fedavg"}), cfg)
     arrays = ArrayRecord({k: Array(v) for k, v in _global().items()})
     messages = list(strategy.configure_train(1, arrays, ConfigRecord({"experiment": to_yaml(cfg)}), grid))
     replies = [r for r in grid.send_and_receive(messages) if not r.has_error()]
-    assert strategy.aggregate_train(1, replies) == (None, None)
+    with pytest.raises(AggregationError, match="fewer than the reconstruction threshold 4"):
+        strategy.aggregate_train(1, replies)
 
 
 def test_encode_decode_is_the_weighted_mean_by_hand():
@@ -181,6 +196,14 @@ def test_protocol_sizes_follow_flower():
 def test_bad_secagg_config_names_the_key(override, key):
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
         load_config("default", override)
+
+
+def test_two_clients_a_round_need_the_unsafe_setting():
+    with pytest.raises(ConfigError, match=r"federation\.min_train_clients=2 .*unsafe_allow_two_clients=true"):
+        load_config("default", "privacy.secagg.enabled=true federation.num_clients=2")
+    cfg = load_config("default", "privacy.secagg.enabled=true federation.num_clients=2 "
+                                 "privacy.secagg.unsafe_allow_two_clients=true")
+    assert cfg.privacy.secagg.unsafe_allow_two_clients
 
 
 def test_custom_strategy_that_needs_each_update_is_refused():

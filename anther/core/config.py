@@ -245,6 +245,9 @@ class SecAggConfig:
     """
 
     enabled: bool = False
+    # SecAgg+ over two clients protects nothing (each learns the other's update from the sum);
+    # rounds with fewer than three are refused unless this is set
+    unsafe_allow_two_clients: bool = False
     num_shares: float = 1.0
     reconstruction_threshold: float = 0.5
     clipping_range: float = 8.0
@@ -478,8 +481,11 @@ def _validate_secagg(cfg: DictConfig) -> None:
     if not s.enabled:
         return
     m = sampled_per_round(cfg.federation)
-    check(m >= 2, "federation.min_train_clients", cfg.federation.min_train_clients,
-          "secure aggregation needs at least 2 clients per round")
+    least = 2 if s.unsafe_allow_two_clients else 3
+    check(m >= least, "federation.min_train_clients", cfg.federation.min_train_clients,
+          f"secure aggregation needs at least {least} clients per round, this run samples {m}"
+          + ("" if least == 2 else " (with two, each client learns the other's update from the sum; "
+                                   "privacy.secagg.unsafe_allow_two_clients=true allows it anyway)"))
     for key in ("num_shares", "reconstruction_threshold"):
         v = s[key]
         check(0 < v <= 1 or float(v).is_integer(), f"privacy.secagg.{key}", v,

@@ -8,6 +8,9 @@ each client's update, which SecAgg+ hides, so only the client-side DP modes comb
 
 from __future__ import annotations
 
+from logging import WARNING
+
+from flwr.common.logger import log
 from flwr.serverapp.strategy import Strategy
 from omegaconf import DictConfig
 
@@ -18,8 +21,12 @@ from anther.strategies.privacy.secure_aggregation import SecAggPlusStrategy
 
 def secagg_params(cfg: DictConfig) -> SecAggParams:
     s = cfg.privacy.secagg
+    if s.unsafe_allow_two_clients:
+        log(WARNING, "anther: privacy.secagg.unsafe_allow_two_clients=true: a round of two clients gives each "
+                     "the other's update, and secure aggregation then hides nothing")
     return SecAggParams(float(s.num_shares), float(s.reconstruction_threshold), float(s.clipping_range),
-                        int(s.quantization_range), int(s.modulus_range), float(cfg.federation.round_timeout_s))
+                        int(s.quantization_range), int(s.modulus_range), float(cfg.federation.round_timeout_s),
+                        min_clients=2 if s.unsafe_allow_two_clients else 3)
 
 
 def with_privacy(strategy: Strategy, cfg: DictConfig) -> Strategy:

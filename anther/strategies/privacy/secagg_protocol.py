@@ -65,6 +65,13 @@ class SecAggParams:
     quantization_range: int = 1 << 22
     modulus_range: int = 1 << 32
     timeout: float | None = None
+    # With two clients each learns the other's update from the sum, and the server, holding a
+    # survivor's shares, can rebuild its private mask: no protection. privacy.secagg.unsafe_allow_two_clients
+    min_clients: int = 3
+
+
+_TWO_CLIENTS = (" (a sum of two updates gives each client the other's, and lets the server rebuild a "
+                "survivor's mask; privacy.secagg.unsafe_allow_two_clients=true allows it anyway)")
 
 
 def protocol_sizes(params: SecAggParams, num_nodes: int) -> tuple[int, int]:
@@ -108,8 +115,9 @@ class SecAggPlusRound:
 
     def __post_init__(self) -> None:
         n = len(self.node_ids)
-        if n < 2:
-            raise SecAggError(f"secure aggregation needs at least 2 sampled clients, got {n}")
+        if n < self.params.min_clients:
+            raise SecAggError(f"{n} sampled clients; secure aggregation needs at least {self.params.min_clients}"
+                              f"{_TWO_CLIENTS}")
         self.num_shares, self.threshold = protocol_sizes(self.params, n)
         order = list(self.node_ids)
         self.rng.shuffle(order)
@@ -144,8 +152,9 @@ class SecAggPlusRound:
             if len(alive) < self.threshold:
                 raise SecAggError(f"secagg {stage}: node {nid} has {len(alive)} live neighbours, "
                                   f"fewer than the reconstruction threshold {self.threshold}")
-        if len(self.active) < 2:
-            raise SecAggError(f"secagg {stage}: only {len(self.active)} node(s) left")
+        if len(self.active) < self.params.min_clients:
+            raise SecAggError(f"secagg {stage}: only {len(self.active)} client(s) left, fewer than "
+                              f"{self.params.min_clients}{_TWO_CLIENTS}")
 
     # -- stages 0-1: run before the training messages go out --------------------------------
     def setup(self) -> None:

@@ -26,6 +26,7 @@ from logging import WARNING
 
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.serverapp import Grid
+from flwr.serverapp.exception import AggregationError
 from flwr.serverapp.strategy import FedAvg, Strategy
 from flwr.supercore import log
 
@@ -52,13 +53,14 @@ class SecAggPlusStrategy(Strategy):
                 f"{describe(strategy)} needs each client's own update, which SecAgg+ hides")
         self.strategy, self.params, self.max_weight = strategy, params, max_weight
         self._protocol: SecAggPlusRound | None = None
+        self._refusal = ""  # why this round's protocol stopped before training, if it did
         self._layout: VectorLayout | None = None
         self._current: dict[str, NDArray] = {}
 
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                         grid: Grid) -> Iterable[Message]:
         messages = list(self.strategy.configure_train(server_round, arrays, config, grid))
-        self._protocol = None
+        self._protocol, self._refusal = None, ""
         if not messages:
             return []
         self._current = numpy_arrays(arrays)
@@ -71,6 +73,7 @@ class SecAggPlusStrategy(Strategy):
             protocol.share_keys()
         except SecAggError as err:
             log(WARNING, "round %s: secure aggregation stopped before training: %s", server_round, err)
+            self._refusal = str(err)
             return []
         self._protocol = protocol
         return protocol.collect_messages(messages, self._layout.to_config())
@@ -80,12 +83,11 @@ class SecAggPlusStrategy(Strategy):
         valid = [r for r in replies if not r.has_error()]
         protocol, self._protocol = self._protocol, None
         if protocol is None or self._layout is None or not valid:
-            return None, None
+            raise AggregationError(self._refusal or "no masked vector to sum")
         try:
             summed = protocol.unmask(valid)
-        except SecAggError as err:
-            log(WARNING, "round %s: secure aggregation failed, nothing aggregated: %s", server_round, err)
-            return None, None
+        except SecAggError as err:  # the round is skipped, and says why (anther.server.round_guard)
+            raise AggregationError(f"secure aggregation failed, nothing aggregated: {err}") from err
         mean = decode(self._layout, summed, self._current)
         record = array_record(mean, {n: a.dtype for n, a in self._current.items()})
         key = self.strategy.arrayrecord_key if isinstance(self.strategy, FedAvg) else protocol.ARRAYS
