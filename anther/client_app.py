@@ -43,6 +43,7 @@ from anther.client.extras import (
     evaluation_view,
     import_client_modules,
 )
+from anther.client.privacy_policy import SitePolicy, declined_reply
 from anther.client.runtime import ClientRuntime, runtime_for
 from anther.client.state_store import folder_for, restore_state, save_state
 from anther.client.training_round import dp_for, own_split_metrics, round_seed, train_round
@@ -141,6 +142,11 @@ def train(msg: Message, context: Context) -> Message:
     seed = round_seed(cfg.seed, int(config[protocol.SERVER_ROUND]), pid)
     ctx = ExtraContext(config, cfg, runtime, train_set, received, context.state, seed)
     dp = dp_for(cfg, len(train_set), cfg.federation.rounds * cfg.train.local_steps, _site_seed(config, context, pid))
+    policy = SitePolicy.from_node_config(context.node_config)
+    if why := policy.refusal(dp):
+        return declined_reply(msg, protocol.REFUSED, why)
+    if dp is not None and (why := policy.exhausted(context.state, cfg.privacy, dp, cfg.train.local_steps)):
+        return declined_reply(msg, protocol.BUDGET_EXHAUSTED, why)
     began = time.perf_counter()
     report = train_round(cfg, runtime, train_set, seed, regularisers=build_regularisers(ctx), dp=dp)
     train_seconds = time.perf_counter() - began
@@ -164,6 +170,7 @@ def train(msg: Message, context: Context) -> Message:
         metrics[protocol.DP_EPSILON] = spend(context.state, cfg.privacy, dp, report.steps)
         content[protocol.PRIVACY] = ConfigRecord({protocol.DP_RANDOMNESS: dp.randomness})
     add_reply_records(ctx, content)
+    content[protocol.METRICS] = policy.outgoing(content[protocol.METRICS], under_dp=dp is not None)
     if kept is not None:
         save_state(context.state, kept, int(config[protocol.SERVER_ROUND]))
     return Message(content, reply_to=msg)
@@ -181,4 +188,5 @@ def evaluate(msg: Message, context: Context) -> Message:
     ctx = ExtraContext(config, cfg, runtime, test_set, received, context.state, cfg.seed)
     with evaluation_view(ctx):
         metrics = own_split_metrics(cfg, runtime, test_set, pid)
-    return Message(RecordDict({protocol.METRICS: MetricRecord(metrics)}), reply_to=msg)
+    outgoing = SitePolicy.from_node_config(context.node_config).outgoing(MetricRecord(metrics), cfg.privacy.dp)
+    return Message(RecordDict({protocol.METRICS: outgoing}), reply_to=msg)

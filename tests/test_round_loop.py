@@ -73,6 +73,9 @@ class ScriptedGrid:
             return Message(Error(code=0, reason="ClientApp raised ValueError"), reply_to=m)
         if fault == "silent":
             return None
+        if fault in ("refused", "budget-exhausted"):  # the client's privacy policy says no
+            return Message(RecordDict({"declined": ConfigRecord({"status": fault, "reason": f"{fault} by policy"})}),
+                           reply_to=m)
         moved = {k: a.numpy() + np.float32(0.01 * (pid + 1) * server_round) for k, a in m.content["arrays"].items()}
         if fault == "nan":
             moved["text.up.bias"] = np.full_like(moved["text.up.bias"], np.nan)
@@ -130,8 +133,9 @@ def test_bad_updates_and_failures_are_recorded_and_too_few_skip_the_round(tiny_m
     result = json.loads((run.run_dir / "result.json").read_text())
     # the log counts as the record does; Flower's own count (its strategy sees only accepted replies) is gone
     assert not [line for line in lines if "results and" in line], lines
-    assert "anther: round 1: 1 of 3 sampled clients answered usably, 1 rejected, 1 failed; 0 unavailable" in lines
-    assert "anther: round 2: 2 of 3 sampled clients answered usably, 0 rejected, 1 failed; 0 unavailable" in lines
+    counts = "answered usably, {} rejected, 1 failed, 0 declined; 0 unavailable"
+    assert f"anther: round 1: 1 of 3 sampled clients {counts.format(1)}" in lines
+    assert f"anther: round 2: 2 of 3 sampled clients {counts.format(0)}" in lines
     one, two = result["rounds"][1], result["rounds"][2]
     assert "min_replies=2" in one["skipped"] and one["clients"] == 1
     assert [(p["partition_id"], "NaN" in p["reason"]) for p in one["rejected"]] == [(1, True)]
@@ -143,6 +147,26 @@ def test_bad_updates_and_failures_are_recorded_and_too_few_skip_the_round(tiny_m
     assert [p["partition_id"] for p in two["failed"]] == [2] and "no reply" in two["failed"][0]["reason"]
     assert not np.array_equal(final["text.up.bias"].numpy(), initial["text.up.bias"].numpy())
     assert result["finished"] is True
+
+
+def test_declining_clients_are_recorded_and_a_spent_budget_is_not_asked_again(tiny_model_dir, data_dir, tmp_path):
+    """Round 1: partition 1's policy refuses the round, partition 2's budget is spent. Both are
+    recorded with their reason, not as failures; round 2 asks partition 1 again, not partition 2,
+    and a resumed run still knows partition 2 is spent."""
+    cfg = _cfg(tiny_model_dir, data_dir, tmp_path, "federation.rounds=3")
+    grid = ScriptedGrid({(1, 1): "refused", (1, 2): "budget-exhausted"}, crash_in_round=3)
+    crashed = FederatedRun(cfg, grid, Path(cfg.data.path))
+    with flower_log() as lines, pytest.raises(Crash):
+        crashed.execute(_initial(crashed))
+    assert "anther: round 1: 1 of 3 sampled clients answered usably, 0 rejected, 0 failed, 2 declined; 0 unavailable" \
+        in lines
+    _, _ = _run(load_run_config(crashed.run_dir), ScriptedGrid(), resume=True)
+    one, two, three = json.loads((crashed.run_dir / "result.json").read_text())["rounds"][1:]
+    assert [(d["partition_id"], d["status"]) for d in one["declined"]] == [(1, "refused"), (2, "budget-exhausted")]
+    assert one["failed"] == [] and one["rejected"] == [] and one["clients"] == 1 and one["exhausted"] == [2]
+    for later in (two, three):
+        assert later["sampled"] == 2 and later["clients"] == 2 and set(later["per_client"]) == {"0", "1"}, later
+        assert later["exhausted"] == [2] and later["declined"] == []
 
 
 def test_resume_after_a_crash_gives_the_uninterrupted_run(tiny_model_dir, data_dir, tmp_path):

@@ -142,6 +142,15 @@ def save_accountant(state: RecordDict, accountant: IAccountant) -> None:
     state[ACCOUNTANT_STATE] = ConfigRecord({"noise": list(noise), "rate": list(rate), "steps": list(steps)})
 
 
+def epsilon_after(state: RecordDict, mechanism: str, dp: DPSGD, steps: int, delta: float) -> float:
+    """The epsilon at ``delta`` the node would have spent after ``steps`` more steps of ``dp``
+    (nothing is recorded)."""
+    accountant = load_accountant(state, mechanism)
+    for _ in range(steps):
+        accountant.step(noise_multiplier=dp.noise_multiplier, sample_rate=dp.sample_rate)
+    return float(accountant.get_epsilon(delta=delta))
+
+
 def spend(state: RecordDict, privacy: DictConfig, dp: DPSGD, steps: int) -> float:
     """Add this round's ``steps`` DP-SGD steps to the node's accountant; the epsilon spent so far."""
     accountant = load_accountant(state, privacy.accountant)

@@ -21,6 +21,12 @@ DATA_PATH = "data-path"  # the site's own data folder, instead of a partition of
 ADAPTER_RANK = "adapter-rank"  # the NanoAdapter rank this node trains; also a round-config key and a metric
 STATE_DIR = "state-dir"  # where the node keeps its Context.state between runs (anther.client.state_store)
 DP_SAMPLING_SEED = "dp-sampling-seed"  # a site's own seed for its DP batches and noise (never the server's)
+# a site's privacy policy (anther.client.privacy_policy): the least it accepts, whatever the server asks
+DP_MIN_NOISE = "dp-min-noise-multiplier"
+DP_MAX_GRAD_NORM = "dp-max-grad-norm"
+DP_MAX_EPSILON = "dp-max-epsilon"  # over the run, at DP_POLICY_DELTA
+DP_POLICY_DELTA = "dp-policy-delta"
+DP_UNNOISED_METRICS = "dp-unnoised-metrics"  # whether train loss and own-split metrics may leave under DP
 BACKBONE_ADDRESS = "backbone-address"  # how this site reaches the backbone service (anther.backbone.endpoint)
 BACKBONE_CA = "backbone-ca"
 BACKBONE_TOKEN_FILE = "backbone-token-file"
@@ -35,6 +41,7 @@ INFO = "info"  # ConfigRecord: a QUERY answer (partition-id, num-partitions, ada
 HOLDINGS = "holdings"  # in a QUERY answer: JSON of what the node holds (anther.data.partition_report)
 TIMING = "timing"  # ConfigRecord of a train reply: TRAIN_SECONDS (no strategy averages a ConfigRecord)
 PRIVACY = "privacy"  # ConfigRecord of a train reply under sample-level DP: DP_RANDOMNESS
+DECLINED = "declined"  # ConfigRecord of a reply to a round the client will not train: DECLINE_*
 
 # -- round config: keys of the CONFIG record every train and evaluate message carries
 SERVER_ROUND = "server-round"  # set by Flower's strategies
@@ -52,6 +59,12 @@ DP_EPSILON = "dp_epsilon"  # sample-level DP: the epsilon this node has spent in
 
 # -- TIMING record
 TRAIN_SECONDS = "train_seconds"
+
+# -- DECLINED record
+DECLINE_STATUS = "status"  # REFUSED or BUDGET_EXHAUSTED
+REFUSED = "refused"  # the round's privacy is weaker than the site's policy
+BUDGET_EXHAUSTED = "budget-exhausted"  # the round would take the site past its epsilon budget
+DECLINE_REASON = "reason"
 
 # -- PRIVACY record
 DP_RANDOMNESS = "dp-randomness"  # where the client's DP batches and noise came from: "secret" or "site-seeded"

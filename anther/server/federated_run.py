@@ -159,6 +159,7 @@ class FederatedRun:
         self.run_dir = self.recorder.dir
         self.info: dict[int, ConfigRecord] = {}  # node id -> its QUERY answer
         self.not_joined: dict[int, str] = {}  # node id -> why it could not say who it is, when last asked
+        self.exhausted: dict[int, str] = {}  # partition id -> why its privacy budget is spent: not sampled again
 
     # -- nodes ---------------------------------------------------------------------------
     def _ask(self, node_ids: Iterable[int]) -> dict[int, ConfigRecord]:
@@ -218,8 +219,11 @@ class FederatedRun:
         return {pid: node for pid, node in partitions.items() if node in online}, gone
 
     def _sample(self, partitions: dict[int, int]) -> list[int]:
-        k = clients_per_round(self.cfg.federation, len(partitions))
-        chosen = sorted(self.rng.sample(sorted(partitions), k))
+        """Node ids to train this round: a sample of the connected partitions whose clients still
+        have privacy budget (a client that said its budget is spent is not asked again)."""
+        open_ = sorted(p for p in partitions if p not in self.exhausted)
+        k = min(clients_per_round(self.cfg.federation, len(partitions)), len(open_))
+        chosen = sorted(self.rng.sample(open_, k))
         return [partitions[p] for p in chosen]
 
     # -- messages ------------------------------------------------------------------------
@@ -251,6 +255,7 @@ class FederatedRun:
             log(WARNING, "anther: skipped a damaged checkpoint: %s", why)
         load_strategy_state(self.strategy, ckpt.state["strategy"], ckpt.tensors)
         restore_rng(ckpt.state["rng"], self.rng, ckpt.tensors)
+        self.exhausted = {int(pid): why for pid, why in ckpt.state.get("exhausted", {}).items()}
         self.resumed_from = [*ckpt.state.get("resumed_from", []), ckpt.server_round]
         self.recorder.restore(ckpt.state["rounds"], self.resumed_from)
         print(f"anther: resuming {self.run_dir} after round {ckpt.server_round}", flush=True)
@@ -260,6 +265,7 @@ class FederatedRun:
         """Everything a resumed run needs to go on exactly as this one would (docs/reliability.md)."""
         tensors: dict[str, torch.Tensor] = {}
         state = {"rounds": self.recorder.rounds, "resumed_from": self.resumed_from,
+                 "exhausted": {str(pid): why for pid, why in self.exhausted.items()},
                  "strategy": strategy_state(self.strategy, "strategy", tensors),
                  "rng": rng_state(self.rng, tensors)}
         save_checkpoint(self.run_dir, server_round, arrays.to_torch_state_dict(), state, tensors)
@@ -284,6 +290,8 @@ class FederatedRun:
             screened = screen_replies(messages, received, partition_of, self.cfg.federation.outlier_factor,
                                       check_arrays=not replies_are_masked(self.strategy))
             log_round(server_round, len(sampled), screened, unavailable)
+            self.exhausted.update({p.partition_id: p.reason for p in screened.declined
+                                   if p.status == protocol.BUDGET_EXHAUSTED and p.partition_id is not None})
             replies = screened.accepted
             outcome = aggregate_guarded(self.strategy, server_round, replies, self.cfg.federation.min_replies)
             train_metrics = outcome.metrics
@@ -298,6 +306,8 @@ class FederatedRun:
                 "rejected": [p.record() for p in screened.rejected],
                 "failed": [p.record() for p in screened.failed],
                 "unavailable": [p.record() for p in unavailable],
+                "declined": [p.record() for p in screened.declined],
+                "exhausted": sorted(self.exhausted),
                 "not_joined": [{"node_id": n, "reason": why} for n, why in self.not_joined.items()],
                 "skipped": outcome.skipped,
                 "adapter_bytes_down": _array_bytes(messages),

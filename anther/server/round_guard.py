@@ -53,9 +53,11 @@ class Problem:
     partition_id: int | None  # None: a node the round loop does not know
     node_id: int
     reason: str
+    status: str | None = None  # a client that declined: "refused" or "budget-exhausted"
 
     def record(self) -> dict[str, Any]:
-        return {"partition_id": self.partition_id, "node_id": self.node_id, "reason": self.reason}
+        out = {"partition_id": self.partition_id, "node_id": self.node_id, "reason": self.reason}
+        return out if self.status is None else {**out, "status": self.status}
 
 
 @dataclass
@@ -65,6 +67,7 @@ class Screened:
     accepted: list[Message] = field(default_factory=list)
     rejected: list[Problem] = field(default_factory=list)  # replied, but the update is unusable
     failed: list[Problem] = field(default_factory=list)  # an error reply, or no reply in time
+    declined: list[Problem] = field(default_factory=list)  # said no: its privacy policy or budget (status)
 
 
 def _numpy(record: ArrayRecord) -> dict[str, np.ndarray]:
@@ -184,6 +187,11 @@ def screen_replies(sent: Sequence[Message], replies: Sequence[Message], partitio
         if node not in sent_arrays:
             out.rejected.append(problem(node, "replied though this round did not ask it"))
             continue
+        if protocol.DECLINED in reply.content.config_records:  # the client's own policy said no
+            said = reply.content.config_records[protocol.DECLINED]
+            out.declined.append(Problem(partition_of.get(node), node, str(said.get(protocol.DECLINE_REASON, "")),
+                                        str(said.get(protocol.DECLINE_STATUS, protocol.REFUSED))))
+            continue
         if node in masked:  # SecAgg+: no adapters to check, only the masked vector (docs/privacy.md)
             reason = _metrics_problem(reply, weight_key) or _masked_problem(reply)
             if reason is None:
@@ -202,6 +210,7 @@ def screen_replies(sent: Sequence[Message], replies: Sequence[Message], partitio
         candidates.append((reply, norm))
     out.accepted = _drop_outliers(candidates, outlier_factor, out.rejected, problem)
     out.accepted.sort(key=lambda m: (partition_of.get(m.metadata.src_node_id, math.inf), m.metadata.src_node_id))
+    out.declined.sort(key=lambda p: (math.inf if p.partition_id is None else p.partition_id, p.node_id))
     return out
 
 
@@ -227,11 +236,11 @@ def _drop_outliers(candidates: list[tuple[Message, float | None]], factor: float
 def log_round(server_round: int, sampled: int, screened: Screened, unavailable: Sequence[Problem]) -> None:
     """The round's count of answers, in the same terms as its record, and one warning line per
     client the round goes on without, naming its partition."""
-    log(INFO, "anther: round %d: %d of %d sampled clients answered usably, %d rejected, %d failed; "
-        "%d unavailable", server_round, len(screened.accepted), sampled, len(screened.rejected),
-        len(screened.failed), len(unavailable))
+    log(INFO, "anther: round %d: %d of %d sampled clients answered usably, %d rejected, %d failed, "
+        "%d declined; %d unavailable", server_round, len(screened.accepted), sampled, len(screened.rejected),
+        len(screened.failed), len(screened.declined), len(unavailable))
     for kind, problems in (("rejected the update of ", screened.rejected), ("got nothing from ", screened.failed),
-                           ("", unavailable)):
+                           ("declined by ", screened.declined), ("", unavailable)):
         for p in problems:
             log(WARNING, "anther: round %d: %spartition %s (node %d): %s", server_round, kind,
                 p.partition_id, p.node_id, p.reason)
