@@ -262,12 +262,14 @@ def test_a_strategy_that_refuses_skips_the_round():
 def test_client_state_comes_back_from_the_newest_round_before(tmp_path):
     folder = state_folder({"state-dir": str(tmp_path)}, "run-a", 3)
     for r in (1, 2, 3, 4):
-        state = RecordDict({"dp-accountant": ConfigRecord({"steps": [r]})})
+        state = RecordDict({"dp-accountant": ConfigRecord({"steps": [r]}),
+                            "personal-rounds": ConfigRecord({"n": r})})
         save_state(state, folder, r)
     assert sorted(p.name for p in folder.iterdir()) == ["round-0002.pb", "round-0003.pb", "round-0004.pb"]
     fresh = RecordDict()  # checkpoint 3 damaged, the server resumes from 2; the client trained 4
     assert restore_state(fresh, folder, up_to_round=2) == 2
-    assert fresh["dp-accountant"]["steps"] == [2]
+    assert fresh["personal-rounds"]["n"] == 2  # the run goes back to round 2...
+    assert fresh["dp-accountant"]["steps"] == [4]  # ...but the privacy rounds 3 and 4 spent is not given back
     own = RecordDict({"dp-accountant": ConfigRecord({"steps": [9]})})
     assert restore_state(own, folder, 4) is None and own["dp-accountant"]["steps"] == [9]
 

@@ -8,7 +8,8 @@ state. The server cannot hold this state for the client: local adapters must nev
 the site, and a privacy budget the server could rewind would protect nobody. So each client
 writes its state after every training round to its own disk, and a client whose state is
 empty (the first message of a run) reloads the newest copy from before the round it is
-asked to train.
+asked to train, except its DP accountant, which it takes from its newest copy of all (spent
+privacy is never given back).
 
 Where: ``<state-dir>/<run-key>/partition-<id>/round-NNNN.pb``, with ``state-dir`` from the
 node config (``--node-config 'state-dir="/var/lib/anther"'``) or ``$ANTHER_HOME/client-state``,
@@ -30,6 +31,7 @@ from flwr.app import ConfigRecord, RecordDict
 from flwr.common.serde import recorddict_from_proto, recorddict_to_proto
 from flwr.proto.recorddict_pb2 import RecordDict as ProtoRecordDict
 
+from anther.client.dp import ACCOUNTANT_STATE
 from anther.core import protocol
 from anther.core.config import anther_home
 from anther.core.files import write_atomic
@@ -61,18 +63,29 @@ def _saved_rounds(folder: Path) -> list[int]:
     return sorted(int(m.group(1)) for p in folder.iterdir() if (m := _FILE.fullmatch(p.name)))
 
 
+def _load(folder: Path, server_round: int) -> RecordDict:
+    path = folder / f"round-{server_round:04d}.pb"
+    return recorddict_from_proto(ProtoRecordDict.FromString(path.read_bytes()))
+
+
 def restore_state(state: RecordDict, folder: Path, up_to_round: int) -> int | None:
     """Fill an empty ``state`` with the newest copy saved at a round <= ``up_to_round``; the
-    round restored, or None (a state that is not empty is this run's own and is kept)."""
+    round restored, or None (a state that is not empty is this run's own and is kept).
+
+    The DP accountant is the exception: it comes from the newest copy of all. Rounds the
+    client trained after the one the server resumes from did send updates (or could have), so
+    the privacy they spent is not given back; everything else (personal adapters) goes back
+    to the round the run resumes from, so the resumed rounds are the ones it would have trained."""
     if len(state) > 0:
         return None
-    rounds = [r for r in _saved_rounds(folder) if r <= up_to_round]
+    saved = _saved_rounds(folder)
+    rounds = [r for r in saved if r <= up_to_round]
     if not rounds:
         return None
-    path = folder / f"round-{rounds[-1]:04d}.pb"
-    saved = recorddict_from_proto(ProtoRecordDict.FromString(path.read_bytes()))
-    for name, record in saved.items():
+    for name, record in _load(folder, rounds[-1]).items():
         state[name] = record
+    if saved[-1] > rounds[-1] and ACCOUNTANT_STATE in (newest := _load(folder, saved[-1])):
+        state[ACCOUNTANT_STATE] = newest[ACCOUNTANT_STATE]
     return rounds[-1]
 
 
