@@ -90,6 +90,10 @@ def test_the_saboteur_is_screened_out_and_the_honest_clients_aggregated(sabotage
             assert r["rejected"] == [] and r["clients"] == 3, r
         assert r["acc_mc"] == r["acc_mc"], "the global adapters turned NaN"  # NaN != NaN
     assert "rejected the update of partition 0" in sabotaged["terminal"]
+    counts = (sabotaged["run_dir"] / "flower.log").read_text()  # the per-round count, as the record has it
+    for r in (2, 3):
+        assert f"anther: round {r}: 2 of 3 sampled clients answered usably, 1 rejected, 0 failed, 0 declined; " \
+               "0 unavailable" in counts
 
 
 def test_a_damaged_checkpoint_is_skipped_naming_why_and_the_run_resumes_from_the_one_before(sabotaged):
