@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -83,3 +84,15 @@ def running(args: list[str], env: dict[str, str], log: Path) -> Iterator[subproc
             with contextlib.suppress(psutil.Error):
                 p.kill()
         psutil.wait_procs(rest, timeout=20)
+
+
+def wait_for_checkpoint(proc: subprocess.Popen, out: Path, server_round: int, log: Path) -> Path:
+    """Wait until the run writing into ``out`` has round ``server_round``'s checkpoint (within 600
+    s); fail, with the run's output, if it ends first. The run's checkpoints folder."""
+    deadline = time.monotonic() + 600
+    while not list(out.glob(f"*/checkpoints/round-{server_round:04d}")):
+        assert proc.poll() is None, f"the run ended before checkpoint {server_round}:\n{log.read_text()[-4000:]}"
+        assert time.monotonic() < deadline, log.read_text()[-4000:]
+        time.sleep(0.1)
+    (checkpoints,) = out.glob("*/checkpoints")
+    return checkpoints

@@ -28,7 +28,7 @@ import psutil
 import pytest
 import torch
 from safetensors.torch import load_file
-from simulation_run import SMALL, running, shared_home, simulate_cmd
+from simulation_run import SMALL, running, shared_home, simulate_cmd, wait_for_checkpoint
 
 pytestmark = pytest.mark.slow
 
@@ -106,12 +106,7 @@ def _kill_mid_checkpoint(out: Path, env: dict[str, str], log: Path) -> int:
     """Start a run and, after round 1's checkpoint, kill it while it writes a later round's; the
     round it was writing."""
     with running([*OVERRIDES, f"output_dir={out}"], env, log) as proc:
-        deadline = time.monotonic() + 600
-        while not list(out.glob("*/checkpoints/round-0001")):
-            assert proc.poll() is None, f"the run ended before round 1's checkpoint:\n{log.read_text()[-4000:]}"
-            assert time.monotonic() < deadline, log.read_text()[-4000:]
-            time.sleep(0.2)
-        (checkpoints,) = out.glob("*/checkpoints")
+        checkpoints = wait_for_checkpoint(proc, out, 1, log)
         return _kill_during_a_checkpoint_write(proc, checkpoints, log)
 
 

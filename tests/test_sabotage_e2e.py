@@ -23,13 +23,12 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 from flwr.app import RecordDict
-from simulation_run import SMALL, running, shared_home, simulate_cmd
+from simulation_run import SMALL, running, shared_home, simulate_cmd, wait_for_checkpoint
 
 from anther.client.state_store import restore_state, state_folder
 from anther.server.run_state import decode
@@ -59,11 +58,7 @@ def sabotaged(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
            "PYTHONPATH": os.pathsep.join(filter(None, [str(PLUGINS), os.environ.get("PYTHONPATH")]))}
     out, log = tmp / "runs", tmp / "killed.log"
     with running([*OVERRIDES, f"output_dir={out}"], env, log) as proc:
-        deadline = time.monotonic() + 600
-        while not list(out.glob("*/checkpoints/round-0002")):
-            assert proc.poll() is None, f"the run ended before round 2's checkpoint:\n{log.read_text()[-4000:]}"
-            assert time.monotonic() < deadline, log.read_text()[-4000:]
-            time.sleep(0.1)
+        wait_for_checkpoint(proc, out, 2, log)
     (run_dir,) = list(out.iterdir())
     killed = json.loads((run_dir / "result.json").read_text())
     _flip_a_byte(run_dir / "checkpoints" / "round-0002" / "adapters.safetensors")
