@@ -142,19 +142,22 @@ def save_accountant(state: RecordDict, accountant: IAccountant) -> None:
     state[ACCOUNTANT_STATE] = ConfigRecord({"noise": list(noise), "rate": list(rate), "steps": list(steps)})
 
 
-def epsilon_after(state: RecordDict, mechanism: str, dp: DPSGD, steps: int, delta: float) -> float:
-    """The epsilon at ``delta`` the node would have spent after ``steps`` more steps of ``dp``
-    (nothing is recorded)."""
+def _stepped(state: RecordDict, mechanism: str, dp: DPSGD, steps: int) -> IAccountant:
+    """The node's accountant with ``steps`` more steps of ``dp`` taken (not saved)."""
     accountant = load_accountant(state, mechanism)
     for _ in range(steps):
         accountant.step(noise_multiplier=dp.noise_multiplier, sample_rate=dp.sample_rate)
-    return float(accountant.get_epsilon(delta=delta))
+    return accountant
+
+
+def epsilon_after(state: RecordDict, mechanism: str, dp: DPSGD, steps: int, delta: float) -> float:
+    """The epsilon at ``delta`` the node would have spent after ``steps`` more steps of ``dp``
+    (nothing is recorded)."""
+    return float(_stepped(state, mechanism, dp, steps).get_epsilon(delta=delta))
 
 
 def spend(state: RecordDict, privacy: DictConfig, dp: DPSGD, steps: int) -> float:
     """Add this round's ``steps`` DP-SGD steps to the node's accountant; the epsilon spent so far."""
-    accountant = load_accountant(state, privacy.accountant)
-    for _ in range(steps):
-        accountant.step(noise_multiplier=dp.noise_multiplier, sample_rate=dp.sample_rate)
+    accountant = _stepped(state, privacy.accountant, dp, steps)
     save_accountant(state, accountant)
     return float(accountant.get_epsilon(delta=privacy.delta))

@@ -56,10 +56,7 @@ def split_step(encoder: SampleEncoder, backbone: Backbone, batch_samples: list[S
     loss, grad = backbone.train_step(embeds.detach(), batch.attention_mask, batch.labels, batch.position_ids)
     if embeds.requires_grad:  # NanoAdapters; LoRA (mode=whole_model) got its gradient in train_step
         embeds.backward(grad.to(embeds.dtype))
-    for regulariser in regularisers:
-        term = regulariser()
-        if term.requires_grad:  # a term over no trainable weight is a constant
-            term.backward()
+    _add_gradients_of(regularisers)
     return StepResult(loss, backbone.bytes_up - up0, backbone.bytes_down - down0)  # as the wire counted
 
 
@@ -83,15 +80,14 @@ def dp_split_step(encoder: SampleEncoder, backbone: Backbone, batch_samples: lis
     return StepResult(loss, backbone.bytes_up - up0, backbone.bytes_down - down0)
 
 
-def _add_gradients_of(regularisers: Sequence[Regulariser], params: Sequence[torch.Tensor]) -> None:
-    """Add each regulariser's gradient to ``p.grad``: a function of the weights only, not of any
-    sample, so it goes in after clipping and noise without touching the guarantee."""
+def _add_gradients_of(regularisers: Sequence[Regulariser]) -> None:
+    """Add each regulariser's gradient to the weights' ``.grad``. Under DP this runs after
+    clipping and noise: a regulariser is a function of the weights only, not of any sample, so
+    it does not touch the guarantee."""
     for regulariser in regularisers:
         term = regulariser()
-        if term.requires_grad:
-            for p, g in zip(params, torch.autograd.grad(term, list(params), allow_unused=True)):
-                if g is not None:
-                    p.grad = g if p.grad is None else p.grad + g
+        if term.requires_grad:  # a term over no trainable weight is a constant
+            term.backward()
 
 
 def train_adapters(encoder: SampleEncoder, backbone: Backbone, samples: list[Sample], steps: int,
@@ -112,7 +108,7 @@ def train_adapters(encoder: SampleEncoder, backbone: Backbone, samples: list[Sam
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
     if dp is not None:  # opacus clips and noises; the regularisers' gradients join after that
         opt = dp_optimizer(opt, dp)
-        opt.attach_step_hook(lambda _: _add_gradients_of(regularisers, params))
+        opt.attach_step_hook(lambda _: _add_gradients_of(regularisers))
     rng = random.Random(seed)
     order: list[int] = []
     losses, up, down, seen = [], 0, 0, 0
