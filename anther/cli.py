@@ -319,7 +319,7 @@ def _backbone_serve(args: argparse.Namespace) -> int:
                     max_inflight_bytes=args.max_inflight_mib * MiB, read_timeout_s=args.read_timeout_s)
     server, port, service = serve(args.model, f"{args.host}:{args.port}", tls, tokens, args.window_ms,
                                   args.max_batch, not args.no_batching, limits, getattr(torch, args.dtype),
-                                  device=args.device, quantization=args.quantization)
+                                  device=args.device, quantization=args.quantization, autocast=args.autocast)
     log.info("backbone of %s serving on %s:%d (tls=%s, mutual tls=%s, %d client tokens)", args.model,
              args.host, port, tls is not None, args.mtls, len(tokens or {}))
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -353,6 +353,8 @@ def _add_backbone_parser(sub: argparse._SubParsersAction) -> None:
     srv.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
                      help="dtype the LLM computes in")
     srv.add_argument("--device", default="cpu", help="where the LLM runs: cpu, cuda, cuda:N")
+    srv.add_argument("--autocast", default="none", choices=["none", "bfloat16", "float16"],
+                     help="compute under autocast in this dtype, where the device supports it")
     srv.add_argument("--quantization", default="none", choices=QUANTIZATIONS,
                      help="hold the LLM in 8 or 4 bits (bitsandbytes; CUDA only)")
     srv.add_argument("--window-ms", type=float, default=5.0, help="dynamic batching window")

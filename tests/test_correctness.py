@@ -18,10 +18,10 @@ from transformers import AutoModelForImageTextToText
 
 from anther.backbone.in_process import InProcessBackbone
 from anther.backbone.interface import causal_lm_loss
+from anther.model.chat_format import conversation
 from anther.model.families import FAMILIES, load_processor
 from anther.model.nano_adapter import NanoAdapterConfig
 from anther.model.nano_edge import NanoEdge
-from anther.model.prompt import build_prompt, build_target
 from anther.model.sample_encoder import SampleEncoder
 
 # How each family's processor takes the images of a batch (one per sample or None).
@@ -58,9 +58,10 @@ def _batch(processor, edge, samples):
 
 
 def _hf(hf, processor, samples, labels=None):
-    """The Hugging Face model on its own processor's output for ``samples`` (prompt + answer)."""
-    eos = processor.tokenizer.eos_token
-    texts = [build_prompt(s) + build_target(s.answer, eos) for s in samples]
+    """The Hugging Face model on its own processor's output for ``samples``: each conversation and
+    its answer rendered by the processor's own ``apply_chat_template``."""
+    answer = [{"role": "assistant", "content": [{"type": "text", "text": s.answer}]} for s in samples]
+    texts = [processor.apply_chat_template(conversation(s) + [a], tokenize=False) for s, a in zip(samples, answer)]
     images = HF_IMAGES[hf.config.model_type]([s.image for s in samples])
     inputs = processor(images=images, text=texts, return_tensors="pt", padding=True)
     with torch.no_grad():
@@ -74,12 +75,21 @@ def _reshaped(samples):
     return [dataclasses.replace(s, image=s.image.resize(sizes[i % len(sizes)])) for i, s in enumerate(samples)]
 
 
-@pytest.mark.parametrize("kind", ["image+text", "mixed", "text-only", "mixed sizes"])
+def _multi_turn(samples):
+    """Each sample after an earlier turn about the same picture, so conversations of several
+    turns are templated as the model's own chat format renders them."""
+    earlier = ("how many shapes are there?", "two")
+    return [dataclasses.replace(s, history=[earlier] * (i % 3)) for i, s in enumerate(samples)]
+
+
+@pytest.mark.parametrize("kind", ["image+text", "mixed", "text-only", "mixed sizes", "multi-turn"])
 def test_fresh_adapters_reproduce_hf_logits(parts, samples, kind):
     """Samples without an image carry no image tokens; the split matches HF on any mix."""
     processor, hf, edge, backbone = parts
     if kind == "mixed sizes":
         samples = _reshaped(samples)
+    if kind == "multi-turn":
+        samples = _multi_turn(samples)
     keep = {"mixed": lambda i: i % 2 == 1, "text-only": lambda i: False}.get(kind, lambda i: True)
     samples = [s if keep(i) else s.without_image() for i, s in enumerate(samples)]
     batch = _batch(processor, edge, samples)

@@ -46,9 +46,9 @@ from anther.client.runtime import load_runtime
 from anther.core.config import to_yaml
 from anther.core.sample import Sample, write_split
 from anther.data import shapes_vqa
+from anther.model.chat_format import ChatFormat, conversation
 from anther.model.nano_adapter import NanoAdapterConfig
 from anther.model.nano_edge import initial_adapter_state
-from anther.model.prompt import build_prompt, build_target
 from anther.simulations.experiment import load_config
 
 DOC = Path(__file__).parents[1] / "docs" / "what-leaves-a-client.md"
@@ -169,12 +169,14 @@ def secrets_of(samples: list[Sample], processor) -> Secrets:
         pixels |= _windows(s.image.tobytes())
     tokenizer = processor.tokenizer
     prompt_ids, answer_ids, texts = set(), set(), set()
+    chat = ChatFormat.for_processor(processor)
     for s in samples:
-        prompt = build_prompt(s)
+        turn = chat.render(processor, conversation(s))
+        prompt = turn.prompt
         ids = [i for i in tokenizer(prompt)["input_ids"] if i != tokenizer.convert_tokens_to_ids("<image>")]
         for i in range(len(ids) - 3):
             prompt_ids |= _id_bytes(ids[i:i + 4])
-        target = tokenizer(build_target(s.answer, tokenizer.eos_token), add_special_tokens=False)["input_ids"]
+        target = tokenizer(turn.target(s.answer), add_special_tokens=False)["input_ids"]
         assert len(target) >= 2, "an answer target is its tokens and the end-of-sequence token"
         answer_ids |= _id_bytes(target)
         texts |= {t.encode() for t in (s.question, s.context, prompt) if t} | (
@@ -286,8 +288,10 @@ def _check_backbone_requests(run: Run, secrets: Secrets, processor, private_labe
     allowed = {"Info", "HiddenStates", "BackwardFromHidden"} if private_labels else {"Info", "TrainStep", "Score"}
     assert methods <= allowed and methods - {"Info"}, f"methods used: {methods}"
     tokenizer = processor.tokenizer
-    targets = {tuple(tokenizer(build_target(o, tokenizer.eos_token), add_special_tokens=False)["input_ids"])
-               for s in run.samples for o in s.options}
+    chat = ChatFormat.for_processor(processor)
+    turns = [chat.render(processor, conversation(s)) for s in run.samples]
+    targets = {tuple(tokenizer(t.target(o), add_special_tokens=False)["input_ids"])
+               for t, s in zip(turns, run.samples) for o in s.options}
     for call in run.calls:
         raw = b"".join(call.chunks)
         leaks = secrets.found_in(raw)
@@ -330,7 +334,8 @@ def test_the_searches_find_what_they_look_for(tiny_model_dir, data):
     for dtype in wire.WIRE_DTYPES:
         assert secrets.found_in(wire.encode(pv, dtype).SerializeToString()).get("pixels"), dtype
     assert secrets.found_in(image.image.tobytes()).get("pixels")
-    ids = processor.tokenizer(build_prompt(samples[0]))["input_ids"]
+    ids = processor.tokenizer(ChatFormat.for_processor(processor).render(processor, conversation(samples[0])).prompt)[
+        "input_ids"]
     for dtype in wire.ID_DTYPES:
         assert secrets.found_in(wire.encode(torch.tensor([ids]), dtype).SerializeToString()).get("prompt_ids")
     assert secrets.found_in(samples[0].question.encode()).get("texts")

@@ -24,6 +24,7 @@ from omegaconf import DictConfig
 from anther.backbone.certs import read_token
 from anther.backbone.remote import RemoteBackbone
 from anther.core import protocol
+from anther.core.config import wire_dtype
 
 # node-config key -> the backbone.* key it overrides
 NODE_KEYS = {
@@ -119,5 +120,5 @@ def endpoint_for(cfg: DictConfig, node_config: Mapping[str, Any] | None = None) 
                          "--node-config), or backbone.insecure=true on a network you trust")
     if (values["client_cert"] is None) != (values["client_key"] is None):
         raise ValueError("a client certificate needs its key: set both backbone-cert and backbone-key")
-    return BackboneEndpoint(wire_dtype=b.wire_dtype, server_name=b.server_name,
+    return BackboneEndpoint(wire_dtype=wire_dtype(cfg), server_name=b.server_name,
                             retry_s=float(b.get("retry_s", 120.0)), **values)

@@ -20,6 +20,7 @@ from anther.backbone.interface import (
 )
 from anther.backbone.quantization import check_quantization, quantization_config
 from anther.model.families import family_for
+from anther.model.placement import autocaster
 from anther.model.side_loading import checkpoint_fingerprint, load_side
 
 
@@ -35,15 +36,17 @@ class InProcessBackbone(nn.Module):
         self.bytes_down = 0
         # what would cross the wire were this backbone remote; off where nothing would (mode=whole_model)
         self.counts_traffic = True
+        self.autocast = autocaster(self.device, "none")  # model.autocast, set by from_pretrained
         self.requires_grad_(False)
         self.eval()
 
     @classmethod
     def from_pretrained(cls, model_dir: str | Path, dtype: torch.dtype = torch.float32,
-                        device: str = "cpu", quantization: str = "none") -> InProcessBackbone:
+                        device: str = "cpu", quantization: str = "none", autocast: str = "none") -> InProcessBackbone:
         """The backbone of the checkpoint at ``model_dir`` on ``device``, read without the client's
         vision tower and connector (:mod:`anther.model.side_loading`); with ``quantization``
-        (``8bit`` / ``4bit``, CUDA only) the LLM is held quantised by bitsandbytes, all but its head."""
+        (``8bit`` / ``4bit``, CUDA only) the LLM is held quantised by bitsandbytes, all but its head;
+        ``autocast`` (``bfloat16`` / ``float16``) computes under autocast where ``device`` can."""
         check_quantization(quantization, device)
         if quantization == "none":
             model = load_side(model_dir, "server", dtype=dtype).to(device)
@@ -51,7 +54,9 @@ class InProcessBackbone(nn.Module):
             quantized = quantization_config(quantization, dtype)
             model = load_side(model_dir, "server", dtype=dtype, quantization_config=quantized,
                               device_map={"": device})
-        return cls.from_model(model, model_dir)
+        backbone = cls.from_model(model, model_dir)
+        backbone.autocast = autocaster(backbone.device, autocast)
+        return backbone
 
     @classmethod
     def from_model(cls, model: nn.Module, model_dir: str | Path | None = None,
@@ -73,12 +78,19 @@ class InProcessBackbone(nn.Module):
     def device(self) -> torch.device:
         return self.head.weight.device
 
+    @property
+    def dtype(self) -> torch.dtype:
+        """What the LLM computes in (its head's dtype: a quantised LLM keeps its head as loaded)."""
+        return self.head.weight.dtype
+
     def hidden(self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor,
                position_ids: Positions = None) -> torch.Tensor:
         """The decoder's output on the backbone's device, differentiable in ``inputs_embeds``
-        (wherever that lives) under ``enable_grad``."""
-        return self.decoder(inputs_embeds=inputs_embeds.to(self.device), attention_mask=attention_mask.to(self.device),
-                            position_ids=hf_position_ids(position_ids, self.device)).last_hidden_state
+        (wherever that lives, in whatever dtype: a client's adapters send fp32) under ``enable_grad``."""
+        with self.autocast():
+            return self.decoder(inputs_embeds=inputs_embeds.to(self.device, self.dtype),
+                                attention_mask=attention_mask.to(self.device),
+                                position_ids=hf_position_ids(position_ids, self.device)).last_hidden_state
 
     def logits(self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor,
                position_ids: Positions = None) -> torch.Tensor:
@@ -89,7 +101,9 @@ class InProcessBackbone(nn.Module):
                          position_ids: Positions = None) -> torch.Tensor:
         """On the backbone's device: losses and scores are computed there, so only they, not
         the (batch, tokens, vocabulary) logits, go back to the caller."""
-        return self.head(self.hidden(inputs_embeds, attention_mask, position_ids))
+        hidden = self.hidden(inputs_embeds, attention_mask, position_ids)
+        with self.autocast():
+            return self.head(hidden.to(self.dtype))
 
     def embeds_vjp(self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor,
                    grad_hidden: torch.Tensor, position_ids: Positions = None) -> torch.Tensor:
@@ -98,7 +112,7 @@ class InProcessBackbone(nn.Module):
         x = inputs_embeds.detach().requires_grad_(True)
         with torch.enable_grad():
             hidden = self.hidden(x, attention_mask, position_ids)
-            (grad,) = torch.autograd.grad(hidden, x, grad_outputs=grad_hidden.to(hidden.device, x.dtype))
+            (grad,) = torch.autograd.grad(hidden, x, grad_outputs=grad_hidden.to(hidden.device, hidden.dtype))
         return grad
 
     def _count(self, sent: tuple[torch.Tensor | None, ...], received: torch.Tensor) -> None:

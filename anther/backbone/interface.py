@@ -118,13 +118,13 @@ def greedy_decode(next_token_logits: Callable[[torch.Tensor, torch.Tensor, Posit
     as Hugging Face's generation does for M-RoPE.
     """
     embeds, mask, positions = inputs_embeds, attention_mask, position_ids
-    batch = embeds.shape[0]
-    rows, lengths = torch.arange(batch), mask.sum(dim=1)
+    batch, device = embeds.shape[0], embeds.device
+    rows, lengths = torch.arange(batch, device=device), mask.sum(dim=1)
     # each row's highest position over its attended tokens, + 1
     next_position = None if positions is None else (positions * mask.unsqueeze(-1)).amax(dim=(1, 2)) + 1
-    stop = torch.tensor(stop_token_ids, dtype=torch.long)
-    out = torch.full((batch, max_new_tokens), -1, dtype=torch.long)
-    done = torch.zeros(batch, dtype=torch.bool)
+    stop = torch.tensor(stop_token_ids, dtype=torch.long, device=device)
+    out = torch.full((batch, max_new_tokens), -1, dtype=torch.long, device=device)
+    done = torch.zeros(batch, dtype=torch.bool, device=device)
     for step in range(max_new_tokens):
         ids = next_token_logits(embeds, mask, positions).argmax(dim=-1)
         out[:, step] = torch.where(done, -1, ids)

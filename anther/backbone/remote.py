@@ -230,21 +230,23 @@ class RemoteBackbone:
                     position_ids: Positions) -> tuple[float, torch.Tensor]:
         reply = self._call(self._stub.TrainStep,
                            self._forward_request(inputs_embeds, attention_mask, labels, position_ids))
-        return reply.loss, wire.decode(reply.grad, "grad", wire.WIRE_DTYPES, ndim=3).to(inputs_embeds.dtype)
+        return reply.loss, _like(wire.decode(reply.grad, "grad", wire.WIRE_DTYPES, ndim=3), inputs_embeds)
 
     def score(self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor,
               labels: torch.Tensor, position_ids: Positions = None) -> torch.Tensor:
         def part(rows: slice) -> torch.Tensor:
             request = self._forward_request(inputs_embeds[rows], attention_mask[rows], labels[rows],
                                             _rows(position_ids, rows))
-            return wire.decode(self._call(self._stub.Score, request).scores, "scores", ("float32",), ndim=1)
+            scores = wire.decode(self._call(self._stub.Score, request).scores, "scores", ("float32",), ndim=1)
+            return scores.to(inputs_embeds.device)
         return self._in_parts(inputs_embeds, part)
 
     def next_token_logits(self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor,
                           position_ids: Positions = None) -> torch.Tensor:
         def part(rows: slice) -> torch.Tensor:
             request = self._forward_request(inputs_embeds[rows], attention_mask[rows], None, _rows(position_ids, rows))
-            return wire.decode(self._call(self._stub.NextTokenLogits, request).logits, "logits", ("float32",), ndim=2)
+            logits = wire.decode(self._call(self._stub.NextTokenLogits, request).logits, "logits", ("float32",), ndim=2)
+            return logits.to(inputs_embeds.device)
         return self._in_parts(inputs_embeds, part)
 
     # ------------------------------------------------------------ private labels (HiddenStateBackbone)
@@ -254,7 +256,7 @@ class RemoteBackbone:
         def part(rows: slice) -> torch.Tensor:
             request = self._forward_request(inputs_embeds[rows], attention_mask[rows], None, _rows(position_ids, rows))
             reply = self._call(self._stub.HiddenStates, request)
-            return wire.decode(reply.hidden_states, "hidden_states", wire.WIRE_DTYPES, ndim=3).to(inputs_embeds.dtype)
+            return _like(wire.decode(reply.hidden_states, "hidden_states", wire.WIRE_DTYPES, ndim=3), inputs_embeds)
         return self._in_parts(inputs_embeds, part)
 
     def backward_from_hidden(self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor,
@@ -266,7 +268,7 @@ class RemoteBackbone:
                                                grad_dtype=self.wire_dtype)
             _set_positions(request, _rows(position_ids, rows))
             reply = self._call(self._stub.BackwardFromHidden, request)
-            return wire.decode(reply.grad, "grad", wire.WIRE_DTYPES, ndim=3).to(inputs_embeds.dtype)
+            return _like(wire.decode(reply.grad, "grad", wire.WIRE_DTYPES, ndim=3), inputs_embeds)
         return self._in_parts(inputs_embeds, part)
 
     def generate(self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor, max_new_tokens: int,
@@ -279,13 +281,19 @@ class RemoteBackbone:
                                  max_new_tokens=max_new_tokens, stop_token_ids=list(stop_token_ids))
         _set_positions(req, position_ids)
         reply = self._call(self._stub.Generate, req)
-        return wire.decode(reply.token_ids, "token_ids", ("int64",), ndim=2)
+        return wire.decode(reply.token_ids, "token_ids", ("int64",), ndim=2).to(inputs_embeds.device)
 
 
 def _tls_failed(error: grpc.RpcError) -> bool:
     """Whether a call failed in the TLS handshake (a certificate not signed by the CA this side
     trusts, or not for the name dialled): retrying cannot help."""
     return "handshake failed" in (error.details() or "").lower()
+
+
+def _like(received: torch.Tensor, sent: torch.Tensor) -> torch.Tensor:
+    """A tensor off the wire on the caller's device and in its dtype, as every result of a
+    :class:`anther.backbone.interface.Backbone` comes back."""
+    return received.to(sent.device, sent.dtype)
 
 
 def _rows(position_ids: Positions, rows: slice) -> Positions:

@@ -80,7 +80,8 @@ def _serve_command(cfg: DictConfig, tls: Path, tokens: Path, host: str, port: in
     b = cfg.backbone
     cmd = [sys.executable, "-m", "anther.cli", "backbone", "serve", "--model", str(cfg.model.path),
            "--host", host, "--port", str(port), "--tls-dir", str(tls), "--tokens", str(tokens),
-           "--dtype", cfg.model.dtype, "--device", device, "--quantization", b.quantization,
+           "--dtype", cfg.model.dtype, "--device", device, "--autocast", cfg.model.autocast,
+           "--quantization", b.quantization,
            "--window-ms", str(b.window_ms), "--max-batch", str(b.max_batch),
            "--max-request-tokens", str(b.max_request_tokens), "--max-calls-per-client", str(b.max_calls_per_client),
            "--max-inflight-mib", str(b.max_inflight_mib), "--read-timeout-s", str(b.read_timeout_s),

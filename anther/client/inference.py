@@ -47,7 +47,7 @@ def greedy_answers(encoder: SampleEncoder, backbone: Backbone, samples: list[Sam
     for chunk in _chunks(samples, batch_size):
         batch = encoder(chunk)
         tokens = greedy_decode(backbone.next_token_logits, edge.embed_text, edge(batch), batch.attention_mask,
-                               max_new_tokens, [tokenizer.eos_token_id], batch.position_ids)
+                               max_new_tokens, encoder.stop_token_ids, batch.position_ids)
         answers += [tokenizer.decode([t for t in row if t >= 0], skip_special_tokens=True).strip()
                     for row in tokens.tolist()]
     return answers

@@ -25,11 +25,13 @@ from anther.backbone.in_process import InProcessBackbone
 from anther.backbone.interface import Backbone
 from anther.client.private_labels import PrivateLabelBackbone
 from anther.core.config import anther_home
+from anther.model.chat_format import ChatFormat
 from anther.model.families import family_for, load_processor
 from anther.model.feature_cache import FeatureCache
 from anther.model.lora import LoraSettings, inject_lora
 from anther.model.nano_adapter import NanoAdapterConfig
 from anther.model.nano_edge import NanoEdge
+from anther.model.placement import autocaster, resolve_device
 from anther.model.sample_encoder import SampleEncoder
 from anther.model.side_loading import checkpoint_fingerprint, load_side
 
@@ -58,6 +60,11 @@ class EdgeSpec:
     feature_cache_dir: str | None = None  # None: no feature cache
     feature_cache_max_bytes: int = 0
     lora: LoraSettings | None = None  # mode=whole_model: LoRA in the LLM instead of NanoAdapters
+    device: str = "auto"  # model.client_device (anther.model.placement)
+    autocast: str = "none"  # model.autocast, for the frozen modules
+    chat_template: str | None = None  # model.chat_template: None is the checkpoint's own
+    system_prompt: str | None = None
+    max_listed_options: int = 8
 
 
 @lru_cache(maxsize=4)
@@ -72,14 +79,18 @@ def _client_side(
     transformers.logging.set_verbosity_error()
     torch.set_num_threads(1)  # simulated clients share the cores; one thread each is fastest
     adapter = NanoAdapterConfig(rank=spec.rank, alpha=spec.alpha, activation=spec.activation)
+    device = resolve_device(spec.device)
     model = load_side(spec.model_path, "both" if local_backbone else "client", head=spec.private_labels,
-                      dtype=getattr(torch, spec.dtype))
+                      dtype=getattr(torch, spec.dtype)).to(device)
     family = family_for(model.config.model_type)
     edge = NanoEdge.from_model(model, adapter)  # both halves share one load of the checkpoint
+    edge.autocast = autocaster(device, spec.autocast)
     if spec.feature_cache_dir is not None:
         edge.feature_cache = FeatureCache.for_model(Path(spec.feature_cache_dir), Path(spec.model_path), spec.dtype,
                                                     spec.feature_cache_max_bytes)
     backbone = InProcessBackbone.from_model(model, spec.model_path) if local_backbone else None
+    if backbone is not None:
+        backbone.autocast = edge.autocast
     if spec.lora is not None:
         if backbone is None:
             raise ValueError("mode=whole_model trains LoRA inside the LLM: it needs the backbone in this process")
@@ -87,7 +98,9 @@ def _client_side(
         backbone.counts_traffic = False  # one process, nothing crosses a wire
     processor = load_processor(spec.model_path)
     head = family.backbone_parts(model)[1] if spec.private_labels else None
-    return SampleEncoder(edge, processor, spec.modality_agnostic), backbone, head
+    chat = ChatFormat.for_processor(processor, spec.chat_template, where=f"checkpoint {spec.model_path}")
+    encoder = SampleEncoder(edge, processor, spec.modality_agnostic, chat, spec.system_prompt, spec.max_listed_options)
+    return encoder, backbone, head
 
 
 @lru_cache(maxsize=8)
@@ -119,7 +132,9 @@ def runtime_for(cfg: DictConfig, rank: int | None = None,
     if cfg.mode == "whole_model":
         lo = cfg.lora
         lora = LoraSettings(rank or lo.rank, float(lo.alpha), float(lo.dropout), tuple(lo.target_modules))
-    spec = EdgeSpec(cfg.model.path, cfg.model.dtype, rank or a.rank, float(a.alpha), a.activation,
+    m = cfg.model
+    spec = EdgeSpec(m.path, m.dtype, rank or a.rank, float(a.alpha), a.activation,
                     cfg.data.modality_agnostic_prompt, bool(cfg.backbone.get("private_labels", False)),
-                    cache_dir, int(fc.max_mb * 2**20), lora)
+                    cache_dir, int(fc.max_mb * 2**20), lora, m.client_device, m.autocast, m.chat_template,
+                    m.system_prompt, cfg.data.max_listed_options)
     return load_runtime(spec, endpoint_for(cfg, node_config))

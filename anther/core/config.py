@@ -28,6 +28,7 @@ from omegaconf.errors import OmegaConfBaseException
 CONFIG_DIR = Path(__file__).parents[1] / "configs"
 BACKBONE_MODES = ("in_process", "service", "remote")
 FLOAT_DTYPES = ("float32", "bfloat16", "float16")  # model.dtype, and embeddings and gradients on the wire
+AUTOCAST_DTYPES = ("none", "bfloat16", "float16")  # model.autocast
 QUANTIZATIONS = ("none", "8bit", "4bit")  # the backbone's, through bitsandbytes (anther/backbone/quantization.py)
 PRIVACY_ACCOUNTANTS = ("rdp", "prv")  # opacus accountants that compose (noise, rate, steps) histories
 WILDCARD_HOSTS = ("0.0.0.0", "::", "[::]")  # listen on every interface
@@ -50,7 +51,17 @@ def anther_home() -> Path:
 class ModelConfig:
     path: str | None = None  # HF checkpoint directory; None = anther's tiny model (made if missing)
     dtype: str = "float32"
-    device: str = "cpu"  # where the backbone service runs the LLM: cpu, cuda, cuda:N (clients run on CPU)
+    device: str = "cpu"  # where the backbone service runs the LLM: cpu, cuda, cuda:N
+    # where a client runs its NanoEdge (mode=whole_model: the whole MLLM): auto is the GPU the simulation
+    # assigned it (federation.client_gpus) or its CUDA_VISIBLE_DEVICES in a deployment, else the CPU
+    client_device: str = "auto"
+    # compute of the frozen modules (client and backbone) under autocast: none | bfloat16 | float16, where
+    # the device supports it; adapters keep fp32 weights and arithmetic (anther/model/placement.py)
+    autocast: str = "none"
+    # the prompt format: None = the checkpoint's own chat template; a built-in (llava, qwen2_vl, idefics3,
+    # plain) or a Jinja file for a checkpoint without one (anther/model/chat_format.py)
+    chat_template: str | None = None
+    system_prompt: str | None = None  # a system turn at the start of every conversation
     tiny_family: str = "llava"  # the tiny model's family (anther.model.families); only llava is pretrained
     tiny_seed: int = 0
     tiny_pretrain_steps: int = 2500
@@ -71,6 +82,8 @@ class DataConfig:
     seed: int = 0
     client_test_fraction: float = 0.2
     modality_agnostic_prompt: bool = False  # FedMLLM prompt augmentation
+    # a closed question's options are listed in its prompt when it has at most this many (0: never)
+    max_listed_options: int = 8
 
 
 @dataclass
@@ -183,7 +196,9 @@ class BackboneConfig:
     # service: host:port to listen on (None = 127.0.0.1, free port); remote: to dial
     address: str | None = None
     advertise_address: str | None = None  # service: host:port clients dial, if not ``address``
-    wire_dtype: str = "float32"  # embeddings up, gradients down: float32 | bfloat16 | float16
+    # embeddings up, gradients down: float32 | bfloat16 | float16 | auto (bfloat16 for a model.path,
+    # float32 for the tiny model, whose correctness tests are exact)
+    wire_dtype: str = "auto"
     batching: bool = True
     window_ms: float = 5.0
     max_batch: int = 32  # sequences per batched pass
@@ -354,6 +369,11 @@ def validate(cfg: DictConfig) -> DictConfig:
     check(cfg.partition.alpha > 0, "partition.alpha", cfg.partition.alpha, "must be > 0")
     _validate_scenario(cfg.scenario)
     check(cfg.model.dtype in FLOAT_DTYPES, "model.dtype", cfg.model.dtype, f"must be one of {', '.join(FLOAT_DTYPES)}")
+    check(cfg.model.autocast in AUTOCAST_DTYPES, "model.autocast", cfg.model.autocast,
+          f"must be one of {', '.join(AUTOCAST_DTYPES)}")
+    check(re.fullmatch(r"auto|cpu|cuda(:\d+)?", cfg.model.client_device) is not None, "model.client_device",
+          cfg.model.client_device, "must be auto, cpu, cuda or cuda:N")
+    check(d.max_listed_options >= 0, "data.max_listed_options", d.max_listed_options, "must be >= 0")
     check(cfg.feature_cache.max_mb > 0, "feature_cache.max_mb", cfg.feature_cache.max_mb, "must be > 0")
     _validate_backbone(cfg.backbone)
     _validate_privacy(cfg.privacy, cfg.strategy)
@@ -390,6 +410,13 @@ def _validate_mode(cfg: DictConfig) -> None:
         check(value not in bad, key, value, f"cannot go with mode=whole_model: {reason}")
 
 
+def wire_dtype(cfg: DictConfig) -> str:
+    """``backbone.wire_dtype`` with ``auto`` resolved: bfloat16 for a real checkpoint (half the bytes
+    of float32, the precision its activations have anyway), float32 for the tiny model."""
+    chosen = cfg.backbone.wire_dtype
+    return chosen if chosen != "auto" else ("bfloat16" if cfg.model.path else "float32")
+
+
 def simulation_resources(f: DictConfig) -> dict[str, str]:
     """``flwr run --federation-config`` keys for the Ray resources of each ClientApp."""
     keys = {"client_cpus": "client-resources-num-cpus", "client_gpus": "client-resources-num-gpus"}
@@ -416,8 +443,8 @@ def _validate_scenario(s: DictConfig) -> None:
 
 def _validate_backbone(b: DictConfig) -> None:
     check(b.mode in BACKBONE_MODES, "backbone.mode", b.mode, f"must be one of {', '.join(BACKBONE_MODES)}")
-    check(b.wire_dtype in FLOAT_DTYPES, "backbone.wire_dtype", b.wire_dtype,
-          f"must be one of {', '.join(FLOAT_DTYPES)}")
+    check(b.wire_dtype in (*FLOAT_DTYPES, "auto"), "backbone.wire_dtype", b.wire_dtype,
+          f"must be auto or one of {', '.join(FLOAT_DTYPES)}")
     check(b.window_ms >= 0, "backbone.window_ms", b.window_ms, "must be >= 0")
     check(b.max_batch >= 1, "backbone.max_batch", b.max_batch, "must be >= 1")
     check(b.max_request_tokens >= 1, "backbone.max_request_tokens", b.max_request_tokens, "must be >= 1")

@@ -19,6 +19,9 @@ Fields of a record:
 - ``options`` (list of str): answer choices for multiple-choice scoring; must contain ``answer``.
 - ``task`` (str, optional): question kind, used for per-task metrics.
 - ``domain`` (str, optional): visual domain, used by the domain-shift scenario.
+- ``history`` (list of [question, answer] pairs, optional): earlier turns of a multi-turn
+  conversation about the same image, before ``question``; the model sees them as turns of its
+  chat format, and only the final ``answer`` is trained and evaluated.
 
 Missing modalities are first-class: a sample with ``image = null`` carries no image
 tokens at all, and one with an empty ``context`` keeps only the instruction.
@@ -62,6 +65,7 @@ class Sample:
     image_path: str | None = None
     task: str = "vqa"
     domain: str = "default"
+    history: list[tuple[str, str]] = field(default_factory=list)  # earlier (question, answer) turns
 
     @property
     def has_image(self) -> bool:
@@ -99,6 +103,8 @@ def write_split(samples: list[Sample], folder: Path, split: str) -> Path:
                 "task": s.task,
                 "domain": s.domain,
             }
+            if s.history:
+                record["history"] = [list(turn) for turn in s.history]
             f.write(json.dumps(record) + "\n")
     return path
 
@@ -133,6 +139,11 @@ def _check_types(record: dict, where: str) -> None:
     for k in OPTIONAL_TEXT_FIELDS:
         if record.get(k) is not None and not isinstance(record[k], str):
             raise DataFormatError(f"{where}: {k!r} must be a string or null, got {record[k]!r:.80}")
+    history = record.get("history")
+    if history is not None and not (isinstance(history, list) and all(
+            isinstance(t, list) and len(t) == 2 and all(isinstance(x, str) and x.strip() for x in t) for t in history)):
+        raise DataFormatError(f"{where}: 'history' must be a list of [question, answer] pairs of non-empty strings, "
+                              f"got {history!r:.80}")
     if not isinstance(record["id"], (str, int)) or isinstance(record["id"], bool) or str(record["id"]) == "":
         raise DataFormatError(f"{where}: 'id' must be a non-empty string or an integer, got {record['id']!r:.80}")
 
@@ -162,6 +173,7 @@ def record_to_sample(record: object, folder: Path, where: str) -> Sample:
         image_path=image_rel,
         task=str(record.get("task") or "vqa"),
         domain=str(record.get("domain") or "default"),
+        history=[(q, a) for q, a in record.get("history") or []],
     )
 
 

@@ -71,7 +71,7 @@ class FeatureCache:
         Only the images not cached are computed, in one call."""
         names = sorted(extras)
         keys = [self.key(pixels, *(extras[n][i] for n in names)) for i, pixels in enumerate(pixel_values)]
-        found = {i: t for i, k in enumerate(keys) if (t := self._read(k)) is not None}
+        found = {i: t.to(pixel_values.device) for i, k in enumerate(keys) if (t := self._read(k)) is not None}
         missing = [i for i in range(len(keys)) if i not in found]
         self.hits, self.misses = self.hits + len(found), self.misses + len(missing)
         if missing:
@@ -96,7 +96,7 @@ class FeatureCache:
     def _write(self, key: str, feats: torch.Tensor) -> None:
         path = self.folder / f"{key}{SUFFIX}"
         tmp = path.with_name(f"{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-        save_file({"features": feats.detach().contiguous()}, tmp)
+        save_file({"features": feats.detach().cpu().contiguous()}, tmp)
         size = tmp.stat().st_size
         os.replace(tmp, path)
         with self._lock:

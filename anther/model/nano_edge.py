@@ -10,6 +10,9 @@ token ids stay here; only embeddings (and, for training, labels) go to the backb
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from pathlib import Path
 
 import torch
@@ -46,8 +49,10 @@ class NanoEdge(nn.Module):
         for frozen in (self.vision_tower, self.connector, self.embed_tokens):
             frozen.requires_grad_(False)
             frozen.eval()
-        self.adapters = build_adapters(self.embed_tokens.embedding_dim, adapter)
+        self.adapters = build_adapters(self.embed_tokens.embedding_dim, adapter).to(self.device)
         self.feature_cache: FeatureCache | None = None  # set by the runtime when the config asks for it
+        # the frozen modules' autocast (model.autocast, anther.model.placement); adapters never autocast
+        self.autocast: Callable[[], AbstractContextManager] = contextlib.nullcontext
 
     @classmethod
     def from_pretrained(cls, model_dir: str | Path, adapter: NanoAdapterConfig,
@@ -61,6 +66,16 @@ class NanoEdge(nn.Module):
         """The client half of an already loaded MLLM, with fresh adapters."""
         family = family_for(model.config.model_type)
         return cls(family.edge_parts(model), family, model.config, adapter)
+
+    @property
+    def device(self) -> torch.device:
+        """Where every module of this NanoEdge is, and every tensor of its steps."""
+        return self.embed_tokens.weight.device
+
+    @property
+    def frozen_dtype(self) -> torch.dtype:
+        """The frozen modules' weights' dtype (``model.dtype``); the adapters' are fp32."""
+        return self.embed_tokens.weight.dtype
 
     def train(self, mode: bool = True) -> NanoEdge:
         """Only the adapters switch mode; the frozen modules stay in eval."""
@@ -77,7 +92,8 @@ class NanoEdge(nn.Module):
 
     def _encode_images(self, pixel_values: torch.Tensor, extras: dict[str, torch.Tensor]) -> list[torch.Tensor]:
         parts = EdgeParts(self.vision_tower, self.connector, self.embed_tokens)
-        return self.family.image_features(parts, self.model_config, pixel_values, extras)
+        with self.autocast():
+            return self.family.image_features(parts, self.model_config, pixel_values.to(self.frozen_dtype), extras)
 
     def adapt(self, modality: str, embeds: torch.Tensor) -> torch.Tensor:
         """``embeds`` through that modality's NanoAdapter; unchanged where there is none (in
@@ -88,7 +104,13 @@ class NanoEdge(nn.Module):
         """Adapted token embeddings: what training and generation feed the LLM for text."""
         with torch.no_grad():
             text = self.embed_tokens(input_ids)
-        return self.adapt("text", text)
+        return self.adapt("text", text.to(self.adapter_dtype))
+
+    @property
+    def adapter_dtype(self) -> torch.dtype:
+        """What the adapters hold and compute in: their fp32 master weights (the whole model's
+        dtype in ``mode=whole_model``, whose LoRA lives in the LLM)."""
+        return next(self.adapters.parameters()).dtype if "text" in self.adapters else self.frozen_dtype
 
     @property
     def rank(self) -> int:

@@ -2,29 +2,51 @@
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 from anther.core.sample import Sample
+from anther.model.chat_format import ChatFormat, RenderedTurn, conversation
 from anther.model.nano_edge import NanoEdge
-from anther.model.prompt import build_prompt, build_target
 
 
 @dataclass
 class SampleEncoder:
-    """Turns samples into the model's inputs: each sample's prompt and target text
-    (:mod:`anther.model.prompt`), tokenised and its image processed by the checkpoint's own
-    processor, as one :class:`anther.model.families.EncodedBatch`, with the NanoEdge that embeds it.
-    Training, evaluation and the Fisher all encode through it, so they see the same inputs."""
+    """Turns samples into the model's inputs: each sample's conversation rendered by the chat
+    format (:mod:`anther.model.chat_format`), tokenised and its image processed by the
+    checkpoint's own processor, as one :class:`anther.model.families.EncodedBatch`, with the
+    NanoEdge that embeds it. Training, evaluation and the Fisher all encode through it, so they
+    see the same inputs. ``chat`` None is the processor's own template."""
 
     edge: NanoEdge
     processor: object
     modality_agnostic: bool = False
+    chat: ChatFormat | None = None
+    system_prompt: str | None = None
+    max_listed_options: int = 8
+
+    def __post_init__(self) -> None:
+        if self.chat is None:
+            self.chat = ChatFormat.for_processor(self.processor)
+
+    def render(self, sample: Sample) -> RenderedTurn:
+        messages = conversation(sample, self.system_prompt, self.modality_agnostic, self.max_listed_options)
+        return self.chat.render(self.processor, messages)
 
     def __call__(self, samples: list[Sample], answers: list[str] | None = None):
-        prompts = [build_prompt(s, self.modality_agnostic) for s in samples]
-        eos = self.processor.tokenizer.eos_token
-        targets = None if answers is None else [build_target(a, eos) for a in answers]
+        turns = [self.render(s) for s in samples]
+        targets = None if answers is None else [t.target(a) for t, a in zip(turns, answers)]
         family = self.edge.family
-        batch = family.encode(self.processor, prompts, [s.image for s in samples], targets)
+        batch = family.encode(self.processor, [t.prompt for t in turns], [s.image for s in samples], targets)
         batch.position_ids = family.position_ids(self.edge.model_config, batch)
-        return batch
+        return batch.to(self.edge.device)
+
+    @functools.cached_property
+    def stop_token_ids(self) -> list[int]:
+        """Where generation stops: end of sequence, and the special tokens that close an assistant
+        turn in this chat format (Qwen2-VL's ``<|im_end|>``, Idefics3's ``<end_of_utterance>``)."""
+        tokenizer = self.processor.tokenizer
+        closing = self.chat.render(self.processor, [{"role": "user", "content": [{"type": "text", "text": "?"}]}])
+        ids = tokenizer(closing.after, add_special_tokens=False)["input_ids"]
+        special = set(tokenizer.all_special_ids)
+        return [tokenizer.eos_token_id, *sorted({i for i in ids if i in special} - {tokenizer.eos_token_id})]

@@ -68,10 +68,11 @@ class Serving(NamedTuple):
 def serve(model_dir: str | Path, address: str = "127.0.0.1:0", tls: ServerTls | None = None,
           tokens: Mapping[str, str] | None = None, window_ms: float = 5.0, max_batch: int = 32,
           batching: bool = True, limits: Limits = Limits(), dtype: torch.dtype = torch.float32,
-          max_workers: int = 64, device: str = "cpu", quantization: str = "none") -> Serving:
+          max_workers: int = 64, device: str = "cpu", quantization: str = "none", autocast: str = "none") -> Serving:
     """Load the backbone of the checkpoint at ``model_dir`` (on the batcher's thread, on ``device``,
     held in ``quantization``) and serve it."""
-    service = BackboneService(lambda: InProcessBackbone.from_pretrained(model_dir, dtype, device, quantization),
+    service = BackboneService(lambda: InProcessBackbone.from_pretrained(model_dir, dtype, device, quantization,
+                                                                               autocast),
                               BatchPolicy(batching, window_ms, max_batch), limits)
     return Serving(*start(service, address, tls, tokens, max_workers), service)
 

@@ -10,7 +10,7 @@ The format of LLaVA's ``llava_instruct_150k.json`` and of the many sets converte
 ``image`` is relative to ``data.path`` and may be absent (a text-only record). Turns may also
 be written ``{"role": "user" | "assistant", "content": ...}``. Every (human, assistant) pair
 becomes one Sample about the record's image: the question without the ``<image>`` marker, the
-earlier turns of the conversation as its text context. When the question lists lettered
+earlier turns of the conversation as its history (turns of the model's chat format). When the question lists lettered
 choices (``(A) red`` or ``A. red``, one per line) and the answer names one of them (``(A) red``,
 ``A``, or ``red``), the choices are the options; otherwise the answer is open-ended and the
 options are every open-ended answer in the split.
@@ -69,14 +69,15 @@ def conversation_samples(record: Any, fallback_id: str, folder: Path, where: str
     image_rel = _image_path(record.get("image"), where)
     image = load_image(folder / image_rel, where) if image_rel else None
     base_id = str(record.get("id") or fallback_id)
-    samples, history = [], []
+    samples: list[Sample] = []
+    history: list[tuple[str, str]] = []
     for k in range(0, len(turns), 2):
         question = turns[k][1].replace(IMAGE_MARKER, "").strip()
         options, answer = choices_and_answer(question, turns[k + 1][1].strip())
         samples.append(Sample(id=base_id if k == 0 else f"{base_id}#{k // 2}", question=question, answer=answer,
-                              options=options, context="\n".join(history), image=image, image_path=image_rel,
-                              task="choice" if options else "open"))
-        history += [question, turns[k + 1][1].strip()]
+                              options=options, image=image, image_path=image_rel,
+                              task="choice" if options else "open", history=list(history)))
+        history.append((question, turns[k + 1][1].strip()))
     return samples
 
 

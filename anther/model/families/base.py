@@ -34,6 +34,14 @@ class EncodedBatch:
     def __len__(self) -> int:
         return self.input_ids.shape[0]
 
+    def to(self, device: torch.device) -> EncodedBatch:
+        """This batch with every tensor on ``device`` (where the NanoEdge computes)."""
+        def move(t: torch.Tensor | None) -> torch.Tensor | None:
+            return None if t is None else t.to(device)
+        return EncodedBatch(move(self.input_ids), move(self.attention_mask), move(self.labels),
+                            move(self.pixel_values), {k: v.to(device) for k, v in self.image_extras.items()},
+                            move(self.position_ids))
+
 
 @dataclass
 class EdgeParts:

@@ -25,6 +25,8 @@ from transformers import (
     Idefics3VisionConfig,
 )
 
+from anther.model import chat_templates
+
 from .base import EdgeParts, EncodedBatch, processed_batch, tiny_llama
 
 
@@ -86,7 +88,7 @@ class Idefics3Family:
             pad_token_id=tokenizer.pad_token_id,
         )
         processor = Idefics3Processor(image_processor=image_processor, tokenizer=tokenizer,
-                                      image_seq_len=self.image_tokens(config))
+                                      image_seq_len=self.image_tokens(config), chat_template=chat_templates.IDEFICS3)
         return config, processor
 
     def encode(self, processor, prompts: list[str], images: list[Image.Image | None],

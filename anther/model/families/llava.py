@@ -20,6 +20,8 @@ from transformers import (
     LlavaProcessor,
 )
 
+from anther.model import chat_templates
+
 from .base import EdgeParts, EncodedBatch, processed_batch, tiny_llama
 
 
@@ -62,7 +64,7 @@ class LlavaFamily:
         processor = LlavaProcessor(
             image_processor=image_processor, tokenizer=tokenizer, patch_size=patch_size,
             vision_feature_select_strategy="default", image_token=tokenizer.image_token,
-            num_additional_image_tokens=1,
+            num_additional_image_tokens=1, chat_template=chat_templates.LLAVA,
         )
         vision = CLIPVisionConfig(hidden_size=128, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4,
                                   image_size=image_size, patch_size=patch_size, projection_dim=64)

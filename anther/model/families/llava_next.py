@@ -27,6 +27,8 @@ from transformers import (
 )
 from transformers.models.llava_next.modeling_llava_next import image_size_to_num_patches
 
+from anther.model import chat_templates
+
 from .base import EdgeParts, tiny_llama
 from .llava import LlavaFamily, vision_features
 
@@ -92,7 +94,7 @@ class LlavaNextFamily(LlavaFamily):
         processor = LlavaNextProcessor(
             image_processor=image_processor, tokenizer=tokenizer, patch_size=patch,
             vision_feature_select_strategy="default", image_token=tokenizer.image_token,
-            num_additional_image_tokens=1,
+            num_additional_image_tokens=1, chat_template=chat_templates.LLAVA,
         )
         vision = CLIPVisionConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
                                   image_size=tile, patch_size=patch, projection_dim=64)

@@ -36,8 +36,11 @@ from transformers import (
     Qwen2VLProcessor,
 )
 
+from anther.model import chat_templates
+
 from .base import EdgeParts, EncodedBatch, processed_batch, tiny_llama
 
+CHATML_TOKENS = ["<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>"]  # the tiny template's
 REFERENCE_PICTURE = 448  # px, square: the picture the size report counts image tokens for
 
 
@@ -112,6 +115,7 @@ class Qwen2VLFamily:
         patch, merge = 8, 2
         image_processor = Qwen2VLImageProcessorPil(patch_size=patch, merge_size=merge, temporal_patch_size=2,
                                                    min_pixels=(2 * patch * merge) ** 2, max_pixels=96 * 96)
+        tokenizer.add_special_tokens({"additional_special_tokens": CHATML_TOKENS})
         llama = tiny_llama(tokenizer)
         head_dim = llama.hidden_size // llama.num_attention_heads
         text = {key: getattr(llama, key) for key in (
@@ -125,7 +129,8 @@ class Qwen2VLFamily:
                   "temporal_patch_size": 2, **self._tiny_vision_width(llama.hidden_size)}
         config = self.config_class(text_config=text, vision_config=vision, image_token_id=tokenizer.image_token_id,
                                    tie_word_embeddings=False)
-        processor = self.processor_class(image_processor=image_processor, tokenizer=tokenizer)
+        processor = self.processor_class(image_processor=image_processor, tokenizer=tokenizer,
+                                         chat_template=chat_templates.QWEN2_VL)
         return config, processor
 
     def _tiny_vision_width(self, llm_width: int) -> dict:
