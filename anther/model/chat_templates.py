@@ -45,8 +45,9 @@ IDEFICS3 = (
 # No chat format: "<image>\n{text}\nanswer: {answer}</s>", turns one after another.
 PLAIN = (
     "{% for message in messages %}{% if message['role'] == 'assistant' %}{{ ' ' }}"
-    "{% for part in message['content'] %}{{ part['text'] }}{% endfor %}{{ eos_token + '\n' }}"
-    "{% else %}{% for part in message['content'] %}{% if part['type'] == 'image' %}{{ '<image>\n' }}{% endif %}"
+    "{% for part in message['content'] %}{{ part['text'] }}{% endfor %}{{ eos_token }}"
+    "{% else %}{% if not loop.first %}{{ '\n' }}{% endif %}"
+    "{% for part in message['content'] %}{% if part['type'] == 'image' %}{{ '<image>\n' }}{% endif %}"
     "{% endfor %}{% for part in message['content'] %}{% if part['type'] == 'text' %}{{ part['text'] + '\n' }}"
     "{% endif %}{% endfor %}{% if message['role'] == 'user' %}{{ 'answer:' }}{% endif %}{% endif %}{% endfor %}"
 )

@@ -5,6 +5,8 @@ from __future__ import annotations
 import functools
 from dataclasses import dataclass
 
+import torch
+
 from anther.core.sample import Sample
 from anther.model.chat_format import ChatFormat, RenderedTurn, conversation
 from anther.model.nano_edge import NanoEdge
@@ -37,8 +39,9 @@ class SampleEncoder:
         turns = [self.render(s) for s in samples]
         targets = None if answers is None else [t.target(a) for t, a in zip(turns, answers)]
         family = self.edge.family
-        batch = family.encode(self.processor, [t.prompt for t in turns], [s.image for s in samples], targets)
-        batch.position_ids = family.position_ids(self.edge.model_config, batch)
+        with torch.device("cpu"):  # processors make CPU tensors; the whole batch then moves at once
+            batch = family.encode(self.processor, [t.prompt for t in turns], [s.image for s in samples], targets)
+            batch.position_ids = family.position_ids(self.edge.model_config, batch)
         return batch.to(self.edge.device)
 
     @functools.cached_property
