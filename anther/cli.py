@@ -4,6 +4,7 @@
                                                            or a baseline (baseline=local_only, ...)
     anther bench heterogeneity [--out DIR] [OVERRIDE ...]  methods x scenarios x seeds, resumable, report
     anther bench perf [--out DIR] [KEY=VALUE ...]          speed and memory: overhead, sharing, cache, scale
+    anther bench real-shape [--models ...] [--out DIR]     one round at LLaVA-1.5-7B's and Qwen2-VL-7B's shapes
     anther model init-tiny --out DIR                       make the tiny LLaVA checkpoint
     anther model report [--json FILE]                      parameters and bytes per side of real MLLMs
     anther data generate --out DIR                         write ShapesVQA in the on-disk format
@@ -448,7 +449,14 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+# benches with flags of their own: ``anther bench NAME ...`` hands the rest of the line to their main()
+OWN_FLAG_BENCHES = {"real-shape": "anther.bench.real_shape"}
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["bench"] and argv[1:2] and argv[1] in OWN_FLAG_BENCHES:
+        return importlib.import_module(OWN_FLAG_BENCHES[argv[1]]).main(argv[2:])
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)

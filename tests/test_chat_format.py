@@ -102,6 +102,23 @@ def test_the_config_overrides_the_template_by_name_or_file(tmp_path, tiny_model_
     assert set(BUILT_IN) == {"llava", "qwen2_vl", "idefics3", "plain"}
 
 
+def test_a_template_mistake_is_refused_before_a_run_starts(tmp_path, tiny_model_dir):
+    from anther.core.config import ConfigError
+    from anther.simulations.experiment import load_config
+
+    with pytest.raises(ConfigError, match=r"model.chat_template='nope.jinja' is invalid: is neither a built-in"):
+        load_config("default", ["model.chat_template=nope.jinja"])
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    for f in tiny_model_dir.iterdir():
+        if f.name != "chat_template.jinja":
+            (bare / f.name).write_bytes(f.read_bytes())
+    with pytest.raises(ConfigError, match="has no chat template: name a Jinja file or one of"):
+        load_config("default", [f"model.path={bare}"])
+    assert load_config("default", [f"model.path={bare}", "model.chat_template=llava"]).model.chat_template == "llava"
+    assert load_config("default", [f"model.path={tiny_model_dir}"]).model.chat_template is None
+
+
 def test_a_template_that_does_not_continue_its_prompt_is_refused(tiny_model_dir, samples):
     processor = load_processor(tiny_model_dir)
     broken = ChatFormat("{% for m in messages %}{{ m['role'] }}{% endfor %}{% if add_generation_prompt %}!{% endif %}",

@@ -1,7 +1,7 @@
 """What the pretrained tiny model can do before any federated tuning, per question kind.
 
 Scores fresh ShapesVQA scenes in the tiny model's own pretraining phrasing
-(``q: colour circle`` in its chat format) by multiple choice (the option with the highest
+(``<image> q: colour circle a:``) by multiple choice (the option with the highest
 likelihood), in the two visual domains its language model was pretrained on and in the
 two it never saw. This is the ceiling the NanoAdapters work towards: they learn the
 task's phrasing and the unseen domains, they cannot teach the frozen LLM a skill it lacks.
@@ -25,17 +25,17 @@ from transformers import AutoProcessor, LlavaForConditionalGeneration
 from anther.bench.results import results_dir
 from anther.data import shapes_vqa
 from anther.data.shapes_vqa import DOMAINS, PRETRAIN_DOMAINS, TASKS
-from anther.model.chat_format import ChatFormat, single_turn
 from anther.model.families.llava import LlavaFamily
+from anther.model.tiny_model import IMAGE_PLACEHOLDER
 from anther.simulations.experiment import load_config
 
 
 @torch.no_grad()
-def option_scores(model, processor, image, question: str, options: list[str]) -> torch.Tensor:
-    """Summed log-likelihood of each option's tokens (and end of turn) after ``question``."""
-    turn = ChatFormat.for_processor(processor).render(processor, single_turn(question, has_image=True))
-    batch = LlavaFamily().encode(processor, [turn.prompt] * len(options), [image] * len(options),
-                                 [turn.target(o) for o in options])
+def option_scores(model, processor, image, prompt: str, options: list[str]) -> torch.Tensor:
+    """Summed log-likelihood of each option's tokens (and end of sequence) after ``prompt``."""
+    eos = processor.tokenizer.eos_token
+    batch = LlavaFamily().encode(processor, [prompt] * len(options), [image] * len(options),
+                                 [f" {o}{eos}" for o in options])
     logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
                    pixel_values=batch.pixel_values).logits
     logp = torch.log_softmax(logits[:, :-1].float(), dim=-1)
@@ -48,7 +48,7 @@ def skills(model, processor, domains: tuple[str, ...], per_task: int, seed: int)
     """Multiple-choice accuracy per question kind on fresh scenes drawn from ``domains``."""
     hits: dict[str, list[bool]] = {t: [] for t in TASKS}
     for image, q, _ in shapes_vqa.generate_terse_qa(per_task * len(TASKS), seed, domains):
-        scores = option_scores(model, processor, image, f"q: {q.terse}", q.options)
+        scores = option_scores(model, processor, image, f"{IMAGE_PLACEHOLDER}\nq: {q.terse}\na:", q.options)
         hits[q.task].append(q.options[int(scores.argmax())] == q.answer)
     acc = {t: sum(h) / len(h) for t, h in hits.items()}
     return {**acc, "all": sum(acc.values()) / len(acc)}

@@ -12,6 +12,7 @@ only its tokens are labelled (:func:`anther.model.families.base.target_labels`).
 from __future__ import annotations
 
 import functools
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -126,6 +127,31 @@ def resolve_template(setting: str | None, own: str | None, where: str) -> str:
     if setting in BUILT_IN:
         return BUILT_IN[setting]
     return _template_file(setting)
+
+
+def template_problem(setting: str | None, model_dir: str | Path | None) -> str | None:
+    """Why ``model.chat_template=setting`` cannot give ``model_dir`` (None: anther's tiny model, which
+    has one) a template, or None: the config check before a run starts."""
+    if setting is not None:
+        ok = setting in BUILT_IN or Path(setting).expanduser().is_file()
+        return None if ok else f"is neither a built-in template ({', '.join(sorted(BUILT_IN))}) nor a file"
+    if model_dir is None or has_own_template(Path(model_dir)):
+        return None
+    return (f"is unset but checkpoint {model_dir} has no chat template: name a Jinja file or one of "
+            f"{', '.join(sorted(BUILT_IN))}")
+
+
+def has_own_template(model_dir: Path) -> bool:
+    """Whether a checkpoint folder carries a chat template, where transformers saves one."""
+    if (model_dir / "chat_template.jinja").is_file() or (model_dir / "chat_template.json").is_file():
+        return True
+    for name in ("processor_config.json", "tokenizer_config.json"):
+        try:
+            if json.loads((model_dir / name).read_text()).get("chat_template"):
+                return True
+        except (OSError, ValueError, AttributeError):
+            continue
+    return False
 
 
 @functools.cache

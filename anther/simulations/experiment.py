@@ -15,6 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from anther.core.config import ConfigError, check, compose_experiment, read_run_config
 from anther.data.formats.registry import FORMATS
+from anther.model.chat_format import template_problem
 from anther.model.families import FAMILIES
 from anther.strategies.registry import STRATEGIES, build_strategy, strategy_class
 from anther.strategies.weighted_mean import is_weighted_mean
@@ -40,6 +41,8 @@ def check_names(cfg: DictConfig) -> DictConfig:
     check(cfg.model.tiny_family == "llava" or cfg.model.tiny_pretrain_steps == 0 or cfg.model.path,
           "model.tiny_pretrain_steps", cfg.model.tiny_pretrain_steps,
           f"must be 0 for model.tiny_family={cfg.model.tiny_family} (the pretraining recipe is LLaVA's)")
+    problem = template_problem(cfg.model.chat_template, cfg.model.path)
+    check(problem is None, "model.chat_template", cfg.model.chat_template, problem or "")
     _check_strategy(cfg.strategy)
     if cfg.privacy.client_level.mode != "off":
         _check_weighted_mean(cfg.strategy, "privacy.client_level.mode", cfg.privacy.client_level.mode)

@@ -1,0 +1,288 @@
+"""``anther bench real-shape``: one federated round at a real MLLM's shapes, on any machine.
+
+Nothing can be downloaded where anther is built, and a 7B LLM does not fit a small CPU box,
+yet the sizes that matter to a split client are the real ones: the image tokens per sample,
+the LLM's width, the vision tower's compute. So for each model (LLaVA-1.5-7B and Qwen2-VL-7B
+by default) this builds a checkpoint with random weights whose client is the real one (the
+published vision tower, connector and full embedding table) and whose LLM has the real width
+with its depth cut to ``--decoder-layers``. It starts the TLS backbone service on it and runs
+one federated round: ``--clients`` clients, each ``--steps`` local steps of ``--batch-size``
+samples at the model's real picture size, bf16 weights and bf16 on the wire, then FedAvg of
+their adapters. It records the bytes per sample each way (against ``anther model report``'s
+prediction for the same token count), the peak memory of the client process and of the
+service, and where a step's time goes.
+
+    anther bench real-shape [--models llava-1.5-7b qwen2-vl-7b] [--decoder-layers 2] [--steps 2] [--out DIR]
+
+It writes ``real_shape.json`` and ``real_shape.md`` to ``--out`` (default
+``$ANTHER_HOME/bench/real_shape``); docs/bench/ keeps a copy of a run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import threading
+import time
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Self
+
+import psutil
+import torch
+from transformers import CLIPImageProcessorPil, LlavaProcessor, Qwen2VLImageProcessorPil
+
+from anther.backbone import wire
+from anther.backbone.supervisor import backbone_for_run
+from anther.bench.machine import describe
+from anther.bench.model_sizes import REAL_CONFIGS, size_report
+from anther.bench.results import results_dir
+from anther.client.runtime import runtime_for
+from anther.client.trainer import train_adapters
+from anther.data import shapes_vqa
+from anther.model import chat_templates
+from anther.model.families import family_for
+from anther.model.families.qwen2_vl import CHATML_TOKENS, REFERENCE_PICTURE, Qwen2VLImageTextProcessor
+from anther.model.nano_edge import initial_adapter_state
+from anther.model.tiny_model import tiny_tokenizer
+from anther.simulations.experiment import load_config
+
+
+def _llava_processor(tokenizer) -> LlavaProcessor:
+    """LLaVA-1.5's: CLIP's 336 px crop, 14 px patches, 576 image tokens."""
+    images = CLIPImageProcessorPil(size={"shortest_edge": 336}, crop_size={"height": 336, "width": 336})
+    return LlavaProcessor(image_processor=images, tokenizer=tokenizer, patch_size=14,
+                          vision_feature_select_strategy="default", image_token=tokenizer.image_token,
+                          num_additional_image_tokens=1, chat_template=chat_templates.LLAVA)
+
+
+def _qwen2_vl_processor(tokenizer) -> Qwen2VLImageTextProcessor:
+    """Qwen2-VL's: 14 px patches merged 2 x 2, every picture at the size report's 448 px (256 tokens)."""
+    tokenizer.add_special_tokens({"additional_special_tokens": CHATML_TOKENS})
+    pixels = REFERENCE_PICTURE * REFERENCE_PICTURE
+    images = Qwen2VLImageProcessorPil(patch_size=14, merge_size=2, temporal_patch_size=2,
+                                      min_pixels=pixels, max_pixels=pixels)
+    return Qwen2VLImageTextProcessor(image_processor=images, tokenizer=tokenizer,
+                                     chat_template=chat_templates.QWEN2_VL)
+
+
+# model (a key of anther.bench.model_sizes.REAL_CONFIGS) -> its processor at real size, around a tokenizer
+PROCESSORS: dict[str, Callable] = {"llava-1.5-7b": _llava_processor, "qwen2-vl-7b": _qwen2_vl_processor}
+
+
+def build_checkpoint(name: str, decoder_layers: int, out: Path, seed: int = 0) -> Path:
+    """A checkpoint of ``name`` at its published shapes but ``decoder_layers`` decoder layers,
+    random weights in bf16, anther's tiny tokenizer (its ids index the real embedding table)."""
+    tokenizer = tiny_tokenizer(seed)
+    processor = PROCESSORS[name](tokenizer)
+    config = REAL_CONFIGS[name]()
+    text = config.get_text_config()
+    text.num_hidden_layers = decoder_layers
+    config.image_token_id = tokenizer.image_token_id
+    for key in ("pad_token_id", "bos_token_id", "eos_token_id"):
+        setattr(text, key, getattr(tokenizer, key))
+    torch.manual_seed(seed)
+    default = torch.get_default_dtype()
+    torch.set_default_dtype(torch.bfloat16)
+    try:
+        model = family_for(config.model_type).model_class(config)
+    finally:
+        torch.set_default_dtype(default)
+    if out.exists():
+        shutil.rmtree(out)
+    model.save_pretrained(out)
+    processor.save_pretrained(out)
+    return out
+
+
+class PeakMemory:
+    """The highest resident memory of this process and of the backbone service, sampled every
+    50 ms while it runs (``with PeakMemory() as peak: ...``)."""
+
+    def __init__(self) -> None:
+        self.client = self.service = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    def _sample(self) -> None:
+        me = psutil.Process()
+        while not self._stop.wait(0.05):
+            self.client = max(self.client, me.memory_info().rss)
+            for child in me.children(recursive=True):
+                try:
+                    if "serve" in child.cmdline():
+                        self.service = max(self.service, child.memory_info().rss)
+                except psutil.Error:
+                    continue
+
+    def __enter__(self) -> Self:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+@dataclass
+class StepClock:
+    """Seconds spent in each part of the client's steps, by wrapping the calls that do them."""
+
+    seconds: dict[str, float] = field(default_factory=lambda: defaultdict(float))
+    sequence_lengths: list[int] = field(default_factory=list)
+
+    def timed(self, label: str, call: Callable) -> Callable:
+        def wrapper(*args, **kwargs):
+            started = time.perf_counter()
+            try:
+                return call(*args, **kwargs)
+            finally:
+                self.seconds[label] += time.perf_counter() - started
+        return wrapper
+
+
+@dataclass
+class ShapeResult:
+    model: str
+    decoder_layers: int
+    image_tokens: int
+    tokens_per_sample: float
+    hidden_size: int
+    bytes_up_per_sample: float
+    bytes_down_per_sample: float
+    predicted_up_per_sample: int
+    predicted_down_per_sample: int
+    client_peak_mib: float
+    service_peak_mib: float
+    step_seconds: float
+    seconds_per_step: dict[str, float]
+    clients: int
+    steps: int
+    batch_size: int
+    final_loss: float
+
+    @property
+    def up_error(self) -> float:
+        return self.bytes_up_per_sample / self.predicted_up_per_sample - 1
+
+    @property
+    def down_error(self) -> float:
+        return self.bytes_down_per_sample / self.predicted_down_per_sample - 1
+
+
+def run_round(name: str, model_dir: Path, clients: int, steps: int, batch_size: int, seed: int = 0) -> ShapeResult:
+    """One federated round through the TLS backbone service; see the module's docstring."""
+    cfg = load_config("default", [f"model.path={model_dir}", "model.dtype=bfloat16", "model.client_device=cpu",
+                                  "backbone.mode=service", "backbone.wire_dtype=bfloat16",
+                                  f"federation.num_clients={clients}", f"train.batch_size={batch_size}",
+                                  f"train.local_steps={steps}", f"seed={seed}"])
+    samples = shapes_vqa.generate(clients * steps * batch_size, seed)
+    clock = StepClock()
+    with backbone_for_run(cfg) as served, PeakMemory() as peak:
+        runtime = runtime_for(served)
+        edge, backbone = runtime.edge, runtime.backbone
+        edge._encode_images = clock.timed("vision tower + connector", edge._encode_images)
+        train_step = backbone.train_step
+
+        def counted_step(embeds, *args, **kwargs):
+            clock.sequence_lengths.append(embeds.shape[1])
+            return train_step(embeds, *args, **kwargs)
+        backbone.train_step = clock.timed("backbone call", counted_step)
+        wire_calls = wire.encode, wire.decode
+        wire.encode, wire.decode = clock.timed("wire", wire.encode), clock.timed("wire", wire.decode)
+        try:
+            global_state = initial_adapter_state(edge.embed_tokens.embedding_dim, edge.adapters["text"].config, seed)
+            states, weights, losses, up, down = [], [], [], 0, 0
+            started = time.perf_counter()
+            for k in range(clients):
+                edge.load_adapter_state(global_state)
+                mine = samples[k * steps * batch_size:(k + 1) * steps * batch_size]
+                report = train_adapters(runtime.encoder, backbone, mine, steps, batch_size, lr=1e-3, seed=k)
+                states.append(edge.adapter_state())
+                weights.append(report.examples)
+                losses.append(report.loss)
+                up, down = up + report.activation_bytes_up, down + report.activation_bytes_down
+            elapsed = time.perf_counter() - started
+        finally:
+            wire.encode, wire.decode = wire_calls
+        global_state = {key: sum(w * s[key] for s, w in zip(states, weights)) / sum(weights) for key in global_state}
+        edge.load_adapter_state(global_state)  # the round's FedAvg: the next round would start from it
+    return _result(name, served, clock, peak, elapsed, up, down, sum(weights), clients, steps, batch_size,
+                   sum(losses) / len(losses))
+
+
+def _result(name: str, cfg, clock: StepClock, peak: PeakMemory, elapsed: float, up: int, down: int, examples: int,
+            clients: int, steps: int, batch_size: int, loss: float) -> ShapeResult:
+    config = REAL_CONFIGS[name]()
+    image_tokens = family_for(config.model_type).image_tokens(config)
+    tokens = sum(clock.sequence_lengths) / len(clock.sequence_lengths)
+    predicted = size_report(name, text_tokens=round(tokens) - image_tokens, dtype="bfloat16", wire_dtype="bfloat16")
+    n_steps = clients * steps
+    seconds = {label: s / n_steps for label, s in clock.seconds.items()}
+    seconds["service (network and LLM)"] = seconds.pop("backbone call") - seconds["wire"]
+    seconds["adapters, embeddings, optimiser"] = elapsed / n_steps - sum(seconds.values())
+    return ShapeResult(
+        model=name, decoder_layers=load_layers(cfg.model.path), image_tokens=image_tokens, tokens_per_sample=tokens,
+        hidden_size=config.get_text_config().hidden_size, bytes_up_per_sample=up / examples,
+        bytes_down_per_sample=down / examples, predicted_up_per_sample=predicted.activation_bytes_up_per_sample,
+        predicted_down_per_sample=predicted.activation_bytes_down_per_sample,
+        client_peak_mib=peak.client / 2**20, service_peak_mib=peak.service / 2**20, step_seconds=elapsed / n_steps,
+        seconds_per_step={k: round(v, 3) for k, v in seconds.items()}, clients=clients, steps=steps,
+        batch_size=batch_size, final_loss=loss)
+
+
+def load_layers(model_dir: str) -> int:
+    """The decoder layers of a checkpoint folder's config."""
+    config = json.loads((Path(model_dir) / "config.json").read_text())
+    return int(config["text_config"]["num_hidden_layers"])
+
+
+def markdown(results: list[ShapeResult]) -> str:
+    rows = [("| model | decoder layers | image tokens | tokens / sample | up / sample (predicted) | "
+             "down / sample (predicted) | client peak | service peak | step | where a step goes |"),
+            "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |"]
+    for r in results:
+        parts = ", ".join(f"{label} {s:.2f} s" for label, s in r.seconds_per_step.items())
+        up = f"{r.bytes_up_per_sample / 1e6:.2f} MB ({r.predicted_up_per_sample / 1e6:.2f}, {r.up_error:+.1%})"
+        down = f"{r.bytes_down_per_sample / 1e6:.2f} MB ({r.predicted_down_per_sample / 1e6:.2f}, {r.down_error:+.1%})"
+        memory = f"{r.client_peak_mib / 1024:.2f} GiB | {r.service_peak_mib / 1024:.2f} GiB"
+        rows.append(f"| {r.model} | {r.decoder_layers} | {r.image_tokens} | {r.tokens_per_sample:.0f} | {up} | "
+                    f"{down} | {memory} | {r.step_seconds:.1f} s | {parts} |")
+    return "\n".join(rows) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="anther bench real-shape", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--models", nargs="+", default=list(PROCESSORS), choices=list(PROCESSORS))
+    parser.add_argument("--decoder-layers", type=int, default=2)
+    parser.add_argument("--clients", type=int, default=2)
+    parser.add_argument("--steps", type=int, default=2)
+    parser.add_argument("--batch-size", type=int, default=2)
+    parser.add_argument("--out", type=Path, default=None)
+    args = parser.parse_args(argv)
+    for flag in ("decoder_layers", "clients", "steps", "batch_size"):
+        if getattr(args, flag) < 1:
+            parser.error(f"--{flag.replace('_', '-')} must be at least 1")
+    out = (args.out or results_dir("real_shape")).expanduser()
+    out.mkdir(parents=True, exist_ok=True)
+    results = []
+    for name in args.models:
+        print(f"anther: building {name} at real shapes, {args.decoder_layers} decoder layer(s)", flush=True)
+        model_dir = build_checkpoint(name, args.decoder_layers, out / "checkpoints" / name)
+        results.append(run_round(name, model_dir, args.clients, args.steps, args.batch_size))
+        shutil.rmtree(model_dir)
+        print(markdown(results[-1:]), flush=True)
+    record = {"machine": describe(), "results": [asdict(r) | {"up_error": r.up_error, "down_error": r.down_error}
+                                                for r in results]}
+    (out / "real_shape.json").write_text(json.dumps(record, indent=2))
+    (out / "real_shape.md").write_text(markdown(results))
+    print(f"anther: wrote {out / 'real_shape.json'} and real_shape.md")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
