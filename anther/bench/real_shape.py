@@ -12,7 +12,8 @@ their adapters. It records the bytes per sample each way (against ``anther model
 prediction for the same token count), the peak memory of the client process and of the
 service, and where a step's time goes.
 
-    anther bench real-shape [--models llava-1.5-7b qwen2-vl-7b] [--decoder-layers 2] [--steps 2] [--out DIR]
+    anther bench real-shape [--models llava-1.5-7b qwen2-vl-7b] [--profiles bf16 fp32 edge]
+                            [--decoder-layers 2] [--steps 2] [--out DIR]
 
 It writes ``real_shape.json`` and ``real_shape.md`` to ``--out`` (default
 ``$ANTHER_HOME/bench/real_shape``); docs/bench/ keeps a copy of a run.
@@ -68,6 +69,11 @@ def _qwen2_vl_processor(tokenizer) -> Qwen2VLImageTextProcessor:
     return Qwen2VLImageTextProcessor(image_processor=images, tokenizer=tokenizer,
                                      chat_template=chat_templates.QWEN2_VL)
 
+
+# how the client holds its frozen modules: bf16 weights (a GPU client's), fp32 weights, or the edge
+# profile (configs/profile/edge.yaml: fp32 with the vision tower and connector in dynamic int8)
+PROFILES: dict[str, list[str]] = {"bf16": ["model.dtype=bfloat16"], "fp32": ["model.dtype=float32"],
+                                  "edge": ["+profile=edge"]}
 
 # model (a key of anther.bench.model_sizes.REAL_CONFIGS) -> its processor at real size, around a tokenizer
 PROCESSORS: dict[str, Callable] = {"llava-1.5-7b": _llava_processor, "qwen2-vl-7b": _qwen2_vl_processor}
@@ -163,6 +169,7 @@ class ShapeResult:
     steps: int
     batch_size: int
     final_loss: float
+    profile: str = "bf16"
 
     @property
     def up_error(self) -> float:
@@ -173,12 +180,15 @@ class ShapeResult:
         return self.bytes_down_per_sample / self.predicted_down_per_sample - 1
 
 
-def run_round(name: str, model_dir: Path, clients: int, steps: int, batch_size: int, seed: int = 0) -> ShapeResult:
-    """One federated round through the TLS backbone service; see the module's docstring."""
-    cfg = load_config("default", [f"model.path={model_dir}", "model.dtype=bfloat16", "model.client_device=cpu",
-                                  "backbone.mode=service", "backbone.wire_dtype=bfloat16",
-                                  f"federation.num_clients={clients}", f"train.batch_size={batch_size}",
-                                  f"train.local_steps={steps}", f"seed={seed}"])
+def run_round(name: str, model_dir: Path, clients: int, steps: int, batch_size: int, profile: str = "bf16",
+              overrides: list[str] = (), seed: int = 0) -> ShapeResult:
+    """One federated round through the TLS backbone service; see the module's docstring. ``overrides``
+    (``model.client_device=cuda``, ``backbone.quantization=8bit``, ...) win over the bench's own."""
+    mine = {o.split("=", 1)[0].lstrip("+") for o in overrides}
+    own = [f"model.path={model_dir}", *PROFILES[profile], "model.client_device=cpu", "backbone.mode=service",
+           "backbone.wire_dtype=bfloat16", f"federation.num_clients={clients}", f"train.batch_size={batch_size}",
+           f"train.local_steps={steps}", f"seed={seed}"]
+    cfg = load_config("default", [o for o in own if o.split("=", 1)[0].lstrip("+") not in mine] + list(overrides))
     samples = shapes_vqa.generate(clients * steps * batch_size, seed)
     clock = StepClock()
     with backbone_for_run(cfg) as served, PeakMemory() as peak:
@@ -210,8 +220,10 @@ def run_round(name: str, model_dir: Path, clients: int, steps: int, batch_size: 
             wire.encode, wire.decode = wire_calls
         global_state = {key: sum(w * s[key] for s, w in zip(states, weights)) / sum(weights) for key in global_state}
         edge.load_adapter_state(global_state)  # the round's FedAvg: the next round would start from it
-    return _result(name, served, clock, peak, elapsed, up, down, sum(weights), clients, steps, batch_size,
-                   sum(losses) / len(losses))
+    result = _result(name, served, clock, peak, elapsed, up, down, sum(weights), clients, steps, batch_size,
+                     sum(losses) / len(losses))
+    result.profile = profile
+    return result
 
 
 def _result(name: str, cfg, clock: StepClock, peak: PeakMemory, elapsed: float, up: int, down: int, examples: int,
@@ -241,16 +253,16 @@ def load_layers(model_dir: str) -> int:
 
 
 def markdown(results: list[ShapeResult]) -> str:
-    rows = [("| model | decoder layers | image tokens | tokens / sample | up / sample (predicted) | "
+    rows = [("| model | client | decoder layers | image tokens | tokens / sample | up / sample (predicted) | "
              "down / sample (predicted) | client peak | service peak | step | where a step goes |"),
-            "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |"]
+            "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |"]
     for r in results:
         parts = ", ".join(f"{label} {s:.2f} s" for label, s in r.seconds_per_step.items())
         up = f"{r.bytes_up_per_sample / 1e6:.2f} MB ({r.predicted_up_per_sample / 1e6:.2f}, {r.up_error:+.1%})"
         down = f"{r.bytes_down_per_sample / 1e6:.2f} MB ({r.predicted_down_per_sample / 1e6:.2f}, {r.down_error:+.1%})"
         memory = f"{r.client_peak_mib / 1024:.2f} GiB | {r.service_peak_mib / 1024:.2f} GiB"
-        rows.append(f"| {r.model} | {r.decoder_layers} | {r.image_tokens} | {r.tokens_per_sample:.0f} | {up} | "
-                    f"{down} | {memory} | {r.step_seconds:.1f} s | {parts} |")
+        rows.append(f"| {r.model} | {r.profile} | {r.decoder_layers} | {r.image_tokens} | "
+                    f"{r.tokens_per_sample:.0f} | {up} | {down} | {memory} | {r.step_seconds:.1f} s | {parts} |")
     return "\n".join(rows) + "\n"
 
 
@@ -258,11 +270,16 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="anther bench real-shape", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", nargs="+", default=list(PROCESSORS), choices=list(PROCESSORS))
+    parser.add_argument("--profiles", nargs="+", default=["bf16"], choices=list(PROFILES),
+                        help="how the client holds its frozen modules (edge: fp32 with an int8 vision tower)")
     parser.add_argument("--decoder-layers", type=int, default=2)
     parser.add_argument("--clients", type=int, default=2)
     parser.add_argument("--steps", type=int, default=2)
     parser.add_argument("--batch-size", type=int, default=2)
     parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                        help="experiment overrides, e.g. model.client_device=cuda model.device=cuda "
+                             "backbone.quantization=8bit (docs/performance.md, on a CUDA machine)")
     args = parser.parse_args(argv)
     for flag in ("decoder_layers", "clients", "steps", "batch_size"):
         if getattr(args, flag) < 1:
@@ -273,9 +290,10 @@ def main(argv: list[str] | None = None) -> int:
     for name in args.models:
         print(f"anther: building {name} at real shapes, {args.decoder_layers} decoder layer(s)", flush=True)
         model_dir = build_checkpoint(name, args.decoder_layers, out / "checkpoints" / name)
-        results.append(run_round(name, model_dir, args.clients, args.steps, args.batch_size))
+        for profile in args.profiles:
+            results.append(run_round(name, model_dir, args.clients, args.steps, args.batch_size, profile, args.set))
+            print(markdown(results[-1:]), flush=True)
         shutil.rmtree(model_dir)
-        print(markdown(results[-1:]), flush=True)
     record = {"machine": describe(), "results": [asdict(r) | {"up_error": r.up_error, "down_error": r.down_error}
                                                 for r in results]}
     (out / "real_shape.json").write_text(json.dumps(record, indent=2))

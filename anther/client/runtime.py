@@ -26,6 +26,7 @@ from anther.backbone.interface import Backbone
 from anther.client.private_labels import PrivateLabelBackbone
 from anther.core.config import anther_home
 from anther.model.chat_format import ChatFormat
+from anther.model.edge_quantization import quantize_for_cpu
 from anther.model.families import family_for, load_processor
 from anther.model.feature_cache import FeatureCache
 from anther.model.lora import LoraSettings, inject_lora
@@ -65,6 +66,7 @@ class EdgeSpec:
     chat_template: str | None = None  # model.chat_template: None is the checkpoint's own
     system_prompt: str | None = None
     max_listed_options: int = 8
+    vision_quantization: str = "none"  # model.vision_quantization: int8 for the edge profile
 
 
 @lru_cache(maxsize=4)
@@ -85,6 +87,8 @@ def _client_side(
     family = family_for(model.config.model_type)
     edge = NanoEdge.from_model(model, adapter)  # both halves share one load of the checkpoint
     edge.autocast = autocaster(device, spec.autocast)
+    if spec.vision_quantization == "int8":
+        edge.vision_tower, edge.connector = quantize_for_cpu(edge.vision_tower), quantize_for_cpu(edge.connector)
     if spec.feature_cache_dir is not None:
         edge.feature_cache = FeatureCache.for_model(Path(spec.feature_cache_dir), Path(spec.model_path), spec.dtype,
                                                     spec.feature_cache_max_bytes)
@@ -136,5 +140,5 @@ def runtime_for(cfg: DictConfig, rank: int | None = None,
     spec = EdgeSpec(m.path, m.dtype, rank or a.rank, float(a.alpha), a.activation,
                     cfg.data.modality_agnostic_prompt, bool(cfg.backbone.get("private_labels", False)),
                     cache_dir, int(fc.max_mb * 2**20), lora, m.client_device, m.autocast, m.chat_template,
-                    m.system_prompt, cfg.data.max_listed_options)
+                    m.system_prompt, cfg.data.max_listed_options, m.vision_quantization)
     return load_runtime(spec, endpoint_for(cfg, node_config))

@@ -62,6 +62,9 @@ class ModelConfig:
     # plain) or a Jinja file for a checkpoint without one (anther/model/chat_format.py)
     chat_template: str | None = None
     system_prompt: str | None = None  # a system turn at the start of every conversation
+    # the client's frozen vision tower and connector: none | int8 (dynamic, CPU; the edge profile,
+    # configs/profile/edge.yaml; anther/model/edge_quantization.py)
+    vision_quantization: str = "none"
     tiny_family: str = "llava"  # the tiny model's family (anther.model.families); only llava is pretrained
     tiny_seed: int = 0
     tiny_pretrain_steps: int = 2500
@@ -373,6 +376,7 @@ def validate(cfg: DictConfig) -> DictConfig:
           f"must be one of {', '.join(AUTOCAST_DTYPES)}")
     check(re.fullmatch(r"auto|cpu|cuda(:\d+)?", cfg.model.client_device) is not None, "model.client_device",
           cfg.model.client_device, "must be auto, cpu, cuda or cuda:N")
+    _validate_vision_quantization(cfg.model)
     check(d.max_listed_options >= 0, "data.max_listed_options", d.max_listed_options, "must be >= 0")
     check(cfg.feature_cache.max_mb > 0, "feature_cache.max_mb", cfg.feature_cache.max_mb, "must be > 0")
     _validate_backbone(cfg.backbone)
@@ -394,6 +398,16 @@ LOCAL_MODE_EXCLUDES = (
     ("backbone.private_labels", (True,), "the labels never leave a client that holds the whole model"),
     ("strategy.name", ("hetero_rank", "personalised"), "that strategy works on NanoAdapters"),
 )
+
+
+def _validate_vision_quantization(m: DictConfig) -> None:
+    check(m.vision_quantization in ("none", "int8"), "model.vision_quantization", m.vision_quantization,
+          "must be none or int8")
+    if m.vision_quantization == "int8":
+        check(m.client_device == "cpu", "model.client_device", m.client_device,
+              "must be cpu with model.vision_quantization=int8 (dynamic int8 kernels are the CPU's)")
+        check(m.dtype == "float32", "model.dtype", m.dtype,
+              "must be float32 with model.vision_quantization=int8 (it quantises fp32 weights)")
 
 
 def _validate_mode(cfg: DictConfig) -> None:
