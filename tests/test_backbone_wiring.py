@@ -91,6 +91,7 @@ def test_a_missing_credential_file_is_named_with_the_node_config_key(tmp_path: P
 def test_remote_runtime_trains_exactly_like_the_local_one(tiny_model_dir: Path, creds: Path,
                                                           service_port: int) -> None:
     remote_cfg = _cfg(tiny_model_dir, "backbone.mode=remote", f"backbone.address=127.0.0.1:{service_port}",
+                      "backbone.wire_dtype=float32",  # a model.path's default is bfloat16
                       f"backbone.ca_cert={creds / 'ca.pem'}", f"backbone.token_file={creds / 'evaluator.token'}")
     remote = runtime_for(remote_cfg, node_config={"backbone-token-file": str(creds / "site-0.token")})
     local = runtime_for(_cfg(tiny_model_dir))

@@ -312,7 +312,8 @@ def test_llava_conversations_become_one_sample_per_turn(tmp_path):
     bus, street, meme, fruit = load_samples("llava", tmp_path, "train")[0]
     assert (bus.id, bus.question, bus.answer, bus.context) == ("000000033471", "What colour is the bus?",
                                                                "White and red.", "")
-    assert (street.id, street.context) == ("000000033471#1", "What colour is the bus?\nWhite and red.")
+    assert (street.id, street.context, street.history) == ("000000033471#1", "",
+                                                           [("What colour is the bus?", "White and red.")])
     assert bus.options == street.options == ["On a street.", "White and red."] and bus.task == "open"
     assert (meme.options, meme.answer, meme.task) == (["not-hateful", "hateful"], "hateful", "choice")
     assert (fruit.options, fruit.answer, fruit.has_image) == (["apple", "chair"], "apple", False)

@@ -135,8 +135,8 @@ def template_problem(setting: str | None, model_dir: str | Path | None) -> str |
     if setting is not None:
         ok = setting in BUILT_IN or Path(setting).expanduser().is_file()
         return None if ok else f"is neither a built-in template ({', '.join(sorted(BUILT_IN))}) nor a file"
-    if model_dir is None or has_own_template(Path(model_dir)):
-        return None
+    if model_dir is None or not (Path(model_dir) / "config.json").is_file() or has_own_template(Path(model_dir)):
+        return None  # the tiny model has one; a folder that is no checkpoint is refused where it is loaded
     return (f"is unset but checkpoint {model_dir} has no chat template: name a Jinja file or one of "
             f"{', '.join(sorted(BUILT_IN))}")
 
