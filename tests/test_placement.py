@@ -13,6 +13,7 @@ import warnings
 
 import pytest
 import torch
+from conftest import FAMILY_FIXTURES
 
 from anther.backbone.in_process import InProcessBackbone
 from anther.client.dp import DPSGD
@@ -21,7 +22,7 @@ from anther.client.private_labels import PrivateLabelBackbone
 from anther.client.runtime import runtime_for
 from anther.client.trainer import dp_split_step, split_step, train_adapters
 from anther.core.config import wire_dtype
-from anther.model.families import load_processor
+from anther.model.families import FAMILIES, load_processor
 from anther.model.nano_adapter import NanoAdapterConfig
 from anther.model.nano_edge import NanoEdge
 from anther.model.placement import PlacementError, autocaster, resolve_device
@@ -37,9 +38,14 @@ def _perturbed(edge: NanoEdge) -> NanoEdge:
     return edge
 
 
-def test_every_tensor_of_a_step_is_made_on_the_clients_device(family_model_dir, samples):
-    if family_model_dir.name == "tiny-qwen2_5_vl":
-        pytest.skip("transformers' own Qwen2.5-VL vision window index is built on the default device, then moved")
+# Qwen2.5-VL is left out by name: transformers' own vision window index for it is built on the
+# default device and moved afterwards, so a meta default breaks HF's code, not anther's.
+ON_ONE_DEVICE = sorted(set(FAMILIES) - {"qwen2_5_vl"})
+
+
+@pytest.mark.parametrize("family", ON_ONE_DEVICE)
+def test_every_tensor_of_a_step_is_made_on_the_clients_device(family, request, samples):
+    family_model_dir = request.getfixturevalue(FAMILY_FIXTURES[family])
     edge = _perturbed(NanoEdge.from_pretrained(family_model_dir, NanoAdapterConfig(rank=4), device="cpu"))
     encoder = SampleEncoder(edge, load_processor(family_model_dir))
     backbone = InProcessBackbone.from_pretrained(family_model_dir)
@@ -108,7 +114,8 @@ def test_autocast_runs_where_the_device_has_it_and_warns_where_not(monkeypatch):
 def test_a_bf16_client_and_backbone_stay_close_to_fp32(tiny_model_dir, samples):
     """bf16 keeps 8 bits of mantissa: each rounding is off by up to 2**-8 relative, and a few
     hundred of them across the tiny model's layers leave log-probabilities within about 0.1 of
-    fp32's (measured: 0.03 to 0.06 on these samples). So the bound is 0.15 on every
+    fp32's (measured: 0.046 at most, and the loss 0.1% off, on these samples, for bf16 weights
+    and for bf16 autocast alike). So the bound is 0.15 on every
     log-probability of the answer tokens and 2% on the loss; fp32 itself is held to 1e-5 by the
     correctness anchor."""
     def run(dtype: torch.dtype, autocast: str) -> tuple[float, torch.Tensor]:

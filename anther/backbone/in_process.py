@@ -7,6 +7,7 @@ computes with.
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 import torch
@@ -36,7 +37,7 @@ class InProcessBackbone(nn.Module):
         self.bytes_down = 0
         # what would cross the wire were this backbone remote; off where nothing would (mode=whole_model)
         self.counts_traffic = True
-        self.autocast = autocaster(self.device, "none")  # model.autocast, set by from_pretrained
+        self.autocast = contextlib.nullcontext  # model.autocast, set by from_pretrained (anther.model.placement)
         self.requires_grad_(False)
         self.eval()
 

@@ -24,13 +24,11 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-import threading
 import time
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Self
 
 import psutil
 import torch
@@ -40,6 +38,7 @@ from anther.backbone import wire
 from anther.backbone.supervisor import backbone_for_run
 from anther.bench.machine import describe
 from anther.bench.model_sizes import REAL_CONFIGS, size_report
+from anther.bench.perf.workload import MemoryTrace
 from anther.bench.results import results_dir
 from anther.client.runtime import runtime_for
 from anther.client.trainer import train_adapters
@@ -104,33 +103,16 @@ def build_checkpoint(name: str, decoder_layers: int, out: Path, seed: int = 0) -
     return out
 
 
-class PeakMemory:
-    """The highest resident memory of this process and of the backbone service, sampled every
-    50 ms while it runs (``with PeakMemory() as peak: ...``)."""
-
-    def __init__(self) -> None:
-        self.client = self.service = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._sample, daemon=True)
-
-    def _sample(self) -> None:
-        me = psutil.Process()
-        while not self._stop.wait(0.05):
-            self.client = max(self.client, me.memory_info().rss)
-            for child in me.children(recursive=True):
-                try:
-                    if "serve" in child.cmdline():
-                        self.service = max(self.service, child.memory_info().rss)
-                except psutil.Error:
-                    continue
-
-    def __enter__(self) -> Self:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
+def service_rss() -> int:
+    """Resident memory of the backbone service this process started (its ``backbone serve`` child)."""
+    total = 0
+    for child in psutil.Process().children(recursive=True):
+        try:
+            if "serve" in child.cmdline():
+                total += child.memory_info().rss
+        except psutil.Error:
+            continue
+    return total
 
 
 @dataclass
@@ -153,6 +135,7 @@ class StepClock:
 @dataclass
 class ShapeResult:
     model: str
+    profile: str
     decoder_layers: int
     image_tokens: int
     tokens_per_sample: float
@@ -169,7 +152,6 @@ class ShapeResult:
     steps: int
     batch_size: int
     final_loss: float
-    profile: str = "bf16"
 
     @property
     def up_error(self) -> float:
@@ -180,18 +162,18 @@ class ShapeResult:
         return self.bytes_down_per_sample / self.predicted_down_per_sample - 1
 
 
-def run_round(name: str, model_dir: Path, clients: int, steps: int, batch_size: int, profile: str = "bf16",
-              overrides: list[str] = (), seed: int = 0) -> ShapeResult:
+def run_round(name: str, model_dir: Path, decoder_layers: int, clients: int, steps: int, batch_size: int,
+              profile: str = "bf16", overrides: list[str] = (), seed: int = 0) -> ShapeResult:
     """One federated round through the TLS backbone service; see the module's docstring. ``overrides``
     (``model.client_device=cuda``, ``backbone.quantization=8bit``, ...) win over the bench's own."""
-    mine = {o.split("=", 1)[0].lstrip("+") for o in overrides}
+    overridden = {o.split("=", 1)[0].lstrip("+") for o in overrides}
     own = [f"model.path={model_dir}", *PROFILES[profile], "model.client_device=cpu", "backbone.mode=service",
            "backbone.wire_dtype=bfloat16", f"federation.num_clients={clients}", f"train.batch_size={batch_size}",
            f"train.local_steps={steps}", f"seed={seed}"]
-    cfg = load_config("default", [o for o in own if o.split("=", 1)[0].lstrip("+") not in mine] + list(overrides))
+    cfg = load_config("default", [o for o in own if o.split("=", 1)[0].lstrip("+") not in overridden] + list(overrides))
     samples = shapes_vqa.generate(clients * steps * batch_size, seed)
     clock = StepClock()
-    with backbone_for_run(cfg) as served, PeakMemory() as peak:
+    with backbone_for_run(cfg) as served, MemoryTrace(0.05) as client, MemoryTrace(0.05, service_rss) as service:
         runtime = runtime_for(served)
         edge, backbone = runtime.edge, runtime.backbone
         edge._encode_images = clock.timed("vision tower + connector", edge._encode_images)
@@ -209,8 +191,8 @@ def run_round(name: str, model_dir: Path, clients: int, steps: int, batch_size: 
             started = time.perf_counter()
             for k in range(clients):
                 edge.load_adapter_state(global_state)
-                mine = samples[k * steps * batch_size:(k + 1) * steps * batch_size]
-                report = train_adapters(runtime.encoder, backbone, mine, steps, batch_size, lr=1e-3, seed=k)
+                own_samples = samples[k * steps * batch_size:(k + 1) * steps * batch_size]
+                report = train_adapters(runtime.encoder, backbone, own_samples, steps, batch_size, lr=1e-3, seed=k)
                 states.append(edge.adapter_state())
                 weights.append(report.examples)
                 losses.append(report.loss)
@@ -220,14 +202,13 @@ def run_round(name: str, model_dir: Path, clients: int, steps: int, batch_size: 
             wire.encode, wire.decode = wire_calls
         global_state = {key: sum(w * s[key] for s, w in zip(states, weights)) / sum(weights) for key in global_state}
         edge.load_adapter_state(global_state)  # the round's FedAvg: the next round would start from it
-    result = _result(name, served, clock, peak, elapsed, up, down, sum(weights), clients, steps, batch_size,
-                     sum(losses) / len(losses))
-    result.profile = profile
-    return result
+    return _result(name, profile, decoder_layers, clock, client.peak_bytes, service.peak_bytes, elapsed, up, down,
+                   sum(weights), clients, steps, batch_size, sum(losses) / len(losses))
 
 
-def _result(name: str, cfg, clock: StepClock, peak: PeakMemory, elapsed: float, up: int, down: int, examples: int,
-            clients: int, steps: int, batch_size: int, loss: float) -> ShapeResult:
+def _result(name: str, profile: str, decoder_layers: int, clock: StepClock, client_peak: int, service_peak: int,
+            elapsed: float, up: int, down: int, examples: int, clients: int, steps: int, batch_size: int,
+            loss: float) -> ShapeResult:
     config = REAL_CONFIGS[name]()
     image_tokens = family_for(config.model_type).image_tokens(config)
     tokens = sum(clock.sequence_lengths) / len(clock.sequence_lengths)
@@ -237,19 +218,13 @@ def _result(name: str, cfg, clock: StepClock, peak: PeakMemory, elapsed: float, 
     seconds["service (network and LLM)"] = seconds.pop("backbone call") - seconds["wire"]
     seconds["adapters, embeddings, optimiser"] = elapsed / n_steps - sum(seconds.values())
     return ShapeResult(
-        model=name, decoder_layers=load_layers(cfg.model.path), image_tokens=image_tokens, tokens_per_sample=tokens,
+        model=name, profile=profile, decoder_layers=decoder_layers, image_tokens=image_tokens, tokens_per_sample=tokens,
         hidden_size=config.get_text_config().hidden_size, bytes_up_per_sample=up / examples,
         bytes_down_per_sample=down / examples, predicted_up_per_sample=predicted.activation_bytes_up_per_sample,
         predicted_down_per_sample=predicted.activation_bytes_down_per_sample,
-        client_peak_mib=peak.client / 2**20, service_peak_mib=peak.service / 2**20, step_seconds=elapsed / n_steps,
+        client_peak_mib=client_peak / 2**20, service_peak_mib=service_peak / 2**20, step_seconds=elapsed / n_steps,
         seconds_per_step={k: round(v, 3) for k, v in seconds.items()}, clients=clients, steps=steps,
         batch_size=batch_size, final_loss=loss)
-
-
-def load_layers(model_dir: str) -> int:
-    """The decoder layers of a checkpoint folder's config."""
-    config = json.loads((Path(model_dir) / "config.json").read_text())
-    return int(config["text_config"]["num_hidden_layers"])
 
 
 def markdown(results: list[ShapeResult]) -> str:
@@ -291,7 +266,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"anther: building {name} at real shapes, {args.decoder_layers} decoder layer(s)", flush=True)
         model_dir = build_checkpoint(name, args.decoder_layers, out / "checkpoints" / name)
         for profile in args.profiles:
-            results.append(run_round(name, model_dir, args.clients, args.steps, args.batch_size, profile, args.set))
+            results.append(run_round(name, model_dir, args.decoder_layers, args.clients, args.steps, args.batch_size,
+                                     profile, args.set))
             print(markdown(results[-1:]), flush=True)
         shutil.rmtree(model_dir)
     record = {"machine": describe(), "results": [asdict(r) | {"up_error": r.up_error, "down_error": r.down_error}

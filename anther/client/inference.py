@@ -25,10 +25,11 @@ def _chunks(items: list, size: int) -> Iterator[list]:
 def option_scores(encoder: SampleEncoder, backbone: Backbone, samples: list[Sample],
                   batch_size: int = 64) -> list[list[float]]:
     """Log-likelihood of every answer option of every sample (the answer's tokens only)."""
+    turns = [encoder.render(s) for s in samples]
     pairs = [(i, s, o) for i, s in enumerate(samples) for o in s.options]
     scores: list[list[float]] = [[] for _ in samples]
     for chunk in _chunks(pairs, batch_size):
-        batch = encoder([s for _, s, _ in chunk], [o for _, _, o in chunk])
+        batch = encoder.encode([s for _, s, _ in chunk], [turns[i] for i, _, _ in chunk], [o for _, _, o in chunk])
         totals = backbone.score(encoder.edge(batch), batch.attention_mask, batch.labels, batch.position_ids)
         for (i, _, _), total in zip(chunk, totals.tolist()):
             scores[i].append(total)

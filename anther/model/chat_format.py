@@ -59,11 +59,6 @@ def conversation(sample: Sample, system: str | None = None, modality_agnostic: b
     return messages
 
 
-def single_turn(text: str, has_image: bool) -> list[dict]:
-    """A conversation of one user turn: ``text``, after the image if there is one."""
-    return [_message("user", text, [{"type": "image"}] if has_image else [])]
-
-
 def _message(role: str, text: str, parts: list[dict] | None = None) -> dict:
     return {"role": role, "content": [*(parts or []), {"type": "text", "text": text}]}
 

@@ -36,7 +36,11 @@ class SampleEncoder:
         return self.chat.render(self.processor, messages)
 
     def __call__(self, samples: list[Sample], answers: list[str] | None = None):
-        turns = [self.render(s) for s in samples]
+        return self.encode(samples, [self.render(s) for s in samples], answers)
+
+    def encode(self, samples: list[Sample], turns: list[RenderedTurn], answers: list[str] | None = None):
+        """The batch of ``samples`` already rendered as ``turns`` (a sample scored against each of its
+        options is rendered once), with ``answers`` as targets when given."""
         targets = None if answers is None else [t.target(a) for t, a in zip(turns, answers)]
         family = self.edge.family
         with torch.device("cpu"):  # processors make CPU tensors; the whole batch then moves at once

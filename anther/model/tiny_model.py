@@ -77,9 +77,9 @@ def _pretrain_batches(family, processor, n: int, batch_size: int, seed: int):
 
     They are plain text (``<image>\nq: colour circle\na: red``), not the chat template the
     checkpoint ships: wrapped in it, the tiny language model learned yes/no questions only
-    weakly (0.60 in its own domains, against 0.8 plain) and the default run gained 16 points
-    instead of 30 (docs/results.md). The template is the fine-tuning's format, which the
-    NanoAdapters learn to address, as they learn the task's phrasing."""
+    weakly (0.60 in its own domains) and the default run did no better (docs/results.md). The
+    template is the fine-tuning's format, which the NanoAdapters learn to address, as they learn
+    the task's phrasing."""
     eos = processor.tokenizer.eos_token
     examples = [(f"{IMAGE_PLACEHOLDER}\ncaption:", im, f" {cap}{eos}")
                 for im, cap in shapes_vqa.generate_captions(n // 4, seed)]

@@ -19,7 +19,7 @@ from __future__ import annotations
 import os
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -60,10 +60,11 @@ def rss_bytes() -> int:
 
 
 class MemoryTrace:
-    """Resident memory sampled every ``interval_s`` in a background thread while in use."""
+    """Resident memory sampled every ``interval_s`` in a background thread while in use: this
+    process's, or whatever ``measure`` returns (another process's, say)."""
 
-    def __init__(self, interval_s: float = 0.1) -> None:
-        self.interval_s, self.samples = interval_s, []
+    def __init__(self, interval_s: float = 0.1, measure: Callable[[], int] = rss_bytes) -> None:
+        self.interval_s, self.samples, self.measure = interval_s, [], measure
         self._stop = threading.Event()
         self._start = time.perf_counter()
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -74,7 +75,7 @@ class MemoryTrace:
             self._stop.wait(self.interval_s)
 
     def mark(self) -> None:
-        self.samples.append((round(time.perf_counter() - self._start, 3), rss_bytes()))
+        self.samples.append((round(time.perf_counter() - self._start, 3), self.measure()))
 
     def __enter__(self) -> Self:
         self._thread.start()
