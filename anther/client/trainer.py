@@ -50,14 +50,11 @@ def split_step(encoder: SampleEncoder, backbone: Backbone, batch_samples: list[S
     regulariser is a purely local function of the weights, so its gradient is accumulated
     by its own ``backward()``.
     """
-    batch = encoder(batch_samples, [s.answer for s in batch_samples])
-    embeds = encoder.edge(batch)
-    up0, down0 = backbone.bytes_up, backbone.bytes_down
-    loss, grad = backbone.train_step(embeds.detach(), batch.attention_mask, batch.labels, batch.position_ids)
+    embeds, _, grad, result = _exchange(encoder, backbone, batch_samples)
     if embeds.requires_grad:  # NanoAdapters; LoRA (mode=whole_model) got its gradient in train_step
         embeds.backward(grad.to(embeds.dtype))
     _add_gradients_of(regularisers)
-    return StepResult(loss, backbone.bytes_up - up0, backbone.bytes_down - down0)  # as the wire counted
+    return result
 
 
 def dp_split_step(encoder: SampleEncoder, backbone: Backbone, batch_samples: list[Sample],
@@ -70,14 +67,22 @@ def dp_split_step(encoder: SampleEncoder, backbone: Backbone, batch_samples: lis
         for p in params:
             p.grad_sample = p.new_zeros((0, *p.shape))
         return None
+    embeds, labels, grad, result = _exchange(encoder, backbone, batch_samples)
+    cotangents = per_sample_cotangents(grad.to(embeds.dtype), labels)
+    for p, g in zip(params, per_sample_grads(embeds, cotangents, params)):
+        p.grad_sample = g
+    return result
+
+
+def _exchange(encoder: SampleEncoder, backbone: Backbone,
+              batch_samples: list[Sample]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, StepResult]:
+    """The batch embedded by the NanoEdge and sent in one TrainStep: (embeddings, labels,
+    d loss / d embeddings, the loss and the bytes as the wire counted them)."""
     batch = encoder(batch_samples, [s.answer for s in batch_samples])
     embeds = encoder.edge(batch)
     up0, down0 = backbone.bytes_up, backbone.bytes_down
     loss, grad = backbone.train_step(embeds.detach(), batch.attention_mask, batch.labels, batch.position_ids)
-    cotangents = per_sample_cotangents(grad.to(embeds.dtype), batch.labels)
-    for p, g in zip(params, per_sample_grads(embeds, cotangents, params)):
-        p.grad_sample = g
-    return StepResult(loss, backbone.bytes_up - up0, backbone.bytes_down - down0)
+    return embeds, batch.labels, grad, StepResult(loss, backbone.bytes_up - up0, backbone.bytes_down - down0)
 
 
 def _add_gradients_of(regularisers: Sequence[Regulariser]) -> None:

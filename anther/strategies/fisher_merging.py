@@ -55,6 +55,7 @@ from flwr.serverapp.strategy.strategy_utils import validate_message_reply_consis
 
 from anther.backbone.interface import Backbone
 from anther.client.extras import ExtraContext, Record, after_training
+from anther.client.trainer import split_step
 from anther.core.sample import Sample
 from anther.model.sample_encoder import SampleEncoder
 from anther.strategies.array_utils import NDArray, metric_value, numpy_arrays, reply_arrays
@@ -84,11 +85,7 @@ def _squared_batch_gradient(encoder: SampleEncoder, backbone: Backbone, batch_sa
     (through ``embeds`` for NanoAdapters; LoRA in ``mode=whole_model`` gets its own in ``train_step``)."""
     for p in params.values():
         p.grad = None
-    batch = encoder(list(batch_samples), [s.answer for s in batch_samples])
-    embeds = encoder.edge(batch)
-    _, grad = backbone.train_step(embeds.detach(), batch.attention_mask, batch.labels, batch.position_ids)
-    if embeds.requires_grad:
-        embeds.backward(grad.to(embeds.dtype))
+    split_step(encoder, backbone, list(batch_samples))
     # An adapter the batch never used (the image one, on a text-only batch) has zero gradient.
     squared = {name: torch.zeros_like(p) if p.grad is None else p.grad.detach() ** 2 for name, p in params.items()}
     for p in params.values():
