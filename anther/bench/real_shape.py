@@ -9,8 +9,8 @@ with its depth cut to ``--decoder-layers``. It starts the TLS backbone service o
 one federated round: ``--clients`` clients, each ``--steps`` local steps of ``--batch-size``
 samples at the model's real picture size, bf16 weights and bf16 on the wire, then FedAvg of
 their adapters. It records the bytes per sample each way (against ``anther model report``'s
-prediction for the same token count), the peak memory of the client process and of the
-service, and where a step's time goes.
+prediction for the same token count), the peak memory of the client process (each round runs
+in a process of its own) and of the service, and where a step's time goes.
 
     anther bench real-shape [--models llava-1.5-7b qwen2-vl-7b] [--profiles bf16 fp32 edge]
                             [--decoder-layers 2] [--steps 2] [--out DIR]
@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import shutil
 import time
 from collections import defaultdict
@@ -266,8 +267,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"anther: building {name} at real shapes, {args.decoder_layers} decoder layer(s)", flush=True)
         model_dir = build_checkpoint(name, args.decoder_layers, out / "checkpoints" / name)
         for profile in args.profiles:
-            results.append(run_round(name, model_dir, args.decoder_layers, args.clients, args.steps, args.batch_size,
-                                     profile, args.set))
+            # each round in a fresh process, so its peak memory is its own and not an earlier round's
+            with multiprocessing.get_context("spawn").Pool(1) as pool:
+                results.append(pool.apply(run_round, (name, model_dir, args.decoder_layers, args.clients,
+                                                      args.steps, args.batch_size, profile, args.set)))
             print(markdown(results[-1:]), flush=True)
         shutil.rmtree(model_dir)
     record = {"machine": describe(), "results": [asdict(r) | {"up_error": r.up_error, "down_error": r.down_error}
