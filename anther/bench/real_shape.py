@@ -25,6 +25,7 @@ import argparse
 import json
 import multiprocessing
 import shutil
+import tempfile
 import time
 from collections import defaultdict
 from collections.abc import Callable
@@ -166,12 +167,21 @@ class ShapeResult:
 def run_round(name: str, model_dir: Path, decoder_layers: int, clients: int, steps: int, batch_size: int,
               profile: str = "bf16", overrides: list[str] = (), seed: int = 0) -> ShapeResult:
     """One federated round through the TLS backbone service; see the module's docstring. ``overrides``
-    (``model.client_device=cuda``, ``backbone.quantization=8bit``, ...) win over the bench's own."""
+    (``model.client_device=cuda``, ``backbone.quantization=8bit``, ...) win over the bench's own. A
+    feature cache (the edge profile's) holds this round's features alone: features an earlier run
+    cached would hide the vision tower's time."""
     overridden = {o.split("=", 1)[0].lstrip("+") for o in overrides}
-    own = [f"model.path={model_dir}", *PROFILES[profile], "model.client_device=cpu", "backbone.mode=service",
-           "backbone.wire_dtype=bfloat16", f"federation.num_clients={clients}", f"train.batch_size={batch_size}",
-           f"train.local_steps={steps}", f"seed={seed}"]
-    cfg = load_config("default", [o for o in own if o.split("=", 1)[0].lstrip("+") not in overridden] + list(overrides))
+    with tempfile.TemporaryDirectory(prefix="anther-real-shape-") as cache:
+        own = [f"model.path={model_dir}", *PROFILES[profile], "model.client_device=cpu", "backbone.mode=service",
+               "backbone.wire_dtype=bfloat16", f"federation.num_clients={clients}", f"train.batch_size={batch_size}",
+               f"train.local_steps={steps}", f"seed={seed}", f"feature_cache.dir={cache}"]
+        cfg = load_config("default", [o for o in own if o.split("=", 1)[0].lstrip("+") not in overridden]
+                          + list(overrides))
+        return _train_round(name, profile, decoder_layers, cfg, clients, steps, batch_size, seed)
+
+
+def _train_round(name: str, profile: str, decoder_layers: int, cfg, clients: int, steps: int, batch_size: int,
+                 seed: int) -> ShapeResult:
     samples = shapes_vqa.generate(clients * steps * batch_size, seed)
     clock = StepClock()
     with backbone_for_run(cfg) as served, MemoryTrace(0.05) as client, MemoryTrace(0.05, service_rss) as service:
