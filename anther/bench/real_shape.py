@@ -88,6 +88,8 @@ def build_checkpoint(name: str, decoder_layers: int, out: Path, seed: int = 0) -
     config = REAL_CONFIGS[name]()
     text = config.get_text_config()
     text.num_hidden_layers = decoder_layers
+    if getattr(text, "layer_types", None):  # Qwen2's config lists each layer's attention kind
+        text.layer_types = text.layer_types[:decoder_layers]
     config.image_token_id = tokenizer.image_token_id
     for key in ("pad_token_id", "bos_token_id", "eos_token_id"):
         setattr(text, key, getattr(tokenizer, key))
