@@ -21,7 +21,7 @@ from anther.client.inference import greedy_answers, option_scores
 from anther.client.private_labels import PrivateLabelBackbone
 from anther.client.runtime import runtime_for
 from anther.client.trainer import dp_split_step, split_step, train_adapters
-from anther.core.config import wire_dtype
+from anther.core.config import TINY_MODEL_MARKER, wire_dtype
 from anther.model.families import FAMILIES, load_processor
 from anther.model.nano_adapter import NanoAdapterConfig
 from anther.model.nano_edge import NanoEdge
@@ -82,7 +82,19 @@ def test_the_client_is_placed_as_the_config_says_with_fp32_adapters(tiny_model_d
     frozen = [*edge.vision_tower.parameters(), *edge.connector.parameters(), *edge.embed_tokens.parameters()]
     assert {p.dtype for p in frozen} == {torch.bfloat16}
     assert {p.dtype for p in edge.adapters.parameters()} == {torch.float32}  # fp32 master weights
-    assert wire_dtype(cfg) == "bfloat16" and wire_dtype(load_config("default")) == "float32"
+
+
+
+def test_the_wire_is_bf16_for_a_real_checkpoint_and_fp32_for_the_tiny_one(tmp_path, tiny_model_dir):
+    real = tmp_path / "real"
+    real.mkdir()
+    for f in tiny_model_dir.iterdir():
+        if f.name != TINY_MODEL_MARKER:  # a checkpoint anther did not make
+            (real / f.name).write_bytes(f.read_bytes())
+    assert wire_dtype(load_config("default", [f"model.path={real}"])) == "bfloat16"
+    assert wire_dtype(load_config("default", [f"model.path={tiny_model_dir}"])) == "float32"
+    assert wire_dtype(load_config("default")) == "float32"
+    assert wire_dtype(load_config("default", [f"model.path={real}", "backbone.wire_dtype=float16"])) == "float16"
 
 
 def test_a_device_that_is_not_there_is_refused_by_name(monkeypatch):

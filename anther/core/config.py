@@ -29,6 +29,7 @@ CONFIG_DIR = Path(__file__).parents[1] / "configs"
 BACKBONE_MODES = ("in_process", "service", "remote")
 FLOAT_DTYPES = ("float32", "bfloat16", "float16")  # model.dtype, and embeddings and gradients on the wire
 AUTOCAST_DTYPES = ("none", "bfloat16", "float16")  # model.autocast
+TINY_MODEL_MARKER = "anther_tiny.json"  # in every checkpoint anther.model.tiny_model makes: how it was made
 QUANTIZATIONS = ("none", "8bit", "4bit")  # the backbone's, through bitsandbytes (anther/backbone/quantization.py)
 PRIVACY_ACCOUNTANTS = ("rdp", "prv")  # opacus accountants that compose (noise, rate, steps) histories
 WILDCARD_HOSTS = ("0.0.0.0", "::", "[::]")  # listen on every interface
@@ -199,8 +200,8 @@ class BackboneConfig:
     # service: host:port to listen on (None = 127.0.0.1, free port); remote: to dial
     address: str | None = None
     advertise_address: str | None = None  # service: host:port clients dial, if not ``address``
-    # embeddings up, gradients down: float32 | bfloat16 | float16 | auto (bfloat16 for a model.path,
-    # float32 for the tiny model, whose correctness tests are exact)
+    # embeddings up, gradients down: float32 | bfloat16 | float16 | auto (bfloat16 for a real
+    # checkpoint, float32 for anther's tiny model, whose correctness tests are exact)
     wire_dtype: str = "auto"
     batching: bool = True
     window_ms: float = 5.0
@@ -426,9 +427,13 @@ def _validate_mode(cfg: DictConfig) -> None:
 
 def wire_dtype(cfg: DictConfig) -> str:
     """``backbone.wire_dtype`` with ``auto`` resolved: bfloat16 for a real checkpoint (half the bytes
-    of float32, the precision its activations have anyway), float32 for the tiny model."""
+    of float32, the precision its activations have anyway), float32 for anther's tiny model (made for
+    this run, or given by ``model.path``), whose split is tested exact."""
     chosen = cfg.backbone.wire_dtype
-    return chosen if chosen != "auto" else ("bfloat16" if cfg.model.path else "float32")
+    if chosen != "auto":
+        return chosen
+    tiny = cfg.model.path is None or (Path(cfg.model.path).expanduser() / TINY_MODEL_MARKER).is_file()
+    return "float32" if tiny else "bfloat16"
 
 
 def simulation_resources(f: DictConfig) -> dict[str, str]:

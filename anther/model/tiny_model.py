@@ -31,14 +31,14 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, 
 from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerFast
 
-from anther.core.config import ModelConfig
+from anther.core.config import TINY_MODEL_MARKER, ModelConfig
 from anther.data import shapes_vqa
 from anther.model.chat_templates import TEMPLATE_WORDS
 from anther.model.families import family_for
 
 IMAGE_PLACEHOLDER = "<image>"  # the image token of every tiny checkpoint's tokenizer
 SPECIAL_TOKENS = ["<pad>", "<s>", "</s>", "<unk>", IMAGE_PLACEHOLDER]
-PROVENANCE_FILE = "anther_tiny.json"
+PROVENANCE_FILE = TINY_MODEL_MARKER
 VISION_PRETRAIN_STEPS = 300
 PRETRAIN_STEPS = ModelConfig.tiny_pretrain_steps  # the language steps; the experiment config's default
 # Bumped whenever the recipe (data, stages, hyper-parameters) changes, so cached models are remade.
