@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from anther.core.images import decode_bytes
 from anther.core.sample import DataFormatError, read_split
 from anther.data.formats.hateful_memes import load_hateful_memes
-from anther.data.formats.records import decode_image
 
 
 def _png(size: tuple[int, int] = (16, 16)) -> bytes:
@@ -65,7 +65,7 @@ def test_an_image_past_pillows_pixel_limit_is_refused_not_decoded(tmp_path, monk
     with pytest.raises(DataFormatError, match=r"train\.jsonl:1: cannot decode image .*DecompressionBombError"):
         read_split(folder, "train")
     with pytest.raises(DataFormatError, match="row 3: cannot decode the image bytes: DecompressionBombError"):
-        decode_image(_png(), "x.parquet: row 3")
+        decode_bytes(_png(), "x.parquet: row 3")
 
 
 BAD_RECORDS = {
@@ -110,7 +110,7 @@ def test_skip_bad_counts_every_bad_record_and_keeps_the_good_ones(tmp_path):
     folder = _folder(tmp_path, [_record(id="good"), *bad, _record(id="good2", image=None)])
     samples, skipped = read_split(folder, "train", skip_bad=True)
     assert [s.id for s in samples] == ["good", "good2"]
-    assert skipped == len(bad)
+    assert skipped.total() == len(bad)
     assert samples[0].image is not None and samples[0].image.size == (16, 16) and samples[1].image is None
 
 
@@ -123,4 +123,4 @@ def test_published_jsonl_formats_name_a_non_utf8_line_too(tmp_path):
     with pytest.raises(DataFormatError, match=r"train\.jsonl:2: not UTF-8 text"):
         load_hateful_memes(tmp_path, "train")
     samples, skipped = load_hateful_memes(tmp_path, "train", skip_bad=True)
-    assert len(samples) == 1 and skipped == 1
+    assert len(samples) == 1 and skipped.total() == 1

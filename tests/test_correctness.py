@@ -18,19 +18,25 @@ from transformers import AutoModelForImageTextToText
 
 from anther.backbone.in_process import InProcessBackbone
 from anther.backbone.interface import causal_lm_loss
+from anther.core.images import in_memory
 from anther.model.chat_format import conversation
 from anther.model.families import FAMILIES, load_processor
 from anther.model.nano_adapter import NanoAdapterConfig
 from anther.model.nano_edge import NanoEdge
 from anther.model.sample_encoder import SampleEncoder
 
-# How each family's processor takes the images of a batch (one per sample or None).
+
+def _flat(pictures: list[list]) -> list | None:
+    return [im for each in pictures for im in each] or None
+
+
+# How each family's processor takes the pictures of a batch (a list per sample, maybe empty).
 HF_IMAGES = {
-    "llava": lambda images: [im for im in images if im is not None] or None,
-    "llava_next": lambda images: [im for im in images if im is not None] or None,
-    "idefics3": lambda images: [[im] if im else [] for im in images] if any(images) else None,
-    "qwen2_vl": lambda images: [im for im in images if im is not None] or None,
-    "qwen2_5_vl": lambda images: [im for im in images if im is not None] or None,
+    "llava": _flat,
+    "llava_next": _flat,
+    "idefics3": lambda pictures: [list(each) for each in pictures] if any(pictures) else None,
+    "qwen2_vl": _flat,
+    "qwen2_5_vl": _flat,
 }
 
 
@@ -57,12 +63,14 @@ def _batch(processor, edge, samples):
     return encoder(samples, [s.answer for s in samples])
 
 
-def _hf(hf, processor, samples, labels=None):
+def _hf(hf, processor, encoder, samples, labels=None):
     """The Hugging Face model on its own processor's output for ``samples``: each conversation and
     its answer rendered by the processor's own ``apply_chat_template``."""
     answer = [{"role": "assistant", "content": [{"type": "text", "text": s.answer}]} for s in samples]
-    texts = [processor.apply_chat_template(conversation(s) + [a], tokenize=False) for s, a in zip(samples, answer)]
-    images = HF_IMAGES[hf.config.model_type]([s.image for s in samples])
+    pictures = [encoder.pictures(s) for s in samples]  # several, or tiled into one for single-picture families
+    texts = [processor.apply_chat_template(conversation(s, pictures=len(p)) + [a], tokenize=False)
+             for s, p, a in zip(samples, pictures, answer)]
+    images = HF_IMAGES[hf.config.model_type](pictures)
     inputs = processor(images=images, text=texts, return_tensors="pt", padding=True)
     with torch.no_grad():
         return inputs, hf(**inputs, labels=labels)
@@ -72,7 +80,8 @@ def _reshaped(samples):
     """The samples' pictures stretched to other sizes and aspect ratios: tiling families pick
     other grids, pad tiles and unpad features per image."""
     sizes = [(48, 48), (64, 36), (30, 52), (80, 40)]
-    return [dataclasses.replace(s, image=s.image.resize(sizes[i % len(sizes)])) for i, s in enumerate(samples)]
+    return [dataclasses.replace(s, images=in_memory(s.image.resize(sizes[i % len(sizes)])))
+            for i, s in enumerate(samples)]
 
 
 def _multi_turn(samples):
@@ -82,7 +91,14 @@ def _multi_turn(samples):
     return [dataclasses.replace(s, history=[earlier] * (i % 3)) for i, s in enumerate(samples)]
 
 
-@pytest.mark.parametrize("kind", ["image+text", "mixed", "text-only", "mixed sizes", "multi-turn"])
+def _multi_image(samples):
+    """Samples with two or three pictures each (and some with one): families that take several
+    get them all, in order; the others get them tiled into one numbered picture."""
+    more = [[s.image.resize((40, 56 - 8 * k)) for k in range(i % 3)] for i, s in enumerate(samples)]
+    return [dataclasses.replace(s, images=s.images + in_memory(*extra)) for s, extra in zip(samples, more)]
+
+
+@pytest.mark.parametrize("kind", ["image+text", "mixed", "text-only", "mixed sizes", "multi-turn", "multi-image"])
 def test_fresh_adapters_reproduce_hf_logits(parts, samples, kind):
     """Samples without an image carry no image tokens; the split matches HF on any mix."""
     processor, hf, edge, backbone = parts
@@ -90,10 +106,12 @@ def test_fresh_adapters_reproduce_hf_logits(parts, samples, kind):
         samples = _reshaped(samples)
     if kind == "multi-turn":
         samples = _multi_turn(samples)
+    if kind == "multi-image":
+        samples = _multi_image(samples)
     keep = {"mixed": lambda i: i % 2 == 1, "text-only": lambda i: False}.get(kind, lambda i: True)
     samples = [s if keep(i) else s.without_image() for i, s in enumerate(samples)]
     batch = _batch(processor, edge, samples)
-    inputs, expected = _hf(hf, processor, samples)
+    inputs, expected = _hf(hf, processor, SampleEncoder(edge, processor), samples)
     assert torch.equal(batch.input_ids, inputs["input_ids"])
     assert (batch.pixel_values is None) == (kind == "text-only")
     with torch.no_grad():
@@ -106,7 +124,7 @@ def test_fresh_adapters_reproduce_hf_logits(parts, samples, kind):
 def test_split_loss_matches_hf_loss(parts, samples):
     processor, hf, edge, backbone = parts
     batch = _batch(processor, edge, samples)
-    _, expected = _hf(hf, processor, samples, labels=batch.labels)
+    _, expected = _hf(hf, processor, SampleEncoder(edge, processor), samples, labels=batch.labels)
     loss, _ = backbone.train_step(edge(batch), batch.attention_mask, batch.labels, batch.position_ids)
     assert loss == pytest.approx(expected.loss.item(), rel=1e-5)
 
@@ -150,7 +168,7 @@ def test_fresh_adapters_are_the_identity(parts, samples):
     """Zero-initialised up projections: a fresh NanoEdge outputs the model's own embeddings."""
     processor, hf, edge, _ = parts
     batch = _batch(processor, edge, samples)
-    inputs, _ = _hf(hf, processor, samples)
+    inputs, _ = _hf(hf, processor, SampleEncoder(edge, processor), samples)
     image_inputs = {k: v for k, v in inputs.items() if k.startswith("pixel_") or k in ("image_sizes", "image_grid_thw")}
     with torch.no_grad():
         merged = hf.model.get_input_embeddings()(batch.input_ids)

@@ -31,7 +31,7 @@ def _save_png(path: Path, colour=(30, 200, 30)) -> None:
 
 def _skip(fmt: str, folder: Path, split: str, good: int, bad: int) -> list:
     samples, skipped = load_samples(fmt, folder, split, skip_bad=True)
-    assert (len(samples), skipped) == (good, bad)
+    assert (len(samples), skipped.total()) == (good, bad)
     return samples
 
 
@@ -67,7 +67,7 @@ def _scienceqa_parquet(folder: Path, bad: dict | None = None) -> Path:
 def test_scienceqa_parquet_as_on_the_hub(tmp_path):
     _scienceqa_parquet(tmp_path)
     samples, skipped = load_samples("scienceqa", tmp_path, "train")
-    assert skipped == 0 and [s.answer for s in samples] == ["red", "cat"]
+    assert not skipped and [s.answer for s in samples] == ["red", "cat"]
     first, second = samples
     assert first.has_image and first.image.size == (8, 6) and first.context == "Look at the square."
     assert (first.options, first.task, first.domain) == (["red", "blue"], "natural science", "colours")
@@ -109,42 +109,133 @@ ICONQA_FEATURES = Features({
 
 
 def _iconqa(folder: Path, extra: list[dict] = ()) -> Path:
+    """lmms-lab/ICON-QA's val split as the hub has it: ``choices`` one comma-separated string (file
+    names for image choices), ``answer`` a string (the right choice's text or file name), two
+    choice-picture columns only, so an image-choice question with three choices lacks one."""
     img = {"bytes": _png(size=(10, 10)), "path": None}
+    pictures = {"choice_image_0": {"bytes": _png(size=(4, 4)), "path": None},
+                "choice_image_1": {"bytes": _png(size=(6, 4)), "path": None}}
     rows = [
         {"question_id": "1", "question": "How likely is a black one?", "choices": "certain,unlikely,impossible",
          "answer": "unlikely", "query_image": img, "ques_type": "choose_txt"},
-        {"question_id": "2", "question": "Which picture shows three dots?", "choices": "", "answer": "1",
-         "query_image": img, "choice_image_0": {"bytes": _png(size=(4, 4)), "path": None},
-         "choice_image_1": {"bytes": _png(size=(6, 4)), "path": None}, "ques_type": "choose_img"},
+        {"question_id": "2", "question": "Which picture shows three dots?", "choices": "choice_0.png,choice_1.png",
+         "answer": "choice_1.png", "query_image": img, **pictures, "ques_type": "choose_img"},
         {"question_id": "3", "question": "How many dots are there?", "answer": "3", "query_image": img,
          "ques_type": "fill_in_blank"},
         {"question_id": "4", "question": "How many stars are there?", "answer": "5", "query_image": img,
          "ques_type": "fill_in_blank"},
+        {"question_id": "5", "question": "Which has four sides?", "choices": "choice_0.png,choice_1.png,choice_2.png",
+         "answer": "choice_2.png", "query_image": img, **pictures, "ques_type": "choose_img"},
         *extra,
     ]
     path = folder / "data" / "val-00000-of-00001-f9787027db08d358.parquet"
-    path.parent.mkdir(parents=True)
+    path.parent.mkdir(parents=True, exist_ok=True)
     Dataset.from_dict({k: [r.get(k) for r in rows] for k in ICONQA_FEATURES},
                       features=ICONQA_FEATURES).to_parquet(str(path))
     return path
 
 
-def test_iconqa_three_question_kinds(tmp_path):
+def test_iconqa_hub_copy_reads_image_choices_and_counts_those_it_lacks(tmp_path):
     _iconqa(tmp_path)
-    txt, img, fill3, fill5 = load_samples("iconqa", tmp_path, "val")[0]
+    (txt, img, fill3, fill5), left_out = load_samples("iconqa", tmp_path, "val")
     assert (txt.options, txt.answer, txt.task) == (["certain", "unlikely", "impossible"], "unlikely", "choose_txt")
-    assert (img.options, img.answer) == (["the first image", "the second image"], "the second image")
-    assert img.image.size == (10 + 4 + 6 + 2 * 8, 10)  # query and choices side by side
+    assert (img.options, img.answer) == (["image 2", "image 3"], "image 3")
+    assert [p.size for p in img.pictures()] == [(10, 10), (4, 4), (6, 4)]  # the question's, then each choice's
     assert fill3.options == fill5.options == ["3", "5"] and fill3.task == "fill_in_blank"
+    assert left_out == {"choice pictures not in this copy": 1}  # question 5: three choices, two pictures
+
+
+def _iconqa_original(root: Path) -> Path:
+    """lupantech/IconQA's release: ``iconqa_data/problems.json`` (answers are choice indices),
+    ``pid_splits.json`` keyed ``<ques_type>_<split>``, and a folder per problem holding
+    ``image.png`` and the choice files ``choices`` names."""
+    base = root / "iconqa_data"
+    problems = {
+        "11": {"question": "Which is round?", "choices": ["choice_0.png", "choice_1.png", "choice_2.png"], "answer": 2,
+               "ques_type": "choose_img", "split": "train", "grade": "prek", "label": "", "skills": []},
+        "12": {"question": "How many?", "choices": ["2", "1"], "answer": 0, "ques_type": "choose_txt",
+               "split": "train", "grade": "grade1", "label": "", "skills": []},
+        "13": {"question": "Count the dots.", "choices": None, "answer": "7", "ques_type": "fill_in_blank",
+               "split": "train", "grade": "grade1", "label": "", "skills": []},
+        "21": {"question": "How many?", "choices": ["3", "4"], "answer": 1, "ques_type": "choose_txt",
+               "split": "test", "grade": "grade1", "label": "", "skills": []},
+    }
+    for pid, p in problems.items():
+        folder = base / "iconqa" / p["split"] / p["ques_type"] / pid
+        _save_png(folder / "image.png")
+        (folder / "data.json").parent.mkdir(parents=True, exist_ok=True)
+        (folder / "data.json").write_text(json.dumps(p))
+        for k, name in enumerate(p["choices"] or [] if p["ques_type"] == "choose_img" else []):
+            _save_png(folder / name, colour=(10 * k, 0, 0))
+    splits = {"choose_img_train": ["11"], "choose_txt_train": ["12"], "fill_in_blank_train": ["13"],
+              "choose_img_val": [], "choose_txt_val": [], "fill_in_blank_val": [], "choose_txt_test": ["21"],
+              "choose_img_test": [], "fill_in_blank_test": []}
+    (base / "problems.json").write_text(json.dumps(problems))
+    (base / "pid_splits.json").write_text(json.dumps(splits))
+    return base
+
+
+def test_iconqa_original_release_from_either_folder(tmp_path):
+    base = _iconqa_original(tmp_path)
+    for folder in (tmp_path, base):
+        train, left_out = load_samples("iconqa", folder, "train")
+        assert not left_out and [s.id for s in train] == ["12", "11", "13"]  # by question type, then id order
+        txt, img, fill = train
+        assert (img.options, img.answer, len(img.images)) == (["image 2", "image 3", "image 4"], "image 4", 4)
+        assert (txt.options, txt.answer) == (["2", "1"], "2")  # an index, though "1" is also a choice's text
+        assert (fill.answer, fill.options) == ("7", ["7"])
+    only, _ = load_samples("iconqa", tmp_path, "choose_txt_test")
+    assert [(s.id, s.answer) for s in only] == [("21", "4")]
+    with pytest.raises(FileNotFoundError, match="IconQA original release .*no split 'dev'.*choose_img_test"):
+        load_samples("iconqa", tmp_path, "dev")
+
+
+def test_a_folder_in_no_known_layout_names_the_layouts(tmp_path):
+    (tmp_path / "notes.txt").write_text("nothing here")
+    with pytest.raises(FileNotFoundError, match="holds no IconQA layout anther reads; it reads: original release.*"
+                                                "Hugging Face copy"):
+        load_samples("iconqa", tmp_path, "train")
+    with pytest.raises(FileNotFoundError, match="holds no ScienceQA layout"):
+        load_samples("scienceqa", tmp_path, "train")
+
+
+def _scienceqa_original(root: Path) -> Path:
+    """lupantech/ScienceQA's release: ``data/scienceqa/problems.json`` and ``pid_splits.json``
+    (split ``val``, not ``validation``), pictures in ``images/<split>/<pid>/image.png``."""
+    base = root / "data" / "scienceqa"
+    problems = {
+        "5": {"question": "Which colour?", "choices": ["red", "blue"], "answer": 1, "hint": "A square.",
+              "image": "image.png", "task": "closed choice", "grade": "grade2", "subject": "natural science",
+              "topic": "colours", "category": "", "skill": "", "lecture": "", "solution": "", "split": "train"},
+        "6": {"question": "Which is a noun?", "choices": ["run", "cat"], "answer": 1, "hint": "", "image": None,
+              "task": "closed choice", "grade": "grade2", "subject": "language science", "topic": "grammar",
+              "category": "", "skill": "", "lecture": "", "solution": "", "split": "val"},
+    }
+    _save_png(base / "images" / "train" / "5" / "image.png")
+    (base / "problems.json").write_text(json.dumps(problems))
+    (base / "pid_splits.json").write_text(json.dumps({"train": ["5"], "val": ["6"], "test": [], "minival": ["6"]}))
+    return base
+
+
+def test_scienceqa_original_release(tmp_path):
+    _scienceqa_original(tmp_path)
+    (train,), _ = load_samples("scienceqa", tmp_path, "train")
+    assert (train.answer, train.context, train.task, train.image.size) == ("blue", "A square.", "natural science",
+                                                                         (8, 6))
+    (val,), _ = load_samples("scienceqa", tmp_path / "data" / "scienceqa", "validation")  # the hub's name for val
+    assert val.answer == "cat" and not val.has_image
+    (tmp_path / "data" / "scienceqa" / "images" / "train" / "5" / "image.png").unlink()
+    with pytest.raises(DataFormatError, match=r"problems\.json: problem 5: image file not found"):
+        load_samples("scienceqa", tmp_path, "train")
 
 
 def test_iconqa_answer_outside_the_choices_names_the_row(tmp_path):
     bad = {"question_id": "9", "question": "q?", "choices": "a,b", "answer": "c",
            "query_image": {"bytes": _png(), "path": None}, "ques_type": "choose_txt"}
     path = _iconqa(tmp_path, [bad])
-    with pytest.raises(DataFormatError, match=rf"{path}: row 4: answer 'c' is neither one of the choices"):
+    with pytest.raises(DataFormatError, match=rf"{path}: row 5: answer 'c' is neither one of the choices"):
         load_samples("iconqa", tmp_path, "val")
-    _skip("iconqa", tmp_path, "val", good=4, bad=1)
+    _skip("iconqa", tmp_path, "val", good=4, bad=2)  # the bad row, and question 5 this copy lacks a picture of
 
 
 def test_iconqa_missing_image_file_names_the_row(tmp_path):
@@ -154,7 +245,7 @@ def test_iconqa_missing_image_file_names_the_row(tmp_path):
            "ques_type": "fill_in_blank"}
     path = _iconqa(tmp_path, [bad])
     image.unlink()
-    with pytest.raises(DataFormatError, match=rf"{path}: row 4: image file not found"):
+    with pytest.raises(DataFormatError, match=rf"{path}: row 5: image file not found"):
         load_samples("iconqa", tmp_path, "val")
 
 
@@ -283,7 +374,8 @@ def test_slake_reads_the_english_questions(tmp_path):
     path.write_text(json.dumps(records))
     with pytest.raises(DataFormatError, match=rf"{path}: record 3: image file not found"):
         load_samples("slake", tmp_path, "validate")
-    organ, healthy = _skip("slake", tmp_path, "validate", good=2, bad=1)
+    organ, healthy = _skip("slake", tmp_path, "validate", good=2, bad=2)
+    assert load_samples("slake", tmp_path, "validate", skip_bad=True)[1] == {"not in English": 1, "missing image": 1}
     assert (organ.answer, organ.domain, organ.task) == ("lung", "X-Ray", "open")
     assert (healthy.answer, healthy.options) == ("yes", ["yes", "no"])
 
@@ -314,10 +406,34 @@ def test_llava_conversations_become_one_sample_per_turn(tmp_path):
                                                                "White and red.", "")
     assert (street.id, street.context, street.history) == ("000000033471#1", "",
                                                            [("What colour is the bus?", "White and red.")])
-    assert bus.options == street.options == ["On a street.", "White and red."] and bus.task == "open"
-    assert (meme.options, meme.answer, meme.task) == (["not-hateful", "hateful"], "hateful", "choice")
-    assert (fruit.options, fruit.answer, fruit.has_image) == (["apple", "chair"], "apple", False)
+    assert bus.options == street.options == [] and bus.task == "open"  # open-ended: evaluated by generation
+    assert (meme.options, meme.answer, meme.task) == (["(A) not-hateful", "(B) hateful"], "(B) hateful", "choice")
+    assert (fruit.options, fruit.answer, fruit.has_image) == (["A", "B"], "A", False)  # the letter asked for
     assert bus.has_image and "<image>" not in bus.question
+
+
+def test_llava_scienceqa_conversion_inline_options_and_an_image_folder(tmp_path):
+    """LLaVA's own ScienceQA conversion: the choices inline, ``(A) x (B) y``, the answer a sentence
+    naming the letter; its pictures kept apart from the JSON (``data.image_folder``), one record
+    with two pictures."""
+    _save_png(tmp_path / "pictures" / "a.png")
+    _save_png(tmp_path / "pictures" / "b.png")
+    (tmp_path / "json").mkdir()
+    (tmp_path / "json" / "test.json").write_text(json.dumps([
+        {"id": "sqa1", "image": "a.png", "conversations": [
+            {"from": "human",
+             "value": "Context: A magnet.\nWhich pole is north?\nOptions: (A) left (B) right\n<image>"},
+            {"from": "gpt", "value": "The answer is B."}]},
+        {"id": "two", "image": ["a.png", "b.png"], "conversations": [
+            {"from": "human", "value": "<image>\n<image>\nAre they the same?"}, {"from": "gpt", "value": "Yes."}]},
+    ]))
+    cfg = load_config("default", ["data.format=llava", f"data.path={tmp_path / 'json'}",
+                                  f"data.image_folder={tmp_path / 'pictures'}"])
+    sqa, two = split_samples(cfg, tmp_path / "json", "test")
+    assert (sqa.options, sqa.answer) == (["The answer is A.", "The answer is B."], "The answer is B.")
+    assert len(two.images) == 2 and two.options == [] and two.answer == "Yes."
+    with pytest.raises(DataFormatError, match="image file not found"):
+        load_samples("llava", tmp_path / "json", "test")  # without the image folder
 
 
 def test_llava_jsonl_with_bad_and_imageless_records(tmp_path):

@@ -9,6 +9,7 @@ from collections import Counter
 import pytest
 
 from anther.core.config import CONFIG_DIR, ConfigError
+from anther.core.images import in_memory
 from anther.core.sample import Sample, write_split
 from anther.data import shapes_vqa
 from anther.data.client_data import client_data
@@ -31,14 +32,14 @@ def _pool(n: int = 3000, seed: int = 0) -> list[Sample]:
     """Text-and-image samples without pixels (the scenarios only look at labels, domains, ids)."""
     rng = random.Random(seed)
     return [Sample(id=f"s{i}", question="q?", answer=rng.choice(LABELS), options=LABELS, context="c.",
-                   image_path=f"{i}.png", domain=rng.choice(DOMAINS)) for i in range(n)]
+                   domain=rng.choice(DOMAINS)) for i in range(n)]
 
 
 def _with_image(samples: list[Sample]) -> list[Sample]:
     from PIL import Image
 
     pixel = Image.new("RGB", (1, 1))
-    return [Sample(**{**s.__dict__, "image": pixel}) for s in samples]
+    return [Sample(**{**s.__dict__, "images": in_memory(pixel)}) for s in samples]
 
 
 def _parts(samples: list[Sample], scheme: str, alpha: float = 0.5, seed: int = 0) -> list[list[Sample]]:

@@ -34,7 +34,7 @@ from anther.simulations.experiment import load_config
 def option_scores(model, processor, image, prompt: str, options: list[str]) -> torch.Tensor:
     """Summed log-likelihood of each option's tokens (and end of sequence) after ``prompt``."""
     eos = processor.tokenizer.eos_token
-    batch = LlavaFamily().encode(processor, [prompt] * len(options), [image] * len(options),
+    batch = LlavaFamily().encode(processor, [prompt] * len(options), [[image]] * len(options),
                                  [f" {o}{eos}" for o in options])
     logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
                    pixel_values=batch.pixel_values).logits

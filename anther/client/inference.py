@@ -11,7 +11,7 @@ from collections.abc import Iterator
 import torch
 
 from anther.backbone.interface import Backbone, greedy_decode
-from anther.client.metrics import choice_metrics
+from anther.client.metrics import choice_metrics, normalise_answer
 from anther.core.sample import Sample
 from anther.model.sample_encoder import SampleEncoder
 
@@ -54,22 +54,35 @@ def greedy_answers(encoder: SampleEncoder, backbone: Backbone, samples: list[Sam
     return answers
 
 
+def answer_length(encoder: SampleEncoder, samples: list[Sample]) -> int:
+    """Tokens to generate so the longest reference answer fits, with two to spare (the end of
+    turn, and a token that shows a longer wrong answer)."""
+    tokenizer = encoder.processor.tokenizer
+    return 2 + max(len(tokenizer(" " + s.answer, add_special_tokens=False)["input_ids"]) for s in samples)
+
+
 def evaluate_samples(encoder: SampleEncoder, backbone: Backbone, samples: list[Sample], generate: bool = True,
-                     max_new_tokens: int = 3, batch_size: int = 128) -> dict[str, float]:
-    """Accuracy by multiple-choice scoring (``acc_mc``), exact match of greedy generation
-    (``acc_gen``), multiple-choice accuracy per task (``acc_mc/<task>``), and macro-F1 and ROC AUC
-    of the multiple-choice answers (:mod:`anther.client.metrics`)."""
+                     max_new_tokens: int | None = None, batch_size: int = 128) -> dict[str, float]:
+    """Accuracy by multiple-choice scoring (``acc_mc``, over the samples that have options),
+    normalised exact match of greedy generation (``acc_gen``, over all; ``max_new_tokens`` None
+    fits the longest answer), multiple-choice accuracy per task (``acc_mc/<task>``), and
+    macro-F1 and ROC AUC of the multiple-choice answers (:mod:`anther.client.metrics`)."""
     if not samples:
         return {}
-    scores = option_scores(encoder, backbone, samples, batch_size)
-    picked = [s.options[max(range(len(sc)), key=sc.__getitem__)] for s, sc in zip(samples, scores)]
-    hits = [p == s.answer for p, s in zip(picked, samples)]
-    metrics = {"acc_mc": sum(hits) / len(hits), "num_examples": float(len(samples))}
-    for task in sorted({s.task for s in samples}):
-        task_hits = [h for h, s in zip(hits, samples) if s.task == task]
-        metrics[f"acc_mc/{task}"] = sum(task_hits) / len(task_hits)
-    metrics |= choice_metrics(samples, scores, picked)
+    metrics = {"num_examples": float(len(samples))}
+    closed = [s for s in samples if s.options]
+    if closed:
+        scores = option_scores(encoder, backbone, closed, batch_size)
+        picked = [s.options[max(range(len(sc)), key=sc.__getitem__)] for s, sc in zip(closed, scores)]
+        hits = [p == s.answer for p, s in zip(picked, closed)]
+        metrics["acc_mc"] = sum(hits) / len(hits)
+        for task in sorted({s.task for s in closed}):
+            task_hits = [h for h, s in zip(hits, closed) if s.task == task]
+            metrics[f"acc_mc/{task}"] = sum(task_hits) / len(task_hits)
+        metrics |= choice_metrics(closed, scores, picked)
     if generate:
-        answers = greedy_answers(encoder, backbone, samples, max_new_tokens, batch_size)
-        metrics["acc_gen"] = sum(a == s.answer for a, s in zip(answers, samples)) / len(samples)
+        length = max_new_tokens or answer_length(encoder, samples)
+        answers = greedy_answers(encoder, backbone, samples, length, batch_size)
+        metrics["acc_gen"] = sum(normalise_answer(a) == normalise_answer(s.answer)
+                                 for a, s in zip(answers, samples)) / len(samples)
     return metrics

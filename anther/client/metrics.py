@@ -22,6 +22,15 @@ from sklearn.metrics import f1_score, roc_auc_score
 
 from anther.core.sample import Sample
 
+ARTICLES = {"a", "an", "the"}
+
+
+def normalise_answer(text: str) -> str:
+    """An answer as exact match compares it (as VQA's evaluation does): lower case, punctuation
+    and the articles a, an, the left out, white space collapsed."""
+    words = "".join(c if c.isalnum() or c.isspace() else " " for c in text.lower()).split()
+    return " ".join(w for w in words if w not in ARTICLES)
+
 
 def macro_f1(answers: Sequence[str], picked: Sequence[str]) -> float:
     return float(f1_score(list(answers), list(picked), average="macro", zero_division=0))

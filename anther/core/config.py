@@ -77,12 +77,18 @@ class DataConfig:
     # layout of data.path: anther, scienceqa, iconqa, hateful_memes, crisismmd, vqa_rad, slake, llava
     # (anther/data/formats/registry.py; each loader's module says which files it reads)
     format: str = "anther"
-    train_split: str = "train"  # the format's name of the split clients train on
-    test_split: str = "test"  # ... and of the server's held-out split
-    # skip malformed records / missing images (and report the count) instead of failing
+    # the format's name of the split clients train on, and of the server's held-out split; null: the
+    # format's own labelled splits (anther/data/formats/registry.py DEFAULT_SPLITS)
+    train_split: str | None = None
+    test_split: str | None = None
+    image_folder: str | None = None  # llava format: the folder its records' image paths are relative to
+    multi_image: str = "auto"  # auto: several pictures to families that take them, tiled for others | tile
+    # skip malformed records / missing images (and report the count by reason) instead of failing
     skip_bad: bool = False
-    train_size: int = 4000
-    test_size: int = 400  # server-side held-out set
+    # records used of each split: a seeded random sample, stratified by task (null: all; the built-in
+    # set generates 4000 and 400)
+    train_size: int | None = None
+    test_size: int | None = None
     seed: int = 0
     client_test_fraction: float = 0.2
     modality_agnostic_prompt: bool = False  # FedMLLM prompt augmentation
@@ -177,9 +183,9 @@ class FeatureCacheConfig:
 
 @dataclass
 class EvalConfig:
-    server_test_size: int = 400
+    server_test_size: int = 400  # a seeded random sample of the test split, stratified by task
     generate: bool = True
-    max_new_tokens: int = 3
+    max_new_tokens: int | None = None  # null: the longest answer of the set in tokens, plus 2
     batch_size: int = 128
 
 
@@ -366,8 +372,14 @@ def validate(cfg: DictConfig) -> DictConfig:
     check(cfg.adapter.rank >= 1, "adapter.rank", cfg.adapter.rank, "must be >= 1")
     check(0 <= d.client_test_fraction < 1, "data.client_test_fraction", d.client_test_fraction,
           "must be in [0, 1)")
-    check(d.train_size >= f.num_clients, "data.train_size", d.train_size,
-          f"must be at least federation.num_clients ({f.num_clients})")
+    check(d.train_size is None or d.train_size >= f.num_clients, "data.train_size", d.train_size,
+          f"must be at least federation.num_clients ({f.num_clients}), or null for all")
+    check(d.test_size is None or d.test_size >= 1, "data.test_size", d.test_size, "must be >= 1, or null for all")
+    check(d.multi_image in ("auto", "tile"), "data.multi_image", d.multi_image, "must be auto or tile")
+    e = cfg.eval
+    check(e.max_new_tokens is None or e.max_new_tokens >= 1, "eval.max_new_tokens", e.max_new_tokens,
+          "must be >= 1, or null (the longest answer, plus 2)")
+    check(e.server_test_size >= 1, "eval.server_test_size", e.server_test_size, "must be >= 1")
     check(cfg.partition.scheme in PARTITION_SCHEMES, "partition.scheme", cfg.partition.scheme,
           f"must be one of {', '.join(PARTITION_SCHEMES)}")
     check(cfg.partition.alpha > 0, "partition.alpha", cfg.partition.alpha, "must be > 0")

@@ -17,3 +17,22 @@ class Stopped(SystemExit):
     def __init__(self, signum: int) -> None:
         super().__init__(128 + signum)
         self.signum = signum
+
+
+class DataFormatError(ValueError):
+    """A record on disk is malformed; the message names the file and the record. ``reason`` is
+    the short kind of fault (``missing image``, ``answer not an option``...) that
+    ``data.skip_bad`` counts the skipped records by."""
+
+    def __init__(self, message: str, reason: str = "malformed record") -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+class LeftOut(DataFormatError):
+    """A record that is not wrong but that anther cannot use from this copy (IconQA's image-choice
+    questions whose choice pictures a Hugging Face copy lacks, VQA-RAD's records of no split): it
+    is left out and counted by ``reason`` whatever ``data.skip_bad`` says."""
+
+    def __init__(self, message: str, reason: str) -> None:
+        super().__init__(message, reason)

@@ -13,6 +13,9 @@ Fields of a record:
 - ``image`` (str or null): path of the image, relative to the folder and inside it (no absolute
   path, no ``..``); null for text-only. It must decode fully: a corrupt or truncated file, or
   one over Pillow's ``Image.MAX_IMAGE_PIXELS``, is an error.
+- ``images`` (list of str, instead of ``image``): several pictures, in the order the question
+  refers to them (``image 1``, ``image 2``, ...). Families whose processors take several images
+  get them all; the others get them tiled into one numbered picture (``data.multi_image``).
 - ``context`` (str): free text that comes with the sample (may be empty).
 - ``question`` (str, non-empty): the instruction.
 - ``answer`` (str, non-empty): the reference answer.
@@ -25,31 +28,31 @@ Fields of a record:
 
 Missing modalities are first-class: a sample with ``image = null`` carries no image
 tokens at all, and one with an empty ``context`` keeps only the instruction.
+
+A Sample holds :mod:`anther.core.images` refs, not pixels: a picture is decoded when a batch
+needs it. Reading a split decodes each image once to check it, and keeps none.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
-import struct
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
 from PIL import Image
 
+from anther.core.errors import DataFormatError
+from anther.core.images import ImageFile, ImageRef
+
+__all__ = ["DataFormatError", "Sample", "check_images", "image_path", "jsonl_lines", "parse_json_line",
+           "read_split", "record_to_sample", "write_split"]
+
 REQUIRED_FIELDS = ("id", "question", "answer", "options")
 TEXT_FIELDS = ("question", "answer")  # must be non-empty strings
 OPTIONAL_TEXT_FIELDS = ("context", "task", "domain")  # strings or null
-# What Pillow raises on a file it cannot decode: unknown or corrupt format (OSError,
-# UnidentifiedImageError), truncated data (OSError, EOFError, struct.error), bad headers
-# (SyntaxError, ValueError), or more pixels than Image.MAX_IMAGE_PIXELS allows (a
-# decompression bomb: DecompressionBombError).
-IMAGE_ERRORS = (OSError, EOFError, SyntaxError, ValueError, struct.error, Image.DecompressionBombError)
-
-
-class DataFormatError(ValueError):
-    """A record on disk is malformed; the message names the file and the record."""
 
 
 @dataclass
@@ -61,22 +64,30 @@ class Sample:
     answer: str
     options: list[str]
     context: str = ""
-    image: Image.Image | None = field(default=None, repr=False, compare=False)
-    image_path: str | None = None
+    images: tuple[ImageRef, ...] = ()  # decoded when a batch needs them (anther.core.images)
     task: str = "vqa"
     domain: str = "default"
     history: list[tuple[str, str]] = field(default_factory=list)  # earlier (question, answer) turns
 
     @property
     def has_image(self) -> bool:
-        return self.image is not None
+        return bool(self.images)
+
+    @property
+    def image(self) -> Image.Image | None:
+        """The first picture, decoded; None for a sample without one."""
+        return self.images[0].open() if self.images else None
+
+    def pictures(self) -> list[Image.Image]:
+        """Every picture of the sample, decoded, in order."""
+        return [ref.open() for ref in self.images]
 
     @property
     def has_text(self) -> bool:
         return bool(self.context)
 
     def without_image(self) -> Sample:
-        return dataclasses.replace(self, image=None, image_path=None)
+        return dataclasses.replace(self, images=())
 
     def without_text(self) -> Sample:
         return dataclasses.replace(self, context="")
@@ -89,13 +100,13 @@ def write_split(samples: list[Sample], folder: Path, split: str) -> Path:
     path = folder / f"{split}.jsonl"
     with path.open("w", encoding="utf-8") as f:
         for s in samples:
-            rel = None
-            if s.image is not None:
-                rel = f"images/{split}/{s.id}.png"
-                s.image.save(folder / rel)
+            paths = []
+            for k, picture in enumerate(s.pictures()):
+                paths.append(f"images/{split}/{s.id}" + (f"-{k}" if k else "") + ".png")
+                picture.save(folder / paths[-1])
             record = {
                 "id": s.id,
-                "image": rel,
+                **({"images": paths} if len(paths) > 1 else {"image": paths[0] if paths else None}),
                 "context": s.context,
                 "question": s.question,
                 "answer": s.answer,
@@ -107,17 +118,6 @@ def write_split(samples: list[Sample], folder: Path, split: str) -> Path:
                 record["history"] = [list(turn) for turn in s.history]
             f.write(json.dumps(record) + "\n")
     return path
-
-
-def load_image(path: Path, where: str) -> Image.Image:
-    """Open an image fully (so truncation is caught here), or fail naming ``where``."""
-    if not path.is_file():
-        raise DataFormatError(f"{where}: image file not found: {path}")
-    try:
-        with Image.open(path) as im:
-            return im.convert("RGB")
-    except IMAGE_ERRORS as e:
-        raise DataFormatError(f"{where}: cannot decode image {path}: {type(e).__name__}: {e}") from e
 
 
 def image_path(value: object, where: str) -> str | None:
@@ -154,31 +154,59 @@ def record_to_sample(record: object, folder: Path, where: str) -> Sample:
         raise DataFormatError(f"{where}: expected a JSON object, got {type(record).__name__}")
     missing = [k for k in REQUIRED_FIELDS if record.get(k) is None]
     if missing:
-        raise DataFormatError(f"{where}: missing field(s) {missing}")
+        raise DataFormatError(f"{where}: missing field(s) {missing}", "missing field")
     _check_types(record, where)
     options = record["options"]
     if not isinstance(options, list) or not all(isinstance(o, str) for o in options):
         raise DataFormatError(f"{where}: 'options' must be a list of strings")
     if record["answer"] not in options:
-        raise DataFormatError(f"{where}: answer {record['answer']!r} is not among options {options}")
-    image_rel = image_path(record.get("image"), where)
-    image = load_image(folder / image_rel, where) if image_rel else None
+        raise DataFormatError(f"{where}: answer {record['answer']!r} is not among options {options}",
+                              "answer not an option")
     return Sample(
         id=str(record["id"]),
         question=str(record["question"]),
         answer=str(record["answer"]),
         options=list(options),
         context=str(record.get("context") or ""),
-        image=image,
-        image_path=image_rel,
+        images=_record_images(record, folder, where),
         task=str(record.get("task") or "vqa"),
         domain=str(record.get("domain") or "default"),
         history=[(q, a) for q, a in record.get("history") or []],
     )
 
 
-def read_split(folder: Path, split: str, skip_bad: bool = False) -> tuple[list[Sample], int]:
-    """Read ``folder/split.jsonl``; return the samples and how many bad records were skipped.
+def _record_images(record: dict, folder: Path, where: str) -> tuple[ImageRef, ...]:
+    """The refs of a record's ``image`` or ``images`` (each checked to exist, not yet decoded)."""
+    if record.get("images") is not None:
+        if record.get("image") is not None:
+            raise DataFormatError(f"{where}: give 'image' or 'images', not both")
+        paths = record["images"]
+        if not isinstance(paths, list) or not paths:
+            raise DataFormatError(f"{where}: 'images' must be a non-empty list of relative paths, got {paths!r:.80}")
+    else:
+        paths = [record.get("image")]
+    refs = tuple(ImageFile(str(Path(folder) / rel), where) for rel in (image_path(p, where) for p in paths) if rel)
+    return check_exist(refs)
+
+
+def check_exist(refs: tuple[ImageRef, ...]) -> tuple[ImageRef, ...]:
+    """``refs``, each one checked to be there (a missing file fails naming its record)."""
+    for ref in refs:
+        if not ref.exists():
+            ref.open()  # raises the ImageError that names the record and the file
+    return refs
+
+
+def check_images(sample: Sample) -> Sample:
+    """``sample`` after decoding each of its pictures once (and keeping none of them): a corrupt,
+    truncated or oversized image fails here, naming its record, instead of in a later batch."""
+    for ref in sample.images:
+        ref.open()
+    return sample
+
+
+def read_split(folder: Path, split: str, skip_bad: bool = False) -> tuple[list[Sample], Counter[str]]:
+    """Read ``folder/split.jsonl``; return the samples and the bad records skipped, by reason.
 
     A bad record (not UTF-8, not JSON, a missing or mistyped field, a missing or undecodable
     image, an id already used by an earlier line) raises :class:`DataFormatError` naming file and
@@ -187,19 +215,21 @@ def read_split(folder: Path, split: str, skip_bad: bool = False) -> tuple[list[S
     path = Path(folder) / f"{split}.jsonl"
     if not path.is_file():
         raise FileNotFoundError(f"no split file {path}")
-    samples, skipped = [], 0
+    samples: list[Sample] = []
+    skipped: Counter[str] = Counter()
     first_line: dict[str, str] = {}  # id -> where it was first seen
     for where, line in jsonl_lines(path):
         try:
-            sample = record_to_sample(parse_json_line(line, where), Path(folder), where)
+            sample = check_images(record_to_sample(parse_json_line(line, where), Path(folder), where))
             if sample.id in first_line:
-                raise DataFormatError(f"{where}: id {sample.id!r} is already used at {first_line[sample.id]}")
+                raise DataFormatError(f"{where}: id {sample.id!r} is already used at {first_line[sample.id]}",
+                                      "reused id")
             first_line[sample.id] = where
             samples.append(sample)
-        except DataFormatError:
+        except DataFormatError as e:
             if not skip_bad:
                 raise
-            skipped += 1
+            skipped[e.reason] += 1
     return samples, skipped
 
 

@@ -20,8 +20,10 @@ from omegaconf import DictConfig
 from anther.core.config import ConfigError, anther_home
 from anther.core.sample import Sample, write_split
 from anther.data import shapes_vqa
-from anther.data.formats.registry import load_samples
+from anther.data.formats.registry import DEFAULT_SPLITS, load_samples
 from anther.data.scenarios import apply_modalities, modality_plans, partition_indices
+
+BUILTIN_SIZES = (4000, 400)  # what the built-in set generates of train and test, unless data.*_size say
 
 
 def builtin_dir(train_size: int, test_size: int, seed: int) -> Path:
@@ -45,33 +47,65 @@ def dataset_dir(cfg: DictConfig) -> Path:
     """The data folder a run uses: ``data.path`` if given, else the built-in set."""
     if cfg.data.path:
         folder = Path(cfg.data.path).expanduser()
-        if cfg.data.format == "anther" and not (folder / f"{cfg.data.train_split}.jsonl").is_file():
-            raise FileNotFoundError(f"data.path={folder} has no {cfg.data.train_split}.jsonl (see the on-disk "
+        train = split_name(cfg, "train")
+        if cfg.data.format == "anther" and not (folder / f"{train}.jsonl").is_file():
+            raise FileNotFoundError(f"data.path={folder} has no {train}.jsonl (see the on-disk "
                                     "format in the README, or set data.format for another layout)")
         if not folder.is_dir():
             raise FileNotFoundError(f"data.path={folder} is not a folder (data.format={cfg.data.format})")
         return folder
     if cfg.data.format != "anther":
         raise ValueError(f"data.format={cfg.data.format} needs data.path (the folder the data set is in)")
-    return prepare_builtin(cfg.data.train_size, cfg.data.test_size, cfg.data.seed)
+    return prepare_builtin(cfg.data.train_size or BUILTIN_SIZES[0], cfg.data.test_size or BUILTIN_SIZES[1],
+                           cfg.data.seed)
+
+
+def split_name(cfg: DictConfig, which: str) -> str:
+    """The data set's name of the run's ``train`` or ``test`` split: data.train_split /
+    data.test_split, or the format's own labelled split."""
+    configured = {"train": cfg.data.train_split, "test": cfg.data.test_split}[which]
+    return configured or DEFAULT_SPLITS[cfg.data.format][which == "test"]
+
+
+def sample_records(samples: tuple[Sample, ...] | list[Sample], n: int | None, seed: int) -> tuple[Sample, ...]:
+    """A seeded random sample of ``n`` of ``samples`` (all of them when ``n`` is None or not
+    smaller), stratified by task: each task keeps its share, rounded, and the rest go to the
+    largest remainders. The chosen keep their order in the split."""
+    if n is None or n >= len(samples):
+        return tuple(samples)
+    by_task: dict[str, list[int]] = {}
+    for i, s in enumerate(samples):
+        by_task.setdefault(s.task, []).append(i)
+    quotas = {t: n * len(idx) / len(samples) for t, idx in by_task.items()}
+    counts = {t: int(q) for t, q in quotas.items()}
+    for t in sorted(quotas, key=lambda t: (counts[t] - quotas[t], t))[: n - sum(counts.values())]:
+        counts[t] += 1
+    rng = random.Random(seed)
+    chosen = sorted(i for t, idx in sorted(by_task.items()) for i in rng.sample(idx, counts[t]))
+    return tuple(samples[i] for i in chosen)
 
 
 @lru_cache(maxsize=4)
-def load_split(folder: str, split: str, data_format: str = "anther", skip_bad: bool = False) -> tuple[Sample, ...]:
-    """Read a split once per process (simulated clients in one worker share it); with ``skip_bad``
-    the bad records it skipped are reported on stderr, never dropped silently."""
-    samples, skipped = load_samples(data_format, Path(folder), split, skip_bad)
-    if skipped:
-        print(f"anther: skipped {skipped} bad record(s) of {data_format} split {split!r} in {folder} "
-              "(data.skip_bad=true)", file=sys.stderr)
+def load_split(folder: str, split: str, data_format: str = "anther", skip_bad: bool = False,
+               image_folder: str | None = None) -> tuple[Sample, ...]:
+    """Read a split once per process (simulated clients in one worker share it); the records it
+    left out are reported on stderr by reason, never dropped silently."""
+    samples, left_out = load_samples(data_format, Path(folder), split, skip_bad,
+                                     Path(image_folder).expanduser() if image_folder else None)
+    if left_out:
+        reasons = ", ".join(f"{n} {reason}" for reason, n in left_out.most_common())
+        print(f"anther: left out {left_out.total()} record(s) of {data_format} split {split!r} in {folder}: "
+              f"{reasons}", file=sys.stderr)
     return tuple(samples)
 
 
 def split_samples(cfg: DictConfig, folder: Path, which: str) -> tuple[Sample, ...]:
     """The run's ``train`` or ``test`` samples: the split ``data.train_split`` / ``data.test_split``
-    of ``folder`` read as ``data.format``."""
-    split = {"train": cfg.data.train_split, "test": cfg.data.test_split}[which]
-    return load_split(str(folder), split, cfg.data.format, cfg.data.skip_bad)
+    of ``folder`` read as ``data.format``, sampled down to ``data.train_size`` / ``data.test_size``
+    (for a data.path; the built-in set is generated at that size)."""
+    d = cfg.data
+    samples = load_split(str(folder), split_name(cfg, which), d.format, d.skip_bad, d.image_folder)
+    return sample_records(samples, {"train": d.train_size, "test": d.test_size}[which] if d.path else None, d.seed)
 
 
 def _held(cfg: DictConfig, train: tuple[Sample, ...], partition_id: int, num_partitions: int) -> list[Sample]:
@@ -117,7 +151,7 @@ def check_partitions(cfg: DictConfig, folder: Path) -> list[int]:
                 f"federation.num_clients={n}, partition.scheme={p.scheme}"
                 + (f", partition.alpha={p.alpha}" if p.scheme in ("dirichlet", "quantity") else ""))
     if len(train) < n:
-        raise ConfigError(f"the {cfg.data.train_split} split of {folder} has {len(train)} samples for "
+        raise ConfigError(f"the {split_name(cfg, 'train')} split of {folder} has {len(train)} samples for "
                           f"federation.num_clients={n}: every client needs at least one")
     try:
         sizes = [len(client_data(cfg, folder, i, n)[0]) for i in range(n)]

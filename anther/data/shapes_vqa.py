@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 from PIL import Image, ImageDraw, ImageFilter
 
+from anther.core.images import in_memory
 from anther.core.sample import Sample
 
 IMAGE_SIZE = 48
@@ -213,7 +214,7 @@ def generate(n: int, seed: int, domains: tuple[str, ...] = DOMAINS,
         q = _question(rng, task, shapes)
         out.append(Sample(
             id=f"{prefix}{seed}-{i:06d}", question=q.text, answer=q.answer, options=q.options,
-            context=_context(rng, shapes), image=render(shapes, domain, rng),
+            context=_context(rng, shapes), images=in_memory(render(shapes, domain, rng)),
             task=task, domain=domain,
         ))
     return out

@@ -46,12 +46,13 @@ def user_text(sample: Sample, modality_agnostic: bool = False, max_listed_option
 
 
 def conversation(sample: Sample, system: str | None = None, modality_agnostic: bool = False,
-                 max_listed_options: int = 8) -> list[dict]:
-    """The messages of ``sample`` up to its final question: the image goes with the first user turn."""
+                 max_listed_options: int = 8, pictures: int | None = None) -> list[dict]:
+    """The messages of ``sample`` up to its final question: its pictures (``pictures`` of them,
+    default all; one where they are tiled) go with the first user turn."""
     messages: list[dict] = []
     if system:
         messages.append(_message("system", system))
-    image = [{"type": "image"}] if sample.has_image else []
+    image = [{"type": "image"}] * (len(sample.images) if pictures is None else pictures)
     for question, answer in sample.history:
         messages += [_message("user", question, image), _message("assistant", answer)]
         image = []

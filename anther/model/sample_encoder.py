@@ -6,8 +6,10 @@ import functools
 from dataclasses import dataclass
 
 import torch
+from PIL import Image
 
 from anther.core.sample import Sample
+from anther.data.multi_image import tiled
 from anther.model.chat_format import ChatFormat, RenderedTurn, conversation
 from anther.model.nano_edge import NanoEdge
 
@@ -18,7 +20,9 @@ class SampleEncoder:
     format (:mod:`anther.model.chat_format`), tokenised and its image processed by the
     checkpoint's own processor, as one :class:`anther.model.families.EncodedBatch`, with the
     NanoEdge that embeds it. Training, evaluation and the Fisher all encode through it, so they
-    see the same inputs. ``chat`` None is the processor's own template."""
+    see the same inputs. ``chat`` None is the processor's own template. A sample's pictures are
+    decoded here, when its batch is made; several reach a family that takes one picture tiled
+    into one (:mod:`anther.data.multi_image`), and any family so with ``tile_images``."""
 
     edge: NanoEdge
     processor: object
@@ -26,13 +30,22 @@ class SampleEncoder:
     chat: ChatFormat | None = None
     system_prompt: str | None = None
     max_listed_options: int = 8
+    tile_images: bool = False
 
     def __post_init__(self) -> None:
         if self.chat is None:
             self.chat = ChatFormat.for_processor(self.processor)
 
+    def _tiles(self, sample: Sample) -> bool:
+        return len(sample.images) > 1 and (self.tile_images or not self.edge.family.multi_image)
+
+    def pictures(self, sample: Sample) -> list[Image.Image]:
+        """The pictures the model sees for ``sample``: its own, or them tiled into one."""
+        return [tiled(sample.pictures())] if self._tiles(sample) else sample.pictures()
+
     def render(self, sample: Sample) -> RenderedTurn:
-        messages = conversation(sample, self.system_prompt, self.modality_agnostic, self.max_listed_options)
+        pictures = 1 if self._tiles(sample) else len(sample.images)
+        messages = conversation(sample, self.system_prompt, self.modality_agnostic, self.max_listed_options, pictures)
         return self.chat.render(self.processor, messages)
 
     def __call__(self, samples: list[Sample], answers: list[str] | None = None):
@@ -44,7 +57,8 @@ class SampleEncoder:
         targets = None if answers is None else [t.target(a) for t, a in zip(turns, answers)]
         family = self.edge.family
         with torch.device("cpu"):  # processors make CPU tensors; the whole batch then moves at once
-            batch = family.encode(self.processor, [t.prompt for t in turns], [s.image for s in samples], targets)
+            pictures = [self.pictures(s) for s in samples]
+            batch = family.encode(self.processor, [t.prompt for t in turns], pictures, targets)
             batch.position_ids = family.position_ids(self.edge.model_config, batch)
         return batch.to(self.edge.device)
 

@@ -91,7 +91,8 @@ def _pretrain_batches(family, processor, n: int, batch_size: int, seed: int):
     random.Random(seed).shuffle(examples)
     for i in range(0, len(examples) - batch_size + 1, batch_size):
         chunk = examples[i:i + batch_size]
-        yield family.encode(processor, [c[0] for c in chunk], [c[1] for c in chunk], [c[2] for c in chunk])
+        yield family.encode(processor, [c[0] for c in chunk], [[c[1]] if c[1] else [] for c in chunk],
+                            [c[2] for c in chunk])
 
 
 def pretrain_vision(tower: torch.nn.Module, processor, steps: int, seed: int,

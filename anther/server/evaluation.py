@@ -13,13 +13,14 @@ import torch
 
 from anther.client.inference import evaluate_samples
 from anther.client.runtime import runtime_for
-from anther.data.client_data import split_samples
+from anther.data.client_data import sample_records, split_samples
 
 
 class ServerEvaluator:
     def __init__(self, cfg, data_folder: Path) -> None:
         self.runtime = runtime_for(cfg)
-        self.samples = list(split_samples(cfg, Path(data_folder), "test"))[: cfg.eval.server_test_size]
+        test = split_samples(cfg, Path(data_folder), "test")
+        self.samples = list(sample_records(test, cfg.eval.server_test_size, cfg.data.seed))
         self.cfg = cfg
 
     def __call__(self, adapters: dict[str, torch.Tensor]) -> dict[str, float]:

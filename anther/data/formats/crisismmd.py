@@ -19,9 +19,9 @@ import re
 from collections.abc import Iterator
 from pathlib import Path
 
-from anther.core.sample import DataFormatError, Sample, load_image
+from anther.core.sample import DataFormatError, Sample
 
-from .records import collect
+from .records import collect, file_image
 
 SPLIT_DIR = "crisismmd_datasplit_all"
 COLUMNS = ("event_name", "image_id", "tweet_text", "image", "label")
@@ -44,7 +44,8 @@ def tsv_path(folder: Path, split: str) -> tuple[str, Path]:
         raise ValueError(f"CrisisMMD split {split!r}: unknown task {task!r}; use <task>_<split> with a task "
                          f"among {', '.join(TASKS)} (or just the split for humanitarian)")
     filename = f"task_{task}_text_img_{name}.tsv"
-    for candidate in (folder / SPLIT_DIR / filename, folder / filename):
+    # the release's folder, the split folder itself, or the split folder unzipped inside one of its name
+    for candidate in (folder / SPLIT_DIR / filename, folder / filename, folder / SPLIT_DIR / SPLIT_DIR / filename):
         if candidate.is_file():
             return task, candidate
     raise FileNotFoundError(f"no CrisisMMD annotation file {filename} in {folder / SPLIT_DIR} or {folder}")
@@ -74,15 +75,15 @@ def crisismmd_sample(row: dict[str, str] | list[str], task: str, folder: Path, w
         raise DataFormatError(f"{where}: {len(row)} tab-separated fields, the header names a different number")
     question, classes = TASKS[task]
     if row["label"] not in classes:
-        raise DataFormatError(f"{where}: label {row['label']!r} is not a {task} class {list(classes)}")
+        raise DataFormatError(f"{where}: label {row['label']!r} is not a {task} class {list(classes)}",
+                              "answer not an option")
     return Sample(
         id=row["image_id"],
         question=question,
         answer=row["label"],
         options=list(classes),
         context=URL.sub("", row["tweet_text"]).strip(),
-        image=load_image(folder / row["image"], where),
-        image_path=row["image"],
+        images=file_image(folder, row["image"], where),
         task=task,
         domain=row["event_name"],
     )

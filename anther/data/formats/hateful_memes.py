@@ -14,9 +14,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from anther.core.sample import DataFormatError, Sample, load_image
+from anther.core.sample import DataFormatError, Sample
 
-from .records import collect, jsonl_lines, parse_json_line, require
+from .records import collect, file_image, jsonl_lines, parse_json_line, require
 
 FIELDS = ("id", "img", "label", "text")
 QUESTION = "is this meme hateful?"
@@ -31,14 +31,13 @@ def load_hateful_memes(folder: Path, split: str, skip_bad: bool = False) -> tupl
 def hateful_memes_sample(record: object, folder: Path, where: str) -> Sample:
     record = require(record, FIELDS, where)
     if record["label"] not in (0, 1):
-        raise DataFormatError(f"{where}: 'label' must be 0 or 1, got {record['label']!r}")
+        raise DataFormatError(f"{where}: 'label' must be 0 or 1, got {record['label']!r}", "bad label")
     return Sample(
         id=str(record["id"]),
         question=QUESTION,
         answer=OPTIONS[0] if record["label"] == 1 else OPTIONS[1],
         options=list(OPTIONS),
         context=str(record["text"]),
-        image=load_image(folder / record["img"], where),
-        image_path=str(record["img"]),
+        images=file_image(folder, str(record["img"]), where),
         task="hateful",
     )

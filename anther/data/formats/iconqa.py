@@ -1,17 +1,25 @@
-"""IconQA (Lu et al., NeurIPS 2021 datasets track) as the Hugging Face hub distributes it, saved locally.
+"""IconQA (Lu et al., NeurIPS 2021 datasets track), in either layout it is shipped in.
 
-``lmms-lab/ICON-QA`` holds splits ``val`` and ``test`` (so train on one and test on the other:
-``data.train_split=val``) with columns ``question_id``, ``question``, ``choices`` (the choices
-as one comma-separated string), ``answer``, ``query_image``, ``choice_image_0``,
-``choice_image_1``, ... (``Image``s), ``ques_type``, ``label``, ``grade``, ``skills``. See
-:mod:`anther.data.formats.hf_tables` for the layouts read.
+- **Original release** (github.com/lupantech/IconQA, ``iconqa_data/``): ``problems.json`` (an
+  object from problem id to ``{question, choices, answer, ques_type, split, grade, label, ...}``;
+  ``answer`` the index of the right choice, or the text for ``fill_in_blank``), ``pid_splits.json``
+  (keys ``<ques_type>_<split>``: ``choose_txt_train``, ``choose_img_val``, ...), and one folder per
+  problem, ``iconqa/<split>/<ques_type>/<pid>/`` with ``image.png`` and, for image choices, the
+  files ``choices`` names (``choice_0.png``, ...). ``data.path`` may be ``iconqa_data`` or the
+  folder above it. Split ``train`` reads all three question types; ``choose_img_train`` one.
+- **Hugging Face copy** (``lmms-lab/ICON-QA``, splits ``val`` and ``test`` only: train on one and
+  test on the other, ``data.train_split=val``): columns ``question_id``, ``question``, ``choices``
+  (one comma-separated string), ``answer`` (a string), ``query_image``, ``choice_image_0``,
+  ``choice_image_1``, ``ques_type``, ... (see :mod:`anther.data.formats.hf_tables`). The copy keeps
+  only two choice pictures per question, so image-choice questions with more choices are left out
+  and counted (``choice pictures not in this copy``); the original release has them all.
 
-The three question kinds become the task:
+The question types become the task:
 
-- ``choose_txt``: the choices are the options; the answer is one of them (or its index);
-- ``choose_img``: the choices are pictures, and anther's samples carry one image, so the query
-  image and the choice images are laid out side by side in one picture and the options are
-  ``the first image``, ``the second image``, ...; the answer is the index of the right one;
+- ``choose_txt``: the choices are the options;
+- ``choose_img``: the sample's pictures are the question's (image 1) and then each choice's
+  (image 2, 3, ...); the options name them, ``image 2``, ``image 3``, ... Families that take one
+  picture see them tiled into one numbered picture (``data.multi_image``);
 - ``fill_in_blank``: open answers (mostly numbers); the options are every answer of this kind
   in the split.
 """
@@ -21,85 +29,125 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from PIL import Image
-
+from anther.core.errors import LeftOut
+from anther.core.images import ImageRef
 from anther.core.sample import DataFormatError, Sample
 
-from .hf_tables import hf_image, hf_rows
-from .records import collect, require, with_answer_vocabulary
+from .hf_tables import TableRow, find_hub_copy, hf_rows
+from .layouts import Layout, Loaded, first_holding, load_layout
+from .records import collect, file_image, read_json, require, with_answer_vocabulary
 
-FIELDS = ("question", "answer", "ques_type", "query_image")
-ORDINALS = ("first", "second", "third", "fourth", "fifth", "sixth")
-GAP = 8  # pixels between the query and the choice images of a composite
-
-
-def load_iconqa(folder: Path, split: str, skip_bad: bool = False) -> tuple[list[Sample], int]:
-    rows = ((where, (index, row)) for where, index, row in hf_rows(folder, split))
-
-    def convert(item: tuple[int, Any], where: str) -> Sample:
-        index, row = item
-        return iconqa_sample(row, f"{split}-{index:06d}", folder, where)
-
-    samples, skipped = collect(rows, convert, skip_bad)
-    return with_answer_vocabulary(samples), skipped
+KINDS = ("choose_txt", "choose_img", "fill_in_blank")
+HUB_FIELDS = ("question", "answer", "ques_type", "query_image")
+ORIGINAL_FIELDS = ("question", "answer", "ques_type")
 
 
-def iconqa_sample(row: Any, fallback_id: str, folder: Path, where: str) -> Sample:
-    row = require(row, FIELDS, where)
-    kind, answer = str(row["ques_type"]), str(row["answer"]).strip()
-    image = hf_image(row["query_image"], folder, where, "query_image")
-    if kind == "choose_txt":
-        options = _text_choices(row.get("choices"), where)
-        answer = _resolve(answer, options, where)
-    elif kind == "choose_img":
-        choices = _choice_images(row, folder, where)
-        options = [f"the {ORDINALS[i]} image" for i in range(len(choices))]
-        answer = _resolve(answer, options, where)
-        image = side_by_side([image, *choices])
-    elif kind == "fill_in_blank":
-        options = []  # filled with the split's answer vocabulary
+def load_iconqa(folder: Path, split: str, skip_bad: bool = False) -> Loaded:
+    samples, left_out = load_layout("IconQA", LAYOUTS, folder, split, skip_bad)
+    return with_answer_vocabulary(samples), left_out
+
+
+def choice_options(count: int) -> list[str]:
+    """The options of an image-choice question: the choice pictures' numbers (the question's
+    picture is image 1)."""
+    return [f"image {k + 2}" for k in range(count)]
+
+
+# The original release.
+
+def _load_original(base: Path, split: str, skip_bad: bool) -> Loaded:
+    problems, splits = read_json(base / "problems.json"), read_json(base / "pid_splits.json")
+    if not isinstance(problems, dict) or not isinstance(splits, dict):
+        raise DataFormatError(f"{base}: problems.json and pid_splits.json must each hold a JSON object")
+    keys = [split] if split in splits else [f"{kind}_{split}" for kind in KINDS if f"{kind}_{split}" in splits]
+    if not keys:
+        raise FileNotFoundError(f"IconQA original release at {base}: no split {split!r} in pid_splits.json, nor "
+                                f"<ques_type>_{split}; it has {', '.join(sorted(splits))}")
+    pids = [str(pid) for key in keys for pid in splits[key]]
+
+    def convert(pid: str, where: str) -> Sample:
+        problem = require(problems.get(pid), ORIGINAL_FIELDS, where)
+        kind = _kind(problem, where)
+        folder = f"iconqa/{problem.get('split') or split}/{kind}/{pid}"
+        images = file_image(base, f"{folder}/image.png", where)
+        choices = problem.get("choices") or []
+        if kind == "choose_img":
+            images += tuple(ref for name in _choice_list(choices, where) for ref in
+                            file_image(base, f"{folder}/{name}", where))
+        return iconqa_sample(pid, problem["question"], kind, choices, problem["answer"], images, where)
+
+    return collect(((f"{base / 'problems.json'}: problem {pid}", pid) for pid in pids), convert, skip_bad)
+
+
+# The Hugging Face copy.
+
+def _load_hub(folder: Path, split: str, skip_bad: bool) -> Loaded:
+    def convert(row: TableRow, where: str) -> Sample:
+        values = require(row.values, HUB_FIELDS, where)
+        kind = _kind(values, where)
+        images = row.image("query_image")
+        choices = values.get("choices") or []
+        if kind == "choose_img":
+            names = _choice_list(choices, where)
+            pictures = tuple(ref for k in range(len(names)) for ref in row.image(f"choice_image_{k}"))
+            if len(pictures) < len(names):
+                raise LeftOut(f"{where}: {len(names)} choices but {len(pictures)} choice pictures in this copy",
+                              "choice pictures not in this copy")
+            images += pictures
+        sample_id = str(values.get("question_id") or f"{split}-{row.index:06d}")
+        return iconqa_sample(sample_id, values["question"], kind, choices, values["answer"], images, where)
+
+    return collect(((row.where, row) for row in hf_rows(folder, split)), convert, skip_bad)
+
+
+# Both.
+
+def iconqa_sample(sample_id: str, question: Any, kind: str, choices: Any, answer: Any,
+                  images: tuple[ImageRef, ...], where: str) -> Sample:
+    if kind == "fill_in_blank":
+        options, answer = [], str(answer).strip()  # the options: the split's answers (load_iconqa)
     else:
-        raise DataFormatError(f"{where}: unknown ques_type {kind!r}; expected choose_txt, choose_img or "
-                              "fill_in_blank")
-    return Sample(id=str(row.get("question_id") or fallback_id), question=str(row["question"]), answer=answer,
-                  options=options, image=image, task=kind)
+        names = _choice_list(choices, where)
+        options = names if kind == "choose_txt" else choice_options(len(names))
+        answer = options[_choice_index(answer, names, where)]
+    return Sample(id=sample_id, question=str(question), answer=answer, options=options, images=images, task=kind)
 
 
-def _text_choices(value: Any, where: str) -> list[str]:
+def _kind(record: dict[str, Any], where: str) -> str:
+    kind = str(record["ques_type"])
+    if kind not in KINDS:
+        raise DataFormatError(f"{where}: unknown ques_type {kind!r}; expected one of {', '.join(KINDS)}")
+    return kind
+
+
+def _choice_list(value: Any, where: str) -> list[str]:
+    """The choices: a list, or one comma-separated string (the Hugging Face copy)."""
     choices = value.split(",") if isinstance(value, str) else value
-    if not isinstance(choices, list) or not all(isinstance(c, str) for c in choices):
-        raise DataFormatError(f"{where}: 'choices' must be a comma-separated string or a list of strings")
-    choices = [c.strip() for c in choices if c.strip()]
+    if not isinstance(choices, list) or not all(isinstance(c, (str, int, float)) for c in choices):
+        raise DataFormatError(f"{where}: 'choices' must be a comma-separated string or a list, got {value!r:.80}")
+    choices = [str(c).strip() for c in choices if str(c).strip()]
     if len(choices) < 2:
-        raise DataFormatError(f"{where}: a choose_txt question needs at least two choices, got {choices}")
+        raise DataFormatError(f"{where}: a multiple-choice question needs at least two choices, got {choices}")
     return choices
 
 
-def _choice_images(row: dict[str, Any], folder: Path, where: str) -> list[Image.Image]:
-    columns = sorted((k for k in row if k.startswith("choice_image_") and row[k] is not None),
-                     key=lambda k: int(k.rsplit("_", 1)[1]))
-    images = [hf_image(row[k], folder, where, k) for k in columns]
-    if not 2 <= len(images) <= len(ORDINALS):
-        raise DataFormatError(f"{where}: a choose_img question needs 2 to {len(ORDINALS)} choice_image_* "
-                              f"columns, got {len(images)}")
-    return images
-
-
-def _resolve(answer: str, options: list[str], where: str) -> str:
-    """The option ``answer`` names, by text or by index."""
-    if answer in options:
+def _choice_index(answer: Any, choices: list[str], where: str) -> int:
+    """Which choice ``answer`` names: an integer is an index (the original release); a string is
+    the choice's text (``choice_1.png`` or ``7``, the Hugging Face copy), else an index."""
+    if isinstance(answer, int) and not isinstance(answer, bool) and 0 <= answer < len(choices):
         return answer
-    if answer.isdigit() and int(answer) < len(options):
-        return options[int(answer)]
-    raise DataFormatError(f"{where}: answer {answer!r} is neither one of the choices {options} nor an index")
+    text = str(answer).strip()
+    if text in choices:
+        return choices.index(text)
+    if text.isdigit() and int(text) < len(choices):
+        return int(text)
+    raise DataFormatError(f"{where}: answer {text!r} is neither one of the choices {choices} nor their index",
+                          "answer not an option")
 
 
-def side_by_side(images: list[Image.Image]) -> Image.Image:
-    """The images in a row on white, tops aligned: a query and its choice pictures as one image."""
-    width = sum(im.width for im in images) + GAP * (len(images) - 1)
-    out = Image.new("RGB", (width, max(im.height for im in images)), (255, 255, 255))
-    x = 0
-    for im in images:
-        out.paste(im, (x, 0))
-        x += im.width + GAP
-    return out
+LAYOUTS = [
+    Layout("original release (problems.json and pid_splits.json, pictures in iconqa/<split>/<ques_type>/<pid>/; "
+           "the folder iconqa_data or the one above it)",
+           first_holding("pid_splits.json", "iconqa_data/pid_splits.json"), _load_original),
+    Layout("Hugging Face copy lmms-lab/ICON-QA (parquet files or save_to_disk splits)", find_hub_copy, _load_hub),
+]

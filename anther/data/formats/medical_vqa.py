@@ -9,7 +9,9 @@ release has no split files; its own split is by ``phrase_type``: split ``train``
 **SLAKE**: ``data.path`` holds ``train.json``, ``validate.json``, ``test.json`` (JSON lists) and
 ``imgs/``. Records carry ``qid``, ``img_name`` (``xmlab102/source.jpg``), ``question``,
 ``answer``, ``q_lang`` (en / zh), ``answer_type``, ``modality`` (CT, MRI, X-Ray), ``location``.
-The English questions are read (``q_lang`` = en), as SLAKE's English benchmark does.
+The English questions are read (``q_lang`` = en), as SLAKE's English benchmark does; the others
+are counted as left out (``not in English``), as are VQA-RAD records whose ``phrase_type`` is in
+neither split.
 
 Answers are compared lower-cased. Yes/no answers form the task ``yesno`` (options yes, no);
 the others are ``closed`` or ``open`` by ``answer_type``, with every answer of that task in the
@@ -21,9 +23,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from anther.core.sample import DataFormatError, Sample, load_image
+from anther.core.errors import LeftOut
+from anther.core.sample import DataFormatError, Sample
 
-from .records import collect, json_list_records, require, with_answer_vocabulary
+from .layouts import Loaded
+from .records import collect, file_image, json_list_records, require, with_answer_vocabulary
 
 VQA_RAD_FILE = "VQA_RAD Dataset Public.json"
 VQA_RAD_IMAGES = "VQA_RAD Image Folder"
@@ -32,33 +36,39 @@ SLAKE_IMAGES = "imgs"
 YES_NO = ["yes", "no"]
 
 
-def load_vqa_rad(folder: Path, split: str, skip_bad: bool = False) -> tuple[list[Sample], int]:
+def load_vqa_rad(folder: Path, split: str, skip_bad: bool = False) -> Loaded:
     if split not in VQA_RAD_SPLITS:
         raise ValueError(f"VQA-RAD split {split!r}: the release splits by phrase_type into "
                          f"{', '.join(VQA_RAD_SPLITS)}")
-    mine = [(where, r) for where, r in json_list_records(folder / VQA_RAD_FILE)
-            if not isinstance(r, dict) or r.get("phrase_type") in VQA_RAD_SPLITS[split]]
+    known = {phrase for phrases in VQA_RAD_SPLITS.values() for phrase in phrases}
 
     def convert(record: Any, where: str) -> Sample:
         record = require(record, ("qid", "image_name", "question", "answer", "phrase_type"), where)
+        if record["phrase_type"] not in known:
+            raise LeftOut(f"{where}: phrase_type {record['phrase_type']!r} is in no split", "phrase_type of no split")
+        if record["phrase_type"] not in VQA_RAD_SPLITS[split]:
+            return []  # the other split's
         return medical_sample(record, folder, f"{VQA_RAD_IMAGES}/{record['image_name']}",
                               str(record.get("image_organ") or "default"), where)
 
-    samples, skipped = collect(mine, convert, skip_bad)
-    return with_answer_vocabulary(samples), skipped
+    samples, left_out = collect(json_list_records(folder / VQA_RAD_FILE), convert, skip_bad)
+    return with_answer_vocabulary(_flat(samples)), left_out
 
 
-def load_slake(folder: Path, split: str, skip_bad: bool = False) -> tuple[list[Sample], int]:
-    english = [(where, r) for where, r in json_list_records(folder / f"{split}.json")
-               if not isinstance(r, dict) or r.get("q_lang", "en") == "en"]
-
+def load_slake(folder: Path, split: str, skip_bad: bool = False) -> Loaded:
     def convert(record: Any, where: str) -> Sample:
         record = require(record, ("qid", "img_name", "question", "answer"), where)
+        if record.get("q_lang", "en") != "en":
+            raise LeftOut(f"{where}: a question in {record['q_lang']!r}", "not in English")
         return medical_sample(record, folder, f"{SLAKE_IMAGES}/{record['img_name']}",
                               str(record.get("modality") or "default"), where)
 
-    samples, skipped = collect(english, convert, skip_bad)
-    return with_answer_vocabulary(samples), skipped
+    samples, left_out = collect(json_list_records(folder / f"{split}.json"), convert, skip_bad)
+    return with_answer_vocabulary(samples), left_out
+
+
+def _flat(converted: list) -> list[Sample]:
+    return [s for item in converted for s in (item if isinstance(item, list) else [item])]
 
 
 def medical_sample(record: dict[str, Any], folder: Path, image: str, domain: str, where: str) -> Sample:
@@ -73,8 +83,7 @@ def medical_sample(record: dict[str, Any], folder: Path, image: str, domain: str
         question=str(record["question"]),
         answer=answer,
         options=list(YES_NO) if yes_no else [],  # the others: the task's answers, filled in by the loader
-        image=load_image(folder / image, where),
-        image_path=image,
+        images=file_image(folder, image, where),
         task=task,
         domain=domain,
     )

@@ -9,35 +9,40 @@ Each record is located by a ``where`` string (``file:line`` for line-based files
 from __future__ import annotations
 
 import dataclasses
-import io
 import json
+from collections import Counter
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, TypeVar
 
-from PIL import Image
+from anther.core.errors import LeftOut
+from anther.core.images import ImageFile
+from anther.core.sample import DataFormatError, Sample, check_exist, check_images, jsonl_lines, parse_json_line
 
-from anther.core.sample import IMAGE_ERRORS, DataFormatError, Sample, jsonl_lines, parse_json_line
-
-__all__ = ["collect", "decode_image", "json_list_records", "jsonl_lines", "parse_json_line", "read_json",
+__all__ = ["collect", "file_image", "json_list_records", "jsonl_lines", "parse_json_line", "read_json",
            "require", "split_names", "with_answer_vocabulary"]
 
 T = TypeVar("T")
 
 
 def collect(records: Iterable[tuple[str, Any]], convert: Callable[[Any, str], T],
-            skip_bad: bool) -> tuple[list[T], int]:
-    """``convert`` every ``(where, record)``; a :class:`DataFormatError` is raised, or with
-    ``skip_bad`` counted: returns what the records became and how many were skipped."""
+            skip_bad: bool) -> tuple[list[T], Counter[str]]:
+    """``convert`` every ``(where, record)`` (a Sample, or a list of them) and decode each image
+    once to check it; a :class:`DataFormatError` is raised, or with ``skip_bad`` counted by its
+    reason (a :class:`LeftOut` record is always counted): returns what the records became and the
+    records left out, by reason."""
     samples: list[T] = []
-    skipped = 0
+    skipped: Counter[str] = Counter()
     for where, record in records:
         try:
-            samples.append(convert(record, where))
-        except DataFormatError:
-            if not skip_bad:
+            converted = convert(record, where)
+            for sample in converted if isinstance(converted, list) else [converted]:
+                check_images(sample)
+            samples.append(converted)
+        except DataFormatError as e:
+            if not (skip_bad or isinstance(e, LeftOut)):
                 raise
-            skipped += 1
+            skipped[e.reason] += 1
     return samples, skipped
 
 
@@ -47,17 +52,13 @@ def require(record: Any, fields: tuple[str, ...], where: str) -> dict[str, Any]:
         raise DataFormatError(f"{where}: expected an object with fields {list(fields)}, got {type(record).__name__}")
     missing = [k for k in fields if record.get(k) is None]
     if missing:
-        raise DataFormatError(f"{where}: missing field(s) {missing}")
+        raise DataFormatError(f"{where}: missing field(s) {missing}", "missing field")
     return record
 
 
-def decode_image(data: bytes, where: str) -> Image.Image:
-    """An image stored inline (parquet / arrow bytes), fully decoded so corruption shows here."""
-    try:
-        with Image.open(io.BytesIO(data)) as im:
-            return im.convert("RGB")
-    except IMAGE_ERRORS as e:
-        raise DataFormatError(f"{where}: cannot decode the image bytes: {type(e).__name__}: {e}") from e
+def file_image(folder: Path, relative: str, where: str) -> tuple[ImageFile]:
+    """The ref of an image file a record names relative to ``folder``, checked to exist."""
+    return check_exist((ImageFile(str(folder / relative), where),))  # type: ignore[return-value]
 
 
 def read_json(path: Path) -> Any:

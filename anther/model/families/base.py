@@ -86,8 +86,13 @@ class ModelFamily(Protocol):
         ``tokenizer`` (which the family may give its own special tokens)."""
         ...
 
-    def encode(self, processor: object, prompts: list[str], images: list[Image.Image | None],
-               targets: list[str] | None) -> EncodedBatch: ...
+    multi_image: bool  # whether its processor and model take several pictures in one prompt
+
+    def encode(self, processor: object, prompts: list[str], images: list[list[Image.Image]],
+               targets: list[str] | None) -> EncodedBatch:
+        """The batch of ``prompts`` (+ ``targets``), ``images[i]`` the pictures of prompt ``i`` in
+        the order of its image tokens (none for a text-only prompt)."""
+        ...
 
 
 def processed_batch(processor, enc, targets: list[str] | None, pixel_values: torch.Tensor | None,

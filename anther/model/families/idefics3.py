@@ -34,6 +34,7 @@ class Idefics3Family:
     name = "idefics3"
     model_class = Idefics3ForConditionalGeneration
     processor_class = Idefics3Processor
+    multi_image = True
 
     def edge_parts(self, model: Idefics3ForConditionalGeneration) -> EdgeParts:
         return EdgeParts(
@@ -91,11 +92,11 @@ class Idefics3Family:
                                       image_seq_len=self.image_tokens(config), chat_template=chat_templates.IDEFICS3)
         return config, processor
 
-    def encode(self, processor, prompts: list[str], images: list[Image.Image | None],
+    def encode(self, processor, prompts: list[str], images: list[list[Image.Image]],
                targets: list[str] | None) -> EncodedBatch:
         """Tokenise prompt (+ target) with the Idefics3 processor; the real tiles one per row."""
         texts = prompts if targets is None else [p + t for p, t in zip(prompts, targets)]
-        nested = [[im] if im is not None else [] for im in images]
+        nested = [list(pictures) for pictures in images]
         has_images = any(nested)
         enc = processor(images=nested if has_images else None, text=texts, return_tensors="pt", padding=True)
         pixel_values, extras = None, {}

@@ -30,6 +30,7 @@ class LlavaFamily:
     model_class = LlavaForConditionalGeneration
     processor_class: type = LlavaProcessor
     image_extra_keys: tuple[str, ...] = ()  # processor outputs the encoder needs per image, besides pixels
+    multi_image = False  # LLaVA-1.5 was tuned on one picture per conversation
 
     def edge_parts(self, model: LlavaForConditionalGeneration) -> EdgeParts:
         return EdgeParts(
@@ -75,11 +76,11 @@ class LlavaFamily:
         )
         return config, processor
 
-    def encode(self, processor, prompts: list[str], images: list[Image.Image | None],
+    def encode(self, processor, prompts: list[str], images: list[list[Image.Image]],
                targets: list[str] | None) -> EncodedBatch:
         """Tokenise prompt (+ target) with the family's processor; labels cover the target only."""
         texts = prompts if targets is None else [p + t for p, t in zip(prompts, targets)]
-        present = [im for im in images if im is not None]
+        present = [im for pictures in images for im in pictures]
         enc = processor(images=present or None, text=texts, return_tensors="pt", padding=True)
         return processed_batch(processor, enc, targets, enc["pixel_values"] if present else None,
                                {key: enc[key] for key in self.image_extra_keys} if present else {})

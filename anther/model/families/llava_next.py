@@ -50,6 +50,7 @@ class LlavaNextFamily(LlavaFamily):
     model_class = LlavaNextForConditionalGeneration
     processor_class = LlavaNextProcessor
     image_extra_keys = ("image_sizes",)
+    multi_image = True
 
     def edge_parts(self, model: LlavaNextForConditionalGeneration) -> EdgeParts:
         return EdgeParts(

@@ -67,6 +67,7 @@ class Qwen2VLFamily:
     processor_class = Qwen2VLImageTextProcessor
     config_class = Qwen2VLConfig
     inner_model_class = Qwen2VLModel  # whose get_rope_index computes the positions
+    multi_image = True
 
     def edge_parts(self, model: Qwen2VLForConditionalGeneration) -> EdgeParts:
         visual = model.model.visual
@@ -137,11 +138,11 @@ class Qwen2VLFamily:
         """The tiny vision transformer's widths: 64 wide, MLP 2x, merged into the LLM's width."""
         return {"embed_dim": 64, "mlp_ratio": 2, "hidden_size": llm_width}
 
-    def encode(self, processor, prompts: list[str], images: list[Image.Image | None],
+    def encode(self, processor, prompts: list[str], images: list[list[Image.Image]],
                targets: list[str] | None) -> EncodedBatch:
         """Tokenise prompt (+ target) with the Qwen2-VL processor; each image's patches in a row."""
         texts = prompts if targets is None else [p + t for p, t in zip(prompts, targets)]
-        present = [im for im in images if im is not None]
+        present = [im for pictures in images for im in pictures]
         enc = processor(images=present or None, text=texts, return_tensors="pt", padding=True)
         pixel_values, extras = None, {}
         if present:
