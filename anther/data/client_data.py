@@ -10,8 +10,6 @@ holds is the run's heterogeneity scenario (``anther/data/scenarios.py``).
 from __future__ import annotations
 
 import random
-import sys
-from functools import lru_cache
 from pathlib import Path
 
 from filelock import FileLock
@@ -20,8 +18,9 @@ from omegaconf import DictConfig
 from anther.core.config import ConfigError, anther_home
 from anther.core.sample import Sample, write_split
 from anther.data import shapes_vqa
-from anther.data.formats.registry import DEFAULT_SPLITS, load_samples
+from anther.data.formats.registry import DEFAULT_SPLITS, layout_name
 from anther.data.scenarios import apply_modalities, modality_plans, partition_indices
+from anther.data.split_index import SplitIndex, SplitSource, split_index
 
 BUILTIN_SIZES = (4000, 400)  # what the built-in set generates of train and test, unless data.*_size say
 
@@ -67,56 +66,76 @@ def split_name(cfg: DictConfig, which: str) -> str:
     return configured or DEFAULT_SPLITS[cfg.data.format][which == "test"]
 
 
-def sample_records(samples: tuple[Sample, ...] | list[Sample], n: int | None, seed: int) -> tuple[Sample, ...]:
-    """A seeded random sample of ``n`` of ``samples`` (all of them when ``n`` is None or not
-    smaller), stratified by task: each task keeps its share, rounded, and the rest go to the
-    largest remainders. The chosen keep their order in the split."""
-    if n is None or n >= len(samples):
-        return tuple(samples)
+def sample_indices(tasks: tuple[str, ...] | list[str], n: int | None, seed: int) -> list[int]:
+    """A seeded random sample of ``n`` of the records whose tasks are ``tasks`` (all of them when
+    ``n`` is None or not smaller), stratified by task: each task keeps its share, rounded, and the
+    rest go to the largest remainders. The chosen keep their order in the split."""
+    if n is None or n >= len(tasks):
+        return list(range(len(tasks)))
     by_task: dict[str, list[int]] = {}
-    for i, s in enumerate(samples):
-        by_task.setdefault(s.task, []).append(i)
-    quotas = {t: n * len(idx) / len(samples) for t, idx in by_task.items()}
+    for i, task in enumerate(tasks):
+        by_task.setdefault(task, []).append(i)
+    quotas = {t: n * len(idx) / len(tasks) for t, idx in by_task.items()}
     counts = {t: int(q) for t, q in quotas.items()}
     for t in sorted(quotas, key=lambda t: (counts[t] - quotas[t], t))[: n - sum(counts.values())]:
         counts[t] += 1
     rng = random.Random(seed)
-    chosen = sorted(i for t, idx in sorted(by_task.items()) for i in rng.sample(idx, counts[t]))
-    return tuple(samples[i] for i in chosen)
+    return sorted(i for t, idx in sorted(by_task.items()) for i in rng.sample(idx, counts[t]))
 
 
-@lru_cache(maxsize=4)
-def load_split(folder: str, split: str, data_format: str = "anther", skip_bad: bool = False,
-               image_folder: str | None = None) -> tuple[Sample, ...]:
-    """Read a split once per process (simulated clients in one worker share it); the records it
-    left out are reported on stderr by reason, never dropped silently."""
-    samples, left_out = load_samples(data_format, Path(folder), split, skip_bad,
-                                     Path(image_folder).expanduser() if image_folder else None)
-    if left_out:
-        reasons = ", ".join(f"{n} {reason}" for reason, n in left_out.most_common())
-        print(f"anther: left out {left_out.total()} record(s) of {data_format} split {split!r} in {folder}: "
-              f"{reasons}", file=sys.stderr)
-    return tuple(samples)
-
-
-def split_samples(cfg: DictConfig, folder: Path, which: str) -> tuple[Sample, ...]:
-    """The run's ``train`` or ``test`` samples: the split ``data.train_split`` / ``data.test_split``
-    of ``folder`` read as ``data.format``, sampled down to ``data.train_size`` / ``data.test_size``
-    (for a data.path; the built-in set is generated at that size)."""
+def split_source(cfg: DictConfig, folder: Path, which: str) -> SplitSource:
     d = cfg.data
-    samples = load_split(str(folder), split_name(cfg, which), d.format, d.skip_bad, d.image_folder)
-    return sample_records(samples, {"train": d.train_size, "test": d.test_size}[which] if d.path else None, d.seed)
+    image_folder = str(Path(d.image_folder).expanduser()) if d.image_folder else None
+    return SplitSource(str(folder), d.format, split_name(cfg, which), d.skip_bad, image_folder)
 
 
-def _held(cfg: DictConfig, train: tuple[Sample, ...], partition_id: int, num_partitions: int) -> list[Sample]:
-    """Partition ``partition_id`` of ``train`` under the run's scenario (the split, then the
-    modalities it keeps), in a shuffled order of its own."""
+def split_view(cfg: DictConfig, folder: Path, which: str, limit: int | None = None) -> tuple[SplitIndex, list[int]]:
+    """The index of the run's ``train`` or ``test`` split and the records the run uses of it:
+    ``data.train_size`` / ``data.test_size`` of them for a data.path (the built-in set is
+    generated at that size), then ``limit`` of those, each a stratified seeded sample."""
+    index = split_index(split_source(cfg, folder, which))
+    tasks = index.column("task")
+    size = {"train": cfg.data.train_size, "test": cfg.data.test_size}[which] if cfg.data.path else None
+    chosen = sample_indices(tasks, size, cfg.data.seed)
+    if limit is not None:
+        chosen = [chosen[i] for i in sample_indices([tasks[c] for c in chosen], limit, cfg.data.seed)]
+    return index, chosen
+
+
+def split_samples(cfg: DictConfig, folder: Path, which: str, limit: int | None = None) -> list[Sample]:
+    """The run's ``train`` or ``test`` samples (:func:`split_view`), read from the index."""
+    index, chosen = split_view(cfg, folder, which, limit)
+    return index.samples(chosen)
+
+
+def dataset_summary(cfg: DictConfig, folder: Path) -> dict[str, object]:
+    """What a run reads of its data: the format and layout, and for each split its name, the
+    records read, those the run uses and those left out, by reason (into result.json and
+    ``anther data report``)."""
+    summary: dict[str, object] = {"format": cfg.data.format, "folder": str(folder),
+                                  "layout": layout_name(cfg.data.format, folder)}
+    for which in ("train", "test"):
+        try:
+            index, chosen = split_view(cfg, folder, which)
+        except FileNotFoundError as e:  # a site without a test split keeps part of its train split
+            summary[which] = {"split": split_name(cfg, which), "missing": str(e)}
+            continue
+        summary[which] = {"split": split_name(cfg, which), "records": index.size, "used": len(chosen),
+                          "left_out": dict(index.left_out.most_common())}
+    return summary
+
+
+def _held(cfg: DictConfig, folder: Path, partition_id: int, num_partitions: int) -> list[Sample]:
+    """Partition ``partition_id`` of the train split under the run's scenario (the split, then the
+    modalities it keeps), in a shuffled order of its own. Only that partition's records are read."""
     p, s = cfg.partition, cfg.scenario
-    parts = partition_indices(tuple(x.answer for x in train), tuple(x.domain for x in train), num_partitions,
+    index, chosen = split_view(cfg, folder, "train")
+    answers, domains = index.column("answer"), index.column("domain")
+    parts = partition_indices(tuple(answers[i] for i in chosen), tuple(domains[i] for i in chosen), num_partitions,
                               p.scheme, p.alpha, p.seed)
     plan = modality_plans(s.modality, num_partitions, s.missing_rate, s.image_share, s.presence,
                           p.seed)[partition_id]
-    mine = apply_modalities([train[i] for i in parts[partition_id]], plan, p.seed)
+    mine = apply_modalities(index.samples([chosen[i] for i in parts[partition_id]]), plan, p.seed)
     random.Random(cfg.seed * 1000 + partition_id).shuffle(mine)
     return mine
 
@@ -125,7 +144,7 @@ def client_data(cfg: DictConfig, folder: Path, partition_id: int, num_partitions
                 ) -> tuple[list[Sample], list[Sample]]:
     """A client's local (train, test) samples: its partition under the run's scenario (the split,
     then the modalities it keeps), split by ``client_test_fraction``."""
-    mine = _held(cfg, split_samples(cfg, folder, "train"), partition_id, num_partitions)
+    mine = _held(cfg, folder, partition_id, num_partitions)
     n_test = int(len(mine) * cfg.data.client_test_fraction)
     return mine[n_test:], mine[:n_test]
 
@@ -135,10 +154,10 @@ def site_data(cfg: DictConfig, folder: Path) -> tuple[list[Sample], list[Sample]
     and its own test split to evaluate on; a folder without a test split keeps
     ``client_test_fraction`` of its train split for that instead."""
     try:
-        test = list(split_samples(cfg, folder, "test"))
+        test = split_samples(cfg, folder, "test")
     except FileNotFoundError:
         return client_data(cfg, folder, 0, 1)
-    return _held(cfg, split_samples(cfg, folder, "train"), 0, 1), test
+    return _held(cfg, folder, 0, 1), test
 
 
 def check_partitions(cfg: DictConfig, folder: Path) -> list[int]:
@@ -146,7 +165,7 @@ def check_partitions(cfg: DictConfig, folder: Path) -> list[int]:
     or a ConfigError naming the partition that came out empty (or the partitioning that failed)
     and the settings that decide it. Reading the split also checks every record and image."""
     n, p = cfg.federation.num_clients, cfg.partition
-    train = split_samples(cfg, folder, "train")  # a malformed record or a missing image fails here, named
+    _, train = split_view(cfg, folder, "train")  # a malformed record or a missing image fails here, named
     settings = (f"{len(train)} training samples over "
                 f"federation.num_clients={n}, partition.scheme={p.scheme}"
                 + (f", partition.alpha={p.alpha}" if p.scheme in ("dirichlet", "quantity") else ""))

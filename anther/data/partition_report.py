@@ -25,7 +25,7 @@ from rich.table import Table
 
 from anther.core.files import write_json_atomic
 from anther.core.sample import Sample
-from anther.data.client_data import client_data
+from anther.data.client_data import client_data, dataset_summary
 
 PRESENCE = ("image+text", "image only", "text only", "question only")
 TOP_LABELS = 3
@@ -137,12 +137,24 @@ def plot_partitions(clients: list[ClientPartition], path: Path, title: str) -> P
 
 
 def write_partition_report(cfg: DictConfig, folder: Path, out_dir: Path, console: Console | None = None) -> Path:
-    """What every client will hold of ``folder`` under ``cfg``'s scenario: :func:`report_partitions`."""
-    return report_partitions(cfg, describe_partitions(cfg, folder), str(folder), out_dir, console)
+    """What every client will hold of ``folder`` under ``cfg``'s scenario (:func:`report_partitions`),
+    after what was read of the data set: its layout and each split's records, used and left out."""
+    summary = dataset_summary(cfg, folder)
+    console = console or Console(width=160)
+    console.print(f"data: {summary['format']}, {summary['layout']}")
+    for which in ("train", "test"):
+        split = summary[which]
+        if "missing" in split:
+            console.print(f"  {which} split {split['split']!r}: not there ({split['missing']})")
+            continue
+        left = ", ".join(f"{n} {reason}" for reason, n in split["left_out"].items()) or "none"
+        console.print(f"  {which} split {split['split']!r}: {split['records']} records read, {split['used']} used; "
+                      f"left out: {left}")
+    return report_partitions(cfg, describe_partitions(cfg, folder), str(folder), out_dir, console, summary)
 
 
 def report_partitions(cfg: DictConfig, clients: list[ClientPartition], source: str, out_dir: Path,
-                      console: Console | None = None) -> Path:
+                      console: Console | None = None, dataset: dict | None = None) -> Path:
     """Print the table of ``clients`` and write ``out_dir/partition.png`` and
     ``out_dir/partition.json`` (``source``: where the numbers come from); returns the PNG's path."""
     p = cfg.partition
@@ -150,6 +162,6 @@ def report_partitions(cfg: DictConfig, clients: list[ClientPartition], source: s
              f"seed {p.seed}), modality {cfg.scenario.modality}")
     (console or Console(width=160)).print(partition_table(clients, title))
     write_json_atomic(out_dir / "partition.json", {
-        "scenario": dict(cfg.scenario), "partition": dict(p), "data": source,
+        "scenario": dict(cfg.scenario), "partition": dict(p), "data": source, "dataset": dataset,
         "clients": [asdict(c) for c in clients]})
     return plot_partitions(clients, out_dir / "partition.png", title)

@@ -13,14 +13,13 @@ import torch
 
 from anther.client.inference import evaluate_samples
 from anther.client.runtime import runtime_for
-from anther.data.client_data import sample_records, split_samples
+from anther.data.client_data import split_samples
 
 
 class ServerEvaluator:
     def __init__(self, cfg, data_folder: Path) -> None:
         self.runtime = runtime_for(cfg)
-        test = split_samples(cfg, Path(data_folder), "test")
-        self.samples = list(sample_records(test, cfg.eval.server_test_size, cfg.data.seed))
+        self.samples = split_samples(cfg, Path(data_folder), "test", limit=cfg.eval.server_test_size)
         self.cfg = cfg
 
     def __call__(self, adapters: dict[str, torch.Tensor]) -> dict[str, float]:

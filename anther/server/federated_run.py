@@ -156,6 +156,7 @@ class FederatedRun:
         self.evaluator = ServerEvaluator(cfg, data_folder)
         # config.yaml now; the partition table once the clients have said what they hold (_discover)
         self.recorder = RunRecorder(cfg if recorded is None else recorded, None)
+        self.recorder.describe_data(self.data_folder)
         self.run_dir = self.recorder.dir
         self.info: dict[int, ConfigRecord] = {}  # node id -> its QUERY answer
         self.not_joined: dict[int, str] = {}  # node id -> why it could not say who it is, when last asked

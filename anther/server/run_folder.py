@@ -26,6 +26,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from anther.core.config import ConfigError, anther_home, to_yaml
 from anther.core.files import write_json_atomic
+from anther.data.client_data import dataset_summary
 from anther.data.partition_report import ClientPartition, report_partitions, write_partition_report
 from anther.server.run_report import RoundTable, plot_rounds, round_columns
 
@@ -72,13 +73,20 @@ class RunRecorder:
         self.dir = run_folder(cfg)
         self.dir.mkdir(parents=True, exist_ok=True)
         (self.dir / "config.yaml").write_text(to_yaml(cfg))
+        self.data: dict[str, Any] | None = None  # what was read of the run's data (describe_data)
         if data_folder is not None:
             write_partition_report(cfg, Path(data_folder), self.dir)  # what each client holds, before training
+            self.describe_data(Path(data_folder))
         self.table = RoundTable(columns=round_columns(dp=cfg.privacy.dp,
                                                      client_dp=cfg.privacy.client_level.mode != "off"))
         self.rounds: list[dict[str, Any]] = []
         self.clients: dict[str, Any] = {}
         self.resumed_from: list[int] = []  # rounds a resumed run continued after (docs/reliability.md)
+
+    def describe_data(self, folder: Path) -> None:
+        """Record in result.json what was read of the data in ``folder`` (the server's copy: a
+        split that is only on the sites is recorded as missing here)."""
+        self.data = dataset_summary(self.cfg, folder)
 
     def restore(self, rounds: list[dict[str, Any]], resumed_from: list[int]) -> None:
         """A resumed run: the rounds its checkpoint recorded, reprinted and saved again."""
@@ -112,6 +120,7 @@ class RunRecorder:
             "rounds": self.rounds,
             "clients": self.clients,
             "resumed_from": self.resumed_from,
+            "data": self.data,
             "traffic": {k: sum(r.get(k) or 0 for r in self.rounds) for k in TRAFFIC_KEYS},
         })
 

@@ -16,9 +16,11 @@ from pathlib import Path
 
 from anther.core.sample import Sample, read_split
 
+from . import iconqa, scienceqa
 from .crisismmd import load_crisismmd
 from .hateful_memes import load_hateful_memes
 from .iconqa import load_iconqa
+from .layouts import find_layout
 from .llava_json import load_llava
 from .medical_vqa import load_slake, load_vqa_rad
 from .scienceqa import load_scienceqa
@@ -42,6 +44,18 @@ FORMATS: dict[str, Loader] = {
     "slake": load_slake,
     "llava": load_llava,
 }
+
+
+# The formats read in several layouts, each recognised from the folder (the others have one).
+LAYOUTS = {"scienceqa": ("ScienceQA", scienceqa.LAYOUTS), "iconqa": ("IconQA", iconqa.LAYOUTS)}
+
+
+def layout_name(data_format: str, folder: Path) -> str:
+    """Which of its layouts the data set in ``folder`` is in (the format's one, for the others)."""
+    if data_format not in LAYOUTS:
+        return data_format
+    layout, base = find_layout(*LAYOUTS[data_format], folder)
+    return f"{layout.name} at {base}"
 
 
 def load_samples(data_format: str, folder: Path, split: str, skip_bad: bool = False,
