@@ -183,7 +183,7 @@ def test_iconqa_original_release_from_either_folder(tmp_path):
         txt, img, fill = train
         assert (img.options, img.answer, len(img.images)) == (["image 2", "image 3", "image 4"], "image 4", 4)
         assert (txt.options, txt.answer) == (["2", "1"], "2")  # an index, though "1" is also a choice's text
-        assert (fill.answer, fill.options) == ("7", ["7"])
+        assert (fill.answer, fill.options) == ("7", [])  # the only fill-in answer: open-ended
     only, _ = load_samples("iconqa", tmp_path, "choose_txt_test")
     assert [(s.id, s.answer) for s in only] == [("21", "4")]
     with pytest.raises(FileNotFoundError, match="IconQA original release .*no split 'dev'.*choose_img_test"):
@@ -340,16 +340,31 @@ def _vqa_rad(folder: Path, extra: list[dict] = ()) -> Path:
 
 
 def test_vqa_rad_splits_by_phrase_type(tmp_path):
-    _vqa_rad(tmp_path)
-    train, _ = load_samples("vqa_rad", tmp_path, "train")
-    test, _ = load_samples("vqa_rad", tmp_path, "test")
+    _vqa_rad(tmp_path, [{"qid": 5, "image_name": "synpic1.jpg", "question": "q?", "answer": "x",
+                         "phrase_type": "other"}])
+    train, train_left_out = load_samples("vqa_rad", tmp_path, "train")
+    test, test_left_out = load_samples("vqa_rad", tmp_path, "test")
     assert [s.id for s in train] == ["1", "2", "3"] and [s.id for s in test] == ["4"]
+    assert train_left_out == test_left_out == {"phrase_type of no split": 1}  # counted, not dropped silently
     yes, side, organ = train
     assert (yes.answer, yes.options, yes.task, yes.domain) == ("yes", ["yes", "no"], "yesno", "CHEST")
-    assert (side.answer, side.options, side.task) == ("left", ["left"], "closed")
-    assert (organ.options, organ.task) == (["lung"], "open")
+    assert (side.answer, side.options, side.task) == ("left", [], "closed")  # one answer: no one-option choice
+    assert (organ.options, organ.task) == ([], "open")
     with pytest.raises(ValueError, match="splits by phrase_type"):
         load_samples("vqa_rad", tmp_path, "validation")
+
+
+def test_vqa_rad_hub_copy(tmp_path):
+    """flaviagiammarino/vqa-rad: parquet splits train and test, columns image, question, answer."""
+    features = Features({"image": Image(), "question": Value("string"), "answer": Value("string")})
+    rows = {"image": [{"bytes": _png(), "path": None}] * 3, "question": ["Is there a mass?", "Which side?", "Where?"],
+            "answer": ["Yes", "left", "right"]}
+    path = tmp_path / "data" / "test-00000-of-00001.parquet"
+    path.parent.mkdir()
+    Dataset.from_dict(rows, features=features).to_parquet(str(path))
+    mass, side, where = load_samples("vqa_rad", tmp_path, "test")[0]
+    assert (mass.answer, mass.task, mass.options) == ("yes", "yesno", ["yes", "no"])
+    assert (side.task, side.options, where.answer) == ("open", ["left", "right"], "right") and side.has_image
 
 
 def test_vqa_rad_bad_record_and_missing_image_name_file_and_record(tmp_path):

@@ -84,12 +84,15 @@ def json_list_records(path: Path) -> Iterable[tuple[str, Any]]:
 def with_answer_vocabulary(samples: list[Sample]) -> list[Sample]:
     """Give every open-ended sample (empty ``options``) the distinct answers of its task in the
     split as options, so multiple-choice scoring is classification over the data set's answer
-    set (as VQA-RAD and SLAKE are usually evaluated) and exact match still scores generation."""
+    set (as VQA-RAD and SLAKE are usually evaluated) and exact match still scores generation. A
+    task with a single distinct answer gets none (one option would always be right): its samples
+    stay open-ended, evaluated by generation only."""
     vocab: dict[str, set[str]] = {}
     for s in samples:
         if not s.options:
             vocab.setdefault(s.task, set()).add(s.answer)
-    return [dataclasses.replace(s, options=sorted(vocab[s.task])) if not s.options else s for s in samples]
+    return [dataclasses.replace(s, options=sorted(vocab[s.task])) if not s.options and len(vocab[s.task]) > 1
+            else s for s in samples]
 
 
 def split_names(folder: Path, pattern: str) -> list[str]:
