@@ -12,6 +12,37 @@ import sys
 import pytest
 from dataset_fixtures import iconqa_release
 from simulation_run import shared_home, simulate
+from test_loaders import _crisis, _hateful, _iconqa, _iconqa_original, _scienceqa_original, _scienceqa_parquet, _vqa_rad
+
+from anther.data.client_data import dataset_summary
+from anther.simulations.experiment import load_config
+
+# format, what to build, the split names, the layout found, (records read, records left out) of the train split
+LAYOUTS = {
+    "scienceqa original": ("scienceqa", _scienceqa_original, ["data.test_split=val"], "original release", (1, 0)),
+    "scienceqa hub copy": ("scienceqa", _scienceqa_parquet, ["data.test_split=train"], "Hugging Face copy", (2, 0)),
+    "iconqa original": ("iconqa", _iconqa_original, [], "original release", (3, 0)),
+    "iconqa hub copy": ("iconqa", _iconqa, ["data.train_split=val", "data.test_split=val"], "Hugging Face copy",
+                        (4, 1)),
+    "vqa_rad release": ("vqa_rad", _vqa_rad, [], "release", (3, 0)),
+    "hateful_memes": ("hateful_memes", _hateful, ["data.train_split=dev_seen"], "hateful_memes", (2, 0)),
+    "crisismmd": ("crisismmd", _crisis, ["data.test_split=train"], "crisismmd", (2, 0)),
+}
+
+
+@pytest.mark.parametrize("name", list(LAYOUTS))
+def test_what_the_report_reads_of_every_layout(tmp_path, monkeypatch, name):
+    """What ``anther data report`` and result.json record, for a fixture in each real layout."""
+    monkeypatch.setenv("ANTHER_HOME", str(tmp_path / "home"))
+    data_format, build, splits, layout, (records, left_out) = LAYOUTS[name]
+    build(tmp_path / "data")
+    cfg = load_config("default", [f"data.format={data_format}", f"data.path={tmp_path / 'data'}",
+                                  "federation.num_clients=1", "federation.min_train_clients=1", *splits])
+    summary = dataset_summary(cfg, tmp_path / "data")
+    assert summary["layout"].startswith(layout), summary
+    train = summary["train"]
+    assert (train["records"], sum(train["left_out"].values())) == (records, left_out), summary
+    assert "records" in summary["test"] or "missing" in summary["test"]
 
 
 def test_data_report_names_the_layout_and_counts_each_split(tmp_path):

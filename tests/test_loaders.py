@@ -58,6 +58,8 @@ def _scienceqa_rows(bad: dict | None = None) -> dict[str, list]:
 
 
 def _scienceqa_parquet(folder: Path, bad: dict | None = None) -> Path:
+    """derek-thomas/ScienceQA as ``huggingface-cli download`` leaves it: ``data/<split>-*.parquet``
+    with its columns (``image`` an Image, ``answer`` an index into ``choices``, ``hint``...)."""
     path = folder / "data" / "train-00000-of-00001-f0e719df791966ff.parquet"
     path.parent.mkdir(parents=True)
     Dataset.from_dict(_scienceqa_rows(bad), features=SCIENCEQA_FEATURES).to_parquet(str(path))
@@ -252,6 +254,8 @@ def test_iconqa_missing_image_file_names_the_row(tmp_path):
 # ---- Hateful Memes: jsonl + img/ -----------------------------------------------------------------------------------
 
 def _hateful(folder: Path, extra_lines: list[str] = ()) -> Path:
+    """The Hateful Memes release: ``<split>.jsonl`` records ``{id, img, label, text}``, pictures
+    under ``img/`` (here the labelled ``dev_seen`` split)."""
     for i in (1, 2):
         _save_png(folder / "img" / f"0{i}235.png")
     lines = [json.dumps({"id": 1235, "img": "img/01235.png", "label": 1, "text": "a hateful caption"}),
@@ -286,6 +290,8 @@ CRISIS_HEADER = "event_name\ttweet_id\timage_id\ttweet_text\timage\tlabel\tlabel
 
 
 def _crisis(folder: Path, extra: list[str] = ()) -> Path:
+    """CrisisMMD v2.0: ``crisismmd_datasplit_all/task_<task>_text_img_<split>.tsv`` with the release's
+    header, and pictures ``data_image/<event>/<date>/<id>.jpg``."""
     rows = []
     for i, (event, label) in enumerate([("hurricane_irma", "infrastructure_and_utility_damage"),
                                         ("california_wildfires", "not_humanitarian")]):
@@ -326,6 +332,8 @@ def test_crisismmd_unknown_task_is_refused(tmp_path):
 # ---- VQA-RAD and SLAKE: JSON lists + image folders -----------------------------------------------------------------
 
 def _vqa_rad(folder: Path, extra: list[dict] = ()) -> Path:
+    """The VQA-RAD release: ``VQA_RAD Dataset Public.json`` (split by ``phrase_type``) and
+    ``VQA_RAD Image Folder/``."""
     _save_png(folder / "VQA_RAD Image Folder" / "synpic1.jpg")
     base = {"image_name": "synpic1.jpg", "image_organ": "CHEST", "answer_type": "CLOSED", "question_type": "PRES"}
     records = [{**base, "qid": 1, "question": "Is there a mass?", "answer": "Yes", "phrase_type": "freeform"},
@@ -398,6 +406,8 @@ def test_slake_reads_the_english_questions(tmp_path):
 # ---- LLaVA-style instruction JSON ---------------------------------------------------------------------------------
 
 def _llava_records() -> list[dict]:
+    """LLaVA's conversation format (llava_instruct_150k.json): ``from``/``value`` turns, or the
+    ``role``/``content`` spelling, lettered choices one per line."""
     return [
         {"id": "000000033471", "image": "coco/train2017/000000033471.jpg", "conversations": [
             {"from": "human", "value": "<image>\nWhat colour is the bus?"},
