@@ -25,7 +25,7 @@ LAYOUTS = {
     "iconqa hub copy": ("iconqa", _iconqa, ["data.train_split=val", "data.test_split=val"], "Hugging Face copy",
                         (4, 1)),
     "vqa_rad release": ("vqa_rad", _vqa_rad, [], "release", (3, 0)),
-    "hateful_memes": ("hateful_memes", _hateful, ["data.train_split=dev_seen"], "hateful_memes", (2, 0)),
+    "hateful_memes": ("hateful_memes", _hateful, ["data.train_split=dev_seen"], "release", (2, 0)),
     "crisismmd": ("crisismmd", _crisis, ["data.test_split=train"], "crisismmd", (2, 0)),
 }
 

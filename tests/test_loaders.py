@@ -265,6 +265,18 @@ def _hateful(folder: Path, extra_lines: list[str] = ()) -> Path:
     return path
 
 
+def test_hateful_memes_hub_copy(tmp_path):
+    """A Hugging Face copy (Multimodal-Fatima/Hatefulmemes_train's columns): image, text, label, id."""
+    features = Features({"image": Image(), "text": Value("string"), "label": Value("int64"), "id": Value("int64")})
+    rows = {"image": [{"bytes": _png(), "path": None}] * 2, "text": ["mean words", "kind words"], "label": [1, 0],
+            "id": [42953, 10]}
+    path = tmp_path / "data" / "validation-00000-of-00001.parquet"
+    path.parent.mkdir()
+    Dataset.from_dict(rows, features=features).to_parquet(str(path))
+    mean, kind = load_samples("hateful_memes", tmp_path, "validation")[0]
+    assert (mean.id, mean.answer, mean.context, kind.answer) == ("42953", "yes", "mean words", "no") and mean.has_image
+
+
 def test_hateful_memes_records_become_yes_no_questions(tmp_path):
     _hateful(tmp_path)
     hateful, kind = load_samples("hateful_memes", tmp_path, "dev_seen")[0]

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from anther.core.sample import Sample, read_split
 
-from . import iconqa, medical_vqa, scienceqa
+from . import hateful_memes, iconqa, medical_vqa, scienceqa
 from .crisismmd import load_crisismmd
 from .hateful_memes import load_hateful_memes
 from .iconqa import load_iconqa
@@ -48,7 +48,8 @@ FORMATS: dict[str, Loader] = {
 
 # The formats read in several layouts, each recognised from the folder (the others have one).
 LAYOUTS = {"scienceqa": ("ScienceQA", scienceqa.LAYOUTS), "iconqa": ("IconQA", iconqa.LAYOUTS),
-           "vqa_rad": ("VQA-RAD", medical_vqa.VQA_RAD_LAYOUTS)}
+           "vqa_rad": ("VQA-RAD", medical_vqa.VQA_RAD_LAYOUTS),
+           "hateful_memes": ("Hateful Memes", hateful_memes.LAYOUTS)}
 
 
 def layout_name(data_format: str, folder: Path) -> str:
