@@ -90,6 +90,84 @@ def _model_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _export(args: argparse.Namespace) -> int:
+    from anther.export.merge import export_merged
+    from anther.export.nano_export import export_adapters
+    from anther.export.peft_export import export_peft
+    from anther.export.run_artifacts import RunArtifacts
+    from anther.export.site_export import export_site
+
+    run = RunArtifacts.read(Path(args.run_dir))
+    if args.site_state:
+        out = export_site(run, Path(args.site_state), Path(args.out), args.round)
+    elif run.cfg.mode == "whole_model":
+        out = export_peft(run, Path(args.out), args.round, merge=args.merge)
+    else:
+        out = (export_merged if args.merge else export_adapters)(run, Path(args.out), args.round)
+    print(f"exported to {out} ({'merged checkpoint' if args.merge else 'adapters'}; see its README.md)")
+    return 0
+
+
+def _predict(args: argparse.Namespace) -> int:
+    import json
+
+    from anther.export.predictor import load
+
+    predictor = load(args.model, base=args.base, overrides=args.overrides, server_round=args.round)
+    if args.data:
+        from anther.export.predict_data import predict_folder
+
+        limit = args.limit if args.limit is not None else predictor.cfg.eval.server_test_size
+        out = Path(args.out or "predictions")
+        metrics = predict_folder(predictor, Path(args.data), out, args.format or "anther", args.split, limit)
+        print(json.dumps(metrics, indent=2))
+        print(f"predictions.jsonl and metrics.json written to {out}")
+        return 0
+    if not (args.image or args.question):
+        raise ValueError("give --data DIR, or --question TEXT (with --image FILE unless it is about text alone)")
+    if not args.question:
+        raise ValueError("--image needs a --question about it")
+    if args.options:
+        (scores,) = predictor.score([args.image], [args.question], [args.options])
+        for option, score in sorted(scores.items(), key=lambda kv: -kv[1]):
+            print(f"{option}: {score:.3f}")
+    else:
+        print(predictor.generate([args.image], [args.question], max_new_tokens=args.max_new_tokens)[0])
+    return 0
+
+
+def _add_export_parsers(sub: argparse._SubParsersAction) -> None:
+    exp = sub.add_parser("export", help="write a run's adapters to use elsewhere (docs/export.md)",
+                         description="Split runs: the NanoAdapters with their config and a model card, or "
+                         "--merge into a checkpoint plain transformers loads (where the merge is exact). "
+                         "Whole-model runs: peft's format, or --merge through peft.")
+    exp.add_argument("run_dir", metavar="RUN_DIR")
+    exp.add_argument("--out", required=True, help="a new or empty folder")
+    exp.add_argument("--round", type=int, help="the round's adapters (default: the last checkpoint)")
+    exp.add_argument("--merge", action="store_true", help="a merged Hugging Face checkpoint")
+    exp.add_argument("--site-state", metavar="DIR", help="personalised runs, on a site: its state folder "
+                     "(<state-dir>/<run>/partition-<id>), to export its global + local adapters")
+    exp.set_defaults(func=_export)
+    pred = sub.add_parser("predict", help="answer questions with a run's or an export's adapters",
+                          description="One question (--image, --question, optionally --options), or every "
+                          "sample of a data folder (--data) into predictions.jsonl and metrics.json.")
+    pred.add_argument("model", metavar="MODEL", help="a run folder, an export or a merged checkpoint")
+    pred.add_argument("--image", help="picture file")
+    pred.add_argument("--question", help="question text")
+    pred.add_argument("--options", nargs="+", help="score these answers instead of generating one")
+    pred.add_argument("--max-new-tokens", type=int, default=32)
+    pred.add_argument("--data", help="a data folder to answer all of")
+    pred.add_argument("--format", help="its data.format (default: anther's own)")
+    pred.add_argument("--split", default="test")
+    pred.add_argument("--limit", type=int, help="samples (a stratified seeded sample; default: the run's "
+                      "eval.server_test_size)")
+    pred.add_argument("--out", help="folder for predictions.jsonl and metrics.json (default: predictions)")
+    pred.add_argument("--base", help="the base checkpoint, where it is not where the run had it")
+    pred.add_argument("--round", type=int, help="a run folder's round (default: its last checkpoint)")
+    pred.add_argument("overrides", nargs="*", help="config keys, e.g. backbone.mode=remote backbone.address=H:P")
+    pred.set_defaults(func=_predict)
+
+
 def _generate_data(args: argparse.Namespace) -> int:
     from anther.core.sample import write_split
     from anther.data import shapes_vqa
@@ -444,6 +522,7 @@ def build_parser() -> argparse.ArgumentParser:
     certs.add_argument("--force", action="store_true", help="replace an existing CA in --out")
     certs.set_defaults(func=_certs)
 
+    _add_export_parsers(sub)
     _add_backbone_parser(sub)
     _add_bench_parser(sub)
     return p

@@ -7,6 +7,7 @@ Both run the same split path as training (NanoEdge embeddings, backbone on
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 
 import torch
 
@@ -61,28 +62,58 @@ def answer_length(encoder: SampleEncoder, samples: list[Sample]) -> int:
     return 2 + max(len(tokenizer(" " + s.answer, add_special_tokens=False)["input_ids"]) for s in samples)
 
 
-def evaluate_samples(encoder: SampleEncoder, backbone: Backbone, samples: list[Sample], generate: bool = True,
-                     max_new_tokens: int | None = None, batch_size: int = 128) -> dict[str, float]:
-    """Accuracy by multiple-choice scoring (``acc_mc``, over the samples that have options),
-    normalised exact match of greedy generation (``acc_gen``, over all; ``max_new_tokens`` None
-    fits the longest answer), multiple-choice accuracy per task (``acc_mc/<task>``), and
-    macro-F1 and ROC AUC of the multiple-choice answers (:mod:`anther.client.metrics`)."""
-    if not samples:
-        return {}
-    metrics = {"num_examples": float(len(samples))}
-    closed = [s for s in samples if s.options]
-    if closed:
-        scores = option_scores(encoder, backbone, closed, batch_size)
-        picked = [s.options[max(range(len(sc)), key=sc.__getitem__)] for s, sc in zip(closed, scores)]
-        hits = [p == s.answer for p, s in zip(picked, closed)]
-        metrics["acc_mc"] = sum(hits) / len(hits)
-        for task in sorted({s.task for s in closed}):
-            task_hits = [h for h, s in zip(hits, closed) if s.task == task]
-            metrics[f"acc_mc/{task}"] = sum(task_hits) / len(task_hits)
-        metrics |= choice_metrics(closed, scores, picked)
+@dataclass
+class Answers:
+    """What the model answered to each sample: the option scoring picked (None for a sample without
+    options), every option's log-likelihood, and the greedy generation (empty if not asked)."""
+
+    picked: list[str | None]
+    scores: list[list[float]]
+    generated: list[str] = field(default_factory=list)
+
+
+def answer_samples(encoder: SampleEncoder, backbone: Backbone, samples: list[Sample], generate: bool = True,
+                   max_new_tokens: int | None = None, batch_size: int = 128) -> Answers:
+    """Score the options of every sample that has some and, with ``generate``, answer every sample
+    greedily (``max_new_tokens`` None fits the longest reference answer)."""
+    closed = [i for i, s in enumerate(samples) if s.options]
+    scores: list[list[float]] = [[] for _ in samples]
+    for i, sc in zip(closed, option_scores(encoder, backbone, [samples[i] for i in closed], batch_size)):
+        scores[i] = sc
+    picked = [s.options[max(range(len(sc)), key=sc.__getitem__)] if sc else None for s, sc in zip(samples, scores)]
+    generated = []
     if generate:
         length = max_new_tokens or answer_length(encoder, samples)
-        answers = greedy_answers(encoder, backbone, samples, length, batch_size)
+        generated = greedy_answers(encoder, backbone, samples, length, batch_size)
+    return Answers(picked, scores, generated)
+
+
+def metrics_of(samples: list[Sample], picked: list[str | None], scores: list[list[float]],
+               generated: list[str] | None) -> dict[str, float]:
+    """Accuracy by multiple-choice scoring (``acc_mc``, over the samples that have options),
+    normalised exact match of the generated answers (``acc_gen``, over all), multiple-choice
+    accuracy per task (``acc_mc/<task>``), and macro-F1 and ROC AUC of the multiple-choice answers
+    (:mod:`anther.client.metrics`)."""
+    metrics = {"num_examples": float(len(samples))}
+    closed = [i for i, s in enumerate(samples) if s.options]
+    if closed:
+        hits = {i: picked[i] == samples[i].answer for i in closed}
+        metrics["acc_mc"] = sum(hits.values()) / len(hits)
+        for task in sorted({samples[i].task for i in closed}):
+            task_hits = [hits[i] for i in closed if samples[i].task == task]
+            metrics[f"acc_mc/{task}"] = sum(task_hits) / len(task_hits)
+        metrics |= choice_metrics([samples[i] for i in closed], [scores[i] for i in closed],
+                                  [picked[i] for i in closed])
+    if generated:
         metrics["acc_gen"] = sum(normalise_answer(a) == normalise_answer(s.answer)
-                                 for a, s in zip(answers, samples)) / len(samples)
+                                 for a, s in zip(generated, samples)) / len(samples)
     return metrics
+
+
+def evaluate_samples(encoder: SampleEncoder, backbone: Backbone, samples: list[Sample], generate: bool = True,
+                     max_new_tokens: int | None = None, batch_size: int = 128) -> dict[str, float]:
+    """:func:`metrics_of` the answers to ``samples`` (:func:`answer_samples`); {} for no samples."""
+    if not samples:
+        return {}
+    answers = answer_samples(encoder, backbone, samples, generate, max_new_tokens, batch_size)
+    return metrics_of(samples, answers.picked, answers.scores, answers.generated if generate else None)

@@ -68,6 +68,12 @@ def _load(folder: Path, server_round: int) -> RecordDict:
     return recorddict_from_proto(ProtoRecordDict.FromString(path.read_bytes()))
 
 
+def latest_saved_state(folder: Path) -> tuple[int, RecordDict] | None:
+    """The newest state saved in ``folder`` and its round, or None (what a site exports from)."""
+    rounds = _saved_rounds(folder)
+    return (rounds[-1], _load(folder, rounds[-1])) if rounds else None
+
+
 def restore_state(state: RecordDict, folder: Path, up_to_round: int) -> int | None:
     """Fill an empty ``state`` with the newest copy saved at a round <= ``up_to_round``; the
     round restored, or None (a state that is not empty is this run's own and is kept).

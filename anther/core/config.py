@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import difflib
 import functools
+import importlib.util
 import os
 import re
 import shlex
@@ -326,9 +327,15 @@ class ExperimentConfig:
     feature_cache: FeatureCacheConfig = field(default_factory=FeatureCacheConfig)
     backbone: BackboneConfig = field(default_factory=BackboneConfig)
     privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
+    # copies of every round's metrics, the config and the final adapters, each in its tool's own files
+    # in the run folder: any of tensorboard, mlflow, wandb (docs/export.md; pip install "anther[tracking]")
+    tracking: list[str] = field(default_factory=list)
 
 
 ConfigStore.instance().store(name="anther_schema", node=ExperimentConfig)
+
+
+TRACKING_BACKENDS = {"tensorboard": "tensorboard", "mlflow": "mlflow", "wandb": "wandb"}  # name -> module
 
 
 class ConfigError(ValueError):
@@ -379,7 +386,8 @@ def validate(cfg: DictConfig) -> DictConfig:
     e = cfg.eval
     check(e.max_new_tokens is None or e.max_new_tokens >= 1, "eval.max_new_tokens", e.max_new_tokens,
           "must be >= 1, or null (the longest answer, plus 2)")
-    check(e.server_test_size >= 1, "eval.server_test_size", e.server_test_size, "must be >= 1")
+    check(e.server_test_size >= 0, "eval.server_test_size", e.server_test_size,
+          "must be >= 0 (0: no server evaluation)")
     check(cfg.partition.scheme in PARTITION_SCHEMES, "partition.scheme", cfg.partition.scheme,
           f"must be one of {', '.join(PARTITION_SCHEMES)}")
     check(cfg.partition.alpha > 0, "partition.alpha", cfg.partition.alpha, "must be > 0")
@@ -397,6 +405,7 @@ def validate(cfg: DictConfig) -> DictConfig:
     _validate_client_level(cfg)
     _validate_secagg(cfg)
     check(cfg.baseline in BASELINES, "baseline", cfg.baseline, f"must be one of {', '.join(BASELINES)}")
+    _validate_tracking(list(cfg.tracking))
     _validate_mode(cfg)
     check("name" in cfg.strategy or "_target_" in cfg.strategy, "strategy", dict(cfg.strategy),
           "needs a 'name' (built-in) or a '_target_' (your own class)")
@@ -411,6 +420,13 @@ LOCAL_MODE_EXCLUDES = (
     ("backbone.private_labels", (True,), "the labels never leave a client that holds the whole model"),
     ("strategy.name", ("hetero_rank", "personalised"), "that strategy works on NanoAdapters"),
 )
+
+
+def _validate_tracking(names: list[str]) -> None:
+    for name in names:
+        check(name in TRACKING_BACKENDS, "tracking", names, f"each must be one of {', '.join(TRACKING_BACKENDS)}")
+    missing = [n for n in names if importlib.util.find_spec(TRACKING_BACKENDS[n]) is None]
+    check(not missing, "tracking", names, f"needs {', '.join(missing)} installed: pip install \"anther[tracking]\"")
 
 
 def _validate_vision_quantization(m: DictConfig) -> None:

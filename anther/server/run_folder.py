@@ -28,7 +28,9 @@ from anther.core.config import ConfigError, anther_home, to_yaml
 from anther.core.files import write_json_atomic
 from anther.data.client_data import dataset_summary
 from anther.data.partition_report import ClientPartition, report_partitions, write_partition_report
+from anther.server.checkpoint import ADAPTERS, CHECKPOINTS, checkpoint_rounds
 from anther.server.run_report import RoundTable, plot_rounds, round_columns
+from anther.server.tracking import trackers_for
 
 TRAFFIC_KEYS = ("adapter_bytes_down", "adapter_bytes_up", "activation_bytes_up", "activation_bytes_down")
 FAILURE_FILE, LOG_FILE = "failure.json", "anther.log"
@@ -82,6 +84,7 @@ class RunRecorder:
         self.rounds: list[dict[str, Any]] = []
         self.clients: dict[str, Any] = {}
         self.resumed_from: list[int] = []  # rounds a resumed run continued after (docs/reliability.md)
+        self.trackers = trackers_for(cfg, self.dir)  # tracking=[...]: copies for TensorBoard, MLflow, W&B
 
     def describe_data(self, folder: Path) -> None:
         """Record in result.json what was read of the data in ``folder`` (the server's copy: a
@@ -99,6 +102,8 @@ class RunRecorder:
         self.rounds.append(record)
         self.table.add(record)
         self.write(finished=False)
+        for tracker in self.trackers:
+            tracker.log_round(record)
 
     def report_partitions(self, clients: list[ClientPartition]) -> None:
         """The partition table, plot and JSON of what the clients reported they hold."""
@@ -109,6 +114,10 @@ class RunRecorder:
         finished and plot it."""
         self.clients = clients
         self.write(finished=True)
+        rounds = checkpoint_rounds(self.dir)
+        adapters = self.dir / CHECKPOINTS / f"round-{rounds[-1]:04d}" / ADAPTERS if rounds else None
+        for tracker in self.trackers:
+            tracker.finish(self.dir / "result.json", adapters)
         (self.dir / FAILURE_FILE).unlink(missing_ok=True)  # an earlier attempt's, now resumed to the end
         plot_rounds(self.rounds, self.dir)
 
