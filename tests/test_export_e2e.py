@@ -214,3 +214,31 @@ def test_a_whole_model_run_round_trips_through_peft(whole_model_run, tmp_path):
     again = anther.load(out)  # anther reads peft's format back too
     assert again.score([s.image for s in _samples(2)], ["q?"] * 2, [["one", "two"]] * 2) == \
         predictor.score([s.image for s in _samples(2)], ["q?"] * 2, [["one", "two"]] * 2)
+
+
+def test_predict_against_a_backbone_service_answers_as_in_process(split_run, tmp_path):
+    """The deployed case: the adapters on the site, the LLM on a backbone service (TLS, a token)."""
+    from anther.backbone.certs import make_certs, read_tokens, write_tokens
+    from anther.backbone.in_process import InProcessBackbone
+    from anther.backbone.service.auth import ServerTls
+    from anther.backbone.service.server import start
+    from anther.backbone.service.servicer import BackboneService
+
+    make_certs(tmp_path, clients=["site-0"])
+    write_tokens(tmp_path, ["site-0"])
+    base = RunArtifacts.read(split_run).cfg.model.path
+    service = BackboneService(InProcessBackbone.from_pretrained(base))
+    server, port = start(service, "127.0.0.1:0", ServerTls.from_dir(tmp_path), read_tokens(tmp_path / "tokens.json"))
+    try:
+        remote = anther.load(split_run, overrides=["backbone.mode=remote", f"backbone.address=127.0.0.1:{port}",
+                                                   f"backbone.ca_cert={tmp_path / 'ca.pem'}",
+                                                   f"backbone.token_file={tmp_path / 'site-0.token'}"])
+        images, questions = [s.image for s in _samples(3)], [s.question for s in _samples(3)]
+        options = [s.options for s in _samples(3)]
+        here = anther.load(split_run)
+        assert remote.generate(images, questions) == here.generate(images, questions)
+        for far, near in zip(remote.score(images, questions, options), here.score(images, questions, options)):
+            assert list(far.values()) == pytest.approx(list(near.values()), abs=1e-5)
+    finally:
+        server.stop(None)
+        service.close()

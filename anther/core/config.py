@@ -682,25 +682,33 @@ def _hydra_message(error: Exception) -> str:
     return f"config: {first}"
 
 
-def read_run_config(run_dir: Path | str) -> DictConfig:
-    """The config of an earlier run, from its ``config.yaml``, pointed at that same folder
-    (``run_dir``): what ``--resume RUN_DIR`` continues with. A value renamed since that run was
-    written (:data:`RENAMED_VALUES`) is read as its new name, so older runs resume as they were."""
-    path = Path(run_dir).expanduser() / "config.yaml"
-    if not path.is_file():
-        raise ConfigError(f"resume: {path} does not exist; give the folder of an earlier run "
-                          "(it holds config.yaml, result.json and checkpoints/)")
+def read_saved_config(path: Path | str) -> DictConfig:
+    """A ``config.yaml`` anther wrote (a run's, an export's) on today's schema: keys added since it
+    was written take their defaults, a value renamed since (:data:`RENAMED_VALUES`) its new name."""
+    path = Path(path).expanduser()
     saved = OmegaConf.load(path)
     try:
         cfg = OmegaConf.merge(OmegaConf.structured(ExperimentConfig), saved)
     except OmegaConfBaseException as e:
-        raise ConfigError(f"resume: {path}: {_hydra_message(e)}") from None
+        raise ConfigError(f"{path}: {_hydra_message(e)}") from None
     if "strategy" in saved:  # free-form: the run's own section, not merged into the default {name: fedavg}
         cfg.strategy = saved.strategy
     for key, renamed in RENAMED_VALUES.items():
         old = OmegaConf.select(cfg, key)
         if old in renamed:
             OmegaConf.update(cfg, key, renamed[old])
+    return cfg
+
+
+def read_run_config(run_dir: Path | str) -> DictConfig:
+    """The config of an earlier run, from its ``config.yaml``, pointed at that same folder
+    (``run_dir``): what ``--resume RUN_DIR`` continues with, older runs as they were
+    (:func:`read_saved_config`)."""
+    path = Path(run_dir).expanduser() / "config.yaml"
+    if not path.is_file():
+        raise ConfigError(f"resume: {path} does not exist; give the folder of an earlier run "
+                          "(it holds config.yaml, result.json and checkpoints/)")
+    cfg = read_saved_config(path)
     cfg.run_dir = str(path.parent.resolve())
     return validate(cfg)
 

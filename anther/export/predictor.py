@@ -24,7 +24,7 @@ from safetensors.torch import load_file
 
 from anther.client.inference import answer_samples
 from anther.client.runtime import ClientRuntime, runtime_for
-from anther.core.config import validate
+from anther.core.config import read_saved_config, validate
 from anther.core.images import in_memory
 from anther.core.sample import Sample
 from anther.export.nano_export import EXPORT_FILE
@@ -92,7 +92,7 @@ def load(path: str | Path, base: str | Path | None = None, overrides: Sequence[s
     path = Path(path).expanduser()
     if (path / EXPORT_FILE).is_file():
         manifest = json.loads((path / EXPORT_FILE).read_text())
-        cfg = OmegaConf.load(path / "config.yaml") if (path / "config.yaml").is_file() else None
+        cfg = read_saved_config(path / "config.yaml") if (path / "config.yaml").is_file() else None
         if manifest["kind"] == "merged":
             return _merged(path, overrides)
         cfg = _configured(cfg, manifest["base_model"], base, overrides)
@@ -152,7 +152,7 @@ def _as_edge_state(runtime: ClientRuntime, state: dict[str, torch.Tensor]) -> di
 
 def _merged(path: Path, overrides: Sequence[str]) -> Predictor:
     """A merged checkpoint: the base model it now is, with identity adapters, in split mode."""
-    cfg = OmegaConf.load(path / "config.yaml") if (path / "config.yaml").is_file() else None
+    cfg = read_saved_config(path / "config.yaml") if (path / "config.yaml").is_file() else None
     cfg = _configured(cfg, None, path, ["mode=split", *overrides])
     runtime = runtime_for(cfg)
     dim = runtime.edge.adapter_state()["text.up.weight"].shape[0]

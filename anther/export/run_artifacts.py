@@ -8,8 +8,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
+from anther.core.config import read_saved_config
 from anther.server.checkpoint import checkpoint_rounds, load_checkpoint
 
 
@@ -31,7 +32,7 @@ class RunArtifacts:
         for name in ("config.yaml", "result.json"):
             if not (run_dir / name).is_file():
                 raise ExportError(f"{run_dir} is not a run folder: it has no {name}")
-        return cls(run_dir, OmegaConf.load(run_dir / "config.yaml"),
+        return cls(run_dir, read_saved_config(run_dir / "config.yaml"),
                    json.loads((run_dir / "result.json").read_text()))
 
     def rounds(self) -> list[int]:
