@@ -19,12 +19,13 @@ from pathlib import Path
 
 import torch
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 from PIL import Image
 from safetensors.torch import load_file
 
 from anther.client.inference import answer_samples
 from anther.client.runtime import ClientRuntime, runtime_for
-from anther.core.config import read_saved_config, validate
+from anther.core.config import ConfigError, read_saved_config, validate
 from anther.core.images import in_memory
 from anther.core.sample import Sample
 from anther.export.nano_export import EXPORT_FILE
@@ -90,6 +91,7 @@ def load(path: str | Path, base: str | Path | None = None, overrides: Sequence[s
     is not where the run had it (its fingerprint must match); ``overrides`` are config keys
     (``backbone.mode=remote backbone.address=HOST:PORT ...``, ``model.client_device=cuda``)."""
     path = Path(path).expanduser()
+    local, mix = None, 0.0
     if (path / EXPORT_FILE).is_file():
         manifest = json.loads((path / EXPORT_FILE).read_text())
         cfg = read_saved_config(path / "config.yaml") if (path / "config.yaml").is_file() else None
@@ -98,15 +100,13 @@ def load(path: str | Path, base: str | Path | None = None, overrides: Sequence[s
         cfg = _configured(cfg, manifest["base_model"], base, overrides)
         state = _export_state(path, manifest["kind"])
         if manifest["kind"] == "personalised":
-            runtime = runtime_for(cfg)
-            return Predictor(runtime, cfg, state, load_file(str(path / "local_adapters.safetensors")),
-                             manifest["personal"]["mix"])
+            local, mix = load_file(str(path / "local_adapters.safetensors")), manifest["personal"]["mix"]
     else:
         run = RunArtifacts.read(path)
         cfg = _configured(run.cfg, None, base, overrides)
         _, state = run.adapters(server_round)
     runtime = runtime_for(cfg)
-    return Predictor(runtime, cfg, _as_edge_state(runtime, state))
+    return Predictor(runtime, cfg, _as_edge_state(runtime, state), local, mix)
 
 
 def _configured(cfg: DictConfig | None, recorded_base: dict | None, base, overrides: Sequence[str]) -> DictConfig:
@@ -117,7 +117,10 @@ def _configured(cfg: DictConfig | None, recorded_base: dict | None, base, overri
         OmegaConf.update(cfg, "backbone.mode", "in_process")
     if base is not None:
         OmegaConf.update(cfg, "model.path", str(Path(base).expanduser().resolve()))
-    cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(list(overrides)))
+    try:
+        cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(list(overrides)))
+    except OmegaConfBaseException as e:
+        raise ConfigError(f"override {' '.join(overrides)}: {e}".splitlines()[0]) from None
     model_path = Path(cfg.model.path)
     if not (model_path / "config.json").is_file():
         raise ExportError(f"the base checkpoint {model_path} is not there: pass the base model (--base / base=)")
