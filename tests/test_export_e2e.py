@@ -39,14 +39,14 @@ PERSONALISED = ["strategy.name=personalised", "+strategy.personal_steps=2"]
 @pytest.fixture(scope="module")
 def split_run(tmp_path_factory) -> Path:
     tmp = tmp_path_factory.mktemp("split")
-    run_dir, _ = simulate(tmp, [*TEXT_ONLY, *TRACKING, *PERSONALISED, "eval.generate=true"])
+    run_dir, _ = simulate(tmp, [*TEXT_ONLY, *TRACKING, *PERSONALISED, "eval.generate=true", "federation.rounds=1"])
     return run_dir
 
 
 @pytest.fixture(scope="module")
 def whole_model_run(tmp_path_factory) -> Path:
     tmp = tmp_path_factory.mktemp("whole")
-    run_dir, _ = simulate(tmp, ["mode=whole_model", "lora.rank=4"])
+    run_dir, _ = simulate(tmp, ["mode=whole_model", "lora.rank=4", "federation.rounds=1"])
     return run_dir
 
 

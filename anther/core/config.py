@@ -708,7 +708,10 @@ def read_run_config(run_dir: Path | str) -> DictConfig:
     if not path.is_file():
         raise ConfigError(f"resume: {path} does not exist; give the folder of an earlier run "
                           "(it holds config.yaml, result.json and checkpoints/)")
-    cfg = read_saved_config(path)
+    try:
+        cfg = read_saved_config(path)
+    except ConfigError as e:
+        raise ConfigError(f"resume: {e}") from None
     cfg.run_dir = str(path.parent.resolve())
     return validate(cfg)
 
