@@ -136,10 +136,12 @@ def plot_partitions(clients: list[ClientPartition], path: Path, title: str) -> P
     return path
 
 
-def write_partition_report(cfg: DictConfig, folder: Path, out_dir: Path, console: Console | None = None) -> Path:
+def write_partition_report(cfg: DictConfig, folder: Path, out_dir: Path, console: Console | None = None,
+                           summary: dict | None = None) -> Path:
     """What every client will hold of ``folder`` under ``cfg``'s scenario (:func:`report_partitions`),
-    after what was read of the data set: its layout and each split's records, used and left out."""
-    summary = dataset_summary(cfg, folder)
+    after what was read of the data set (``summary``, :func:`dataset_summary` when not given): its
+    layout and each split's records, used and left out."""
+    summary = summary or dataset_summary(cfg, folder)
     console = console or Console(width=160)
     console.print(f"data: {summary['format']}, {summary['layout']}")
     for which in ("train", "test"):

@@ -77,8 +77,8 @@ class RunRecorder:
         (self.dir / "config.yaml").write_text(to_yaml(cfg))
         self.data: dict[str, Any] | None = None  # what was read of the run's data (describe_data)
         if data_folder is not None:
-            write_partition_report(cfg, Path(data_folder), self.dir)  # what each client holds, before training
             self.describe_data(Path(data_folder))
+            write_partition_report(cfg, Path(data_folder), self.dir, summary=self.data)  # before training
         self.table = RoundTable(columns=round_columns(dp=cfg.privacy.dp,
                                                      client_dp=cfg.privacy.client_level.mode != "off"))
         self.rounds: list[dict[str, Any]] = []

@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Any
 
 from anther.core.images import ImageRef, TableImage, image_cell
-from anther.core.sample import check_exist
 
 BATCH_ROWS = 256
 
@@ -55,7 +54,7 @@ class TableRow:
         """The ref of the ``Image`` cell ``column`` (none if the cell is empty)."""
         if image_cell(self.values.get(column), self.where) is None:
             return ()
-        return check_exist((TableImage(self.table, self.row, column, str(self.folder), self.where),))
+        return (TableImage(self.table, self.row, column, str(self.folder), self.where),)
 
 
 def hf_rows(folder: Path, split: str) -> Iterator[TableRow]:

@@ -51,7 +51,6 @@ LETTER_FORMS = [
 
 def load_llava(folder: Path, split: str, skip_bad: bool = False, image_folder: Path | None = None) -> Loaded:
     records, jsonl = _records(folder, split)
-    samples: list[Sample] = []
 
     def convert(item: tuple[int, Any], where: str) -> list[Sample]:
         index, record = item
@@ -59,10 +58,7 @@ def load_llava(folder: Path, split: str, skip_bad: bool = False, image_folder: P
             record = parse_json_line(record, where)
         return conversation_samples(record, f"{split}-{index:06d}", image_folder or folder, where)
 
-    per_record, skipped = collect(((w, (i, r)) for i, (w, r) in enumerate(records)), convert, skip_bad)
-    for group in per_record:
-        samples += group
-    return samples, skipped
+    return collect(((w, (i, r)) for i, (w, r) in enumerate(records)), convert, skip_bad)
 
 
 def _records(folder: Path, split: str) -> tuple[Iterable[tuple[str, Any]], bool]:

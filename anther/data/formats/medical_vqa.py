@@ -70,7 +70,7 @@ def _load_vqa_rad_release(folder: Path, split: str, skip_bad: bool) -> Loaded:
                               str(record.get("image_organ") or "default"), where)
 
     samples, left_out = collect(json_list_records(folder / VQA_RAD_FILE), convert, skip_bad)
-    return with_answer_vocabulary(_flat(samples)), left_out
+    return with_answer_vocabulary(samples), left_out
 
 
 def load_slake(folder: Path, split: str, skip_bad: bool = False) -> Loaded:
@@ -83,10 +83,6 @@ def load_slake(folder: Path, split: str, skip_bad: bool = False) -> Loaded:
 
     samples, left_out = collect(json_list_records(folder / f"{split}.json"), convert, skip_bad)
     return with_answer_vocabulary(samples), left_out
-
-
-def _flat(converted: list) -> list[Sample]:
-    return [s for item in converted for s in (item if isinstance(item, list) else [item])]
 
 
 def medical_sample(record: dict[str, Any], images: tuple[ImageRef, ...], domain: str, where: str) -> Sample:

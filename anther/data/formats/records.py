@@ -13,32 +13,31 @@ import json
 from collections import Counter
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 from anther.core.errors import LeftOut
-from anther.core.images import ImageFile
+from anther.core.images import ImageFile, ImageRef
 from anther.core.sample import DataFormatError, Sample, check_exist, check_images, jsonl_lines, parse_json_line
 
 __all__ = ["collect", "file_image", "json_list_records", "jsonl_lines", "parse_json_line", "read_json",
            "require", "split_names", "with_answer_vocabulary"]
 
-T = TypeVar("T")
 
-
-def collect(records: Iterable[tuple[str, Any]], convert: Callable[[Any, str], T],
-            skip_bad: bool) -> tuple[list[T], Counter[str]]:
-    """``convert`` every ``(where, record)`` (a Sample, or a list of them) and decode each image
-    once to check it; a :class:`DataFormatError` is raised, or with ``skip_bad`` counted by its
-    reason (a :class:`LeftOut` record is always counted): returns what the records became and the
-    records left out, by reason."""
-    samples: list[T] = []
+def collect(records: Iterable[tuple[str, Any]], convert: Callable[[Any, str], Sample | list[Sample]],
+            skip_bad: bool) -> tuple[list[Sample], Counter[str]]:
+    """``convert`` every ``(where, record)`` into a Sample (or a list of them: a conversation's
+    turns, none) and decode each image once to check it; a :class:`DataFormatError` is raised, or
+    with ``skip_bad`` counted by its reason (a :class:`LeftOut` record is always counted): returns
+    the samples, in order, and the records left out, by reason."""
+    samples: list[Sample] = []
     skipped: Counter[str] = Counter()
     for where, record in records:
         try:
             converted = convert(record, where)
-            for sample in converted if isinstance(converted, list) else [converted]:
+            converted = converted if isinstance(converted, list) else [converted]
+            for sample in converted:
                 check_images(sample)
-            samples.append(converted)
+            samples += converted
         except DataFormatError as e:
             if not (skip_bad or isinstance(e, LeftOut)):
                 raise
@@ -56,9 +55,9 @@ def require(record: Any, fields: tuple[str, ...], where: str) -> dict[str, Any]:
     return record
 
 
-def file_image(folder: Path, relative: str, where: str) -> tuple[ImageFile]:
+def file_image(folder: Path, relative: str, where: str) -> tuple[ImageRef, ...]:
     """The ref of an image file a record names relative to ``folder``, checked to exist."""
-    return check_exist((ImageFile(str(folder / relative), where),))  # type: ignore[return-value]
+    return check_exist((ImageFile(str(folder / relative), where),))
 
 
 def read_json(path: Path) -> Any:
