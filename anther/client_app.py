@@ -27,6 +27,7 @@ This module and :mod:`anther.server_app` compose the layers; nothing imports the
 from __future__ import annotations
 
 import json
+import math
 import time
 from pathlib import Path
 
@@ -39,10 +40,11 @@ from anther.client.dp import spend
 from anther.client.extras import (
     ExtraContext,
     add_reply_records,
-    build_regularisers,
+    build_hooks,
     evaluation_view,
     import_client_modules,
 )
+from anther.client.local_optimiser import LocalTraining
 from anther.client.privacy_policy import SitePolicy, declined_reply
 from anther.client.runtime import ClientRuntime, runtime_for
 from anther.client.state_store import folder_for, restore_state, save_state
@@ -99,6 +101,25 @@ def _load(msg: Message, context: Context) -> tuple[DictConfig, ClientRuntime, di
     return cfg, runtime, received
 
 
+def _strategy_records(msg: Message) -> dict[str, ArrayRecord | ConfigRecord]:
+    """The records a strategy put into the message besides the adapters and the round config."""
+    return {name: record for name, record in msg.content.items()
+            if name not in (protocol.ARRAYS, protocol.CONFIG) and isinstance(record, (ArrayRecord, ConfigRecord))}
+
+
+def _local_steps(config: ConfigRecord, num_samples: int, batch_size: int) -> int | None:
+    """The local steps the strategy asked this node for this round (a number of steps, or of passes
+    over its ``num_samples``), if it did."""
+    steps, epochs = config.get(protocol.LOCAL_STEPS), config.get(protocol.LOCAL_EPOCHS)
+    if epochs is not None:
+        if not float(epochs) > 0:
+            raise ValueError(f"the round config asks for {protocol.LOCAL_EPOCHS}={epochs}; it must be > 0")
+        steps = math.ceil(float(epochs) * num_samples / batch_size)
+    if steps is not None and int(steps) < 1:
+        raise ValueError(f"the round config asks for {protocol.LOCAL_STEPS}={steps}; it must be >= 1")
+    return None if steps is None else int(steps)
+
+
 def _modality_counts(samples: list[Sample]) -> dict[str, int]:
     """How many samples carried each modality (an image; a text context), for modality-aware
     aggregation. The question's tokens always pass NanoAdapter-T; they do not count as text."""
@@ -140,22 +161,29 @@ def train(msg: Message, context: Context) -> Message:
         restore_state(context.state, kept, int(config[protocol.SERVER_ROUND]) - 1)
     train_set, _ = _local_data(cfg, context)
     seed = round_seed(cfg.seed, int(config[protocol.SERVER_ROUND]), pid)
-    ctx = ExtraContext(config, cfg, runtime, train_set, received, context.state, seed)
+    training = LocalTraining.from_config(cfg.train, _local_steps(config, len(train_set), cfg.train.batch_size))
+    ctx = ExtraContext(config, cfg, runtime, train_set, received, context.state, seed, _strategy_records(msg),
+                       training)
     dp = dp_for(cfg, len(train_set), cfg.federation.rounds * cfg.train.local_steps, _site_seed(config, context, pid))
+    if dp is not None and training.steps != cfg.train.local_steps:
+        raise ValueError(f"the strategy asks for {training.steps} local steps ({protocol.LOCAL_STEPS}) but "
+                         f"sample-level DP is calibrated for train.local_steps={cfg.train.local_steps} a round")
     policy = SitePolicy.from_node_config(context.node_config)
     if why := policy.refusal(dp):
         return declined_reply(msg, protocol.REFUSED, why)
     if dp is not None and (why := policy.exhausted(context.state, cfg.privacy, dp, cfg.train.local_steps)):
         return declined_reply(msg, protocol.BUDGET_EXHAUSTED, why)
     began = time.perf_counter()
-    report = train_round(cfg, runtime, train_set, seed, regularisers=build_regularisers(ctx), dp=dp)
+    report = train_round(cfg, runtime, train_set, seed, training.steps, hooks=build_hooks(ctx), dp=dp)
     train_seconds = time.perf_counter() - began
+    ctx.report = report
     metrics = MetricRecord({
         protocol.NUM_EXAMPLES: len(train_set),
         **_modality_counts(train_set),
         protocol.ADAPTER_RANK: runtime.edge.rank,
         protocol.PARTITION_ID: pid,
         protocol.TRAIN_LOSS: report.loss,
+        protocol.LOCAL_STEPS_TAKEN: report.steps,
         protocol.ACTIVATION_BYTES_UP: report.activation_bytes_up,
         protocol.ACTIVATION_BYTES_DOWN: report.activation_bytes_down,
     })
@@ -185,7 +213,8 @@ def evaluate(msg: Message, context: Context) -> Message:
     if kept is not None:
         restore_state(context.state, kept, int(config[protocol.SERVER_ROUND]))
     _, test_set = _local_data(cfg, context)
-    ctx = ExtraContext(config, cfg, runtime, test_set, received, context.state, cfg.seed)
+    ctx = ExtraContext(config, cfg, runtime, test_set, received, context.state, cfg.seed, _strategy_records(msg),
+                       LocalTraining.from_config(cfg.train))
     with evaluation_view(ctx):
         metrics = own_split_metrics(cfg, runtime, test_set, pid)
     outgoing = SitePolicy.from_node_config(context.node_config).outgoing(MetricRecord(metrics), cfg.privacy.dp)

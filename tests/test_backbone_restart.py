@@ -21,6 +21,7 @@ import pytest
 import torch
 
 from anther.client.runtime import runtime_for
+from anther.client.local_optimiser import LocalTraining
 from anther.client.trainer import train_adapters
 from anther.simulations.experiment import load_config
 from anther.simulations.launcher import free_port
@@ -42,7 +43,7 @@ def _stop(proc: subprocess.Popen, sig: int) -> None:
 
 
 def _step(runtime, samples, seed: int) -> float:
-    return train_adapters(runtime.encoder, runtime.backbone, samples, steps=1, batch_size=4, lr=1e-2,
+    return train_adapters(runtime.encoder, runtime.backbone, samples, LocalTraining(steps=1, batch_size=4, lr=1e-2),
                           seed=seed).loss
 
 

@@ -20,12 +20,13 @@ from anther.client.extras import (
     ExtraContext,
     add_reply_records,
     after_training,
-    build_regularisers,
+    build_hooks,
     evaluation,
     evaluation_view,
     import_client_modules,
 )
-from anther.client.trainer import split_step, train_adapters
+from anther.client.local_optimiser import LocalTraining
+from anther.client.trainer import regulariser_hook, split_step, train_adapters
 from anther.strategies.registry import client_modules
 
 
@@ -37,12 +38,12 @@ def _context(config: dict, encoder: ScalarEncoder | None = None) -> ExtraContext
 def _grads_after_one_step(config: dict) -> dict[str, torch.Tensor]:
     """Build the round's regularisers at the global weights, move two weights, take one step at h = 1."""
     encoder = ScalarEncoder()
-    regularisers = build_regularisers(_context(config, encoder))
+    hooks = build_hooks(_context(config, encoder))
     text = encoder.edge.adapters["text"]
     with torch.no_grad():
         text.up.weight.fill_(3.0)  # global 2
         text.down.bias.fill_(0.5)  # global 0
-    split_step(encoder, MeanBackbone(), [SimpleNamespace(h=1.0, answer="a")], regularisers)
+    split_step(encoder, MeanBackbone(), [SimpleNamespace(h=1.0, answer="a")], hooks)
     return {n: p.grad for n, p in encoder.edge.adapters.named_parameters()}
 
 
@@ -66,7 +67,7 @@ def test_adaptive_regularisation_pulls_the_middle_only():
 
 
 def test_no_proximal_key_no_regulariser():
-    assert build_regularisers(_context({"proximal-start": 0.25}, ScalarEncoder())) == []
+    assert build_hooks(_context({"proximal-start": 0.25}, ScalarEncoder())) == []
 
 
 def test_train_adapters_applies_regularisers_every_step():
@@ -77,8 +78,8 @@ def test_train_adapters_applies_regularisers_every_step():
         return torch.zeros(())
 
     samples = [SimpleNamespace(h=1.0, answer="a"), SimpleNamespace(h=2.0, answer="b")]
-    report = train_adapters(ScalarEncoder(), MeanBackbone(), samples, steps=3, batch_size=1, lr=0.1, seed=0,
-                            regularisers=[counting])
+    report = train_adapters(ScalarEncoder(), MeanBackbone(), samples, LocalTraining(steps=3, batch_size=1, lr=0.1),
+                            seed=0, hooks=[regulariser_hook(counting)])
     assert len(calls) == 3 and report.steps == 3
 
 
@@ -86,7 +87,7 @@ def test_train_adapters_applies_regularisers_every_step():
 @pytest.fixture
 def private_registry(monkeypatch: pytest.MonkeyPatch) -> None:
     """Extras registered by a test vanish with it."""
-    for table in ("_REGULARISERS", "_AFTER_TRAINING", "_EVALUATION"):
+    for table in ("_REGULARISERS", "_GRADIENT_HOOKS", "_AFTER_TRAINING", "_EVALUATION"):
         monkeypatch.setattr(extras, table, dict(getattr(extras, table)))
 
 

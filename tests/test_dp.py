@@ -29,6 +29,7 @@ from anther.client.dp import (
     poisson_batch,
     spend,
 )
+from anther.client.local_optimiser import LocalTraining
 from anther.client.trainer import dp_split_step, split_step, train_adapters
 from anther.client.training_round import round_seed
 from anther.core.config import ConfigError
@@ -179,9 +180,11 @@ def test_no_noise_and_huge_clip_equals_plain_training(tiny_model_dir, processor,
     edges[1].load_adapter_state(edges[0].adapter_state())
     chosen = _equal_length(SampleEncoder(edges[0], processor), shapes_vqa.generate(40, seed=5), 4)
     # batch_size = all samples: plain training takes them all, Poisson at rate 1 too
-    plain = train_adapters(SampleEncoder(edges[0], processor), backbone, chosen, 3, 4, 1e-2, seed=0, max_grad_norm=0)
+    plain = train_adapters(SampleEncoder(edges[0], processor), backbone, chosen,
+                           LocalTraining(3, 4, 1e-2, max_grad_norm=0), seed=0)
     dp = DPSGD(0.0, 1e9, sample_rate=1.0, expected_batch_size=4.0, generator=torch.Generator())
-    private = train_adapters(SampleEncoder(edges[1], processor), backbone, chosen, 3, 4, 1e-2, seed=0, dp=dp)
+    private = train_adapters(SampleEncoder(edges[1], processor), backbone, chosen, LocalTraining(3, 4, 1e-2),
+                             seed=0, dp=dp)
     assert private.loss == pytest.approx(plain.loss, rel=1e-5)
     # Summed per-sample gradients and the batch gradient agree to float rounding, which AdamW
     # can lift to ~1e-5 on a weight whose gradient is near 0 (seen under 2 xdist workers);
@@ -267,7 +270,8 @@ def test_a_site_seed_makes_its_dp_training_reproducible(tiny_model_dir, processo
         edge.load_adapter_state(start)
         dp = dpsgd_for(privacy, len(samples), 6, 2, site_seed=site_seed)
         assert dp.randomness == "site-seeded"
-        report = train_adapters(SampleEncoder(edge, processor), backbone, samples, 2, 6, 1e-2, seed=4, dp=dp)
+        report = train_adapters(SampleEncoder(edge, processor), backbone, samples, LocalTraining(2, 6, 1e-2), seed=4,
+                                dp=dp)
         trained[name] = (report.examples, _params(edge))
     replay = dpsgd_for(privacy, len(samples), 6, 2, site_seed="s")
     replayed = [poisson_batch(replay.sampler, len(samples), replay.sample_rate) for _ in range(2)]

@@ -14,6 +14,7 @@ from transformers import AutoProcessor
 from anther.backbone.in_process import InProcessBackbone
 from anther.client.inference import evaluate_samples
 from anther.client.metrics import binary_auc, choice_metrics, macro_f1, summarise_clients
+from anther.client.local_optimiser import LocalTraining
 from anther.client.trainer import train_adapters
 from anther.core.sample import Sample
 from anther.model.nano_adapter import NanoAdapterConfig
@@ -111,7 +112,7 @@ def test_training_accepts_batches_without_a_modality(tiny, samples, drop):
              "both": lambda s: s.without_image().without_text()}[drop]
     batch = [strip(s) for s in samples]
     before = {k: v.clone() for k, v in encoder.edge.adapter_state().items()}
-    report = train_adapters(encoder, backbone, batch, steps=2, batch_size=4, lr=1e-2, seed=0)
+    report = train_adapters(encoder, backbone, batch, LocalTraining(steps=2, batch_size=4, lr=1e-2), seed=0)
     assert math.isfinite(report.loss)
     after = encoder.edge.adapter_state()
     assert any(not torch.equal(before[k], after[k]) for k in before)

@@ -20,6 +20,7 @@ from anther.client.dp import DPSGD
 from anther.client.inference import greedy_answers, option_scores
 from anther.client.private_labels import PrivateLabelBackbone
 from anther.client.runtime import runtime_for
+from anther.client.local_optimiser import LocalTraining
 from anther.client.trainer import dp_split_step, split_step, train_adapters
 from anther.core.config import TINY_MODEL_MARKER, wire_dtype
 from anther.model.families import FAMILIES, load_processor
@@ -70,7 +71,7 @@ def test_a_dp_training_round_runs_on_the_clients_device(tiny_model_dir, samples)
                generator=torch.Generator().manual_seed(0))
     backbone = InProcessBackbone.from_pretrained(tiny_model_dir)
     with torch.device("meta"):
-        report = train_adapters(encoder, backbone, samples, 2, 4, 1e-2, seed=0, dp=dp)
+        report = train_adapters(encoder, backbone, samples, LocalTraining(2, 4, 1e-2), seed=0, dp=dp)
     assert report.steps == 2 and all(p.device.type == "cpu" for p in edge.adapters.parameters())
 
 

@@ -19,6 +19,7 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, Met
 from flwr.serverapp.exception import AggregationError, InconsistentMessageReplies
 from torch import nn
 
+from anther.client.api import ExtraContext
 from anther.model.nano_adapter import NanoAdapter, NanoAdapterConfig
 from anther.strategies.fedprox import MiddleProximal, middle_range, proximal_term
 from anther.strategies.fisher_merging import FisherMerging, diagonal_fisher
@@ -256,9 +257,15 @@ def test_fisher_merging_rejects_mismatched_fisher():
 
 
 # -- the client's Fisher, through the split exchange -------------------------------------
+def _client(encoder, backbone, samples) -> ExtraContext:
+    """An extra's context around ``encoder`` and ``backbone``, training on ``samples``."""
+    runtime = SimpleNamespace(edge=encoder.edge, encoder=encoder, backbone=backbone)
+    return ExtraContext(ConfigRecord(), None, runtime, list(samples), {}, RecordDict(), 0)
+
+
 def test_diagonal_fisher_by_hand():
     samples = [SimpleNamespace(h=1.0, answer="a"), SimpleNamespace(h=2.0, answer="b")]
-    fisher = diagonal_fisher(ScalarEncoder(), MeanBackbone(), samples, num_batches=2, batch_size=1, seed=0)
+    fisher = diagonal_fisher(_client(ScalarEncoder(), MeanBackbone(), samples), num_batches=2, batch_size=1, seed=0)
     # out = h + u * relu(d h + b1) + b2 with d=1, u=2: grads u: h, b2: 1, d: u*h = 2h, b1: u = 2.
     # Mean over the two single-sample batches (h = 1, 2) of the squared gradients:
     expected = {"text.up.weight": (1 + 4) / 2, "text.up.bias": 1.0,
@@ -288,7 +295,7 @@ def test_diagonal_fisher_matches_the_composed_model(tiny_model_dir, samples):
     encoder = SampleEncoder(edge, AutoProcessor.from_pretrained(tiny_model_dir))
     backbone = InProcessBackbone.from_pretrained(tiny_model_dir)
     mixed = [s if i % 2 else s.without_image() for i, s in enumerate(samples[:6])]
-    fisher = diagonal_fisher(encoder, backbone, mixed, num_batches=3, batch_size=2, seed=5)
+    fisher = diagonal_fisher(_client(encoder, backbone, mixed), num_batches=3, batch_size=2, seed=5)
     assert all(p.grad is None for p in edge.adapters.parameters())  # an optimizer's .grad is left alone
     expected = {n: torch.zeros_like(p) for n, p in edge.adapters.named_parameters()}
     for idx in batch_indices(len(mixed), 2, 3, 5):
@@ -536,6 +543,10 @@ def _client_reply(message: Message, k: int) -> Message:
                                  "adapter-rank": 2, "train_loss": 1.0})})
     if "fisher-batches" in message.content["config"]:
         content["fisher"] = ArrayRecord({n: Array(np.full_like(a, 1.0 + k)) for n, a in arrays.items()})
+    if "scaffold" in message.content["config"]:
+        content["scaffold-dc"] = ArrayRecord({n: Array(np.full_like(a, 0.01 * k)) for n, a in arrays.items()})
+    if "fednova" in message.content["config"]:
+        content["fednova"] = ConfigRecord({"a": 1.0 + k})
     return Message(content, reply_to=message)
 
 

@@ -16,16 +16,17 @@ import pytest
 import torch
 from fakes import FakeGrid, play_serverapp_runtime
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, RecordDict
+from omegaconf import OmegaConf
 from transformers import AutoConfig
 
 from anther import client_app
-from anther.core.config import to_yaml
+from anther.core.config import ConfigError, to_yaml
 from anther.core.sample import write_split
 from anther.data import shapes_vqa
 from anther.data.client_data import client_data
 from anther.model.nano_adapter import NanoAdapter, NanoAdapterConfig
 from anther.model.nano_edge import initial_adapter_state
-from anther.simulations.experiment import load_config
+from anther.simulations.experiment import check_names, load_config
 from anther.strategies.fedprox import middle_range
 from anther.strategies.personalised import LOCAL_ADAPTERS
 from anther.strategies.registry import build_strategy
@@ -208,3 +209,82 @@ def test_a_site_reports_what_it_holds_and_evaluates_on_its_own_test_split(cfg, t
     strategy = build_strategy({"name": "fedavg"})
     evaluated = _evaluate(strategy, cfg, _global(cfg), contexts)
     assert all(c["metrics"]["num-examples"] == 6 for c in evaluated.values())
+
+
+def _sgd(cfg):
+    """``cfg`` with plain SGD of 0.05 (what SCAFFOLD's and FedNova's formulas are exact for)."""
+    cfg = cfg.copy()
+    cfg.train.optimizer, cfg.train.lr = "sgd", 0.05
+    return cfg
+
+
+def test_scaffold_sends_its_variate_and_clients_keep_theirs(cfg):
+    """The server's c travels as an extra ArrayRecord; each client answers with delta_c_i and keeps
+    c_i in its node state, where round 2 finds it (delta_c = c_i+ - c_i, so round 2's sent c_i is
+    round 1's kept one)."""
+    cfg = _sgd(cfg)
+    strategy = build_strategy({"name": "scaffold"})
+    strategy.set_node_info({node: ConfigRecord() for node in NODES})
+    contexts = _contexts()
+    arrays, _, replies = _train_round(strategy, cfg, _global(cfg), contexts)
+    kept = {node: contexts[node].state["scaffold-ci"].to_torch_state_dict() for node in NODES}
+    for node, content in replies.items():
+        assert sorted(content.array_records) == ["arrays", "scaffold-dc"]
+        delta = content["scaffold-dc"].to_torch_state_dict()
+        assert all(torch.allclose(delta[n], kept[node][n]) for n in delta)  # c_i was zero: delta is c_i+
+    c = {n: (kept[11][n] + kept[12][n]) / 2 for n in kept[11]}  # both of the two nodes replied
+    messages = list(strategy.configure_train(2, arrays, _config(cfg, 2), FakeGrid(list(NODES))))
+    sent = messages[0].content["scaffold-c"].to_torch_state_dict()
+    assert all(torch.allclose(sent[n], c[n], atol=1e-6) for n in c)
+    replies = {m.metadata.dst_node_id: client_app.train(m, contexts[m.metadata.dst_node_id]).content for m in messages}
+    after = contexts[11].state["scaffold-ci"].to_torch_state_dict()
+    delta = replies[11]["scaffold-dc"].to_torch_state_dict()
+    assert all(torch.allclose(after[n] - kept[11][n], delta[n], atol=1e-6) for n in delta)
+
+
+def test_feddyn_clients_keep_their_gradient_state_and_send_only_adapters(cfg):
+    cfg = _sgd(cfg)
+    strategy = build_strategy({"name": "feddyn", "alpha": 0.1})
+    contexts = _contexts()
+    sent = _global(cfg)
+    _, _, replies = _train_round(strategy, cfg, sent, contexts)
+    for node, content in replies.items():
+        assert list(content.array_records) == ["arrays"]
+        kept = contexts[node].state["feddyn-grad"].to_torch_state_dict()
+        moved = content["arrays"].to_torch_state_dict()
+        start = sent.to_torch_state_dict()
+        assert all(torch.allclose(kept[n], -0.1 * (moved[n] - start[n]), atol=1e-6) for n in kept)
+
+
+def test_fednova_clients_take_their_epochs_and_report_what_they_accumulated(cfg):
+    """With local_epochs=1 each client takes ceil(its samples / batch size) steps; a_i is
+    steps * lr for plain SGD at a constant rate."""
+    cfg = _sgd(cfg)
+    strategy = build_strategy({"name": "fednova", "local_epochs": 1.0})
+    merged, _, replies = _train_round(strategy, cfg, _global(cfg), _contexts())
+    for node, content in replies.items():
+        train_set, _ = client_data(cfg, Path(cfg.data.path), NODES[node], len(NODES))
+        steps = -(-len(train_set) // cfg.train.batch_size)
+        assert content["metrics"]["local_steps"] == steps
+        assert content["fednova"]["a"] == pytest.approx(steps * 0.05)
+    assert {n: a.dtype for n, a in merged.items()} == {n: a.dtype for n, a in _global(cfg).items()}
+
+
+def test_fednova_refuses_an_adaptive_optimiser_before_the_run(cfg):
+    with pytest.raises(ConfigError, match="FedNova needs train.optimizer=sgd"):
+        check_names(_with(cfg, strategy={"name": "fednova"}))
+    check_names(_with(cfg, strategy={"name": "fednova"}, train={"optimizer": {"name": "sgd", "momentum": 0.9}}))
+    with pytest.raises(ConfigError, match="local_epochs cannot go with privacy.dp"):
+        check_names(_with(cfg, strategy={"name": "fednova", "local_epochs": 1}, train={"optimizer": "sgd"},
+                          privacy={"dp": True}))
+
+
+def _with(cfg, **sections):
+    out = cfg.copy()
+    for name, values in sections.items():
+        if name == "strategy":
+            out.strategy = values
+        else:
+            for key, value in values.items():
+                OmegaConf.update(out, f"{name}.{key}", value, merge=False)
+    return out

@@ -42,6 +42,7 @@ from anther.bench.machine import describe
 from anther.bench.model_sizes import REAL_CONFIGS, size_report
 from anther.bench.perf.workload import MemoryTrace
 from anther.bench.results import results_dir
+from anther.client.local_optimiser import LocalTraining
 from anther.client.runtime import runtime_for
 from anther.client.trainer import train_adapters
 from anther.data import shapes_vqa
@@ -205,7 +206,8 @@ def _train_round(name: str, profile: str, decoder_layers: int, cfg, clients: int
             for k in range(clients):
                 edge.load_adapter_state(global_state)
                 own_samples = samples[k * steps * batch_size:(k + 1) * steps * batch_size]
-                report = train_adapters(runtime.encoder, backbone, own_samples, steps, batch_size, lr=1e-3, seed=k)
+                report = train_adapters(runtime.encoder, backbone, own_samples,
+                                        LocalTraining(steps, batch_size, lr=1e-3), seed=k)
                 states.append(edge.adapter_state())
                 weights.append(report.examples)
                 losses.append(report.loss)

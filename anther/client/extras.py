@@ -2,11 +2,15 @@
 
 A strategy talks to its clients through the round config. Its ``configure_train`` (or
 ``configure_evaluate``) puts keys into the ConfigRecord it sends, as Flower's FedProx puts
-``proximal-mu``; the ClientApp runs every extra registered under a key that config holds,
-at one of three points:
+``proximal-mu``, and may put more ArrayRecords and ConfigRecords into the message (a control
+variate, say), which extras read by name (:meth:`ExtraContext.array`). The ClientApp runs every
+extra registered under a key that config holds, at one of four points:
 
 - :func:`regulariser` -- before local training: returns a term added to the local
   objective (:data:`anther.client.trainer.Regulariser`);
+- :func:`gradient_hook` -- before local training: returns a function run at every local step
+  once the task gradient is in the adapters' ``.grad``, before or after clipping
+  (``train.hook_order``), that changes it in place (:data:`anther.client.trainer.GradientHook`);
 - :func:`after_training` -- after local training: returns records for the train reply.
   Array and config records go in under their own names (a Fisher under ``fisher``);
   metric records are merged into the reply's ``metrics``, because Flower's strategies read
@@ -28,15 +32,16 @@ from __future__ import annotations
 import importlib
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import AbstractContextManager, ExitStack, contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TypeVar
 
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 from omegaconf import DictConfig
 
+from anther.client.local_optimiser import LocalTraining
 from anther.client.runtime import ClientRuntime
-from anther.client.trainer import Regulariser
+from anther.client.trainer import GradientHook, Regulariser, TrainReport, regulariser_hook
 from anther.core import protocol
 from anther.core.sample import Sample
 
@@ -54,14 +59,35 @@ class ExtraContext:
     received: dict[str, torch.Tensor]  # the global adapters as the server sent them
     state: RecordDict  # the node's Flower Context.state: kept on the node between rounds of a run
     seed: int  # this client's seed for the round
+    # The strategy's other records in the message (not the adapters, not the round config), by name.
+    records: Mapping[str, ArrayRecord | ConfigRecord] = field(default_factory=dict)
+    # This round's local training settings (steps, lr, optimiser...), as the trainer uses them.
+    training: LocalTraining | None = None
+    # What the local training did (its steps, learning rates, optimiser): set for after-training extras.
+    report: TrainReport | None = None
+
+    def parameters(self) -> dict[str, torch.nn.Parameter]:
+        """The live trainable adapter weights, named as in the global adapters (``image.down.weight``...).
+        A gradient hook reads and changes their ``.grad``; a regulariser is a function of them."""
+        return {n: p for n, p in self.runtime.edge.adapters.named_parameters() if p.requires_grad}
+
+    def array(self, name: str) -> dict[str, torch.Tensor]:
+        """The ArrayRecord ``name`` the strategy sent with this message, as tensors."""
+        record = self.records.get(name)
+        if not isinstance(record, ArrayRecord):
+            raise KeyError(f"the server sent no ArrayRecord named {name!r} with this message "
+                           f"(it sent {sorted(self.records) or 'none'})")
+        return record.to_torch_state_dict()
 
 
 RegulariserFactory = Callable[[ExtraContext], Regulariser]
+GradientHookFactory = Callable[[ExtraContext], GradientHook]
 ReplyFactory = Callable[[ExtraContext], Mapping[str, Record]]
 EvaluationFactory = Callable[[ExtraContext], AbstractContextManager[object]]
 F = TypeVar("F", bound=Callable[..., object])
 
 _REGULARISERS: dict[str, RegulariserFactory] = {}
+_GRADIENT_HOOKS: dict[str, GradientHookFactory] = {}
 _AFTER_TRAINING: dict[str, ReplyFactory] = {}
 _EVALUATION: dict[str, EvaluationFactory] = {}
 
@@ -84,6 +110,12 @@ def regulariser(key: str) -> Callable[[RegulariserFactory], RegulariserFactory]:
     return _register(_REGULARISERS, "regulariser", key)
 
 
+def gradient_hook(key: str) -> Callable[[GradientHookFactory], GradientHookFactory]:
+    """Register ``fn(ctx) -> GradientHook``, built before local training when the round config has
+    ``key`` and run at every local step once the task gradient is in ``.grad``."""
+    return _register(_GRADIENT_HOOKS, "gradient_hook", key)
+
+
 def after_training(key: str) -> Callable[[ReplyFactory], ReplyFactory]:
     """Register ``fn(ctx) -> {name: record}``, run after local training when the round config has ``key``."""
     return _register(_AFTER_TRAINING, "after_training", key)
@@ -99,9 +131,11 @@ def _wanted(table: Mapping[str, F], config: ConfigRecord) -> Iterable[tuple[str,
     return [(key, fn) for key, fn in table.items() if key in config]
 
 
-def build_regularisers(ctx: ExtraContext) -> list[Regulariser]:
-    """The regularisers the round asks for; build them after loading the global adapters."""
-    return [make(ctx) for _, make in _wanted(_REGULARISERS, ctx.config)]
+def build_hooks(ctx: ExtraContext) -> list[GradientHook]:
+    """The gradient hooks the round asks for, regularisers first (each adds its term's gradient),
+    each group in registration order; build them after loading the global adapters."""
+    return ([regulariser_hook(make(ctx)) for _, make in _wanted(_REGULARISERS, ctx.config)]
+            + [make(ctx) for _, make in _wanted(_GRADIENT_HOOKS, ctx.config)])
 
 
 def add_reply_records(ctx: ExtraContext, content: RecordDict, metrics_key: str = protocol.METRICS) -> None:

@@ -11,18 +11,32 @@ from __future__ import annotations
 import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from tqdm.auto import tqdm
 
 from anther.backbone.interface import Backbone
 from anther.client.dp import DPSGD, dp_optimizer, per_sample_cotangents, per_sample_grads, poisson_batch
+from anther.client.local_optimiser import LocalTraining, build_optimiser, build_schedule
 from anther.core.sample import Sample
 from anther.model.sample_encoder import SampleEncoder
 
 # A term added to the local objective, a function of the adapters' current weights (a
 # proximal pull towards the global weights, say). Its gradient is added to the task loss's.
 Regulariser = Callable[[], torch.Tensor]
+# Called once per local step, when the task gradient is in the adapters' ``.grad``: it changes
+# ``.grad`` in place (adds a correction, say). Runs before or after clipping (``train.hook_order``).
+GradientHook = Callable[[], None]
+
+
+def regulariser_hook(regulariser: Regulariser) -> GradientHook:
+    """The hook that adds ``regulariser``'s gradient to ``.grad`` (by its own ``backward()``)."""
+    def hook() -> None:
+        term = regulariser()
+        if term.requires_grad:  # a term over no trainable weight is a constant
+            term.backward()
+    return hook
 
 
 @dataclass
@@ -32,6 +46,9 @@ class TrainReport:
     examples: int  # samples seen (steps * batch size; with DP, what the Poisson batches held)
     activation_bytes_up: int  # inputs_embeds + mask + labels sent to the backbone (wire bytes)
     activation_bytes_down: int  # gradients received
+    lrs: list[float]  # the learning rate of each step, as the schedule set it
+    optimiser: str  # its class name (``SGD``, ``AdamW``...)
+    hyperparameters: dict[str, Any]  # its first parameter group's settings (momentum, nesterov, betas...)
 
 
 @dataclass
@@ -42,18 +59,16 @@ class StepResult:
 
 
 def split_step(encoder: SampleEncoder, backbone: Backbone, batch_samples: list[Sample],
-               regularisers: Sequence[Regulariser] = ()) -> StepResult:
-    """One exchange with the backbone; leaves d(task loss + regularisers)/d adapters in ``.grad``.
+               hooks: Sequence[GradientHook] = ()) -> StepResult:
+    """One exchange with the backbone; leaves d(task loss)/d adapters in ``.grad``, then runs ``hooks``.
 
     The task loss's gradient reaches NanoAdapters through ``embeds.backward(grad)`` (LoRA inside
-    the LLM, in ``mode=whole_model``, gets it inside the in-process backbone's ``train_step``); each
-    regulariser is a purely local function of the weights, so its gradient is accumulated
-    by its own ``backward()``.
+    the LLM, in ``mode=whole_model``, gets it inside the in-process backbone's ``train_step``).
     """
     embeds, _, grad, result = _exchange(encoder, backbone, batch_samples)
     if embeds.requires_grad:  # NanoAdapters; LoRA (mode=whole_model) got its gradient in train_step
         embeds.backward(grad.to(embeds.dtype))
-    _add_gradients_of(regularisers)
+    _run(hooks)
     return result
 
 
@@ -85,52 +100,57 @@ def _exchange(encoder: SampleEncoder, backbone: Backbone,
     return embeds, batch.labels, grad, StepResult(loss, backbone.bytes_up - up0, backbone.bytes_down - down0)
 
 
-def _add_gradients_of(regularisers: Sequence[Regulariser]) -> None:
-    """Add each regulariser's gradient to the weights' ``.grad``. Under DP this runs after
-    clipping and noise: a regulariser is a function of the weights only, not of any sample, so
-    it does not touch the guarantee."""
-    for regulariser in regularisers:
-        term = regulariser()
-        if term.requires_grad:  # a term over no trainable weight is a constant
-            term.backward()
+def _run(hooks: Sequence[GradientHook]) -> None:
+    for hook in hooks:
+        hook()
 
 
-def train_adapters(encoder: SampleEncoder, backbone: Backbone, samples: list[Sample], steps: int,
-                   batch_size: int, lr: float, seed: int, weight_decay: float = 0.0,
-                   max_grad_norm: float = 1.0, show_progress: bool = False,
-                   regularisers: Sequence[Regulariser] = (), dp: DPSGD | None = None) -> TrainReport:
-    """Run ``steps`` split-learning steps on batches drawn from ``samples``, minimising the task
-    loss plus ``regularisers``. Optimises the adapter parameters that require grad.
+def train_adapters(encoder: SampleEncoder, backbone: Backbone, samples: list[Sample], training: LocalTraining,
+                   seed: int, hooks: Sequence[GradientHook] = (), dp: DPSGD | None = None,
+                   show_progress: bool = False) -> TrainReport:
+    """Run ``training.steps`` split-learning steps on batches drawn from ``samples``, optimising the
+    adapter parameters that require grad with the configured optimiser and schedule.
 
-    Without ``dp``: shuffled batches of ``batch_size`` drawn with ``seed``, the batch gradient
-    clipped to ``max_grad_norm``. With ``dp``: Poisson batches from ``dp.sampler`` (not
-    ``seed``: the server knows it) and opacus's DP-SGD steps (``dp`` clips per sample).
+    Each step: the task gradient lands in ``.grad``; the ``hooks`` run (a regulariser's gradient,
+    SCAFFOLD's correction...) before or after the batch gradient is clipped to
+    ``training.max_grad_norm``, as ``training.hook_order`` says; then the optimiser and the
+    schedule step. Without ``dp`` batches are shuffled with ``seed``. With ``dp``: Poisson batches
+    from ``dp.sampler`` (not ``seed``: the server knows it) and opacus's DP-SGD steps, which clip
+    per sample and add noise; the hooks then always run after the noise (they are functions of the
+    weights and the server's tensors, not of any sample, so the guarantee holds).
     """
     if not samples:
         raise ValueError("this client has no training samples")
     edge = encoder.edge
     params = [p for p in edge.adapters.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
-    if dp is not None:  # opacus clips and noises; the regularisers' gradients join after that
+    opt = build_optimiser(params, training)
+    schedule = build_schedule(opt, training)
+    if dp is not None:
         opt = dp_optimizer(opt, dp)
-        opt.attach_step_hook(lambda _: _add_gradients_of(regularisers))
+        opt.attach_step_hook(lambda _: _run(hooks))
+    before = training.hook_order == "before_clipping"
     rng = random.Random(seed)
     order: list[int] = []
-    losses, up, down, seen = [], 0, 0, 0
+    losses, lrs, up, down, seen = [], [], 0, 0, 0
     edge.train()
-    for _ in tqdm(range(steps), desc="local training", unit="step", disable=not show_progress, leave=False):
+    for _ in tqdm(range(training.steps), desc="local training", unit="step", disable=not show_progress,
+                  leave=False):
         opt.zero_grad(set_to_none=True)
         if dp is None:
-            if len(order) < batch_size:
+            if len(order) < training.batch_size:
                 order += rng.sample(range(len(samples)), len(samples))
-            idx, order = order[:batch_size], order[batch_size:]
-            step = split_step(encoder, backbone, [samples[i] for i in idx], regularisers)
-            if max_grad_norm > 0:
-                torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
+            idx, order = order[:training.batch_size], order[training.batch_size:]
+            step = split_step(encoder, backbone, [samples[i] for i in idx], hooks if before else ())
+            if training.max_grad_norm > 0:
+                torch.nn.utils.clip_grad_norm_(params, training.max_grad_norm)
+            if not before:
+                _run(hooks)
         else:
             idx = poisson_batch(dp.sampler, len(samples), dp.sample_rate)
             step = dp_split_step(encoder, backbone, [samples[i] for i in idx], params)
+        lrs.append(opt.param_groups[0]["lr"])
         opt.step()
+        schedule.step()
         seen += len(idx)
         if step is None:
             continue
@@ -139,4 +159,10 @@ def train_adapters(encoder: SampleEncoder, backbone: Backbone, samples: list[Sam
         down += step.bytes_down
     edge.eval()
     loss = sum(losses) / len(losses) if losses else float("nan")
-    return TrainReport(loss, steps, seen, up, down)
+    hyper = {k: v for k, v in opt.param_groups[0].items() if k != "params"}
+    return TrainReport(loss, training.steps, seen, up, down, lrs, type(_inner(opt)).__name__, hyper)
+
+
+def _inner(opt: torch.optim.Optimizer) -> torch.optim.Optimizer:
+    """The optimiser opacus wraps, or ``opt`` itself."""
+    return getattr(opt, "original_optimizer", opt)

@@ -15,8 +15,9 @@ from omegaconf import DictConfig
 
 from anther.client.dp import DPSGD, dpsgd_for
 from anther.client.inference import evaluate_samples
+from anther.client.local_optimiser import LocalTraining
 from anther.client.runtime import ClientRuntime
-from anther.client.trainer import Regulariser, TrainReport, train_adapters
+from anther.client.trainer import GradientHook, TrainReport, train_adapters
 from anther.core import protocol
 from anther.core.sample import Sample
 
@@ -36,14 +37,13 @@ def dp_for(cfg: DictConfig, num_samples: int, total_steps: int, site_seed: str |
 
 
 def train_round(cfg: DictConfig, runtime: ClientRuntime, samples: list[Sample], seed: int,
-                steps: int | None = None, regularisers: Sequence[Regulariser] = (),
+                steps: int | None = None, hooks: Sequence[GradientHook] = (),
                 dp: DPSGD | None = None) -> TrainReport:
     """``steps`` (default ``train.local_steps``) steps of the experiment's local training on the
-    adapters loaded in ``runtime``."""
-    t = cfg.train
+    adapters loaded in ``runtime``, with the strategy's gradient ``hooks``."""
     torch.manual_seed(seed)
-    return train_adapters(runtime.encoder, runtime.backbone, samples, steps or t.local_steps, t.batch_size,
-                          t.lr, seed, t.weight_decay, t.max_grad_norm, regularisers=regularisers, dp=dp)
+    return train_adapters(runtime.encoder, runtime.backbone, samples, LocalTraining.from_config(cfg.train, steps),
+                          seed, hooks=hooks, dp=dp)
 
 
 def own_split_metrics(cfg: DictConfig, runtime: ClientRuntime, test_set: list[Sample],

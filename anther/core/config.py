@@ -144,11 +144,21 @@ class FederationConfig:
 
 @dataclass
 class TrainConfig:
+    """A client's local training each round (anther/client/local_optimiser.py)."""
+
     local_steps: int = 20
     batch_size: int = 16
     lr: float = 3e-3
     weight_decay: float = 0.0
-    max_grad_norm: float = 1.0
+    max_grad_norm: float = 1.0  # the batch gradient is clipped to this norm (0: not clipped)
+    # adamw, adam, sgd, or a mapping: {name: sgd, momentum: 0.9, nesterov: true} or
+    # {_target_: torch.optim.RMSprop, ...}; lr and weight_decay above unless it gives its own
+    optimizer: Any = "adamw"
+    # over a round's local steps: constant, linear, cosine, or {_target_: a torch.optim.lr_scheduler class, ...}
+    lr_schedule: Any = "constant"
+    warmup_steps: int = 0  # linear warm-up before the schedule
+    # where strategies' gradient hooks and regularisers run: before_clipping or after_clipping
+    hook_order: str = "before_clipping"
 
 
 @dataclass
@@ -627,14 +637,18 @@ def compose_experiment(experiment: str = "default", overrides: list[str] | str |
     return validate(cfg)
 
 
+# Sections whose keys are their own class's constructor arguments, not the schema's.
+FREE_FORM_SECTIONS = frozenset({"strategy", "train.optimizer", "train.lr_schedule"})
+
+
 def _schema_keys(node: Any = None, prefix: str = "") -> set[str]:
-    """Every dotted key of the schema (the free-form ``strategy`` section's are its own)."""
+    """Every dotted key of the schema (a free-form section's, such as ``strategy``'s, are its own)."""
     node = OmegaConf.structured(ExperimentConfig) if node is None else node
     keys = set()
     for key, value in node.items_ex(resolve=False) if isinstance(node, DictConfig) else ():
         dotted = f"{prefix}{key}"
         keys.add(dotted)
-        if isinstance(value, DictConfig) and dotted != "strategy":
+        if isinstance(value, DictConfig) and dotted not in FREE_FORM_SECTIONS:
             keys |= _schema_keys(value, dotted + ".")
     return keys
 

@@ -47,12 +47,15 @@ DECLINED = "declined"  # ConfigRecord of a reply to a round the client will not 
 SERVER_ROUND = "server-round"  # set by Flower's strategies
 EXPERIMENT = "experiment"  # the whole experiment config, as YAML
 RUN_KEY = "run-key"  # the run folder's name, the same before and after a resume
+LOCAL_STEPS = "local-steps"  # this node's local steps this round, when a strategy sets them (else train.local_steps)
+LOCAL_EPOCHS = "local-epochs"  # or this many passes over the node's own training data (ceil(epochs * n / batch))
 
 # -- metrics of a reply (MetricRecord METRICS)
 NUM_EXAMPLES = "num-examples"  # Flower's strategies weight by it
 NUM_IMAGE_EXAMPLES = "num-image-examples"  # samples with an image
 NUM_TEXT_EXAMPLES = "num-text-examples"  # samples with a text context
 TRAIN_LOSS = "train_loss"  # task loss of the round's local training, without regularisers
+LOCAL_STEPS_TAKEN = "local_steps"  # how many local steps the node took this round
 ACTIVATION_BYTES_UP = "activation_bytes_up"  # what the client sent the backbone this round
 ACTIVATION_BYTES_DOWN = "activation_bytes_down"
 DP_EPSILON = "dp_epsilon"  # sample-level DP: the epsilon this node has spent in the run so far

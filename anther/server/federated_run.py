@@ -86,9 +86,15 @@ def _sum_metric(replies: Iterable[Message], key: str) -> float:
     return float(sum(m.content[protocol.METRICS].get(key, 0) for m in replies))
 
 
-def _array_bytes(messages: Iterable[Message]) -> int:
-    """Bytes of every ArrayRecord the messages carry: the adapters and any extra (a Fisher...)."""
-    return sum(record.count_bytes() for m in messages for record in m.content.array_records.values())
+# anther's own records, not the strategy's: the round config down; timing and privacy notes up.
+_BOOKKEEPING = frozenset({protocol.CONFIG, protocol.TIMING, protocol.PRIVACY, protocol.DECLINED})
+
+
+def _record_bytes(messages: Iterable[Message]) -> int:
+    """Bytes of what the strategy and its client half exchange in ``messages``: every ArrayRecord (the
+    adapters, a Fisher, a control variate) and every ConfigRecord besides anther's bookkeeping."""
+    return sum(record.count_bytes() for m in messages for name, record in m.content.items()
+               if name in m.content.array_records or (name in m.content.config_records and name not in _BOOKKEEPING))
 
 
 def _weighted_metric(replies: list[Message], key: str) -> float | None:
@@ -129,8 +135,8 @@ def _client_traffic(sent: list[Message], replies: list[Message]) -> dict[int, di
         metrics = r.content[protocol.METRICS]
         down = to_node.get(r.metadata.src_node_id)
         out[int(metrics[protocol.PARTITION_ID])] = {
-            "adapter_bytes_down": _array_bytes([down]) if down is not None else 0,
-            "adapter_bytes_up": _array_bytes([r]),
+            "adapter_bytes_down": _record_bytes([down]) if down is not None else 0,
+            "adapter_bytes_up": _record_bytes([r]),
             "activation_bytes_up": float(metrics.get(protocol.ACTIVATION_BYTES_UP, 0)),
             "activation_bytes_down": float(metrics.get(protocol.ACTIVATION_BYTES_DOWN, 0)),
         }
@@ -285,7 +291,10 @@ class FederatedRun:
             partition_of = {node: pid for pid, node in partitions.items()}
             sampled = self._sample(connected)
             config = self._config(server_round)
-            messages = list(self.strategy.configure_train(server_round, arrays, config,
+            dtypes = {name: array.dtype for name, array in arrays.items()}
+            # A copy: some strategies consume what they are given (QFedAvg empties it), and a
+            # skipped round must still have the global adapters.
+            messages = list(self.strategy.configure_train(server_round, ArrayRecord(dict(arrays.items())), config,
                                                           OfferedGrid(self.grid, sampled)))
             received = self._send(messages)
             screened = screen_replies(messages, received, partition_of, self.cfg.federation.outlier_factor,
@@ -294,7 +303,12 @@ class FederatedRun:
             self.exhausted.update({p.partition_id: p.reason for p in screened.declined
                                    if p.status == protocol.BUDGET_EXHAUSTED and p.partition_id is not None})
             replies = screened.accepted
-            outcome = aggregate_guarded(self.strategy, server_round, replies, self.cfg.federation.min_replies)
+            # Traffic as sent, before the strategy reads (and may consume) the replies.
+            traffic = {"adapter_bytes_down": _record_bytes(messages),
+                       "adapter_bytes_up": _record_bytes(m for m in received if not m.has_error()),
+                       "per_client": _client_traffic(messages, replies)}
+            outcome = aggregate_guarded(self.strategy, server_round, replies, self.cfg.federation.min_replies,
+                                        dtypes)
             train_metrics = outcome.metrics
             if outcome.arrays is not None:
                 arrays = outcome.arrays
@@ -311,11 +325,11 @@ class FederatedRun:
                 "exhausted": sorted(self.exhausted),
                 "not_joined": [{"node_id": n, "reason": why} for n, why in self.not_joined.items()],
                 "skipped": outcome.skipped,
-                "adapter_bytes_down": _array_bytes(messages),
-                "adapter_bytes_up": _array_bytes(m for m in received if not m.has_error()),
+                "adapter_bytes_down": traffic["adapter_bytes_down"],
+                "adapter_bytes_up": traffic["adapter_bytes_up"],
                 "activation_bytes_up": _sum_metric(replies, protocol.ACTIVATION_BYTES_UP),
                 "activation_bytes_down": _sum_metric(replies, protocol.ACTIVATION_BYTES_DOWN),
-                "per_client": _client_traffic(messages, replies),
+                "per_client": traffic["per_client"],
                 "train_metrics": dict(train_metrics or {}),  # as the strategy aggregated them
                 **_epsilons(replies),
                 **_dp_randomness(replies),
@@ -332,7 +346,7 @@ class FederatedRun:
         the strategy builds (at the node's rank; with its local adapter, when personalised)."""
         last = self.cfg.federation.rounds
         connected, unavailable = self._connected(partitions)
-        messages = self.strategy.configure_evaluate(last, arrays, self._config(last),
+        messages = self.strategy.configure_evaluate(last, ArrayRecord(dict(arrays.items())), self._config(last),
                                                     OfferedGrid(self.grid, list(connected.values())))
         answers, missing = split_failures(messages, self._send(messages), {n: p for p, n in partitions.items()})
         missing += unavailable

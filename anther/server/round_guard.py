@@ -22,7 +22,9 @@ Nodes that were asked but did not reply before the round's timeout are reported 
 failed, like those whose reply is an error. :func:`aggregate_guarded` then aggregates
 only when at least ``federation.min_replies`` updates passed, and turns a strategy's
 refusal (``AggregationError``) into a skipped round: the global adapters stay as they were
-and the run goes on, rather than one bad round ending it.
+and the run goes on, rather than one bad round ending it. The aggregate keeps the global
+adapters' dtypes: an array the strategy returns in another (QFedAvg computes in float64) is
+cast back, with a warning naming it, so checkpoints and the bytes sent stay as they were.
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ from logging import INFO, WARNING
 from typing import Any
 
 import numpy as np
-from flwr.app import ArrayRecord, Message, MetricRecord
+from flwr.app import Array, ArrayRecord, Message, MetricRecord
 from flwr.common.logger import LOGGER_NAME, log
 from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS, Key
 from flwr.serverapp.exception import AggregationError, InconsistentMessageReplies
@@ -275,10 +277,25 @@ class Outcome:
     skipped: str | None = None  # why the round did not aggregate
 
 
+def keep_dtypes(arrays: ArrayRecord, dtypes: Mapping[str, str], strategy: Strategy) -> ArrayRecord:
+    """``arrays`` with every array the global adapters hold in the dtype they had (``dtypes``: name ->
+    NumPy dtype string); a change is cast back, with one warning naming the arrays and the strategy."""
+    changed = {name: (array.dtype, dtypes[name]) for name, array in arrays.items()
+               if name in dtypes and array.dtype != dtypes[name]}
+    if not changed:
+        return arrays
+    name, (got, want) = next(iter(changed.items()))
+    log(WARNING, "anther: %s returned %d adapter array(s) as %s instead of %s (first: %s); cast back to the "
+        "global adapters' dtype", type(strategy).__name__, len(changed), got, want, name)
+    return ArrayRecord({name: Array(array.numpy().astype(dtypes[name])) if name in changed else array
+                        for name, array in arrays.items()})
+
+
 def aggregate_guarded(strategy: Strategy, server_round: int, accepted: list[Message],
-                      min_replies: int) -> Outcome:
-    """The strategy's aggregate of the ``accepted`` replies, or a skipped round (with a
-    warning saying why) when fewer than ``min_replies`` passed or the strategy refused."""
+                      min_replies: int, dtypes: Mapping[str, str]) -> Outcome:
+    """The strategy's aggregate of the ``accepted`` replies (in the global adapters' ``dtypes``), or
+    a skipped round (with a warning saying why) when fewer than ``min_replies`` passed or the
+    strategy refused."""
     if len(accepted) < min_replies:
         reason = f"only {len(accepted)} usable update(s), federation.min_replies={min_replies}"
     else:
@@ -288,7 +305,7 @@ def aggregate_guarded(strategy: Strategy, server_round: int, accepted: list[Mess
             reason = f"the strategy could not aggregate: {e}"
         else:
             if arrays is not None:
-                return Outcome(arrays, metrics)
+                return Outcome(keep_dtypes(arrays, dtypes, strategy), metrics)
             reason = "the strategy aggregated nothing"
     log(WARNING, "anther: round %d skipped, global adapters unchanged: %s", server_round, reason)
     return Outcome(None, None, reason)

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
+from anther.client.local_optimiser import check_local_training
 from anther.core.config import ConfigError, check, compose_experiment, read_run_config
 from anther.data.formats.registry import FORMATS
 from anther.model.chat_format import template_problem
@@ -43,7 +44,8 @@ def check_names(cfg: DictConfig) -> DictConfig:
           f"must be 0 for model.tiny_family={cfg.model.tiny_family} (the pretraining recipe is LLaVA's)")
     problem = template_problem(cfg.model.chat_template, cfg.model.path)
     check(problem is None, "model.chat_template", cfg.model.chat_template, problem or "")
-    _check_strategy(cfg.strategy)
+    _check_strategy(cfg)
+    _check_local_training(cfg.train)
     if cfg.privacy.client_level.mode != "off":
         _check_weighted_mean(cfg.strategy, "privacy.client_level.mode", cfg.privacy.client_level.mode)
     if cfg.privacy.secagg.enabled:
@@ -60,12 +62,24 @@ def _check_weighted_mean(strategy: DictConfig, key: str, value: object) -> None:
           "adapters (its clients send data-dependent extras, or it needs each client's own update)")
 
 
-def _check_strategy(strategy: DictConfig) -> None:
-    """Build the strategy once, here, so that an unknown name, a class that cannot be imported or a
-    constructor argument it does not take is refused before anything starts."""
-    spec = OmegaConf.to_container(strategy, resolve=True)
+def _check_local_training(train: DictConfig) -> None:
+    """Build the configured optimiser and schedule once, so a bad name or keyword stops the run here."""
     try:
-        build_strategy(spec)
+        check_local_training(train)
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"config value {e}") from None
+
+
+def _check_strategy(cfg: DictConfig) -> None:
+    """Build the strategy once, here, so that an unknown name, a class that cannot be imported or a
+    constructor argument it does not take is refused before anything starts; a strategy with a
+    ``check_experiment(cfg) -> str | None`` method says what else it needs of the experiment."""
+    spec = OmegaConf.to_container(cfg.strategy, resolve=True)
+    try:
+        built = build_strategy(spec)
     except Exception as e:  # noqa: BLE001 - whatever the class raises, it is the config's mistake
         reason = " ".join(str(e).split())
         raise ConfigError(f"config value strategy={spec} cannot be built: {type(e).__name__}: {reason}") from None
+    check_experiment = getattr(built, "check_experiment", None)  # a strategy's own demands on the rest
+    problem = check_experiment(cfg) if callable(check_experiment) else None
+    check(problem is None, "strategy", spec, problem or "")

@@ -24,8 +24,7 @@ from collections.abc import Iterable, Mapping, Sequence
 
 import torch
 
-from anther.client.extras import ExtraContext, regulariser
-from anther.client.trainer import Regulariser
+from anther.client.api import ExtraContext, Regulariser, regulariser
 
 # Round-config keys: Flower's FedProx ships "proximal-mu"; the range is FedMLLM's (adaptive_reg).
 PROXIMAL_MU, PROXIMAL_START, PROXIMAL_END = "proximal-mu", "proximal-start", "proximal-end"
@@ -88,5 +87,5 @@ class MiddleProximal:
 @regulariser(PROXIMAL_MU)
 def proximal(ctx: ExtraContext) -> Regulariser:
     """FedProx's term; with a range (adaptive_reg) FedMLLM's, on the middle of the stack only."""
-    return MiddleProximal(dict(ctx.runtime.edge.adapters.named_parameters()), float(ctx.config[PROXIMAL_MU]),
+    return MiddleProximal(ctx.parameters(), float(ctx.config[PROXIMAL_MU]),
                           float(ctx.config.get(PROXIMAL_START, 0.0)), float(ctx.config.get(PROXIMAL_END, 1.0)))

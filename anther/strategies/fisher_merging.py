@@ -43,7 +43,7 @@ FedNano-style implementations compute in practice. Labels are the reference answ
 from __future__ import annotations
 
 import random
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 import numpy as np
@@ -53,11 +53,7 @@ from flwr.serverapp import Grid
 from flwr.serverapp.exception import InconsistentMessageReplies
 from flwr.serverapp.strategy.strategy_utils import validate_message_reply_consistency
 
-from anther.backbone.interface import Backbone
-from anther.client.extras import ExtraContext, Record, after_training
-from anther.client.trainer import split_step
-from anther.core.sample import Sample
-from anther.model.sample_encoder import SampleEncoder
+from anther.client.api import ExtraContext, Record, after_training, batch_gradients
 from anther.strategies.array_utils import NDArray, metric_value, numpy_arrays, reply_arrays
 from anther.strategies.merging_fedavg import MergingFedAvg
 
@@ -79,42 +75,26 @@ def batch_indices(num_samples: int, batch_size: int, num_batches: int, seed: int
         yield idx
 
 
-def _squared_batch_gradient(encoder: SampleEncoder, backbone: Backbone, batch_samples: Sequence[Sample],
-                            params: dict[str, torch.nn.Parameter]) -> dict[str, torch.Tensor]:
-    """One split-exchange step, returning the squared gradient of every adapter parameter
-    (through ``embeds`` for NanoAdapters; LoRA in ``mode=whole_model`` gets its own in ``train_step``)."""
-    for p in params.values():
-        p.grad = None
-    split_step(encoder, backbone, list(batch_samples))
-    # An adapter the batch never used (the image one, on a text-only batch) has zero gradient.
-    squared = {name: torch.zeros_like(p) if p.grad is None else p.grad.detach() ** 2 for name, p in params.items()}
-    for p in params.values():
-        p.grad = None
-    return squared
-
-
-def diagonal_fisher(encoder: SampleEncoder, backbone: Backbone, samples: Sequence[Sample], num_batches: int,
-                    batch_size: int, seed: int) -> dict[str, torch.Tensor]:
-    """Diagonal empirical Fisher of the NanoEdge's adapters, named like ``adapter_state()``.
+def diagonal_fisher(ctx: ExtraContext, num_batches: int, batch_size: int, seed: int) -> dict[str, torch.Tensor]:
+    """Diagonal empirical Fisher of the NanoEdge's adapters on ``ctx.samples``, named like the adapters.
 
     The mean over ``num_batches`` batches of the squared gradient of the batch loss (see the
     module docstring for why per batch). Returns float32 tensors on the CPU, ready for
     ``ArrayRecord(...)`` under the reply key ``"fisher"``.
     """
+    samples = ctx.samples
     if not samples:
         raise ValueError("this client has no samples to estimate the Fisher on")
     if num_batches < 1 or batch_size < 1:
         raise ValueError(f"num_batches and batch_size must be >= 1, got {num_batches}, {batch_size}")
-    edge = encoder.edge
-    params = {n: p for n, p in edge.adapters.named_parameters() if p.requires_grad}
-    totals = {n: torch.zeros_like(p, dtype=torch.float32) for n, p in params.items()}
+    totals = {n: torch.zeros_like(p, dtype=torch.float32) for n, p in ctx.parameters().items()}
+    edge = ctx.runtime.edge
     was_training = edge.adapters.training
     edge.train(False)  # estimate the Fisher of the model as it will be merged (no dropout etc.)
     try:
         for idx in batch_indices(len(samples), batch_size, num_batches, seed):
-            squared = _squared_batch_gradient(encoder, backbone, [samples[i] for i in idx], params)
-            for name, value in squared.items():
-                totals[name] += value.float()
+            for name, grad in batch_gradients(ctx, [samples[i] for i in idx]).items():
+                totals[name] += grad.float() ** 2
     finally:
         edge.train(was_training)
     return {name: (total / num_batches).cpu() for name, total in totals.items()}
@@ -123,8 +103,7 @@ def diagonal_fisher(encoder: SampleEncoder, backbone: Backbone, samples: Sequenc
 @after_training(FISHER_BATCHES)
 def fisher(ctx: ExtraContext) -> Mapping[str, Record]:
     """The diagonal Fisher of the adapters as trained, on the client's own data."""
-    values = diagonal_fisher(ctx.runtime.encoder, ctx.runtime.backbone, ctx.samples,
-                             int(ctx.config[FISHER_BATCHES]), ctx.experiment.train.batch_size, ctx.seed)
+    values = diagonal_fisher(ctx, int(ctx.config[FISHER_BATCHES]), ctx.experiment.train.batch_size, ctx.seed)
     return {FISHER: ArrayRecord(values)}
 
 

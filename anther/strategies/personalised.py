@@ -34,8 +34,7 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 from torch import nn
 
-from anther.client.extras import ExtraContext, Record, after_training, evaluation
-from anther.client.trainer import train_adapters
+from anther.client.api import ExtraContext, Record, after_training, evaluation, train_more
 from anther.core import protocol
 from anther.model.nano_adapter import NanoAdapter
 
@@ -135,11 +134,8 @@ def _personal(ctx: ExtraContext) -> PersonalisedAdapters:
 def personal_training(ctx: ExtraContext) -> Mapping[str, Record]:
     """FedDPA-F: train the local adapter on top of the frozen, freshly trained global one."""
     personal = _personal(ctx)
-    t = ctx.experiment.train
     with personal.combined(freeze_global=True):
-        report = train_adapters(ctx.runtime.encoder, ctx.runtime.backbone, ctx.samples,
-                                int(ctx.config[PERSONAL_STEPS]), t.batch_size, t.lr, ctx.seed + 1,
-                                t.weight_decay, t.max_grad_norm)
+        report = train_more(ctx, int(ctx.config[PERSONAL_STEPS]), ctx.seed + 1)
     rounds = int(ctx.state.config_records.get(LOCAL_ROUNDS, ConfigRecord({"n": 0}))["n"]) + 1
     ctx.state[LOCAL_ADAPTERS] = ArrayRecord(personal.local_state())
     ctx.state[LOCAL_ROUNDS] = ConfigRecord({"n": rounds})

@@ -52,6 +52,9 @@ STRATEGIES: dict[str, BuiltIn] = {
     "adaptive_reg": BuiltIn("anther.strategies.adaptive_regularisation.AdaptiveRegularisation",
                             "anther.strategies.fedprox"),
     "personalised": BuiltIn("anther.strategies.personalised.PersonalisedFedAvg", "anther.strategies.personalised"),
+    "scaffold": BuiltIn("anther.strategies.scaffold.Scaffold", "anther.strategies.scaffold"),
+    "feddyn": BuiltIn("anther.strategies.feddyn.FedDyn", "anther.strategies.feddyn"),
+    "fednova": BuiltIn("anther.strategies.fednova.FedNova", "anther.strategies.fednova"),
 }
 
 # The round loop samples clients itself; a built-in takes all it is offered.
