@@ -20,8 +20,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from anther.client.runtime import runtime_for
 from anther.client.local_optimiser import LocalTraining
+from anther.client.runtime import runtime_for
 from anther.client.trainer import train_adapters
 from anther.simulations.experiment import load_config
 from anther.simulations.launcher import free_port
