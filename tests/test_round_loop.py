@@ -81,6 +81,8 @@ class ScriptedGrid:
             moved["text.up.bias"] = np.full_like(moved["text.up.bias"], np.nan)
         content = RecordDict({"arrays": ArrayRecord({k: Array(v) for k, v in moved.items()}),
                               "metrics": MetricRecord({**metrics, "train_loss": 1.0 + pid})})
+        if "scaffold" in m.content["config"]:  # SCAFFOLD's client half answers with its variate's change
+            content["scaffold-dc"] = ArrayRecord({k: Array(np.zeros_like(v)) for k, v in moved.items()})
         return Message(content, reply_to=m)
 
 
@@ -191,3 +193,44 @@ def test_resume_after_a_crash_gives_the_uninterrupted_run(tiny_model_dir, data_d
         return [{k: v for k, v in r.items() if not k.endswith("seconds")} for r in result["rounds"]]
 
     assert rows(a) == rows(b)
+
+
+def _traffic(tiny_model_dir, data_dir, out: Path, *strategy: str) -> tuple[list[dict], ArrayRecord, list[str]]:
+    """The recorded rounds, the final adapters and Flower's log lines of a scripted run under ``strategy``."""
+    with flower_log() as lines:
+        run, final = _run(_cfg(tiny_model_dir, data_dir, out, *strategy), ScriptedGrid())
+    return json.loads((run.run_dir / "result.json").read_text())["rounds"][1:], final, lines
+
+
+def test_traffic_is_counted_as_sent_whatever_the_strategy_does_with_the_replies(tiny_model_dir, data_dir, tmp_path):
+    """Bulyan and QFedAvg read (QFedAvg empties) the replies' records when they aggregate; the bytes
+    up are counted before that, so they equal FedAvg's for the same clients, and bytes down too.
+    QFedAvg computes in float64: its aggregate is cast back to the adapters' float32, with a warning."""
+    fedavg, _, _ = _traffic(tiny_model_dir, data_dir, tmp_path / "fedavg", "strategy.name=fedavg")
+    target = "~strategy.name", "+strategy.min_train_nodes=1", "+strategy.min_available_nodes=1", \
+        "+strategy.min_evaluate_nodes=1"
+    bulyan, _, _ = _traffic(tiny_model_dir, data_dir, tmp_path / "bulyan", *target,
+                            "+strategy._target_=flwr.serverapp.strategy.Bulyan")
+    qfedavg, final, lines = _traffic(tiny_model_dir, data_dir, tmp_path / "qfedavg", *target,
+                                     "+strategy._target_=flwr.serverapp.strategy.QFedAvg",
+                                     "+strategy.client_learning_rate=0.1")
+    assert fedavg[0]["adapter_bytes_up"] > 0
+    for rounds in (bulyan, qfedavg):
+        for mine, theirs in zip(rounds, fedavg, strict=True):
+            assert mine["adapter_bytes_up"] == theirs["adapter_bytes_up"]
+            assert mine["adapter_bytes_down"] == theirs["adapter_bytes_down"]
+            assert mine["per_client"] == theirs["per_client"]
+            assert mine["skipped"] is None
+    assert {a.dtype for a in final.values()} == {"float32"}
+    assert any("QFedAvg returned 8 adapter array(s) as float64 instead of float32" in line for line in lines), lines
+
+
+def test_records_a_strategy_adds_count_as_bytes_each_way(tiny_model_dir, data_dir, tmp_path):
+    """SCAFFOLD sends its control variate with the adapters and its clients answer with their
+    variate's change, both the adapters' size: twice FedAvg's bytes each way."""
+    fedavg, _, _ = _traffic(tiny_model_dir, data_dir, tmp_path / "fedavg", "strategy.name=fedavg")
+    scaffold, _, _ = _traffic(tiny_model_dir, data_dir, tmp_path / "scaffold", "strategy.name=scaffold")
+    for mine, theirs in zip(scaffold, fedavg, strict=True):
+        assert mine["skipped"] is None
+        assert mine["adapter_bytes_down"] == 2 * theirs["adapter_bytes_down"] > 0
+        assert mine["adapter_bytes_up"] == 2 * theirs["adapter_bytes_up"] > 0
