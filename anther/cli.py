@@ -36,8 +36,8 @@ def _simulate(args: argparse.Namespace) -> int:
     from anther.simulations.runner import resume, simulate
 
     if args.resume is None:
-        return simulate(args.experiment, args.overrides, verbose=args.verbose)
-    if args.overrides or args.experiment != "default":
+        return simulate(args.experiment, args.overrides, verbose=args.verbose, config_dir=args.config_dir)
+    if args.overrides or args.experiment != "default" or args.config_dir:
         raise ValueError(f"--resume {args.resume} continues that run with its own config.yaml; "
                          "give no experiment or overrides with it")
     return resume(Path(args.resume), verbose=args.verbose)
@@ -184,7 +184,7 @@ def _data_report(args: argparse.Namespace) -> int:
     from anther.data.partition_report import write_partition_report
     from anther.simulations.experiment import load_config
 
-    cfg = load_config(args.experiment, args.overrides)
+    cfg = load_config(args.experiment, args.overrides, args.config_dir)
     out = Path(args.out or f"partition-{cfg.scenario.name}")
     png = write_partition_report(cfg, dataset_dir(cfg), out)
     print(f"partition report written to {png} and {out / 'partition.json'}")
@@ -203,7 +203,7 @@ def _bench_perf(args: argparse.Namespace) -> int:
 
     mine = [o for o in args.overrides if o.split("=", 1)[0] in perf_keys()]
     experiment = [o for o in args.overrides if o not in mine]
-    cfg = load_perf(args.bench, mine)
+    cfg = load_perf(args.bench, mine, args.experiment, args.config_dir)
     cfg.overrides = [*cfg.overrides, *experiment]
     out = Path(args.out or results_dir("perf")).expanduser()
     command = shlex.join(["anther", "bench", args.bench, *args.overrides, *(["--out", args.out] if args.out else [])])
@@ -227,9 +227,10 @@ def _bench(args: argparse.Namespace) -> int:
     from anther.bench.grid_report import write_report
     from anther.bench.results import results_dir
 
-    bench = load_bench(args.bench, args.methods, args.scenarios, args.seeds)
+    bench = load_bench(args.bench, args.methods, args.scenarios, args.seeds, args.experiment, args.config_dir)
     out = Path(args.out or results_dir(Path(args.bench).stem)).expanduser()
-    grid_args = [args.bench, *args.overrides, "--out", str(out),
+    grid_args = [args.bench, *args.overrides, "--out", str(out), "-e", bench.experiment,
+                 *(["--config-dir", bench.config_dir] if bench.config_dir else []),
                  *[a for k in ("methods", "scenarios", "seeds") if (v := getattr(args, k))
                    for a in (f"--{k}", *map(str, v))]]
     command = shlex.join(["anther", "bench", *grid_args])
@@ -305,6 +306,7 @@ def _add_bench_parser(sub: argparse._SubParsersAction) -> None:
                            "finished yet, each as its own run in OUT/cells/<method>__<scenario>__seed<k>/, then "
                            "write OUT/report.md, report.json and plots. Re-running resumes (docs/benchmarks.md).")
     bench.add_argument("bench", help="bench config name (e.g. heterogeneity) or a YAML file")
+    _add_experiment_arguments(bench, default=None)
     bench.add_argument("--out", help="output folder (default: $ANTHER_HOME/bench/NAME)")
     bench.add_argument("--methods", nargs="+", help="only these methods of the config")
     bench.add_argument("--scenarios", nargs="+", help="these scenarios instead of the config's")
@@ -472,12 +474,21 @@ def _add_model_report_parser(model: argparse._SubParsersAction) -> None:
     rep.set_defaults(func=_model_report)
 
 
+def _add_experiment_arguments(parser: argparse.ArgumentParser, default: str | None = "default") -> None:
+    """``-e`` and ``--config-dir``, the same for every command that starts from an experiment."""
+    parser.add_argument("-e", "--experiment", default=default,
+                        help="an experiment: a name in --config-dir or anther/configs, or a YAML file's path "
+                        "(composed over anther's default experiment; docs/strategies.md)")
+    parser.add_argument("--config-dir", help="a folder of your own experiments and config groups (scenario/NAME.yaml), "
+                        "looked in before anther's")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="anther", description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     sub = p.add_subparsers(dest="command", required=True)
 
     sim = sub.add_parser("simulate", help="run a federated simulation")
-    sim.add_argument("-e", "--experiment", default="default", help="config name in anther/configs")
+    _add_experiment_arguments(sim)
     sim.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. federation.rounds=3")
     sim.add_argument("--resume", metavar="RUN_DIR", help="continue a killed run from its last complete "
                      "checkpoint, into the same folder (docs/reliability.md)")
@@ -507,7 +518,7 @@ def build_parser() -> argparse.ArgumentParser:
     rep = data.add_parser("report", help="print and plot what each client holds under a scenario",
                           description="Per-client sample counts, label histograms, modality presence and "
                           "domains for an experiment and scenario, e.g. `anther data report scenario=cross_i3t7`.")
-    rep.add_argument("-e", "--experiment", default="default", help="config name in anther/configs")
+    _add_experiment_arguments(rep)
     rep.add_argument("--out", help="folder for partition.png and partition.json (default: partition-<scenario>)")
     rep.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. scenario=missing_b30")
     rep.set_defaults(func=_data_report)

@@ -33,7 +33,8 @@ def main(grid: Grid, context: Context) -> None:
     run_config = context.run_config
     resume = str(run_config.get(protocol.RUN_RESUME, ""))  # an earlier run's folder to continue
     cfg = load_run_config(resume) if resume else load_config(str(run_config[protocol.RUN_EXPERIMENT]),
-                                                             str(run_config.get(protocol.RUN_OVERRIDES, "")))
+                                                             str(run_config.get(protocol.RUN_OVERRIDES, "")),
+                                                             str(run_config.get(protocol.RUN_CONFIG_DIR, "")) or None)
     cfg.run_dir = str(run_folder(cfg))  # fixed now, so that a failure from here on is recorded there
     if isinstance(grid, InMemoryGrid):  # a simulation: the ClientApps run in this process's Ray actors
         replace_dead_client_processes()

@@ -29,14 +29,16 @@ def shared_home(tmp_path: Path) -> Path:
     return tmp_path.parent / "anther-home"
 
 
-def simulate(tmp_path: Path, overrides: list[str], pythonpath: Path | None = None) -> tuple[Path, dict[str, Any]]:
-    """Run ``anther simulate`` with SMALL + ``overrides``; its run folder and result.json. What it
-    printed is kept in ``tmp_path / "simulate.log"``."""
+def simulate(tmp_path: Path, overrides: list[str], pythonpath: Path | None = None,
+             experiment: Path | None = None) -> tuple[Path, dict[str, Any]]:
+    """Run ``anther simulate [-e experiment]`` with SMALL + ``overrides``; its run folder and result.json.
+    What it printed is kept in ``tmp_path / "simulate.log"``."""
     env = {**os.environ, "ANTHER_HOME": str(shared_home(tmp_path))}
     if pythonpath is not None:
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(pythonpath), os.environ.get("PYTHONPATH")]))
     out = tmp_path / "runs"
-    cmd = [sys.executable, "-m", "anther.cli", "simulate", *SMALL, *overrides, f"output_dir={out}"]
+    chosen = ["-e", str(experiment)] if experiment is not None else []
+    cmd = [sys.executable, "-m", "anther.cli", "simulate", *chosen, *SMALL, *overrides, f"output_dir={out}"]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600, check=False)
     (tmp_path / "simulate.log").write_text(proc.stdout + proc.stderr)  # what the terminal showed
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]

@@ -139,18 +139,25 @@ def test_name_and_target_together_are_refused():
 
 
 # -- two rounds of a real simulation --------------------------------------------------------
-PLUGIN = ["~strategy.name", "+strategy._target_=my_lab.strategies.MaskedFedAvg",
-          "+strategy.min_train_nodes=1", "+strategy.min_available_nodes=1", "+strategy.min_evaluate_nodes=1",
-          "+strategy.client_modules=[my_lab.strategies]"]
+def experiment_yaml() -> str:
+    """The experiment file of docs/strategies.md that selects the plug-in."""
+    section = DOCS.read_text().split("## Plug in your own", 1)[1]
+    return section.split("```yaml\n", 1)[1].split("```", 1)[0]
 
 
 @pytest.mark.slow
 def test_plugin_strategy_runs_two_rounds_of_a_cross_modality_simulation(tmp_path: Path):
-    """The plug-in trains two real rounds, under FedMLLM's cross-modality scenario (one image-only
-    and one text-only client; one run shows both, since each run costs most of a minute), and the
-    scenario's metrics (macro-F1, per client too) reach result.json."""
-    write_my_lab(tmp_path / "outside")
-    run_dir, result = simulate(tmp_path, [*PLUGIN, "scenario=cross_i5t5"], pythonpath=tmp_path / "outside")
+    """The plug-in and the documented experiment file that selects it, both in a folder outside the
+    repository (``anther simulate -e that/folder/masked.yaml``, the module on ``PYTHONPATH``), train
+    two real rounds under FedMLLM's cross-modality scenario (one image-only and one text-only
+    client; one run shows both, since each run costs most of a minute), and the scenario's metrics
+    (macro-F1, per client too) reach result.json."""
+    outside = tmp_path / "outside"
+    write_my_lab(outside)
+    (outside / "masked.yaml").write_text(experiment_yaml())
+    run_dir, result = simulate(tmp_path, ["scenario=cross_i5t5"], pythonpath=outside,
+                               experiment=outside / "masked.yaml")
+    assert result["config"]["name"] == "masked"
     assert result["config"]["strategy"]["_target_"] == "my_lab.strategies.MaskedFedAvg"
     for r in result["rounds"][1:]:
         assert r["clients"] == 2 and r["train_loss"] > 0

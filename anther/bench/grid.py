@@ -36,7 +36,7 @@ from omegaconf import DictConfig, OmegaConf
 from anther.core.config import CONFIG_DIR, ConfigError
 from anther.simulations.experiment import load_config
 from anther.simulations.launcher import private_superlink
-from anther.simulations.runner import simulate
+from anther.simulations.runner import absolute_experiment, simulate
 
 BENCH_DIR = CONFIG_DIR / "bench"
 SCENARIO_DIR = CONFIG_DIR / "scenario"
@@ -45,7 +45,8 @@ SAFE_NAME = re.compile(r"^[A-Za-z0-9_.-]+$")  # method and scenario names become
 
 @dataclass
 class BenchConfig:
-    experiment: str = "default"
+    experiment: str = "default"  # a name (in config_dir, then anther/configs) or a YAML file's path
+    config_dir: str | None = None  # a folder of the user's experiments and config groups
     seeds: list[int] = field(default_factory=lambda: [0])
     seed_overrides: list[str] = field(default_factory=lambda: ["seed={seed}", "partition.seed={seed}"])
     scenarios: list[str] = field(default_factory=lambda: ["iid"])
@@ -77,10 +78,12 @@ def bench_names() -> list[str]:
 
 
 def load_bench(name_or_file: str, methods: list[str] | None = None, scenarios: list[str] | None = None,
-               seeds: list[int] | None = None) -> DictConfig:
+               seeds: list[int] | None = None, experiment: str | None = None,
+               config_dir: str | None = None) -> DictConfig:
     """The bench config ``configs/bench/<name>.yaml`` (or a YAML file's path), its grid cut down
-    to ``methods`` / ``scenarios`` / ``seeds`` when given. Misspelt keys, unknown names and
-    unsafe folder names are rejected with the offending value."""
+    to ``methods`` / ``scenarios`` / ``seeds`` and its ``experiment`` / ``config_dir`` replaced when
+    given (paths made absolute: the runs start elsewhere). Misspelt keys, unknown names and unsafe
+    folder names are rejected with the offending value."""
     path = Path(name_or_file)
     if not path.is_file():
         path = BENCH_DIR / f"{name_or_file}.yaml"
@@ -100,6 +103,8 @@ def load_bench(name_or_file: str, methods: list[str] | None = None, scenarios: l
         bench.scenarios = list(scenarios)
     if seeds:
         bench.seeds = list(seeds)
+    bench.experiment, bench.config_dir = absolute_experiment(experiment or bench.experiment,
+                                                             config_dir or bench.config_dir)
     _validate(bench, path)
     return bench
 
@@ -111,9 +116,10 @@ def _validate(bench: DictConfig, path: Path) -> None:
         if not SAFE_NAME.match(name) or "__" in name:
             raise ConfigError(f"bench config {path}: {name!r} cannot name a cell folder "
                               "(letters, digits, . _ - only, no '__')")
-    missing = [s for s in bench.scenarios if not (SCENARIO_DIR / f"{s}.yaml").is_file()]
+    folders = [SCENARIO_DIR, *([Path(bench.config_dir) / "scenario"] if bench.config_dir else [])]
+    missing = [s for s in bench.scenarios if not any((f / f"{s}.yaml").is_file() for f in folders)]
     if missing:
-        known = sorted(p.stem for p in SCENARIO_DIR.glob("*.yaml"))
+        known = sorted({p.stem for f in folders for p in f.glob("*.yaml")})
         raise ConfigError(f"bench config {path}: unknown scenario(s) {missing}; known: {known}")
 
 
@@ -137,7 +143,7 @@ def check_grid(bench: DictConfig, extra: list[str], out: Path) -> None:
     probes |= {Cell(first.method, s, first.seed) for s in bench.scenarios}
     for cell in sorted(probes, key=lambda c: c.key):
         try:
-            load_config(bench.experiment, cell_overrides(bench, cell, extra, out / cell.key))
+            load_config(bench.experiment, cell_overrides(bench, cell, extra, out / cell.key), bench.config_dir)
         except Exception as e:
             raise ConfigError(f"cell {cell.key} does not compose: {e}") from e
 
@@ -177,7 +183,7 @@ def _run_cell(bench: DictConfig, cell: Cell, overrides: list[str], cell_dir: Pat
     log = cell_dir / "log.txt"
     t0 = time.time()
     try:
-        code = simulate(bench.experiment, overrides, log=log, superlink=superlink)
+        code = simulate(bench.experiment, overrides, log=log, superlink=superlink, config_dir=bench.config_dir)
     except Exception as e:  # noqa: BLE001 -- one broken cell must not stop the grid; the report lists it
         with log.open("a") as f:
             f.write(f"\nanther bench: the cell failed:\n{traceback.format_exc()}")

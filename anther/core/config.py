@@ -26,7 +26,9 @@ from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-CONFIG_DIR = Path(__file__).parents[1] / "configs"
+from anther.core.experiment_source import PACKAGE_CONFIGS, ExperimentNotFound, composition
+
+CONFIG_DIR = PACKAGE_CONFIGS
 BACKBONE_MODES = ("in_process", "service", "remote")
 FLOAT_DTYPES = ("float32", "bfloat16", "float16")  # model.dtype, and embeddings and gradients on the wire
 AUTOCAST_DTYPES = ("none", "bfloat16", "float16")  # model.autocast
@@ -619,18 +621,20 @@ def _is_host_port(address: str) -> bool:
     return bool(host) and port.isdigit() and int(port) < 65536
 
 
-def compose_experiment(experiment: str = "default", overrides: list[str] | str | None = None) -> DictConfig:
-    """Compose ``configs/<experiment>.yaml`` with Hydra overrides (a list or one string), checked
+def compose_experiment(experiment: str = "default", overrides: list[str] | str | None = None,
+                       config_dir: str | Path | None = None) -> DictConfig:
+    """Compose an experiment (a name in ``config_dir`` or the package's configs, or a YAML file:
+    :mod:`anther.core.experiment_source`) with Hydra overrides (a list or one string), checked
     against the schema and its ranges. Names that the layers above define (model families, data
     formats, strategies) are checked by :func:`anther.simulations.experiment.load_config`."""
     if isinstance(overrides, str):
         overrides = shlex.split(overrides)
-    if not (CONFIG_DIR / f"{experiment}.yaml").is_file():
-        known = sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
-        raise ConfigError(f"unknown experiment {experiment!r}; known: {known}")
     try:
-        with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-            cfg = compose(config_name=experiment, overrides=list(overrides or []))
+        with composition(experiment, config_dir) as source, \
+                initialize_config_dir(config_dir=str(source.primary_dir), version_base="1.3"):
+            cfg = compose(config_name=source.name, overrides=[*(overrides or []), source.searchpath_override()])
+    except ExperimentNotFound as e:
+        raise ConfigError(str(e)) from None
     except (HydraException, OmegaConfBaseException) as e:  # a typo, a bad type: one line, never a traceback
         raise ConfigError(_hydra_message(e)) from None
     check_known_keys(cfg)

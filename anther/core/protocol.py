@@ -10,7 +10,8 @@ both halves (docs/strategies.md).
 from __future__ import annotations
 
 # -- run config: ``[tool.flwr.app.config]`` in pyproject.toml, ``flwr run --run-config``
-RUN_EXPERIMENT = "experiment"  # the Hydra experiment's name (anther/configs/<name>.yaml)
+RUN_EXPERIMENT = "experiment"  # the Hydra experiment: a name (anther/configs/<name>.yaml) or a YAML file's path
+RUN_CONFIG_DIR = "config-dir"  # a folder of experiments and config groups looked in before the package's
 RUN_OVERRIDES = "overrides"  # Hydra overrides, space separated
 RUN_RESUME = "resume"  # an earlier run's folder to continue; "" starts a new run
 

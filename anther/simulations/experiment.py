@@ -22,9 +22,11 @@ from anther.strategies.registry import STRATEGIES, build_strategy, strategy_clas
 from anther.strategies.weighted_mean import is_weighted_mean
 
 
-def load_config(experiment: str = "default", overrides: list[str] | str | None = None) -> DictConfig:
-    """Compose ``configs/<experiment>.yaml`` with Hydra overrides (a list or one string) and check it."""
-    return check_names(compose_experiment(experiment, overrides))
+def load_config(experiment: str = "default", overrides: list[str] | str | None = None,
+                config_dir: str | Path | None = None) -> DictConfig:
+    """Compose an experiment (a name in ``config_dir`` or ``anther/configs``, or a YAML file's path) with
+    Hydra overrides (a list or one string) and check it."""
+    return check_names(compose_experiment(experiment, overrides, config_dir))
 
 
 def load_run_config(run_dir: Path | str) -> DictConfig:

@@ -131,18 +131,22 @@ def _stop_tree(proc: subprocess.Popen, grace_s: float = 20.0) -> None:
 
 def submit_run(env: dict[str, str], experiment: str, overrides: list[str], num_supernodes: int,
                app_dir: Path = APP_DIR, extra_federation_config: dict[str, str] | None = None,
-               log: Path | None = None, resume: str | None = None, console: Console | None = None) -> int:
+               log: Path | None = None, resume: str | None = None, console: Console | None = None,
+               config_dir: str | None = None) -> int:
     """``flwr run --stream`` of this app on the SuperLink ``env`` reaches (from :func:`local_superlink`;
     one SuperLink serves any number of runs, one after another); its logs go to ``log`` if given,
     else through ``console`` to the terminal (everything, without one). With ``resume`` (a run
     folder) the ServerApp continues that run with its own config.yaml instead of ``experiment``
-    and ``overrides``. Returns flwr's exit code."""
+    and ``overrides``; ``config_dir`` is where the ServerApp looks for ``experiment`` and config groups
+    before the package's configs. Returns flwr's exit code."""
     if not (app_dir / "pyproject.toml").is_file():
         raise FileNotFoundError(f"{app_dir} has no pyproject.toml; run anther from its source checkout")
     app_dir = staged_app(app_dir, Path(env["FLWR_HOME"]))
     run_config = f'{protocol.RUN_EXPERIMENT}="{experiment}" {protocol.RUN_OVERRIDES}="{shlex.join(overrides)}"'
     if resume:
         run_config += f' {protocol.RUN_RESUME}="{resume}"'
+    if config_dir:
+        run_config += f' {protocol.RUN_CONFIG_DIR}="{config_dir}"'
     fed = {"num-supernodes": str(num_supernodes), **(extra_federation_config or {})}
     cmd = [_bin("flwr"), "run", str(app_dir), "local", "--stream", "--run-config", run_config,
            "--federation-config", " ".join(f"{k}={v}" for k, v in fed.items())]
@@ -179,8 +183,8 @@ def private_superlink() -> Iterator[dict[str, str]]:
 
 def flwr_run(experiment: str, overrides: list[str], num_supernodes: int, app_dir: Path = APP_DIR,
              extra_federation_config: dict[str, str] | None = None, log: Path | None = None,
-             resume: str | None = None, console: Console | None = None) -> int:
+             resume: str | None = None, console: Console | None = None, config_dir: str | None = None) -> int:
     """Submit the app to a private SuperLink of its own and stream its logs; returns flwr's exit code."""
     with private_superlink() as env:
         return submit_run(env, experiment, overrides, num_supernodes, app_dir, extra_federation_config, log,
-                          resume, console)
+                          resume, console, config_dir)

@@ -20,6 +20,7 @@ from pathlib import Path
 from anther.backbone.supervisor import backbone_for_run
 from anther.core.config import ConfigError, simulation_resources
 from anther.core.errors import RunFailed
+from anther.core.experiment_source import is_path
 from anther.data.client_data import check_partitions
 from anther.server.run_folder import check_writable, failure_of, record_failure, run_folder
 from anther.simulations.assets import prepare_assets
@@ -30,14 +31,17 @@ from anther.simulations.launcher import flwr_run, submit_run
 
 
 def simulate(experiment: str, overrides: list[str], log: Path | None = None,
-             superlink: Callable[[], dict[str, str]] | None = None, verbose: bool = False) -> int:
+             superlink: Callable[[], dict[str, str]] | None = None, verbose: bool = False,
+             config_dir: str | None = None) -> int:
     """Run the experiment; 0 once its folder says it finished, else :class:`RunFailed` naming the
     cause. With ``log``, everything the run prints goes to that file instead of the terminal;
     without, the terminal shows anther's lines and the warnings worth acting on (all of it with
     ``verbose``) and the run folder's ``flower.log`` keeps everything.
     ``superlink`` gives the environment of a running SuperLink to submit a federated run to (the
-    benchmark shares one across its cells); without it the run gets a private one."""
-    cfg = prepare_assets(load_config(experiment, overrides))  # fail fast, make assets here, once
+    benchmark shares one across its cells); without it the run gets a private one. ``experiment`` is a
+    name (in ``config_dir``, then the package's configs) or a YAML file's path."""
+    experiment, config_dir = absolute_experiment(experiment, config_dir)  # the ServerApp runs elsewhere
+    cfg = prepare_assets(load_config(experiment, overrides, config_dir))  # fail fast, make assets here, once
     check_partitions(cfg, Path(cfg.data.path))
     run_dir = run_folder(cfg)  # chosen here, so this process can read how the run ended
     check_writable(run_dir)
@@ -46,10 +50,10 @@ def simulate(experiment: str, overrides: list[str], log: Path | None = None,
         resources, console = simulation_resources(cfg.federation), Console(run_dir / FLOWER_LOG, verbose)
         if superlink is not None:
             code = submit_run(superlink(), experiment, resolved, cfg.federation.num_clients,
-                              extra_federation_config=resources, log=log, console=console)
+                              extra_federation_config=resources, log=log, console=console, config_dir=config_dir)
         else:
             code = flwr_run(experiment, resolved, cfg.federation.num_clients, extra_federation_config=resources,
-                            log=log, console=console)
+                            log=log, console=console, config_dir=config_dir)
         return _outcome(run_dir, code, console.failure)
     cfg.run_dir = str(run_dir)
     with contextlib.ExitStack() as stack:
@@ -62,6 +66,13 @@ def simulate(experiment: str, overrides: list[str], log: Path | None = None,
         except Exception as e:
             raise RunFailed(f"the run failed: {failure_of(run_dir, record_failure(run_dir, e))}") from e
     return _outcome(run_dir, 0)
+
+
+def absolute_experiment(experiment: str, config_dir: str | None) -> tuple[str, str | None]:
+    """``experiment`` and ``config_dir`` with a file's or folder's path made absolute (a name stays a name)."""
+    if is_path(experiment):
+        experiment = str(Path(experiment).expanduser().resolve())
+    return experiment, str(Path(config_dir).expanduser().resolve()) if config_dir else None
 
 
 def resume(run_dir: Path, log: Path | None = None, verbose: bool = False) -> int:

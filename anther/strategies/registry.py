@@ -65,6 +65,8 @@ _TAKE_ALL = {"fraction_train": 1.0, "min_train_nodes": 1, "min_available_nodes":
 def resolve(spec: Mapping[str, Any]) -> dict[str, Any]:
     """The ``_target_`` form of a config's ``strategy`` section (a plug-in's is returned as it is)."""
     spec = dict(spec)
+    if spec.get("name", "") is None:  # an experiment file's _target_ replacing the default's name
+        del spec["name"]
     if "_target_" in spec and "name" in spec:
         raise ValueError(f"strategy has both name={spec['name']!r} and _target_={spec['_target_']!r}; "
                          "keep one (on the command line: ~strategy.name +strategy._target_=...)")

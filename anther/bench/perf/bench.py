@@ -47,14 +47,15 @@ from anther.bench.perf.trainstep import TrainStepSettings, resolve_device
 from anther.core.config import CONFIG_DIR, FLOAT_DTYPES, ConfigError
 from anther.simulations.assets import prepare_assets
 from anther.simulations.experiment import load_config
-from anther.simulations.runner import simulate
+from anther.simulations.runner import absolute_experiment, simulate
 
 SECTIONS = ("overhead", "sharing", "cache", "batching", "scale", "modes", "trainstep")
 
 
 @dataclass
 class PerfConfig:
-    experiment: str = "default"
+    experiment: str = "default"  # a name (in config_dir, then anther/configs) or a YAML file's path
+    config_dir: str | None = None  # a folder of the user's experiments and config groups
     overrides: list[str] = field(default_factory=list)  # the workload: model, data, steps, batch size
     sections: list[str] = field(default_factory=lambda: list(SECTIONS))
     torch_threads: int = 0  # 0: one per core
@@ -103,8 +104,10 @@ def perf_keys() -> set[str]:
     return set(PerfConfig.__dataclass_fields__)
 
 
-def load_perf(name_or_file: str = "perf", overrides: list[str] | None = None) -> DictConfig:
-    """``configs/bench/<name>.yaml`` (or a YAML path) with ``key=value`` overrides, checked."""
+def load_perf(name_or_file: str = "perf", overrides: list[str] | None = None, experiment: str | None = None,
+              config_dir: str | None = None) -> DictConfig:
+    """``configs/bench/<name>.yaml`` (or a YAML path) with ``key=value`` overrides, checked; ``experiment``
+    and ``config_dir`` replace its own when given (paths made absolute: the runs start elsewhere)."""
     path = (
         Path(name_or_file)
         if name_or_file.endswith((".yaml", ".yml"))
@@ -117,6 +120,7 @@ def load_perf(name_or_file: str = "perf", overrides: list[str] | None = None) ->
                               OmegaConf.from_dotlist(list(overrides or [])))
     except Exception as e:  # omegaconf's errors name the key; keep the message, drop the class zoo
         raise ConfigError(f"perf bench config: {e}") from e
+    cfg.experiment, cfg.config_dir = absolute_experiment(experiment or cfg.experiment, config_dir or cfg.config_dir)
     if set(cfg.modes) - set(MODE_RUNS) or not cfg.modes:
         raise ConfigError(f"perf bench modes {list(cfg.modes)}: each must be one of {', '.join(MODE_RUNS)}")
     unknown = set(cfg.sections) - set(SECTIONS)
@@ -163,7 +167,8 @@ class PerfBench:
 
     def cell(self, name: str, cell: str, clients: int, args: dict[str, Any], *extra: str) -> dict[str, Any]:
         """Run one cell of :mod:`anther.bench.perf.cells` in a child process."""
-        spec = {"cell": cell, "experiment": self.cfg.experiment, "overrides": self._overrides(clients, *extra),
+        spec = {"cell": cell, "experiment": self.cfg.experiment, "config_dir": self.cfg.config_dir,
+                "overrides": self._overrides(clients, *extra),
                 "torch_threads": self.threads, "args": args}
         return self.child(name, "anther.bench.perf.cells", spec)
 
@@ -190,7 +195,7 @@ class PerfBench:
         overrides = self._overrides(c.overhead_clients, f"federation.rounds={c.overhead_rounds}",
                                     "backbone.mode=service", "eval.server_test_size=0",
                                     "federation.client_eval_every=0", f"run_dir={run_dir}")
-        code = simulate(c.experiment, overrides, log=self.out / "overhead-run.log")
+        code = simulate(c.experiment, overrides, log=self.out / "overhead-run.log", config_dir=c.config_dir)
         if code != 0:
             raise RuntimeError(f"the federated run of the overhead section failed (exit {code}); "
                                f"see {self.out / 'overhead-run.log'}")
@@ -239,7 +244,7 @@ class PerfBench:
 
     def modes(self) -> dict[str, Any]:
         c = self.cfg
-        return modes_section(c.experiment, list(c.modes_overrides), list(c.modes), self.out / "modes")
+        return modes_section(c.experiment, list(c.modes_overrides), list(c.modes), self.out / "modes", c.config_dir)
 
     def trainstep(self) -> dict[str, Any]:
         c = self.cfg
@@ -250,7 +255,7 @@ class PerfBench:
                                 "measures the experiment's own LLM)")}
         experiment_model = None
         if c.trainstep_model == "experiment":
-            experiment_model = prepare_assets(load_config(c.experiment, list(c.overrides))).model.path
+            experiment_model = prepare_assets(load_config(c.experiment, list(c.overrides), c.config_dir)).model.path
         spec = {"settings": asdict(self.trainstep_settings(device)), "experiment_model": experiment_model,
                 "torch_threads": self.threads}
         return self.child("trainstep", "anther.bench.perf.trainstep", spec)

@@ -138,7 +138,7 @@ def run(spec: dict[str, Any]) -> dict[str, Any]:
     # clients training at once share the cores: like the simulation's ClientApps (client/runtime.py)
     # each computes on one thread, which also keeps to one OpenMP pool per thread
     torch.set_num_threads(spec["torch_threads"] if spec["cell"] == "bare" else 1)
-    work = Workload.load(spec["experiment"], spec["overrides"])
+    work = Workload.load(spec["experiment"], spec["overrides"], spec.get("config_dir"))
     began = time.perf_counter()
     result = CELLS[spec["cell"]](work, **spec["args"])
     return {"spec": spec, "torch_threads": torch.get_num_threads(), "wall_s": round(time.perf_counter() - began, 3),

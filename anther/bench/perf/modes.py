@@ -46,13 +46,14 @@ def held_bytes(cfg: DictConfig) -> dict[str, int]:
             "total_bytes": frozen + 3 * trainable}
 
 
-def run_mode(experiment: str, overrides: list[str], name: str, out: Path) -> dict[str, Any]:
+def run_mode(experiment: str, overrides: list[str], name: str, out: Path, config_dir: str | None = None
+             ) -> dict[str, Any]:
     """One configuration's federated run into ``out/<name>``, and its row of the section."""
     run_dir = out / name
     shutil.rmtree(run_dir, ignore_errors=True)  # a new run, not a resumed one
     full = [*overrides, *MODE_RUNS[name], f"run_dir={run_dir}"]
     log = out / f"{name}.log"
-    code = simulate(experiment, full, log=log)
+    code = simulate(experiment, full, log=log, config_dir=config_dir)
     if code != 0:
         raise RuntimeError(f"the {name} run of the modes section failed (exit {code}); see {log}")
     rounds = json.loads((run_dir / "result.json").read_text())["rounds"]
@@ -64,14 +65,15 @@ def run_mode(experiment: str, overrides: list[str], name: str, out: Path) -> dic
             "round_s": [round(r["seconds"], 3) for r in trained],
             "median_round_s": round(statistics.median(r["seconds"] for r in trained[1:] or trained), 3),
             "per_client_bytes": {k: round(v) for k, v in per_client.items()},
-            "client_holds": held_bytes(prepare_assets(load_config(experiment, full)))}
+            "client_holds": held_bytes(prepare_assets(load_config(experiment, full, config_dir)))}
 
 
-def modes_section(experiment: str, overrides: list[str], names: list[str], out: Path) -> dict[str, Any]:
+def modes_section(experiment: str, overrides: list[str], names: list[str], out: Path,
+                  config_dir: str | None = None) -> dict[str, Any]:
     """The configurations ``names`` (keys of :data:`MODE_RUNS`), run one after another; the cache's
     speed-up and whole-model over split memory where both of a pair ran."""
     out.mkdir(parents=True, exist_ok=True)
-    by = {name: run_mode(experiment, overrides, name, out) for name in names}
+    by = {name: run_mode(experiment, overrides, name, out, config_dir) for name in names}
     speedup = {m: round(by[m]["median_round_s"] / by[f"{m}+cache"]["median_round_s"], 3)
                for m in ("split", "whole_model") if m in by and f"{m}+cache" in by}
     holds = (round(by["whole_model"]["client_holds"]["total_bytes"] / by["split"]["client_holds"]["total_bytes"], 2)

@@ -99,8 +99,8 @@ class Workload:
     clients: list[list[Sample]]
 
     @classmethod
-    def load(cls, experiment: str, overrides: list[str]) -> Workload:
-        cfg = prepare_assets(load_config(experiment, overrides))
+    def load(cls, experiment: str, overrides: list[str], config_dir: str | None = None) -> Workload:
+        cfg = prepare_assets(load_config(experiment, overrides, config_dir))
         folder, n = dataset_dir(cfg), cfg.federation.num_clients
         return cls(cfg, [client_data(cfg, folder, pid, n)[0] for pid in range(n)])
 
