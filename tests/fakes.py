@@ -55,6 +55,12 @@ class ScalarEdge(nn.Module):
     def forward(self, batch: ScalarBatch) -> torch.Tensor:
         return self.adapters["text"](batch.x)
 
+    def adapter_state(self) -> dict[str, torch.Tensor]:  # as NanoEdge's
+        return {k: v.detach().clone() for k, v in self.adapters.state_dict().items()}
+
+    def load_adapter_state(self, state: dict[str, torch.Tensor]) -> None:
+        self.adapters.load_state_dict(state, strict=True)
+
 
 class ScalarEncoder:
     """Samples with a float ``h`` become a (B, 1, 1) batch of it."""

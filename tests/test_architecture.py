@@ -46,11 +46,24 @@ def test_the_import_contracts_hold():
     assert "0 broken" in result.stdout
 
 
+def test_every_client_module_but_the_api_is_closed_to_strategies():
+    """A new module in anther/client is off limits to the strategies until the contract says
+    otherwise: the contract lists every one of them except ``api``."""
+    import tomllib
+
+    contracts = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["importlinter"]["contracts"]
+    (closed,) = [c["forbidden_modules"] for c in contracts if c["id"] == "client-api"]
+    modules = {f"anther.client.{p.stem}" for p in (REPO / "anther" / "client").glob("*.py")} - {
+        "anther.client.__init__", "anther.client.api"}
+    assert set(closed) == modules
+
+
 @pytest.mark.parametrize(("module", "line", "contract"), [
     ("core/config.py", "import anther.cli", "layers"),  # the core reaching up to the top
     ("client/trainer.py", "from anther.server import checkpoint", "layers"),  # a layer reaching up
     ("strategies/fedavg_like.py", "from anther.client_app import app", "roots"),
     ("backbone/interface.py", "from anther.backbone import remote", "backbone"),
+    ("strategies/scaffold.py", "from anther.client.trainer import split_step", "client-api"),
 ])
 def test_a_back_import_breaks_the_check(copy: Path, module: str, line: str, contract: str):
     assert _lint_imports(copy, contract).returncode == 0  # the copy keeps it, until:

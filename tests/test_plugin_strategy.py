@@ -1,12 +1,14 @@
 """A researcher's own strategy, in a module outside anther, selected by ``_target_``.
 
-The module -- the plug-in example of docs/strategies.md, read from there -- is written to a
-temporary directory (not under the anther package) and made importable, exactly as an
-experiment config names it. Its strategy asks clients for a mask with the round-config key
-``send-mask``; its client half (an ``after_training`` extra) answers with an extra
-ArrayRecord ``mask`` (1 where the client changed an element); the strategy averages each
-element over the clients that changed it. Unit tests check both halves; the slow test runs
-two rounds of a real ``flwr run`` simulation with the module only on ``PYTHONPATH`` (under the
+The modules -- the two plug-in examples of docs/strategies.md, read from there -- are written to
+a temporary directory (not under the anther package) and made importable, exactly as an
+experiment config names them. MaskedFedAvg asks clients for a mask with the round-config key
+``send-mask``; its client half (an ``after_training`` extra) answers with an extra ArrayRecord
+``mask`` (1 where the client changed an element); the strategy averages each element over the
+clients that changed it. Mime-Lite sends its momentum with the adapters, its clients step with it
+(a gradient hook) and answer with their gradient at the global adapters. Unit tests check every
+half; the slow test runs two rounds of Mime-Lite in a real ``flwr run`` simulation from its
+documented experiment file, outside the repository, the module only on ``PYTHONPATH`` (under the
 cross-modality scenario, whose end-to-end check it carries too).
 """
 
@@ -21,14 +23,16 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
-from fakes import FakeGrid, play_serverapp_runtime
+from fakes import FakeGrid, MeanBackbone, ScalarEncoder, play_serverapp_runtime
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
 from flwr.serverapp.strategy import FedAvg
 from safetensors.torch import load_file
 from simulation_run import simulate
 
 import anther
-from anther.client.extras import ExtraContext, add_reply_records
+from anther.client.api import ExtraContext, LocalTraining
+from anther.client.extras import add_reply_records, build_hooks
+from anther.client.trainer import train_adapters
 from anther.strategies.registry import build_strategy
 
 DOCS = Path(__file__).resolve().parents[1] / "docs" / "strategies.md"
@@ -138,31 +142,100 @@ def test_name_and_target_together_are_refused():
         build_strategy({"name": "fedavg", "_target_": "my_lab.strategies.MaskedFedAvg"})
 
 
+# -- the client-side example: Mime-Lite ------------------------------------------------------
+CLIENT_SIDE = "## A client-side algorithm, end to end"
+
+
+def _block(section: str, language: str) -> str:
+    """The first ``language`` code block of the docs section headed ``section``."""
+    text = DOCS.read_text().split(section, 1)[1]
+    return text.split(f"```{language}\n", 1)[1].split("```", 1)[0]
+
+
+def write_mime(folder: Path) -> Path:
+    """``folder/my_lab/mime.py`` and ``folder/mime.yaml``, as docs/strategies.md has them."""
+    package = folder / "my_lab"
+    package.mkdir(parents=True, exist_ok=True)
+    (package / "__init__.py").write_text("")
+    (package / "mime.py").write_text(_block(CLIENT_SIDE, "python"))
+    (folder / "mime.yaml").write_text(_block(CLIENT_SIDE, "yaml"))
+    return folder / "mime.yaml"
+
+
+@pytest.fixture
+def mime(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[object]:
+    write_mime(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import my_lab.mime
+
+    yield my_lab.mime
+    for name in [m for m in sys.modules if m == "my_lab" or m.startswith("my_lab.")]:
+        del sys.modules[name]
+
+
+def _scalar_client(config: dict, records: dict) -> ExtraContext:
+    encoder = ScalarEncoder()
+    runtime = SimpleNamespace(edge=encoder.edge, encoder=encoder, backbone=MeanBackbone())
+    received = encoder.edge.adapter_state()
+    return ExtraContext(ConfigRecord(config), None, runtime, [SimpleNamespace(h=1.0, answer="a")], received,
+                        RecordDict(), 0, records, LocalTraining(steps=1, batch_size=1, lr=0.1, max_grad_norm=0.0,
+                                                                optimizer="sgd"))
+
+
+def test_client_side_example_steps_with_the_servers_momentum(mime):
+    """At h = 1 the task gradient of (u, b2, d, b1) is (1, 1, 2, 2), none for the image adapter; with
+    beta = 0.5 and m = 1 one SGD step of 0.1 moves each weight by 0.1 (0.5 g + 0.5)."""
+    ctx = _scalar_client({"mime-beta": 0.5}, {})
+    ctx.records = {"mime-momentum": ArrayRecord({n: torch.ones_like(p) for n, p in ctx.parameters().items()})}
+    before = ctx.runtime.edge.adapter_state()
+    train_adapters(ctx.runtime.encoder, ctx.runtime.backbone, ctx.samples, ctx.training, seed=0,
+                   hooks=build_hooks(ctx))
+    after = ctx.runtime.edge.adapter_state()
+    expected = {"text.up.weight": 1.0, "text.up.bias": 1.0, "text.down.weight": 1.5, "text.down.bias": 1.5,
+                "image.up.bias": 0.5}
+    for name, step in expected.items():
+        assert (before[name] - after[name]).item() == pytest.approx(0.1 * step, rel=1e-5), name
+    reply = mime.gradient_at_global(ctx)["mime-gradient"].to_torch_state_dict()
+    # at the global adapters, not the trained ones; and the trained ones are back in place
+    assert reply["text.down.weight"].item() == pytest.approx(2.0) and reply["text.up.weight"].item() == 1.0
+    assert torch.equal(ctx.runtime.edge.adapter_state()["text.up.weight"], after["text.up.weight"])
+
+
+def test_client_side_example_server_updates_its_momentum_by_hand(mime):
+    strategy = mime.MimeLite(beta=0.5, min_train_nodes=1, min_available_nodes=1)
+    messages = list(strategy.configure_train(1, _record({"w": [1.0, 1.0]}), ConfigRecord(), FakeGrid([1, 2])))
+    assert all(m.content["config"]["mime-beta"] == 0.5 for m in messages)
+    np.testing.assert_array_equal(messages[0].content["mime-momentum"]["w"].numpy(), [0.0, 0.0])
+    replies = [_reply(1, [0.0, 2.0], [0, 0], 1.0), _reply(2, [2.0, 2.0], [0, 0], 1.0)]
+    for r, g in zip(replies, ([2.0, 4.0], [4.0, 0.0]), strict=True):
+        del r.content["mask"]
+        r.content["mime-gradient"] = _record({"w": g})
+    arrays, _ = strategy.aggregate_train(1, replies)
+    np.testing.assert_allclose(arrays["w"].numpy(), [1.0, 2.0])  # FedAvg of the adapters
+    messages = list(strategy.configure_train(2, arrays, ConfigRecord(), FakeGrid([1])))
+    np.testing.assert_allclose(messages[0].content["mime-momentum"]["w"].numpy(), [1.5, 1.0])  # 0.5 mean(g)
+
+
 # -- two rounds of a real simulation --------------------------------------------------------
-def experiment_yaml() -> str:
-    """The experiment file of docs/strategies.md that selects the plug-in."""
-    section = DOCS.read_text().split("## Plug in your own", 1)[1]
-    return section.split("```yaml\n", 1)[1].split("```", 1)[0]
-
-
 @pytest.mark.slow
-def test_plugin_strategy_runs_two_rounds_of_a_cross_modality_simulation(tmp_path: Path):
-    """The plug-in and the documented experiment file that selects it, both in a folder outside the
-    repository (``anther simulate -e that/folder/masked.yaml``, the module on ``PYTHONPATH``), train
-    two real rounds under FedMLLM's cross-modality scenario (one image-only and one text-only
-    client; one run shows both, since each run costs most of a minute), and the scenario's metrics
-    (macro-F1, per client too) reach result.json."""
+def test_client_side_example_runs_two_rounds_from_a_folder_outside_the_repository(tmp_path: Path):
+    """The documented Mime-Lite module and its experiment file, in a folder outside the repository
+    (``anther simulate -e that/folder/mime.yaml``, the module only on ``PYTHONPATH``), train two
+    real rounds under FedMLLM's cross-modality scenario (one image-only and one text-only client;
+    one run shows both, since each run costs most of a minute); the momentum down and the gradient
+    up are counted, and the scenario's metrics (macro-F1, per client too) reach result.json."""
     outside = tmp_path / "outside"
-    write_my_lab(outside)
-    (outside / "masked.yaml").write_text(experiment_yaml())
-    run_dir, result = simulate(tmp_path, ["scenario=cross_i5t5"], pythonpath=outside,
-                               experiment=outside / "masked.yaml")
-    assert result["config"]["name"] == "masked"
-    assert result["config"]["strategy"]["_target_"] == "my_lab.strategies.MaskedFedAvg"
+    experiment = write_mime(outside)
+    run_dir, result = simulate(tmp_path, ["scenario=cross_i5t5"], pythonpath=outside, experiment=experiment)
+    assert result["config"]["name"] == "mime" and result["config"]["train"]["optimizer"] == "sgd"
+    assert result["config"]["strategy"]["_target_"] == "my_lab.mime.MimeLite"
+    adapters = None
     for r in result["rounds"][1:]:
-        assert r["clients"] == 2 and r["train_loss"] > 0
-        # each client sent its adapters and a mask of the same size: the extra ran and was counted
-        assert r["adapter_bytes_up"] == 2 * r["adapter_bytes_down"] > 0
+        assert r["clients"] == 2 and r["train_loss"] > 0 and r["skipped"] is None
+        per_client = next(iter(r["per_client"].values()))
+        adapters = adapters or per_client["adapter_bytes_down"] / 2
+        # down: the adapters and the momentum; up: the adapters and the gradient, all the same size
+        assert per_client["adapter_bytes_down"] == per_client["adapter_bytes_up"] == 2 * adapters > 0
     final = load_file(str(run_dir / "checkpoints" / "round-0002" / "adapters.safetensors"))
     assert final["text.up.weight"].abs().sum() > 0, "the global adapters did not change from their zero init"
 

@@ -57,6 +57,12 @@ STRATEGIES: dict[str, BuiltIn] = {
     "fednova": BuiltIn("anther.strategies.fednova.FedNova", "anther.strategies.fednova"),
 }
 
+# Flower's strategies that cannot aggregate adapters, and why (refused before a run starts).
+NOT_FOR_ADAPTERS = {
+    f"{_FLOWER}.FedXgbBagging": "it aggregates XGBoost models sent as one byte array, not adapter tensors",
+    f"{_FLOWER}.FedXgbCyclic": "it passes one XGBoost model sent as a byte array around, not adapter tensors",
+}
+
 # The round loop samples clients itself; a built-in takes all it is offered.
 _TAKE_ALL = {"fraction_train": 1.0, "min_train_nodes": 1, "min_available_nodes": 1,
              "fraction_evaluate": 1.0, "min_evaluate_nodes": 1}
@@ -71,6 +77,9 @@ def resolve(spec: Mapping[str, Any]) -> dict[str, Any]:
         raise ValueError(f"strategy has both name={spec['name']!r} and _target_={spec['_target_']!r}; "
                          "keep one (on the command line: ~strategy.name +strategy._target_=...)")
     if "_target_" in spec:
+        if spec["_target_"] in NOT_FOR_ADAPTERS:
+            raise ValueError(f"strategy _target_={spec['_target_']} cannot train adapters: "
+                             f"{NOT_FOR_ADAPTERS[spec['_target_']]}")
         return spec
     if "name" not in spec:
         raise ValueError("strategy needs a 'name' (built-in) or a '_target_' (your own class)")
