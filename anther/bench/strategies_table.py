@@ -19,6 +19,8 @@ from anther.bench.run_table import Table, main
 
 # row -> the overrides that select the strategy. Flower's server optimisers are given a
 # server step in line with the clients' (50 AdamW steps of 3e-3), not their default 0.1.
+# SCAFFOLD's and FedNova's formulas are SGD's: they and their FedAvg baseline train with plain SGD.
+SGD = ["train.optimizer=sgd", "train.lr=SGD_LR"]
 TABLE = Table(
     name="strategies", doc=__doc__,
     common=["partition.scheme=dirichlet", "partition.alpha=0.5", "federation.num_clients=10"],
@@ -39,6 +41,10 @@ TABLE = Table(
         "personalised": ["strategy.name=personalised"],
         "adaptive_reg": ["strategy.name=adaptive_reg"],
         "adaptive_reg_prompt": ["strategy.name=adaptive_reg", "data.modality_agnostic_prompt=true"],
+        "feddyn": ["strategy.name=feddyn", "+strategy.alpha=0.01"],
+        "fedavg_sgd": ["strategy.name=fedavg", *SGD],
+        "scaffold": ["strategy.name=scaffold", *SGD],
+        "fednova": ["strategy.name=fednova", "+strategy.local_epochs=2", *SGD],
     },
 )
 
