@@ -20,7 +20,7 @@ from anther.bench.run_table import Table, main
 # row -> the overrides that select the strategy. Flower's server optimisers are given a
 # server step in line with the clients' (50 AdamW steps of 3e-3), not their default 0.1.
 # SCAFFOLD's and FedNova's formulas are SGD's: they and their FedAvg baseline train with plain SGD.
-SGD = ["train.optimizer=sgd", "train.lr=SGD_LR"]
+SGD = ["train.optimizer=sgd", "train.lr=0.1"]
 TABLE = Table(
     name="strategies", doc=__doc__,
     common=["partition.scheme=dirichlet", "partition.alpha=0.5", "federation.num_clients=10"],
