@@ -16,11 +16,15 @@ import torch
 from google.protobuf.message import Message
 
 from anther.backbone.proto import backbone_pb2 as pb
-from anther.core.config import FLOAT_DTYPES
+from anther.core.config import SCALED_WIRE_DTYPES
+from anther.core.config import WIRE_DTYPES as CONFIG_WIRE_DTYPES
 
 # Element types the wire knows. "bool" travels as one byte and decodes to uint8, so
 # that a byte other than 0 or 1 can be caught instead of becoming an undefined bool.
-WIRE_DTYPES = FLOAT_DTYPES  # embeddings and gradients
+# Scaled dtypes: one byte an element and a float32 scale a row (proto: Scaled wire dtypes),
+# with the largest value each takes, which a row's largest magnitude is scaled to.
+SCALED_DTYPES = dict(zip(SCALED_WIRE_DTYPES, (448.0, 57344.0, 127.0), strict=True))
+WIRE_DTYPES = CONFIG_WIRE_DTYPES  # embeddings and gradients
 MASK_DTYPES = ("int64", "int32", "bool")
 ID_DTYPES = ("int64", "int32")
 DTYPES: dict[str, torch.dtype] = {name: getattr(torch, name) for name in (*WIRE_DTYPES, *ID_DTYPES)} | {
@@ -54,13 +58,35 @@ def dtype_name(dtype: torch.dtype) -> str:
 
 
 def encode(t: torch.Tensor, dtype: str | None = None) -> pb.Tensor:
-    """``t`` as a Tensor message, converted to ``dtype`` (default: its own) first."""
+    """``t`` as a Tensor message, converted to ``dtype`` (default: its own) first; a scaled dtype is
+    quantised row by row (:func:`quantise`)."""
     name = dtype or dtype_name(t.dtype)
     if name not in DTYPES:
         raise WireError(f"dtype {name!r} cannot travel; use one of {', '.join(DTYPES)}")
+    if name in SCALED_DTYPES:
+        q, scale = quantise(t, name)
+        return pb.Tensor(data=_bytes(q), dtype=name, shape=list(t.shape), scale=_bytes(scale))
     t = t.detach().to("cpu", torch.bool if name == "bool" else DTYPES[name]).contiguous()
-    data = t.reshape(-1).view(torch.uint8).numpy().tobytes()
-    return pb.Tensor(data=data, dtype=name, shape=list(t.shape))
+    return pb.Tensor(data=_bytes(t), dtype=name, shape=list(t.shape))
+
+
+def _bytes(t: torch.Tensor) -> bytes:
+    return t.contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()
+
+
+def quantise(t: torch.Tensor, name: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """``t`` in the scaled dtype ``name``: (one byte an element, a float32 scale a row), the row's
+    largest magnitude mapped to the format's largest value (an all-zero row has scale 0)."""
+    x = t.detach().to("cpu", torch.float32)
+    scale = x.abs().amax(dim=-1) / SCALED_DTYPES[name]
+    scaled = x / torch.where(scale > 0, scale, 1.0).unsqueeze(-1)
+    q = scaled.round().clamp(-127, 127).to(torch.int8) if name == "int8" else scaled.to(DTYPES[name])
+    return q, scale
+
+
+def dequantise(q: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """float32 values of a scaled tensor: each row's elements times its scale."""
+    return q.to(torch.float32) * scale.unsqueeze(-1)
 
 
 def decode(msg: pb.Tensor, name: str, allowed: Collection[str], ndim: int) -> torch.Tensor:
@@ -81,7 +107,24 @@ def decode(msg: pb.Tensor, name: str, allowed: Collection[str], ndim: int) -> to
     if len(msg.data) != expected:
         raise WireError(f"{name} holds {len(msg.data)} bytes of data, but shape {shape} of "
                         f"{msg.dtype} needs {expected} (truncated or mislabelled)")
-    return torch.frombuffer(bytearray(msg.data), dtype=dtype).reshape(shape)
+    values = torch.frombuffer(bytearray(msg.data), dtype=dtype).reshape(shape)
+    if msg.dtype not in SCALED_DTYPES:
+        if msg.scale:
+            raise WireError(f"{name} has a scale, but {msg.dtype} is not a scaled dtype")
+        return values
+    return dequantise(values, _scale(msg, name, shape))
+
+
+def _scale(msg: pb.Tensor, name: str, shape: list[int]) -> torch.Tensor:
+    """The per-row scale of a scaled tensor, checked: one finite float32 >= 0 a row."""
+    rows = math.prod(shape[:-1])
+    if len(msg.scale) != rows * 4:
+        raise WireError(f"{name} ({msg.dtype}) holds {len(msg.scale)} bytes of scale; shape {shape} has {rows} "
+                        f"rows, which need {rows * 4} (one float32 each)")
+    scale = torch.frombuffer(bytearray(msg.scale), dtype=torch.float32).reshape(shape[:-1])
+    if not bool((torch.isfinite(scale) & (scale >= 0)).all()):
+        raise WireError(f"{name} ({msg.dtype}) has a scale that is negative, NaN or Inf")
+    return scale
 
 
 def _tensor_fields(msg: Message) -> list[str]:

@@ -23,8 +23,9 @@ from torch import nn
 from anther.backbone.endpoint import BackboneEndpoint, endpoint_for
 from anther.backbone.in_process import InProcessBackbone
 from anther.backbone.interface import Backbone
+from anther.backbone.wire_emulation import WireEmulation
 from anther.client.private_labels import PrivateLabelBackbone
-from anther.core.config import anther_home
+from anther.core.config import anther_home, wire_dtype
 from anther.model.chat_format import ChatFormat
 from anther.model.edge_quantization import quantize_for_cpu
 from anther.model.families import family_for, load_processor
@@ -108,13 +109,15 @@ def _client_side(
 
 
 @lru_cache(maxsize=8)
-def load_runtime(spec: EdgeSpec, endpoint: BackboneEndpoint | None) -> ClientRuntime:
+def load_runtime(spec: EdgeSpec, endpoint: BackboneEndpoint | None, wire_dtype: str = "float32") -> ClientRuntime:
     """The NanoEdge of ``spec`` with an in-process backbone (``endpoint`` None) or a connection to
     one. A process that serves clients of several backbone replicas loads the NanoEdge once and
-    holds one connection per replica."""
+    holds one connection per replica. An in-process backbone of split mode is reached through the
+    wire emulated in ``wire_dtype`` (:mod:`anther.backbone.wire_emulation`), so the client trains on
+    what a remote one would receive."""
     encoder, local, head = _client_side(spec, endpoint is None)
     if endpoint is None:
-        backbone: Backbone = local
+        backbone: Backbone = local if spec.lora is not None else WireEmulation(local, wire_dtype)
     else:
         backbone = endpoint.connect(fingerprint=checkpoint_fingerprint(Path(spec.model_path)))
     if spec.private_labels:
@@ -141,4 +144,4 @@ def runtime_for(cfg: DictConfig, rank: int | None = None,
                     cfg.data.modality_agnostic_prompt, bool(cfg.backbone.get("private_labels", False)),
                     cache_dir, int(fc.max_mb * 2**20), lora, m.client_device, m.autocast, m.chat_template,
                     m.system_prompt, cfg.data.max_listed_options, m.vision_quantization)
-    return load_runtime(spec, endpoint_for(cfg, node_config))
+    return load_runtime(spec, endpoint_for(cfg, node_config), wire_dtype(cfg))

@@ -31,6 +31,9 @@ from anther.core.experiment_source import PACKAGE_CONFIGS, ExperimentNotFound, c
 CONFIG_DIR = PACKAGE_CONFIGS
 BACKBONE_MODES = ("in_process", "service", "remote")
 FLOAT_DTYPES = ("float32", "bfloat16", "float16")  # model.dtype, and embeddings and gradients on the wire
+# One byte an element and a float32 scale a row on the wire (anther/backbone/wire.py)
+SCALED_WIRE_DTYPES = ("float8_e4m3fn", "float8_e5m2", "int8")
+WIRE_DTYPES = (*FLOAT_DTYPES, *SCALED_WIRE_DTYPES)  # backbone.wire_dtype
 AUTOCAST_DTYPES = ("none", "bfloat16", "float16")  # model.autocast
 TINY_MODEL_MARKER = "anther_tiny.json"  # in every checkpoint anther.model.tiny_model makes: how it was made
 QUANTIZATIONS = ("none", "8bit", "4bit")  # the backbone's, through bitsandbytes (anther/backbone/quantization.py)
@@ -502,7 +505,7 @@ def _validate_scenario(s: DictConfig) -> None:
 
 def _validate_backbone(b: DictConfig) -> None:
     check(b.mode in BACKBONE_MODES, "backbone.mode", b.mode, f"must be one of {', '.join(BACKBONE_MODES)}")
-    check(b.wire_dtype in (*FLOAT_DTYPES, "auto"), "backbone.wire_dtype", b.wire_dtype,
+    check(b.wire_dtype in (*WIRE_DTYPES, "auto"), "backbone.wire_dtype", b.wire_dtype,
           f"must be auto or one of {', '.join(FLOAT_DTYPES)}")
     check(b.window_ms >= 0, "backbone.window_ms", b.window_ms, "must be >= 0")
     check(b.max_batch >= 1, "backbone.max_batch", b.max_batch, "must be >= 1")

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n$anther/backbone/proto/backbone.proto\x12\x12\x61nther.backbone.v1\"4\n\x06Tensor\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\x12\r\n\x05\x64type\x18\x02 \x01(\t\x12\r\n\x05shape\x18\x03 \x03(\x03\"\xe9\x01\n\x0e\x46orwardRequest\x12\x31\n\rinputs_embeds\x18\x01 \x01(\x0b\x32\x1a.anther.backbone.v1.Tensor\x12\x32\n\x0e\x61ttention_mask\x18\x02 \x01(\x0b\x32\x1a.anther.backbone.v1.Tensor\x12*\n\x06labels\x18\x03 \x01(\x0b\x32\x1a.anther.backbone.v1.Tensor\x12\x12\n\ngrad_dtype\x18\x04 \x01(\t\x12\x30\n\x0cposition_ids\x18\x05 \x01(\x0b\x32\x1a.anther.backbone.v1.Tensor\"H\n\x0eTrainStepReply\x12\x0c\n\x04loss\x18\x01 \x01(\x01\x12(\n\x04grad\x18\x02 \x01(\x0b\x32\x1a.anther.backbone.v1.Tensor\"F\n\x11HiddenStatesReply\x12\x31\n\rhidden_states\x18\x01 \x01(\x0b\x32\x1a.anther.backbone.v1.Tensor\"\xf5\x01\n\x15HiddenBackwardRequest\x12\x31\n\rinputs_embeds\x18\x01 \x01(\x0b\x32\x1a.anther.backbone.v1.Tensor\x12\x32\n\x0e\x61ttention_mask\x18\x02 \x01(\x0b\x32\x1a.anther.backbone.v1.Tensor\x12/\n\x0bgrad_hidden\x18\x03 \x01(\x0b\x32\x1a.anther.backbone.v1.Tensor\x12\x12\n\ngrad_dtype\x18\x04 \x01(\t\x12\x30\n\x0cposition_ids\x18\x05 \x01(\x0b\x32\x1a.anther.backbone.v1.Tensor\"5\n\tGradReply\x12(\n\x04grad\x18\x01 \x01(\x0b\x32\x1a.anther.backbone.v1.Tensor\"8\n\nScoreReply\x12*\n\x06scores\x18\x01 \x01(\x0b\x32\x1a.anther.backbone.v1.Tensor\"9\n\x0bLogitsReply\x12*\n\x06logits\x18\x01 \x01(\x0b\x32\x1a.anther.backbone.v1.Tensor\"\xda\x01\n\x0fGenerateRequest\x12\x31\n\rinputs_embeds\x18\x01 \x01(\x0b\x32\x1a.anther.backbone.v1.Tensor\x12\x32\n\x0e\x61ttention_mask\x18\x02 \x01(\x0b\x32\x1a.anther.backbone.v1.Tensor\x12\x16\n\x0emax_new_tokens\x18\x03 \x01(\x05\x12\x16\n\x0estop_token_ids\x18\x04 \x03(\x03\x12\x30\n\x0cposition_ids\x18\x05 \x01(\x0b\x32\x1a.anther.backbone.v1.Tensor\">\n\rGenerateReply\x12-\n\ttoken_ids\x18\x01 \x01(\x0b\x32\x1a.anther.backbone.v1.Tensor\"\r\n\x0bInfoRequest\"\xa9\x03\n\tInfoReply\x12\x13\n\x0b\x66ingerprint\x18\x01 \x01(\t\x12\x13\n\x0bhidden_size\x18\x02 \x01(\x03\x12\x12\n\nvocab_size\x18\x03 \x01(\x03\x12\x13\n\x0bmodel_dtype\x18\x04 \x01(\t\x12\x13\n\x0bwire_dtypes\x18\x05 \x03(\t\x12\x1b\n\x13max_sequence_length\x18\x06 \x01(\x03\x12\x17\n\x0fmax_chunk_bytes\x18\x07 \x01(\x03\x12\x19\n\x11max_request_bytes\x18\x08 \x01(\x03\x12\x16\n\x0emax_new_tokens\x18\t \x01(\x03\x12\x10\n\x08\x62\x61tching\x18\n \x01(\x08\x12\x17\n\x0f\x62\x61tch_window_ms\x18\x0b \x01(\x01\x12\x1b\n\x13max_batch_sequences\x18\x0c \x01(\x03\x12\x15\n\rposition_dims\x18\r \x01(\x03\x12\x1a\n\x12max_request_tokens\x18\x0e \x01(\x03\x12\x1c\n\x14max_calls_per_client\x18\x0f \x01(\x03\x12\x1a\n\x12max_inflight_bytes\x18\x10 \x01(\x03\x12\x16\n\x0eread_timeout_s\x18\x11 \x01(\x01\x32\xf3\x04\n\x08\x42\x61\x63kbone\x12W\n\tTrainStep\x12\".anther.backbone.v1.ForwardRequest\x1a\".anther.backbone.v1.TrainStepReply(\x01\x30\x01\x12O\n\x05Score\x12\".anther.backbone.v1.ForwardRequest\x1a\x1e.anther.backbone.v1.ScoreReply(\x01\x30\x01\x12Z\n\x0fNextTokenLogits\x12\".anther.backbone.v1.ForwardRequest\x1a\x1f.anther.backbone.v1.LogitsReply(\x01\x30\x01\x12V\n\x08Generate\x12#.anther.backbone.v1.GenerateRequest\x1a!.anther.backbone.v1.GenerateReply(\x01\x30\x01\x12]\n\x0cHiddenStates\x12\".anther.backbone.v1.ForwardRequest\x1a%.anther.backbone.v1.HiddenStatesReply(\x01\x30\x01\x12\x62\n\x12\x42\x61\x63kwardFromHidden\x12).anther.backbone.v1.HiddenBackwardRequest\x1a\x1d.anther.backbone.v1.GradReply(\x01\x30\x01\x12\x46\n\x04Info\x12\x1f.anther.backbone.v1.InfoRequest\x1a\x1d.anther.backbone.v1.InfoReplyb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n$anther/backbone/proto/backbone.proto\x12\x12\x61nther.backbone.v1\"C\n\x06Tensor\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\x12\r\n\x05\x64type\x18\x02 \x01(\t\x12\r\n\x05shape\x18\x03 \x03(\x03\x12\r\n\x05scale\x18\x04 \x01(\x0c\"\xe9\x01\n\x0e\x46orwardRequest\x12\x31\n\rinputs_embeds\x18\x01 \x01(\x0b\x32\x1a.anther.backbone.v1.Tensor\x12\x32\n\x0e\x61ttention_mask\x18\x02 \x01(\x0b\x32\x1a.anther.backbone.v1.Tensor\x12*\n\x06labels\x18\x03 \x01(\x0b\x32\x1a.anther.backbone.v1.Tensor\x12\x12\n\ngrad_dtype\x18\x04 \x01(\t\x12\x30\n\x0cposition_ids\x18\x05 \x01(\x0b\x32\x1a.anther.backbone.v1.Tensor\"H\n\x0eTrainStepReply\x12\x0c\n\x04loss\x18\x01 \x01(\x01\x12(\n\x04grad\x18\x02 \x01(\x0b\x32\x1a.anther.backbone.v1.Tensor\"F\n\x11HiddenStatesReply\x12\x31\n\rhidden_states\x18\x01 \x01(\x0b\x32\x1a.anther.backbone.v1.Tensor\"\xf5\x01\n\x15HiddenBackwardRequest\x12\x31\n\rinputs_embeds\x18\x01 \x01(\x0b\x32\x1a.anther.backbone.v1.Tensor\x12\x32\n\x0e\x61ttention_mask\x18\x02 \x01(\x0b\x32\x1a.anther.backbone.v1.Tensor\x12/\n\x0bgrad_hidden\x18\x03 \x01(\x0b\x32\x1a.anther.backbone.v1.Tensor\x12\x12\n\ngrad_dtype\x18\x04 \x01(\t\x12\x30\n\x0cposition_ids\x18\x05 \x01(\x0b\x32\x1a.anther.backbone.v1.Tensor\"5\n\tGradReply\x12(\n\x04grad\x18\x01 \x01(\x0b\x32\x1a.anther.backbone.v1.Tensor\"8\n\nScoreReply\x12*\n\x06scores\x18\x01 \x01(\x0b\x32\x1a.anther.backbone.v1.Tensor\"9\n\x0bLogitsReply\x12*\n\x06logits\x18\x01 \x01(\x0b\x32\x1a.anther.backbone.v1.Tensor\"\xda\x01\n\x0fGenerateRequest\x12\x31\n\rinputs_embeds\x18\x01 \x01(\x0b\x32\x1a.anther.backbone.v1.Tensor\x12\x32\n\x0e\x61ttention_mask\x18\x02 \x01(\x0b\x32\x1a.anther.backbone.v1.Tensor\x12\x16\n\x0emax_new_tokens\x18\x03 \x01(\x05\x12\x16\n\x0estop_token_ids\x18\x04 \x03(\x03\x12\x30\n\x0cposition_ids\x18\x05 \x01(\x0b\x32\x1a.anther.backbone.v1.Tensor\">\n\rGenerateReply\x12-\n\ttoken_ids\x18\x01 \x01(\x0b\x32\x1a.anther.backbone.v1.Tensor\"\r\n\x0bInfoRequest\"\xa9\x03\n\tInfoReply\x12\x13\n\x0b\x66ingerprint\x18\x01 \x01(\t\x12\x13\n\x0bhidden_size\x18\x02 \x01(\x03\x12\x12\n\nvocab_size\x18\x03 \x01(\x03\x12\x13\n\x0bmodel_dtype\x18\x04 \x01(\t\x12\x13\n\x0bwire_dtypes\x18\x05 \x03(\t\x12\x1b\n\x13max_sequence_length\x18\x06 \x01(\x03\x12\x17\n\x0fmax_chunk_bytes\x18\x07 \x01(\x03\x12\x19\n\x11max_request_bytes\x18\x08 \x01(\x03\x12\x16\n\x0emax_new_tokens\x18\t \x01(\x03\x12\x10\n\x08\x62\x61tching\x18\n \x01(\x08\x12\x17\n\x0f\x62\x61tch_window_ms\x18\x0b \x01(\x01\x12\x1b\n\x13max_batch_sequences\x18\x0c \x01(\x03\x12\x15\n\rposition_dims\x18\r \x01(\x03\x12\x1a\n\x12max_request_tokens\x18\x0e \x01(\x03\x12\x1c\n\x14max_calls_per_client\x18\x0f \x01(\x03\x12\x1a\n\x12max_inflight_bytes\x18\x10 \x01(\x03\x12\x16\n\x0eread_timeout_s\x18\x11 \x01(\x01\x32\xf3\x04\n\x08\x42\x61\x63kbone\x12W\n\tTrainStep\x12\".anther.backbone.v1.ForwardRequest\x1a\".anther.backbone.v1.TrainStepReply(\x01\x30\x01\x12O\n\x05Score\x12\".anther.backbone.v1.ForwardRequest\x1a\x1e.anther.backbone.v1.ScoreReply(\x01\x30\x01\x12Z\n\x0fNextTokenLogits\x12\".anther.backbone.v1.ForwardRequest\x1a\x1f.anther.backbone.v1.LogitsReply(\x01\x30\x01\x12V\n\x08Generate\x12#.anther.backbone.v1.GenerateRequest\x1a!.anther.backbone.v1.GenerateReply(\x01\x30\x01\x12]\n\x0cHiddenStates\x12\".anther.backbone.v1.ForwardRequest\x1a%.anther.backbone.v1.HiddenStatesReply(\x01\x30\x01\x12\x62\n\x12\x42\x61\x63kwardFromHidden\x12).anther.backbone.v1.HiddenBackwardRequest\x1a\x1d.anther.backbone.v1.GradReply(\x01\x30\x01\x12\x46\n\x04Info\x12\x1f.anther.backbone.v1.InfoRequest\x1a\x1d.anther.backbone.v1.InfoReplyb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -32,29 +32,29 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'anther.backbone.proto.backb
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_TENSOR']._serialized_start=60
-  _globals['_TENSOR']._serialized_end=112
-  _globals['_FORWARDREQUEST']._serialized_start=115
-  _globals['_FORWARDREQUEST']._serialized_end=348
-  _globals['_TRAINSTEPREPLY']._serialized_start=350
-  _globals['_TRAINSTEPREPLY']._serialized_end=422
-  _globals['_HIDDENSTATESREPLY']._serialized_start=424
-  _globals['_HIDDENSTATESREPLY']._serialized_end=494
-  _globals['_HIDDENBACKWARDREQUEST']._serialized_start=497
-  _globals['_HIDDENBACKWARDREQUEST']._serialized_end=742
-  _globals['_GRADREPLY']._serialized_start=744
-  _globals['_GRADREPLY']._serialized_end=797
-  _globals['_SCOREREPLY']._serialized_start=799
-  _globals['_SCOREREPLY']._serialized_end=855
-  _globals['_LOGITSREPLY']._serialized_start=857
-  _globals['_LOGITSREPLY']._serialized_end=914
-  _globals['_GENERATEREQUEST']._serialized_start=917
-  _globals['_GENERATEREQUEST']._serialized_end=1135
-  _globals['_GENERATEREPLY']._serialized_start=1137
-  _globals['_GENERATEREPLY']._serialized_end=1199
-  _globals['_INFOREQUEST']._serialized_start=1201
-  _globals['_INFOREQUEST']._serialized_end=1214
-  _globals['_INFOREPLY']._serialized_start=1217
-  _globals['_INFOREPLY']._serialized_end=1642
-  _globals['_BACKBONE']._serialized_start=1645
-  _globals['_BACKBONE']._serialized_end=2272
+  _globals['_TENSOR']._serialized_end=127
+  _globals['_FORWARDREQUEST']._serialized_start=130
+  _globals['_FORWARDREQUEST']._serialized_end=363
+  _globals['_TRAINSTEPREPLY']._serialized_start=365
+  _globals['_TRAINSTEPREPLY']._serialized_end=437
+  _globals['_HIDDENSTATESREPLY']._serialized_start=439
+  _globals['_HIDDENSTATESREPLY']._serialized_end=509
+  _globals['_HIDDENBACKWARDREQUEST']._serialized_start=512
+  _globals['_HIDDENBACKWARDREQUEST']._serialized_end=757
+  _globals['_GRADREPLY']._serialized_start=759
+  _globals['_GRADREPLY']._serialized_end=812
+  _globals['_SCOREREPLY']._serialized_start=814
+  _globals['_SCOREREPLY']._serialized_end=870
+  _globals['_LOGITSREPLY']._serialized_start=872
+  _globals['_LOGITSREPLY']._serialized_end=929
+  _globals['_GENERATEREQUEST']._serialized_start=932
+  _globals['_GENERATEREQUEST']._serialized_end=1150
+  _globals['_GENERATEREPLY']._serialized_start=1152
+  _globals['_GENERATEREPLY']._serialized_end=1214
+  _globals['_INFOREQUEST']._serialized_start=1216
+  _globals['_INFOREQUEST']._serialized_end=1229
+  _globals['_INFOREPLY']._serialized_start=1232
+  _globals['_INFOREPLY']._serialized_end=1657
+  _globals['_BACKBONE']._serialized_start=1660
+  _globals['_BACKBONE']._serialized_end=2287
 # @@protoc_insertion_point(module_scope)
