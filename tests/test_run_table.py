@@ -54,3 +54,16 @@ def test_a_failed_row_is_shown_and_fails_the_command(tmp_path, monkeypatch):
         "row": row, "overrides": table.rows[row], "seconds": 2.0, "status": "failed (exit code 1)"})
     assert run_table.main(TABLE, ["--only", "none", "--out", str(tmp_path)]) == 1
     assert "| none | `(defaults)` | failed (exit code 1) |" in (tmp_path / "demo_table.md").read_text()
+
+
+def test_a_traffic_table_shows_the_activation_bytes_per_client_and_round(tmp_path, monkeypatch):
+    monkeypatch.setattr(run_table, "run_one", lambda table, row, extra, runs: {
+        "row": row, "overrides": table.rows[row], "seconds": 3.0, "status": "ok", "acc_mc_round0": 0.5,
+        "acc_mc": 0.7, "acc_gen": 0.7, "client_acc_mc_mean": 0.7, "client_acc_mc_worst": 0.6,
+        "activation_mib_up": 5.25, "activation_mib_down": 5.0})
+    wire = Table(name="wire", doc="", common=[], rows={"int8": ["backbone.wire_dtype=int8"]}, traffic=True)
+    assert run_table.main(wire, ["--out", str(tmp_path)]) == 0
+    md = (tmp_path / "wire_table.md").read_text()
+    assert "activations up, MiB per client and round | down |" in md
+    assert "| int8 | `backbone.wire_dtype=int8` | 0.500 | 0.700 | 0.700 | 0.700 | 0.600 | 5.250 | 5.000 | 3 |" in md
+    assert "activations up" not in run_table.markdown(TABLE, [], [])

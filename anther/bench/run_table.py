@@ -33,6 +33,7 @@ class Table:
     doc: str
     common: list[str]
     rows: dict[str, list[str]]
+    traffic: bool = False  # also the activation bytes per client and round, each way
 
 
 def run_one(table: Table, row: str, extra: list[str], runs: Path) -> dict[str, Any]:
@@ -49,12 +50,17 @@ def run_one(table: Table, row: str, extra: list[str], runs: Path) -> dict[str, A
         return {**entry, "status": f"failed (exit code {proc.returncode})"}
     result = json.loads((new[-1] / "result.json").read_text())
     last = result["rounds"][-1]
+    trained = [r for r in result["rounds"][1:] if r.get("clients")]
+    per_client = {key: sum(r[key] / r["clients"] for r in trained) / len(trained) / 2**20 if trained else None
+                  for key in ("activation_bytes_up", "activation_bytes_down")}
     clients = result["clients"]["summary"]
     return {**entry, "status": "ok", "run_dir": str(new[-1]), "rounds": last["round"],
             "acc_mc_round0": result["rounds"][0].get("acc_mc"), "acc_mc": last.get("acc_mc"),
             "acc_gen": last.get("acc_gen"), "client_acc_mc_mean": clients.get("acc_mc_mean"),
             "client_acc_mc_worst": clients.get("acc_mc_worst"),
-            "dp_epsilon_max": last.get("dp_epsilon_max"), "dp_client_epsilon": last.get("dp_client_epsilon")}
+            "dp_epsilon_max": last.get("dp_epsilon_max"), "dp_client_epsilon": last.get("dp_client_epsilon"),
+            "activation_mib_up": per_client["activation_bytes_up"],
+            "activation_mib_down": per_client["activation_bytes_down"]}
 
 
 def _cell(value: Any) -> str:
@@ -65,11 +71,14 @@ COLUMNS = [("acc_mc_round0", "round 0 acc (mc)"), ("acc_mc", "acc (mc)"), ("acc_
            ("client_acc_mc_mean", "clients' acc (mc) mean"), ("client_acc_mc_worst", "worst")]
 PRIVACY_COLUMNS = [("dp_epsilon_max", "sample-level eps spent (max over clients)"),
                    ("dp_client_epsilon", "client-level eps spent")]
+TRAFFIC_COLUMNS = [("activation_mib_up", "activations up, MiB per client and round"),
+                   ("activation_mib_down", "down")]
 
 
 def markdown(table: Table, entries: list[dict[str, Any]], extra: list[str]) -> str:
     """The table; a privacy column appears only where some row spent privacy of that kind."""
     columns = COLUMNS + [c for c in PRIVACY_COLUMNS if any(e.get(c[0]) is not None for e in entries)]
+    columns += TRAFFIC_COLUMNS if table.traffic else []
     command = " ".join(["anther simulate", *table.common, *extra, "<row's overrides>"])
     lines = [f"Command: `{command}`", "",
              f"| {table.name} | overrides | " + " | ".join(title for _, title in columns) + " | s |",
