@@ -223,7 +223,8 @@ class BackboneConfig:
     address: str | None = None
     advertise_address: str | None = None  # service: host:port clients dial, if not ``address``
     # embeddings up, gradients down: float32 | bfloat16 | float16 | auto (bfloat16 for a real
-    # checkpoint, float32 for anther's tiny model, whose correctness tests are exact)
+    # checkpoint, float32 for anther's tiny model, whose correctness tests are exact), or one byte an
+    # element with a float32 scale per token: float8_e4m3fn | float8_e5m2 | int8 (docs/wire.md)
     wire_dtype: str = "auto"
     batching: bool = True
     window_ms: float = 5.0
