@@ -25,7 +25,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from anther.core.config import FLOAT_DTYPES, QUANTIZATIONS, BackboneConfig, ConfigError, ModelConfig
+from anther.core.config import FLOAT_DTYPES, QUANTIZATIONS, WIRE_DTYPES, BackboneConfig, ConfigError, ModelConfig
 from anther.core.errors import RunFailed, Stopped
 
 if TYPE_CHECKING:
@@ -469,7 +469,7 @@ def _add_model_report_parser(model: argparse._SubParsersAction) -> None:
     rep.add_argument("--lora-rank", type=int, default=16, help="LoRA rank on q/k/v/o (whole-model mode)")
     rep.add_argument("--text-tokens", type=int, default=64, help="text tokens per sample besides the image's")
     rep.add_argument("--dtype", default="bfloat16", choices=FLOAT_DTYPES, help="weights as held")
-    rep.add_argument("--wire-dtype", default="bfloat16", choices=FLOAT_DTYPES, help="activations as sent")
+    rep.add_argument("--wire-dtype", default="bfloat16", choices=WIRE_DTYPES, help="activations as sent")
     rep.add_argument("--json", help="also write the numbers to this JSON file")
     rep.set_defaults(func=_model_report)
 

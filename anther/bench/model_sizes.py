@@ -32,7 +32,7 @@ from transformers import (
 )
 
 from anther.backbone.in_process import position_dims
-from anther.backbone.wire import WIRE_DTYPES
+from anther.core.config import FLOAT_DTYPES, SCALED_WIRE_DTYPES, WIRE_DTYPES
 from anther.model.families import family_for
 from anther.model.lora import LoraSettings, inject_lora
 from anther.model.nano_adapter import NanoAdapterConfig
@@ -178,9 +178,9 @@ def size_report(name: str, adapter_rank: int = 16, lora_rank: int = 16, text_tok
 def report_for_config(name: str, config, adapter_rank: int = 16, lora_rank: int = 16, text_tokens: int = 64,
                       dtype: str = "bfloat16", wire_dtype: str = "bfloat16") -> SizeReport:
     """:func:`size_report` for any configuration of a registered family."""
-    for label, value in (("dtype", dtype), ("wire_dtype", wire_dtype)):
-        if value not in WIRE_DTYPES:
-            raise ValueError(f"{label} {value!r} is not one of {', '.join(WIRE_DTYPES)}")
+    for label, value, allowed in (("dtype", dtype, FLOAT_DTYPES), ("wire_dtype", wire_dtype, WIRE_DTYPES)):
+        if value not in allowed:
+            raise ValueError(f"{label} {value!r} is not one of {', '.join(allowed)}")
     family = family_for(config.model_type)
     with torch.device("meta"):
         model = family.model_class(config)
@@ -191,7 +191,8 @@ def report_for_config(name: str, config, adapter_rank: int = 16, lora_rank: int 
     # Qwen2-VL's merger is in its tower
     client = _count_unique([parts.vision_tower, parts.connector, parts.embed_tokens])
     tokens = family.image_tokens(config) + text_tokens
-    embeds = tokens * hidden * _itemsize(wire_dtype)
+    # a scaled wire dtype: a byte an element and a float32 scale a token (backbone.proto)
+    embeds = tokens * (hidden + 4) if wire_dtype in SCALED_WIRE_DTYPES else tokens * hidden * _itemsize(wire_dtype)
     dims = position_dims(config.text_config)
     positions = tokens * dims * 8 if dims > 1 else 0  # M-RoPE positions travel too (int64)
     lora = _lora_params(family.backbone_parts(model)[0], lora_rank)  # counted last: it adds to the model
