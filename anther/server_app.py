@@ -9,7 +9,9 @@ to every client then says where the service listens and how to check and use it.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 from flwr.app import ArrayRecord, Context
 from flwr.serverapp import Grid, ServerApp
@@ -30,11 +32,8 @@ app = ServerApp()
 
 @app.main()
 def main(grid: Grid, context: Context) -> None:
-    run_config = context.run_config
-    resume = str(run_config.get(protocol.RUN_RESUME, ""))  # an earlier run's folder to continue
-    cfg = load_run_config(resume) if resume else load_config(str(run_config[protocol.RUN_EXPERIMENT]),
-                                                             str(run_config.get(protocol.RUN_OVERRIDES, "")),
-                                                             str(run_config.get(protocol.RUN_CONFIG_DIR, "")) or None)
+    resume = str(context.run_config.get(protocol.RUN_RESUME, ""))  # an earlier run's folder to continue
+    cfg = experiment_of(context.run_config)
     cfg.run_dir = str(run_folder(cfg))  # fixed now, so that a failure from here on is recorded there
     if isinstance(grid, InMemoryGrid):  # a simulation: the ClientApps run in this process's Ray actors
         replace_dead_client_processes()
@@ -43,6 +42,16 @@ def main(grid: Grid, context: Context) -> None:
     except BaseException as e:
         record_failure(Path(cfg.run_dir), e)
         raise
+
+
+def experiment_of(run_config: Mapping[str, Any]) -> DictConfig:
+    """The experiment ``flwr run --run-config`` names: an earlier run's own config when resuming, else
+    ``experiment`` (a name, or a YAML file's path) with ``overrides``, looked up in ``config-dir`` too."""
+    resume = str(run_config.get(protocol.RUN_RESUME, ""))
+    if resume:
+        return load_run_config(resume)
+    return load_config(str(run_config[protocol.RUN_EXPERIMENT]), str(run_config.get(protocol.RUN_OVERRIDES, "")),
+                       str(run_config.get(protocol.RUN_CONFIG_DIR, "")) or None)
 
 
 def _run(grid: Grid, experiment: DictConfig, resume: bool) -> None:

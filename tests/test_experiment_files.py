@@ -103,3 +103,14 @@ def test_the_local_optimiser_by_name_or_target_composes():
     assert cfg.train.optimizer.momentum == 0.9 and cfg.train.lr_schedule == "cosine"
     assert load_config("default", ["train.optimizer={_target_:torch.optim.RMSprop,alpha:0.9}"]).train.optimizer.alpha \
         == 0.9
+
+
+def test_flwr_runs_config_names_a_file_or_a_config_dir(lab: Path):
+    """What ``flwr run --run-config 'experiment="..." config-dir="..."'`` gives the ServerApp."""
+    from anther.server_app import experiment_of
+
+    by_file = experiment_of({"experiment": str(lab / "short.yaml"), "overrides": "seed=3"})
+    assert (by_file.name, by_file.federation.rounds, by_file.seed) == ("short", 2, 3)
+    by_dir = experiment_of({"experiment": "pinned", "overrides": "", "config-dir": str(lab)})
+    assert by_dir.scenario.name == "two_domains"
+    assert experiment_of({"experiment": "default", "overrides": "", "config-dir": ""}).name == "default"
