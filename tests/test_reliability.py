@@ -174,6 +174,7 @@ def test_rng_states_restore():
 # -- screening replies ----------------------------------------------------------------------
 SENT = {"down.weight": np.zeros((2, 3), np.float32), "up.bias": np.zeros(3, np.float32)}
 PARTITION_OF = {101: 0, 102: 1, 103: 2, 104: 3, 105: 4}
+DTYPES = {name: "float32" for name in SENT}  # the global adapters' dtypes, which the aggregate keeps
 
 
 def _sent(node: int) -> Message:
@@ -216,7 +217,8 @@ def test_a_bad_update_is_rejected_by_partition_and_the_rest_aggregate(kind):
     (problem,) = screened.rejected
     assert problem.partition_id == 1 and problem.node_id == 102
     assert re.search(reason, problem.reason), problem.reason
-    outcome = aggregate_guarded(build_strategy({"name": "fedavg"}), 1, screened.accepted, min_replies=2)
+    outcome = aggregate_guarded(build_strategy({"name": "fedavg"}), 1, screened.accepted, min_replies=2,
+                                dtypes=DTYPES)
     assert outcome.skipped is None
     assert np.allclose(outcome.arrays["up.bias"].numpy(), 0.2)  # the mean of 0.1 and 0.3, equal weights
 
@@ -245,7 +247,7 @@ def test_errors_and_silence_are_failures():
 def test_too_few_replies_skip_the_round():
     sent = [_sent(n) for n in (101, 102)]
     strategy = build_strategy({"name": "fedavg"})
-    outcome = aggregate_guarded(strategy, 1, [_reply(sent[0])], min_replies=2)
+    outcome = aggregate_guarded(strategy, 1, [_reply(sent[0])], min_replies=2, dtypes=DTYPES)
     assert outcome.arrays is None and "min_replies=2" in outcome.skipped
 
 
@@ -254,7 +256,7 @@ def test_a_strategy_that_refuses_skips_the_round():
         def aggregate_train(self, server_round, replies):
             raise AggregationError(reason="ranks disagree")
 
-    outcome = aggregate_guarded(Refusing(), 3, [_reply(_sent(101))], min_replies=1)
+    outcome = aggregate_guarded(Refusing(), 3, [_reply(_sent(101))], min_replies=1, dtypes=DTYPES)
     assert outcome.arrays is None and "ranks disagree" in outcome.skipped
 
 

@@ -71,8 +71,8 @@ def test_the_bench_measures_a_shaped_link_or_says_why_it_cannot(tmp_path: Path):
     split, local = result["rows"]
     assert (split["setting"], local["setting"]) == ("int8", LOCAL)
     hidden = 128  # the tiny model's width: 8 samples, a byte a value and a float32 scale per token
-    tokens = split["bytes_down_per_step"] / (hidden + 4)
-    assert tokens == int(tokens) and tokens % 8 == 0
+    tokens = int(split["bytes_down_per_step"] // (hidden + 4))
+    assert tokens % 8 == 0 and split["bytes_down_per_step"] - tokens * (hidden + 4) < 256  # and the proto's framing
     assert split["bytes_up_per_step"] > split["bytes_down_per_step"]  # masks and labels go up too
     link_s = 8 * (split["bytes_up_per_step"] + split["bytes_down_per_step"]) / 20e6
     assert split["step_s"] > link_s  # the link's limit is in every step

@@ -27,6 +27,7 @@ from typing import Any
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, RecordDict
 from flwr.common.logger import log
+from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS
 from flwr.serverapp import Grid
 from omegaconf import DictConfig, OmegaConf
 
@@ -86,8 +87,9 @@ def _sum_metric(replies: Iterable[Message], key: str) -> float:
     return float(sum(m.content[protocol.METRICS].get(key, 0) for m in replies))
 
 
-# anther's own records, not the strategy's: the round config down; timing and privacy notes up.
-_BOOKKEEPING = frozenset({protocol.CONFIG, protocol.TIMING, protocol.PRIVACY, protocol.DECLINED})
+# anther's own records, not the strategy's: the round config down; timing and privacy notes up; and
+# SecAgg+'s protocol messages, which its wrapper counts itself (secagg_bytes_up / _down).
+_BOOKKEEPING = frozenset({protocol.CONFIG, protocol.TIMING, protocol.PRIVACY, protocol.DECLINED, RECORD_KEY_CONFIGS})
 
 
 def _record_bytes(messages: Iterable[Message]) -> int:
