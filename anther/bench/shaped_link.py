@@ -193,7 +193,7 @@ def plot(rows: list[dict], path: Path) -> None:
         mine = sorted((r for r in rows if r["setting"] == setting), key=lambda r: r["mbit"])
         ax.plot([r["mbit"] for r in mine], [r["round_s"] for r in mine], marker="o", label=setting)
     ax.set(xscale="log", yscale="log", xlabel="link bandwidth each way (Mbit/s)", ylabel="round time of one site (s)",
-           title="A site's round against its link: split mode per wire dtype, and local mode")
+           title="A site's round against its link")
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
