@@ -55,7 +55,7 @@ def service_port(tiny_model_dir: Path, creds: Path) -> Iterator[int]:
     (["backbone.mode=remote", "backbone.address=host:1"], "backbone.ca_cert"),
     (["backbone.mode=service", "backbone.address=0.0.0.0:50051"], "backbone.advertise_address"),
     (["backbone.mode=cloud"], "backbone.mode"),
-    (["backbone.wire_dtype=int8"], "backbone.wire_dtype"),
+    (["backbone.wire_dtype=int4"], "backbone.wire_dtype"),
     (["backbone.mode=remote", "backbone.address=nohostport", "backbone.insecure=true"], "backbone.address"),
     (["backbone.client_cert=/x.pem"], "backbone.client_key"),
     (["backbone.replicas=2"], "backbone.replicas"),

@@ -111,7 +111,7 @@ class Case:
     def check(self, out: ForwardInputs | GenerateInputs) -> None:
         """``out`` holds exactly what the client sent, in the model's dtype."""
         sent = self.tensors
-        assert _same(out.embeds, sent["inputs_embeds"].to(wire.DTYPES[self.wire_dtype]).to(self.model_dtype))
+        assert _same(out.embeds, _over_the_wire(sent["inputs_embeds"], self.wire_dtype).to(self.model_dtype))
         assert _same(out.mask, sent["attention_mask"].long())
         positions = sent.get("position_ids")
         assert _same(out.positions, positions)
@@ -121,8 +121,16 @@ class Case:
         assert out.grad_dtype == (self.request.grad_dtype or self.wire_dtype)
         assert _same(out.labels, sent["labels"] if reads(self.kind, "labels") else None)
         if self.kind == "backward":
-            grad = sent["grad_hidden"].to(wire.DTYPES[self.wire_dtype]).to(self.model_dtype)
+            grad = _over_the_wire(sent["grad_hidden"], self.wire_dtype).to(self.model_dtype)
             assert _same(out.grad_hidden, grad)
+
+
+def _over_the_wire(t: torch.Tensor, dtype: str) -> torch.Tensor:
+    """``t`` as the wire carries it in ``dtype``: cast, or, for a scaled dtype, quantised per row and
+    back (its error is held to each format's bound in tests/test_wire_compression.py)."""
+    if dtype in wire.SCALED_DTYPES:
+        return wire.dequantise(*wire.quantise(t, dtype))
+    return t.to(wire.DTYPES[dtype])
 
 
 def _same(decoded: torch.Tensor | None, sent: torch.Tensor | None) -> bool:
@@ -314,8 +322,8 @@ def tensor_cases(draw: st.DrawFn) -> tuple[pb.Tensor, torch.Tensor | None, tuple
     shape = draw(st.lists(st.integers(1, 4), min_size=1, max_size=4))
     x = (torch.rand(shape) < 0.5).to(torch.uint8) if dtype == "bool" else torch.randint(-9, 9, shape)
     msg = wire.encode(x, dtype)
-    want: torch.Tensor | None = x.to(wire.DTYPES[dtype])
-    how = draw(st.sampled_from(["none", "none", "dtype", "ndim", "zero", "short", "long"]))
+    want: torch.Tensor | None = _over_the_wire(x, dtype)
+    how = draw(st.sampled_from(["none", "none", "dtype", "ndim", "zero", "short", "long", "scale"]))
     if how == "dtype":
         msg.dtype = draw(st.sampled_from([d for d in [*wire.DTYPES, "float64", "", "Float32"] if d not in allowed]))
     elif how == "ndim":
@@ -324,6 +332,8 @@ def tensor_cases(draw: st.DrawFn) -> tuple[pb.Tensor, torch.Tensor | None, tuple
         msg.shape[0] = 0
     elif how in ("short", "long"):
         msg.data = msg.data[:-1] if how == "short" else msg.data + b"\0"
+    elif how == "scale":  # a scaled dtype's scale a byte short; a scale on any other dtype
+        msg.scale = msg.scale[:-1] if dtype in wire.SCALED_DTYPES else b"\0" * 4
     return msg, (want if how == "none" else None), allowed, len(shape)
 
 

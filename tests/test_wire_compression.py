@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import grpc
@@ -89,15 +88,15 @@ def test_a_malformed_compressed_tensor_is_refused_naming_it(dtype, change, messa
 
 
 @pytest.mark.parametrize("dtype,byte", [("float8_e4m3fn", 0x7F), ("float8_e5m2", 0x7C), ("float8_e5m2", 0x7E)])
-def test_a_float8_nan_or_inf_byte_is_refused_by_the_service(local: InProcessBackbone, dtype: str, byte: int):
+def test_a_float8_nan_or_inf_byte_is_refused_by_the_service(local: InProcessBackbone, port: int, dtype: str,
+                                                            byte: int):
     """0x7F is e4m3fn's NaN, 0x7C e5m2's +Inf, 0x7E one of its NaNs: they decode, and the service's
     finiteness check refuses the request with INVALID_ARGUMENT."""
     embeds, mask, labels = _inputs(local)
     msg = wire.encode(embeds, dtype)
     msg.data = bytes([byte]) + msg.data[1:]
     request = pb.ForwardRequest(inputs_embeds=msg, attention_mask=wire.encode(mask), labels=wire.encode(labels))
-    with _service(local) as port, grpc.insecure_channel(f"127.0.0.1:{port}") as channel, \
-            pytest.raises(grpc.RpcError) as error:
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel, pytest.raises(grpc.RpcError) as error:
         list(pb_grpc.BackboneStub(channel).TrainStep(iter([request])))
     assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "inputs_embeds contains NaN or Inf" in error.value.details()
@@ -111,13 +110,13 @@ def local(tmp_path_factory: pytest.TempPathFactory) -> InProcessBackbone:
     return InProcessBackbone.from_pretrained(init_tiny(tmp_path_factory.mktemp("m") / "tiny", pretrain_steps=0))
 
 
-@contextmanager
-def _service(local: InProcessBackbone) -> Iterator[int]:
-    """The backbone service over ``local`` on a free loopback port, for the block."""
+@pytest.fixture(scope="module")
+def port(local: InProcessBackbone) -> Iterator[int]:
+    """The backbone service over ``local`` on a free loopback port, for this module's tests."""
     service = BackboneService(local, BatchPolicy(window_ms=0.0, max_batch=1), Limits())
-    server, port = start(service, "127.0.0.1:0", None, None)
+    server, bound = start(service, "127.0.0.1:0", None, None)
     try:
-        yield port
+        yield bound
     finally:
         server.stop(None)
         service.close()
@@ -133,11 +132,11 @@ def _inputs(local: InProcessBackbone) -> tuple[torch.Tensor, torch.Tensor, torch
 
 
 @pytest.mark.parametrize("dtype", SCALED)
-def test_a_compressed_train_step_over_loopback_equals_the_emulated_one(local: InProcessBackbone, dtype: str):
+def test_a_compressed_train_step_over_loopback_equals_the_emulated_one(local: InProcessBackbone, port: int, dtype: str):
     """The remote client and the in-process emulation send and receive the same bytes and get the
     same loss and gradient; the gradient stays close to float32's, at about a quarter of its bytes."""
     embeds, mask, labels = _inputs(local)
-    with _service(local) as port, RemoteBackbone(f"127.0.0.1:{port}", wire_dtype=dtype, attempts=1) as remote:
+    with RemoteBackbone(f"127.0.0.1:{port}", wire_dtype=dtype, attempts=1) as remote:
         assert dtype in remote.server.wire_dtypes  # Info lists the scaled dtypes
         loss, grad = remote.train_step(embeds, mask, labels)
         remote_down = remote.bytes_down
