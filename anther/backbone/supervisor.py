@@ -89,7 +89,7 @@ def _serve_command(cfg: DictConfig, tls: Path, tokens: Path, host: str, port: in
     return cmd if b.batching else [*cmd, "--no-batching"]
 
 
-def _wait_ready(proc: subprocess.Popen, ready: Path, log: Path, timeout_s: float) -> int:
+def wait_ready(proc: subprocess.Popen, ready: Path, log: Path, timeout_s: float) -> int:
     deadline = time.monotonic() + timeout_s
     while not ready.is_file():
         if proc.poll() is not None:
@@ -133,7 +133,7 @@ class Replica:
 
     def wait_ready(self) -> int:
         """The port it listens on; from then on it is restarted on that port if it dies."""
-        port = _wait_ready(self.proc, self.ready, self.log, self.startup_timeout_s)
+        port = wait_ready(self.proc, self.ready, self.log, self.startup_timeout_s)
         self.command = _with_port(self.command, port)
         threading.Thread(target=self._watch, name=f"{self.name}-watch", daemon=True).start()
         return port
@@ -154,7 +154,7 @@ class Replica:
                 return
             self.proc = self._launch()
             try:
-                _wait_ready(self.proc, self.ready, self.log, self.startup_timeout_s)
+                wait_ready(self.proc, self.ready, self.log, self.startup_timeout_s)
                 print(f"anther: {self.name} is back (pid {self.proc.pid})", flush=True)
             except (RuntimeError, TimeoutError) as e:
                 print(f"anther: {self.name} did not come back: {str(e).splitlines()[0]}", flush=True)

@@ -21,7 +21,10 @@ from anther.backbone.interface import Positions
 
 
 def _through(t: torch.Tensor, dtype: str) -> tuple[torch.Tensor, int]:
-    """``t`` as the other side decodes it from ``dtype``, in ``t``'s own dtype and device, and its wire bytes."""
+    """``t`` as the other side decodes it from ``dtype``, in ``t``'s own dtype and device, and its wire bytes.
+    A tensor already in ``dtype`` arrives as it is, so it is not copied through the codec."""
+    if dtype == wire.dtype_name(t.dtype):
+        return t, t.numel() * t.element_size()
     msg = wire.encode(t, dtype)
     back = wire.decode(msg, "tensor", (dtype,), ndim=t.dim()).to(t.device, t.dtype)
     return back, len(msg.data) + len(msg.scale)

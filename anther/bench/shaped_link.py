@@ -29,6 +29,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from anther.backbone.supervisor import wait_ready
 from anther.bench.netns import LinkPair, why_not
 from anther.bench.results import results_dir
 from anther.bench.round_time import LinkMeasurement, check_model
@@ -104,14 +105,6 @@ def _start(link: LinkPair, ns: str, argv: list[str], log: Path) -> subprocess.Po
         return subprocess.Popen([*link.prefix(ns), *argv], stdout=out, stderr=subprocess.STDOUT)
 
 
-def _wait_for(path: Path, proc: subprocess.Popen, what: str, timeout_s: float = 180.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not path.exists():
-        if proc.poll() is not None or time.monotonic() > deadline:
-            raise RuntimeError(f"{what} did not start (exit code {proc.poll()}); see its log")
-        time.sleep(0.2)
-
-
 def _site_run(link: LinkPair, overrides: list[str], steps: int, log: Path) -> dict[str, Any]:
     argv = [sys.executable, "-m", "anther.bench.shaped_link", "site", "--server-ip", link.server_ip,
             "--steps", str(steps), "--", *overrides]
@@ -143,7 +136,7 @@ def measure(rates: list[float], dtypes: list[str], steps: int, out: Path, experi
         sinker = _start(link, link.server, [sys.executable, "-m", "anther.bench.shaped_link", "sink", "--server-ip",
                                             link.server_ip], log)
         try:
-            _wait_for(ready, service, "the backbone service")
+            wait_ready(service, ready, log, timeout_s=180.0)
             remote = [*paths, "backbone.mode=remote", f"backbone.address={link.server_ip}:{SERVICE_PORT}",
                       f"backbone.ca_cert={certs / 'ca.pem'}", f"backbone.token_file={certs / 'client-0.token'}"]
             for rate in rates:

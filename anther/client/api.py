@@ -53,13 +53,13 @@ from anther.client.extras import (
     regulariser,
 )
 from anther.client.inference import evaluate_samples
-from anther.client.local_optimiser import LocalTraining
+from anther.client.local_optimiser import LocalTraining, optimiser_class
 from anther.client.trainer import GradientHook, Regulariser, TrainReport, split_step, train_adapters
 from anther.core.sample import Sample
 
 __all__ = [
     "ExtraContext", "GradientHook", "LocalTraining", "Record", "Regulariser", "TrainReport", "after_training",
-    "batch_gradients", "evaluate", "evaluation", "gradient_hook", "regulariser", "train_more",
+    "batch_gradients", "evaluate", "evaluation", "gradient_hook", "optimiser_class", "regulariser", "train_more",
 ]
 
 

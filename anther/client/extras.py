@@ -71,6 +71,14 @@ class ExtraContext:
         A gradient hook reads and changes their ``.grad``; a regulariser is a function of them."""
         return {n: p for n, p in self.runtime.edge.adapters.named_parameters() if p.requires_grad}
 
+    def kept(self, name: str) -> dict[str, torch.Tensor]:
+        """The tensors this node kept in its ``state`` under ``name``, one per adapter weight; zeros
+        shaped like the weights before it kept any (a control variate's or a dual variable's start)."""
+        stored = self.state.array_records.get(name)
+        if stored is not None:
+            return stored.to_torch_state_dict()
+        return {n: torch.zeros_like(p) for n, p in self.parameters().items()}
+
     def array(self, name: str) -> dict[str, torch.Tensor]:
         """The ArrayRecord ``name`` the strategy sent with this message, as tensors."""
         record = self.records.get(name)

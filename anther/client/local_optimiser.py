@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+from omegaconf import Container, OmegaConf
 
 OPTIMISERS: dict[str, type[torch.optim.Optimizer]] = {
     "adamw": torch.optim.AdamW,
@@ -61,11 +62,7 @@ class LocalTraining:
 
 def _plain(value: Any) -> Any:
     """An OmegaConf node as plain Python (a mapping stays a mapping, a string a string)."""
-    if hasattr(value, "items"):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)) or type(value).__name__ == "ListConfig":
-        return [_plain(v) for v in value]
-    return value
+    return OmegaConf.to_container(value, resolve=True) if isinstance(value, Container) else value
 
 
 def _import(path: str, what: str) -> type:

@@ -46,8 +46,8 @@ def check_names(cfg: DictConfig) -> DictConfig:
           f"must be 0 for model.tiny_family={cfg.model.tiny_family} (the pretraining recipe is LLaVA's)")
     problem = template_problem(cfg.model.chat_template, cfg.model.path)
     check(problem is None, "model.chat_template", cfg.model.chat_template, problem or "")
+    _check_local_training(cfg.train)  # first: a strategy may ask what the optimiser is
     _check_strategy(cfg)
-    _check_local_training(cfg.train)
     if cfg.privacy.client_level.mode != "off":
         _check_weighted_mean(cfg.strategy, "privacy.client_level.mode", cfg.privacy.client_level.mode)
     if cfg.privacy.secagg.enabled:

@@ -24,7 +24,6 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 import numpy as np
-import torch
 from flwr.app import ArrayRecord, ConfigRecord, Message
 from flwr.serverapp import Grid
 
@@ -40,18 +39,10 @@ CLIENT_GRADIENT = "feddyn-grad"  # g_k, in the client's node state
 # ---------------------------------------------------------------- client half
 
 
-def _own_gradient(ctx: ExtraContext) -> dict[str, torch.Tensor]:
-    """This node's g_k (zeros before its first round)."""
-    stored = ctx.state.array_records.get(CLIENT_GRADIENT)
-    if stored is not None:
-        return stored.to_torch_state_dict()
-    return {name: torch.zeros_like(p) for name, p in ctx.parameters().items()}
-
-
 @gradient_hook(ALPHA)
 def dynamic_regulariser(ctx: ExtraContext) -> GradientHook:
     """Adds the gradient of ``-<g_k, theta> + (alpha/2)||theta - theta_global||^2``."""
-    alpha, params, own = float(ctx.config[ALPHA]), ctx.parameters(), _own_gradient(ctx)
+    alpha, params, own = float(ctx.config[ALPHA]), ctx.parameters(), ctx.kept(CLIENT_GRADIENT)
     anchor = {name: ctx.received[name].to(p) for name, p in params.items()}
     linear = {name: own[name].to(p) for name, p in params.items()}
 
@@ -65,7 +56,7 @@ def dynamic_regulariser(ctx: ExtraContext) -> GradientHook:
 @after_training(ALPHA)
 def gradient_update(ctx: ExtraContext) -> Mapping[str, Record]:
     """``g_k <- g_k - alpha * (theta_k - theta_global)``, kept on the node; nothing to send."""
-    alpha, own = float(ctx.config[ALPHA]), _own_gradient(ctx)
+    alpha, own = float(ctx.config[ALPHA]), ctx.kept(CLIENT_GRADIENT)
     ctx.state[CLIENT_GRADIENT] = ArrayRecord({
         name: own[name] - alpha * (p.detach().cpu() - ctx.received[name]) for name, p in ctx.parameters().items()})
     return {}

@@ -27,12 +27,13 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
+import torch
 from flwr.app import ArrayRecord, ConfigRecord, Message
 from flwr.serverapp import Grid
 from flwr.serverapp.exception import InconsistentMessageReplies
-from omegaconf import DictConfig
+from omegaconf import Container, DictConfig, OmegaConf
 
-from anther.client.api import ExtraContext, Record, after_training
+from anther.client.api import ExtraContext, Record, after_training, optimiser_class
 from anther.core import protocol
 from anther.strategies.array_utils import NDArray, metric_value
 from anther.strategies.merging_fedavg import MergingFedAvg
@@ -98,10 +99,10 @@ class FedNova(MergingFedAvg):
     def check_experiment(self, cfg: DictConfig) -> str | None:
         """Why ``cfg`` cannot run this FedNova, or None: its clients must train with SGD, and a number
         of local epochs cannot go with sample-level DP (calibrated for ``train.local_steps``)."""
-        optimiser = cfg.train.optimizer
-        name = optimiser if isinstance(optimiser, str) else optimiser.get("name", optimiser.get("_target_"))
-        if str(name).lower() not in ("sgd", "torch.optim.sgd"):
-            return f"FedNova needs train.optimizer=sgd (with or without momentum), not {name}"
+        spec = OmegaConf.to_container(cfg.train.optimizer) if isinstance(cfg.train.optimizer, Container) \
+            else cfg.train.optimizer
+        if not issubclass(optimiser_class(spec)[0], torch.optim.SGD):
+            return f"FedNova needs train.optimizer=sgd (with or without momentum), not {spec}"
         if self.local_epochs is not None and cfg.privacy.dp:
             return "FedNova's local_epochs cannot go with privacy.dp, which is calibrated for train.local_steps"
         return None

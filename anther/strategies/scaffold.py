@@ -53,18 +53,10 @@ CLIENT_VARIATE = "scaffold-ci"  # the client's own variate, in its node state
 # ---------------------------------------------------------------- client half
 
 
-def _own_variate(ctx: ExtraContext) -> dict[str, torch.Tensor]:
-    """This node's c_i (zeros before its first round)."""
-    stored = ctx.state.array_records.get(CLIENT_VARIATE)
-    if stored is not None:
-        return stored.to_torch_state_dict()
-    return {name: torch.zeros_like(p) for name, p in ctx.parameters().items()}
-
-
 @gradient_hook(SCAFFOLD)
 def correct_drift(ctx: ExtraContext) -> GradientHook:
     """``g <- g + (c - c_i)`` on every trainable adapter weight, every step."""
-    params, server, own = ctx.parameters(), ctx.array(SERVER_VARIATE), _own_variate(ctx)
+    params, server, own = ctx.parameters(), ctx.array(SERVER_VARIATE), ctx.kept(CLIENT_VARIATE)
     correction = {name: (server[name] - own[name]).to(p) for name, p in params.items()}
 
     def hook() -> None:
@@ -81,7 +73,7 @@ def variate_update(ctx: ExtraContext) -> Mapping[str, Record]:
     if ctx.report is None or not ctx.report.lrs:
         raise ValueError("SCAFFOLD's variate update needs the round's local training report")
     step_sum = float(sum(ctx.report.lrs))
-    server, own = ctx.array(SERVER_VARIATE), _own_variate(ctx)
+    server, own = ctx.array(SERVER_VARIATE), ctx.kept(CLIENT_VARIATE)
     new = {name: own[name] - server[name] + (ctx.received[name] - p.detach().cpu()) / step_sum
            for name, p in ctx.parameters().items()}
     ctx.state[CLIENT_VARIATE] = ArrayRecord(new)
