@@ -6,10 +6,13 @@ from pathlib import Path
 
 import pytest
 import transformers
+from process_tags import stop_what_each_test_started  # noqa: F401  (autouse: nothing a test starts outlives it)
 
 from anther.model.families import FAMILIES
 
 transformers.logging.set_verbosity_error()
+
+pytest_plugins = ["pytester"]  # tests/test_process_tags.py runs pytest on a test of its own
 
 
 def _tiny(factory: pytest.TempPathFactory, family: str) -> Path:

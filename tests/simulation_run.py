@@ -14,7 +14,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import psutil
+from process_tags import kill_tagged
+
+RUN_TAG = "ANTHER_TEST_RUN"  # the tag of one run's processes, apart from its test's own
 
 # 2 clients, 2 rounds, a few steps on a little data, the untrained tiny model: about a minute.
 SMALL = ["federation.num_clients=2", "federation.rounds=2", "train.local_steps=2", "train.batch_size=4",
@@ -54,17 +56,6 @@ def simulate_cmd(*args: str) -> list[str]:
     return [sys.executable, "-m", "anther.cli", "simulate", *args]
 
 
-def _tagged(tag: str) -> list[psutil.Process]:
-    """Every process whose environment carries ``ANTHER_TEST_RUN=tag``: everything a run started,
-    whichever parent it has left (Ray's processes outlive theirs)."""
-    found = []
-    for p in psutil.process_iter():
-        with contextlib.suppress(psutil.Error):
-            if p.environ().get("ANTHER_TEST_RUN") == tag:
-                found.append(p)
-    return found
-
-
 @contextlib.contextmanager
 def running(args: list[str], env: dict[str, str], log: Path) -> Iterator[subprocess.Popen]:
     """``anther simulate ARGS`` in a session of its own, its output in ``log``; on leaving the
@@ -73,7 +64,7 @@ def running(args: list[str], env: dict[str, str], log: Path) -> Iterator[subproc
     OOM killer would. The run folder is left as such a kill leaves it."""
     tag = uuid.uuid4().hex
     with log.open("w") as out:
-        proc = subprocess.Popen(simulate_cmd(*args), env={**env, "ANTHER_TEST_RUN": tag}, stdout=out,
+        proc = subprocess.Popen(simulate_cmd(*args), env={**env, RUN_TAG: tag}, stdout=out,
                                 stderr=subprocess.STDOUT, start_new_session=True)
     try:
         yield proc
@@ -81,11 +72,7 @@ def running(args: list[str], env: dict[str, str], log: Path) -> Iterator[subproc
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
-        rest = _tagged(tag)
-        for p in rest:
-            with contextlib.suppress(psutil.Error):
-                p.kill()
-        psutil.wait_procs(rest, timeout=20)
+        kill_tagged(tag, RUN_TAG)
 
 
 def wait_for_checkpoint(proc: subprocess.Popen, out: Path, server_round: int, log: Path) -> Path:

@@ -70,17 +70,11 @@ def test_client_resources_reach_flwr_run_as_federation_config():
 
 
 def _tagged(tag: str) -> list[str]:
-    """Processes whose environment carries ``ANTHER_TEST_TAG=tag``: all that a run started (Ray's too)."""
-    import psutil
+    """Processes whose environment carries ``RUN_TAG=tag``: all that a run started (Ray's too)."""
+    from process_tags import tagged
+    from simulation_run import RUN_TAG
 
-    found = []
-    for p in psutil.process_iter():
-        try:
-            if p.environ().get("ANTHER_TEST_TAG") == tag:
-                found.append(f"{p.pid} {' '.join(p.cmdline())[:120]}")
-        except psutil.Error:
-            continue
-    return found
+    return [f"{p.pid} {' '.join(p.cmdline())[:120]}" for p in tagged(tag, RUN_TAG)]
 
 
 @pytest.mark.skipif(not Path("/proc/self/cmdline").exists(), reason="needs Linux /proc")
@@ -91,11 +85,11 @@ def test_a_stopped_simulation_leaves_nothing_running(tmp_path):
     process it started (SuperLink, flwr run, the simulation, Ray's services and actors) is left."""
     import time
 
-    from simulation_run import SMALL, shared_home
+    from simulation_run import RUN_TAG, SMALL, shared_home
 
     how = "SIGTERM"
     tag = f"{how}-{os.getpid()}-{tmp_path.name}"
-    env = {**os.environ, "ANTHER_HOME": str(shared_home(tmp_path)), "ANTHER_TEST_TAG": tag}
+    env = {**os.environ, "ANTHER_HOME": str(shared_home(tmp_path)), RUN_TAG: tag}
     cmd = [sys.executable, "-m", "anther.cli", "simulate", *SMALL, "train.local_steps=40",
            f"output_dir={tmp_path / 'runs'}"]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
