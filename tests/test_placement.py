@@ -85,6 +85,20 @@ def test_the_client_is_placed_as_the_config_says_with_fp32_adapters(tiny_model_d
     assert {p.dtype for p in edge.adapters.parameters()} == {torch.float32}  # fp32 master weights
 
 
+def test_a_bf16_client_and_backbone_train_a_step_into_fp32_adapters(tiny_model_dir, samples):
+    """The bf16 path end to end (the frozen modules and the backbone in bf16, the adapters in fp32),
+    at the tiny model's size, where it is quick on a CPU with or without bfloat16 arithmetic."""
+    cfg = load_config("default", [f"model.path={tiny_model_dir}", "model.client_device=cpu", "model.dtype=bfloat16",
+                                  "backbone.wire_dtype=bfloat16"])
+    runtime = runtime_for(cfg)
+    before = {k: v.clone() for k, v in runtime.edge.adapter_state().items()}
+    report = train_adapters(runtime.encoder, runtime.backbone, samples[:4], LocalTraining(1, 4, 1e-2), seed=0)
+    after = runtime.edge.adapter_state()
+    assert report.steps == 1 and torch.isfinite(torch.tensor(report.loss))
+    assert {v.dtype for v in after.values()} == {torch.float32}
+    assert any(not torch.equal(before[k], after[k]) for k in before), "the bf16 step did not reach the adapters"
+
+
 
 def test_the_wire_is_bf16_for_a_real_checkpoint_and_fp32_for_the_tiny_one(tmp_path, tiny_model_dir):
     real = tmp_path / "real"
