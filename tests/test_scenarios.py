@@ -201,3 +201,32 @@ def test_client_data_applies_the_scenario_to_its_partition(tmp_path):
         kinds[(all(s.has_image for s in mine), all(s.has_text for s in mine))] += 1
     assert len(seen) == 200
     assert kinds == {(True, False): 5, (False, True): 5}
+
+
+def test_a_partition_is_computed_once_per_machine_and_read_back(tmp_path, monkeypatch):
+    """The process that prepares a run stores its partition under ``$ANTHER_HOME/partitions``; a
+    server or client process reads it without importing flwr-datasets; a damaged file is computed
+    again and rewritten, never trusted."""
+    import json
+    import subprocess
+    import sys
+
+    monkeypatch.setenv("ANTHER_HOME", str(tmp_path))
+    pool = _pool(400)
+    args = (tuple(s.answer for s in pool), tuple(s.domain for s in pool), 4, "dirichlet", 0.5, 7)
+    first = partition_indices.__wrapped__(*args)
+    (stored,) = (tmp_path / "partitions").glob("*.json")
+    assert [tuple(p) for p in json.loads(stored.read_text())] == list(first)
+    reader = ("import sys, json; from anther.data.scenarios import partition_indices as p; "
+              "a = json.loads(sys.stdin.read()); "
+              "print(json.dumps([p(tuple(a[0]), tuple(a[1]), *a[2:]), 'flwr_datasets' in sys.modules]))")
+    out = subprocess.run([sys.executable, "-c", reader], input=json.dumps(args), capture_output=True, text=True,
+                         check=True, timeout=120).stdout
+    parts, imported = json.loads(out)
+    assert [tuple(p) for p in parts] == list(first) and imported is False
+
+    stored.write_text(json.dumps([[0, 0], [1], [2], [3]]))  # a sample twice: not a partition
+    assert partition_indices.__wrapped__(*args) == first
+    assert [tuple(p) for p in json.loads(stored.read_text())] == list(first)
+    stored.write_text("{not json")
+    assert partition_indices.__wrapped__(*args) == first

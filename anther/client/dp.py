@@ -32,15 +32,17 @@ import random
 import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
 from flwr.app import ConfigRecord, RecordDict
 from omegaconf import DictConfig
-from opacus.accountants import IAccountant, create_accountant
-from opacus.accountants.utils import get_noise_multiplier
-from opacus.optimizers import DPOptimizer
 
 from anther.backbone.interface import IGNORE_INDEX
+
+if TYPE_CHECKING:  # opacus is imported where DP runs: it costs every ClientApp seconds to start otherwise
+    from opacus.accountants import IAccountant
+    from opacus.optimizers import DPOptimizer
 
 ACCOUNTANT_STATE = "dp-accountant"  # Context.state key of the accountant's history
 SECRET, SITE_SEEDED = "secret", "site-seeded"  # how a client chose its batches and noise
@@ -91,6 +93,8 @@ def per_sample_grads(embeds: torch.Tensor, cotangents: torch.Tensor,
 def dp_optimizer(optimizer: torch.optim.Optimizer, dp: DPSGD) -> DPOptimizer:
     """``optimizer`` behind opacus's DP-SGD: each ``step()`` clips the per-sample gradients left
     in ``p.grad_sample``, sums them, adds the noise and divides by the expected batch size."""
+    from opacus.optimizers import DPOptimizer
+
     return DPOptimizer(optimizer, noise_multiplier=dp.noise_multiplier, max_grad_norm=dp.max_grad_norm,
                        expected_batch_size=dp.expected_batch_size, generator=dp.generator,
                        secure_mode=dp.secure_mode)
@@ -106,6 +110,8 @@ def noise_multiplier_for(privacy: DictConfig, sample_rate: float, steps: int) ->
     sample rate within ``privacy.target_epsilon`` (opacus's accountant search)."""
     if privacy.target_epsilon is None:
         return float(privacy.noise_multiplier)
+    from opacus.accountants.utils import get_noise_multiplier
+
     return float(get_noise_multiplier(target_epsilon=privacy.target_epsilon, target_delta=privacy.delta,
                                       sample_rate=sample_rate, steps=steps, accountant=privacy.accountant))
 
@@ -129,6 +135,8 @@ def dpsgd_for(privacy: DictConfig, num_samples: int, batch_size: int, total_step
 
 def load_accountant(state: RecordDict, mechanism: str) -> IAccountant:
     """The node's accountant with every step it has taken in earlier rounds of this run."""
+    from opacus.accountants import create_accountant
+
     accountant = create_accountant(mechanism)
     stored = state.config_records.get(ACCOUNTANT_STATE)
     if stored is not None:

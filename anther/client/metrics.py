@@ -18,8 +18,6 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
-from sklearn.metrics import f1_score, roc_auc_score
-
 from anther.core.sample import Sample
 
 ARTICLES = {"a", "an", "the"}
@@ -33,6 +31,8 @@ def normalise_answer(text: str) -> str:
 
 
 def macro_f1(answers: Sequence[str], picked: Sequence[str]) -> float:
+    from sklearn.metrics import f1_score  # here: scikit-learn costs a process half a second to import
+
     return float(f1_score(list(answers), list(picked), average="macro", zero_division=0))
 
 
@@ -46,6 +46,8 @@ def binary_auc(samples: Sequence[Sample], scores: Sequence[Sequence[float]]) -> 
     if all(y) or not any(y):
         return None
     margin = [sc[s.options.index(positive)] - sc[1 - s.options.index(positive)] for s, sc in zip(samples, scores)]
+    from sklearn.metrics import roc_auc_score
+
     return float(roc_auc_score(y, margin))
 
 

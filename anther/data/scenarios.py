@@ -21,22 +21,23 @@ dropped image means no image tokens at all (``Sample.without_image``), not a bla
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import json
+import os
 import random
 from dataclasses import dataclass
 from functools import lru_cache
+from importlib.metadata import version
+from typing import TYPE_CHECKING
 
 import numpy as np
-from datasets import Dataset
-from flwr_datasets.partitioner import (
-    DirichletPartitioner,
-    IidPartitioner,
-    Partitioner,
-    PathologicalPartitioner,
-    SizePartitioner,
-)
 
-from anther.core.config import MODALITY_SCENARIOS, PARTITION_SCHEMES
+from anther.core.config import MODALITY_SCENARIOS, PARTITION_SCHEMES, anther_home
 from anther.core.sample import Sample
+
+if TYPE_CHECKING:
+    from flwr_datasets.partitioner import Partitioner
 
 MIN_PARTITION_SIZE = 2  # a client needs a train and a test sample
 
@@ -74,6 +75,13 @@ def quantity_sizes(total: int, num_partitions: int, alpha: float, seed: int) -> 
 def make_partitioner(scheme: str, num_partitions: int, alpha: float, seed: int,
                      total: int) -> Partitioner:
     """The flwr-datasets partitioner of ``scheme`` (labels in column ``label``, domains in ``domain``)."""
+    from flwr_datasets.partitioner import (
+        DirichletPartitioner,
+        IidPartitioner,
+        PathologicalPartitioner,
+        SizePartitioner,
+    )
+
     if scheme == "iid":
         return IidPartitioner(num_partitions=num_partitions)
     if scheme == "dirichlet":
@@ -99,16 +107,56 @@ def _check_domains(domains: tuple[str, ...]) -> None:
 @lru_cache(maxsize=8)
 def partition_indices(labels: tuple[str, ...], domains: tuple[str, ...], num_partitions: int, scheme: str,
                       alpha: float, seed: int) -> tuple[tuple[int, ...], ...]:
-    """Indices of each partition; deterministic in ``seed``, computed once per process
-    (a simulation worker serves many clients of the same split every round)."""
+    """Indices of each partition; deterministic in ``seed``, computed once per machine: the process
+    that prepares a run computes them, and the simulation's server and client processes read them
+    from ``$ANTHER_HOME/partitions`` (flwr-datasets, with the ``datasets`` library under it, costs
+    each process seconds to import) and keep them for the rounds to come."""
+    key = _partition_key(labels, domains, num_partitions, scheme, alpha, seed)
+    cached = _read_partitions(key, len(labels), num_partitions)
+    if cached is not None:
+        return cached
     if scheme == "domain":
         _check_domains(domains)
+    from datasets import Dataset
+
     data = Dataset.from_dict({"label": list(labels), "domain": list(domains), "idx": list(range(len(labels)))})
     if scheme == "quantity":  # SizePartitioner takes contiguous ranges: shuffle so sizes, not order, differ
         data = data.shuffle(seed=seed)
     partitioner = make_partitioner(scheme, num_partitions, alpha, seed, len(labels))
     partitioner.dataset = data
-    return tuple(tuple(partitioner.load_partition(i)["idx"]) for i in range(num_partitions))
+    parts = tuple(tuple(partitioner.load_partition(i)["idx"]) for i in range(num_partitions))
+    _write_partitions(key, parts)
+    return parts
+
+
+def _partition_key(labels: tuple[str, ...], domains: tuple[str, ...], num_partitions: int, scheme: str,
+                   alpha: float, seed: int) -> str:
+    """A digest of everything the partition depends on, the partitioners' own version included."""
+    what = [labels, domains, num_partitions, scheme, alpha, seed, version("flwr-datasets")]
+    return hashlib.sha256(json.dumps(what).encode()).hexdigest()
+
+
+def _read_partitions(key: str, total: int, num_partitions: int) -> tuple[tuple[int, ...], ...] | None:
+    """The stored partition of ``key``; None if there is none or it is not a partition of ``total``
+    samples into ``num_partitions`` (a damaged file is computed again)."""
+    with contextlib.suppress(OSError, ValueError):
+        parts = json.loads((anther_home() / "partitions" / f"{key}.json").read_text())
+        flat = [i for part in parts for i in part]
+        if (len(parts) == num_partitions and all(isinstance(i, int) for i in flat)
+                and len(set(flat)) == len(flat) and all(0 <= i < total for i in flat)):
+            return tuple(tuple(part) for part in parts)
+    return None
+
+
+def _write_partitions(key: str, parts: tuple[tuple[int, ...], ...]) -> None:
+    """Store a partition for the other processes of this machine; where the folder cannot be
+    written they compute it themselves."""
+    folder = anther_home() / "partitions"
+    with contextlib.suppress(OSError):
+        folder.mkdir(parents=True, exist_ok=True)
+        partial = folder / f"{key}.{os.getpid()}.tmp"
+        partial.write_text(json.dumps(parts))
+        partial.replace(folder / f"{key}.json")
 
 
 @lru_cache(maxsize=8)

@@ -38,7 +38,6 @@ from flwr.serverapp.strategy import (
 )
 from flwr.supercore import log
 from omegaconf import DictConfig
-from opacus.accountants import RDPAccountant
 
 from anther.core.config import CLIENT_LEVEL_MODES, sampled_per_round
 from anther.strategies.array_utils import metric_value
@@ -90,6 +89,8 @@ class AccountedClientDP(Strategy):
         self.dp, self.weights_of = dp, weights_of
         self.noise_multiplier, self.num_sampled, self.delta = noise_multiplier, num_sampled, delta
         self.sample_rate = min(1.0, num_sampled / num_clients)
+        from opacus.accountants import RDPAccountant  # here: opacus costs every ServerApp seconds to import
+
         self.accountant = RDPAccountant()
         self._sent_names: list[str] = []
 
