@@ -13,9 +13,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-import peft
 import torch
-from peft.tuners.lora import LoraLayer
 from torch import nn
 
 ADAPTER = "default"  # peft's adapter name; one adapter per decoder
@@ -37,6 +35,8 @@ class LoraWeights(nn.ModuleDict):
     decoder runs, so training these trains the decoder's LoRA."""
 
     def __init__(self, decoder: nn.Module) -> None:
+        from peft.tuners.lora import LoraLayer  # peft is imported where LoRA is used (whole-model mode)
+
         layers = {name.replace(".", "-"): nn.ModuleDict({"A": m.lora_A[ADAPTER], "B": m.lora_B[ADAPTER],
                                                          "dropout": m.lora_dropout[ADAPTER]})
                   for name, m in decoder.named_modules() if isinstance(m, LoraLayer)}
@@ -65,6 +65,8 @@ class LoraWeights(nn.ModuleDict):
 def inject_lora(decoder: nn.Module, settings: LoraSettings) -> LoraWeights:
     """Put trainable LoRA into ``decoder``'s target modules (in place) and return its weights.
     Every other weight of the decoder stays frozen."""
+    import peft
+
     config = peft.LoraConfig(r=settings.rank, lora_alpha=settings.alpha, lora_dropout=settings.dropout,
                              target_modules=list(settings.target_modules))
     try:
