@@ -111,3 +111,15 @@ def test_the_protocol_keys_are_spelt_out_only_in_the_protocol_module():
              if path.name != "protocol.py" and "proto" not in path.parts
              for line, value in _string_literals(path) if value in keys]
     assert not spelt, "\n".join(spelt)
+
+
+# libraries a process imports only when it uses them: each costs a process from half a second to
+# seconds to start, and Flower starts a process per ClientApp message in a deployment
+ON_USE_ONLY = ("matplotlib", "flwr_datasets", "datasets", "opacus", "sklearn", "peft")
+
+
+def test_the_apps_start_without_the_libraries_they_use_only_on_demand() -> None:
+    probe = ("import sys, anther.cli, anther.client_app, anther.server_app; "
+             f"print(' '.join(m for m in {ON_USE_ONLY!r} if m in sys.modules))")
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True, timeout=120)
+    assert done.stdout.split() == [], f"the ClientApp, ServerApp or CLI imports {done.stdout.strip()} at start"

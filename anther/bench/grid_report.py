@@ -24,16 +24,12 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt
-from matplotlib.ticker import MaxNLocator
 from omegaconf import DictConfig, OmegaConf
 
 from anther.bench.grid import SCENARIO_DIR, Cell, cells, unfinished
 from anther.bench.machine import describe, one_line
 from anther.core.files import write_json_atomic
+from anther.core.plots import pyplot
 
 ACC = "acc_mc"
 
@@ -192,6 +188,9 @@ def markdown(bench: DictConfig, rows: list[dict[str, Any]], results: list[CellRe
 
 
 def plot_per_round(rows: list[dict[str, Any]], bench: DictConfig, path: Path) -> Path:
+    from matplotlib.ticker import MaxNLocator
+
+    plt = pyplot()
     scenarios = [s for s in bench.scenarios if any(r["scenario"] == s for r in rows)] or list(bench.scenarios)
     ncols = min(4, len(scenarios))
     nrows = math.ceil(len(scenarios) / ncols)
@@ -223,6 +222,7 @@ def plot_per_round(rows: list[dict[str, Any]], bench: DictConfig, path: Path) ->
 
 
 def plot_final(rows: list[dict[str, Any]], bench: DictConfig, path: Path) -> Path:
+    plt = pyplot()
     methods, scenarios = list(bench.methods), list(bench.scenarios)
     width = 0.8 / len(methods)
     fig, ax = plt.subplots(figsize=(max(6.0, 0.9 * len(scenarios) + 2), 4))

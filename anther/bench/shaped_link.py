@@ -34,6 +34,7 @@ from anther.bench.netns import LinkPair, why_not
 from anther.bench.results import results_dir
 from anther.bench.round_time import LinkMeasurement, check_model
 from anther.core.config import WIRE_DTYPES
+from anther.core.plots import pyplot
 
 SINK_PORT, SERVICE_PORT = 7001, 7002
 LOCAL = "local mode"
@@ -176,11 +177,7 @@ def markdown(rows: list[dict], checked: dict[str, Any]) -> str:
 
 
 def plot(rows: list[dict], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for setting in dict.fromkeys(r["setting"] for r in rows):
         mine = sorted((r for r in rows if r["setting"] == setting), key=lambda r: r["mbit"])

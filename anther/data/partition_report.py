@@ -13,19 +13,19 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt
 from omegaconf import DictConfig
 from rich.console import Console
 from rich.table import Table
 
 from anther.core.files import write_json_atomic
+from anther.core.plots import pyplot
 from anther.core.sample import Sample
 from anther.data.client_data import client_data, dataset_summary
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
 
 PRESENCE = ("image+text", "image only", "text only", "question only")
 TOP_LABELS = 3
@@ -107,7 +107,8 @@ def partition_table(clients: list[ClientPartition], title: str) -> Table:
     return table
 
 
-def _stacked_bars(ax: plt.Axes, clients: list[ClientPartition], attr: str, keys: list[str], title: str) -> None:
+def _stacked_bars(ax: Axes, clients: list[ClientPartition], attr: str, keys: list[str], title: str) -> None:
+    plt = pyplot()
     ids = [c.partition_id for c in clients]
     bottom = [0] * len(clients)
     cmap = plt.get_cmap("tab20" if len(keys) > 10 else "tab10")
@@ -122,6 +123,7 @@ def _stacked_bars(ax: plt.Axes, clients: list[ClientPartition], attr: str, keys:
 
 def plot_partitions(clients: list[ClientPartition], path: Path, title: str) -> Path:
     """Three stacked-bar panels, one bar per client: labels, modality presence, domains."""
+    plt = pyplot()
     labels = sorted({k for c in clients for k in c.labels})
     domains = sorted({k for c in clients for k in c.domains})
     fig, axes = plt.subplots(3, 1, figsize=(max(7.0, 0.45 * len(clients) + 4), 10))

@@ -5,12 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt
 from rich.console import Console
 from rich.table import Table
+
+from anther.core.plots import pyplot
 
 COLUMNS = [  # (record key, header, format)
     ("round", "round", "{:d}"),
@@ -74,6 +72,7 @@ class RoundTable:
 
 def plot_rounds(rounds: list[dict[str, Any]], out_dir: Path) -> list[Path]:
     """loss.png and accuracy.png over rounds."""
+    plt = pyplot()
     xs = [r["round"] for r in rounds]
     paths = []
     fig, ax = plt.subplots(figsize=(5, 3.5))

@@ -6,10 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt
+from anther.core.plots import pyplot
 
 
 def _overhead(s: dict[str, Any]) -> list[str]:
@@ -152,6 +149,7 @@ def markdown(result: dict[str, Any], command: str) -> str:
 
 
 def plot(result: dict[str, Any], out: Path) -> list[Path]:
+    plt = pyplot()
     written = []
     sections = result["sections"]
     if "sharing" in sections:
