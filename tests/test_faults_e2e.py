@@ -37,8 +37,12 @@ from anther.simulations.launcher import free_port
 pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parents[1]
+# The round timeout also bounds the join query, whose answer needs each SuperNode to start a ClientApp
+# process (Flower starts one per message) on a 2-core machine running the rest of the suite beside it:
+# 45 s was too tight there (no site answered, the run stopped before round 1). A dead site's round ends
+# sooner anyway: the SuperLink answers for a node it stopped hearing heartbeats from (about a minute).
 SMALL = ["federation.num_clients=3", "federation.fraction_train=1.0", "federation.rounds=2", "federation.min_replies=1",
-         "federation.round_timeout_s=45", "train.local_steps=2", "train.batch_size=4", "data.train_size=60",
+         "federation.round_timeout_s=120", "train.local_steps=2", "train.batch_size=4", "data.train_size=60",
          "data.test_size=16", "eval.server_test_size=8", "eval.generate=false", "adapter.rank=4"]
 
 
