@@ -10,7 +10,9 @@ through ``PYTEST_ADDOPTS``; from it this prints and writes to ``--out`` (default
 ``docs/bench/suite``) ``suite.json`` and ``suite.md``: the machine (CPU model and the vector
 extensions that decide bfloat16's speed), the wall time, pytest's summary and coverage lines,
 the time of each test file (the sum of its tests' durations: with two workers the wall time is
-about half the sum) and the slowest tests. The exit code is the test command's.
+about half the sum) and the slowest tests; ``--update-durations`` also writes the per-file times
+to ``tests/durations.json``, from which ``tests/conftest.py`` starts the longest files first. The
+exit code is the test command's.
 """
 
 from __future__ import annotations
@@ -95,6 +97,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--fresh-clone", action="store_true", help="run in a new clone of HEAD, set-up included")
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "bench" / "suite")
     parser.add_argument("--slowest", type=int, default=20, help="how many of the slowest tests to list")
+    parser.add_argument("--update-durations", action="store_true",
+                        help="write each file's seconds to tests/durations.json (the order tests/conftest.py "
+                             "runs the files in: longest first)")
     args = parser.parse_args(argv)
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
                             check=False).stdout.strip() or "unknown"
@@ -118,6 +123,8 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "suite.json").write_text(json.dumps(record, indent=2) + "\n")
     (args.out / "suite.md").write_text(markdown(record))
+    if args.update_durations:
+        (ROOT / "tests" / "durations.json").write_text(json.dumps(record["files"], indent=1) + "\n")
     print(f"suite_bench: {wall / 60:.1f} min, {record['summary']}, coverage {record['coverage']}; "
           f"wrote {args.out / 'suite.json'} and suite.md")
     return code

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -72,8 +73,21 @@ def samples():
     return shapes_vqa.generate(12, seed=3)
 
 
+# seconds each test file took at the last `scripts/suite_bench.py --update-durations` run
+DURATIONS_FILE = Path(__file__).with_name("durations.json")
+UNKNOWN_SLOW_FILE_S, UNKNOWN_FILE_S = 120.0, 1.0  # a file added since: guessed from its marks
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Files with slow (end-to-end) tests first, so that under ``-n 2 --dist loadfile`` the
-    long ones start early and the short ones fill the gaps at the end."""
+    """Longest files first, so that under ``-n 2 --dist loadfile`` the long ones start early and
+    the short ones fill the gaps at the end (longest-first is how one balances jobs over two
+    workers without knowing the future). The order is the same in every worker, as xdist needs."""
+    durations = json.loads(DURATIONS_FILE.read_text()) if DURATIONS_FILE.exists() else {}
+    root = Path(__file__).resolve().parents[1]
     slow_files = {item.path for item in items if item.get_closest_marker("slow")}
-    items.sort(key=lambda item: item.path not in slow_files)
+
+    def seconds(item: pytest.Item) -> float:
+        guess = UNKNOWN_SLOW_FILE_S if item.path in slow_files else UNKNOWN_FILE_S
+        return durations.get(item.path.resolve().relative_to(root).as_posix(), guess)
+
+    items.sort(key=lambda item: -seconds(item))

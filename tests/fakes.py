@@ -3,10 +3,13 @@ identity, and a split exchange small enough to differentiate by hand."""
 
 from __future__ import annotations
 
+import uuid
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import pytest
 import torch
+from flwr.app import Message
 from flwr.supercore.task_identity import TaskIdentity
 from torch import nn
 
@@ -22,6 +25,35 @@ class FakeGrid:
 
     def get_node_ids(self) -> list[int]:
         return list(self.node_ids)
+
+
+class ReplyingGrid(FakeGrid):
+    """A Grid whose nodes answer as soon as a message is pushed: :meth:`reply` gives a message's
+    reply (None: the node stays silent, and the sender waits out its timeout), and
+    ``pull_messages`` hands the replies over, as Flower's grids do."""
+
+    def __init__(self, node_ids: list[int]) -> None:
+        super().__init__(node_ids)
+        self._replies: dict[str, Message] = {}
+
+    def reply(self, message: Message) -> Message | None:
+        raise NotImplementedError
+
+    def push_messages(self, messages: Iterable[Message]) -> list[str]:
+        ids = []
+        for m in messages:
+            m.metadata.__dict__["_message_id"] = uuid.uuid4().hex  # as Flower's grids do when they push it
+            ids.append(m.metadata.message_id)
+            answer = self.reply(m)
+            if answer is not None:
+                self._replies[m.metadata.message_id] = answer
+        return ids
+
+    def pull_messages(self, message_ids: Iterable[str]) -> list[Message]:
+        return [self._replies.pop(i) for i in list(message_ids) if i in self._replies]
+
+    def send_and_receive(self, messages: Iterable[Message], timeout: float | None = None) -> list[Message]:
+        return self.pull_messages(self.push_messages(messages))
 
 
 def play_serverapp_runtime(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -7,37 +7,31 @@ sends it. A node listed in ``fail_train`` raises when its train handler runs.
 
 from __future__ import annotations
 
-import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 
 import numpy as np
+from fakes import ReplyingGrid
 from flwr.app import Array, ArrayRecord, Context, Error, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
 from anther.strategies.privacy.client_mods import privacy_mod
 
 
-class LoopbackGrid:
+class LoopbackGrid(ReplyingGrid):
     def __init__(self, app: ClientApp, node_ids: list[int]) -> None:
-        self.app, self.node_ids = app, list(node_ids)
+        super().__init__(list(node_ids))
+        self.app = app
         self.contexts = {n: Context(run_id=1, node_id=n, state=RecordDict(), run_config={},
                                     node_config={"partition-id": i}) for i, n in enumerate(node_ids)}
         self.seen_by_server: list[Message] = []
 
-    def get_node_ids(self) -> list[int]:
-        return list(self.node_ids)
-
-    def send_and_receive(self, messages: Iterable[Message], timeout: float | None = None) -> list[Message]:
-        replies = []
-        for m in messages:
-            m.metadata.__dict__["_message_id"] = uuid.uuid4().hex  # as Flower's grids do when they push it
-            try:
-                reply = self.app(m, self.contexts[m.metadata.dst_node_id])
-            except Exception as err:  # noqa: BLE001 - what Flower's runtime does with it
-                reply = Message(Error(code=0, reason=f"{type(err).__name__}: {err}"), reply_to=m)
-            replies.append(reply)
-        self.seen_by_server += replies
-        return replies
+    def reply(self, message: Message) -> Message:
+        try:
+            reply = self.app(message, self.contexts[message.metadata.dst_node_id])
+        except Exception as err:  # noqa: BLE001 - what Flower's runtime does with it
+            reply = Message(Error(code=0, reason=f"{type(err).__name__}: {err}"), reply_to=message)
+        self.seen_by_server.append(reply)
+        return reply
 
 
 def training_app(updates: Callable[[int, dict[str, np.ndarray]], dict[str, np.ndarray]],

@@ -11,14 +11,13 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from fakes import play_serverapp_runtime
+from fakes import ReplyingGrid, play_serverapp_runtime
 from flwr.app import Array, ArrayRecord, ConfigRecord, Error, Message, MessageType, MetricRecord, RecordDict
 from flwr.common.logger import LOGGER_NAME
 from safetensors.torch import load_file
@@ -42,22 +41,14 @@ class Crash(RuntimeError):
     """The server process dying, as far as the round loop can tell."""
 
 
-class ScriptedGrid:
+class ScriptedGrid(ReplyingGrid):
     """Replies as ClientApps would; ``faults[(round, partition)]`` says what goes wrong where."""
 
     def __init__(self, faults: dict[tuple[int, int], str] | None = None, crash_in_round: int | None = None):
+        super().__init__(list(NODES))
         self.faults, self.crash_in_round = faults or {}, crash_in_round
 
-    def get_node_ids(self) -> list[int]:
-        return list(NODES)
-
-    def send_and_receive(self, messages, timeout=None) -> list[Message]:
-        messages = list(messages)
-        for m in messages:  # as Flower's grids do when they push a message
-            m.metadata.__dict__["_message_id"] = uuid.uuid4().hex
-        return [r for r in (self._reply(m) for m in messages) if r is not None]
-
-    def _reply(self, m: Message) -> Message | None:
+    def reply(self, m: Message) -> Message | None:
         pid = NODES[m.metadata.dst_node_id]
         if m.metadata.message_type == MessageType.QUERY:
             return Message(RecordDict({"info": ConfigRecord({"partition-id": pid, "num-partitions": 3})}),
@@ -111,7 +102,7 @@ def flower_log() -> Iterator[list[str]]:
 def _cfg(tiny_model_dir: Path, data_dir: Path, out: Path, *extra: str):
     return load_config("default", [f"model.path={tiny_model_dir}", f"data.path={data_dir}", f"output_dir={out}",
                                    "federation.num_clients=3", "federation.fraction_train=1.0", "federation.rounds=2",
-                                   "data.train_size=30",
+                                   "data.train_size=30", "federation.round_timeout_s=1",  # a silent client's wait
                                    "eval.server_test_size=4", "eval.generate=false", "adapter.rank=4", *extra])
 
 

@@ -34,6 +34,7 @@ from omegaconf import DictConfig, OmegaConf
 from anther.client.metrics import summarise_clients
 from anther.core import protocol
 from anther.core.config import clients_per_round, to_yaml
+from anther.core.exchange import send_and_receive
 from anther.data.partition_report import reported_partitions
 from anther.server.checkpoint import latest_checkpoint, save_checkpoint
 from anther.server.evaluation import ServerEvaluator
@@ -244,7 +245,7 @@ class FederatedRun:
 
     def _send(self, messages: Iterable[Message]) -> list[Message]:
         """Every reply that came back within the round's timeout, error replies included."""
-        return list(self.grid.send_and_receive(list(messages), timeout=self.cfg.federation.round_timeout_s))
+        return send_and_receive(self.grid, messages, timeout=self.cfg.federation.round_timeout_s)
 
     # -- the run -------------------------------------------------------------------------
     def _evaluate_server(self, arrays: ArrayRecord) -> dict[str, float]:

@@ -52,6 +52,8 @@ from flwr.serverapp import Grid
 from flwr.supercore import log
 from flwr.supercore.primitives.asymmetric import bytes_to_private_key, bytes_to_public_key
 
+from anther.core.exchange import send_and_receive
+
 NDArray = np.ndarray
 
 
@@ -135,7 +137,7 @@ class SecAggPlusRound:
         return Message(content, dst_node_id=node, message_type=MessageType.TRAIN, group_id=str(self.server_round))
 
     def _exchange(self, stage: str, messages: list[Message]) -> list[Message]:
-        replies = list(self.grid.send_and_receive(messages, timeout=self.params.timeout))
+        replies = send_and_receive(self.grid, messages, timeout=self.params.timeout)
         self.bytes_down += config_bytes(messages)
         self.bytes_up += config_bytes(replies)
         ok = [r for r in replies if not r.has_error()]
