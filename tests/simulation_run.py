@@ -18,10 +18,16 @@ from process_tags import kill_tagged
 
 RUN_TAG = "ANTHER_TEST_RUN"  # the tag of one run's processes, apart from its test's own
 
-# 2 clients, 2 rounds, a few steps on a little data, the untrained tiny model: about a minute.
+# A whole machine's CPUs per simulated ClientApp, so Ray runs one ClientApp process: the clients of a
+# SMALL run train in turn in it. Each process costs seconds to start (Python, torch, transformers,
+# anther, the model) and a SMALL run's training takes well under one, so a second one made a run on
+# 2 cores about 20 s slower, not faster.
+ONE_CLIENT_PROCESS = f"federation.client_cpus={os.cpu_count() or 1}"
+
+# 2 clients, 2 rounds, a few steps on a little data, the untrained tiny model: about half a minute.
 SMALL = ["federation.num_clients=2", "federation.rounds=2", "train.local_steps=2", "train.batch_size=4",
          "data.train_size=40", "data.test_size=8", "eval.server_test_size=8", "eval.generate=false",
-         "adapter.rank=4", "model.tiny_pretrain_steps=0"]
+         "adapter.rank=4", "model.tiny_pretrain_steps=0", ONE_CLIENT_PROCESS]
 
 
 def shared_home(tmp_path: Path) -> Path:

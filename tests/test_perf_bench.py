@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from simulation_run import shared_home
+from simulation_run import ONE_CLIENT_PROCESS, shared_home
 
 from anther.bench.perf.bench import load_perf, significant
 from anther.core.config import ConfigError
@@ -24,7 +24,7 @@ SMALL = ["overhead_clients=2", "overhead_rounds=2", "sharing_clients=[3]", "conc
          "trainstep_steps=2", "trainstep_warmup=1", "trainstep_seconds=0.5",
          ("modes_overrides=[federation.num_clients=2,federation.rounds=2,train.local_steps=2,train.batch_size=4,"
           "data.train_size=40,data.test_size=8,eval.server_test_size=8,eval.generate=false,adapter.rank=4,"
-          "lora.rank=4,model.tiny_pretrain_steps=0]")]
+          f"lora.rank=4,model.tiny_pretrain_steps=0,{ONE_CLIENT_PROCESS}]"), ONE_CLIENT_PROCESS]
 
 
 @pytest.mark.slow
