@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from simulation_run import shared_home
+from simulation_run import ONE_CLIENT_PROCESS, shared_home
 
 from anther.bench.grid import load_bench
 from anther.bench.grid_report import scenario_kind
@@ -28,7 +28,8 @@ from anther.core.sample import write_split
 from anther.data import shapes_vqa
 
 BUDGET = ["federation.num_clients=2", "federation.rounds=1", "train.local_steps=2", "train.batch_size=4",
-          "adapter.rank=4", "data.client_test_fraction=0.25", "eval.server_test_size=6", "eval.generate=false"]
+          "adapter.rank=4", "data.client_test_fraction=0.25", "eval.server_test_size=6", "eval.generate=false",
+          ONE_CLIENT_PROCESS]
 
 
 def _bench_file(folder: Path, methods: dict[str, list[str]], overrides: list[str]) -> Path:
