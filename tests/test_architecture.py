@@ -123,3 +123,24 @@ def test_the_apps_start_without_the_libraries_they_use_only_on_demand() -> None:
              f"print(' '.join(m for m in {ON_USE_ONLY!r} if m in sys.modules))")
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True, timeout=120)
     assert done.stdout.split() == [], f"the ClientApp, ServerApp or CLI imports {done.stdout.strip()} at start"
+
+
+@pytest.mark.parametrize(("path", "measured"), [
+    ("/home/u/anther/anther/cli.py", True),  # a checkout in a folder called anther, as git clone names it
+    ("/home/u/work/anther/client_app.py", True),
+    ("/tmp/flwr-home/apps/anther.anther.0.1.0.3f2a/anther/server_app.py", True),  # the app bundle Flower installed
+    ("/home/u/anther/.venv/lib/python3.11/site-packages/torch/nn/modules/module.py", False),
+    ("/usr/lib/python3/site-packages/anther/cli.py", False),
+    ("/home/u/anther/tests/test_dp.py", False),
+    ("/home/u/anther/scripts/suite_bench.py", False),
+    ("/home/u/anther/anther/backbone/proto/backbone_pb2.py", False),
+])
+def test_coverage_measures_anthers_code_wherever_the_checkout_is(path: str, measured: bool) -> None:
+    """The coverage config's include and omit patterns, matched as coverage.py matches them."""
+    import tomllib
+
+    from coverage.files import GlobMatcher
+
+    run = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["coverage"]["run"]
+    included, omitted = GlobMatcher(run["include"], "include"), GlobMatcher(run["omit"], "omit")
+    assert (included.match(path) and not omitted.match(path)) is measured

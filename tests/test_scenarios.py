@@ -215,8 +215,8 @@ def test_a_partition_is_computed_once_per_machine_and_read_back(tmp_path, monkey
     pool = _pool(400)
     args = (tuple(s.answer for s in pool), tuple(s.domain for s in pool), 4, "dirichlet", 0.5, 7)
     first = partition_indices.__wrapped__(*args)
-    (stored,) = (tmp_path / "partitions").glob("*.json")
-    assert [tuple(p) for p in json.loads(stored.read_text())] == list(first)
+    (stored,) = (tmp_path / "partitions").glob("*.txt")
+    assert [tuple(int(i) for i in line.split()) for line in stored.read_text().split("\n")] == list(first)
     reader = ("import sys, json; from anther.data.scenarios import partition_indices as p; "
               "a = json.loads(sys.stdin.read()); "
               "print(json.dumps([p(tuple(a[0]), tuple(a[1]), *a[2:]), 'flwr_datasets' in sys.modules]))")
@@ -225,8 +225,7 @@ def test_a_partition_is_computed_once_per_machine_and_read_back(tmp_path, monkey
     parts, imported = json.loads(out)
     assert [tuple(p) for p in parts] == list(first) and imported is False
 
-    stored.write_text(json.dumps([[0, 0], [1], [2], [3]]))  # a sample twice: not a partition
-    assert partition_indices.__wrapped__(*args) == first
-    assert [tuple(p) for p in json.loads(stored.read_text())] == list(first)
-    stored.write_text("{not json")
-    assert partition_indices.__wrapped__(*args) == first
+    good = stored.read_text()
+    for damaged in ("0 0\n1\n2\n3", "0\n1\n2", "0 1\n2\n3\n9999", "not numbers"):  # twice, short, out of range
+        stored.write_text(damaged)
+        assert partition_indices.__wrapped__(*args) == first and stored.read_text() == good

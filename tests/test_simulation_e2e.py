@@ -55,15 +55,15 @@ def test_flwr_run_simulation_trains_and_records(runs):
 
 
 def test_the_terminal_shows_the_round_table_and_the_log_keeps_the_rest(runs):
-    """Flower's and Ray's own lines (each printed twice by Flower, DEBUG lines, client progress
-    bars) go to the run folder's flower.log, not to the terminal."""
+    """Flower's and Ray's own lines (each printed twice by Flower, DEBUG lines, the ClientApp
+    process's lines and its progress bars) go to the run folder's flower.log, not to the terminal."""
     run_dir, _ = runs["local-a"]
     terminal = (run_dir.parents[1] / "simulate.log").read_text()
     assert "acc (mc)" in terminal and f"anther: run folder {run_dir}" in terminal
     assert not re.search(r"^\d{2}/\d{2}/\d{4} \d{2}:\d{2}:\d{2}:", terminal, re.MULTILINE)
     assert "DEBUG" not in terminal and "Loading weights" not in terminal and "ClientAppActor" not in terminal
     kept = (run_dir / "flower.log").read_text()
-    assert "DEBUG" in kept and "acc (mc)" in kept
+    assert "(ClientAppActor pid=" in kept and "Loading weights" in kept and "acc (mc)" in kept
 
 
 def test_service_mode_trains_like_local_mode(runs):

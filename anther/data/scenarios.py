@@ -131,20 +131,23 @@ def partition_indices(labels: tuple[str, ...], domains: tuple[str, ...], num_par
 
 def _partition_key(labels: tuple[str, ...], domains: tuple[str, ...], num_partitions: int, scheme: str,
                    alpha: float, seed: int) -> str:
-    """A digest of everything the partition depends on, the partitioners' own version included."""
-    what = [labels, domains, num_partitions, scheme, alpha, seed, version("flwr-datasets")]
-    return hashlib.sha256(json.dumps(what).encode()).hexdigest()
+    """A digest of everything the partition depends on, the partitioners' own version included
+    (hashed record by record: a client of a large set must not hold a copy of every label)."""
+    digest = hashlib.sha256(json.dumps([num_partitions, scheme, alpha, seed, version("flwr-datasets")]).encode())
+    for label, domain in zip(labels, domains, strict=True):
+        digest.update(f"{len(label)}:{label}{len(domain)}:{domain}".encode())
+    return digest.hexdigest()
 
 
 def _read_partitions(key: str, total: int, num_partitions: int) -> tuple[tuple[int, ...], ...] | None:
-    """The stored partition of ``key``; None if there is none or it is not a partition of ``total``
-    samples into ``num_partitions`` (a damaged file is computed again)."""
+    """The stored partition of ``key`` (a line of indices per partition); None if there is none or it
+    is not a partition of ``total`` samples into ``num_partitions`` (a damaged file is computed again)."""
     with contextlib.suppress(OSError, ValueError):
-        parts = json.loads((anther_home() / "partitions" / f"{key}.json").read_text())
+        lines = (anther_home() / "partitions" / f"{key}.txt").read_text().split("\n")
+        parts = tuple(tuple(int(i) for i in line.split()) for line in lines)
         flat = [i for part in parts for i in part]
-        if (len(parts) == num_partitions and all(isinstance(i, int) for i in flat)
-                and len(set(flat)) == len(flat) and all(0 <= i < total for i in flat)):
-            return tuple(tuple(part) for part in parts)
+        if len(parts) == num_partitions and len(set(flat)) == len(flat) and all(0 <= i < total for i in flat):
+            return parts
     return None
 
 
@@ -155,8 +158,9 @@ def _write_partitions(key: str, parts: tuple[tuple[int, ...], ...]) -> None:
     with contextlib.suppress(OSError):
         folder.mkdir(parents=True, exist_ok=True)
         partial = folder / f"{key}.{os.getpid()}.tmp"
-        partial.write_text(json.dumps(parts))
-        partial.replace(folder / f"{key}.json")
+        with partial.open("w") as f:
+            f.write("\n".join(" ".join(map(str, part)) for part in parts))
+        partial.replace(folder / f"{key}.txt")
 
 
 @lru_cache(maxsize=8)
