@@ -21,7 +21,8 @@ TAG_VARIABLE = "ANTHER_TEST_TAG"
 
 
 def tagged(tag: str, variable: str = TAG_VARIABLE) -> list[psutil.Process]:
-    """Every live process but this one whose environment has ``variable=tag``."""
+    """Every live process but this one whose environment has ``variable=tag`` (read from Linux's
+    ``/proc/PID/environ``, the environment each process started with)."""
     wanted = f"{variable}={tag}".encode()
     found = []
     for pid in psutil.pids():

@@ -17,6 +17,9 @@ from process_tags import TAG_VARIABLE, kill_tagged, tagged
 
 TESTS = Path(__file__).resolve().parent
 
+# the tags are read from /proc/PID/environ; elsewhere the fixture finds nothing to stop
+pytestmark = pytest.mark.skipif(not Path("/proc/self/environ").exists(), reason="needs Linux /proc")
+
 # a child in a session of its own that starts a grandchild and exits: the grandchild is re-parented
 # away from the test, as Ray's processes and a benchmark's pool are
 ORPHAN = ("import subprocess, sys; subprocess.Popen([sys.executable, '-c', "
