@@ -4,6 +4,7 @@ identity, and a split exchange small enough to differentiate by hand."""
 from __future__ import annotations
 
 import uuid
+from abc import ABC, abstractmethod
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -27,7 +28,7 @@ class FakeGrid:
         return list(self.node_ids)
 
 
-class ReplyingGrid(FakeGrid):
+class ReplyingGrid(FakeGrid, ABC):
     """A Grid whose nodes answer as soon as a message is pushed: :meth:`reply` gives a message's
     reply (None: the node stays silent, and the sender waits out its timeout), and
     ``pull_messages`` hands the replies over, as Flower's grids do."""
@@ -36,8 +37,9 @@ class ReplyingGrid(FakeGrid):
         super().__init__(node_ids)
         self._replies: dict[str, Message] = {}
 
+    @abstractmethod
     def reply(self, message: Message) -> Message | None:
-        raise NotImplementedError
+        """The node's reply to ``message``, or None for a node that stays silent."""
 
     def push_messages(self, messages: Iterable[Message]) -> list[str]:
         ids = []
