@@ -24,7 +24,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import os
 import random
 from dataclasses import dataclass
 from functools import lru_cache
@@ -34,6 +33,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from anther.core.config import MODALITY_SCENARIOS, PARTITION_SCHEMES, anther_home
+from anther.core.files import write_atomic
 from anther.core.sample import Sample
 
 if TYPE_CHECKING:
@@ -154,13 +154,8 @@ def _read_partitions(key: str, total: int, num_partitions: int) -> tuple[tuple[i
 def _write_partitions(key: str, parts: tuple[tuple[int, ...], ...]) -> None:
     """Store a partition for the other processes of this machine; where the folder cannot be
     written they compute it themselves."""
-    folder = anther_home() / "partitions"
     with contextlib.suppress(OSError):
-        folder.mkdir(parents=True, exist_ok=True)
-        partial = folder / f"{key}.{os.getpid()}.tmp"
-        with partial.open("w") as f:
-            f.write("\n".join(" ".join(map(str, part)) for part in parts))
-        partial.replace(folder / f"{key}.txt")
+        write_atomic(anther_home() / "partitions" / f"{key}.txt", "\n".join(" ".join(map(str, p)) for p in parts))
 
 
 @lru_cache(maxsize=8)
