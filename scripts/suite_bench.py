@@ -9,8 +9,9 @@ here or, with ``--fresh-clone``, in a new clone of this checkout's HEAD made in 
 through ``PYTEST_ADDOPTS``; from it this prints and writes to ``--out`` (default
 ``docs/bench/suite``) ``suite.json`` and ``suite.md``: the machine (CPU model and the vector
 extensions that decide bfloat16's speed), the wall time, pytest's summary and coverage lines,
-the time of each test file (the sum of its tests' durations: with two workers the wall time is
-about half the sum) and the slowest tests; ``--update-durations`` also writes the per-file times
+the share of the CPUs' time that was busy (the rest is waiting: on heartbeats, polls and
+timeouts), the time of each test file (the sum of its tests' durations: with two workers the
+wall time is about half the sum) and the slowest tests; ``--update-durations`` also writes the per-file times
 to ``tests/durations.json``, from which ``tests/conftest.py`` starts the longest files first. The
 exit code is the test command's.
 """
@@ -71,12 +72,22 @@ def markdown(record: dict) -> str:
              (f"{m['cpus']} x {m['cpu']} ({', '.join(m['extensions']) or 'no AVX2'}), {m['memory_gb']} GB, "
               f"Python {m['python']}; {where} at {record['commit']}"), "",
              f"- wall time: {record['wall_s'] / 60:.1f} min ({record['wall_s']:.0f} s), exit {record['exit_code']}",
+             f"- CPU busy: {record['cpu_busy']:.0%} of all cores' time over the run",
              f"- pytest: {record['summary']}", f"- coverage: {record['coverage']}", "",
              "| test file | seconds (sum over its tests) |", "| --- | ---: |"]
     lines += [f"| {name} | {seconds:.1f} |" for name, seconds in record["files"].items()]
     lines += ["", "Slowest tests:", "", "| test | seconds |", "| --- | ---: |"]
     lines += [f"| {name} | {seconds:.1f} |" for name, seconds in record["slowest"]]
     return "\n".join(lines) + "\n"
+
+
+def cpu_ticks() -> tuple[int, int]:
+    """The machine's busy and idle clock ticks since boot (Linux's /proc/stat; zeros elsewhere)."""
+    stat = Path("/proc/stat")
+    if not stat.exists():
+        return 0, 0
+    user, nice, system, idle, iowait, *rest = (int(v) for v in stat.read_text().split()[1:9])
+    return user + nice + system + sum(rest), idle + iowait
 
 
 def run(where: Path, junit: Path) -> tuple[int, float, str]:
@@ -109,7 +120,9 @@ def main(argv: list[str] | None = None) -> int:
             where = Path(tmp) / "anther"
             subprocess.run(["git", "clone", "-q", str(ROOT), str(where)], check=True)
         junit = Path(tmp) / "junit.xml"
+        busy_before, idle_before = cpu_ticks()
         code, wall, output = run(where, junit)
+        busy, idle = (a - b for a, b in zip(cpu_ticks(), (busy_before, idle_before), strict=True))
         if not junit.exists():
             print(f"suite_bench: pytest wrote no report (exit code {code})", file=sys.stderr)
             return code or 1
@@ -117,7 +130,8 @@ def main(argv: list[str] | None = None) -> int:
     summary = [line.strip("= \n") for line in output.splitlines() if re.search(r"\d+ (passed|failed)", line)]
     cover = [line.split()[-1] for line in output.splitlines() if line.startswith("TOTAL")]
     record = {"machine": machine(), "commit": commit, "fresh_clone": args.fresh_clone, "exit_code": code,
-              "wall_s": round(wall, 1), "summary": summary[-1] if summary else "none", "counts": counts,
+              "wall_s": round(wall, 1), "cpu_busy": round(busy / max(busy + idle, 1), 3),
+              "summary": summary[-1] if summary else "none", "counts": counts,
               "coverage": cover[-1] if cover else "not measured", "files": {k: round(v, 1) for k, v in files.items()},
               "slowest": [(name, round(s, 1)) for name, s in tests[:args.slowest]]}
     args.out.mkdir(parents=True, exist_ok=True)

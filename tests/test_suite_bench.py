@@ -30,7 +30,10 @@ def test_the_report_gives_seconds_per_file_and_the_slowest_tests(tmp_path):
     assert tests[0] == ("tests.test_b.TestGroup::test_three", 30.0) and len(tests) == 4
     assert counts == {"tests": 4, "failures": 1, "errors": 0, "skipped": 1}
     record = {"machine": bench.machine(), "commit": "abc1234", "fresh_clone": True, "exit_code": 0, "wall_s": 612.0,
-              "summary": "3 passed, 1 failed", "coverage": "96%", "files": files, "slowest": tests[:2]}
+              "cpu_busy": 0.8, "summary": "3 passed, 1 failed", "coverage": "96%", "files": files, "slowest": tests[:2]}
     md = bench.markdown(record)
     assert "10.2 min (612 s)" in md and "| tests/test_b.py | 30.1 |" in md and "a fresh clone at abc1234" in md
+    assert "CPU busy: 80%" in md
+    busy, idle = bench.cpu_ticks()  # since boot: some of each on any running machine
+    assert busy > 0 and idle > 0
     assert record["machine"]["cpus"] >= 1 and isinstance(record["machine"]["extensions"], list)
