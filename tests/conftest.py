@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import transformers
+from lazy_coverage import measure_children_from_their_import_of_anther  # noqa: F401  (autouse, session)
 from process_tags import stop_what_each_test_started  # noqa: F401  (autouse: nothing a test starts outlives it)
 
 from anther.model.families import FAMILIES

@@ -83,7 +83,8 @@ def test_rounds_complete_without_a_killed_and_a_crashing_client(tiny_model_dir: 
     flwr_home.mkdir()
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
            "FLWR_HOME": str(flwr_home), "ANTHER_HOME": str(shared_home(tmp_path)),
-           "FLWR_DISABLE_UPDATE_CHECK": "1", "PYTHONPATH": str(REPO)}
+           "FLWR_DISABLE_UPDATE_CHECK": "1",
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
     port = free_port()
     with processes(logs, env) as procs:
         procs.start("superlink", ["flower-superlink", "--insecure", "--host", "127.0.0.1", "--port", str(port),
