@@ -9,6 +9,7 @@ anywhere. ruff runs here too, so the suite fails on what the linter would.
 from __future__ import annotations
 
 import ast
+import json
 import os
 import shutil
 import subprocess
@@ -16,6 +17,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from lazy_coverage import unmeasured
 
 from anther.core import protocol
 
@@ -123,6 +125,44 @@ def test_the_apps_start_without_the_libraries_they_use_only_on_demand() -> None:
              f"print(' '.join(m for m in {ON_USE_ONLY!r} if m in sys.modules))")
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True, timeout=120)
     assert done.stdout.split() == [], f"the ClientApp, ServerApp or CLI imports {done.stdout.strip()} at start"
+
+
+QUERY_PROBE = """
+import json, sys
+from pathlib import Path
+from flwr.app import ConfigRecord, Context, Message, MessageType, RecordDict
+from flwr.supercore.task_identity import TaskIdentity
+from anther import client_app
+TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 0, 1  # as Flower sets them
+config = ConfigRecord({"experiment": Path(sys.argv[1]).read_text(), "server-round": 0})
+message = Message(RecordDict({"config": config}), dst_node_id=7, message_type=MessageType.QUERY)
+context = Context(run_id=1, node_id=7, state=RecordDict(), run_config={},
+                  node_config={"partition-id": 1, "num-partitions": 2})
+info = client_app.query(message, context).content["info"]
+print(json.dumps({"holdings": json.loads(info["holdings"]), "imported": [m for m in ("torch", "transformers")
+                                                                          if m in sys.modules]}))
+"""
+
+
+def test_a_site_answers_the_query_without_importing_pytorch(tiny_model_dir: Path, tmp_path: Path) -> None:
+    """Flower starts a ClientApp process per message in a deployment and every site answers a query
+    at the start of every run: that process reads the site's data, not PyTorch or the model code."""
+    from anther.core.config import to_yaml
+    from anther.core.sample import write_split
+    from anther.data import shapes_vqa
+    from anther.simulations.experiment import load_config
+
+    write_split(shapes_vqa.generate(40, seed=1, prefix="train"), tmp_path / "data", "train")
+    write_split(shapes_vqa.generate(8, seed=2, prefix="test"), tmp_path / "data", "test")
+    cfg = load_config("default", [f"model.path={tiny_model_dir}", f"data.path={tmp_path / 'data'}",
+                                  "federation.num_clients=2"])
+    (tmp_path / "experiment.yaml").write_text(to_yaml(cfg))
+    done = subprocess.run([sys.executable, "-c", QUERY_PROBE, str(tmp_path / "experiment.yaml")], cwd=tmp_path,
+                          env=unmeasured(dict(os.environ)), capture_output=True, text=True, check=False, timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    answer = json.loads(done.stdout)
+    assert answer["imported"] == [], f"a query imported {answer['imported']}"
+    assert answer["holdings"]["train"] > 0, answer  # and it did read this node's partition
 
 
 @pytest.mark.parametrize(("path", "measured"), [

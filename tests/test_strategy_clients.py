@@ -20,6 +20,7 @@ from omegaconf import OmegaConf
 from transformers import AutoConfig
 
 from anther import client_app
+from anther.client.runtime import runtime_for
 from anther.core.config import ConfigError, to_yaml
 from anther.core.sample import write_split
 from anther.data import shapes_vqa
@@ -147,7 +148,7 @@ def test_personalised_clients_keep_a_local_adapter_and_evaluate_with_it(cfg):
     assert not torch.equal(local["text.up.weight"], other["text.up.weight"])  # each node its own
     evaluated = _evaluate(strategy, cfg, arrays, contexts)
     assert all("acc_mc" in c["metrics"] for c in evaluated.values())
-    runtime = client_app.runtime_for(cfg)
+    runtime = runtime_for(cfg)
     # restored after evaluation
     assert all(isinstance(a, NanoAdapter) for a in runtime.edge.adapters.values())
 

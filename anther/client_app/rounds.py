@@ -1,40 +1,18 @@
-"""The Flower ClientApp: a NanoEdge site that trains and evaluates NanoAdapters.
+"""The ClientApp's ``train`` and ``evaluate``: load the global adapters into this node's runtime,
+train or score them on its own data, and reply with what its privacy policy lets leave.
 
-Message handlers:
-
-- ``query``: report this node's partition, how much it holds of its data (counts only; the
-  run's partition table is built from these) and, when its node config sets one, its ``adapter-rank`` (the
-  round loop samples clients by partition id and tells node-aware strategies, such as
-  ``hetero_rank``, what it learnt);
-- ``train``: load the global adapters, run local split-learning steps, reply with the new
-  adapters, example counts (``num-examples``, ``num-image-examples``, ``num-text-examples``),
-  ``adapter-rank``, loss and traffic, with ``privacy.dp`` the epsilon it has spent so far
-  (``dp_epsilon``, from the opacus accountant kept in ``Context.state``), plus whatever the
-  round's strategy asks for;
-- ``evaluate``: score the global adapters on this client's own test split.
-
-The server sends the whole experiment config (YAML) with every message; the node's own
-config (``partition-id``, ``num-partitions``, ``data-path``, ``adapter-rank``, ``backbone-*``)
-says which data is local, how big an adapter this node trains and how it reaches the
-backbone. Every such key is defined in :mod:`anther.core.protocol`. What a strategy needs
-beyond plain training (a proximal term, a Fisher, a personal adapter) it asks for with keys
-in the round config, answered by the extras of its client modules (:mod:`anther.client.extras`),
-which this module imports through the strategy registry.
-
-This module and :mod:`anther.server_app` compose the layers; nothing imports them.
+Imported by :mod:`anther.client_app` when a train or evaluate message first arrives (it brings
+PyTorch, transformers and the model code; a ``query`` needs none of it).
 """
 
 from __future__ import annotations
 
-import json
 import math
 import time
-from pathlib import Path
 
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
-from flwr.clientapp import ClientApp
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from anther.client.dp import spend
 from anther.client.extras import (
@@ -49,32 +27,11 @@ from anther.client.privacy_policy import SitePolicy, declined_reply
 from anther.client.runtime import ClientRuntime, runtime_for
 from anther.client.state_store import folder_for, restore_state, save_state
 from anther.client.training_round import dp_for, own_split_metrics, round_seed, train_round
+from anther.client_app.node import experiment, local_data, partition
 from anther.core import protocol
 from anther.core.sample import Sample
-from anther.data.client_data import client_data, site_data
-from anther.data.partition_report import holdings
 from anther.strategies.hetero_rank import adapter_ranks
-from anther.strategies.privacy.client_mods import privacy_mod
 from anther.strategies.registry import client_modules
-
-app = ClientApp()
-
-
-def _experiment(msg: Message) -> DictConfig:
-    return OmegaConf.create(str(msg.content[protocol.CONFIG][protocol.EXPERIMENT]))
-
-
-def _partition(context: Context) -> tuple[int, int]:
-    nc = context.node_config
-    return int(nc.get(protocol.PARTITION_ID, 0)), int(nc.get(protocol.NUM_PARTITIONS, 1))
-
-
-def _local_data(cfg: DictConfig, context: Context) -> tuple[list[Sample], list[Sample]]:
-    """This node's (train, test): its own ``data-path`` if set (its test split, when it has one, to
-    evaluate on), else its partition of the run's data."""
-    own = context.node_config.get(protocol.DATA_PATH)
-    pid, n = _partition(context)
-    return site_data(cfg, Path(str(own))) if own else client_data(cfg, Path(cfg.data.path), pid, n)
 
 
 def _rank(config: ConfigRecord, context: Context) -> int | None:
@@ -86,7 +43,7 @@ def _rank(config: ConfigRecord, context: Context) -> int | None:
 
 def _load(msg: Message, context: Context) -> tuple[DictConfig, ClientRuntime, dict[str, torch.Tensor]]:
     """The experiment, the runtime at this node's rank, and the global adapters loaded into it."""
-    cfg = _experiment(msg)
+    cfg = experiment(msg)
     import_client_modules(client_modules(cfg.strategy))
     runtime = runtime_for(
         cfg, rank=_rank(msg.content[protocol.CONFIG], context), node_config=context.node_config
@@ -136,30 +93,16 @@ def _site_seed(config: ConfigRecord, context: Context, partition_id: int) -> str
     return f"{seed}/{config.get(protocol.RUN_KEY)}/{int(config[protocol.SERVER_ROUND])}/{partition_id}"
 
 
-@app.query()
-def query(msg: Message, context: Context) -> Message:
-    """This node's partition id and how much it holds (sample counts and modality presence of the
-    data it will train and evaluate on, nothing of their content: the run's table is built from
-    these answers)."""
-    pid, n = _partition(context)
-    train, test = _local_data(_experiment(msg), context)
-    info = ConfigRecord({protocol.PARTITION_ID: pid, protocol.NUM_PARTITIONS: n,
-                         protocol.HOLDINGS: json.dumps(holdings(train, test, own_data=protocol.DATA_PATH in
-                                                                 context.node_config))})
-    if protocol.ADAPTER_RANK in context.node_config:
-        info[protocol.ADAPTER_RANK] = int(context.node_config[protocol.ADAPTER_RANK])
-    return Message(RecordDict({protocol.INFO: info}), reply_to=msg)
-
-
-@app.train(mods=[privacy_mod])  # client-side DP clipping and SecAgg+, when the run asks for them
 def train(msg: Message, context: Context) -> Message:
+    """Local training of the global adapters on this node's train split; the reply carries the new
+    adapters, example counts, loss and traffic, and whatever the round's strategy asked for."""
     cfg, runtime, received = _load(msg, context)
     config = msg.content[protocol.CONFIG]
-    pid, _ = _partition(context)
+    pid, _ = partition(context)
     kept = folder_for(config, context.node_config, pid)  # Context.state on disk, for a resumed run
     if kept is not None:
         restore_state(context.state, kept, int(config[protocol.SERVER_ROUND]) - 1)
-    train_set, _ = _local_data(cfg, context)
+    train_set, _ = local_data(cfg, context)
     seed = round_seed(cfg.seed, int(config[protocol.SERVER_ROUND]), pid)
     training = LocalTraining.from_config(cfg.train, _local_steps(config, len(train_set), cfg.train.batch_size))
     ctx = ExtraContext(config, cfg, runtime, train_set, received, context.state, seed, _strategy_records(msg),
@@ -204,15 +147,15 @@ def train(msg: Message, context: Context) -> Message:
     return Message(content, reply_to=msg)
 
 
-@app.evaluate()
 def evaluate(msg: Message, context: Context) -> Message:
+    """The global adapters scored on this node's own test split."""
     cfg, runtime, received = _load(msg, context)
-    pid, _ = _partition(context)
+    pid, _ = partition(context)
     config = msg.content[protocol.CONFIG]
     kept = folder_for(config, context.node_config, pid)
     if kept is not None:
         restore_state(context.state, kept, int(config[protocol.SERVER_ROUND]))
-    _, test_set = _local_data(cfg, context)
+    _, test_set = local_data(cfg, context)
     ctx = ExtraContext(config, cfg, runtime, test_set, received, context.state, cfg.seed, _strategy_records(msg),
                        LocalTraining.from_config(cfg.train))
     with evaluation_view(ctx):
