@@ -43,7 +43,7 @@ def test_the_shipped_checkpoint_is_intact_and_made_by_the_default_recipe() -> No
 def test_a_default_run_copies_the_shipped_model_and_pretrains_nothing(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.setenv("ANTHER_HOME", str(tmp_path))
     monkeypatch.setattr(tiny_model, "init_tiny", lambda *a, **k: pytest.fail("the default run made its model"))
-    cfg = prepare_assets(load_config("default", []))
+    cfg = prepare_assets(load_config("default", ["data.train_size=40", "data.test_size=8"]))  # the default model
     model = Path(cfg.model.path)
     assert model.parent == tmp_path / "models"
     assert {f.name for f in model.iterdir()} == set(_listed())
