@@ -45,9 +45,21 @@ def test_a_default_run_copies_the_shipped_model_and_pretrains_nothing(tmp_path: 
     monkeypatch.setattr(tiny_model, "init_tiny", lambda *a, **k: pytest.fail("the default run made its model"))
     cfg = prepare_assets(load_config("default", ["data.train_size=40", "data.test_size=8"]))  # the default model
     model = Path(cfg.model.path)
-    assert model.parent == tmp_path / "models"
+    assert model.parent == tmp_path / "models" and model.name.endswith(f"-shipped-{tiny_model.shipped_id()}")
     assert {f.name for f in model.iterdir()} == set(_listed())
     assert all((model / name).read_bytes() == (SHIPPED / name).read_bytes() for name in _listed())
+
+
+def test_a_model_pretrained_here_before_the_shipped_one_is_not_taken_for_it(tmp_path: Path, monkeypatch) -> None:
+    """A cache from before the model shipped has a folder named by the same settings, with this
+    machine's own weights: the run must still start from the shipped ones."""
+    monkeypatch.setenv("ANTHER_HOME", str(tmp_path))
+    old = tmp_path / "models" / f"tiny-llava-r{RECIPE_VERSION}-seed0-pretrain{PRETRAIN_STEPS}"
+    shutil.copytree(SHIPPED, old)
+    (old / "model.safetensors").write_bytes(b"weights pretrained on another machine")
+    cfg = prepare_assets(load_config("default", ["data.train_size=40", "data.test_size=8"]))
+    assert Path(cfg.model.path) != old
+    assert (Path(cfg.model.path) / "model.safetensors").read_bytes() == (SHIPPED / "model.safetensors").read_bytes()
 
 
 def test_a_damaged_shipped_file_is_refused_naming_it(tmp_path: Path, monkeypatch) -> None:

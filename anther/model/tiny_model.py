@@ -238,6 +238,11 @@ def shipped_for(family: str, seed: int, pretrain_steps: int) -> bool:
         RECIPE_VERSION, family, seed, pretrain_steps)
 
 
+def shipped_id() -> str:
+    """A short name for the shipped checkpoint's contents: the start of its ``SHA256SUMS``'s sha256."""
+    return hashlib.sha256((SHIPPED / CHECKSUMS).read_bytes()).hexdigest()[:12]
+
+
 def install_shipped(out: Path) -> Path:
     """Copy the shipped checkpoint to ``out`` once every file matches its checksum (a damaged
     install is refused, naming the file, rather than trained on)."""

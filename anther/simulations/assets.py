@@ -12,11 +12,17 @@ from omegaconf import DictConfig, OmegaConf
 
 from anther.core.config import anther_home
 from anther.data.client_data import dataset_dir
-from anther.model.tiny_model import RECIPE_VERSION, ensure_tiny
+from anther.model.tiny_model import RECIPE_VERSION, ensure_tiny, shipped_for, shipped_id
 
 
 def tiny_model_dir(family: str, seed: int, pretrain_steps: int) -> Path:
-    return anther_home() / "models" / f"tiny-{family}-r{RECIPE_VERSION}-seed{seed}-pretrain{pretrain_steps}"
+    """Where the tiny model of these settings is kept. The shipped one's name carries its checksum,
+    so a copy pretrained on this machine before the model shipped (same settings, other weights)
+    is not taken for it, and a newer shipped model gets a folder of its own."""
+    name = f"tiny-{family}-r{RECIPE_VERSION}-seed{seed}-pretrain{pretrain_steps}"
+    if shipped_for(family, seed, pretrain_steps):
+        name += f"-shipped-{shipped_id()}"
+    return anther_home() / "models" / name
 
 
 def prepare_assets(cfg: DictConfig) -> DictConfig:
