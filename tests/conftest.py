@@ -5,6 +5,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from coverage_on_import import untraced_imports
+
+untraced_imports.install()  # under --cov, this worker imports PyTorch and the rest untraced too
+
 import pytest
 import transformers
 from lazy_coverage import measure_children_from_their_import_of_anther  # noqa: F401  (autouse, session)

@@ -47,3 +47,21 @@ def test_a_process_that_never_imports_anther_is_not_measured(tmp_path: Path) -> 
     env = _environment(tmp_path / ".coverage")
     subprocess.run([sys.executable, "-c", "import json, email"], env=env, cwd=tmp_path, timeout=120, check=True)
     assert not list(tmp_path.glob(".coverage*"))
+
+
+def test_other_packages_are_imported_untraced_and_tracing_goes_on_after(tmp_path: Path) -> None:
+    """``coverage_on_import/untraced_imports.py``: a module outside anther runs its import with the
+    tracer stopped; the tracer is back once the import returns, and anther's lines are measured."""
+    (tmp_path / "outside.py").write_text("import sys\nTRACED = sys.gettrace() is not None\n")
+    probe = ("import sys\nimport anther.core.files\nimport outside\n"
+             "from anther.core.files import write_json_atomic\nprint(outside.TRACED, sys.gettrace() is not None)")
+    env = {**_environment(tmp_path / ".coverage"), "PYTHONPATH": os.pathsep.join(
+        [str(tmp_path), _environment(tmp_path / ".coverage")["PYTHONPATH"]])}
+    out = subprocess.run([sys.executable, "-c", probe], env=env, cwd=tmp_path, capture_output=True, text=True,
+                         timeout=120, check=True).stdout.split()
+    assert out == ["False", "True"]
+    (data_file,) = tmp_path.glob(".coverage.*")
+    measured = coverage.CoverageData(str(data_file))
+    measured.read()
+    assert not any("outside" in f for f in measured.measured_files())
+    assert any(f.endswith("files.py") for f in measured.measured_files())
