@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 from simulation_run import shared_home
 
-from anther.model.tiny_model import PRETRAIN_STEPS, RECIPE_VERSION, SHIPPED, shipped_id
+from anther.model.shipped_model import PRETRAIN_STEPS, RECIPE_VERSION, SHIPPED, shipped_id
 
 pytestmark = pytest.mark.slow
 

@@ -9,6 +9,8 @@ import math
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from transformers import AutoProcessor
 
 from anther.backbone.in_process import InProcessBackbone
@@ -31,6 +33,29 @@ def _yes_no(answer: str, options: list[str] = YES_NO, task: str = "yesno") -> Sa
 def test_macro_f1_weights_every_class_equally():
     # class a: P 1, R 0.5 -> F1 2/3; class b: P 0.5, R 1 -> 2/3; class c: P 1, R 1 -> 1
     assert macro_f1(["a", "a", "b", "c"], ["a", "b", "b", "c"]) == pytest.approx((2 / 3 + 2 / 3 + 1) / 3)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from("abcd"), st.sampled_from("abcde")), min_size=1, max_size=30))
+def test_macro_f1_is_scikit_learns(pairs):
+    from sklearn.metrics import f1_score
+
+    answers, picked = [a for a, _ in pairs], [p for _, p in pairs]
+    assert macro_f1(answers, picked) == pytest.approx(f1_score(answers, picked, average="macro", zero_division=0))
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.booleans(), st.sampled_from([-1.5, -0.5, 0.0, 0.25, 2.0])), min_size=2, max_size=30))
+def test_binary_auc_is_scikit_learns_ties_included(rows):
+    from sklearn.metrics import roc_auc_score
+
+    answers = ["yes" if positive else "no" for positive, _ in rows]
+    if len(set(answers)) < 2:
+        return
+    samples = [_yes_no(a) for a in answers]
+    scores = [[margin, 0.0] for _, margin in rows]  # yes is the positive option: its margin is the score
+    expected = roc_auc_score([a == "yes" for a in answers], [m for _, m in rows])
+    assert binary_auc(samples, scores) == pytest.approx(expected)
 
 
 def test_binary_auc_ranks_by_the_positive_option_margin():

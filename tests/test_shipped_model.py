@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from anther.model import tiny_model
-from anther.model.tiny_model import CHECKSUMS, PRETRAIN_STEPS, PROVENANCE_FILE, RECIPE_VERSION, SHIPPED
-from anther.simulations.assets import prepare_assets
+from anther.model import shipped_model, tiny_model
+from anther.model.shipped_model import CHECKSUMS, PRETRAIN_STEPS, PROVENANCE_FILE, RECIPE_VERSION, SHIPPED
+from anther.simulations.assets import ensure_tiny, prepare_assets
 from anther.simulations.experiment import load_config
 
 MAX_SIZE_MB = 25
@@ -45,7 +45,7 @@ def test_a_default_run_copies_the_shipped_model_and_pretrains_nothing(tmp_path: 
     monkeypatch.setattr(tiny_model, "init_tiny", lambda *a, **k: pytest.fail("the default run made its model"))
     cfg = prepare_assets(load_config("default", ["data.train_size=40", "data.test_size=8"]))  # the default model
     model = Path(cfg.model.path)
-    assert model.parent == tmp_path / "models" and model.name.endswith(f"-shipped-{tiny_model.shipped_id()}")
+    assert model.parent == tmp_path / "models" and model.name.endswith(f"-shipped-{shipped_model.shipped_id()}")
     assert {f.name for f in model.iterdir()} == set(_listed())
     assert all((model / name).read_bytes() == (SHIPPED / name).read_bytes() for name in _listed())
 
@@ -68,18 +68,18 @@ def test_a_damaged_shipped_file_is_refused_naming_it(tmp_path: Path, monkeypatch
     weights = bytearray((damaged / "model.safetensors").read_bytes())
     weights[-1] ^= 0xFF
     (damaged / "model.safetensors").write_bytes(bytes(weights))
-    monkeypatch.setattr(tiny_model, "SHIPPED", damaged)
+    monkeypatch.setattr(shipped_model, "SHIPPED", damaged)
     with pytest.raises(ValueError, match=r"model\.safetensors does not match its checksum"):
-        tiny_model.ensure_tiny(tmp_path / "models" / "tiny", seed=0, pretrain_steps=PRETRAIN_STEPS)
+        ensure_tiny(tmp_path / "models" / "tiny", seed=0, pretrain_steps=PRETRAIN_STEPS)
     assert not (tmp_path / "models" / "tiny").exists()  # nothing half-copied is left to load
 
 
 def test_other_settings_are_made_by_the_recipe_and_a_short_pretraining_learns(tmp_path: Path) -> None:
     """What ``anther model init-tiny`` does for any other setting, in a few steps: the language loss
     falls well below a uniform guess over the vocabulary (6.2 -> 5.0 in 20 steps, measured)."""
-    assert not tiny_model.shipped_for("llava", 0, 40) and not tiny_model.shipped_for("llava", 1, PRETRAIN_STEPS)
-    out = tiny_model.ensure_tiny(tmp_path / "tiny", seed=0, pretrain_steps=40)
+    assert not shipped_model.shipped_for("llava", 0, 40) and not shipped_model.shipped_for("llava", 1, PRETRAIN_STEPS)
+    out = ensure_tiny(tmp_path / "tiny", seed=0, pretrain_steps=40)
     made = json.loads((out / PROVENANCE_FILE).read_text())
     vocab = json.loads((out / "config.json").read_text())["text_config"]["vocab_size"]
     assert made["pretrain_steps"] == 40 and made["pretrain_final_loss"] < 0.8 * math.log(vocab), made
-    assert tiny_model.checksums(out) == (out / CHECKSUMS).read_text()
+    assert shipped_model.checksums(out) == (out / CHECKSUMS).read_text()

@@ -31,9 +31,38 @@ def normalise_answer(text: str) -> str:
 
 
 def macro_f1(answers: Sequence[str], picked: Sequence[str]) -> float:
-    from sklearn.metrics import f1_score  # here: scikit-learn costs a process half a second to import
+    """The mean over classes (every label among the answers or the picks) of each class's F1,
+    0 for a class with no true or predicted sample: scikit-learn's ``f1_score(average="macro",
+    zero_division=0)``, without importing it (half a second in every process that evaluates)."""
+    labels = set(answers) | set(picked)
+    if not labels:
+        return 0.0
+    pairs = list(zip(answers, picked))
+    scores = []
+    for label in labels:
+        hits = sum(a == p == label for a, p in pairs)
+        denominator = sum(a == label for a, _ in pairs) + sum(p == label for _, p in pairs)
+        scores.append(2 * hits / denominator if denominator else 0.0)
+    return sum(scores) / len(scores)
 
-    return float(f1_score(list(answers), list(picked), average="macro", zero_division=0))
+
+def _auc(positive: Sequence[bool], score: Sequence[float]) -> float:
+    """ROC AUC: the chance that a random positive scores above a random negative, ties counting
+    half (the Mann-Whitney U statistic over the two classes' sizes, from average ranks)."""
+    order = sorted(range(len(score)), key=score.__getitem__)
+    ranks = [0.0] * len(score)
+    i = 0
+    while i < len(order):
+        j = i
+        while j + 1 < len(order) and score[order[j + 1]] == score[order[i]]:
+            j += 1
+        for k in order[i:j + 1]:
+            ranks[k] = (i + j) / 2 + 1  # tied scores share the mean of their ranks
+        i = j + 1
+    n_pos = sum(positive)
+    n_neg = len(positive) - n_pos
+    rank_sum = sum(r for r, y in zip(ranks, positive) if y)
+    return (rank_sum - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)
 
 
 def binary_auc(samples: Sequence[Sample], scores: Sequence[Sequence[float]]) -> float | None:
@@ -46,9 +75,7 @@ def binary_auc(samples: Sequence[Sample], scores: Sequence[Sequence[float]]) -> 
     if all(y) or not any(y):
         return None
     margin = [sc[s.options.index(positive)] - sc[1 - s.options.index(positive)] for s, sc in zip(samples, scores)]
-    from sklearn.metrics import roc_auc_score
-
-    return float(roc_auc_score(y, margin))
+    return _auc(y, margin)
 
 
 def choice_metrics(samples: Sequence[Sample], scores: Sequence[Sequence[float]],

@@ -18,7 +18,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from anther.model.families import EdgeParts, EncodedBatch, ModelFamily, family_for
+from anther.model.families import family_for
+from anther.model.families.base import EdgeParts, EncodedBatch, ModelFamily
 from anther.model.feature_cache import FeatureCache
 from anther.model.nano_adapter import NanoAdapter, NanoAdapterConfig
 from anther.model.side_loading import load_side

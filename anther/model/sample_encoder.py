@@ -18,7 +18,7 @@ from anther.model.nano_edge import NanoEdge
 class SampleEncoder:
     """Turns samples into the model's inputs: each sample's conversation rendered by the chat
     format (:mod:`anther.model.chat_format`), tokenised and its image processed by the
-    checkpoint's own processor, as one :class:`anther.model.families.EncodedBatch`, with the
+    checkpoint's own processor, as one :class:`anther.model.families.base.EncodedBatch`, with the
     NanoEdge that embeds it. Training, evaluation and the Fisher all encode through it, so they
     see the same inputs. ``chat`` None is the processor's own template. A sample's pictures are
     decoded here, when its batch is made; several reach a family that takes one picture tiled

@@ -24,7 +24,8 @@ import torch
 from torch import nn
 from transformers import AutoConfig, PreTrainedModel
 
-from anther.model.families import ModelFamily, family_for
+from anther.model.families import family_for
+from anther.model.families.base import ModelFamily
 
 Side = Literal["client", "server", "both"]
 SIDES: tuple[str, ...] = ("client", "server", "both")

@@ -15,8 +15,9 @@ language model. The directory loads with ``from_pretrained`` exactly like a 7B o
 The LLaVA made with the default settings (seed 0, ``PRETRAIN_STEPS``, this ``RECIPE_VERSION``)
 ships with anther, in ``anther/model/builtin/tiny-llava`` with a checksum of each file and a
 model card: a run copies it instead of pretraining (minutes on a CPU), and every machine starts
-from the same weights, so the default run's table is the same on each. ``anther model
-init-tiny`` remakes it by the recipe (see the model card for the command).
+from the same weights, so the default run's table is the same on each
+(:mod:`anther.model.shipped_model`). ``anther model init-tiny`` remakes it by the recipe (see
+the model card for the command).
 
 Every other registered family gets a tiny checkpoint the same way (``init_tiny(family=...)``,
 its config and processor from the family's ``tiny``), untrained: the pretraining recipe is
@@ -25,7 +26,6 @@ LLaVA's. Those serve the correctness anchor and the end-to-end tests of each fam
 
 from __future__ import annotations
 
-import hashlib
 import json
 import random
 import shutil
@@ -33,26 +33,18 @@ import time
 from pathlib import Path
 
 import torch
-from filelock import FileLock
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerFast
 
-from anther.core.config import TINY_MODEL_MARKER, ModelConfig
 from anther.data import shapes_vqa
 from anther.model.chat_templates import TEMPLATE_WORDS
 from anther.model.families import family_for
+from anther.model.shipped_model import CHECKSUMS, PRETRAIN_STEPS, PROVENANCE_FILE, RECIPE_VERSION, checksums
 
 IMAGE_PLACEHOLDER = "<image>"  # the image token of every tiny checkpoint's tokenizer
 SPECIAL_TOKENS = ["<pad>", "<s>", "</s>", "<unk>", IMAGE_PLACEHOLDER]
-PROVENANCE_FILE = TINY_MODEL_MARKER
 VISION_PRETRAIN_STEPS = 300
-PRETRAIN_STEPS = ModelConfig.tiny_pretrain_steps  # the language steps; the experiment config's default
-# Bumped whenever the recipe (data, stages, hyper-parameters) changes, so cached models are remade
-# (and the shipped one, which records the version it was made with, is no longer used).
-RECIPE_VERSION = 8
-SHIPPED = Path(__file__).with_name("builtin") / "tiny-llava"  # the default settings' checkpoint
-CHECKSUMS = "SHA256SUMS"  # in SHIPPED: "<sha256>  <file>" for each file of the checkpoint
 
 
 def train_tokenizer(lines: list[str], vocab_size: int = 512) -> PreTrainedTokenizerFast:
@@ -211,59 +203,3 @@ def init_tiny(out: Path, seed: int = 0, pretrain_steps: int = PRETRAIN_STEPS, fa
         shutil.rmtree(out)
     tmp.rename(out)
     return out
-
-
-def ensure_tiny(out: Path, seed: int = 0, pretrain_steps: int = PRETRAIN_STEPS, family: str = "llava") -> Path:
-    """The tiny checkpoint at ``out``, unless it is already there: the shipped one copied when it was
-    made with these settings, else made by :func:`init_tiny` (safe across processes)."""
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(out) + ".lock"):
-        if not (out / "config.json").is_file():
-            if shipped_for(family, seed, pretrain_steps):
-                install_shipped(out)
-            else:
-                init_tiny(out, seed=seed, pretrain_steps=pretrain_steps, family=family)
-    return out
-
-
-def shipped_for(family: str, seed: int, pretrain_steps: int) -> bool:
-    """Whether the shipped checkpoint is what :func:`init_tiny` makes with these settings (it is
-    absent from a Flower app bundle, which carries no weights: then the recipe makes it)."""
-    marker = SHIPPED / PROVENANCE_FILE
-    if not marker.is_file():
-        return False
-    made = json.loads(marker.read_text())
-    return (made.get("recipe_version"), made.get("family"), made.get("seed"), made.get("pretrain_steps")) == (
-        RECIPE_VERSION, family, seed, pretrain_steps)
-
-
-def shipped_id() -> str:
-    """A short name for the shipped checkpoint's contents: the start of its ``SHA256SUMS``'s sha256."""
-    return hashlib.sha256((SHIPPED / CHECKSUMS).read_bytes()).hexdigest()[:12]
-
-
-def install_shipped(out: Path) -> Path:
-    """Copy the shipped checkpoint to ``out`` once every file matches its checksum (a damaged
-    install is refused, naming the file, rather than trained on)."""
-    files = {}
-    for line in (SHIPPED / CHECKSUMS).read_text().splitlines():
-        digest, name = line.split(maxsplit=1)
-        files[name] = (SHIPPED / name).read_bytes()
-        if hashlib.sha256(files[name]).hexdigest() != digest:
-            raise ValueError(f"the shipped tiny model's {SHIPPED / name} does not match its checksum in "
-                             f"{SHIPPED / CHECKSUMS}: reinstall anther, or make it with `anther model init-tiny`")
-    tmp = out.with_name(out.name + ".tmp")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir()
-    for name, data in files.items():
-        (tmp / name).write_bytes(data)
-    tmp.rename(out)
-    return out
-
-
-def checksums(folder: Path) -> str:
-    """``SHA256SUMS`` for every file of the checkpoint in ``folder`` (the lines ``sha256sum`` writes)."""
-    files = sorted(f for f in folder.iterdir() if f.is_file() and f.name != CHECKSUMS)
-    return "".join(f"{hashlib.sha256(f.read_bytes()).hexdigest()}  {f.name}\n" for f in files)

@@ -30,11 +30,12 @@ import re
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+
+if TYPE_CHECKING:
+    import torch
 
 CHECKPOINTS = "checkpoints"
 ADAPTERS, TENSORS, STATE, CHECKSUMS = "adapters.safetensors", "state.safetensors", "state.json", "checksums.json"
@@ -73,6 +74,8 @@ def _fsync(path: Path) -> None:
 
 def _write_folder(folder: Path, adapters: dict[str, torch.Tensor], state: dict[str, Any],
                   tensors: dict[str, torch.Tensor]) -> None:
+    from safetensors.torch import save_file  # here: listing a run's rounds (the CLI) needs no PyTorch
+
     folder.mkdir(parents=True)
     save_file({k: v.detach().contiguous() for k, v in adapters.items()}, str(folder / ADAPTERS),
               metadata={"order": json.dumps(list(adapters))})
@@ -133,6 +136,8 @@ def checkpoint_rounds(run_dir: Path) -> list[int]:
 
 def load_checkpoint(run_dir: Path, server_round: int) -> Checkpoint:
     """Read round ``server_round``'s checkpoint; a missing or unreadable file names the folder."""
+    from safetensors.torch import load_file
+
     folder = Path(run_dir) / CHECKPOINTS / f"round-{server_round:04d}"
     try:
         _verify(folder)

@@ -8,11 +8,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from filelock import FileLock
 from omegaconf import DictConfig, OmegaConf
 
 from anther.core.config import anther_home
 from anther.data.client_data import dataset_dir
-from anther.model.tiny_model import RECIPE_VERSION, ensure_tiny, shipped_for, shipped_id
+from anther.model.shipped_model import PRETRAIN_STEPS, RECIPE_VERSION, install_shipped, shipped_for, shipped_id
 
 
 def tiny_model_dir(family: str, seed: int, pretrain_steps: int) -> Path:
@@ -23,6 +24,23 @@ def tiny_model_dir(family: str, seed: int, pretrain_steps: int) -> Path:
     if shipped_for(family, seed, pretrain_steps):
         name += f"-shipped-{shipped_id()}"
     return anther_home() / "models" / name
+
+
+def ensure_tiny(out: Path, seed: int = 0, pretrain_steps: int = PRETRAIN_STEPS, family: str = "llava") -> Path:
+    """The tiny checkpoint at ``out``, unless it is already there: the shipped one copied when it was
+    made with these settings, else made by :func:`anther.model.tiny_model.init_tiny` (safe across
+    processes)."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(out) + ".lock"):
+        if not (out / "config.json").is_file():
+            if shipped_for(family, seed, pretrain_steps):
+                install_shipped(out)
+            else:
+                from anther.model.tiny_model import init_tiny  # the recipe: PyTorch and model code
+
+                init_tiny(out, seed=seed, pretrain_steps=pretrain_steps, family=family)
+    return out
 
 
 def prepare_assets(cfg: DictConfig) -> DictConfig:

@@ -83,6 +83,11 @@ def _superlink_process(flwr_home: Path) -> Iterator[dict[str, str]]:
         "FLWR_LOCAL_SUPERLINK_HTTP_API_PORT": str(http_port),
         "FLWR_LOCAL_CONTROL_API_PORT": str(control_port),
         "FLWR_DISABLE_UPDATE_CHECK": "1",
+        # Ray starts a Python worker per CPU when the simulation connects; Flower's ClientApp actors
+        # carry a runtime environment of their own, so Ray starts other workers for them and those
+        # idle ones only cost their start-up (a second of CPU each)
+        "RAY_enable_worker_prestart": "0",
+        "RAY_prestart_worker_first_driver": "0",
     }
     log = flwr_home / "superlink.log"
     cmd = [_bin("flower-superlink"), "--insecure", "--simulation", "--isolation", "subprocess",

@@ -24,7 +24,6 @@ from anther.core.experiment_source import is_path
 from anther.data.client_data import check_partitions
 from anther.server.run_folder import check_writable, failure_of, record_failure, run_folder
 from anther.simulations.assets import prepare_assets
-from anther.simulations.baselines import run_baseline
 from anther.simulations.console import FLOWER_LOG, Console
 from anther.simulations.experiment import load_config, load_run_config
 from anther.simulations.launcher import flwr_run, submit_run
@@ -55,6 +54,8 @@ def simulate(experiment: str, overrides: list[str], log: Path | None = None,
             code = flwr_run(experiment, resolved, cfg.federation.num_clients, extra_federation_config=resources,
                             log=log, console=console, config_dir=config_dir)
         return _outcome(run_dir, code, console.failure)
+    from anther.simulations.baselines import run_baseline  # here: a federated run's CLI loads no model code
+
     cfg.run_dir = str(run_dir)
     with contextlib.ExitStack() as stack:
         if log is not None:
