@@ -73,7 +73,7 @@ def test_the_server_and_site_recipes_run_across_hosts(tiny_model_dir: Path, tmp_
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
            "ANTHER_HOME": str(shared_home(tmp_path)), "FLWR_DISABLE_UPDATE_CHECK": "1",
            "DEPLOY": str(deploy), "SITES_DIR": str(sites), "RECIPES": str(recipes), "MODEL": str(tiny_model_dir),
-           "EXTRA": " ".join(s for s in SMALL if not s.startswith("federation.rounds")) + " federation.rounds=1"}
+           "EXTRA": " ".join(SMALL)}
     namespace = ["unshare", "-n"] if os.geteuid() == 0 else ["unshare", "-rn"]
     done = run_to_the_end([*namespace, "bash", str(tmp_path / "across-hosts.sh")], env, 600,
                           lambda: _logs(deploy) + _logs(sites))

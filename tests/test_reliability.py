@@ -14,6 +14,7 @@ import re
 
 import numpy as np
 import pytest
+import safetensors.torch
 import torch
 from fakes import play_serverapp_runtime
 from flwr.app import Array, ArrayRecord, ConfigRecord, Error, Message, MessageType, MetricRecord, RecordDict
@@ -48,7 +49,7 @@ def test_checkpoint_round_trips_in_order(tmp_path):
 
 def test_crash_mid_write_leaves_the_previous_checkpoint(tmp_path, monkeypatch):
     checkpoint.save_checkpoint(tmp_path, 1, ADAPTERS, {"note": "round one"})
-    real_save = checkpoint.save_file
+    real_save = safetensors.torch.save_file
     calls = []
 
     def dies_on_the_second_file(tensors, path, metadata=None):
@@ -57,7 +58,7 @@ def test_crash_mid_write_leaves_the_previous_checkpoint(tmp_path, monkeypatch):
             raise OSError("disk full")
         real_save(tensors, path, metadata=metadata)
 
-    monkeypatch.setattr(checkpoint, "save_file", dies_on_the_second_file)
+    monkeypatch.setattr(safetensors.torch, "save_file", dies_on_the_second_file)
     with pytest.raises(OSError, match="disk full"):
         checkpoint.save_checkpoint(tmp_path, 2, {k: v + 1 for k, v in ADAPTERS.items()}, {"note": "round two"})
     ckpt = checkpoint.latest_checkpoint(tmp_path)
