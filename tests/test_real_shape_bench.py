@@ -1,6 +1,8 @@
 """``anther bench real-shape`` at its smallest: LLaVA-1.5-7B's real client (CLIP ViT-L/14-336, the
-projector, the 32064 x 4096 embedding table) against one decoder layer of the real width, one
-local step per client, through the TLS backbone service with bf16 on the wire.
+projector, the 32064 x 4096 embedding table) against one decoder layer of the real width: one
+client, one local step of one picture (a second picture or client only repeats the same shapes,
+a ViT-L/14-336 forward of five seconds each on a CPU), through the TLS backbone service with
+bf16 on the wire.
 
 The client holds its weights in float32, as a CPU client would choose: a CPU without bfloat16
 arithmetic (AVX2 only) computes a bf16 ViT-L many times slower than fp32, and this test's time
@@ -19,7 +21,8 @@ import pytest
 @pytest.mark.slow
 def test_one_round_at_llava_1_5_7b_shapes_moves_what_the_size_report_predicts(tmp_path):
     done = subprocess.run([sys.executable, "-m", "anther.cli", "bench", "real-shape", "--models", "llava-1.5-7b",
-                           "--decoder-layers", "1", "--steps", "1", "--profiles", "fp32", "--out", str(tmp_path)],
+                           "--decoder-layers", "1", "--clients", "1", "--steps", "1", "--batch-size", "1",
+                           "--profiles", "fp32", "--out", str(tmp_path)],
                           check=False, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]
     (result,) = json.loads((tmp_path / "real_shape.json").read_text())["results"]

@@ -176,7 +176,8 @@ def run_round(name: str, model_dir: Path, decoder_layers: int, clients: int, ste
     overridden = {o.split("=", 1)[0].lstrip("+") for o in overrides}
     with tempfile.TemporaryDirectory(prefix="anther-real-shape-") as cache:
         own = [f"model.path={model_dir}", *PROFILES[profile], "model.client_device=cpu", "backbone.mode=service",
-               "backbone.wire_dtype=bfloat16", f"federation.num_clients={clients}", f"train.batch_size={batch_size}",
+               "backbone.wire_dtype=bfloat16", f"federation.num_clients={clients}",
+               f"federation.min_train_clients={clients}", f"train.batch_size={batch_size}",
                f"train.local_steps={steps}", f"seed={seed}", f"feature_cache.dir={cache}"]
         cfg = load_config("default", [o for o in own if o.split("=", 1)[0].lstrip("+") not in overridden]
                           + list(overrides))
