@@ -34,6 +34,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 # the extensions that decide how fast a CPU runs bfloat16 and wide float32 arithmetic
 FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile")
+# what holds PyTorch to narrower kernels than the CPU has (ATEN_CPU_CAPABILITY=avx2 with
+# ONEDNN_MAX_CPU_ISA=AVX2 runs as on a CPU without AVX-512): recorded, since it decides bf16's speed
+KERNEL_LIMITS = ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA")
 
 
 def machine() -> dict[str, object]:
@@ -45,7 +48,8 @@ def machine() -> dict[str, object]:
     memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
     return {"cpu": model.group(1).strip() if model else platform.processor(), "cpus": os.cpu_count(),
             "extensions": [f for f in FLAGS if f in have], "memory_gb": round(memory, 1),
-            "python": platform.python_version(), "date": time.strftime("%Y-%m-%d %H:%M %Z")}
+            "python": platform.python_version(), "date": time.strftime("%Y-%m-%d %H:%M %Z"),
+            "kernel_limits": {k: os.environ[k] for k in KERNEL_LIMITS if k in os.environ}}
 
 
 def file_times(junit: Path) -> tuple[dict[str, float], list[tuple[str, float]], dict[str, int]]:
@@ -68,9 +72,11 @@ def file_times(junit: Path) -> tuple[dict[str, float], list[tuple[str, float]], 
 def markdown(record: dict) -> str:
     m = record["machine"]
     where = "a fresh clone" if record["fresh_clone"] else "this checkout"
+    limits = " ".join(f"{k}={v}" for k, v in m.get("kernel_limits", {}).items())
     lines = [f"# The test suite's time ({m['date']})", "",
              (f"{m['cpus']} x {m['cpu']} ({', '.join(m['extensions']) or 'no AVX2'}), {m['memory_gb']} GB, "
-              f"Python {m['python']}; {where} at {record['commit']}"), "",
+              f"Python {m['python']}; {where} at {record['commit']}"
+              + (f" (PyTorch held to narrower kernels: {limits})" if limits else "")), "",
              f"- wall time: {record['wall_s'] / 60:.1f} min ({record['wall_s']:.0f} s), exit {record['exit_code']}",
              f"- CPU busy: {record['cpu_busy']:.0%} of all cores' time over the run",
              f"- pytest: {record['summary']}", f"- coverage: {record['coverage']}", "",

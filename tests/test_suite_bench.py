@@ -37,3 +37,14 @@ def test_the_report_gives_seconds_per_file_and_the_slowest_tests(tmp_path):
     busy, idle = bench.cpu_ticks()  # since boot: some of each on any running machine
     assert busy > 0 and idle > 0
     assert record["machine"]["cpus"] >= 1 and isinstance(record["machine"]["extensions"], list)
+
+
+def test_kernels_held_narrower_than_the_cpu_are_recorded(monkeypatch):
+    bench = _bench()
+    monkeypatch.setenv("ATEN_CPU_CAPABILITY", "avx2")
+    monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
+    m = bench.machine()
+    assert m["kernel_limits"] == {"ATEN_CPU_CAPABILITY": "avx2"}
+    record = {"machine": m, "commit": "abc1234", "fresh_clone": True, "exit_code": 0, "wall_s": 60.0, "cpu_busy": 0.5,
+              "summary": "1 passed", "coverage": "96%", "files": {}, "slowest": []}
+    assert "(PyTorch held to narrower kernels: ATEN_CPU_CAPABILITY=avx2)" in bench.markdown(record)
