@@ -128,6 +128,28 @@ def test_the_apps_start_without_the_libraries_they_use_only_on_demand() -> None:
     assert done.stdout.split() == [], f"the ClientApp, ServerApp or CLI imports {done.stdout.strip()} at start"
 
 
+READY_PROBE = """
+import sys
+from anther.simulations.assets import prepare_assets
+from anther.simulations.experiment import load_config
+from anther.simulations.runner import simulate
+cfg = prepare_assets(load_config("default", ["data.train_size=40", "data.test_size=8"]))
+print(" ".join(m for m in ("transformers.modeling_utils", "anther.model.families.llava") if m in sys.modules))
+"""
+
+
+def test_the_cli_readies_a_federated_run_without_model_code(tmp_path: Path) -> None:
+    """``anther simulate`` checks the config, puts the model and data in place and starts ``flwr run``;
+    the ServerApp and the ClientApps load the model. transformers' model code costs a process about
+    4 s of CPU, so the CLI does not import it (nor any model family)."""
+    env = {**unmeasured(dict(os.environ)), "ANTHER_HOME": str(tmp_path)}
+    done = subprocess.run([sys.executable, "-c", READY_PROBE], env=env, capture_output=True, text=True, check=False,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.split() == [], f"readying a run imported {done.stdout.strip()}"
+    assert list((tmp_path / "models").glob("tiny-llava-*/config.json"))  # and it did copy the model
+
+
 QUERY_PROBE = """
 import json, sys
 from pathlib import Path

@@ -23,6 +23,24 @@ def test_unknown_model_type_names_the_known_families():
         family_for("mllama")
 
 
+def test_an_outside_family_registers_by_its_module_and_loads_when_first_asked_for(tmp_path: Path, monkeypatch):
+    """``register_family("type", "module:Class")``: the module is imported when a checkpoint of that
+    type is first split, not before, and the same instance answers every time."""
+    from anther.model.families import register_family
+
+    (tmp_path / "my_family.py").write_text("from anther.model.families.llava import LlavaFamily\n\n\n"
+                                           "class MyFamily(LlavaFamily):\n    name = 'my_llava'\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setattr(FAMILIES, "_where", dict(FAMILIES._where))  # leave the registry as it was
+    monkeypatch.setattr(FAMILIES, "_made", dict(FAMILIES._made))
+    register_family("my_llava", "my_family:MyFamily")
+    assert "my_llava" in FAMILIES and "my_family" not in sys.modules
+    family = family_for("my_llava")
+    assert type(family).__name__ == "MyFamily" and family_for("my_llava") is family
+    with pytest.raises(ValueError, match="'module:Class'"):
+        register_family("other", "my_family.MyFamily")
+
+
 def test_cli_makes_a_tiny_idefics3_that_loads_back(tmp_path: Path):
     out = tmp_path / "tiny"
     proc = subprocess.run([sys.executable, "-m", "anther.cli", "model", "init-tiny", "--out", str(out),

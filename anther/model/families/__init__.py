@@ -44,6 +44,9 @@ class FamilyRegistry(Mapping[str, "ModelFamily"]):
             self._made[model_type] = getattr(importlib.import_module(module), cls)()
         return self._made[model_type]
 
+    def __contains__(self, model_type: object) -> bool:  # without importing the family (Mapping's would)
+        return model_type in self._where
+
     def __iter__(self) -> Iterator[str]:
         return iter(self._where)
 
