@@ -22,12 +22,6 @@ def lazy_environment(environ: dict[str, str]) -> dict[str, str]:
     return lazy
 
 
-def unmeasured(environ: dict[str, str]) -> dict[str, str]:
-    """``environ`` for a child that must not be measured: a test of what a process imports (coverage,
-    started lazily, imports PyTorch before anther)."""
-    return {k: v for k, v in environ.items() if k not in (COVERAGE_VARIABLE, LAZY_VARIABLE)}
-
-
 @pytest.fixture(autouse=True, scope="session")
 def measure_children_from_their_import_of_anther() -> Iterator[None]:
     """Under ``--cov`` (coverage has started in this worker and asks for its children to be

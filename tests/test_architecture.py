@@ -17,7 +17,6 @@ import sys
 from pathlib import Path
 
 import pytest
-from lazy_coverage import unmeasured
 
 from anther.core import protocol
 
@@ -123,7 +122,7 @@ ON_USE_ONLY = ("matplotlib", "flwr_datasets", "datasets", "opacus", "sklearn", "
 def test_the_apps_start_without_the_libraries_they_use_only_on_demand() -> None:
     probe = ("import sys, anther.cli, anther.client_app, anther.server_app; "
              f"print(' '.join(m for m in {ON_USE_ONLY!r} if m in sys.modules))")
-    done = subprocess.run([sys.executable, "-c", probe], env=unmeasured(dict(os.environ)), capture_output=True,
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True,
                           text=True, check=True, timeout=120)
     assert done.stdout.split() == [], f"the ClientApp, ServerApp or CLI imports {done.stdout.strip()} at start"
 
@@ -142,7 +141,7 @@ def test_the_cli_readies_a_federated_run_without_model_code(tmp_path: Path) -> N
     """``anther simulate`` checks the config, puts the model and data in place and starts ``flwr run``;
     the ServerApp and the ClientApps load the model. transformers' model code costs a process about
     4 s of CPU, so the CLI does not import it (nor any model family)."""
-    env = {**unmeasured(dict(os.environ)), "ANTHER_HOME": str(tmp_path)}
+    env = {**os.environ, "ANTHER_HOME": str(tmp_path)}
     done = subprocess.run([sys.executable, "-c", READY_PROBE], env=env, capture_output=True, text=True, check=False,
                           timeout=120)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -181,7 +180,7 @@ def test_a_site_answers_the_query_without_importing_pytorch(tiny_model_dir: Path
                                   "federation.num_clients=2"])
     (tmp_path / "experiment.yaml").write_text(to_yaml(cfg))
     done = subprocess.run([sys.executable, "-c", QUERY_PROBE, str(tmp_path / "experiment.yaml")], cwd=tmp_path,
-                          env=unmeasured(dict(os.environ)), capture_output=True, text=True, check=False, timeout=120)
+                          capture_output=True, text=True, check=False, timeout=120)
     assert done.returncode == 0, done.stderr[-3000:]
     answer = json.loads(done.stdout)
     assert answer["imported"] == [], f"a query imported {answer['imported']}"

@@ -19,7 +19,8 @@ from pathlib import Path
 import pytest
 from simulation_run import shared_home
 
-from anther.model.shipped_model import PRETRAIN_STEPS, RECIPE_VERSION, SHIPPED, shipped_id
+from anther.model.shipped_model import PRETRAIN_STEPS, SHIPPED
+from anther.simulations.assets import tiny_model_dir
 
 pytestmark = pytest.mark.slow
 
@@ -41,7 +42,6 @@ def test_a_short_default_run_beats_zero_shot(tmp_path: Path) -> None:
     assert final >= zero_shot + MIN_GAIN, f"acc_mc {zero_shot} -> {final}: less than {MIN_GAIN} over zero-shot"
     assert rounds[-1]["train_loss"] <= MAX_LOSS_RATIO * rounds[1]["train_loss"], [r["train_loss"] for r in rounds[1:]]
     # the model is the shipped one, copied: nothing was pretrained
-    (model,) = (shared_home(tmp_path) / "models").glob(
-        f"tiny-llava-r{RECIPE_VERSION}-seed0-pretrain{PRETRAIN_STEPS}-shipped-{shipped_id()}")
+    model = shared_home(tmp_path) / "models" / tiny_model_dir("llava", 0, PRETRAIN_STEPS).name
     assert (model / "model.safetensors").read_bytes() == (SHIPPED / "model.safetensors").read_bytes()
     assert "pretraining" not in proc.stdout + proc.stderr

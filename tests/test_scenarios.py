@@ -3,12 +3,10 @@ property it is named for, deterministically in the seed. Fast: no model, no trai
 
 from __future__ import annotations
 
-import os
 import random
 from collections import Counter
 
 import pytest
-from lazy_coverage import unmeasured
 
 from anther.core.config import CONFIG_DIR, ConfigError
 from anther.core.images import in_memory
@@ -222,8 +220,8 @@ def test_a_partition_is_computed_once_per_machine_and_read_back(tmp_path, monkey
     reader = ("import sys, json; from anther.data.scenarios import partition_indices as p; "
               "a = json.loads(sys.stdin.read()); "
               "print(json.dumps([p(tuple(a[0]), tuple(a[1]), *a[2:]), 'flwr_datasets' in sys.modules]))")
-    out = subprocess.run([sys.executable, "-c", reader], input=json.dumps(args), env=unmeasured(dict(os.environ)),
-                         capture_output=True, text=True, check=True, timeout=120).stdout
+    out = subprocess.run([sys.executable, "-c", reader], input=json.dumps(args), capture_output=True, text=True,
+                         check=True, timeout=120).stdout
     parts, imported = json.loads(out)
     assert [tuple(p) for p in parts] == list(first) and imported is False
 

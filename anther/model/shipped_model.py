@@ -25,8 +25,9 @@ CHECKSUMS = "SHA256SUMS"  # in SHIPPED: "<sha256>  <file>" for each file of the 
 
 
 def shipped_for(family: str, seed: int, pretrain_steps: int) -> bool:
-    """Whether the shipped checkpoint is what :func:`init_tiny` makes with these settings (it is
-    absent from a Flower app bundle, which carries no weights: then the recipe makes it)."""
+    """Whether the shipped checkpoint is what :func:`anther.model.tiny_model.init_tiny` makes with
+    these settings (it is absent from a Flower app bundle, which carries no weights: then the
+    recipe makes it)."""
     marker = SHIPPED / PROVENANCE_FILE
     if not marker.is_file():
         return False
