@@ -5,7 +5,8 @@ transformers model code it imports, about a second each) loads the first time th
 for: a process that runs LLaVA never imports Idefics3, and one that only checks a config (the CLI
 before it starts a run) imports no model code at all. A family of one's own is one module with a
 class like those here, registered by ``register_family("my_type", "my_pkg.my_family:MyFamily")``
-(or with an instance).
+(or with an instance) in the process that splits the model; the processes Flower starts for a
+run know the entries of ``FAMILIES``.
 """
 
 from __future__ import annotations
