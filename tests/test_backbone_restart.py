@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from anther.client.local_optimiser import LocalTraining
+from anther.client.local_training import LocalTraining
 from anther.client.runtime import runtime_for
 from anther.client.trainer import train_adapters
 from anther.simulations.experiment import load_config

@@ -25,7 +25,7 @@ from anther.client.extras import (
     evaluation_view,
     import_client_modules,
 )
-from anther.client.local_optimiser import LocalTraining
+from anther.client.local_training import LocalTraining
 from anther.client.trainer import regulariser_hook, split_step, train_adapters
 from anther.strategies.registry import client_modules
 

@@ -29,7 +29,7 @@ from anther.client.dp import (
     poisson_batch,
     spend,
 )
-from anther.client.local_optimiser import LocalTraining
+from anther.client.local_training import LocalTraining
 from anther.client.trainer import dp_split_step, split_step, train_adapters
 from anther.client.training_round import round_seed
 from anther.core.config import ConfigError

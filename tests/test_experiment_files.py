@@ -84,6 +84,8 @@ def test_a_bench_takes_an_experiment_file_and_scenarios_from_a_config_dir(lab: P
 
 @pytest.mark.parametrize("override,message", [
     ("train.optimizer=lion", "train.optimizer name 'lion' is unknown: use one of adamw, adam, sgd"),
+    ("train.optimizer={name:lion,momentum:0.9}", "train.optimizer name 'lion' is unknown: use one of adamw"),
+    ("train.weight_decay=-0.1", "train.weight_decay=-0.1 must be >= 0"),
     ("train.optimizer={name:sgd,momentun:0.9}", "cannot be built \\(SGD\\).*'momentun'"),
     ("train.optimizer={_target_:torch.nn.Linear}", "'torch.nn.Linear' is not a torch.optim.Optimizer"),
     ("train.optimizer={_target_:no.such.Optim}", "'no.such.Optim' cannot be imported"),

@@ -15,7 +15,7 @@ from transformers import AutoProcessor
 
 from anther.backbone.in_process import InProcessBackbone
 from anther.client.inference import evaluate_samples
-from anther.client.local_optimiser import LocalTraining
+from anther.client.local_training import LocalTraining
 from anther.client.metrics import binary_auc, choice_metrics, macro_f1, summarise_clients
 from anther.client.trainer import train_adapters
 from anther.core.sample import Sample

@@ -18,7 +18,7 @@ from conftest import FAMILY_FIXTURES
 from anther.backbone.in_process import InProcessBackbone
 from anther.client.dp import DPSGD
 from anther.client.inference import greedy_answers, option_scores
-from anther.client.local_optimiser import LocalTraining
+from anther.client.local_training import LocalTraining
 from anther.client.private_labels import PrivateLabelBackbone
 from anther.client.runtime import runtime_for
 from anther.client.trainer import dp_split_step, split_step, train_adapters

@@ -42,7 +42,7 @@ from anther.bench.machine import describe
 from anther.bench.model_sizes import REAL_CONFIGS, size_report
 from anther.bench.perf.workload import MemoryTrace
 from anther.bench.results import results_dir
-from anther.client.local_optimiser import LocalTraining
+from anther.client.local_training import LocalTraining
 from anther.client.runtime import runtime_for
 from anther.client.trainer import train_adapters
 from anther.data import shapes_vqa

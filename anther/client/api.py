@@ -53,7 +53,8 @@ from anther.client.extras import (
     regulariser,
 )
 from anther.client.inference import evaluate_samples
-from anther.client.local_optimiser import LocalTraining, optimiser_class
+from anther.client.local_optimiser import optimiser_class
+from anther.client.local_training import LocalTraining
 from anther.client.trainer import GradientHook, Regulariser, TrainReport, split_step, train_adapters
 from anther.core.sample import Sample
 

@@ -39,7 +39,7 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 from omegaconf import DictConfig
 
-from anther.client.local_optimiser import LocalTraining
+from anther.client.local_training import LocalTraining
 from anther.client.runtime import ClientRuntime
 from anther.client.trainer import GradientHook, Regulariser, TrainReport, regulariser_hook
 from anther.core import protocol

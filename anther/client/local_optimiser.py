@@ -19,50 +19,17 @@ from __future__ import annotations
 import importlib
 import math
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
 from typing import Any
 
 import torch
-from omegaconf import Container, OmegaConf
 
-OPTIMISERS: dict[str, type[torch.optim.Optimizer]] = {
-    "adamw": torch.optim.AdamW,
-    "adam": torch.optim.Adam,
-    "sgd": torch.optim.SGD,
-}
-SCHEDULES = ("constant", "linear", "cosine")
-
-
-@dataclass(frozen=True)
-class LocalTraining:
-    """How a client trains its adapters in one round: the ``train`` section, read once."""
-
-    steps: int
-    batch_size: int
-    lr: float
-    weight_decay: float = 0.0
-    max_grad_norm: float = 1.0  # clip the batch gradient to this norm (0: no clipping)
-    optimizer: Any = "adamw"  # a name or a mapping (module docstring)
-    lr_schedule: Any = "constant"
-    warmup_steps: int = 0
-    # Where the gradient hooks (and regularisers) run: before clipping (clipped with the task
-    # gradient) or after it (added to the clipped task gradient, unclipped).
-    hook_order: str = "before_clipping"
-
-    @classmethod
-    def from_config(cls, train: Mapping[str, Any], steps: int | None = None) -> LocalTraining:
-        """From the experiment's ``train`` section; ``steps`` overrides ``train.local_steps``."""
-        return cls(steps=int(steps or train["local_steps"]), batch_size=int(train["batch_size"]),
-                   lr=float(train["lr"]), weight_decay=float(train["weight_decay"]),
-                   max_grad_norm=float(train["max_grad_norm"]), optimizer=_plain(train.get("optimizer", "adamw")),
-                   lr_schedule=_plain(train.get("lr_schedule", "constant")),
-                   warmup_steps=int(train.get("warmup_steps", 0)),
-                   hook_order=str(train.get("hook_order", "before_clipping")))
-
-
-def _plain(value: Any) -> Any:
-    """An OmegaConf node as plain Python (a mapping stays a mapping, a string a string)."""
-    return OmegaConf.to_container(value, resolve=True) if isinstance(value, Container) else value
+from anther.client.local_training import (
+    OPTIMISER_CLASSES,
+    SCHEDULES,
+    LocalTraining,
+    unknown_optimiser,
+    unknown_schedule,
+)
 
 
 def _import(path: str, what: str) -> type:
@@ -78,7 +45,7 @@ def optimiser_class(spec: Any) -> tuple[type[torch.optim.Optimizer], dict[str, A
     if isinstance(spec, str):
         spec = {"name": spec}
     if not isinstance(spec, Mapping):
-        raise TypeError(f"train.optimizer={spec!r} must be a name ({', '.join(OPTIMISERS)}) or a mapping")
+        raise TypeError(f"train.optimizer={spec!r} must be a name ({', '.join(OPTIMISER_CLASSES)}) or a mapping")
     kwargs = dict(spec)
     if "_target_" in kwargs:
         cls = _import(kwargs.pop("_target_"), "train.optimizer")
@@ -86,10 +53,9 @@ def optimiser_class(spec: Any) -> tuple[type[torch.optim.Optimizer], dict[str, A
             raise ValueError(f"train.optimizer _target_={spec['_target_']!r} is not a torch.optim.Optimizer class")
         return cls, kwargs
     name = str(kwargs.pop("name", "")).lower()
-    if name not in OPTIMISERS:
-        raise ValueError(f"train.optimizer name {name!r} is unknown: use one of {', '.join(OPTIMISERS)}, "
-                         "or _target_: a torch.optim.Optimizer class")
-    return OPTIMISERS[name], kwargs
+    if name not in OPTIMISER_CLASSES:
+        raise ValueError(unknown_optimiser(name))
+    return getattr(torch.optim, OPTIMISER_CLASSES[name]), kwargs
 
 
 def build_optimiser(params: Iterable[torch.nn.Parameter], training: LocalTraining) -> torch.optim.Optimizer:
@@ -117,8 +83,7 @@ def build_schedule(optimiser: torch.optim.Optimizer, training: LocalTraining) ->
             raise ValueError(f"train.lr_schedule={spec!r} cannot be built ({cls.__name__}): {e}") from None
         return _with_warmup(optimiser, main, warmup)
     if spec not in SCHEDULES:
-        raise ValueError(f"train.lr_schedule={spec!r} is unknown: use one of {', '.join(SCHEDULES)}, "
-                         "or {_target_: a torch.optim.lr_scheduler class, ...}")
+        raise ValueError(unknown_schedule(spec))
     decay = max(steps - warmup, 1)
     shape = {
         "constant": lambda t: 1.0,
@@ -137,12 +102,7 @@ def _with_warmup(optimiser: torch.optim.Optimizer, main: torch.optim.lr_schedule
     return torch.optim.lr_scheduler.SequentialLR(optimiser, [ramp, main], milestones=[warmup])
 
 
-def check_local_training(train: Mapping[str, Any]) -> None:
-    """Build the configured optimiser and schedule once over a dummy weight, so that a bad name,
-    class or keyword is refused before a run starts (raises ValueError naming it)."""
-    training = LocalTraining.from_config(train)
-    if training.hook_order not in ("before_clipping", "after_clipping"):
-        raise ValueError(f"train.hook_order={training.hook_order!r} must be before_clipping or after_clipping")
-    if training.warmup_steps < 0:
-        raise ValueError(f"train.warmup_steps={training.warmup_steps} must be >= 0")
+def build_trial(training: LocalTraining) -> None:
+    """Build the optimiser and schedule once over a dummy weight: a bad class or keyword raises
+    ValueError (or TypeError) naming it, before a run starts."""
     build_schedule(build_optimiser([torch.nn.Parameter(torch.zeros(1))], training), training)

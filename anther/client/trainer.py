@@ -18,7 +18,8 @@ from tqdm.auto import tqdm
 
 from anther.backbone.interface import Backbone
 from anther.client.dp import DPSGD, dp_optimizer, per_sample_cotangents, per_sample_grads, poisson_batch
-from anther.client.local_optimiser import LocalTraining, build_optimiser, build_schedule
+from anther.client.local_optimiser import build_optimiser, build_schedule
+from anther.client.local_training import LocalTraining
 from anther.core.sample import Sample
 from anther.model.sample_encoder import SampleEncoder
 

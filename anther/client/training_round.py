@@ -15,7 +15,7 @@ from omegaconf import DictConfig
 
 from anther.client.dp import DPSGD, dpsgd_for
 from anther.client.inference import evaluate_samples
-from anther.client.local_optimiser import LocalTraining
+from anther.client.local_training import LocalTraining
 from anther.client.runtime import ClientRuntime
 from anther.client.trainer import GradientHook, TrainReport, train_adapters
 from anther.core import protocol

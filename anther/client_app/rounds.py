@@ -22,7 +22,7 @@ from anther.client.extras import (
     evaluation_view,
     import_client_modules,
 )
-from anther.client.local_optimiser import LocalTraining
+from anther.client.local_training import LocalTraining
 from anther.client.privacy_policy import SitePolicy, declined_reply
 from anther.client.runtime import ClientRuntime, runtime_for
 from anther.client.state_store import folder_for, restore_state, save_state

@@ -149,7 +149,7 @@ class FederationConfig:
 
 @dataclass
 class TrainConfig:
-    """A client's local training each round (anther/client/local_optimiser.py)."""
+    """A client's local training each round (anther/client/local_training.py)."""
 
     local_steps: int = 20
     batch_size: int = 16

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from anther.client.local_optimiser import check_local_training
+from anther.client.local_training import LocalTraining
 from anther.core.config import ConfigError, check, compose_experiment, read_run_config
 from anther.data.formats.registry import FORMATS
 from anther.model.chat_format import template_problem
@@ -65,9 +65,16 @@ def _check_weighted_mean(strategy: DictConfig, key: str, value: object) -> None:
 
 
 def _check_local_training(train: DictConfig) -> None:
-    """Build the configured optimiser and schedule once, so a bad name or keyword stops the run here."""
+    """Check the optimiser and schedule, building them once over a dummy weight unless they are
+    built-ins named by a string, so a bad name, class or keyword stops the run here and PyTorch
+    (over a second of CPU) is imported only when a class must be built."""
+    training = LocalTraining.from_config(train)
     try:
-        check_local_training(train)
+        training.check()
+        if not training.names_builtins:
+            from anther.client.local_optimiser import build_trial  # PyTorch, only to build a class
+
+            build_trial(training)
     except (TypeError, ValueError) as e:
         raise ConfigError(f"config value {e}") from None
 
