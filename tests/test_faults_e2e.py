@@ -32,7 +32,7 @@ from safetensors.torch import load_file
 from simulation_run import shared_home
 from test_deployment import _wait, processes
 
-from anther.simulations.launcher import free_port
+from anther.simulations.launcher import free_port, staged_app
 
 pytestmark = pytest.mark.slow
 
@@ -71,8 +71,8 @@ def _round_started(runs: Path) -> bool:
     return False
 
 
-def _flwr_run(overrides: list[str]) -> list[str]:
-    return ["flwr", "run", str(REPO), "local", "--stream", "--run-config",
+def _flwr_run(app: Path, overrides: list[str]) -> list[str]:
+    return ["flwr", "run", str(app), "local", "--stream", "--run-config",
             f'experiment="default" overrides="{" ".join(overrides)}"']
 
 
@@ -97,7 +97,8 @@ def test_rounds_complete_without_a_killed_and_a_crashing_client(tiny_model_dir: 
                                       "--node-config", f"partition-id={k} num-partitions=3{data}"])
         (flwr_home / "config.toml").write_text(
             f'[superlink]\ndefault = "local"\n\n[superlink.local]\naddress = "127.0.0.1:{port}"\ninsecure = true\n')
-        flwr = procs.start("flwr-run", _flwr_run([*SMALL, f"model.path={tiny_model_dir}", f"output_dir={runs}"]))
+        app = staged_app(REPO, flwr_home)  # the package alone: flwr run walks every file under the folder
+        flwr = procs.start("flwr-run", _flwr_run(app, [*SMALL, f"model.path={tiny_model_dir}", f"output_dir={runs}"]))
         _wait(lambda: _round_started(runs), "round 1", procs, 400)
         procs.start("impostor", ["flower-supernode", "--insecure", "--superlink", f"127.0.0.1:{port}",
                                  "--port", str(free_port()), "--node-config", "partition-id=0 num-partitions=3"])
@@ -112,7 +113,7 @@ def test_rounds_complete_without_a_killed_and_a_crashing_client(tiny_model_dir: 
 
         again = tmp_path / "again"
         second = procs.start("flwr-run-again",
-                             _flwr_run([*SMALL, f"model.path={tiny_model_dir}", f"output_dir={again}"]))
+                             _flwr_run(app, [*SMALL, f"model.path={tiny_model_dir}", f"output_dir={again}"]))
         assert second.wait(timeout=300) == 0, procs.tails()
 
     (run_dir,) = list(runs.iterdir())
