@@ -5,7 +5,9 @@
     anther bench heterogeneity [--out DIR] [OVERRIDE ...]  methods x scenarios x seeds, resumable, report
     anther bench perf [--out DIR] [KEY=VALUE ...]          speed and memory: overhead, sharing, cache, scale
     anther bench real-shape [--models ...] [--out DIR]     one round at LLaVA-1.5-7B's and Qwen2-VL-7B's shapes
-    anther model init-tiny --out DIR                       make the tiny LLaVA checkpoint
+    anther model init-tiny --out DIR                       make a tiny checkpoint (any family) by the recipe
+    anther model pretrain --out DIR [KEY=VALUE ...]        make the tiny LLaVA: seed search, skill probe, card
+    anther model probe [--model DIR]                       what a tiny LLaVA answers before any tuning
     anther model report [--json FILE]                      parameters and bytes per side of real MLLMs
     anther data generate --out DIR                         write ShapesVQA in the on-disk format
     anther data report [-e EXPERIMENT] [OVERRIDE ...]      what each client holds under a scenario
@@ -71,6 +73,39 @@ def _init_tiny(args: argparse.Namespace) -> int:
 
     out = init_tiny(Path(args.out), seed=args.seed, pretrain_steps=args.pretrain_steps, family=args.family)
     print(f"tiny {args.family} checkpoint written to {out}")
+    return 0
+
+
+def _pretrain(args: argparse.Namespace) -> int:
+    from anther.model.skill_probe import markdown
+    from anther.model.tiny_pretraining import load_pretrain, pretrain_tiny
+
+    cfg = load_pretrain(args.config, args.overrides)  # refused here, before minutes of pretraining
+    command = " ".join(["anther model pretrain", *(["--config", args.config] if args.config != "tiny_llava" else []),
+                        *args.overrides])
+    made = pretrain_tiny(cfg, Path(args.out), command)
+    print(markdown({"untrained": made["untrained_probe"], f"seed {made['seed']} (kept)": made["probe"]}))
+    print(f"seed search (probe score): {made['seed_search']}")
+    print(f"tiny LLaVA written to {args.out}, its model card in README.md")
+    return 0
+
+
+def _probe(args: argparse.Namespace) -> int:
+    import json
+
+    from anther.model.skill_probe import markdown, probe
+
+    model_dir = args.model
+    if model_dir is None:
+        from anther.simulations.assets import prepare_assets
+        from anther.simulations.experiment import load_config
+
+        model_dir = Path(prepare_assets(load_config("default", [])).model.path)
+    result = probe(Path(model_dir), args.per_task, args.seed)
+    print(markdown({str(model_dir): result}))
+    if args.json:
+        Path(args.json).write_text(json.dumps({"model": str(model_dir), "per_task": args.per_task,
+                                               "seed": args.seed, **result}, indent=2))
     return 0
 
 
@@ -506,6 +541,20 @@ def build_parser() -> argparse.ArgumentParser:
     tiny.add_argument("--pretrain-steps", type=int, default=ModelConfig.tiny_pretrain_steps,
                       help="language-model pretraining steps (default: %(default)s, the experiment config's)")
     tiny.set_defaults(func=_init_tiny)
+    pre = model.add_parser("pretrain", help="make the tiny LLaVA by its recipe: a checkpoint per seed, probed; "
+                           "the best kept, with its model card")
+    pre.add_argument("--out", required=True)
+    pre.add_argument("--config", default="tiny_llava",
+                     help="a name in anther/configs/pretrain or a YAML file (default: %(default)s: the shipped "
+                     "model's recipe)")
+    pre.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="e.g. seeds=[0,1,2] steps=3000")
+    pre.set_defaults(func=_pretrain)
+    probe = model.add_parser("probe", help="multiple-choice accuracy per question kind of a tiny LLaVA, untuned")
+    probe.add_argument("--model", help="a tiny LLaVA folder (default: the default run's)")
+    probe.add_argument("--per-task", type=int, default=60, help="questions per kind and domain set")
+    probe.add_argument("--seed", type=int, default=99991)
+    probe.add_argument("--json", help="also write the result to this file")
+    probe.set_defaults(func=_probe)
     _add_model_report_parser(model)
 
     data = sub.add_parser("data", help="data sets").add_subparsers(dest="data_command", required=True)

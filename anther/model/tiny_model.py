@@ -16,8 +16,8 @@ The LLaVA made with the default settings (seed 0, ``PRETRAIN_STEPS``, this ``REC
 ships with anther, in ``anther/model/builtin/tiny-llava`` with a checksum of each file and a
 model card: a run copies it instead of pretraining (minutes on a CPU), and every machine starts
 from the same weights, so the default run's table is the same on each
-(:mod:`anther.model.shipped_model`). ``anther model init-tiny`` remakes it by the recipe (see
-the model card for the command).
+(:mod:`anther.model.shipped_model`). ``anther model pretrain`` (:mod:`anther.model.tiny_pretraining`)
+remakes it by this recipe, probes what it learned and writes its model card.
 
 Every other registered family gets a tiny checkpoint the same way (``init_tiny(family=...)``,
 its config and processor from the family's ``tiny``), untrained: the pretraining recipe is
@@ -30,6 +30,7 @@ import json
 import random
 import shutil
 import time
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
@@ -44,7 +45,31 @@ from anther.model.shipped_model import CHECKSUMS, PRETRAIN_STEPS, PROVENANCE_FIL
 
 IMAGE_PLACEHOLDER = "<image>"  # the image token of every tiny checkpoint's tokenizer
 SPECIAL_TOKENS = ["<pad>", "<s>", "</s>", "<unk>", IMAGE_PLACEHOLDER]
-VISION_PRETRAIN_STEPS = 300
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """The pretraining's settings besides the seed and the language steps (which name a tiny model in
+    the experiment config: ``model.tiny_seed``, ``model.tiny_pretrain_steps``). The defaults made the
+    shipped checkpoint; ``anther model pretrain`` takes others from its config."""
+
+    vision_steps: int = 300  # stage 0: the vision tower alone
+    vision_batch_size: int = 64
+    vision_lr: float = 2e-3
+    batch_size: int = 32  # stage 1: the projector and the language model
+    lr: float = 5e-4
+    weight_decay: float = 0.1
+
+    def check(self) -> None:
+        """Refuse a setting no pretraining can run with (ValueError naming it)."""
+        for key in ("vision_steps", "vision_batch_size", "batch_size"):
+            if getattr(self, key) < 1:
+                raise ValueError(f"{key}={getattr(self, key)} must be >= 1")
+        for key in ("vision_lr", "lr"):
+            if getattr(self, key) <= 0:
+                raise ValueError(f"{key}={getattr(self, key)} must be > 0")
+        if self.weight_decay < 0:
+            raise ValueError(f"weight_decay={self.weight_decay} must be >= 0")
 
 
 def train_tokenizer(lines: list[str], vocab_size: int = 512) -> PreTrainedTokenizerFast:
@@ -97,8 +122,7 @@ def _pretrain_batches(family, processor, n: int, batch_size: int, seed: int):
                             [c[2] for c in chunk])
 
 
-def pretrain_vision(tower: torch.nn.Module, processor, steps: int, seed: int,
-                    batch_size: int = 64, lr: float = 2e-3) -> float:
+def pretrain_vision(tower: torch.nn.Module, processor, steps: int, seed: int, batch_size: int, lr: float) -> float:
     """Stage 0: pretrain the CLIP vision tower on its own, as CLIP is before LLaVA uses it.
 
     A linear head reads each patch token of the last hidden layer (the layer LLaVA feeds
@@ -136,8 +160,7 @@ def pretrain_vision(tower: torch.nn.Module, processor, steps: int, seed: int,
     return sum(recent) / len(recent)
 
 
-def pretrain(model, processor, steps: int, seed: int, batch_size: int = 32, lr: float = 5e-4,
-             weight_decay: float = 0.1) -> float:
+def pretrain(model, processor, steps: int, seed: int, batch_size: int, lr: float, weight_decay: float) -> float:
     """Train the projector and the language model (the vision tower stays frozen, as in
     LLaVA); returns the final mean loss.
 
@@ -171,10 +194,11 @@ def pretrain(model, processor, steps: int, seed: int, batch_size: int = 32, lr: 
     return sum(recent) / len(recent)
 
 
-def init_tiny(out: Path, seed: int = 0, pretrain_steps: int = PRETRAIN_STEPS, family: str = "llava") -> Path:
+def init_tiny(out: Path, seed: int = 0, pretrain_steps: int = PRETRAIN_STEPS, family: str = "llava",
+              recipe: Recipe = Recipe()) -> Path:
     """Create, pretrain and save the tiny checkpoint directory ``out`` of a registered ``family``
     (a Hugging Face ``model_type``: its module in anther.model.families says the config and
-    processor)."""
+    processor). ``recipe`` other than the default is recorded in the checkpoint's provenance."""
     out = Path(out)
     split = family_for(family)  # an unknown name is refused there, with the known ones
     if pretrain_steps and family != "llava":
@@ -187,14 +211,17 @@ def init_tiny(out: Path, seed: int = 0, pretrain_steps: int = PRETRAIN_STEPS, fa
     model = split.model_class(config)
     final_loss = None
     if pretrain_steps:
-        pretrain_vision(split.edge_parts(model).vision_tower, processor, VISION_PRETRAIN_STEPS, seed + 500)
-        final_loss = pretrain(model, processor, pretrain_steps, seed + 1000)
+        pretrain_vision(split.edge_parts(model).vision_tower, processor, recipe.vision_steps, seed + 500,
+                        recipe.vision_batch_size, recipe.vision_lr)
+        final_loss = pretrain(model, processor, pretrain_steps, seed + 1000, recipe.batch_size, recipe.lr,
+                              recipe.weight_decay)
     tmp = out.with_name(out.name + ".tmp")
     model.save_pretrained(tmp)
     processor.save_pretrained(tmp)
     (tmp / PROVENANCE_FILE).write_text(json.dumps({
         "created_by": "anther model init-tiny", "recipe_version": RECIPE_VERSION, "family": family, "seed": seed,
         "pretrain_steps": pretrain_steps,
+        **({"recipe": asdict(recipe)} if recipe != Recipe() else {}),
         "pretrain_final_loss": final_loss, "seconds": round(time.time() - started, 1),
         "parameters": sum(p.numel() for p in model.parameters()),
     }, indent=2))

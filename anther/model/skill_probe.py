@@ -1,33 +1,28 @@
-"""What the pretrained tiny model can do before any federated tuning, per question kind.
+"""What a tiny LLaVA can do on its own, per question kind: the skill probe.
 
 Scores fresh ShapesVQA scenes in the tiny model's own pretraining phrasing
 (``<image> q: colour circle a:``) by multiple choice (the option with the highest
 likelihood), in the two visual domains its language model was pretrained on and in the
 two it never saw. This is the ceiling the NanoAdapters work towards: they learn the
 task's phrasing and the unseen domains, they cannot teach the frozen LLM a skill it lacks.
-
-    python -m anther.bench.tiny_model_skills [--model DIR] [--per-task 60] [--out FILE]
-
-``--out`` defaults to ``$ANTHER_HOME/bench/tiny_model_skills/tiny_model_skills.json``.
-
-Without ``--model`` it scores the default run's model (made if missing).
+``anther model pretrain`` probes every checkpoint it makes and keeps the best;
+``anther model probe`` probes any tiny LLaVA.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 from pathlib import Path
 
 import torch
 from transformers import AutoProcessor, LlavaForConditionalGeneration
 
-from anther.bench.results import results_dir
 from anther.data import shapes_vqa
 from anther.data.shapes_vqa import DOMAINS, PRETRAIN_DOMAINS, TASKS
 from anther.model.families.llava import LlavaFamily
 from anther.model.tiny_model import IMAGE_PLACEHOLDER
-from anther.simulations.experiment import load_config
+
+DOMAIN_SETS = {"pretraining_domains": PRETRAIN_DOMAINS,
+               "unseen_domains": tuple(d for d in DOMAINS if d not in PRETRAIN_DOMAINS)}
 
 
 @torch.no_grad()
@@ -45,7 +40,7 @@ def option_scores(model, processor, image, prompt: str, options: list[str]) -> t
 
 
 def skills(model, processor, domains: tuple[str, ...], per_task: int, seed: int) -> dict[str, float]:
-    """Multiple-choice accuracy per question kind on fresh scenes drawn from ``domains``."""
+    """Multiple-choice accuracy per question kind on fresh scenes drawn from ``domains``, and their mean."""
     hits: dict[str, list[bool]] = {t: [] for t in TASKS}
     for image, q, _ in shapes_vqa.generate_terse_qa(per_task * len(TASKS), seed, domains):
         scores = option_scores(model, processor, image, f"{IMAGE_PLACEHOLDER}\nq: {q.terse}\na:", q.options)
@@ -54,31 +49,23 @@ def skills(model, processor, domains: tuple[str, ...], per_task: int, seed: int)
     return {**acc, "all": sum(acc.values()) / len(acc)}
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", type=Path, help="tiny model folder (default: the default run's)")
-    parser.add_argument("--per-task", type=int, default=60)
-    parser.add_argument("--seed", type=int, default=99991)
-    parser.add_argument("--out", type=Path, default=results_dir("tiny_model_skills") / "tiny_model_skills.json")
-    args = parser.parse_args()
-    model_dir = args.model
-    if model_dir is None:
-        from anther.simulations.assets import prepare_assets
-
-        model_dir = Path(prepare_assets(load_config("default", [])).model.path)
+def probe(model_dir: Path, per_task: int, seed: int) -> dict[str, dict[str, float]]:
+    """The probe of the checkpoint in ``model_dir``: accuracy per kind in each domain set."""
     model = LlavaForConditionalGeneration.from_pretrained(model_dir).eval()
     processor = AutoProcessor.from_pretrained(model_dir)
-    unseen = tuple(d for d in DOMAINS if d not in PRETRAIN_DOMAINS)
-    result = {"model": str(model_dir), "per_task": args.per_task, "seed": args.seed,
-              "pretraining_domains": skills(model, processor, PRETRAIN_DOMAINS, args.per_task, args.seed),
-              "unseen_domains": skills(model, processor, unseen, args.per_task, args.seed)}
-    print(f"{'domains':<22}" + "".join(f"{t:>10}" for t in (*TASKS, "all")))
-    for key in ("pretraining_domains", "unseen_domains"):
-        print(f"{key:<22}" + "".join(f"{result[key][t]:>10.2f}" for t in (*TASKS, "all")))
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2))
-    print(f"wrote {args.out}")
+    return {name: skills(model, processor, domains, per_task, seed) for name, domains in DOMAIN_SETS.items()}
 
 
-if __name__ == "__main__":
-    main()
+def score(result: dict[str, dict[str, float]]) -> float:
+    """One number to rank checkpoints by: the mean accuracy over both domain sets."""
+    return sum(r["all"] for r in result.values()) / len(result)
+
+
+def markdown(columns: dict[str, dict[str, dict[str, float]]]) -> str:
+    """A table of probes side by side: a row per domain set and kind, a column per probe."""
+    lines = ["| domains | kind | " + " | ".join(columns) + " |", "| --- | --- |" + " ---: |" * len(columns)]
+    for name in DOMAIN_SETS:
+        for kind in (*TASKS, "all"):
+            cells = " | ".join(f"{c[name][kind]:.2f}" for c in columns.values())
+            lines.append(f"| {name.replace('_', ' ')} | {kind} | {cells} |")
+    return "\n".join(lines)
