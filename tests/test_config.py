@@ -86,6 +86,7 @@ def test_a_run_with_a_plugin_strategy_resumes_with_its_own_strategy_section(tmp_
     (["+strategy.proximal=0.1", "strategy.name=fedprox"],
      "cannot be built: TypeError: FedProx.__init__() got an unexpected keyword argument 'proximal'"),
     (["~strategy.name", "+strategy._target_=no_such_lab.Mine"], "cannot be built: ImportError:"),
+    (["model.tiny_pretrain_steps=10"], "model.tiny_pretrain_steps=10 is invalid: must be 0 (untrained) or >= 20"),
 ])
 def test_a_config_mistake_is_one_line_naming_the_key(overrides: list[str], message: str):
     with pytest.raises(ConfigError) as caught:

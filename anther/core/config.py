@@ -74,7 +74,7 @@ class ModelConfig:
     vision_quantization: str = "none"
     tiny_family: str = "llava"  # the tiny model's family (anther.model.families); only llava is pretrained
     tiny_seed: int = 0
-    tiny_pretrain_steps: int = 2500
+    tiny_pretrain_steps: int = 2500  # 0 (untrained) or at least TINY_MIN_PRETRAIN_STEPS
 
 
 @dataclass
@@ -145,6 +145,11 @@ class FederationConfig:
     # (docs/performance.md, multi-GPU).
     client_cpus: int | None = 1
     client_gpus: float | None = None
+
+
+# The tiny model's pretraining stages follow a one-cycle schedule that warms up over a tenth of
+# their steps: fewer than this leave it no warm-up step (PyTorch divides by zero).
+TINY_MIN_PRETRAIN_STEPS = 20
 
 
 @dataclass
@@ -446,6 +451,8 @@ def _validate_tracking(names: list[str]) -> None:
 
 
 def _validate_vision_quantization(m: DictConfig) -> None:
+    check(m.tiny_pretrain_steps == 0 or m.tiny_pretrain_steps >= TINY_MIN_PRETRAIN_STEPS, "model.tiny_pretrain_steps",
+          m.tiny_pretrain_steps, f"must be 0 (untrained) or >= {TINY_MIN_PRETRAIN_STEPS}")
     check(m.vision_quantization in ("none", "int8"), "model.vision_quantization", m.vision_quantization,
           "must be none or int8")
     if m.vision_quantization == "int8":

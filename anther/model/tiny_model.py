@@ -38,6 +38,7 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, 
 from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerFast
 
+from anther.core.config import TINY_MIN_PRETRAIN_STEPS
 from anther.data import shapes_vqa
 from anther.model.chat_templates import TEMPLATE_WORDS
 from anther.model.families import family_for
@@ -62,7 +63,9 @@ class Recipe:
 
     def check(self) -> None:
         """Refuse a setting no pretraining can run with (ValueError naming it)."""
-        for key in ("vision_steps", "vision_batch_size", "batch_size"):
+        if self.vision_steps < TINY_MIN_PRETRAIN_STEPS:
+            raise ValueError(f"vision_steps={self.vision_steps} must be >= {TINY_MIN_PRETRAIN_STEPS}")
+        for key in ("vision_batch_size", "batch_size"):
             if getattr(self, key) < 1:
                 raise ValueError(f"{key}={getattr(self, key)} must be >= 1")
         for key in ("vision_lr", "lr"):
@@ -204,6 +207,8 @@ def init_tiny(out: Path, seed: int = 0, pretrain_steps: int = PRETRAIN_STEPS, fa
     if pretrain_steps and family != "llava":
         raise ValueError(f"the tiny pretraining recipe is written for LLaVA's CLIP tower; the tiny {family} "
                          "is made untrained: set model.tiny_pretrain_steps=0 (or --pretrain-steps 0)")
+    if 0 < pretrain_steps < TINY_MIN_PRETRAIN_STEPS:
+        raise ValueError(f"pretrain_steps={pretrain_steps} must be 0 (untrained) or >= {TINY_MIN_PRETRAIN_STEPS}")
     started = time.time()
     torch.manual_seed(seed)
     tokenizer = tiny_tokenizer(seed)

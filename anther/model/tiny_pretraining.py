@@ -19,7 +19,7 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
-from anther.core.config import CONFIG_DIR, ConfigError
+from anther.core.config import CONFIG_DIR, TINY_MIN_PRETRAIN_STEPS, ConfigError
 from anther.model.shipped_model import CHECKSUMS, PRETRAIN_STEPS, PROVENANCE_FILE, checksums
 from anther.model.skill_probe import markdown, probe, score
 from anther.model.tiny_model import Recipe, init_tiny
@@ -50,7 +50,8 @@ class PretrainConfig:
         """Refuse settings no pretraining can run with (ConfigError naming the setting)."""
         problems = [(self.seeds and len(set(self.seeds)) == len(self.seeds), "seeds", self.seeds,
                      "must be distinct seeds, at least one"),
-                    (self.steps >= 1, "steps", self.steps, "must be >= 1"),
+                    (self.steps >= TINY_MIN_PRETRAIN_STEPS, "steps", self.steps,
+                     f"must be >= {TINY_MIN_PRETRAIN_STEPS}"),
                     (self.probe_per_task >= 1, "probe_per_task", self.probe_per_task, "must be >= 1")]
         for ok, key, value, rule in problems:
             if not ok:
