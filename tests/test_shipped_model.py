@@ -130,3 +130,14 @@ def test_a_bad_pretrain_setting_is_refused_before_anything_runs(tmp_path: Path, 
     assert "vision_steps=10 must be >= 20" in errors
     assert "vision_lr=0.0 must be > 0" in errors
     assert not (tmp_path / "x").exists()
+
+
+def test_the_probe_command_scores_any_tiny_llava(tiny_model_dir: Path, tmp_path: Path, capsys) -> None:
+    """``anther model probe``: a table of accuracy per kind in both domain sets, and the same in JSON."""
+    out = tmp_path / "probe.json"
+    assert main(["model", "probe", "--model", str(tiny_model_dir), "--per-task", "2", "--json", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert set(result) >= {"pretraining_domains", "unseen_domains"} and result["per_task"] == 2
+    assert all(0 <= v <= 1 for kinds in (result["pretraining_domains"], result["unseen_domains"])
+               for v in kinds.values())
+    assert "| unseen domains | yesno |" in capsys.readouterr().out
