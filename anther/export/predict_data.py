@@ -34,7 +34,7 @@ def predict_folder(predictor: Predictor, folder: Path, out: Path, data_format: s
     picked, scores, generated = [], [], []
     with predictor.answering() as runtime:
         length = (predictor.cfg.eval.max_new_tokens or answer_length(runtime.encoder, samples)) if generate else None
-        for i in tqdm(range(0, len(samples), CHUNK), desc="predicting", unit="batch"):
+        for i in tqdm(range(0, len(samples), CHUNK), desc="predicting", unit="batch", disable=None):
             answers = answer_samples(runtime.encoder, runtime.backbone, samples[i:i + CHUNK], generate, length)
             picked += answers.picked
             scores += answers.scores

@@ -147,7 +147,7 @@ def pretrain_vision(tower: torch.nn.Module, processor, steps: int, seed: int, ba
     gen = torch.Generator().manual_seed(seed)
     tower.train()
     recent: list[float] = []
-    bar = tqdm(range(steps), desc="pretraining vision tower", unit="step")
+    bar = tqdm(range(steps), desc="pretraining vision tower", unit="step", disable=None)  # None: quiet off a terminal
     for _ in bar:
         idx = torch.randint(len(scenes), (batch_size,), generator=gen)
         tokens = tower(pixels[idx], output_hidden_states=True).hidden_states[-1][:, 1:]  # drop CLS
@@ -181,7 +181,7 @@ def pretrain(model, processor, steps: int, seed: int, batch_size: int, lr: float
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.1)
     model.train()
     recent: list[float] = []
-    bar = tqdm(range(steps), desc="pretraining tiny model", unit="step")
+    bar = tqdm(range(steps), desc="pretraining tiny model", unit="step", disable=None)
     for step in bar:
         b = batches[step % len(batches)]
         out = model(input_ids=b.input_ids, attention_mask=b.attention_mask,

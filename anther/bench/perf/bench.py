@@ -275,7 +275,7 @@ class PerfBench:
         self.out.mkdir(parents=True, exist_ok=True)
         result: dict[str, Any] = {"benchmark": "perf", "config": OmegaConf.to_container(self.cfg),
                                   "environment": describe(self.threads), "sections": {}}
-        for name in tqdm(list(self.cfg.sections), desc="perf bench", unit="section"):
+        for name in tqdm(list(self.cfg.sections), desc="perf bench", unit="section", disable=None):
             began = time.perf_counter()
             result["sections"][name] = {**getattr(self, name)(), "section_s": round(time.perf_counter() - began, 1)}
             (self.out / "perf.json").write_text(json.dumps(result, indent=1))
