@@ -11,6 +11,7 @@
     anther model report [--json FILE]                      parameters and bytes per side of real MLLMs
     anther data generate --out DIR                         write ShapesVQA in the on-disk format
     anther data report [-e EXPERIMENT] [OVERRIDE ...]      what each client holds under a scenario
+    anther app --out DIR                                   the Flower app flwr run submits, on its own
     anther certs --out DIR --clients 3                     CA, server and client certificates + tokens
     anther backbone serve --model DIR --tls-dir DIR        run the backbone service standalone
 
@@ -73,6 +74,13 @@ def _init_tiny(args: argparse.Namespace) -> int:
 
     out = init_tiny(Path(args.out), seed=args.seed, pretrain_steps=args.pretrain_steps, family=args.family)
     print(f"tiny {args.family} checkpoint written to {out}")
+    return 0
+
+
+def _app(args: argparse.Namespace) -> int:
+    from anther.simulations.launcher import write_app
+
+    print(write_app(Path(args.out)))
     return 0
 
 
@@ -572,6 +580,10 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. scenario=missing_b30")
     rep.set_defaults(func=_data_report)
 
+    app = sub.add_parser("app", help="write the Flower app flwr run submits (pyproject.toml and the anther "
+                         "package, nothing else) to a folder: flwr run walks every file of the folder it is given")
+    app.add_argument("--out", required=True, help="a new folder, or one this command wrote before (replaced)")
+    app.set_defaults(func=_app)
     certs = sub.add_parser("certs", help="make a CA, server and client certificates and bearer tokens")
     certs.add_argument("--out", required=True, help="credentials folder to write")
     certs.add_argument("--clients", default="0", help="a number (client-0, client-1, ...) or comma-separated names")

@@ -97,7 +97,7 @@ def test_rounds_complete_without_a_killed_and_a_crashing_client(tiny_model_dir: 
                                       "--node-config", f"partition-id={k} num-partitions=3{data}"])
         (flwr_home / "config.toml").write_text(
             f'[superlink]\ndefault = "local"\n\n[superlink.local]\naddress = "127.0.0.1:{port}"\ninsecure = true\n')
-        app = staged_app(REPO, flwr_home)  # the package alone: flwr run walks every file under the folder
+        app = staged_app(REPO, flwr_home / "app")  # the package alone: flwr run walks every file under the folder
         flwr = procs.start("flwr-run", _flwr_run(app, [*SMALL, f"model.path={tiny_model_dir}", f"output_dir={runs}"]))
         _wait(lambda: _round_started(runs), "round 1", procs, 400)
         procs.start("impostor", ["flower-supernode", "--insecure", "--superlink", f"127.0.0.1:{port}",
