@@ -418,6 +418,9 @@ def validate(cfg: DictConfig) -> DictConfig:
           f"must be one of {', '.join(AUTOCAST_DTYPES)}")
     check(re.fullmatch(r"auto|cpu|cuda(:\d+)?", cfg.model.client_device) is not None, "model.client_device",
           cfg.model.client_device, "must be auto, cpu, cuda or cuda:N")
+    steps = cfg.model.tiny_pretrain_steps
+    check(steps == 0 or steps >= TINY_MIN_PRETRAIN_STEPS, "model.tiny_pretrain_steps", steps,
+          f"must be 0 (untrained) or >= {TINY_MIN_PRETRAIN_STEPS}")
     _validate_vision_quantization(cfg.model)
     check(d.max_listed_options >= 0, "data.max_listed_options", d.max_listed_options, "must be >= 0")
     check(cfg.feature_cache.max_mb > 0, "feature_cache.max_mb", cfg.feature_cache.max_mb, "must be > 0")
@@ -451,8 +454,6 @@ def _validate_tracking(names: list[str]) -> None:
 
 
 def _validate_vision_quantization(m: DictConfig) -> None:
-    check(m.tiny_pretrain_steps == 0 or m.tiny_pretrain_steps >= TINY_MIN_PRETRAIN_STEPS, "model.tiny_pretrain_steps",
-          m.tiny_pretrain_steps, f"must be 0 (untrained) or >= {TINY_MIN_PRETRAIN_STEPS}")
     check(m.vision_quantization in ("none", "int8"), "model.vision_quantization", m.vision_quantization,
           "must be none or int8")
     if m.vision_quantization == "int8":

@@ -19,7 +19,8 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
-from anther.core.config import CONFIG_DIR, TINY_MIN_PRETRAIN_STEPS, ConfigError
+from anther.core.config import TINY_MIN_PRETRAIN_STEPS, ConfigError
+from anther.core.settings_file import load_settings
 from anther.model.shipped_model import CHECKSUMS, PRETRAIN_STEPS, PROVENANCE_FILE, checksums
 from anther.model.skill_probe import markdown, probe, score
 from anther.model.tiny_model import Recipe, init_tiny
@@ -64,15 +65,7 @@ class PretrainConfig:
 
 def load_pretrain(name_or_file: str = "tiny_llava", overrides: list[str] | None = None) -> PretrainConfig:
     """``configs/pretrain/<name>.yaml`` (or a YAML path) with ``key=value`` overrides, checked."""
-    path = Path(name_or_file) if name_or_file.endswith((".yaml", ".yml")) else (
-        CONFIG_DIR / "pretrain" / f"{name_or_file}.yaml")
-    if not path.is_file():
-        raise ConfigError(f"pretrain config {path} does not exist")
-    try:
-        merged = OmegaConf.merge(OmegaConf.structured(PretrainConfig), OmegaConf.load(path),
-                                 OmegaConf.from_dotlist(list(overrides or [])))
-    except Exception as e:  # omegaconf's errors name the key; keep the message, drop the class zoo
-        raise ConfigError(f"pretrain config: {' '.join(str(e).split())}") from e
+    merged = load_settings(PretrainConfig, "pretrain", name_or_file, overrides, "pretrain")
     cfg: PretrainConfig = OmegaConf.to_object(merged)
     cfg.check()
     return cfg

@@ -44,7 +44,8 @@ from anther.bench.machine import describe
 from anther.bench.model_sizes import REAL_CONFIGS
 from anther.bench.perf.modes import MODE_RUNS, modes_section
 from anther.bench.perf.trainstep import TrainStepSettings, resolve_device
-from anther.core.config import CONFIG_DIR, FLOAT_DTYPES, ConfigError
+from anther.core.config import FLOAT_DTYPES, ConfigError
+from anther.core.settings_file import load_settings
 from anther.simulations.assets import prepare_assets
 from anther.simulations.experiment import load_config
 from anther.simulations.runner import absolute_experiment, simulate
@@ -108,18 +109,7 @@ def load_perf(name_or_file: str = "perf", overrides: list[str] | None = None, ex
               config_dir: str | None = None) -> DictConfig:
     """``configs/bench/<name>.yaml`` (or a YAML path) with ``key=value`` overrides, checked; ``experiment``
     and ``config_dir`` replace its own when given (paths made absolute: the runs start elsewhere)."""
-    path = (
-        Path(name_or_file)
-        if name_or_file.endswith((".yaml", ".yml"))
-        else CONFIG_DIR / "bench" / f"{name_or_file}.yaml"
-    )
-    if not path.is_file():
-        raise ConfigError(f"perf bench config {path} does not exist")
-    try:
-        cfg = OmegaConf.merge(OmegaConf.structured(PerfConfig), OmegaConf.load(path),
-                              OmegaConf.from_dotlist(list(overrides or [])))
-    except Exception as e:  # omegaconf's errors name the key; keep the message, drop the class zoo
-        raise ConfigError(f"perf bench config: {e}") from e
+    cfg = load_settings(PerfConfig, "bench", name_or_file, overrides, "perf bench")
     cfg.experiment, cfg.config_dir = absolute_experiment(experiment or cfg.experiment, config_dir or cfg.config_dir)
     if set(cfg.modes) - set(MODE_RUNS) or not cfg.modes:
         raise ConfigError(f"perf bench modes {list(cfg.modes)}: each must be one of {', '.join(MODE_RUNS)}")
