@@ -13,6 +13,8 @@ import pytest
 import transformers
 from lazy_coverage import measure_children_from_their_import_of_anther  # noqa: F401  (autouse, session)
 from process_tags import stop_what_each_test_started  # noqa: F401  (autouse: nothing a test starts outlives it)
+from simulation_run import scheduling_groups
+from xdist.scheduler import LoadFileScheduling
 
 from anther.model.families import FAMILIES
 
@@ -81,18 +83,41 @@ def samples():
 # seconds each test file took at the last `scripts/suite_bench.py --update-durations` run
 DURATIONS_FILE = Path(__file__).with_name("durations.json")
 UNKNOWN_SLOW_FILE_S, UNKNOWN_FILE_S = 120.0, 1.0  # a file added since: guessed from its marks
+GROUPS = scheduling_groups()
+
+
+def pytest_xdist_make_scheduler(config: pytest.Config, log: object) -> LoadFileScheduling | None:
+    """``--dist loadfile``, with the files that read one shared run as one unit of work."""
+    return FileGroupScheduling(config, log) if config.getvalue("dist") == "loadfile" else None
+
+
+class FileGroupScheduling(LoadFileScheduling):
+    """A whole file per worker at a time; the files of a group of :func:`simulation_run.scheduling_groups`
+    go to the same worker, one after the other. (With pytest 9.2 and pytest-xdist 3.8, ``--dist
+    loadgroup`` spread even a module marked ``xdist_group`` over both workers.)"""
+
+    def _split_scope(self, nodeid: str) -> str:
+        file = nodeid.split("::", 1)[0]
+        return GROUPS.get(Path(file).name, file)
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Longest files first, so that under ``-n 2 --dist loadfile`` the long ones start early and
-    the short ones fill the gaps at the end (longest-first is how one balances jobs over two
-    workers without knowing the future). The order is the same in every worker, as xdist needs."""
+    """Longest files (or groups of files) first, so that under ``-n 2 --dist loadfile`` the long
+    ones start early and the short ones fill the gaps at the end (longest-first is how one balances
+    jobs over two workers without knowing the future). The order is the same in every worker, as
+    xdist needs."""
     durations = json.loads(DURATIONS_FILE.read_text()) if DURATIONS_FILE.exists() else {}
     root = Path(__file__).resolve().parents[1]
     slow_files = {item.path for item in items if item.get_closest_marker("slow")}
 
-    def seconds(item: pytest.Item) -> float:
-        guess = UNKNOWN_SLOW_FILE_S if item.path in slow_files else UNKNOWN_FILE_S
-        return durations.get(item.path.resolve().relative_to(root).as_posix(), guess)
+    def seconds(path: Path) -> float:
+        guess = UNKNOWN_SLOW_FILE_S if path in slow_files else UNKNOWN_FILE_S
+        return durations.get(path.resolve().relative_to(root).as_posix(), guess)
 
-    items.sort(key=lambda item: -seconds(item))
+    def group(path: Path) -> str:
+        return GROUPS.get(path.name, str(path))
+
+    group_s: dict[str, float] = {}
+    for path in {item.path for item in items}:
+        group_s[group(path)] = group_s.get(group(path), 0.0) + seconds(path)
+    items.sort(key=lambda item: (-group_s[group(item.path)], group(item.path)))

@@ -11,9 +11,11 @@ import sys
 import time
 import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import pytest
 from process_tags import kill_tagged
 
 RUN_TAG = "ANTHER_TEST_RUN"  # the tag of one run's processes, apart from its test's own
@@ -55,6 +57,47 @@ def simulate(tmp_path: Path, overrides: list[str], pythonpath: Path | None = Non
     rounds = result["config"]["federation"]["rounds"]
     assert result["finished"] is True and [r["round"] for r in result["rounds"]] == list(range(rounds + 1))
     return run_dir, result
+
+
+@dataclass(frozen=True)
+class SharedRun:
+    """A run that tests of more than one file read (only read), made once per pytest worker by the
+    first test that asks for it: its overrides of SMALL, and the files that read it, which
+    tests/conftest.py schedules on one worker as one unit, so that the run is made once."""
+
+    overrides: tuple[str, ...]
+    readers: tuple[str, ...]
+
+
+SHARED_RUNS = {
+    # LoRA in the LLM, Fisher-merged
+    "whole_model": SharedRun(("mode=whole_model", "strategy.name=fisher", "lora.rank=4"),
+                             ("test_whole_model_mode.py", "test_export_e2e.py")),
+    # FedDPA's pair on clients that never see a picture (the image adapter stays the identity, so the
+    # run merges exactly), with every tracker
+    "personalised_text_only": SharedRun(
+        ("scenario.modality=cross", "scenario.image_share=0.0", "partition.scheme=iid", "strategy.name=personalised",
+         "+strategy.personal_steps=2", "tracking=[tensorboard,mlflow,wandb]", "eval.generate=true"),
+        ("test_export_e2e.py", "test_strategies_e2e.py")),
+}
+_made: dict[str, tuple[Path, dict[str, Any]]] = {}
+
+
+def shared_run(factory: pytest.TempPathFactory, name: str) -> tuple[Path, dict[str, Any]]:
+    """The run folder and result.json of :data:`SHARED_RUNS`' ``name``, made on first use."""
+    if name not in _made:
+        _made[name] = simulate(factory.mktemp(name), list(SHARED_RUNS[name].overrides))
+    return _made[name]
+
+
+def scheduling_groups() -> dict[str, str]:
+    """Test file name -> the name of its group, for the files that read a shared run: files that
+    read the same run, directly or through another file, are one group."""
+    groups: list[set[str]] = []
+    for run in SHARED_RUNS.values():
+        joined = [g for g in groups if g & set(run.readers)]
+        groups = [g for g in groups if g not in joined] + [set(run.readers).union(*joined)]
+    return {name: "+".join(sorted(group)) for group in groups for name in group}
 
 
 def simulate_cmd(*args: str) -> list[str]:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from simulation_run import shared_home, simulate
+from simulation_run import shared_home, shared_run
 
 import anther
 from anther.core.sample import Sample
@@ -29,25 +29,17 @@ from anther.export.run_artifacts import ExportError, RunArtifacts
 
 pytestmark = pytest.mark.slow
 
-# clients that never see a picture: the image adapter stays the identity, so the run merges exactly
-TEXT_ONLY = ["scenario.modality=cross", "scenario.image_share=0.0", "partition.scheme=iid"]
-TRACKING = ["tracking=[tensorboard,mlflow,wandb]"]
-# FedDPA's pair: the global adapters are what the run checkpoints (and merges); each site keeps its local ones
-PERSONALISED = ["strategy.name=personalised", "+strategy.personal_steps=2"]
-
 
 @pytest.fixture(scope="module")
 def split_run(tmp_path_factory) -> Path:
-    tmp = tmp_path_factory.mktemp("split")
-    run_dir, _ = simulate(tmp, [*TEXT_ONLY, *TRACKING, *PERSONALISED, "eval.generate=true", "federation.rounds=1"])
-    return run_dir
+    """FedDPA's pair (the global adapters are what the run checkpoints and merges; each site keeps its
+    local ones), on clients that never see a picture, with every tracker."""
+    return shared_run(tmp_path_factory, "personalised_text_only")[0]
 
 
 @pytest.fixture(scope="module")
 def whole_model_run(tmp_path_factory) -> Path:
-    tmp = tmp_path_factory.mktemp("whole")
-    run_dir, _ = simulate(tmp, ["mode=whole_model", "lora.rank=4", "federation.rounds=1"])
-    return run_dir
+    return shared_run(tmp_path_factory, "whole_model")[0]
 
 
 def _samples(n: int = 6) -> list[Sample]:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 from safetensors.torch import load_file
-from simulation_run import simulate
+from simulation_run import shared_run, simulate
 
 from anther.strategies.array_utils import array_record
 from anther.strategies.hetero_rank import truncate_to_rank
@@ -16,8 +16,8 @@ from anther.strategies.hetero_rank import truncate_to_rank
 pytestmark = pytest.mark.slow
 
 
-def test_personalised_local_adapters_survive_between_rounds(tmp_path: Path):
-    _, result = simulate(tmp_path, ["strategy.name=personalised", "+strategy.personal_steps=2"])
+def test_personalised_local_adapters_survive_between_rounds(tmp_path_factory: pytest.TempPathFactory):
+    _, result = shared_run(tmp_path_factory, "personalised_text_only")
     # every client reports how many rounds its local adapter (kept in Context.state) has trained
     assert [r["train_metrics"]["personal_rounds"] for r in result["rounds"][1:]] == [1.0, 2.0]
     assert all("acc_mc" in c for c in result["clients"]["per_client"].values())

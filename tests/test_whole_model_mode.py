@@ -16,7 +16,7 @@ import pytest
 import torch
 import yaml
 from safetensors.torch import load_file
-from simulation_run import simulate
+from simulation_run import shared_run
 from transformers import AutoModelForImageTextToText
 
 from anther.cli import main
@@ -139,9 +139,9 @@ def test_a_target_module_the_llm_lacks_is_named(tiny_model_dir):
 
 
 @pytest.mark.slow
-def test_a_federated_run_in_local_mode_trains_lora_and_sends_no_activations(tmp_path):
+def test_a_federated_run_in_local_mode_trains_lora_and_sends_no_activations(tmp_path_factory):
     """``anther simulate mode=whole_model`` with Fisher merging (each client's Fisher is of its LoRA)."""
-    run_dir, result = simulate(tmp_path, ["mode=whole_model", "strategy.name=fisher", "lora.rank=4"])
+    run_dir, result = shared_run(tmp_path_factory, "whole_model")
     adapters = load_file(str(run_dir / "checkpoints" / "round-0002" / "adapters.safetensors"))
     assert adapters and all(k.startswith("lora.layers-") for k in adapters)
     # B starts at zero: trained
