@@ -211,14 +211,22 @@ def _add_export_parsers(sub: argparse._SubParsersAction) -> None:
     pred.set_defaults(func=_predict)
 
 
-def _generate_data(args: argparse.Namespace) -> int:
-    from anther.core.sample import write_split
-    from anther.data import shapes_vqa
+# the built-in generated sets `anther data generate --set NAME` writes: module under anther.data, title
+GENERATED_SETS = {"shapes_vqa": ("shapes_vqa", "ShapesVQA"), "quadrants_vqa": ("quadrants_vqa", "QuadrantsVQA")}
 
+
+def _generate_data(args: argparse.Namespace) -> int:
+    import importlib
+
+    from anther.core.sample import write_split
+
+    module, title = GENERATED_SETS[args.set]
+    generate = importlib.import_module(f"anther.data.{module}").generate
     out = Path(args.out)
-    write_split(shapes_vqa.generate(args.train, args.seed, prefix="train"), out, "train")
-    write_split(shapes_vqa.generate(args.test, args.seed + 1_000_003, prefix="test"), out, "test")
-    print(f"ShapesVQA written to {out} ({args.train} train, {args.test} test)")
+    write_split(generate(args.train, args.seed, prefix="train"), out, "train")
+    write_split(generate(args.test, args.seed + 1_000_003, prefix="test"), out, "test")
+    print(f"{title} written to {out} ({args.train} train, {args.test} test); train on it with "
+          f"`anther simulate data.path={out}`")
     return 0
 
 
@@ -566,8 +574,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_report_parser(model)
 
     data = sub.add_parser("data", help="data sets").add_subparsers(dest="data_command", required=True)
-    gen = data.add_parser("generate", help="write the built-in ShapesVQA data set to a folder")
+    gen = data.add_parser("generate", help="write a built-in generated data set to a folder (docs/datasets.md)")
     gen.add_argument("--out", required=True)
+    gen.add_argument("--set", choices=sorted(GENERATED_SETS), default="shapes_vqa",
+                     help="shapes_vqa: the default run's data; quadrants_vqa: pictures and phrasing the tiny "
+                     "model was never pretrained on")
     gen.add_argument("--train", type=int, default=4000)
     gen.add_argument("--test", type=int, default=400)
     gen.add_argument("--seed", type=int, default=0)
