@@ -224,6 +224,18 @@ def test_a_bad_update_is_rejected_by_partition_and_the_rest_aggregate(kind):
     assert np.allclose(outcome.arrays["up.bias"].numpy(), 0.2)  # the mean of 0.1 and 0.3, equal weights
 
 
+def test_an_unbounded_epsilon_is_an_honest_report_but_nan_is_not():
+    """DP-SGD without noise (``privacy.noise_multiplier=0``: clipping alone) spends an infinite
+    epsilon; its updates aggregate. A NaN or -inf epsilon, or an infinite loss, is still refused."""
+    sent = [_sent(n) for n in (101, 102, 103)]
+    replies = [_reply(sent[0], metrics={"num-examples": 4, "dp_epsilon": math.inf}),
+               _reply(sent[1], metrics={"num-examples": 4, "dp_epsilon": math.nan}),
+               _reply(sent[2], metrics={"num-examples": 4, "dp_epsilon": -math.inf})]
+    screened = screen_replies(sent, replies, PARTITION_OF)
+    assert [m.metadata.src_node_id for m in screened.accepted] == [101]
+    assert all("'dp_epsilon' is not finite" in p.reason for p in screened.rejected)
+
+
 def test_outlier_norm_is_rejected_against_the_median():
     sent = [_sent(n) for n in (101, 102, 103, 104)]
     replies = [_reply(sent[0], 0.1), _reply(sent[1], 0.12), _reply(sent[2], 5.0), _reply(sent[3], 0.09)]

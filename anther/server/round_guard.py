@@ -76,6 +76,11 @@ def _numpy(record: ArrayRecord) -> dict[str, np.ndarray]:
     return {name: array.numpy() for name, array in record.items()}
 
 
+# Metrics that may honestly be +inf: the epsilon of DP-SGD without noise (privacy.noise_multiplier=0,
+# clipping alone) is unbounded. NaN and -inf are refused for these too.
+UNBOUNDED_METRICS = frozenset({protocol.DP_EPSILON})
+
+
 def _metrics_problem(reply: Message, weight_key: str) -> str | None:
     metrics = reply.content.metric_records
     if len(metrics) != 1:
@@ -83,7 +88,7 @@ def _metrics_problem(reply: Message, weight_key: str) -> str | None:
     (record,) = metrics.values()
     for key, value in record.items():
         values = value if isinstance(value, list) else [value]
-        if not all(math.isfinite(v) for v in values):
+        if not all(math.isfinite(v) or (key in UNBOUNDED_METRICS and v == math.inf) for v in values):
             return f"metric {key!r} is not finite ({value})"
     weight = record.get(weight_key)
     if not isinstance(weight, int | float) or weight <= 0:
