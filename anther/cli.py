@@ -211,8 +211,8 @@ def _add_export_parsers(sub: argparse._SubParsersAction) -> None:
     pred.set_defaults(func=_predict)
 
 
-# the built-in generated sets `anther data generate --set NAME` writes: module under anther.data, title
-GENERATED_SETS = {"shapes_vqa": ("shapes_vqa", "ShapesVQA"), "quadrants_vqa": ("quadrants_vqa", "QuadrantsVQA")}
+# the generated sets `anther data generate --set NAME` writes: their module under anther.data -> title
+GENERATED_SETS = {"shapes_vqa": "ShapesVQA", "quadrants_vqa": "QuadrantsVQA"}
 
 
 def _generate_data(args: argparse.Namespace) -> int:
@@ -220,8 +220,7 @@ def _generate_data(args: argparse.Namespace) -> int:
 
     from anther.core.sample import write_split
 
-    module, title = GENERATED_SETS[args.set]
-    generate = importlib.import_module(f"anther.data.{module}").generate
+    title, generate = GENERATED_SETS[args.set], importlib.import_module(f"anther.data.{args.set}").generate
     out = Path(args.out)
     write_split(generate(args.train, args.seed, prefix="train"), out, "train")
     write_split(generate(args.test, args.seed + 1_000_003, prefix="test"), out, "test")

@@ -49,7 +49,7 @@ def setup() -> None:
         venv.EnvBuilder(with_pip=True).create(VENV)
         # the pip Python 3.11 ships resolves and installs this project's ~150 packages in about
         # twice the time of a current one
-        sh(PY, "-m", "pip", "install", "-qq", "--upgrade", "pip")
+        pip_install("--upgrade", "pip")
     if not has_module("torch") and shutil.which("nvidia-smi") is None:
         print("anther: no GPU found; installing the CPU build of PyTorch 2.13.0", flush=True)
         pip_install("torch==2.13.0")

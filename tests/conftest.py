@@ -86,6 +86,11 @@ UNKNOWN_SLOW_FILE_S, UNKNOWN_FILE_S = 120.0, 1.0  # a file added since: guessed 
 GROUPS = scheduling_groups()
 
 
+def group_of(file: Path) -> str:
+    """The unit of work a test file belongs to: its group of files sharing a run, else itself."""
+    return GROUPS.get(file.name, str(file))
+
+
 def pytest_xdist_make_scheduler(config: pytest.Config, log: object) -> LoadFileScheduling | None:
     """``--dist loadfile``, with the files that read one shared run as one unit of work."""
     return FileGroupScheduling(config, log) if config.getvalue("dist") == "loadfile" else None
@@ -97,8 +102,7 @@ class FileGroupScheduling(LoadFileScheduling):
     loadgroup`` spread even a module marked ``xdist_group`` over both workers.)"""
 
     def _split_scope(self, nodeid: str) -> str:
-        file = nodeid.split("::", 1)[0]
-        return GROUPS.get(Path(file).name, file)
+        return group_of(Path(nodeid.split("::", 1)[0]))
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -114,10 +118,7 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         guess = UNKNOWN_SLOW_FILE_S if path in slow_files else UNKNOWN_FILE_S
         return durations.get(path.resolve().relative_to(root).as_posix(), guess)
 
-    def group(path: Path) -> str:
-        return GROUPS.get(path.name, str(path))
-
     group_s: dict[str, float] = {}
     for path in {item.path for item in items}:
-        group_s[group(path)] = group_s.get(group(path), 0.0) + seconds(path)
-    items.sort(key=lambda item: (-group_s[group(item.path)], group(item.path)))
+        group_s[group_of(path)] = group_s.get(group_of(path), 0.0) + seconds(path)
+    items.sort(key=lambda item: (-group_s[group_of(item.path)], group_of(item.path)))

@@ -24,14 +24,12 @@ from PIL import Image, ImageDraw
 
 from anther.core.images import in_memory
 from anther.core.sample import Sample
-from anther.data.shapes_vqa import COLOURS, IMAGE_SIZE, KINDS
+from anther.data.shapes_vqa import COLOURS, IMAGE_SIZE, KINDS, subjects
 
 PALETTE = {"red": (200, 50, 120), "green": (120, 210, 70), "blue": (70, 160, 235), "yellow": (245, 165, 20)}
 TASKS = ("colour", "shape", "yesno")
 DOMAIN = "quadrants"
 OUTLINE_PX = 3
-# Bumped whenever the same seed would give different samples.
-VERSION = 1
 
 
 @dataclass(frozen=True)
@@ -75,12 +73,10 @@ def render(shapes: list[Outline]) -> Image.Image:
 def _question(rng: random.Random, task: str, shapes: list[Outline]) -> tuple[str, str, list[str]]:
     """(question, answer, options) with exactly one right option."""
     if task == "colour":
-        unique = [s for s in shapes if sum(t.kind == s.kind for t in shapes) == 1]
-        s = rng.choice(unique)
+        s = rng.choice(subjects(task, shapes))
         return f"which colour is the {s.kind} drawn in?", s.colour, list(COLOURS)
     if task == "shape":
-        unique = [s for s in shapes if sum(t.colour == s.colour for t in shapes) == 1]
-        s = rng.choice(unique)
+        s = rng.choice(subjects(task, shapes))
         return f"which shape is drawn in {s.colour}?", s.kind, list(KINDS)
     if task == "yesno":
         present = {(s.colour, s.kind) for s in shapes}
@@ -94,14 +90,6 @@ def _question(rng: random.Random, task: str, shapes: list[Outline]) -> tuple[str
     raise ValueError(f"unknown QuadrantsVQA task {task!r}; choose from {TASKS}")
 
 
-def _has_subject(task: str, shapes: list[Outline]) -> bool:
-    if task == "colour":
-        return any(sum(t.kind == s.kind for t in shapes) == 1 for s in shapes)
-    if task == "shape":
-        return any(sum(t.colour == s.colour for t in shapes) == 1 for s in shapes)
-    return True
-
-
 def generate(n: int, seed: int, prefix: str = "q") -> list[Sample]:
     """``n`` QuadrantsVQA samples, the kinds in turn; identical output for identical arguments."""
     rng = random.Random(seed)
@@ -109,7 +97,7 @@ def generate(n: int, seed: int, prefix: str = "q") -> list[Sample]:
     for i in range(n):
         task = TASKS[i % len(TASKS)]
         shapes = _scene(rng)
-        while not _has_subject(task, shapes):
+        while not subjects(task, shapes):
             shapes = _scene(rng)
         question, answer, options = _question(rng, task, shapes)
         out.append(Sample(id=f"{prefix}{seed}-{i:06d}", question=question, answer=answer, options=options,

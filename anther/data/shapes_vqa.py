@@ -124,10 +124,11 @@ def _relation(a: Shape, b: Shape) -> str | None:
     return None
 
 
-def _subjects(task: str, shapes: list[Shape]) -> list:
+def subjects(task: str, shapes: list) -> list:
     """What a question of ``task`` may ask about so that exactly one answer is right: a shape
     whose kind (colour question) or colour (shape question) no other shape shares, or an
-    ordered pair with a clear relation (position question)."""
+    ordered pair with a clear relation (position question). Colour and shape questions read only
+    ``.colour`` and ``.kind``, so other generators' shapes may ask them too."""
     if task == "colour":
         return [s for s in shapes if sum(t.kind == s.kind for t in shapes) == 1]
     if task == "shape":
@@ -141,7 +142,7 @@ def _scene(rng: random.Random, task: str) -> list[Shape]:
     """Shapes for one question, drawn again until the question has exactly one right answer."""
     while True:
         shapes = _place_shapes(rng, rng.randint(2, 3) if task == "position" else rng.randint(1, 3))
-        if _subjects(task, shapes):
+        if subjects(task, shapes):
             return shapes
 
 
@@ -158,15 +159,15 @@ class Question:
 
 def _question(rng: random.Random, task: str, shapes: list[Shape]) -> Question:
     if task == "colour":
-        s = rng.choice(_subjects(task, shapes))
+        s = rng.choice(subjects(task, shapes))
         return Question(task, f"what colour is the {s.kind}?", f"colour {s.kind}", s.colour, list(COLOURS))
     if task == "shape":
-        s = rng.choice(_subjects(task, shapes))
+        s = rng.choice(subjects(task, shapes))
         return Question(task, f"what shape is the {s.colour} object?", f"shape {s.colour}", s.kind, list(KINDS))
     if task == "count":
         return Question(task, "how many shapes are there?", "count", COUNT_WORDS[len(shapes) - 1], list(COUNT_WORDS))
     if task == "position":
-        a, b = rng.choice(_subjects(task, shapes))
+        a, b = rng.choice(subjects(task, shapes))
         return Question(task, f"where is the {a.name} relative to the {b.name}?", f"where {a.name} {b.name}",
                         _relation(a, b), list(RELATIONS))
     if task == "yesno":
